@@ -1,1 +1,851 @@
-//! (being written)
+//! The subscription table: maps the topic of a message to the subscribers
+//! that must receive it.
+//!
+//! Subscriptions live in a trie keyed by topic level, so routing a message
+//! only visits the branches its topic can match: its cost depends on the
+//! topic's depth and on the subscriptions that match, not on unrelated
+//! subscriptions.
+//!
+//! The trie is split into shards so that subscribing and routing do not
+//! contend on one lock. A filter whose first level is a literal (`a/b/+`)
+//! lives in one of [`SHARDS`] shards chosen by hashing that level; a filter
+//! whose first level is `+` or `#` lives in a separate wildcard shard. Routing
+//! a topic therefore read-locks at most two shards: the one of its first level
+//! and the wildcard shard. Writers lock one shard for writing.
+//!
+//! The wildcard shard also implements the `$` rule: a topic starting with `$`
+//! (such as `$SYS/...`) is never matched by a filter whose first level is a
+//! wildcard, so routing such a topic skips that shard entirely.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::str::Split;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ahash::RandomState;
+use parking_lot::RwLock;
+
+use crate::codec::{QoS, SubscriptionOptions};
+use crate::topic::SharedFilter;
+
+/// Number of shards for filters whose first level is a literal.
+const SHARDS: usize = 16;
+
+/// One subscription of one subscriber to one filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    /// Options from the SUBSCRIBE packet.
+    pub options: SubscriptionOptions,
+    /// The MQTT 5.0 Subscription Identifier, if the client set one.
+    pub identifier: Option<u32>,
+}
+
+/// One delivery produced by [`SubscriptionTable::route`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route<K> {
+    /// Who receives the message.
+    pub subscriber: K,
+    /// Maximum QoS granted by the matching subscription(s); the delivery QoS
+    /// is the minimum of this and the publication's QoS.
+    pub qos: QoS,
+    /// Whether to keep the RETAIN flag as published (true if any matching
+    /// subscription asked for it).
+    pub retain_as_published: bool,
+    /// Subscription identifiers of all matching subscriptions that have one.
+    pub subscription_identifiers: Vec<u32>,
+    /// The share name when this delivery comes from a shared subscription.
+    pub shared_group: Option<Arc<str>>,
+}
+
+/// The subscription table, generic over the subscriber key `K` (typically a
+/// client identifier or a session handle).
+///
+/// All methods take `&self`; the table is meant to be shared behind an
+/// [`Arc`] by every connection.
+pub struct SubscriptionTable<K> {
+    /// Filters whose first level is a literal, by hash of that level.
+    shards: [RwLock<Node<K>>; SHARDS],
+    /// Filters whose first level is `+` or `#`.
+    wildcard: RwLock<Node<K>>,
+    /// Hashes a first level to its shard.
+    hasher: RandomState,
+    /// Total number of subscriptions, shared memberships included.
+    count: AtomicUsize,
+}
+
+/// A trie node: the subscriptions of the filter spelled by the path from the
+/// shard root to this node. Shard roots stand for the empty prefix and never
+/// hold subscriptions themselves.
+struct Node<K> {
+    children: HashMap<Box<str>, Node<K>, RandomState>,
+    /// Ordinary subscriptions to this filter.
+    subscribers: HashMap<K, Subscription, RandomState>,
+    /// Shared subscriptions to this filter, by share name.
+    groups: HashMap<Arc<str>, SharedGroup<K>, RandomState>,
+}
+
+/// The members of one shared subscription `$share/{group}/{filter}`.
+struct SharedGroup<K> {
+    /// Members in subscription order; round robin walks this list.
+    members: Vec<(K, Subscription)>,
+    /// Index in `members` where the next round-robin search starts. May be
+    /// `members.len()` (wraps to 0). Atomic so that routing, which only holds
+    /// a read lock, can advance it.
+    next: AtomicUsize,
+}
+
+impl<K> Default for Node<K> {
+    fn default() -> Self {
+        Node {
+            children: HashMap::default(),
+            subscribers: HashMap::default(),
+            groups: HashMap::default(),
+        }
+    }
+}
+
+impl<K> Node<K> {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.subscribers.is_empty() && self.groups.is_empty()
+    }
+}
+
+impl<K: Eq> SharedGroup<K> {
+    /// Picks the member that receives the next message: the first member at
+    /// or after the cursor for which `eligible` holds, or the member at the
+    /// cursor when none is eligible. Advances the cursor past the choice.
+    fn pick(&self, eligible: &dyn Fn(&K) -> bool) -> Option<&(K, Subscription)> {
+        let n = self.members.len();
+        if n == 0 {
+            return None;
+        }
+        let mut cursor = self.next.load(Ordering::Relaxed);
+        loop {
+            let start = cursor % n;
+            let chosen = (0..n)
+                .map(|offset| (start + offset) % n)
+                .find(|&i| self.members.get(i).is_some_and(|(k, _)| eligible(k)))
+                .unwrap_or(start);
+            // Compare-and-swap so that concurrent routers never hand two
+            // consecutive messages to the same member by racing.
+            match self.next.compare_exchange_weak(
+                cursor,
+                chosen + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return self.members.get(chosen),
+                Err(current) => cursor = current,
+            }
+        }
+    }
+
+    /// Adds `subscriber` or replaces its subscription. Returns true if added.
+    fn upsert(&mut self, subscriber: K, sub: Subscription) -> bool {
+        match self.members.iter_mut().find(|(k, _)| *k == subscriber) {
+            Some((_, existing)) => {
+                *existing = sub;
+                false
+            }
+            None => {
+                self.members.push((subscriber, sub));
+                true
+            }
+        }
+    }
+
+    /// Removes `subscriber`. Returns true if it was a member.
+    fn remove(&mut self, subscriber: &K) -> bool {
+        let Some(index) = self.members.iter().position(|(k, _)| k == subscriber) else {
+            return false;
+        };
+        self.members.remove(index);
+        // Keep the cursor on the same next member.
+        let next = self.next.get_mut();
+        if index < *next {
+            *next -= 1;
+        }
+        true
+    }
+}
+
+impl<K> Default for SubscriptionTable<K> {
+    fn default() -> Self {
+        SubscriptionTable {
+            shards: std::array::from_fn(|_| RwLock::new(Node::default())),
+            wildcard: RwLock::new(Node::default()),
+            hasher: RandomState::new(),
+            count: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<K> SubscriptionTable<K>
+where
+    K: Clone + Eq + Hash + Send + Sync,
+{
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces the subscription of `subscriber` to `filter`.
+    ///
+    /// `filter` is the filter as the client sent it, possibly
+    /// `$share/{group}/{filter}`. The caller validates it first with
+    /// [`crate::topic::valid_topic_filter`] and
+    /// [`SharedFilter::parse`]; a malformed `$share/` filter is stored as an
+    /// ordinary filter.
+    ///
+    /// Returns true if the subscription did not exist before (Retain
+    /// Handling 1 sends retained messages only in that case).
+    pub fn subscribe(&self, subscriber: K, filter: &str, sub: Subscription) -> bool {
+        let (group, filter) = split_shared(filter);
+        let mut root = self.shard_for(filter).write();
+        let mut node = &mut *root;
+        for level in filter.split('/') {
+            node = node.children.entry(level.into()).or_default();
+        }
+        let added = match group {
+            None => node.subscribers.insert(subscriber, sub).is_none(),
+            Some(group) => match node.groups.get_mut(group) {
+                Some(members) => members.upsert(subscriber, sub),
+                None => {
+                    let members = SharedGroup {
+                        members: vec![(subscriber, sub)],
+                        next: AtomicUsize::new(0),
+                    };
+                    node.groups.insert(group.into(), members);
+                    true
+                }
+            },
+        };
+        if added {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+        added
+    }
+
+    /// Removes the subscription of `subscriber` to `filter` (as the client
+    /// sent it, possibly `$share/...`), pruning trie nodes left empty.
+    ///
+    /// Returns true if the subscription existed.
+    pub fn unsubscribe(&self, subscriber: &K, filter: &str) -> bool {
+        let (group, filter) = split_shared(filter);
+        let mut root = self.shard_for(filter).write();
+        let removed = remove(&mut root, filter.split('/'), group, subscriber);
+        if removed {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Appends to `out` the deliveries of a message on `topic` (a valid topic
+    /// name) published by `publisher` (`None` for wills, `$SYS` and other
+    /// broker messages).
+    ///
+    /// - Ordinary subscriptions give one [`Route`] per subscriber even when
+    ///   several of its filters match: the highest QoS, `retain_as_published`
+    ///   if any asks for it, and every subscription identifier. A
+    ///   subscription with No Local set is skipped when its subscriber is the
+    ///   publisher.
+    /// - Each matching shared subscription (group and filter) gives exactly
+    ///   one [`Route`], to a member chosen round robin among those for which
+    ///   `eligible` holds (for example, online ones); if none is eligible, to
+    ///   the next member in turn. No Local does not apply to shared
+    ///   subscriptions.
+    ///
+    /// The order of the appended routes is unspecified. `eligible` runs
+    /// while shard read locks are held, so it must not call back into this
+    /// table.
+    pub fn route(
+        &self,
+        topic: &str,
+        publisher: Option<&K>,
+        eligible: &dyn Fn(&K) -> bool,
+        out: &mut Vec<Route<K>>,
+    ) {
+        let first_level = topic.split('/').next().unwrap_or_default();
+        let literal = self.shard(first_level).read();
+        // The `$` rule: wildcard first levels never match a `$` topic.
+        let wildcard = (!topic.starts_with('$')).then(|| self.wildcard.read());
+
+        let mut deliveries = Deliveries {
+            publisher,
+            eligible,
+            out,
+            seen: HashMap::default(),
+        };
+        collect(&literal, topic.split('/'), &mut deliveries);
+        if let Some(wildcard) = &wildcard {
+            collect(wildcard, topic.split('/'), &mut deliveries);
+        }
+    }
+
+    /// Total number of subscriptions, shared memberships included.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Whether the table holds no subscription.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The shard that holds `filter` (a filter without `$share/`).
+    fn shard_for(&self, filter: &str) -> &RwLock<Node<K>> {
+        match filter.split('/').next() {
+            Some("+" | "#") => &self.wildcard,
+            first => self.shard(first.unwrap_or_default()),
+        }
+    }
+
+    /// The literal shard of a first level.
+    fn shard(&self, first_level: &str) -> &RwLock<Node<K>> {
+        // The modulo keeps the index in range, so indexing cannot panic.
+        let index = (self.hasher.hash_one(first_level) % SHARDS as u64) as usize;
+        &self.shards[index]
+    }
+}
+
+/// Splits a client filter into its share name (if shared) and topic filter.
+fn split_shared(filter: &str) -> (Option<&str>, &str) {
+    match SharedFilter::parse(filter) {
+        Ok(Some(shared)) => (Some(shared.group), shared.filter),
+        _ => (None, filter),
+    }
+}
+
+fn new_route<K: Clone>(subscriber: &K, sub: &Subscription, group: Option<Arc<str>>) -> Route<K> {
+    Route {
+        subscriber: subscriber.clone(),
+        qos: sub.options.qos,
+        retain_as_published: sub.options.retain_as_published,
+        subscription_identifiers: sub.identifier.into_iter().collect(),
+        shared_group: group,
+    }
+}
+
+/// The routes of one message being built by [`SubscriptionTable::route`].
+struct Deliveries<'n, 'a, K> {
+    publisher: Option<&'a K>,
+    eligible: &'a dyn Fn(&K) -> bool,
+    out: &'a mut Vec<Route<K>>,
+    /// Index in `out` of each ordinary subscriber's route, to merge
+    /// overlapping subscriptions into one delivery.
+    seen: HashMap<&'n K, usize, RandomState>,
+}
+
+impl<'n, K: Clone + Eq + Hash> Deliveries<'n, '_, K> {
+    /// Adds the deliveries for the subscriptions of a matching node.
+    fn add(&mut self, node: &'n Node<K>) {
+        for (subscriber, sub) in &node.subscribers {
+            if sub.options.no_local && self.publisher == Some(subscriber) {
+                continue;
+            }
+            match self.seen.entry(subscriber) {
+                Entry::Occupied(entry) => {
+                    if let Some(route) = self.out.get_mut(*entry.get()) {
+                        route.qos = route.qos.max(sub.options.qos);
+                        route.retain_as_published |= sub.options.retain_as_published;
+                        route.subscription_identifiers.extend(sub.identifier);
+                    }
+                }
+                Entry::Vacant(entry) => {
+                    entry.insert(self.out.len());
+                    self.out.push(new_route(subscriber, sub, None));
+                }
+            }
+        }
+        for (group, members) in &node.groups {
+            if let Some((member, sub)) = members.pick(self.eligible) {
+                self.out.push(new_route(member, sub, Some(group.clone())));
+            }
+        }
+    }
+}
+
+/// Adds the deliveries of every node under `node` whose filter matches the
+/// topic whose remaining levels are `levels`.
+fn collect<'n, K: Clone + Eq + Hash>(
+    node: &'n Node<K>,
+    mut levels: Split<'_, char>,
+    deliveries: &mut Deliveries<'n, '_, K>,
+) {
+    // `#` matches the remaining levels, zero or more ("a/#" matches "a").
+    if let Some(hash) = node.children.get("#") {
+        deliveries.add(hash);
+    }
+    match levels.next() {
+        None => deliveries.add(node),
+        Some(level) => {
+            if let Some(plus) = node.children.get("+") {
+                collect(plus, levels.clone(), deliveries);
+            }
+            if let Some(child) = node.children.get(level) {
+                collect(child, levels, deliveries);
+            }
+        }
+    }
+}
+
+/// Removes the subscription at the filter spelled by `levels` below `node`,
+/// pruning children left empty. Returns true if it existed.
+fn remove<K: Eq + Hash>(
+    node: &mut Node<K>,
+    mut levels: Split<'_, char>,
+    group: Option<&str>,
+    subscriber: &K,
+) -> bool {
+    let Some(level) = levels.next() else {
+        return match group {
+            None => node.subscribers.remove(subscriber).is_some(),
+            Some(group) => {
+                let Some(members) = node.groups.get_mut(group) else {
+                    return false;
+                };
+                let removed = members.remove(subscriber);
+                if members.members.is_empty() {
+                    node.groups.remove(group);
+                }
+                removed
+            }
+        };
+    };
+    let Some(child) = node.children.get_mut(level) else {
+        return false;
+    };
+    let removed = remove(child, levels, group, subscriber);
+    if child.is_empty() {
+        node.children.remove(level);
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topic::{self, strategies};
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    type Table = SubscriptionTable<&'static str>;
+
+    fn sub(qos: QoS) -> Subscription {
+        Subscription {
+            options: SubscriptionOptions {
+                qos,
+                ..SubscriptionOptions::default()
+            },
+            identifier: None,
+        }
+    }
+
+    fn with_id(qos: QoS, id: u32) -> Subscription {
+        Subscription {
+            identifier: Some(id),
+            ..sub(qos)
+        }
+    }
+
+    fn no_local(qos: QoS) -> Subscription {
+        let mut s = sub(qos);
+        s.options.no_local = true;
+        s
+    }
+
+    fn routes(
+        table: &Table,
+        topic: &str,
+        publisher: Option<&'static str>,
+    ) -> Vec<Route<&'static str>> {
+        let mut out = Vec::new();
+        table.route(topic, publisher.as_ref(), &|_| true, &mut out);
+        out.sort_by(|a, b| (a.subscriber, &a.shared_group).cmp(&(b.subscriber, &b.shared_group)));
+        out
+    }
+
+    fn receivers(table: &Table, topic: &str) -> Vec<&'static str> {
+        routes(table, topic, None)
+            .into_iter()
+            .map(|r| r.subscriber)
+            .collect()
+    }
+
+    /// Whether every shard root is empty, i.e. no trie node is left over.
+    fn fully_pruned(table: &Table) -> bool {
+        table.shards.iter().all(|s| s.read().is_empty()) && table.wildcard.read().is_empty()
+    }
+
+    #[test]
+    fn exact_filter() {
+        let table = Table::new();
+        assert!(table.subscribe("c1", "a/b", sub(QoS::AtLeastOnce)));
+        assert_eq!(receivers(&table, "a/b"), ["c1"]);
+        assert!(receivers(&table, "a/c").is_empty());
+        assert!(receivers(&table, "a").is_empty());
+        assert!(receivers(&table, "a/b/c").is_empty());
+        assert!(receivers(&table, "/a/b").is_empty());
+        let route = &routes(&table, "a/b", None)[0];
+        assert_eq!(route.qos, QoS::AtLeastOnce);
+        assert_eq!(route.shared_group, None);
+        assert!(route.subscription_identifiers.is_empty());
+    }
+
+    #[test]
+    fn single_level_wildcard() {
+        let table = Table::new();
+        table.subscribe("c1", "a/+/c", sub(QoS::AtMostOnce));
+        table.subscribe("c2", "+", sub(QoS::AtMostOnce));
+        assert_eq!(receivers(&table, "a/b/c"), ["c1"]);
+        assert_eq!(receivers(&table, "a//c"), ["c1"]);
+        assert!(receivers(&table, "a/b").is_empty());
+        assert!(receivers(&table, "a/b/c/d").is_empty());
+        assert_eq!(receivers(&table, "x"), ["c2"]);
+        assert!(receivers(&table, "x/y").is_empty());
+    }
+
+    #[test]
+    fn multi_level_wildcard_matches_parent() {
+        let table = Table::new();
+        table.subscribe("c1", "a/#", sub(QoS::AtMostOnce));
+        table.subscribe("c2", "#", sub(QoS::AtMostOnce));
+        assert_eq!(receivers(&table, "a"), ["c1", "c2"]);
+        assert_eq!(receivers(&table, "a/b/c"), ["c1", "c2"]);
+        assert_eq!(receivers(&table, "ab"), ["c2"]);
+        assert_eq!(receivers(&table, "b/a"), ["c2"]);
+    }
+
+    #[test]
+    fn dollar_topics_skip_leading_wildcards() {
+        let table = Table::new();
+        table.subscribe("all", "#", sub(QoS::AtMostOnce));
+        table.subscribe("plus", "+/broker/uptime", sub(QoS::AtMostOnce));
+        table.subscribe("sys", "$SYS/#", sub(QoS::AtMostOnce));
+        table.subscribe("sys_plus", "$SYS/+/uptime", sub(QoS::AtMostOnce));
+        assert_eq!(receivers(&table, "$SYS/broker/uptime"), ["sys", "sys_plus"]);
+        assert_eq!(receivers(&table, "x/broker/uptime"), ["all", "plus"]);
+    }
+
+    #[test]
+    fn overlapping_subscriptions_give_one_route() {
+        let table = Table::new();
+        table.subscribe("c1", "a/+", with_id(QoS::AtMostOnce, 1));
+        let mut exact = with_id(QoS::ExactlyOnce, 2);
+        exact.options.retain_as_published = true;
+        table.subscribe("c1", "a/b", exact);
+        table.subscribe("c1", "#", sub(QoS::AtLeastOnce));
+        table.subscribe("c2", "a/b", sub(QoS::AtMostOnce));
+
+        let out = routes(&table, "a/b", None);
+        assert_eq!(out.len(), 2);
+        let c1 = &out[0];
+        assert_eq!(c1.subscriber, "c1");
+        assert_eq!(c1.qos, QoS::ExactlyOnce);
+        assert!(c1.retain_as_published);
+        let mut ids = c1.subscription_identifiers.clone();
+        ids.sort_unstable();
+        assert_eq!(ids, [1, 2]);
+        assert_eq!(out[1].subscriber, "c2");
+        assert!(!out[1].retain_as_published);
+
+        // Only "a/+" and "#" match here.
+        let c1 = &routes(&table, "a/c", None)[0];
+        assert_eq!(c1.qos, QoS::AtLeastOnce);
+        assert!(!c1.retain_as_published);
+        assert_eq!(c1.subscription_identifiers, [1]);
+    }
+
+    #[test]
+    fn no_local_skips_own_messages() {
+        let table = Table::new();
+        table.subscribe("c1", "a", no_local(QoS::ExactlyOnce));
+        table.subscribe("c2", "a", no_local(QoS::AtMostOnce));
+        assert_eq!(
+            routes(&table, "a", Some("c1"))
+                .iter()
+                .map(|r| r.subscriber)
+                .collect::<Vec<_>>(),
+            ["c2"]
+        );
+        assert_eq!(receivers(&table, "a"), ["c1", "c2"]);
+
+        // An overlapping subscription without No Local still delivers, with
+        // its own options only.
+        table.subscribe("c1", "+", with_id(QoS::AtMostOnce, 7));
+        let out = routes(&table, "a", Some("c1"));
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].subscriber, "c1");
+        assert_eq!(out[0].qos, QoS::AtMostOnce);
+        assert_eq!(out[0].subscription_identifiers, [7]);
+    }
+
+    #[test]
+    fn shared_round_robin_is_fair() {
+        let table = Table::new();
+        for member in ["m1", "m2", "m3"] {
+            assert!(table.subscribe(member, "$share/g/jobs/+", sub(QoS::AtLeastOnce)));
+        }
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut previous = None;
+        for _ in 0..300 {
+            let out = routes(&table, "jobs/1", None);
+            assert_eq!(out.len(), 1);
+            let route = &out[0];
+            assert_eq!(route.shared_group.as_deref(), Some("g"));
+            assert_eq!(route.qos, QoS::AtLeastOnce);
+            assert_ne!(previous, Some(route.subscriber));
+            previous = Some(route.subscriber);
+            *counts.entry(route.subscriber).or_default() += 1;
+        }
+        assert_eq!(
+            counts,
+            BTreeMap::from([("m1", 100), ("m2", 100), ("m3", 100)])
+        );
+    }
+
+    #[test]
+    fn shared_prefers_eligible_members() {
+        let table = Table::new();
+        for member in ["m1", "m2", "m3"] {
+            table.subscribe(member, "$share/g/t", sub(QoS::AtMostOnce));
+        }
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for _ in 0..100 {
+            let mut out = Vec::new();
+            table.route("t", None, &|m| *m != "m2", &mut out);
+            assert_eq!(out.len(), 1);
+            *counts.entry(out[0].subscriber).or_default() += 1;
+        }
+        assert_eq!(counts, BTreeMap::from([("m1", 50), ("m3", 50)]));
+
+        // Nobody eligible: still one delivery per message, in turn.
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for _ in 0..90 {
+            let mut out = Vec::new();
+            table.route("t", None, &|_| false, &mut out);
+            assert_eq!(out.len(), 1);
+            *counts.entry(out[0].subscriber).or_default() += 1;
+        }
+        assert_eq!(counts, BTreeMap::from([("m1", 30), ("m2", 30), ("m3", 30)]));
+    }
+
+    #[test]
+    fn shared_groups_are_independent() {
+        let table = Table::new();
+        table.subscribe("m1", "$share/g1/t", sub(QoS::AtMostOnce));
+        table.subscribe("m1", "$share/g2/t", sub(QoS::AtMostOnce));
+        table.subscribe("m1", "$share/g1/+", with_id(QoS::AtMostOnce, 3));
+        // No Local does not apply to shared subscriptions.
+        table.subscribe("m1", "$share/g1/#", no_local(QoS::AtMostOnce));
+        table.subscribe("m1", "t", sub(QoS::ExactlyOnce));
+        let out = routes(&table, "t", Some("m1"));
+        // g1 on "t", "+" and "#", g2 on "t", plus the ordinary subscription.
+        assert_eq!(out.len(), 5);
+        assert_eq!(out.iter().filter(|r| r.shared_group.is_none()).count(), 1);
+        assert_eq!(
+            out.iter()
+                .filter(|r| r.shared_group.as_deref() == Some("g1"))
+                .count(),
+            3
+        );
+        assert!(out
+            .iter()
+            .any(|r| r.shared_group.as_deref() == Some("g1") && r.subscription_identifiers == [3]));
+        assert_eq!(table.len(), 5);
+    }
+
+    #[test]
+    fn removing_a_shared_member_keeps_the_turn() {
+        let table = Table::new();
+        for member in ["m1", "m2", "m3"] {
+            table.subscribe(member, "$share/g/t", sub(QoS::AtMostOnce));
+        }
+        assert_eq!(receivers(&table, "t"), ["m1"]);
+        assert!(table.unsubscribe(&"m1", "$share/g/t"));
+        assert_eq!(receivers(&table, "t"), ["m2"]);
+        assert_eq!(receivers(&table, "t"), ["m3"]);
+        assert_eq!(receivers(&table, "t"), ["m2"]);
+        assert!(!table.unsubscribe(&"m1", "$share/g/t"));
+        assert!(!table.unsubscribe(&"m2", "$share/other/t"));
+        assert!(!table.unsubscribe(&"m2", "t"));
+    }
+
+    #[test]
+    fn unsubscribe_prunes_empty_nodes() {
+        let table = Table::new();
+        let filters = [
+            "a/b/c",
+            "a/b",
+            "a/+/c",
+            "#",
+            "+/x",
+            "$SYS/#",
+            "$share/g/a/b",
+            "/",
+        ];
+        for filter in filters {
+            assert!(table.subscribe("c1", filter, sub(QoS::AtMostOnce)));
+            assert!(table.subscribe("c2", filter, sub(QoS::AtMostOnce)));
+        }
+        assert_eq!(table.len(), 2 * filters.len());
+
+        assert!(!table.unsubscribe(&"c1", "a"));
+        assert!(!table.unsubscribe(&"c3", "a/b"));
+        assert!(!table.unsubscribe(&"c1", "a/b/c/d"));
+        assert_eq!(table.len(), 2 * filters.len());
+
+        for filter in filters {
+            assert!(table.unsubscribe(&"c1", filter));
+        }
+        assert_eq!(receivers(&table, "a/b/c"), ["c2"]);
+        for filter in filters {
+            assert!(table.unsubscribe(&"c2", filter));
+            assert!(!table.unsubscribe(&"c2", filter));
+        }
+        assert!(table.is_empty());
+        assert!(fully_pruned(&table));
+        assert!(receivers(&table, "a/b/c").is_empty());
+    }
+
+    #[test]
+    fn subscribe_replaces_options() {
+        let table = Table::new();
+        assert!(table.subscribe("c1", "a", with_id(QoS::AtMostOnce, 1)));
+        assert!(!table.subscribe("c1", "a", with_id(QoS::ExactlyOnce, 2)));
+        assert!(table.subscribe("m1", "$share/g/a", sub(QoS::AtMostOnce)));
+        assert!(!table.subscribe("m1", "$share/g/a", sub(QoS::AtLeastOnce)));
+        assert_eq!(table.len(), 2);
+        let out = routes(&table, "a", None);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].subscriber, "c1");
+        assert_eq!(out[0].qos, QoS::ExactlyOnce);
+        assert_eq!(out[0].subscription_identifiers, [2]);
+        assert_eq!(out[1].subscriber, "m1");
+        assert_eq!(out[1].qos, QoS::AtLeastOnce);
+    }
+
+    #[test]
+    fn concurrent_subscribe_and_route() {
+        let table = SubscriptionTable::<u32>::new();
+        std::thread::scope(|scope| {
+            for worker in 0..4u32 {
+                let table = &table;
+                scope.spawn(move || {
+                    for i in 0..500u32 {
+                        let filter = format!("t{}/{worker}/{i}/+", i % 7);
+                        table.subscribe(worker, &filter, sub(QoS::AtMostOnce));
+                        let mut out = Vec::new();
+                        let topic = format!("t{}/{worker}/{i}/x", i % 7);
+                        table.route(&topic, None, &|_| true, &mut out);
+                        assert!(out.iter().any(|r| r.subscriber == worker));
+                        if i % 2 == 0 {
+                            table.unsubscribe(&worker, &filter);
+                        }
+                    }
+                });
+            }
+        });
+        // Each worker keeps the filters of odd i.
+        assert_eq!(table.len(), 4 * 250);
+    }
+
+    /// A random subscription for the brute-force comparison: subscriber,
+    /// full filter (shared in group "g" or not), and options. No Local is only
+    /// set on ordinary subscriptions, as the connection layer guarantees.
+    fn random_subscription() -> impl Strategy<Value = (u32, String, Subscription)> {
+        let qos = prop::sample::select(vec![QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]);
+        let shape = (any::<bool>(), any::<bool>(), any::<Option<u32>>());
+        (0u32..4, strategies::topic_filter(), qos, shape).prop_map(
+            |(subscriber, filter, qos, (shared, local, identifier))| {
+                let mut sub = sub(qos);
+                sub.identifier = identifier;
+                sub.options.no_local = local && !shared;
+                let filter = if shared {
+                    format!("$share/g/{filter}")
+                } else {
+                    filter
+                };
+                (subscriber, filter, sub)
+            },
+        )
+    }
+
+    /// Subscribes everything in `subs`, then checks the routes of each topic
+    /// against [`topic::matches`] applied to every subscription.
+    fn check_against_brute_force(
+        subs: Vec<(u32, String, Subscription)>,
+        topics: &[String],
+        publisher: Option<u32>,
+    ) -> Result<(), TestCaseError> {
+        let table = SubscriptionTable::<u32>::new();
+        // (subscriber, full filter) -> subscription; the last write wins.
+        let mut model: BTreeMap<(u32, String), Subscription> = BTreeMap::new();
+        for (subscriber, filter, sub) in subs {
+            let new = table.subscribe(subscriber, &filter, sub);
+            prop_assert_eq!(new, model.insert((subscriber, filter), sub).is_none());
+        }
+        prop_assert_eq!(table.len(), model.len());
+
+        for topic in topics {
+            let mut out = Vec::new();
+            table.route(topic, publisher.as_ref(), &|_| true, &mut out);
+
+            // Ordinary subscriber -> (max QoS, identifiers).
+            let mut expected: BTreeMap<u32, (QoS, Vec<u32>)> = BTreeMap::new();
+            // Matching shared filters, and the members of those groups.
+            let mut expected_shared: BTreeSet<&str> = BTreeSet::new();
+            let mut shared_members: BTreeSet<u32> = BTreeSet::new();
+            for ((subscriber, full), sub) in &model {
+                match full.strip_prefix("$share/g/") {
+                    Some(filter) if topic::matches(filter, topic) => {
+                        expected_shared.insert(filter);
+                        shared_members.insert(*subscriber);
+                    }
+                    None if topic::matches(full, topic)
+                        && !(sub.options.no_local && publisher == Some(*subscriber)) =>
+                    {
+                        let entry = expected.entry(*subscriber).or_default();
+                        entry.0 = entry.0.max(sub.options.qos);
+                        entry.1.extend(sub.identifier);
+                    }
+                    _ => {}
+                }
+            }
+
+            let mut actual: BTreeMap<u32, (QoS, Vec<u32>)> = BTreeMap::new();
+            let mut shared_routes = 0;
+            for route in out {
+                if route.shared_group.is_some() {
+                    prop_assert_eq!(route.shared_group.as_deref(), Some("g"));
+                    prop_assert!(shared_members.contains(&route.subscriber));
+                    shared_routes += 1;
+                    continue;
+                }
+                let mut ids = route.subscription_identifiers;
+                ids.sort_unstable();
+                let previous = actual.insert(route.subscriber, (route.qos, ids));
+                prop_assert!(previous.is_none(), "two routes for one subscriber");
+            }
+            for ids in expected.values_mut() {
+                ids.1.sort_unstable();
+            }
+            prop_assert_eq!(actual, expected, "topic {}", topic);
+            prop_assert_eq!(shared_routes, expected_shared.len(), "topic {}", topic);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn route_agrees_with_brute_force(
+            subs in prop::collection::vec(random_subscription(), 0..24),
+            topics in prop::collection::vec(strategies::topic_name(), 1..8),
+            publisher in prop::option::of(0u32..4),
+        ) {
+            check_against_brute_force(subs, &topics, publisher)?;
+        }
+    }
+}
