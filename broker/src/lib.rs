@@ -8,11 +8,25 @@
 //! - [`store`]: durable storage of retained messages and persistent sessions.
 //! - [`config`]: the TOML configuration file.
 //! - [`log`]: mosquitto-style event and packet log lines (text or JSON).
+//! - [`message`]: an application message as the broker shares it.
+//! - [`session`]: per-client state that outlives connections.
+//! - [`broker`]: shared state; publish, attach/detach, expiry, wills, recovery.
+//! - [`connection`]: the protocol state machine of one connection.
+//! - [`server`]: listeners, start and shutdown.
+//! - [`sys`]: the `$SYS` topic tree.
+//! - [`stats`]: counters.
 
+pub mod broker;
 pub mod codec;
 pub mod config;
+pub mod connection;
 pub mod log;
+pub mod message;
 pub mod retained;
 pub mod router;
+pub mod server;
+pub mod session;
+pub mod stats;
 pub mod store;
+pub mod sys;
 pub mod topic;

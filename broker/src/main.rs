@@ -1,1 +1,101 @@
-fn main() {}
+//! `kubemqtt-broker`: run the broker.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use kubemqtt_broker::config::{Config, LogFormat};
+use kubemqtt_broker::log::Logger;
+use kubemqtt_broker::server;
+
+/// KubeMQTT broker: MQTT 3.1, 3.1.1 and 5.0.
+///
+/// With no configuration file it runs like mosquitto 2.0's local-only mode:
+/// one listener on 127.0.0.1:1883, anonymous clients allowed, nothing
+/// persisted. With `-c` everything comes from the file (see
+/// docs/configuration.md); anonymous access is then off unless the file
+/// turns it on.
+#[derive(Debug, Parser)]
+#[command(name = "kubemqtt-broker", version)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Log every packet received and sent (like `mosquitto -v`).
+    #[arg(short = 'v', long = "verbose")]
+    verbose: bool,
+
+    /// Log line format: `text` (mosquitto's) or `json` (one object a line).
+    #[arg(long = "log-format", value_name = "FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
+
+    /// Check the configuration file and exit: 0 when valid.
+    #[arg(long = "check-config", requires = "config")]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("Error: {e}");
+                return ExitCode::from(3);
+            }
+        },
+        None => Config::local_default(),
+    };
+    if args.check_config {
+        println!("{}: configuration OK", args.config.unwrap_or_default().display());
+        return ExitCode::SUCCESS;
+    }
+    if args.verbose {
+        config.log.verbose = true;
+    }
+    match args.log_format.as_deref() {
+        Some("json") => config.log.format = LogFormat::Json,
+        Some("text") => config.log.format = LogFormat::Text,
+        _ => {}
+    }
+    let logger = Logger::new(&config.log);
+    logger.starting();
+    logger.config_loaded(args.config.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let running = match server::start(config, logger.clone()).await {
+            Ok(running) => running,
+            Err(e) => {
+                logger.error(&format!("Error: {e}."));
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        running.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,647 @@
+//! The broker's shared state and the operations that span sessions:
+//! publishing (routing into session queues), attaching and detaching
+//! connections to sessions, session expiry, wills, and recovery from the
+//! durable store.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::codec::{QoS, ReasonCode, SubscriptionOptions, Will};
+use crate::config::Config;
+use crate::log::Logger;
+use crate::message::{now_ms, Message};
+use crate::retained::RetainedStore;
+use crate::router::{Route, Subscription, SubscriptionTable};
+use crate::session::{
+    Attachment, Control, Delivery, Enqueued, QueueLimits, Session, SessionSubscription,
+};
+use crate::stats::Stats;
+use crate::store::{Record, Recovered, Store, StoreError, StoredSubscription};
+
+/// Sessions are keyed by client id.
+pub type ClientKey = Arc<str>;
+
+const SHARDS: usize = 64;
+/// How long a new connection waits for the old one to let go of a session.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Broker {
+    pub config: Config,
+    pub logger: Logger,
+    pub router: SubscriptionTable<ClientKey>,
+    pub retained: RetainedStore<Arc<Message>>,
+    pub store: Option<Store>,
+    pub stats: Stats,
+    pub started: Instant,
+    sessions: Vec<RwLock<HashMap<ClientKey, Arc<Session>>>>,
+    /// Serialises CONNECT handling per shard of client ids, so that two
+    /// connections racing for one client id take over in order.
+    connect_locks: Vec<AsyncMutex<()>>,
+    hasher: ahash::RandomState,
+    next_connection_id: AtomicU64,
+    next_will_token: AtomicU64,
+}
+
+/// Result of attaching a connection to a session.
+pub struct Attached {
+    pub session: Arc<Session>,
+    pub session_present: bool,
+    /// A previous connection of the same client id was closed.
+    pub took_over: bool,
+}
+
+impl Broker {
+    pub fn new(config: Config, logger: Logger, store: Option<Store>) -> Broker {
+        Broker {
+            config,
+            logger,
+            router: SubscriptionTable::new(),
+            retained: RetainedStore::new(),
+            store,
+            stats: Stats::default(),
+            started: Instant::now(),
+            sessions: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            connect_locks: (0..SHARDS).map(|_| AsyncMutex::new(())).collect(),
+            hasher: ahash::RandomState::new(),
+            next_connection_id: AtomicU64::new(1),
+            next_will_token: AtomicU64::new(1),
+        }
+    }
+
+    fn shard(&self, client_id: &str) -> usize {
+        let mut h = self.hasher.build_hasher();
+        client_id.hash(&mut h);
+        (h.finish() as usize) % SHARDS
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn session(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.sessions[self.shard(client_id)]
+            .read()
+            .get(client_id)
+            .cloned()
+    }
+
+    /// All sessions (for `$SYS` counts and the admin API).
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        self.sessions
+            .iter()
+            .flat_map(|shard| shard.read().values().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    pub fn queue_limits(&self) -> QueueLimits {
+        let l = &self.config.limits;
+        QueueLimits {
+            max_messages: l.max_queued_messages as usize,
+            max_bytes: usize::try_from(l.max_queued_bytes).unwrap_or(usize::MAX),
+            policy: l.queue_full,
+        }
+    }
+
+    // ----- publishing -------------------------------------------------------
+
+    /// Routes a message to every matching session and updates the retained
+    /// store. Resolves once everything that must be durable is in the store,
+    /// so the caller may acknowledge the publisher afterwards. Returns the
+    /// number of sessions the message was routed to.
+    pub async fn publish(
+        &self,
+        msg: Arc<Message>,
+        publisher: Option<&ClientKey>,
+    ) -> Result<usize, StoreError> {
+        let mut records = Vec::new();
+        if msg.retain {
+            self.update_retained(&msg, &mut records);
+        }
+        let mut routes = Vec::new();
+        let eligible = |k: &ClientKey| self.session(k).is_some_and(|s| s.is_online());
+        self.router.route(&msg.topic, publisher, &eligible, &mut routes);
+        let matched = routes.len();
+        let limits = self.queue_limits();
+        for route in routes {
+            self.deliver(&msg, route, limits, &mut records);
+        }
+        if !records.is_empty() {
+            if let Some(store) = &self.store {
+                store.append(records).await?;
+            }
+        }
+        Ok(matched)
+    }
+
+    fn update_retained(&self, msg: &Arc<Message>, records: &mut Vec<Record>) {
+        let durable = !msg.topic.starts_with('$');
+        if msg.payload.is_empty() {
+            if self.retained.remove(&msg.topic).is_some() && durable {
+                records.push(Record::RetainClear {
+                    topic: msg.topic.to_string(),
+                });
+            }
+        } else {
+            self.retained.set(&msg.topic, msg.clone());
+            if durable && self.store.is_some() {
+                let msg_id = self.ensure_stored(msg, records);
+                records.push(Record::RetainSet {
+                    topic: msg.topic.to_string(),
+                    msg_id,
+                });
+            }
+        }
+    }
+
+    /// Writes the message body to the store once, however many sessions
+    /// reference it.
+    fn ensure_stored(&self, msg: &Arc<Message>, records: &mut Vec<Record>) -> u64 {
+        if let Some(id) = msg.store_id.get() {
+            return *id;
+        }
+        let Some(store) = &self.store else { return 0 };
+        let id = *msg.store_id.get_or_init(|| store.next_message_id());
+        records.push(Record::Message {
+            id,
+            msg: msg.to_stored(),
+        });
+        id
+    }
+
+    fn deliver(
+        &self,
+        msg: &Arc<Message>,
+        route: Route<ClientKey>,
+        limits: QueueLimits,
+        records: &mut Vec<Record>,
+    ) {
+        let Some(session) = self.session(&route.subscriber) else {
+            return;
+        };
+        let qos = msg.qos.min(route.qos);
+        let retain = msg.retain && route.retain_as_published;
+        self.enqueue(&session, msg, qos, retain, route.subscription_identifiers, limits, records);
+    }
+
+    /// Queues one delivery for a session (also used for retained messages on
+    /// subscribe) and records it in the store when the session is durable.
+    #[allow(clippy::too_many_arguments)]
+    pub fn enqueue(
+        &self,
+        session: &Session,
+        msg: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_identifiers: Vec<u32>,
+        limits: QueueLimits,
+        records: &mut Vec<Record>,
+    ) {
+        let mut state = session.state.lock();
+        let durable = state.persistent && qos != QoS::AtMostOnce && self.store.is_some();
+        let seq = if durable { state.take_seq() } else { 0 };
+        let delivery = Delivery {
+            msg: msg.clone(),
+            qos,
+            retain,
+            subscription_identifiers,
+            seq,
+        };
+        let outcome = state.enqueue(delivery, limits);
+        drop(state);
+        match outcome {
+            Enqueued::Dropped => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Enqueued::QueuedDroppedOldest(old_seq) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                if old_seq != 0 {
+                    records.push(Record::Dequeue {
+                        client_id: session.client_id.to_string(),
+                        seq: old_seq,
+                    });
+                }
+            }
+            Enqueued::Queued => {}
+        }
+        if durable {
+            let msg_id = self.ensure_stored(msg, records);
+            records.push(Record::Enqueue {
+                client_id: session.client_id.to_string(),
+                seq,
+                msg_id,
+                qos: qos.as_u8(),
+            });
+        }
+        session.notify.notify_one();
+    }
+
+    /// Records for the store without waiting (acknowledgement bookkeeping,
+    /// whose loss on a crash only means a harmless re-delivery).
+    pub fn persist_nowait(&self, records: Vec<Record>) {
+        if let Some(store) = &self.store {
+            if !records.is_empty() {
+                store.append_nowait(records);
+            }
+        }
+    }
+
+    pub async fn persist(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        match &self.store {
+            Some(store) if !records.is_empty() => store.append(records).await,
+            _ => Ok(()),
+        }
+    }
+
+    // ----- subscriptions ----------------------------------------------------
+
+    /// Adds a subscription to a session and the router. Returns whether it
+    /// is new (for Retain Handling 1).
+    pub fn subscribe(
+        &self,
+        session: &Session,
+        filter: &str,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+        records: &mut Vec<Record>,
+    ) -> bool {
+        let is_new = self.router.subscribe(
+            session.client_id.clone(),
+            filter,
+            Subscription {
+                options,
+                identifier,
+            },
+        );
+        let mut state = session.state.lock();
+        state.subscriptions.insert(
+            filter.to_string(),
+            SessionSubscription {
+                options,
+                identifier,
+            },
+        );
+        if state.persistent {
+            records.push(Record::Subscribe {
+                client_id: session.client_id.to_string(),
+                sub: stored_subscription(filter, options, identifier),
+            });
+        }
+        is_new
+    }
+
+    pub fn unsubscribe(&self, session: &Session, filter: &str, records: &mut Vec<Record>) -> bool {
+        let existed = self.router.unsubscribe(&session.client_id, filter);
+        let mut state = session.state.lock();
+        let had = state.subscriptions.remove(filter).is_some();
+        if had && state.persistent {
+            records.push(Record::Unsubscribe {
+                client_id: session.client_id.to_string(),
+                filter: filter.to_string(),
+            });
+        }
+        existed || had
+    }
+
+    // ----- sessions ---------------------------------------------------------
+
+    /// Attaches a new connection to the session of `client_id`, taking over
+    /// from a connection that holds it and starting fresh when asked.
+    pub async fn attach(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        expiry_interval: u32,
+        attachment: Attachment,
+    ) -> Result<Attached, StoreError> {
+        let shard = self.shard(client_id);
+        let _serial = self.connect_locks[shard].lock().await;
+        let mut took_over = false;
+        if let Some(existing) = self.session(client_id) {
+            let control = existing.state.lock().attachment.clone();
+            if let Some(old) = control {
+                took_over = true;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if old.control.send(Control::TakenOver(tx)).await.is_ok() {
+                    // The old connection detaches itself, then confirms.
+                    let _ = tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await;
+                }
+                // Whatever happened, it no longer owns the session.
+                let mut state = existing.state.lock();
+                if state
+                    .attachment
+                    .as_ref()
+                    .is_some_and(|a| a.connection_id == old.connection_id)
+                {
+                    state.attachment = None;
+                }
+            }
+        }
+        let persistent = expiry_interval > 0 && self.store.is_some();
+        let mut records = Vec::new();
+        let existing = self.session(client_id);
+        let (session, session_present) = match existing {
+            Some(session) if !clean_start => {
+                let mut state = session.state.lock();
+                if persistent && !state.persistent {
+                    records.push(Record::SessionOpen {
+                        client_id: client_id.to_string(),
+                        expiry_interval,
+                    });
+                    for (filter, sub) in &state.subscriptions {
+                        records.push(Record::Subscribe {
+                            client_id: client_id.to_string(),
+                            sub: stored_subscription(filter, sub.options, sub.identifier),
+                        });
+                    }
+                } else if !persistent && state.persistent {
+                    records.push(Record::SessionDelete {
+                        client_id: client_id.to_string(),
+                    });
+                } else if persistent {
+                    records.push(Record::SessionResume {
+                        client_id: client_id.to_string(),
+                        expiry_interval,
+                    });
+                }
+                state.persistent = persistent;
+                drop(state);
+                (session, true)
+            }
+            other => {
+                if let Some(old) = other {
+                    self.remove_session(&old, &mut records);
+                }
+                let session = Arc::new(Session::new(
+                    Arc::from(client_id),
+                    expiry_interval,
+                    persistent,
+                ));
+                self.sessions[shard]
+                    .write()
+                    .insert(session.client_id.clone(), session.clone());
+                if persistent {
+                    records.push(Record::SessionOpen {
+                        client_id: client_id.to_string(),
+                        expiry_interval,
+                    });
+                }
+                (session, false)
+            }
+        };
+        {
+            let mut state = session.state.lock();
+            state.attachment = Some(attachment);
+            state.expiry_interval = expiry_interval;
+            state.disconnected_at = None;
+            state.pending_will = None;
+            state.epoch += 1;
+        }
+        self.persist(records).await?;
+        Ok(Attached {
+            session,
+            session_present,
+            took_over,
+        })
+    }
+
+    /// Detaches a connection from its session when the connection ends.
+    /// `will` is published (possibly after its delay) when given.
+    pub fn detach(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        connection_id: u64,
+        will: Option<Will>,
+    ) {
+        let mut state = session.state.lock();
+        let ours = state
+            .attachment
+            .as_ref()
+            .is_some_and(|a| a.connection_id == connection_id);
+        let expiry = state.expiry_interval;
+        if ours {
+            state.attachment = None;
+            state.disconnected_at = Some(Instant::now());
+            state.epoch += 1;
+        }
+        let epoch = state.epoch;
+        let persistent = state.persistent;
+        drop(state);
+
+        if let Some(will) = will {
+            let delay = will.delay_interval.unwrap_or(0).min(expiry);
+            if delay == 0 || !ours {
+                self.publish_will(will);
+            } else {
+                let token = self.next_will_token.fetch_add(1, Ordering::Relaxed);
+                session.state.lock().pending_will = Some(token);
+                let broker = self.clone();
+                let session = session.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+                    let due = {
+                        let mut state = session.state.lock();
+                        if state.pending_will == Some(token) {
+                            state.pending_will = None;
+                            true
+                        } else {
+                            false
+                        }
+                    };
+                    if due {
+                        broker.publish_will(will);
+                    }
+                });
+            }
+        }
+
+        if !ours {
+            return;
+        }
+        if expiry == 0 {
+            let mut records = Vec::new();
+            self.remove_session(session, &mut records);
+            self.persist_nowait(records);
+            return;
+        }
+        if persistent {
+            self.persist_nowait(vec![Record::SessionDisconnected {
+                client_id: session.client_id.to_string(),
+                expiry_interval: expiry,
+                at_ms: now_ms(),
+            }]);
+        }
+        self.schedule_expiry(session.clone(), epoch, Duration::from_secs(u64::from(expiry)));
+    }
+
+    fn schedule_expiry(self: &Arc<Self>, session: Arc<Session>, epoch: u64, after: Duration) {
+        if after.as_secs() >= u64::from(u32::MAX) {
+            return; // never expires
+        }
+        let broker = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let expired = {
+                let state = session.state.lock();
+                state.epoch == epoch && state.attachment.is_none()
+            };
+            if expired {
+                let mut records = Vec::new();
+                broker.remove_session(&session, &mut records);
+                broker.persist_nowait(records);
+            }
+        });
+    }
+
+    fn publish_will(self: &Arc<Self>, will: Will) {
+        let msg = Arc::new(Message::from_will(will));
+        let broker = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = broker.publish(msg, None).await {
+                broker
+                    .logger
+                    .error(&format!("Error persisting will message: {e}."));
+            }
+        });
+    }
+
+    /// Ends a session: its subscriptions leave the router, its queue is
+    /// dropped, a pending delayed will is published now.
+    fn remove_session(&self, session: &Arc<Session>, records: &mut Vec<Record>) {
+        let shard = self.shard(&session.client_id);
+        {
+            let mut map = self.sessions[shard].write();
+            if let Entry::Occupied(e) = map.entry(session.client_id.clone()) {
+                if Arc::ptr_eq(e.get(), session) {
+                    e.remove();
+                }
+            }
+        }
+        // Never hold a session lock while calling into the router: routing
+        // calls back into sessions under the router's locks.
+        let (filters, persistent) = {
+            let mut state = session.state.lock();
+            let filters: Vec<String> = state.subscriptions.drain().map(|(f, _)| f).collect();
+            state.clear_messages();
+            state.epoch += 1;
+            (filters, state.persistent)
+        };
+        for filter in &filters {
+            self.router.unsubscribe(&session.client_id, filter);
+        }
+        if persistent {
+            records.push(Record::SessionDelete {
+                client_id: session.client_id.to_string(),
+            });
+        }
+    }
+
+    /// Asks the connection attached to `client_id` to disconnect.
+    pub fn kick(&self, client_id: &str, reason: ReasonCode) -> bool {
+        let Some(session) = self.session(client_id) else {
+            return false;
+        };
+        let attachment = session.state.lock().attachment.clone();
+        match attachment {
+            Some(a) => a.control.try_send(Control::Disconnect(reason)).is_ok(),
+            None => false,
+        }
+    }
+
+    // ----- recovery ---------------------------------------------------------
+
+    /// Rebuilds retained messages and persistent sessions from the store.
+    pub fn restore(self: &Arc<Self>, recovered: Recovered) {
+        for (topic, stored) in recovered.retained {
+            self.retained
+                .set(&topic, Arc::new(Message::from_stored(stored)));
+        }
+        let now = now_ms();
+        for stored in recovered.sessions {
+            let client_id: ClientKey = Arc::from(stored.client_id.as_str());
+            let session = Arc::new(Session::new(
+                client_id.clone(),
+                stored.expiry_interval,
+                true,
+            ));
+            {
+                let mut state = session.state.lock();
+                for sub in &stored.subscriptions {
+                    let options = SubscriptionOptions {
+                        qos: QoS::from_u8(sub.qos).unwrap_or(QoS::AtMostOnce),
+                        no_local: sub.no_local,
+                        retain_as_published: sub.retain_as_published,
+                        retain_handling: sub.retain_handling,
+                    };
+                    self.router.subscribe(
+                        client_id.clone(),
+                        &sub.filter,
+                        Subscription {
+                            options,
+                            identifier: sub.identifier,
+                        },
+                    );
+                    state.subscriptions.insert(
+                        sub.filter.clone(),
+                        SessionSubscription {
+                            options,
+                            identifier: sub.identifier,
+                        },
+                    );
+                }
+                let mut max_seq = 0;
+                for entry in stored.queue {
+                    max_seq = max_seq.max(entry.seq);
+                    let retain = entry.msg.retain;
+                    let delivery = Delivery {
+                        msg: Arc::new(Message::from_stored(entry.msg)),
+                        qos: QoS::from_u8(entry.qos).unwrap_or(QoS::AtLeastOnce),
+                        retain,
+                        subscription_identifiers: Vec::new(),
+                        seq: entry.seq,
+                    };
+                    match entry.packet_id {
+                        Some(pid) => state.restore_inflight(pid, delivery, entry.released),
+                        None => state.restore_queued(delivery),
+                    }
+                }
+                state.next_seq = max_seq + 1;
+                state.inbound_qos2 = stored.inbound_qos2.into_iter().collect();
+                state.disconnected_at = Some(Instant::now());
+            }
+            let elapsed_ms = stored
+                .disconnected_at_ms
+                .map(|at| now.saturating_sub(at))
+                .unwrap_or(0);
+            let remaining = Duration::from_secs(u64::from(stored.expiry_interval))
+                .saturating_sub(Duration::from_millis(elapsed_ms));
+            let shard = self.shard(&client_id);
+            self.sessions[shard].write().insert(client_id, session.clone());
+            if stored.expiry_interval != u32::MAX {
+                self.schedule_expiry(session, 0, remaining);
+            }
+        }
+    }
+}
+
+pub fn stored_subscription(
+    filter: &str,
+    options: SubscriptionOptions,
+    identifier: Option<u32>,
+) -> StoredSubscription {
+    StoredSubscription {
+        filter: filter.to_string(),
+        qos: options.qos.as_u8(),
+        no_local: options.no_local,
+        retain_as_published: options.retain_as_published,
+        retain_handling: options.retain_handling,
+        identifier,
+    }
+}

@@ -1,0 +1,985 @@
+//! One client connection: the MQTT protocol state machine from CONNECT to
+//! the close of the socket.
+//!
+//! A single task per connection reads packets, handles them, and writes
+//! what the session has queued, so an idle connection costs one task and
+//! two small buffers. The session (not the connection) owns queued and
+//! in-flight messages, which is what makes takeover and persistence simple.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, watch};
+
+use crate::broker::{Broker, ClientKey};
+use crate::codec::{
+    self, Connack, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion,
+    PubResponse, Publish, PublishProperties, QoS, ReasonCode, Suback, Subscribe, Unsuback,
+    Unsubscribe, Will,
+};
+use crate::message::Message;
+use crate::session::{Attachment, Control, Delivery, Session};
+use crate::stats::Stats;
+use crate::store::Record;
+use crate::topic;
+
+/// How long a new connection may take to send CONNECT.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stop pulling from the session queue while this much is unsent.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Keep a read buffer's memory when it is idle only up to this size.
+const IDLE_READ_CAPACITY: usize = 4 * 1024;
+/// How long to try to flush a final packet before closing.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a connection ends.
+#[derive(Debug)]
+enum Close {
+    /// DISCONNECT received; `with_will` for 5.0 reason 0x04.
+    ClientDisconnect { with_will: bool },
+    /// The peer closed the socket without DISCONNECT.
+    Eof,
+    SocketError(std::io::Error),
+    KeepAlive,
+    /// We close because the client broke the protocol.
+    Protocol(ReasonCode, String),
+    TakenOver(tokio::sync::oneshot::Sender<()>),
+    /// The session no longer lists this connection (a takeover that timed out).
+    Detached,
+    /// Administrative disconnect.
+    Server(ReasonCode),
+    Shutdown,
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve<S>(
+    broker: Arc<Broker>,
+    stream: S,
+    peer: SocketAddr,
+    local_port: u16,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    broker.logger.new_connection(peer, local_port);
+    Stats::add(&broker.stats.connections_total, 1);
+    let (rd, wr) = tokio::io::split(stream);
+    let mut io = Io {
+        rd,
+        wr,
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
+    };
+    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&broker, &mut io)).await
+    {
+        Ok(Ok(connect)) => connect,
+        Ok(Err(early)) => {
+            early.log(&broker);
+            io.finish().await;
+            return;
+        }
+        Err(_) => {
+            // No CONNECT in time.
+            broker.logger.connection_closed(None);
+            return;
+        }
+    };
+    let Some(conn) = Connection::establish(broker.clone(), io, peer, *connect).await else {
+        return;
+    };
+    conn.run(shutdown).await;
+}
+
+/// The socket halves and their buffers.
+struct Io<S> {
+    rd: ReadHalf<S>,
+    wr: WriteHalf<S>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+}
+
+impl<S: AsyncRead + AsyncWrite> Io<S> {
+    /// Reads more bytes; Ok(false) on end of stream.
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        if self.rbuf.capacity() - self.rbuf.len() < 512 {
+            self.rbuf.reserve(2048);
+        }
+        Ok(self.rd.read_buf(&mut self.rbuf).await? > 0)
+    }
+
+    /// Flushes what is buffered, bounded in time; used before closing.
+    async fn finish(&mut self) {
+        let wr = &mut self.wr;
+        let buf = &mut self.wbuf;
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
+            while !buf.is_empty() {
+                if wr.write_buf(buf).await.unwrap_or(0) == 0 {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+        })
+        .await;
+    }
+
+    /// After a burst, gives back read-buffer memory so idle connections stay
+    /// small.
+    fn shrink(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_READ_CAPACITY {
+            self.rbuf = BytesMut::new();
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > WRITE_HIGH_WATER {
+            self.wbuf = BytesMut::new();
+        }
+    }
+}
+
+/// A failure before the session is attached.
+enum EarlyClose {
+    Io(std::io::Error),
+    Eof,
+    Decode(DecodeError),
+}
+
+impl EarlyClose {
+    fn log(&self, broker: &Broker) {
+        match self {
+            EarlyClose::Io(e) => broker.logger.socket_error(None, e),
+            EarlyClose::Eof => broker.logger.connection_closed(None),
+            EarlyClose::Decode(e) => match e.reason_code() {
+                ReasonCode::MALFORMED_PACKET => broker.logger.malformed_packet(None, &e.to_string()),
+                ReasonCode::PACKET_TOO_LARGE => broker.logger.oversize_packet(None),
+                _ => broker.logger.protocol_error(None, &e.to_string()),
+            },
+        }
+    }
+}
+
+async fn read_connect<S: AsyncRead + AsyncWrite>(
+    broker: &Broker,
+    io: &mut Io<S>,
+) -> Result<Box<Connect>, EarlyClose> {
+    let max = broker.config.limits.max_packet_size;
+    loop {
+        match codec::decode(&mut io.rbuf, None, max) {
+            Ok(Some(Packet::Connect(connect))) => return Ok(connect),
+            Ok(Some(_)) => {
+                return Err(EarlyClose::Decode(DecodeError::ExpectedConnect));
+            }
+            Ok(None) => match io.fill().await {
+                Ok(true) => {}
+                Ok(false) => return Err(EarlyClose::Eof),
+                Err(e) => return Err(EarlyClose::Io(e)),
+            },
+            Err(e) => {
+                if let DecodeError::UnsupportedProtocolVersion { .. } = e {
+                    // Answer in 3.1.1 terms: return code 1.
+                    let connack = Packet::Connack(Connack {
+                        session_present: false,
+                        reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                        properties: Properties::default(),
+                    });
+                    let _ = codec::encode(&connack, ProtocolVersion::V311, &mut io.wbuf);
+                }
+                return Err(EarlyClose::Decode(e));
+            }
+        }
+    }
+}
+
+/// Everything about the client that the CONNECT negotiated.
+struct Connection<S> {
+    broker: Arc<Broker>,
+    io: Io<S>,
+    id: u64,
+    version: ProtocolVersion,
+    client_id: ClientKey,
+    session: Arc<Session>,
+    control: mpsc::Receiver<Control>,
+    keep_alive: Option<Duration>,
+    will: Option<Will>,
+    /// Session expiry requested at CONNECT (for the DISCONNECT rule).
+    connect_expiry: u32,
+    /// Client's Receive Maximum capped by ours: our in-flight window.
+    window: usize,
+    /// Client's Maximum Packet Size.
+    client_max_packet: u32,
+    /// Topic aliases the client set (client -> server).
+    inbound_aliases: HashMap<u16, Arc<str>>,
+    /// Topic aliases we set (server -> client), and how many it accepts.
+    outbound_aliases: HashMap<Arc<str>, u16>,
+    client_alias_max: u16,
+    /// Whether the client wants reason strings and user properties on
+    /// failures (5.0 Request Problem Information).
+    problem_info: bool,
+    last_packet: Instant,
+}
+
+impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
+    /// Validates CONNECT, authenticates, attaches the session and sends
+    /// CONNACK. Returns None when the connection was refused.
+    async fn establish(
+        broker: Arc<Broker>,
+        mut io: Io<S>,
+        peer: SocketAddr,
+        connect: Connect,
+    ) -> Option<Connection<S>> {
+        let version = connect.protocol;
+        let limits = &broker.config.limits;
+        if broker.logger.verbose() {
+            broker
+                .logger
+                .received(&display_id(&connect.client_id), &Packet::Connect(Box::new(connect.clone())));
+        }
+        let refuse = |io: &mut Io<S>, reason: ReasonCode, text: &str| {
+            let mut properties = Properties::default();
+            if version.is_v5() && !text.is_empty() {
+                properties.reason_string = Some(text.to_string());
+            }
+            let connack = Packet::Connack(Connack {
+                session_present: false,
+                reason,
+                properties,
+            });
+            // mosquitto names a refused client by its address.
+            broker.logger.sending(&peer.ip().to_string(), &connack);
+            let _ = codec::encode(&connack, version, &mut io.wbuf);
+        };
+
+        // Enhanced authentication is not configured on this broker.
+        if version.is_v5() && connect.properties.authentication_method.is_some() {
+            refuse(&mut io, ReasonCode::BAD_AUTHENTICATION_METHOD, "");
+            broker.logger.not_authorised(None);
+            io.finish().await;
+            return None;
+        }
+        if !broker.config.allow_anonymous {
+            // No credentials are configured yet: nobody may connect.
+            refuse(&mut io, ReasonCode::NOT_AUTHORIZED, "");
+            broker.logger.not_authorised(None);
+            io.finish().await;
+            return None;
+        }
+
+        let mut assigned = None;
+        let client_id: ClientKey = if connect.client_id.is_empty() {
+            let allowed = match version {
+                ProtocolVersion::V5 => true,
+                ProtocolVersion::V311 => connect.clean_start,
+                ProtocolVersion::V31 => false,
+            };
+            if !allowed {
+                refuse(&mut io, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "");
+                broker.logger.protocol_error(None, "empty client id");
+                io.finish().await;
+                return None;
+            }
+            let id = generate_client_id(&broker);
+            assigned = Some(id.clone());
+            Arc::from(id.as_str())
+        } else {
+            if connect.client_id.len() > usize::from(limits.max_client_id_len) {
+                refuse(
+                    &mut io,
+                    ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                    "client identifier too long",
+                );
+                broker.logger.protocol_error(Some(&connect.client_id), "client id too long");
+                io.finish().await;
+                return None;
+            }
+            Arc::from(connect.client_id.as_str())
+        };
+
+        // Session expiry: 3.1.1 clean session false means "never expires".
+        let requested_expiry = match version {
+            ProtocolVersion::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
+            _ if connect.clean_start => 0,
+            _ => u32::MAX,
+        };
+        let expiry = requested_expiry.min(limits.max_session_expiry);
+        let mut keep_alive = connect.keep_alive;
+        let mut server_keep_alive = None;
+        if version.is_v5() && keep_alive > limits.max_keepalive {
+            keep_alive = limits.max_keepalive;
+            server_keep_alive = Some(keep_alive);
+        }
+
+        let (control_tx, control_rx) = mpsc::channel(4);
+        let id = broker.next_connection_id();
+        let attached = match broker
+            .attach(
+                &client_id,
+                connect.clean_start,
+                expiry,
+                Attachment {
+                    connection_id: id,
+                    control: control_tx,
+                },
+            )
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                broker.logger.error(&format!("Error persisting session: {e}."));
+                refuse(&mut io, ReasonCode::SERVER_UNAVAILABLE, "");
+                io.finish().await;
+                return None;
+            }
+        };
+        if attached.took_over {
+            broker.logger.already_connected(&client_id);
+        }
+
+        let mut properties = Properties::default();
+        if version.is_v5() {
+            if expiry != requested_expiry {
+                properties.session_expiry_interval = Some(expiry);
+            }
+            if limits.receive_maximum != u16::MAX {
+                properties.receive_maximum = Some(limits.receive_maximum);
+            }
+            properties.maximum_packet_size = Some(limits.max_packet_size);
+            if limits.topic_alias_maximum > 0 {
+                properties.topic_alias_maximum = Some(limits.topic_alias_maximum);
+            }
+            properties.assigned_client_identifier = assigned;
+            properties.server_keep_alive = server_keep_alive;
+        }
+        let connack = Packet::Connack(Connack {
+            session_present: attached.session_present,
+            reason: ReasonCode::SUCCESS,
+            properties,
+        });
+        let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+        let window = usize::from(client_receive_max.min(limits.max_inflight));
+        let mut conn = Connection {
+            broker: broker.clone(),
+            io,
+            id,
+            version,
+            client_id: client_id.clone(),
+            session: attached.session,
+            control: control_rx,
+            keep_alive: (keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+            will: connect.will.clone(),
+            connect_expiry: expiry,
+            window,
+            client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
+            inbound_aliases: HashMap::new(),
+            outbound_aliases: HashMap::new(),
+            client_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
+            problem_info: connect.properties.request_problem_information != Some(0),
+            last_packet: Instant::now(),
+        };
+        broker.logger.client_connected(peer, &client_id, &connect);
+        conn.send(&connack);
+        broker.stats.client_connected();
+        conn.resend_inflight();
+        Some(conn)
+    }
+
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let close = self.event_loop(&mut shutdown).await;
+        self.close(close).await;
+    }
+
+    async fn event_loop(&mut self, shutdown: &mut watch::Receiver<bool>) -> Close {
+        enum Event {
+            Read(std::io::Result<usize>),
+            Wrote(std::io::Result<usize>),
+            Queued,
+            Control(Option<Control>),
+            KeepAlive,
+            Shutdown,
+        }
+        loop {
+            if *shutdown.borrow() {
+                return Close::Shutdown;
+            }
+            if let Err(close) = self.pull_queue().await {
+                return close;
+            }
+            self.io.shrink();
+            let deadline = self.keep_alive.map(|k| self.last_packet + k);
+            let io = &mut self.io;
+            if io.rbuf.capacity() - io.rbuf.len() < 256 {
+                io.rbuf.reserve(1024);
+            }
+            let can_pull = io.wbuf.len() < WRITE_HIGH_WATER;
+            let event = tokio::select! {
+                r = io.rd.read_buf(&mut io.rbuf) => Event::Read(r),
+                w = io.wr.write_buf(&mut io.wbuf), if !io.wbuf.is_empty() => Event::Wrote(w),
+                _ = self.session.notify.notified(), if can_pull => Event::Queued,
+                c = self.control.recv() => Event::Control(c),
+                _ = sleep_until(deadline) => Event::KeepAlive,
+                _ = shutdown.changed() => Event::Shutdown,
+            };
+            match event {
+                Event::Read(Ok(0)) => return Close::Eof,
+                Event::Read(Ok(n)) => {
+                    Stats::add(&self.broker.stats.bytes_received, n as u64);
+                    if let Err(close) = self.handle_input().await {
+                        return close;
+                    }
+                }
+                Event::Read(Err(e)) | Event::Wrote(Err(e)) => return Close::SocketError(e),
+                Event::Wrote(Ok(n)) => {
+                    Stats::add(&self.broker.stats.bytes_sent, n as u64);
+                }
+                Event::Queued => {}
+                Event::Control(Some(Control::TakenOver(ack))) => return Close::TakenOver(ack),
+                Event::Control(Some(Control::Disconnect(reason))) => return Close::Server(reason),
+                // The session was handed to another connection without us.
+                Event::Control(None) => return Close::Detached,
+                Event::KeepAlive => return Close::KeepAlive,
+                Event::Shutdown => return Close::Shutdown,
+            }
+        }
+    }
+
+    /// Decodes and handles every complete packet in the read buffer.
+    async fn handle_input(&mut self) -> Result<(), Close> {
+        let max = self.broker.config.limits.max_packet_size;
+        loop {
+            let packet = match codec::decode(&mut self.io.rbuf, Some(self.version), max) {
+                Ok(Some(packet)) => packet,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(Close::Protocol(e.reason_code(), e.to_string())),
+            };
+            self.last_packet = Instant::now();
+            if self.broker.logger.verbose() {
+                self.broker.logger.received(&self.client_id, &packet);
+            }
+            self.handle_packet(packet).await?;
+        }
+    }
+
+    async fn handle_packet(&mut self, packet: Packet) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p).await,
+            Packet::Puback(r) => {
+                self.on_complete(r.packet_id, QoS::AtLeastOnce);
+                Ok(())
+            }
+            Packet::Pubrec(r) => {
+                self.on_pubrec(r);
+                Ok(())
+            }
+            Packet::Pubrel(r) => {
+                self.on_pubrel(r);
+                Ok(())
+            }
+            Packet::Pubcomp(r) => {
+                self.on_complete(r.packet_id, QoS::ExactlyOnce);
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s).await,
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u).await,
+            Packet::Pingreq => {
+                self.send(&Packet::Pingresp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => self.on_disconnect(d),
+            Packet::Auth(_) => Err(protocol_error("AUTH without an authentication method")),
+            Packet::Connect(_) => Err(protocol_error("second CONNECT")),
+            other => Err(protocol_error(&format!(
+                "{} is not sent by clients",
+                other.name()
+            ))),
+        }
+    }
+
+    async fn on_publish(&mut self, mut p: Publish) -> Result<(), Close> {
+        Stats::add(&self.broker.stats.messages_received, 1);
+        let topic = self.resolve_topic(&mut p)?;
+        let packet_id = p.packet_id.unwrap_or(0);
+        if p.qos == QoS::ExactlyOnce {
+            let mut state = self.session.state.lock();
+            if state.inbound_qos2.contains(&packet_id) {
+                // A retransmission of a message we already have: acknowledge
+                // again, route nothing.
+                drop(state);
+                self.send(&Packet::Pubrec(PubResponse::new(packet_id, ReasonCode::SUCCESS)));
+                return Ok(());
+            }
+            if state.inbound_qos2.len() >= usize::from(self.broker.config.limits.receive_maximum) {
+                return Err(Close::Protocol(
+                    ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                    "receive maximum exceeded".into(),
+                ));
+            }
+            state.inbound_qos2.insert(packet_id);
+        }
+        let qos = p.qos;
+        let reason = if topic.starts_with("$SYS") {
+            // Only the broker publishes under $SYS.
+            ReasonCode::NOT_AUTHORIZED
+        } else {
+            let msg = Arc::new(Message::from_publish(p, topic));
+            match self.broker.publish(msg, Some(&self.client_id)).await {
+                Ok(0) => ReasonCode::NO_MATCHING_SUBSCRIBERS,
+                Ok(_) => ReasonCode::SUCCESS,
+                Err(e) => {
+                    self.broker
+                        .logger
+                        .error(&format!("Error persisting message: {e}."));
+                    return Err(Close::Server(ReasonCode::UNSPECIFIED_ERROR));
+                }
+            }
+        };
+        let reason = if self.version.is_v5() {
+            reason
+        } else {
+            ReasonCode::SUCCESS
+        };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                self.send(&Packet::Puback(PubResponse::new(packet_id, reason)));
+            }
+            QoS::ExactlyOnce => {
+                if reason.is_error() {
+                    // A failed QoS 2 exchange ends here (no PUBREL follows).
+                    self.session.state.lock().inbound_qos2.remove(&packet_id);
+                } else if self.session.state.lock().persistent {
+                    let record = Record::InboundQos2 {
+                        client_id: self.client_id.to_string(),
+                        packet_id,
+                    };
+                    if let Err(e) = self.broker.persist(vec![record]).await {
+                        self.broker.logger.error(&format!("Error persisting: {e}."));
+                        return Err(Close::Server(ReasonCode::UNSPECIFIED_ERROR));
+                    }
+                }
+                self.send(&Packet::Pubrec(PubResponse::new(packet_id, reason)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies 5.0 topic aliases and returns the message's topic.
+    fn resolve_topic(&mut self, p: &mut Publish) -> Result<Arc<str>, Close> {
+        let Some(alias) = p.properties.topic_alias else {
+            if p.topic.is_empty() {
+                return Err(Close::Protocol(
+                    ReasonCode::TOPIC_NAME_INVALID,
+                    "empty topic".into(),
+                ));
+            }
+            return Ok(Arc::from(p.topic.as_str()));
+        };
+        let max = self.broker.config.limits.topic_alias_maximum;
+        if alias == 0 || alias > max {
+            return Err(Close::Protocol(
+                ReasonCode::TOPIC_ALIAS_INVALID,
+                format!("topic alias {alias} out of range"),
+            ));
+        }
+        if p.topic.is_empty() {
+            match self.inbound_aliases.get(&alias) {
+                Some(topic) => Ok(topic.clone()),
+                None => Err(Close::Protocol(
+                    ReasonCode::PROTOCOL_ERROR,
+                    format!("unknown topic alias {alias}"),
+                )),
+            }
+        } else {
+            let topic: Arc<str> = Arc::from(p.topic.as_str());
+            self.inbound_aliases.insert(alias, topic.clone());
+            Ok(topic)
+        }
+    }
+
+    fn on_pubrel(&mut self, r: PubResponse) {
+        let known = self.session.state.lock().inbound_qos2.remove(&r.packet_id);
+        if known {
+            let persistent = self.session.state.lock().persistent;
+            if persistent {
+                self.broker.persist_nowait(vec![Record::InboundQos2Done {
+                    client_id: self.client_id.to_string(),
+                    packet_id: r.packet_id,
+                }]);
+            }
+        }
+        let reason = if known || !self.version.is_v5() {
+            ReasonCode::SUCCESS
+        } else {
+            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        self.send(&Packet::Pubcomp(PubResponse::new(r.packet_id, reason)));
+    }
+
+    fn on_pubrec(&mut self, r: PubResponse) {
+        if r.reason.is_error() {
+            // 5.0: the receiver refused the message; the exchange is over.
+            self.on_complete(r.packet_id, QoS::ExactlyOnce);
+            return;
+        }
+        let released = self.session.state.lock().release(r.packet_id);
+        let reason = match released {
+            Some(seq) => {
+                if seq != 0 {
+                    self.broker.persist_nowait(vec![Record::Released {
+                        client_id: self.client_id.to_string(),
+                        seq,
+                    }]);
+                }
+                ReasonCode::SUCCESS
+            }
+            None if self.version.is_v5() => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+            None => ReasonCode::SUCCESS,
+        };
+        self.send(&Packet::Pubrel(PubResponse::new(r.packet_id, reason)));
+    }
+
+    /// PUBACK or PUBCOMP: the outbound delivery is done.
+    fn on_complete(&mut self, packet_id: u16, expected: QoS) {
+        let done = {
+            let mut state = self.session.state.lock();
+            match state.inflight.get(&packet_id) {
+                Some(entry) if entry.delivery.qos == expected => state.complete(packet_id),
+                _ => None,
+            }
+        };
+        if let Some(entry) = done {
+            if entry.delivery.seq != 0 {
+                self.broker.persist_nowait(vec![Record::Dequeue {
+                    client_id: self.client_id.to_string(),
+                    seq: entry.delivery.seq,
+                }]);
+            }
+        }
+    }
+
+    async fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
+        let identifier = s.properties.subscription_identifier;
+        let mut reasons = Vec::with_capacity(s.filters.len());
+        let mut records = Vec::new();
+        let mut retained_for = Vec::new();
+        for (filter, options) in &s.filters {
+            let shared = match topic::SharedFilter::parse(filter) {
+                Ok(shared) => shared,
+                Err(_) => {
+                    reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
+                    continue;
+                }
+            };
+            let inner = shared.as_ref().map_or(filter.as_str(), |s| s.filter);
+            if !topic::valid_topic_filter(inner) {
+                reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            if shared.is_some() && options.no_local {
+                return Err(protocol_error("no local on a shared subscription"));
+            }
+            let is_new =
+                self.broker
+                    .subscribe(&self.session, filter, *options, identifier, &mut records);
+            reasons.push(ReasonCode(options.qos.as_u8()));
+            let send_retained = shared.is_none()
+                && match options.retain_handling {
+                    0 => true,
+                    1 => is_new,
+                    _ => false,
+                };
+            if send_retained {
+                retained_for.push((filter.clone(), options.qos));
+            }
+        }
+        if let Err(e) = self.broker.persist(records).await {
+            self.broker.logger.error(&format!("Error persisting: {e}."));
+            return Err(Close::Server(ReasonCode::UNSPECIFIED_ERROR));
+        }
+        self.send(&Packet::Suback(Suback {
+            packet_id: s.packet_id,
+            reasons,
+            properties: Properties::default(),
+        }));
+        // Retained messages follow the SUBACK.
+        let mut records = Vec::new();
+        let limits = self.broker.queue_limits();
+        for (filter, qos) in retained_for {
+            for (_, msg) in self.broker.retained.matching(&filter) {
+                if msg.is_expired(Instant::now()) {
+                    continue;
+                }
+                self.broker.enqueue(
+                    &self.session,
+                    &msg,
+                    msg.qos.min(qos),
+                    true,
+                    identifier.into_iter().collect(),
+                    limits,
+                    &mut records,
+                );
+            }
+        }
+        if let Err(e) = self.broker.persist(records).await {
+            self.broker.logger.error(&format!("Error persisting: {e}."));
+            return Err(Close::Server(ReasonCode::UNSPECIFIED_ERROR));
+        }
+        Ok(())
+    }
+
+    async fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
+        let mut records = Vec::new();
+        let reasons = u
+            .filters
+            .iter()
+            .map(|filter| {
+                if self.broker.unsubscribe(&self.session, filter, &mut records) {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
+        if let Err(e) = self.broker.persist(records).await {
+            self.broker.logger.error(&format!("Error persisting: {e}."));
+            return Err(Close::Server(ReasonCode::UNSPECIFIED_ERROR));
+        }
+        self.send(&Packet::Unsuback(Unsuback {
+            packet_id: u.packet_id,
+            reasons,
+            properties: Properties::default(),
+        }));
+        Ok(())
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Close> {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            if self.connect_expiry == 0 && expiry != 0 {
+                return Err(protocol_error(
+                    "session expiry set on DISCONNECT after 0 at CONNECT",
+                ));
+            }
+            let expiry = expiry.min(self.broker.config.limits.max_session_expiry);
+            self.session.state.lock().expiry_interval = expiry;
+        }
+        Err(Close::ClientDisconnect {
+            with_will: d.reason == ReasonCode::DISCONNECT_WITH_WILL,
+        })
+    }
+
+    /// Re-sends, after a reconnect, what was in flight: PUBLISH with DUP for
+    /// unacknowledged messages, PUBREL for QoS 2 messages already received.
+    fn resend_inflight(&mut self) {
+        let pending: Vec<(u16, Delivery, bool)> = {
+            let state = self.session.state.lock();
+            state
+                .inflight
+                .iter()
+                .map(|(id, i)| (*id, i.delivery.clone(), i.released))
+                .collect()
+        };
+        for (packet_id, delivery, released) in pending {
+            if released {
+                self.send(&Packet::Pubrel(PubResponse::new(packet_id, ReasonCode::SUCCESS)));
+            } else {
+                let publish = self.build_publish(&delivery, Some(packet_id), true, Instant::now());
+                self.send(&Packet::Publish(publish));
+                Stats::add(&self.broker.stats.messages_sent, 1);
+            }
+        }
+    }
+
+    /// Moves queued deliveries into the write buffer as far as the in-flight
+    /// window and the buffer's high-water mark allow.
+    async fn pull_queue(&mut self) -> Result<(), Close> {
+        let now = Instant::now();
+        let mut records = Vec::new();
+        let mut expired = Vec::new();
+        while self.io.wbuf.len() < WRITE_HIGH_WATER {
+            let next = self
+                .session
+                .state
+                .lock()
+                .next_to_send(self.window, now, &mut expired);
+            let Some((packet_id, delivery)) = next else {
+                break;
+            };
+            let publish = self.build_publish(&delivery, packet_id, false, now);
+            let packet = Packet::Publish(publish);
+            if self.version.is_v5()
+                && codec::encoded_len(&packet, self.version) > self.client_max_packet as usize
+            {
+                // Too large for this client: discard as if delivered.
+                Stats::add(&self.broker.stats.dropped, 1);
+                if let Some(id) = packet_id {
+                    self.session.state.lock().complete(id);
+                }
+                if delivery.seq != 0 {
+                    expired.push(delivery.seq);
+                }
+                continue;
+            }
+            if let (Some(id), true) = (packet_id, delivery.seq != 0) {
+                records.push(Record::Inflight {
+                    client_id: self.client_id.to_string(),
+                    seq: delivery.seq,
+                    packet_id: id,
+                });
+            }
+            self.send(&packet);
+            Stats::add(&self.broker.stats.messages_sent, 1);
+        }
+        for seq in expired {
+            records.push(Record::Dequeue {
+                client_id: self.client_id.to_string(),
+                seq,
+            });
+        }
+        self.broker.persist_nowait(records);
+        Ok(())
+    }
+
+    fn build_publish(
+        &mut self,
+        delivery: &Delivery,
+        packet_id: Option<u16>,
+        dup: bool,
+        now: Instant,
+    ) -> Publish {
+        let msg = &delivery.msg;
+        let mut topic = msg.topic.to_string();
+        let mut properties = PublishProperties::default();
+        if self.version.is_v5() {
+            properties = msg.properties.clone();
+            properties.subscription_identifiers = delivery.subscription_identifiers.clone();
+            properties.message_expiry_interval = msg.remaining_expiry(now);
+            if self.client_alias_max > 0 {
+                if let Some(alias) = self.outbound_aliases.get(&msg.topic) {
+                    properties.topic_alias = Some(*alias);
+                    topic.clear();
+                } else if self.outbound_aliases.len() < usize::from(self.client_alias_max) {
+                    let alias = (self.outbound_aliases.len() + 1) as u16;
+                    self.outbound_aliases.insert(msg.topic.clone(), alias);
+                    properties.topic_alias = Some(alias);
+                }
+            }
+        }
+        Publish {
+            dup,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            topic,
+            packet_id,
+            properties,
+            payload: msg.payload.clone(),
+        }
+    }
+
+    /// Encodes a packet into the write buffer.
+    fn send(&mut self, packet: &Packet) {
+        if self.broker.logger.verbose() {
+            self.broker.logger.sending(&self.client_id, packet);
+        }
+        if let Err(e) = codec::encode(packet, self.version, &mut self.io.wbuf) {
+            self.broker
+                .logger
+                .warning(&format!("Cannot encode {} for {}: {e}.", packet.name(), self.client_id));
+        }
+    }
+
+    async fn close(mut self, close: Close) {
+        let mut publish_will = true;
+        let mut ack = None;
+        match close {
+            Close::ClientDisconnect { with_will } => {
+                publish_will = with_will;
+                self.broker.logger.disconnected(&self.client_id);
+            }
+            Close::Eof => self.broker.logger.connection_closed(Some(&self.client_id)),
+            Close::SocketError(e) => self.broker.logger.socket_error(Some(&self.client_id), &e),
+            Close::KeepAlive => {
+                self.broker.logger.keepalive_timeout(&self.client_id);
+                self.disconnect_v5(ReasonCode::KEEP_ALIVE_TIMEOUT, None);
+            }
+            Close::Protocol(reason, text) => {
+                let id = Some(&*self.client_id);
+                match reason {
+                    ReasonCode::MALFORMED_PACKET => self.broker.logger.malformed_packet(id, &text),
+                    ReasonCode::PACKET_TOO_LARGE => self.broker.logger.oversize_packet(id),
+                    _ => self.broker.logger.protocol_error(id, &text),
+                }
+                self.disconnect_v5(reason, Some(text));
+            }
+            Close::TakenOver(tx) => {
+                self.disconnect_v5(ReasonCode::SESSION_TAKEN_OVER, None);
+                ack = Some(tx);
+            }
+            Close::Detached => {
+                self.disconnect_v5(ReasonCode::SESSION_TAKEN_OVER, None);
+            }
+            Close::Server(reason) => {
+                self.broker.logger.disconnected(&self.client_id);
+                self.disconnect_v5(reason, None);
+            }
+            Close::Shutdown => {
+                publish_will = false;
+                self.disconnect_v5(ReasonCode::SERVER_SHUTTING_DOWN, None);
+            }
+        }
+        let will = if publish_will { self.will.take() } else { None };
+        self.broker.detach(&self.session, self.id, will);
+        self.broker.stats.client_disconnected();
+        if let Some(tx) = ack {
+            let _ = tx.send(());
+        }
+        self.io.finish().await;
+    }
+
+    /// Server-initiated DISCONNECT (5.0 only; 3.x connections just close).
+    fn disconnect_v5(&mut self, reason: ReasonCode, text: Option<String>) {
+        if !self.version.is_v5() {
+            return;
+        }
+        let mut properties = Properties::default();
+        if self.problem_info {
+            properties.reason_string = text;
+        }
+        self.send(&Packet::Disconnect(Disconnect { reason, properties }));
+    }
+}
+
+fn protocol_error(text: &str) -> Close {
+    Close::Protocol(ReasonCode::PROTOCOL_ERROR, text.to_string())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn display_id(client_id: &str) -> String {
+    if client_id.is_empty() {
+        "<unknown>".to_string()
+    } else {
+        client_id.to_string()
+    }
+}
+
+/// An identifier for a client that sent an empty one (`auto-` and 32 hex
+/// digits, like mosquitto's).
+fn generate_client_id(broker: &Broker) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let seed = ahash::RandomState::new();
+    let mut h1 = seed.build_hasher();
+    h1.write_u64(broker.next_connection_id());
+    let mut h2 = seed.build_hasher();
+    h2.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("auto-{:016x}{:016x}", h1.finish(), h2.finish())
+}

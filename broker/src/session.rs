@@ -1,0 +1,418 @@
+//! A client session: what survives between connections of one client id
+//! (subscriptions, queued and in-flight messages, inbound QoS 2 state) and
+//! the bookkeeping of the connection currently attached to it.
+//!
+//! Every session has its own lock; publishing to many sessions takes each
+//! lock briefly and never a global one. The attached connection is woken
+//! through [`Session::notify`] when new messages are queued.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, Notify};
+
+use crate::codec::{QoS, ReasonCode, SubscriptionOptions};
+use crate::config::QueueFullPolicy;
+use crate::message::Message;
+
+/// A message waiting in a session's queue or in flight to its client.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub msg: Arc<Message>,
+    /// Effective QoS: min(published QoS, subscription QoS).
+    pub qos: QoS,
+    /// RETAIN flag as it will be sent.
+    pub retain: bool,
+    pub subscription_identifiers: Vec<u32>,
+    /// Sequence number in the durable store; 0 when not persisted.
+    pub seq: u64,
+}
+
+/// A QoS 1/2 delivery sent to the client and not yet completed.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub delivery: Delivery,
+    /// QoS 2: PUBREC received, PUBREL sent, waiting for PUBCOMP.
+    pub released: bool,
+}
+
+/// What a session's subscription remembers (the router holds the same data
+/// for matching; this copy lets us clean the router up and persist it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionSubscription {
+    pub options: SubscriptionOptions,
+    pub identifier: Option<u32>,
+}
+
+/// Messages to the connection task attached to a session.
+#[derive(Debug)]
+pub enum Control {
+    /// Another connection took over this client id; stop and confirm.
+    TakenOver(tokio::sync::oneshot::Sender<()>),
+    /// Server-initiated disconnect with a reason (admin action, shutdown).
+    Disconnect(ReasonCode),
+}
+
+/// The connection attached to a session.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub connection_id: u64,
+    pub control: mpsc::Sender<Control>,
+}
+
+/// Queue limits, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub policy: QueueFullPolicy,
+}
+
+/// What happened to an offered delivery.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued,
+    /// Queued, and an older delivery (with this store sequence, 0 if none)
+    /// was dropped to make room.
+    QueuedDroppedOldest(u64),
+    /// Not queued: the queue is full or QoS 0 for an offline client.
+    Dropped,
+}
+
+#[derive(Debug, Default)]
+pub struct SessionState {
+    pub attachment: Option<Attachment>,
+    /// Session Expiry Interval in seconds (0: ends with the connection;
+    /// u32::MAX: never expires).
+    pub expiry_interval: u32,
+    /// Whether the session is written to the durable store.
+    pub persistent: bool,
+    /// Set while no connection is attached; used for expiry.
+    pub disconnected_at: Option<Instant>,
+    /// Incremented on each attach/detach so timers can tell whether the
+    /// session they were started for is still in the same state.
+    pub epoch: u64,
+    pub subscriptions: HashMap<String, SessionSubscription>,
+    pub queue: VecDeque<Delivery>,
+    queued_bytes: usize,
+    /// In send order, by packet id.
+    pub inflight: indexmap::IndexMap<u16, Inflight>,
+    next_packet_id: u16,
+    /// Inbound QoS 2 packet ids we sent PUBREC for and await PUBREL.
+    pub inbound_qos2: HashSet<u16>,
+    /// Next durable-store sequence number.
+    pub next_seq: u64,
+    /// Deliveries dropped because the queue was full.
+    pub dropped: u64,
+    /// Token of a pending delayed will; cleared when the client comes back.
+    pub pending_will: Option<u64>,
+}
+
+pub struct Session {
+    pub client_id: Arc<str>,
+    pub state: Mutex<SessionState>,
+    /// Wakes the attached connection when messages are queued.
+    pub notify: Notify,
+}
+
+impl Session {
+    pub fn new(client_id: Arc<str>, expiry_interval: u32, persistent: bool) -> Session {
+        Session {
+            client_id,
+            state: Mutex::new(SessionState {
+                expiry_interval,
+                persistent,
+                next_packet_id: 1,
+                next_seq: 1,
+                ..SessionState::default()
+            }),
+            notify: Notify::new(),
+        }
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.state.lock().attachment.is_some()
+    }
+}
+
+impl SessionState {
+    /// Offers a delivery to the queue. QoS 0 deliveries are only kept for an
+    /// attached client.
+    pub fn enqueue(&mut self, delivery: Delivery, limits: QueueLimits) -> Enqueued {
+        if delivery.qos == QoS::AtMostOnce && self.attachment.is_none() {
+            return Enqueued::Dropped;
+        }
+        let size = delivery.msg.payload.len() + delivery.msg.topic.len();
+        let full = |s: &SessionState| {
+            s.queue.len() >= limits.max_messages
+                || (limits.max_bytes > 0 && s.queued_bytes + size > limits.max_bytes)
+        };
+        let mut dropped_seq = None;
+        if full(self) {
+            match limits.policy {
+                QueueFullPolicy::DropNew => {
+                    self.dropped += 1;
+                    return Enqueued::Dropped;
+                }
+                QueueFullPolicy::DropOldest => {
+                    match self.queue.pop_front() {
+                        Some(old) => {
+                            self.queued_bytes -= old.msg.payload.len() + old.msg.topic.len();
+                            self.dropped += 1;
+                            dropped_seq = Some(old.seq);
+                        }
+                        None => {
+                            self.dropped += 1;
+                            return Enqueued::Dropped;
+                        }
+                    }
+                    if full(self) {
+                        self.dropped += 1;
+                        return Enqueued::Dropped;
+                    }
+                }
+            }
+        }
+        self.queued_bytes += size;
+        self.queue.push_back(delivery);
+        match dropped_seq {
+            Some(seq) => Enqueued::QueuedDroppedOldest(seq),
+            None => Enqueued::Queued,
+        }
+    }
+
+    /// Takes the next delivery to send, if the in-flight window allows it.
+    /// QoS 1/2 deliveries get a packet id and move to `inflight`; expired
+    /// messages are discarded on the way (returned in `expired` so their
+    /// store entries can be removed).
+    pub fn next_to_send(
+        &mut self,
+        window: usize,
+        now: Instant,
+        expired: &mut Vec<u64>,
+    ) -> Option<(Option<u16>, Delivery)> {
+        loop {
+            let front = self.queue.front()?;
+            if front.qos != QoS::AtMostOnce && self.inflight.len() >= window {
+                return None;
+            }
+            let delivery = self.queue.pop_front()?;
+            self.queued_bytes -= delivery.msg.payload.len() + delivery.msg.topic.len();
+            if delivery.msg.is_expired(now) {
+                if delivery.seq != 0 {
+                    expired.push(delivery.seq);
+                }
+                continue;
+            }
+            if delivery.qos == QoS::AtMostOnce {
+                return Some((None, delivery));
+            }
+            let packet_id = self.allocate_packet_id()?;
+            self.inflight.insert(
+                packet_id,
+                Inflight {
+                    delivery: delivery.clone(),
+                    released: false,
+                },
+            );
+            return Some((Some(packet_id), delivery));
+        }
+    }
+
+    fn allocate_packet_id(&mut self) -> Option<u16> {
+        for _ in 0..=u16::MAX {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if id != 0 && !self.inflight.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Restores an in-flight entry recovered from the store.
+    pub fn restore_inflight(&mut self, packet_id: u16, delivery: Delivery, released: bool) {
+        self.inflight
+            .insert(packet_id, Inflight { delivery, released });
+        if packet_id >= self.next_packet_id {
+            self.next_packet_id = packet_id.checked_add(1).unwrap_or(1);
+        }
+    }
+
+    /// Restores a queued entry recovered from the store (no limits applied:
+    /// it was accepted before the restart).
+    pub fn restore_queued(&mut self, delivery: Delivery) {
+        self.queued_bytes += delivery.msg.payload.len() + delivery.msg.topic.len();
+        self.queue.push_back(delivery);
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2): the delivery is complete.
+    pub fn complete(&mut self, packet_id: u16) -> Option<Inflight> {
+        self.inflight.shift_remove(&packet_id)
+    }
+
+    /// PUBREC: the QoS 2 delivery moves to its PUBREL phase. Returns the
+    /// store sequence number, or None for an unknown packet id.
+    pub fn release(&mut self, packet_id: u16) -> Option<u64> {
+        let entry = self.inflight.get_mut(&packet_id)?;
+        if entry.delivery.qos != QoS::ExactlyOnce {
+            return None;
+        }
+        entry.released = true;
+        Some(entry.delivery.seq)
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Forgets every message (clean start on an existing session).
+    pub fn clear_messages(&mut self) {
+        self.queue.clear();
+        self.queued_bytes = 0;
+        self.inflight.clear();
+        self.inbound_qos2.clear();
+    }
+
+    pub fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(qos: QoS, payload: &'static str) -> Delivery {
+        let mut msg = Message::internal("t", payload, false);
+        msg.qos = qos;
+        Delivery {
+            msg: Arc::new(msg),
+            qos,
+            retain: false,
+            subscription_identifiers: vec![],
+            seq: 0,
+        }
+    }
+
+    fn limits(max: usize, policy: QueueFullPolicy) -> QueueLimits {
+        QueueLimits {
+            max_messages: max,
+            max_bytes: 0,
+            policy,
+        }
+    }
+
+    fn attached() -> SessionState {
+        let (tx, _rx) = mpsc::channel(1);
+        SessionState {
+            attachment: Some(Attachment {
+                connection_id: 1,
+                control: tx,
+            }),
+            next_packet_id: 1,
+            ..SessionState::default()
+        }
+    }
+
+    #[test]
+    fn qos0_is_dropped_for_offline_client_but_qos1_queued() {
+        let mut s = SessionState::default();
+        let l = limits(10, QueueFullPolicy::DropNew);
+        assert_eq!(s.enqueue(delivery(QoS::AtMostOnce, "a"), l), Enqueued::Dropped);
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, "b"), l), Enqueued::Queued);
+        assert_eq!(s.queue_len(), 1);
+    }
+
+    #[test]
+    fn full_queue_drops_new_or_oldest() {
+        let mut s = attached();
+        let l = limits(2, QueueFullPolicy::DropNew);
+        s.enqueue(delivery(QoS::AtLeastOnce, "1"), l);
+        s.enqueue(delivery(QoS::AtLeastOnce, "2"), l);
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, "3"), l), Enqueued::Dropped);
+        assert_eq!(s.dropped, 1);
+        let l = limits(2, QueueFullPolicy::DropOldest);
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce, "4"), l),
+            Enqueued::QueuedDroppedOldest(0)
+        );
+        let payloads: Vec<_> = s.queue.iter().map(|d| d.msg.payload.clone()).collect();
+        assert_eq!(payloads, vec!["2", "4"]);
+        assert_eq!(s.dropped, 2);
+    }
+
+    #[test]
+    fn byte_limit_applies() {
+        let mut s = attached();
+        let l = QueueLimits {
+            max_messages: 100,
+            max_bytes: 8,
+            policy: QueueFullPolicy::DropNew,
+        };
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, "abc"), l), Enqueued::Queued);
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, "abc"), l), Enqueued::Queued);
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, "abc"), l), Enqueued::Dropped);
+    }
+
+    #[test]
+    fn window_limits_inflight_and_qos0_bypasses_it() {
+        let mut s = attached();
+        let l = limits(10, QueueFullPolicy::DropNew);
+        s.enqueue(delivery(QoS::AtLeastOnce, "1"), l);
+        s.enqueue(delivery(QoS::ExactlyOnce, "2"), l);
+        let now = Instant::now();
+        let mut expired = vec![];
+        let (pid, _) = s.next_to_send(1, now, &mut expired).unwrap();
+        assert_eq!(pid, Some(1));
+        assert!(s.next_to_send(1, now, &mut expired).is_none());
+        s.complete(1).unwrap();
+        let (pid, d) = s.next_to_send(1, now, &mut expired).unwrap();
+        assert_eq!((pid, d.qos), (Some(2), QoS::ExactlyOnce));
+        assert_eq!(s.release(2), Some(0));
+        assert!(s.inflight[&2].released);
+        assert!(s.complete(2).is_some());
+        assert!(s.complete(2).is_none());
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_flight_and_wrap() {
+        let mut s = attached();
+        s.next_packet_id = u16::MAX;
+        let l = limits(10, QueueFullPolicy::DropNew);
+        for _ in 0..3 {
+            s.enqueue(delivery(QoS::AtLeastOnce, "x"), l);
+        }
+        let now = Instant::now();
+        let mut e = vec![];
+        let ids: Vec<_> = (0..3)
+            .map(|_| s.next_to_send(10, now, &mut e).unwrap().0.unwrap())
+            .collect();
+        assert_eq!(ids, vec![u16::MAX, 1, 2]);
+    }
+
+    #[test]
+    fn expired_messages_are_skipped() {
+        let mut s = attached();
+        let mut msg = Message::internal("t", "old", false);
+        msg.qos = QoS::AtLeastOnce;
+        msg.expires_at = Some(Instant::now());
+        let d = Delivery {
+            msg: Arc::new(msg),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_identifiers: vec![],
+            seq: 7,
+        };
+        s.enqueue(d, limits(10, QueueFullPolicy::DropNew));
+        let mut expired = vec![];
+        assert!(s
+            .next_to_send(10, Instant::now() + std::time::Duration::from_millis(1), &mut expired)
+            .is_none());
+        assert_eq!(expired, vec![7]);
+    }
+}
