@@ -165,6 +165,8 @@ async fn read_connect<S: AsyncRead + AsyncWrite>(
 ) -> Result<Box<Connect>, EarlyClose> {
     let max = broker.config.limits.max_packet_size;
     loop {
+        // Read before decoding: the decoder consumes a packet it rejects.
+        let claimed = claimed_protocol(&io.rbuf);
         match codec::decode(&mut io.rbuf, None, max) {
             Ok(Some(Packet::Connect(connect))) => return Ok(connect),
             Ok(Some(_)) => {
@@ -176,18 +178,51 @@ async fn read_connect<S: AsyncRead + AsyncWrite>(
                 Err(e) => return Err(EarlyClose::Io(e)),
             },
             Err(e) => {
-                if let DecodeError::UnsupportedProtocolVersion { .. } = e {
-                    // Answer in 3.1.1 terms: return code 1.
+                // Answer a bad CONNECT with a CONNACK carrying the reason: in
+                // 5.0 terms when the packet claims 5.0, else 3.1.1 terms
+                // (return code 1 for an unsupported protocol version).
+                let answer = match (&e, claimed) {
+                    (DecodeError::UnsupportedProtocolVersion { .. }, _) => {
+                        Some(ProtocolVersion::V311)
+                    }
+                    (DecodeError::ExpectedConnect, _) => None,
+                    (_, Some(ProtocolVersion::V5)) => Some(ProtocolVersion::V5),
+                    _ => None,
+                };
+                if let Some(version) = answer {
                     let connack = Packet::Connack(Connack {
                         session_present: false,
-                        reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                        reason: e.reason_code(),
                         properties: Properties::default(),
                     });
-                    let _ = codec::encode(&connack, ProtocolVersion::V311, &mut io.wbuf);
+                    let _ = codec::encode(&connack, version, &mut io.wbuf);
                 }
                 return Err(EarlyClose::Decode(e));
             }
         }
+    }
+}
+
+/// The protocol version a (possibly malformed) CONNECT at the front of
+/// `buf` claims: protocol name and level right after the fixed header.
+fn claimed_protocol(buf: &[u8]) -> Option<ProtocolVersion> {
+    let mut pos = 1;
+    // Skip the remaining-length varint (at most 4 bytes).
+    for _ in 0..4 {
+        let byte = *buf.get(pos)?;
+        pos += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    let name_len = usize::from(u16::from_be_bytes([*buf.get(pos)?, *buf.get(pos + 1)?]));
+    let name = buf.get(pos + 2..pos + 2 + name_len)?;
+    let level = *buf.get(pos + 2 + name_len)?;
+    match (name, level) {
+        (b"MQTT", 5) => Some(ProtocolVersion::V5),
+        (b"MQTT", 4) => Some(ProtocolVersion::V311),
+        (b"MQIsdp", 3) => Some(ProtocolVersion::V31),
+        _ => None,
     }
 }
 
@@ -304,9 +339,18 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         let expiry = requested_expiry.min(limits.max_session_expiry);
         let mut keep_alive = connect.keep_alive;
         let mut server_keep_alive = None;
-        if version.is_v5() && keep_alive > limits.max_keepalive {
+        // Keepalive 0 ("never") is fine unless an upper bound is configured.
+        let too_long = keep_alive > limits.max_keepalive
+            || (keep_alive == 0 && limits.max_keepalive < u16::MAX);
+        if too_long && version.is_v5() {
             keep_alive = limits.max_keepalive;
             server_keep_alive = Some(keep_alive);
+        } else if too_long && keep_alive != 0 {
+            // 3.x cannot be told another value; mosquitto refuses the same way.
+            refuse(&mut io, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "");
+            broker.logger.protocol_error(Some(&connect.client_id), "keepalive too long");
+            io.finish().await;
+            return None;
         }
 
         let (control_tx, control_rx) = mpsc::channel(4);
