@@ -5,7 +5,6 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,9 +75,7 @@ impl Broker {
     }
 
     fn shard(&self, client_id: &str) -> usize {
-        let mut h = self.hasher.build_hasher();
-        client_id.hash(&mut h);
-        (h.finish() as usize) % SHARDS
+        (self.hasher.hash_one(client_id) as usize) % SHARDS
     }
 
     pub fn next_connection_id(&self) -> u64 {
@@ -126,7 +123,8 @@ impl Broker {
         }
         let mut routes = Vec::new();
         let eligible = |k: &ClientKey| self.session(k).is_some_and(|s| s.is_online());
-        self.router.route(&msg.topic, publisher, &eligible, &mut routes);
+        self.router
+            .route(&msg.topic, publisher, &eligible, &mut routes);
         let matched = routes.len();
         let limits = self.queue_limits();
         for route in routes {
@@ -187,7 +185,15 @@ impl Broker {
         };
         let qos = msg.qos.min(route.qos);
         let retain = msg.retain && route.retain_as_published;
-        self.enqueue(&session, msg, qos, retain, route.subscription_identifiers, limits, records);
+        self.enqueue(
+            &session,
+            msg,
+            qos,
+            retain,
+            route.subscription_identifiers,
+            limits,
+            records,
+        );
     }
 
     /// Queues one delivery for a session (also used for retained messages on
@@ -478,7 +484,11 @@ impl Broker {
                 at_ms: now_ms(),
             }]);
         }
-        self.schedule_expiry(session.clone(), epoch, Duration::from_secs(u64::from(expiry)));
+        self.schedule_expiry(
+            session.clone(),
+            epoch,
+            Duration::from_secs(u64::from(expiry)),
+        );
     }
 
     fn schedule_expiry(self: &Arc<Self>, session: Arc<Session>, epoch: u64, after: Duration) {
@@ -623,7 +633,9 @@ impl Broker {
             let remaining = Duration::from_secs(u64::from(stored.expiry_interval))
                 .saturating_sub(Duration::from_millis(elapsed_ms));
             let shard = self.shard(&client_id);
-            self.sessions[shard].write().insert(client_id, session.clone());
+            self.sessions[shard]
+                .write()
+                .insert(client_id, session.clone());
             if stored.expiry_interval != u32::MAX {
                 self.schedule_expiry(session, 0, remaining);
             }

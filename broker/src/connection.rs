@@ -40,7 +40,9 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 enum Close {
     /// DISCONNECT received; `with_will` for 5.0 reason 0x04.
-    ClientDisconnect { with_will: bool },
+    ClientDisconnect {
+        with_will: bool,
+    },
     /// The peer closed the socket without DISCONNECT.
     Eof,
     SocketError(std::io::Error),
@@ -151,7 +153,9 @@ impl EarlyClose {
             EarlyClose::Io(e) => broker.logger.socket_error(None, e),
             EarlyClose::Eof => broker.logger.connection_closed(None),
             EarlyClose::Decode(e) => match e.reason_code() {
-                ReasonCode::MALFORMED_PACKET => broker.logger.malformed_packet(None, &e.to_string()),
+                ReasonCode::MALFORMED_PACKET => {
+                    broker.logger.malformed_packet(None, &e.to_string())
+                }
                 ReasonCode::PACKET_TOO_LARGE => broker.logger.oversize_packet(None),
                 _ => broker.logger.protocol_error(None, &e.to_string()),
             },
@@ -266,9 +270,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         let version = connect.protocol;
         let limits = &broker.config.limits;
         if broker.logger.verbose() {
-            broker
-                .logger
-                .received(&display_id(&connect.client_id), &Packet::Connect(Box::new(connect.clone())));
+            broker.logger.received(
+                &display_id(&connect.client_id),
+                &Packet::Connect(Box::new(connect.clone())),
+            );
         }
         let refuse = |io: &mut Io<S>, reason: ReasonCode, text: &str| {
             let mut properties = Properties::default();
@@ -323,7 +328,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
                     "client identifier too long",
                 );
-                broker.logger.protocol_error(Some(&connect.client_id), "client id too long");
+                broker
+                    .logger
+                    .protocol_error(Some(&connect.client_id), "client id too long");
                 io.finish().await;
                 return None;
             }
@@ -348,7 +355,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         } else if too_long && keep_alive != 0 {
             // 3.x cannot be told another value; mosquitto refuses the same way.
             refuse(&mut io, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "");
-            broker.logger.protocol_error(Some(&connect.client_id), "keepalive too long");
+            broker
+                .logger
+                .protocol_error(Some(&connect.client_id), "keepalive too long");
             io.finish().await;
             return None;
         }
@@ -369,7 +378,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         {
             Ok(a) => a,
             Err(e) => {
-                broker.logger.error(&format!("Error persisting session: {e}."));
+                broker
+                    .logger
+                    .error(&format!("Error persisting session: {e}."));
                 refuse(&mut io, ReasonCode::SERVER_UNAVAILABLE, "");
                 io.finish().await;
                 return None;
@@ -549,7 +560,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 // A retransmission of a message we already have: acknowledge
                 // again, route nothing.
                 drop(state);
-                self.send(&Packet::Pubrec(PubResponse::new(packet_id, ReasonCode::SUCCESS)));
+                self.send(&Packet::Pubrec(PubResponse::new(
+                    packet_id,
+                    ReasonCode::SUCCESS,
+                )));
                 return Ok(());
             }
             if state.inbound_qos2.len() >= usize::from(self.broker.config.limits.receive_maximum) {
@@ -824,7 +838,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         };
         for (packet_id, delivery, released) in pending {
             if released {
-                self.send(&Packet::Pubrel(PubResponse::new(packet_id, ReasonCode::SUCCESS)));
+                self.send(&Packet::Pubrel(PubResponse::new(
+                    packet_id,
+                    ReasonCode::SUCCESS,
+                )));
             } else {
                 let publish = self.build_publish(&delivery, Some(packet_id), true, Instant::now());
                 self.send(&Packet::Publish(publish));
@@ -925,9 +942,11 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             self.broker.logger.sending(&self.client_id, packet);
         }
         if let Err(e) = codec::encode(packet, self.version, &mut self.io.wbuf) {
-            self.broker
-                .logger
-                .warning(&format!("Cannot encode {} for {}: {e}.", packet.name(), self.client_id));
+            self.broker.logger.warning(&format!(
+                "Cannot encode {} for {}: {e}.",
+                packet.name(),
+                self.client_id
+            ));
         }
     }
 

@@ -14,8 +14,9 @@
 //! - [`connection`]: the protocol state machine of one connection.
 //! - [`server`]: listeners, start and shutdown.
 //! - [`sys`]: the `$SYS` topic tree.
-//! - [`stats`]: counters.
+//! - [`stats`](crate::stats): counters.
 
+pub mod auth;
 pub mod broker;
 pub mod codec;
 pub mod config;

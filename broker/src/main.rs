@@ -49,7 +49,10 @@ fn main() -> ExitCode {
         None => Config::local_default(),
     };
     if args.check_config {
-        println!("{}: configuration OK", args.config.unwrap_or_default().display());
+        println!(
+            "{}: configuration OK",
+            args.config.unwrap_or_default().display()
+        );
         return ExitCode::SUCCESS;
     }
     if args.verbose {
@@ -63,7 +66,10 @@ fn main() -> ExitCode {
     let logger = Logger::new(&config.log);
     logger.starting();
     logger.config_loaded(args.config.as_deref());
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("Error: cannot start the runtime: {e}");

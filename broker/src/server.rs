@@ -78,15 +78,18 @@ pub async fn start(config: Config, logger: Logger) -> Result<RunningBroker, Star
         let p = &config.persistence;
         let policy = match p.fsync {
             FsyncMode::Always => FsyncPolicy::Always,
-            FsyncMode::Interval => FsyncPolicy::Interval(Duration::from_millis(p.fsync_interval_ms)),
+            FsyncMode::Interval => {
+                FsyncPolicy::Interval(Duration::from_millis(p.fsync_interval_ms))
+            }
             FsyncMode::Never => FsyncPolicy::Never,
         };
-        let (store, recovered) = Store::open(&p.dir, policy, p.compact_after_bytes).map_err(
-            |source| StartError::Store {
-                dir: p.dir.display().to_string(),
-                source,
-            },
-        )?;
+        let (store, recovered) =
+            Store::open(&p.dir, policy, p.compact_after_bytes).map_err(|source| {
+                StartError::Store {
+                    dir: p.dir.display().to_string(),
+                    source,
+                }
+            })?;
         (Some(store), Some(recovered))
     } else {
         (None, None)
@@ -116,7 +119,12 @@ pub async fn start(config: Config, logger: Logger) -> Result<RunningBroker, Star
     let mut tasks = JoinSet::new();
     let local_addrs = listeners.iter().map(|(_, a)| *a).collect();
     for (listener, addr) in listeners {
-        tasks.spawn(accept_loop(broker.clone(), listener, addr, shutdown_rx.clone()));
+        tasks.spawn(accept_loop(
+            broker.clone(),
+            listener,
+            addr,
+            shutdown_rx.clone(),
+        ));
     }
     if broker.config.sys.interval_secs > 0 {
         tasks.spawn(sys::run(broker.clone(), shutdown_rx.clone()));

@@ -323,8 +323,14 @@ mod tests {
     fn qos0_is_dropped_for_offline_client_but_qos1_queued() {
         let mut s = SessionState::default();
         let l = limits(10, QueueFullPolicy::DropNew);
-        assert_eq!(s.enqueue(delivery(QoS::AtMostOnce, "a"), l), Enqueued::Dropped);
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, "b"), l), Enqueued::Queued);
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtMostOnce, "a"), l),
+            Enqueued::Dropped
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce, "b"), l),
+            Enqueued::Queued
+        );
         assert_eq!(s.queue_len(), 1);
     }
 
@@ -334,7 +340,10 @@ mod tests {
         let l = limits(2, QueueFullPolicy::DropNew);
         s.enqueue(delivery(QoS::AtLeastOnce, "1"), l);
         s.enqueue(delivery(QoS::AtLeastOnce, "2"), l);
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, "3"), l), Enqueued::Dropped);
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce, "3"), l),
+            Enqueued::Dropped
+        );
         assert_eq!(s.dropped, 1);
         let l = limits(2, QueueFullPolicy::DropOldest);
         assert_eq!(
@@ -354,9 +363,18 @@ mod tests {
             max_bytes: 8,
             policy: QueueFullPolicy::DropNew,
         };
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, "abc"), l), Enqueued::Queued);
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, "abc"), l), Enqueued::Queued);
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, "abc"), l), Enqueued::Dropped);
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce, "abc"), l),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce, "abc"), l),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce, "abc"), l),
+            Enqueued::Dropped
+        );
     }
 
     #[test]
@@ -411,7 +429,11 @@ mod tests {
         s.enqueue(d, limits(10, QueueFullPolicy::DropNew));
         let mut expired = vec![];
         assert!(s
-            .next_to_send(10, Instant::now() + std::time::Duration::from_millis(1), &mut expired)
+            .next_to_send(
+                10,
+                Instant::now() + std::time::Duration::from_millis(1),
+                &mut expired
+            )
             .is_none());
         assert_eq!(expired, vec![7]);
     }

@@ -16,7 +16,12 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub async fn run(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let period = Duration::from_secs(broker.config.sys.interval_secs.max(1));
     let mut ticker = tokio::time::interval(period);
-    publish(&broker, "$SYS/broker/version", format!("kubemqtt-broker version {VERSION}")).await;
+    publish(
+        &broker,
+        "$SYS/broker/version",
+        format!("kubemqtt-broker version {VERSION}"),
+    )
+    .await;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -35,22 +40,59 @@ pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
     let connected = Stats::get(&s.clients_connected);
     let total = sessions.len() as u64;
     vec![
-        ("$SYS/broker/uptime", format!("{} seconds", broker.started.elapsed().as_secs())),
+        (
+            "$SYS/broker/uptime",
+            format!("{} seconds", broker.started.elapsed().as_secs()),
+        ),
         ("$SYS/broker/clients/connected", connected.to_string()),
         ("$SYS/broker/clients/active", connected.to_string()),
-        ("$SYS/broker/clients/disconnected", total.saturating_sub(connected).to_string()),
-        ("$SYS/broker/clients/total", total.max(connected).to_string()),
-        ("$SYS/broker/clients/maximum", Stats::get(&s.clients_maximum).to_string()),
-        ("$SYS/broker/messages/received", Stats::get(&s.messages_received).to_string()),
-        ("$SYS/broker/messages/sent", Stats::get(&s.messages_sent).to_string()),
-        ("$SYS/broker/publish/messages/dropped", Stats::get(&s.dropped).to_string()),
-        ("$SYS/broker/bytes/received", Stats::get(&s.bytes_received).to_string()),
-        ("$SYS/broker/bytes/sent", Stats::get(&s.bytes_sent).to_string()),
-        ("$SYS/broker/subscriptions/count", broker.router.len().to_string()),
-        ("$SYS/broker/retained messages/count", broker.retained.len().to_string()),
+        (
+            "$SYS/broker/clients/disconnected",
+            total.saturating_sub(connected).to_string(),
+        ),
+        (
+            "$SYS/broker/clients/total",
+            total.max(connected).to_string(),
+        ),
+        (
+            "$SYS/broker/clients/maximum",
+            Stats::get(&s.clients_maximum).to_string(),
+        ),
+        (
+            "$SYS/broker/messages/received",
+            Stats::get(&s.messages_received).to_string(),
+        ),
+        (
+            "$SYS/broker/messages/sent",
+            Stats::get(&s.messages_sent).to_string(),
+        ),
+        (
+            "$SYS/broker/publish/messages/dropped",
+            Stats::get(&s.dropped).to_string(),
+        ),
+        (
+            "$SYS/broker/bytes/received",
+            Stats::get(&s.bytes_received).to_string(),
+        ),
+        (
+            "$SYS/broker/bytes/sent",
+            Stats::get(&s.bytes_sent).to_string(),
+        ),
+        (
+            "$SYS/broker/subscriptions/count",
+            broker.router.len().to_string(),
+        ),
+        (
+            "$SYS/broker/retained messages/count",
+            broker.retained.len().to_string(),
+        ),
         (
             "$SYS/broker/store/messages/count",
-            sessions.iter().map(|s| s.state.lock().queue_len()).sum::<usize>().to_string(),
+            sessions
+                .iter()
+                .map(|s| s.state.lock().queue_len())
+                .sum::<usize>()
+                .to_string(),
         ),
     ]
 }

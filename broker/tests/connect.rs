@@ -9,14 +9,20 @@ use common::*;
 async fn v311_connect_is_accepted_without_session() {
     let broker = TestBroker::start_default().await;
     let (raw, ack) = Raw::connect(&broker, &Connect::v4("c1")).await;
-    assert!(!ack.session_present, "clean session never has a session present");
+    assert!(
+        !ack.session_present,
+        "clean session never has a session present"
+    );
     raw.disconnect().await;
 }
 
 #[tokio::test]
 async fn mqtt31_connect_is_accepted() {
     let broker = TestBroker::start_default().await;
-    let connect = Connect { level: 3, ..Connect::v4("legacy-31") };
+    let connect = Connect {
+        level: 3,
+        ..Connect::v4("legacy-31")
+    };
     let (mut raw, _) = Raw::connect(&broker, &connect).await;
     // The connection is usable: a subscription is granted.
     assert_eq!(raw.subscribe(1, &[("a/b", 1)]).await, vec![1]);
@@ -41,7 +47,10 @@ async fn rumqttc_v311_and_v5_clients_connect() {
     let (c4, ack4) = Client4::connect(&broker, "rumqttc-4", |_| {}).await;
     assert_eq!(ack4.code, rumqttc::ConnectReturnCode::Success);
     let (c5, ack5) = Client5::connect(&broker, "rumqttc-5", |_| {}).await;
-    assert_eq!(ack5.code, rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success);
+    assert_eq!(
+        ack5.code,
+        rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success
+    );
     c4.disconnect().await;
     c5.disconnect().await;
 }
@@ -49,13 +58,20 @@ async fn rumqttc_v311_and_v5_clients_connect() {
 #[tokio::test]
 async fn unsupported_protocol_level_is_refused_and_closed() {
     let broker = TestBroker::start_default().await;
-    let connect = Connect { level: 6, ..Connect::v4("future") };
+    let connect = Connect {
+        level: 6,
+        ..Connect::v4("future")
+    };
     let mut raw = Raw::open(&broker).await;
     raw.send(&connect.encode()).await;
     // 3.1.1 [MQTT-3.1.2-2]: CONNACK 0x01 then close. A 5.0 server may answer
     // with 0x84 instead; the client's version is unknown, so either is right.
     let ack = raw.expect_connack().await;
-    assert!(matches!(ack.code, 0x01 | 0x84), "unexpected code {:#04x}", ack.code);
+    assert!(
+        matches!(ack.code, 0x01 | 0x84),
+        "unexpected code {:#04x}",
+        ack.code
+    );
     raw.expect_closed().await;
 }
 
@@ -104,8 +120,14 @@ async fn v5_empty_client_id_gets_an_assigned_identifier() {
     let broker = TestBroker::start_default().await;
     let (_a, ack_a) = Raw::connect(&broker, &Connect::v5("")).await;
     let (_b, ack_b) = Raw::connect(&broker, &Connect::v5("")).await;
-    let id_a = ack_a.props.string(prop::ASSIGNED_CLIENT_IDENTIFIER).expect("assigned client id");
-    let id_b = ack_b.props.string(prop::ASSIGNED_CLIENT_IDENTIFIER).expect("assigned client id");
+    let id_a = ack_a
+        .props
+        .string(prop::ASSIGNED_CLIENT_IDENTIFIER)
+        .expect("assigned client id");
+    let id_b = ack_b
+        .props
+        .string(prop::ASSIGNED_CLIENT_IDENTIFIER)
+        .expect("assigned client id");
     assert!(!id_a.is_empty());
     assert_ne!(id_a, id_b, "assigned identifiers must be unique");
 }
@@ -117,8 +139,16 @@ async fn v5_assigned_identifier_is_usable_with_rumqttc() {
     let assigned = ack.properties.and_then(|p| p.assigned_client_identifier);
     assert!(assigned.is_some_and(|id| !id.is_empty()));
     // The session works: the client receives what it subscribed to.
-    c.subscribe("x/y", rumqttc::v5::mqttbytes::QoS::AtLeastOnce).await;
-    c.publish("x/y", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, "hi", Default::default()).await;
+    c.subscribe("x/y", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await;
+    c.publish(
+        "x/y",
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        false,
+        "hi",
+        Default::default(),
+    )
+    .await;
     assert_eq!(&c.recv().await.payload[..], b"hi");
 }
 
@@ -136,7 +166,10 @@ async fn username_and_password_are_accepted_when_anonymous_is_allowed() {
 #[tokio::test]
 async fn v311_password_without_username_is_a_protocol_violation() {
     let broker = TestBroker::start_default().await;
-    let connect = Connect { password: Some(b"secret".to_vec()), ..Connect::v4("pw-only") };
+    let connect = Connect {
+        password: Some(b"secret".to_vec()),
+        ..Connect::v4("pw-only")
+    };
     let mut raw = Raw::open(&broker).await;
     raw.send_connect(&connect).await;
     // [MQTT-3.1.2-22]: the server closes; a CONNACK, if sent, is a refusal.
@@ -152,7 +185,11 @@ async fn v311_password_without_username_is_a_protocol_violation() {
 
 #[tokio::test]
 async fn anonymous_client_is_refused_when_anonymous_is_not_allowed() {
-    let broker = TestBroker::start(BrokerOpts { deny_anonymous: true, ..BrokerOpts::default() }).await;
+    let broker = TestBroker::start(BrokerOpts {
+        deny_anonymous: true,
+        ..BrokerOpts::default()
+    })
+    .await;
     let mut raw = Raw::open(&broker).await;
     raw.send_connect(&Connect::v4("anon4")).await;
     assert_eq!(raw.expect_connack().await.code, 0x05, "Not authorized");
@@ -195,7 +232,10 @@ async fn v5_malformed_connect_flags_are_refused() {
 #[tokio::test]
 async fn v5_will_qos_3_is_malformed() {
     let broker = TestBroker::start_default().await;
-    let connect = Connect::v5("will-qos3").will(Will { qos: 3, ..Will::new("w", b"x") });
+    let connect = Connect::v5("will-qos3").will(Will {
+        qos: 3,
+        ..Will::new("w", b"x")
+    });
     let mut raw = Raw::open(&broker).await;
     raw.send_connect(&connect).await;
     raw.expect_connect_refused(0x81).await;
@@ -221,4 +261,17 @@ async fn v5_receive_maximum_zero_is_a_protocol_error() {
     let mut raw = Raw::open(&broker).await;
     raw.send_connect(&connect).await;
     raw.expect_connect_refused(0x82).await;
+}
+
+#[tokio::test]
+async fn new_connections_are_logged() {
+    let broker = TestBroker::start_default().await;
+    let (_raw, _) = Raw::connect(&broker, &Connect::v4("log-probe-7")).await;
+    // mosquitto-style event line: "New client connected from ... as log-probe-7 (...)".
+    assert!(broker.wait_for_log("log-probe-7", TIMEOUT).await, "no log line names the client");
+    let logs = broker.logs();
+    assert!(
+        logs.iter().any(|l| l.contains("New client connected") && l.contains("log-probe-7")),
+        "{logs:#?}"
+    );
 }

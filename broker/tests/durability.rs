@@ -12,7 +12,10 @@ mod common;
 use common::*;
 
 fn persistent_broker() -> BrokerOpts {
-    BrokerOpts { persistence: true, ..BrokerOpts::default() }
+    BrokerOpts {
+        persistence: true,
+        ..BrokerOpts::default()
+    }
 }
 
 fn session(id: &str) -> Connect {
@@ -30,7 +33,9 @@ async fn offline_subscriber(broker: &TestBroker, id: &str, filter: &str, qos: u8
 async fn publish_acked(broker: &TestBroker, topic: &str, n: u16) {
     let (mut publisher, _) = Raw::connect(broker, &Connect::v4("publisher")).await;
     for i in 0..n {
-        publisher.publish_qos1(&Pub::new(topic, i.to_string().as_bytes()).qos(1, i + 1)).await;
+        publisher
+            .publish_qos1(&Pub::new(topic, i.to_string().as_bytes()).qos(1, i + 1))
+            .await;
     }
 }
 
@@ -59,9 +64,15 @@ async fn assert_retained(broker: &TestBroker, topic: &str, payload: &[u8]) {
 async fn retained_messages_survive_a_restart() {
     let mut broker = TestBroker::start(persistent_broker()).await;
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v4("pub")).await;
-    publisher.publish_qos1(&Pub::new("keep/a", b"A").qos(1, 1).retain()).await;
-    publisher.publish_qos1(&Pub::new("keep/b", b"B").qos(1, 2).retain()).await;
-    publisher.publish_qos1(&Pub::new("keep/b", b"").qos(1, 3).retain()).await; // cleared
+    publisher
+        .publish_qos1(&Pub::new("keep/a", b"A").qos(1, 1).retain())
+        .await;
+    publisher
+        .publish_qos1(&Pub::new("keep/b", b"B").qos(1, 2).retain())
+        .await;
+    publisher
+        .publish_qos1(&Pub::new("keep/b", b"").qos(1, 3).retain())
+        .await; // cleared
     publisher.disconnect().await;
 
     broker.restart().await;
@@ -99,7 +110,10 @@ async fn inflight_message_survives_a_restart_and_is_resent_with_dup() {
     assert!(connack.session_present);
     let again = sub.expect_publish().await;
     assert!(again.dup);
-    assert_eq!((again.pid, again.payload.as_slice()), (first.pid, &b"0"[..]));
+    assert_eq!(
+        (again.pid, again.payload.as_slice()),
+        (first.pid, &b"0"[..])
+    );
 }
 
 #[tokio::test]
@@ -107,7 +121,9 @@ async fn without_persistence_a_restart_forgets_everything() {
     let mut broker = TestBroker::start_default().await;
     offline_subscriber(&broker, "forgotten", "t", 1).await;
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v4("pub")).await;
-    publisher.publish_qos1(&Pub::new("r", b"x").qos(1, 1).retain()).await;
+    publisher
+        .publish_qos1(&Pub::new("r", b"x").qos(1, 1).retain())
+        .await;
     publisher.disconnect().await;
 
     broker.restart().await;
@@ -139,8 +155,12 @@ async fn retained_messages_survive_kill9() {
     }
     let mut broker = TestBroker::start(persistent_broker()).await;
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v4("pub")).await;
-    publisher.publish_qos1(&Pub::new("kr/a", b"first").qos(1, 1).retain()).await;
-    publisher.publish_qos1(&Pub::new("kr/a", b"second").qos(1, 2).retain()).await;
+    publisher
+        .publish_qos1(&Pub::new("kr/a", b"first").qos(1, 1).retain())
+        .await;
+    publisher
+        .publish_qos1(&Pub::new("kr/a", b"second").qos(1, 2).retain())
+        .await;
 
     broker.kill9();
     broker.restart().await;
@@ -156,7 +176,9 @@ async fn inflight_qos2_delivery_survives_kill9() {
     let (mut sub, _) = Raw::connect(&broker, &session("q2")).await;
     sub.subscribe(1, &[("q2", 2)]).await;
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v4("pub")).await;
-    publisher.send_publish(&Pub::new("q2", b"once").qos(2, 1)).await;
+    publisher
+        .send_publish(&Pub::new("q2", b"once").qos(2, 1))
+        .await;
     publisher.expect_pubrec().await;
     publisher.send(&ack(kind::PUBREL, 1, false, 0)).await;
     publisher.expect_pubcomp().await;
@@ -218,7 +240,9 @@ async fn repeated_kill9_loses_nothing() {
     let mut pid = 0u16;
     for _round in 0..3 {
         for _ in 0..10 {
-            publisher.publish_qos1(&Pub::new("rk", pid.to_string().as_bytes()).qos(1, pid + 1)).await;
+            publisher
+                .publish_qos1(&Pub::new("rk", pid.to_string().as_bytes()).qos(1, pid + 1))
+                .await;
             pid += 1;
         }
         broker.kill9();

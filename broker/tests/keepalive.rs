@@ -10,7 +10,10 @@ use common::*;
 #[tokio::test]
 async fn silent_client_is_disconnected_after_keepalive_expires() {
     let broker = TestBroker::start_default().await;
-    for connect in [Connect::v4("silent4").keepalive(1), Connect::v5("silent5").keepalive(1)] {
+    for connect in [
+        Connect::v4("silent4").keepalive(1),
+        Connect::v5("silent5").keepalive(1),
+    ] {
         let (mut raw, _) = Raw::connect(&broker, &connect).await;
         // 5.0 allows a DISCONNECT 0x8D before the close; nothing else.
         if let Some(d) = raw.expect_closed_within(KEEPALIVE_BOUND).await {
@@ -62,7 +65,11 @@ async fn keepalive_zero_disables_the_timeout() {
 
 #[tokio::test]
 async fn v5_server_keep_alive_caps_the_client_value() {
-    let broker = TestBroker::start(BrokerOpts { max_keepalive: Some(10), ..BrokerOpts::default() }).await;
+    let broker = TestBroker::start(BrokerOpts {
+        max_keepalive: Some(10),
+        ..BrokerOpts::default()
+    })
+    .await;
     let (_raw, ack) = Raw::connect(&broker, &Connect::v5("long").keepalive(60)).await;
     assert_eq!(ack.props.num(prop::SERVER_KEEP_ALIVE), Some(10), "{ack:?}");
 
@@ -77,9 +84,16 @@ async fn v5_server_keep_alive_caps_the_client_value() {
 async fn v5_server_keep_alive_is_enforced() {
     // mosquitto does not accept max_keepalive below 10 s, so this test
     // waits for a 10 s server keepalive (15 s grace) under both brokers.
-    let broker = TestBroker::start(BrokerOpts { max_keepalive: Some(10), ..BrokerOpts::default() }).await;
+    let broker = TestBroker::start(BrokerOpts {
+        max_keepalive: Some(10),
+        ..BrokerOpts::default()
+    })
+    .await;
     let (mut raw, ack) = Raw::connect(&broker, &Connect::v5("capped").keepalive(0)).await;
-    let keepalive = ack.props.num(prop::SERVER_KEEP_ALIVE).expect("keepalive 0 exceeds max_keepalive");
+    let keepalive = ack
+        .props
+        .num(prop::SERVER_KEEP_ALIVE)
+        .expect("keepalive 0 exceeds max_keepalive");
     assert_eq!(keepalive, 10);
     match raw.recv_within(Duration::from_secs(25)).await {
         Recv::Closed => {}

@@ -14,12 +14,16 @@ struct Bystander {
 
 impl Bystander {
     async fn join(broker: &TestBroker) -> Bystander {
-        Bystander { sub: raw_subscriber4(broker, "bystander", "alive/#", 1).await }
+        Bystander {
+            sub: raw_subscriber4(broker, "bystander", "alive/#", 1).await,
+        }
     }
 
     async fn still_served(mut self, broker: &TestBroker) {
         let (mut publisher, _) = Raw::connect(broker, &Connect::v5("bystander-pub")).await;
-        publisher.publish_qos1(&Pub::new("alive/check", b"ok").qos(1, 1)).await;
+        publisher
+            .publish_qos1(&Pub::new("alive/check", b"ok").qos(1, 1))
+            .await;
         let m = self.sub.expect_publish().await;
         assert_eq!(m.payload, b"ok");
         self.sub.ack_publish(&m).await;
@@ -30,17 +34,30 @@ impl Bystander {
 /// checks that the broker closes it; for 5.0 the DISCONNECT reason code must
 /// be one of `reasons`.
 async fn assert_rejected(broker: &TestBroker, v5: bool, bytes: &[u8], reasons: &[u8]) {
-    let connect = if v5 { Connect::v5("bad") } else { Connect::v4("bad") };
+    let connect = if v5 {
+        Connect::v5("bad")
+    } else {
+        Connect::v4("bad")
+    };
     let (mut raw, _) = Raw::connect(broker, &connect).await;
     raw.send(bytes).await;
     let disconnect = raw.expect_closed().await;
     if !v5 {
-        assert!(disconnect.is_none(), "3.1.1 has no server DISCONNECT: {disconnect:?}");
+        assert!(
+            disconnect.is_none(),
+            "3.1.1 has no server DISCONNECT: {disconnect:?}"
+        );
         return;
     }
     match disconnect {
-        Some(d) => assert!(reasons.contains(&d.reason), "DISCONNECT reason {:#04x}, expected one of {reasons:02x?}", d.reason),
-        None if target_is_mosquitto() => eprintln!("note: mosquitto closed without DISCONNECT ({reasons:02x?} expected)"),
+        Some(d) => assert!(
+            reasons.contains(&d.reason),
+            "DISCONNECT reason {:#04x}, expected one of {reasons:02x?}",
+            d.reason
+        ),
+        None if target_is_mosquitto() => {
+            eprintln!("note: mosquitto closed without DISCONNECT ({reasons:02x?} expected)")
+        }
         None => panic!("no DISCONNECT before the close (expected one of {reasons:02x?})"),
     }
 }
@@ -99,7 +116,11 @@ async fn invalid_utf8_in_subscribe_filter() {
 
 #[tokio::test]
 async fn oversize_packet_is_refused() {
-    let broker = TestBroker::start(BrokerOpts { max_packet_size: Some(1024), ..BrokerOpts::default() }).await;
+    let broker = TestBroker::start(BrokerOpts {
+        max_packet_size: Some(1024),
+        ..BrokerOpts::default()
+    })
+    .await;
     let bystander = Bystander::join(&broker).await;
     for v5 in [false, true] {
         let big = Pub::new("big", &[7u8; 4096]).qos(1, 1).encode(v5);
@@ -107,7 +128,8 @@ async fn oversize_packet_is_refused() {
     }
     // A packet within the limit is fine.
     let (mut ok, _) = Raw::connect(&broker, &Connect::v5("ok")).await;
-    ok.publish_qos1(&Pub::new("small", &[7u8; 512]).qos(1, 1)).await;
+    ok.publish_qos1(&Pub::new("small", &[7u8; 512]).qos(1, 1))
+        .await;
     bystander.still_served(&broker).await;
 }
 
@@ -163,7 +185,11 @@ async fn publish_with_qos_3_is_malformed() {
 
 #[tokio::test]
 async fn publish_with_packet_identifier_zero_is_refused() {
-    rejected_in_both_versions(|v5| Pub::new("pid0", b"x").qos(1, 0).encode(v5), &[0x81, 0x82]).await;
+    rejected_in_both_versions(
+        |v5| Pub::new("pid0", b"x").qos(1, 0).encode(v5),
+        &[0x81, 0x82],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -207,7 +233,9 @@ async fn v5_unknown_property_is_malformed() {
 async fn v5_property_not_allowed_in_publish_is_refused() {
     let broker = TestBroker::start_default().await;
     let bystander = Bystander::join(&broker).await;
-    let bad = Pub::new("p", b"x").props(Props::new().four(prop::SESSION_EXPIRY_INTERVAL, 5)).encode(true);
+    let bad = Pub::new("p", b"x")
+        .props(Props::new().four(prop::SESSION_EXPIRY_INTERVAL, 5))
+        .encode(true);
     assert_rejected(&broker, true, &bad, &[0x81, 0x82]).await;
     bystander.still_served(&broker).await;
 }
@@ -221,8 +249,12 @@ async fn many_bad_clients_do_not_disturb_the_broker() {
         let addr = broker.addr();
         tasks.push(tokio::spawn(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return };
-            let garbage: Vec<u8> = (0..64u8).map(|b| b.wrapping_mul(31).wrapping_add(i)).collect();
+            let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                return;
+            };
+            let garbage: Vec<u8> = (0..64u8)
+                .map(|b| b.wrapping_mul(31).wrapping_add(i))
+                .collect();
             let _ = s.write_all(&garbage).await;
             let mut buf = [0u8; 64];
             let _ = tokio::time::timeout(TIMEOUT, s.read(&mut buf)).await;

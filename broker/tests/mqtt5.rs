@@ -19,9 +19,19 @@ use rumqttc::v5::mqttbytes::QoS;
 async fn puback_reports_no_matching_subscribers() {
     let broker = TestBroker::start_default().await;
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v5("pub")).await;
-    assert_eq!(publisher.publish_qos1(&Pub::new("nobody/here", b"x").qos(1, 1)).await, 0x10);
+    assert_eq!(
+        publisher
+            .publish_qos1(&Pub::new("nobody/here", b"x").qos(1, 1))
+            .await,
+        0x10
+    );
     let _sub = raw_subscriber5(&broker, "sub", "somebody/here", 1).await;
-    assert_eq!(publisher.publish_qos1(&Pub::new("somebody/here", b"x").qos(1, 2)).await, 0x00);
+    assert_eq!(
+        publisher
+            .publish_qos1(&Pub::new("somebody/here", b"x").qos(1, 2))
+            .await,
+        0x00
+    );
 }
 
 #[tokio::test]
@@ -33,7 +43,11 @@ async fn connack_announces_configured_limits() {
     })
     .await;
     let (_raw, ack) = Raw::connect(&broker, &Connect::v5("limits")).await;
-    assert_eq!(ack.props.num(prop::MAXIMUM_PACKET_SIZE), Some(2000), "{ack:?}");
+    assert_eq!(
+        ack.props.num(prop::MAXIMUM_PACKET_SIZE),
+        Some(2000),
+        "{ack:?}"
+    );
     assert_eq!(ack.props.num(prop::TOPIC_ALIAS_MAXIMUM), Some(4), "{ack:?}");
 }
 
@@ -45,7 +59,9 @@ async fn client_receive_maximum_limits_unacknowledged_deliveries() {
     sub.subscribe(1, &[("flow", 1)]).await;
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v5("pub")).await;
     for pid in 1..=5u16 {
-        publisher.publish_qos1(&Pub::new("flow", format!("m{pid}").as_bytes()).qos(1, pid)).await;
+        publisher
+            .publish_qos1(&Pub::new("flow", format!("m{pid}").as_bytes()).qos(1, pid))
+            .await;
     }
 
     // Only two deliveries may be unacknowledged at a time [MQTT-3.3.4-9].
@@ -82,7 +98,10 @@ async fn exceeding_the_server_receive_maximum_is_disconnected() {
     })
     .await;
     let (mut raw, ack) = Raw::connect(&broker, &Connect::v5("greedy")).await;
-    let max = ack.props.num(prop::RECEIVE_MAXIMUM).expect("Receive Maximum announced") as u16;
+    let max = ack
+        .props
+        .num(prop::RECEIVE_MAXIMUM)
+        .expect("Receive Maximum announced") as u16;
     assert_eq!(max, 2);
     // QoS 2 PUBLISHes stay unacknowledged until PUBREL: fill the quota...
     for pid in 1..=max {
@@ -90,7 +109,8 @@ async fn exceeding_the_server_receive_maximum_is_disconnected() {
         raw.expect_pubrec().await;
     }
     // ...and exceed it [MQTT-3.3.4-8].
-    raw.send_publish(&Pub::new("rm", b"x").qos(2, max + 1)).await;
+    raw.send_publish(&Pub::new("rm", b"x").qos(2, max + 1))
+        .await;
     if target_is_mosquitto() {
         // Known difference: mosquitto 2.0.11 answers PUBREC 0x97 (Quota
         // exceeded) and keeps the connection instead of DISCONNECT 0x93.
@@ -98,7 +118,10 @@ async fn exceeding_the_server_receive_maximum_is_disconnected() {
         assert_eq!(rec.reason, 0x97);
         return;
     }
-    let d = raw.expect_closed().await.expect("DISCONNECT before the close");
+    let d = raw
+        .expect_closed()
+        .await
+        .expect("DISCONNECT before the close");
     assert_eq!(d.reason, 0x93, "Receive Maximum exceeded");
 }
 
@@ -109,8 +132,12 @@ async fn messages_over_the_client_maximum_packet_size_are_not_sent() {
     let (mut sub, _) = Raw::connect(&broker, &connect).await;
     sub.subscribe(1, &[("size", 1)]).await;
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v5("pub")).await;
-    publisher.publish_qos1(&Pub::new("size", &[b'x'; 500]).qos(1, 1)).await;
-    publisher.publish_qos1(&Pub::new("size", b"fits").qos(1, 2)).await;
+    publisher
+        .publish_qos1(&Pub::new("size", &[b'x'; 500]).qos(1, 1))
+        .await;
+    publisher
+        .publish_qos1(&Pub::new("size", b"fits").qos(1, 2))
+        .await;
     // The large one is discarded as if delivered [MQTT-3.1.2-25].
     let m = sub.expect_publish().await;
     assert_eq!(m.payload, b"fits");
@@ -127,11 +154,19 @@ async fn client_topic_aliases_are_resolved() {
     assert!(max >= 1, "topic aliases are supported: {ack:?}");
 
     let alias = |n: u16| Props::new().two(prop::TOPIC_ALIAS, n);
-    publisher.publish_qos1(&Pub::new("alias/one", b"1").qos(1, 1).props(alias(1))).await;
-    publisher.publish_qos1(&Pub::new("", b"2").qos(1, 2).props(alias(1))).await;
+    publisher
+        .publish_qos1(&Pub::new("alias/one", b"1").qos(1, 1).props(alias(1)))
+        .await;
+    publisher
+        .publish_qos1(&Pub::new("", b"2").qos(1, 2).props(alias(1)))
+        .await;
     // Re-map the alias to another topic.
-    publisher.publish_qos1(&Pub::new("alias/two", b"3").qos(1, 3).props(alias(1))).await;
-    publisher.publish_qos1(&Pub::new("", b"4").qos(1, 4).props(alias(1))).await;
+    publisher
+        .publish_qos1(&Pub::new("alias/two", b"3").qos(1, 3).props(alias(1)))
+        .await;
+    publisher
+        .publish_qos1(&Pub::new("", b"4").qos(1, 4).props(alias(1)))
+        .await;
 
     let mut got = Vec::new();
     for _ in 0..4 {
@@ -141,21 +176,34 @@ async fn client_topic_aliases_are_resolved() {
         got.push((m.topic.clone(), m.payload.clone()));
         sub.ack_publish(&m).await;
     }
-    let expected: Vec<(String, Vec<u8>)> = [("alias/one", "1"), ("alias/one", "2"), ("alias/two", "3"), ("alias/two", "4")]
-        .iter()
-        .map(|(t, p)| (t.to_string(), p.as_bytes().to_vec()))
-        .collect();
+    let expected: Vec<(String, Vec<u8>)> = [
+        ("alias/one", "1"),
+        ("alias/one", "2"),
+        ("alias/two", "3"),
+        ("alias/two", "4"),
+    ]
+    .iter()
+    .map(|(t, p)| (t.to_string(), p.as_bytes().to_vec()))
+    .collect();
     assert_eq!(got, expected);
 }
 
 #[tokio::test]
 async fn invalid_client_topic_aliases_are_rejected() {
-    let broker = TestBroker::start(BrokerOpts { topic_alias_maximum: Some(4), ..BrokerOpts::default() }).await;
+    let broker = TestBroker::start(BrokerOpts {
+        topic_alias_maximum: Some(4),
+        ..BrokerOpts::default()
+    })
+    .await;
     // Alias 0 and an alias above the maximum: Topic Alias invalid [MQTT-3.3.2-8/9].
     for bad in [0u16, 5] {
         let (mut raw, _) = Raw::connect(&broker, &Connect::v5("alias")).await;
-        raw.send_publish(&Pub::new("t", b"x").props(Props::new().two(prop::TOPIC_ALIAS, bad))).await;
-        let d = raw.expect_closed().await.expect("DISCONNECT before the close");
+        raw.send_publish(&Pub::new("t", b"x").props(Props::new().two(prop::TOPIC_ALIAS, bad)))
+            .await;
+        let d = raw
+            .expect_closed()
+            .await
+            .expect("DISCONNECT before the close");
         if bad == 0 && target_is_mosquitto() {
             // Known difference: mosquitto 2.0.11 rejects alias 0 while
             // decoding the properties, as 0x81 Malformed Packet.
@@ -166,8 +214,12 @@ async fn invalid_client_topic_aliases_are_rejected() {
     }
     // An empty topic with an alias never set is a Protocol Error.
     let (mut raw, _) = Raw::connect(&broker, &Connect::v5("alias")).await;
-    raw.send_publish(&Pub::new("", b"x").props(Props::new().two(prop::TOPIC_ALIAS, 2))).await;
-    let d = raw.expect_closed().await.expect("DISCONNECT before the close");
+    raw.send_publish(&Pub::new("", b"x").props(Props::new().two(prop::TOPIC_ALIAS, 2)))
+        .await;
+    let d = raw
+        .expect_closed()
+        .await
+        .expect("DISCONNECT before the close");
     assert_eq!(d.reason, 0x82);
 }
 
@@ -178,12 +230,18 @@ async fn server_topic_aliases_respect_the_client_maximum() {
     let (mut sub, _) = Raw::connect(&broker, &connect).await;
     sub.subscribe(1, &[("long/topic/name/#", 1)]).await;
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v5("pub")).await;
-    let topics = ["long/topic/name/a", "long/topic/name/b", "long/topic/name/c"];
+    let topics = [
+        "long/topic/name/a",
+        "long/topic/name/b",
+        "long/topic/name/c",
+    ];
     let mut pid = 0;
     for round in 0..3 {
         for t in topics {
             pid += 1;
-            publisher.publish_qos1(&Pub::new(t, format!("{round}").as_bytes()).qos(1, pid)).await;
+            publisher
+                .publish_qos1(&Pub::new(t, format!("{round}").as_bytes()).qos(1, pid))
+                .await;
         }
     }
 
@@ -198,7 +256,10 @@ async fn server_topic_aliases_respect_the_client_maximum() {
                     assert!((1..=2).contains(&a), "alias {a} outside 1..=2");
                     used_alias = true;
                     if m.topic.is_empty() {
-                        aliases.get(&a).cloned().expect("alias used before it was set")
+                        aliases
+                            .get(&a)
+                            .cloned()
+                            .expect("alias used before it was set")
                     } else {
                         aliases.insert(a, m.topic.clone());
                         m.topic.clone()
@@ -206,7 +267,10 @@ async fn server_topic_aliases_respect_the_client_maximum() {
                 }
                 None => m.topic.clone(),
             };
-            assert_eq!((topic.as_str(), m.payload.as_slice()), (t, format!("{round}").as_bytes()));
+            assert_eq!(
+                (topic.as_str(), m.payload.as_slice()),
+                (t, format!("{round}").as_bytes())
+            );
             sub.ack_publish(&m).await;
         }
     }
@@ -214,7 +278,10 @@ async fn server_topic_aliases_respect_the_client_maximum() {
         // Known difference: mosquitto 2.0.11 never sends topic aliases.
         eprintln!("note: server->client topic aliases used: {used_alias}");
     } else {
-        assert!(used_alias, "the product sends topic aliases when the client allows them");
+        assert!(
+            used_alias,
+            "the product sends topic aliases when the client allows them"
+        );
     }
 }
 
@@ -224,7 +291,9 @@ async fn no_server_topic_alias_without_client_permission() {
     let mut sub = raw_subscriber5(&broker, "sub", "na", 1).await;
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v5("pub")).await;
     for pid in 1..=3u16 {
-        publisher.publish_qos1(&Pub::new("na", b"x").qos(1, pid)).await;
+        publisher
+            .publish_qos1(&Pub::new("na", b"x").qos(1, pid))
+            .await;
         let m = sub.expect_publish().await;
         assert_eq!(m.topic, "na");
         assert!(!m.props.has(prop::TOPIC_ALIAS), "[MQTT-3.3.2-10]");
@@ -235,23 +304,32 @@ async fn no_server_topic_alias_without_client_permission() {
 #[tokio::test]
 async fn expired_messages_are_not_delivered_to_offline_sessions() {
     let broker = TestBroker::start_default().await;
-    let persistent = Connect::v5("away").clean(false).props(Props::new().four(prop::SESSION_EXPIRY_INTERVAL, 300));
+    let persistent = Connect::v5("away")
+        .clean(false)
+        .props(Props::new().four(prop::SESSION_EXPIRY_INTERVAL, 300));
     let (mut sub, _) = Raw::connect(&broker, &persistent).await;
     sub.subscribe(1, &[("exp", 1)]).await;
     sub.disconnect().await;
 
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v5("pub")).await;
     let expiring = |secs| Props::new().four(prop::MESSAGE_EXPIRY_INTERVAL, secs);
-    publisher.publish_qos1(&Pub::new("exp", b"short").qos(1, 1).props(expiring(1))).await;
-    publisher.publish_qos1(&Pub::new("exp", b"long").qos(1, 2).props(expiring(100))).await;
+    publisher
+        .publish_qos1(&Pub::new("exp", b"short").qos(1, 1).props(expiring(1)))
+        .await;
+    publisher
+        .publish_qos1(&Pub::new("exp", b"long").qos(1, 2).props(expiring(100)))
+        .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
     let (mut sub, _) = Raw::connect(&broker, &persistent).await;
     let m = sub.expect_publish().await;
     assert_eq!(m.payload, b"long", "the 1 s message expired while queued");
     // The remaining lifetime is forwarded, reduced by the time spent waiting [MQTT-3.3.2-6].
-    let left = m.props.num(prop::MESSAGE_EXPIRY_INTERVAL).expect("expiry forwarded");
-    assert!(left < 100 && left >= 90, "remaining expiry {left}");
+    let left = m
+        .props
+        .num(prop::MESSAGE_EXPIRY_INTERVAL)
+        .expect("expiry forwarded");
+    assert!((90..100).contains(&left), "remaining expiry {left}");
     sub.ack_publish(&m).await;
     sub.expect_nothing(QUIET).await;
 }
@@ -260,7 +338,10 @@ async fn expired_messages_are_not_delivered_to_offline_sessions() {
 async fn expired_retained_message_is_not_delivered() {
     let broker = TestBroker::start_default().await;
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v5("pub")).await;
-    let p = Pub::new("ret/exp", b"old").qos(1, 1).retain().props(Props::new().four(prop::MESSAGE_EXPIRY_INTERVAL, 1));
+    let p = Pub::new("ret/exp", b"old")
+        .qos(1, 1)
+        .retain()
+        .props(Props::new().four(prop::MESSAGE_EXPIRY_INTERVAL, 1));
     publisher.publish_qos1(&p).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (mut sub, _) = Raw::connect(&broker, &Connect::v5("sub")).await;
@@ -274,16 +355,21 @@ async fn subscription_identifiers_are_attached_to_deliveries() {
     let (mut sub, _) = Raw::connect(&broker, &Connect::v5("sub")).await;
     let id = |n| Props::new().varint(prop::SUBSCRIPTION_IDENTIFIER, n);
     sub.subscribe_props(1, &id(7), &[("si/+", 1)]).await;
-    sub.subscribe_props(2, &id(268_435_455), &[("si/x", 1)]).await;
+    sub.subscribe_props(2, &id(268_435_455), &[("si/x", 1)])
+        .await;
     sub.subscribe(3, &[("si/#", 0)]).await; // no identifier
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v5("pub")).await;
 
-    publisher.publish_qos1(&Pub::new("si/y", b"y").qos(1, 1)).await;
+    publisher
+        .publish_qos1(&Pub::new("si/y", b"y").qos(1, 1))
+        .await;
     let m = sub.expect_publish().await;
     assert_eq!(m.props.all_nums(prop::SUBSCRIPTION_IDENTIFIER), [7]);
     sub.ack_publish(&m).await;
 
-    publisher.publish_qos1(&Pub::new("si/x", b"x").qos(1, 2)).await;
+    publisher
+        .publish_qos1(&Pub::new("si/x", b"x").qos(1, 2))
+        .await;
     let m = sub.expect_publish().await;
     if target_is_mosquitto() {
         // Known difference: mosquitto 2.0.11 sends one copy per matching
@@ -292,7 +378,11 @@ async fn subscription_identifiers_are_attached_to_deliveries() {
         return;
     }
     // One copy, at the highest QoS, carrying every matching identifier.
-    let ids: BTreeSet<u32> = m.props.all_nums(prop::SUBSCRIPTION_IDENTIFIER).into_iter().collect();
+    let ids: BTreeSet<u32> = m
+        .props
+        .all_nums(prop::SUBSCRIPTION_IDENTIFIER)
+        .into_iter()
+        .collect();
     assert_eq!(ids, BTreeSet::from([7, 268_435_455]));
     assert_eq!(m.qos, 1);
     sub.ack_publish(&m).await;
@@ -303,9 +393,17 @@ async fn subscription_identifiers_are_attached_to_deliveries() {
 async fn subscription_identifier_zero_is_a_protocol_error() {
     let broker = TestBroker::start_default().await;
     let (mut raw, _) = Raw::connect(&broker, &Connect::v5("zero")).await;
-    let bytes = subscribe(true, 1, &Props::new().varint(prop::SUBSCRIPTION_IDENTIFIER, 0), &[("z", 0)]);
+    let bytes = subscribe(
+        true,
+        1,
+        &Props::new().varint(prop::SUBSCRIPTION_IDENTIFIER, 0),
+        &[("z", 0)],
+    );
     raw.send(&bytes).await;
-    let d = raw.expect_closed().await.expect("DISCONNECT before the close");
+    let d = raw
+        .expect_closed()
+        .await
+        .expect("DISCONNECT before the close");
     assert!(matches!(d.reason, 0x81 | 0x82), "reason {:#04x}", d.reason);
 }
 
@@ -313,7 +411,8 @@ async fn subscription_identifier_zero_is_a_protocol_error() {
 async fn no_local_suppresses_own_messages() {
     let broker = TestBroker::start_default().await;
     let (mut me, _) = Raw::connect(&broker, &Connect::v5("me")).await;
-    me.subscribe(1, &[("nl", sub_opts(1, true, false, 0))]).await;
+    me.subscribe(1, &[("nl", sub_opts(1, true, false, 0))])
+        .await;
     let mut other = raw_subscriber5(&broker, "other", "nl", 1).await;
     me.publish_qos1(&Pub::new("nl", b"mine").qos(1, 1)).await;
     assert_eq!(other.expect_publish().await.payload, b"mine");
@@ -324,11 +423,21 @@ async fn no_local_suppresses_own_messages() {
 async fn retain_as_published_keeps_the_retain_flag() {
     let broker = TestBroker::start_default().await;
     let (mut sub, _) = Raw::connect(&broker, &Connect::v5("sub")).await;
-    sub.subscribe(1, &[("rap/keep", sub_opts(1, false, true, 0)), ("rap/clear", sub_opts(1, false, false, 0))])
-        .await;
+    sub.subscribe(
+        1,
+        &[
+            ("rap/keep", sub_opts(1, false, true, 0)),
+            ("rap/clear", sub_opts(1, false, false, 0)),
+        ],
+    )
+    .await;
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v5("pub")).await;
-    publisher.publish_qos1(&Pub::new("rap/keep", b"k").qos(1, 1).retain()).await;
-    publisher.publish_qos1(&Pub::new("rap/clear", b"c").qos(1, 2).retain()).await;
+    publisher
+        .publish_qos1(&Pub::new("rap/keep", b"k").qos(1, 1).retain())
+        .await;
+    publisher
+        .publish_qos1(&Pub::new("rap/clear", b"c").qos(1, 2).retain())
+        .await;
     let mut flags = Vec::new();
     for _ in 0..2 {
         let m = sub.expect_publish().await;
@@ -336,19 +445,28 @@ async fn retain_as_published_keeps_the_retain_flag() {
         sub.ack_publish(&m).await;
     }
     flags.sort();
-    assert_eq!(flags, [("rap/clear".to_string(), false), ("rap/keep".to_string(), true)]);
+    assert_eq!(
+        flags,
+        [
+            ("rap/clear".to_string(), false),
+            ("rap/keep".to_string(), true)
+        ]
+    );
 }
 
 #[tokio::test]
 async fn retain_handling_controls_retained_delivery_on_subscribe() {
     let broker = TestBroker::start_default().await;
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v5("pub")).await;
-    publisher.publish_qos1(&Pub::new("rh", b"retained").qos(1, 1).retain()).await;
+    publisher
+        .publish_qos1(&Pub::new("rh", b"retained").qos(1, 1).retain())
+        .await;
     let (mut sub, _) = Raw::connect(&broker, &Connect::v5("sub")).await;
 
     // 0: sent on every subscribe.
     for pid in 1..=2 {
-        sub.subscribe(pid, &[("rh", sub_opts(1, false, false, 0))]).await;
+        sub.subscribe(pid, &[("rh", sub_opts(1, false, false, 0))])
+            .await;
         let m = sub.expect_publish().await;
         assert!(m.retain);
         sub.ack_publish(&m).await;
@@ -357,15 +475,19 @@ async fn retain_handling_controls_retained_delivery_on_subscribe() {
     sub.expect_unsuback().await;
 
     // 1: only when the subscription did not exist yet.
-    sub.subscribe(4, &[("rh", sub_opts(1, false, false, 1))]).await;
+    sub.subscribe(4, &[("rh", sub_opts(1, false, false, 1))])
+        .await;
     let m = sub.expect_publish().await;
     sub.ack_publish(&m).await;
-    sub.subscribe(5, &[("rh", sub_opts(1, false, false, 1))]).await;
+    sub.subscribe(5, &[("rh", sub_opts(1, false, false, 1))])
+        .await;
     sub.expect_nothing(QUIET).await;
 
     // 2: never.
     let (mut never, _) = Raw::connect(&broker, &Connect::v5("never")).await;
-    never.subscribe(1, &[("rh", sub_opts(1, false, false, 2))]).await;
+    never
+        .subscribe(1, &[("rh", sub_opts(1, false, false, 2))])
+        .await;
     never.expect_nothing(QUIET).await;
 }
 
@@ -381,7 +503,9 @@ async fn shared_subscription_balances_across_the_group() {
 
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v5("pub")).await;
     for pid in 1..=10u16 {
-        publisher.publish_qos1(&Pub::new("jobs/a", format!("{pid}").as_bytes()).qos(1, pid)).await;
+        publisher
+            .publish_qos1(&Pub::new("jobs/a", format!("{pid}").as_bytes()).qos(1, pid))
+            .await;
     }
 
     // Each message goes to exactly one member of each group...
@@ -399,7 +523,10 @@ async fn shared_subscription_balances_across_the_group() {
     all.sort_by_key(|s| s.parse::<u32>().unwrap_or(0));
     let expected: Vec<String> = (1..=10).map(|i| i.to_string()).collect();
     assert_eq!(all, expected, "every message once across the group");
-    assert!(per_member.iter().all(|&n| n > 0), "both members got work: {per_member:?}");
+    assert!(
+        per_member.iter().all(|&n| n > 0),
+        "both members got work: {per_member:?}"
+    );
 
     // ...while another group and a plain subscriber each get all of them.
     for sub in [&mut other_group, &mut plain] {
@@ -414,7 +541,9 @@ async fn shared_subscription_balances_across_the_group() {
 async fn shared_subscription_gets_no_retained_messages() {
     let broker = TestBroker::start_default().await;
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v5("pub")).await;
-    publisher.publish_qos1(&Pub::new("sh/r", b"retained").qos(1, 1).retain()).await;
+    publisher
+        .publish_qos1(&Pub::new("sh/r", b"retained").qos(1, 1).retain())
+        .await;
     let mut member = raw_subscriber5(&broker, "m", "$share/g/sh/r", 1).await;
     // Section 3.3.1.3: retained messages are sent when a new *non-shared*
     // subscription is made; a shared one gets none.
@@ -430,26 +559,47 @@ async fn request_response_properties_pass_through() {
     let (mut responder, _) = Client5::connect(&broker, "responder", |_| {}).await;
     responder.subscribe("service/time", QoS::AtLeastOnce).await;
     let (mut requester, _) = Client5::connect(&broker, "requester", |_| {}).await;
-    requester.subscribe("reply/requester", QoS::AtLeastOnce).await;
+    requester
+        .subscribe("reply/requester", QoS::AtLeastOnce)
+        .await;
 
     let request = PublishProperties {
         response_topic: Some("reply/requester".into()),
         correlation_data: Some(Bytes::from_static(b"req-42")),
         ..PublishProperties::default()
     };
-    requester.publish("service/time", QoS::AtLeastOnce, false, "what time?", request).await;
+    requester
+        .publish(
+            "service/time",
+            QoS::AtLeastOnce,
+            false,
+            "what time?",
+            request,
+        )
+        .await;
 
     let req = responder.recv().await;
     let props = req.properties.expect("request properties");
     let reply_to = props.response_topic.expect("response topic");
     let correlation = props.correlation_data.expect("correlation data");
-    assert_eq!((reply_to.as_str(), &correlation[..]), ("reply/requester", &b"req-42"[..]));
+    assert_eq!(
+        (reply_to.as_str(), &correlation[..]),
+        ("reply/requester", &b"req-42"[..])
+    );
 
-    let response = PublishProperties { correlation_data: Some(correlation), ..PublishProperties::default() };
-    responder.publish(&reply_to, QoS::AtLeastOnce, false, "noon", response).await;
+    let response = PublishProperties {
+        correlation_data: Some(correlation),
+        ..PublishProperties::default()
+    };
+    responder
+        .publish(&reply_to, QoS::AtLeastOnce, false, "noon", response)
+        .await;
     let resp = requester.recv().await;
     assert_eq!(&resp.payload[..], b"noon");
-    assert_eq!(resp.properties.and_then(|p| p.correlation_data).as_deref(), Some(&b"req-42"[..]));
+    assert_eq!(
+        resp.properties.and_then(|p| p.correlation_data).as_deref(),
+        Some(&b"req-42"[..])
+    );
 }
 
 #[tokio::test]
@@ -460,16 +610,24 @@ async fn user_properties_content_type_and_payload_format_pass_through() {
     let props = PublishProperties {
         payload_format_indicator: Some(1),
         content_type: Some("application/json".into()),
-        user_properties: vec![("b".into(), "2".into()), ("a".into(), "1".into()), ("b".into(), "3".into())],
+        user_properties: vec![
+            ("b".into(), "2".into()),
+            ("a".into(), "1".into()),
+            ("b".into(), "3".into()),
+        ],
         ..PublishProperties::default()
     };
-    publisher.publish("meta", QoS::AtLeastOnce, false, "{}", props).await;
+    publisher
+        .publish("meta", QoS::AtLeastOnce, false, "{}", props)
+        .await;
     let m = sub.expect_publish().await;
     assert_eq!(m.props.num(prop::PAYLOAD_FORMAT_INDICATOR), Some(1));
     assert_eq!(m.props.string(prop::CONTENT_TYPE), Some("application/json"));
     // Order and duplicates preserved [MQTT-3.3.2-18].
-    let expected: Vec<(String, String)> =
-        [("b", "2"), ("a", "1"), ("b", "3")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let expected: Vec<(String, String)> = [("b", "2"), ("a", "1"), ("b", "3")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     assert_eq!(m.props.user_properties(), expected);
 }
 
@@ -477,7 +635,11 @@ async fn user_properties_content_type_and_payload_format_pass_through() {
 async fn auth_packet_without_authentication_method_is_a_protocol_error() {
     let broker = TestBroker::start_default().await;
     let (mut raw, _) = Raw::connect(&broker, &Connect::v5("reauth")).await;
-    raw.send(&auth(0x19, &Props::new().str(prop::AUTHENTICATION_METHOD, "SCRAM-SHA-1"))).await;
+    raw.send(&auth(
+        0x19,
+        &Props::new().str(prop::AUTHENTICATION_METHOD, "SCRAM-SHA-1"),
+    ))
+    .await;
     // Section 4.12: AUTH on a connection whose CONNECT had no
     // Authentication Method is a Protocol Error.
     match raw.expect_closed().await {
@@ -493,7 +655,8 @@ async fn unsuback_reports_per_filter_reason_codes() {
     let broker = TestBroker::start_default().await;
     let (mut raw, _) = Raw::connect(&broker, &Connect::v5("u")).await;
     raw.subscribe(1, &[("exists", 0)]).await;
-    raw.send(&unsubscribe(true, 2, &["exists", "missing"])).await;
+    raw.send(&unsubscribe(true, 2, &["exists", "missing"]))
+        .await;
     let ack = raw.expect_unsuback().await;
     assert_eq!((ack.pid, ack.codes), (2, vec![0x00, 0x11]));
 }
@@ -503,6 +666,12 @@ async fn suback_reports_granted_qos_as_reason_codes() {
     let broker = TestBroker::start_default().await;
     let (mut c, _) = Client5::connect(&broker, "c", |_| {}).await;
     use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode as Code;
-    assert_eq!(c.subscribe("a", QoS::ExactlyOnce).await, [Code::Success(QoS::ExactlyOnce)]);
-    assert_eq!(c.subscribe("b", QoS::AtLeastOnce).await, [Code::Success(QoS::AtLeastOnce)]);
+    assert_eq!(
+        c.subscribe("a", QoS::ExactlyOnce).await,
+        [Code::Success(QoS::ExactlyOnce)]
+    );
+    assert_eq!(
+        c.subscribe("b", QoS::AtLeastOnce).await,
+        [Code::Success(QoS::AtLeastOnce)]
+    );
 }

@@ -13,8 +13,14 @@ async fn qos0_qos1_qos2_are_delivered_end_to_end() {
     let (mut sub, _) = Client4::connect(&broker, "sub", |_| {}).await;
     sub.subscribe("q/#", QoS::ExactlyOnce).await;
     let (mut publisher, _) = Client4::connect(&broker, "pub", |_| {}).await;
-    for (topic, qos) in [("q/0", QoS::AtMostOnce), ("q/1", QoS::AtLeastOnce), ("q/2", QoS::ExactlyOnce)] {
-        publisher.publish(topic, qos, false, topic.as_bytes().to_vec()).await;
+    for (topic, qos) in [
+        ("q/0", QoS::AtMostOnce),
+        ("q/1", QoS::AtLeastOnce),
+        ("q/2", QoS::ExactlyOnce),
+    ] {
+        publisher
+            .publish(topic, qos, false, topic.as_bytes().to_vec())
+            .await;
         let msg = sub.recv().await;
         assert_eq!(msg.topic, topic);
         assert_eq!(msg.qos, qos, "granted QoS 2 keeps the publish QoS");
@@ -30,7 +36,9 @@ async fn delivery_qos_is_the_minimum_of_publish_and_subscription() {
     let mut sub1 = raw_subscriber4(&broker, "sub1", "t", 1).await;
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v4("pub")).await;
 
-    publisher.send_publish(&Pub::new("t", b"two").qos(2, 1)).await;
+    publisher
+        .send_publish(&Pub::new("t", b"two").qos(2, 1))
+        .await;
     assert_eq!(publisher.expect_pubrec().await.pid, 1);
     publisher.send(&ack(kind::PUBREL, 1, false, 0)).await;
     assert_eq!(publisher.expect_pubcomp().await.pid, 1);
@@ -63,7 +71,9 @@ async fn inbound_qos2_full_exchange_delivers_once() {
     let mut sub = raw_subscriber5(&broker, "sub", "x/y", 2).await;
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v5("pub")).await;
 
-    publisher.send_publish(&Pub::new("x/y", b"exactly once").qos(2, 7)).await;
+    publisher
+        .send_publish(&Pub::new("x/y", b"exactly once").qos(2, 7))
+        .await;
     let rec = publisher.expect_pubrec().await;
     assert_eq!((rec.pid, rec.reason), (7, 0));
     publisher.send(&ack(kind::PUBREL, 7, true, 0)).await;
@@ -98,7 +108,9 @@ async fn inbound_qos2_duplicate_before_pubrel_is_not_redelivered() {
 
     // After PUBCOMP the identifier is free again: a new message with it is
     // a new application message.
-    publisher.send_publish(&Pub::new("dup/t", b"again").qos(2, 9)).await;
+    publisher
+        .send_publish(&Pub::new("dup/t", b"again").qos(2, 9))
+        .await;
     assert_eq!(publisher.expect_pubrec().await.pid, 9);
     publisher.send(&ack(kind::PUBREL, 9, false, 0)).await;
     assert_eq!(publisher.expect_pubcomp().await.pid, 9);
@@ -118,7 +130,11 @@ async fn pubrel_is_answered_again_when_pubcomp_was_lost() {
     publisher.send(&ack(kind::PUBREL, 3, true, 0)).await;
     let comp = publisher.expect_pubcomp().await;
     assert_eq!(comp.pid, 3);
-    assert!(matches!(comp.reason, 0x00 | 0x92), "PUBCOMP reason {:#04x}", comp.reason);
+    assert!(
+        matches!(comp.reason, 0x00 | 0x92),
+        "PUBCOMP reason {:#04x}",
+        comp.reason
+    );
 }
 
 #[tokio::test]
@@ -126,7 +142,9 @@ async fn outbound_qos2_exchange_with_subscriber() {
     let broker = TestBroker::start_default().await;
     let mut sub = raw_subscriber5(&broker, "sub", "out", 2).await;
     let (mut publisher, _) = Client4::connect(&broker, "pub", |_| {}).await;
-    publisher.publish("out", QoS::ExactlyOnce, false, "m1").await;
+    publisher
+        .publish("out", QoS::ExactlyOnce, false, "m1")
+        .await;
 
     let msg = sub.expect_publish().await;
     assert_eq!(msg.qos, 2);
@@ -137,7 +155,9 @@ async fn outbound_qos2_exchange_with_subscriber() {
     sub.send(&ack(kind::PUBCOMP, msg.pid, true, 0)).await;
 
     // The identifier is released: the next message flows normally.
-    publisher.publish("out", QoS::ExactlyOnce, false, "m2").await;
+    publisher
+        .publish("out", QoS::ExactlyOnce, false, "m2")
+        .await;
     let next = sub.expect_publish().await;
     assert_eq!(next.payload, b"m2");
     sub.ack_publish(&next).await;
@@ -159,7 +179,11 @@ async fn messages_on_one_topic_keep_their_order() {
     }
     for i in 0..50u32 {
         let msg = sub.recv().await;
-        assert_eq!(msg.payload, i.to_string().as_bytes(), "message {i} out of order");
+        assert_eq!(
+            msg.payload,
+            i.to_string().as_bytes(),
+            "message {i} out of order"
+        );
     }
 }
 
@@ -172,7 +196,9 @@ async fn binary_and_large_payloads_arrive_intact() {
     let all_bytes: Vec<u8> = (0..=255u8).collect();
     let large: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     for (pid, payload) in [(1u16, Vec::new()), (2, all_bytes), (3, large)] {
-        publisher.publish_qos1(&Pub::new("bin", &payload).qos(1, pid)).await;
+        publisher
+            .publish_qos1(&Pub::new("bin", &payload).qos(1, pid))
+            .await;
         let msg = sub.expect_publish().await;
         assert_eq!(msg.payload.len(), payload.len());
         assert!(msg.payload == payload, "payload {pid} corrupted");

@@ -11,13 +11,21 @@ use rumqttc::QoS;
 async fn retained_message_is_delivered_on_subscribe() {
     let broker = TestBroker::start_default().await;
     let (mut publisher, _) = Client4::connect(&broker, "pub", |_| {}).await;
-    publisher.publish("status/door", QoS::AtLeastOnce, true, "open").await;
+    publisher
+        .publish("status/door", QoS::AtLeastOnce, true, "open")
+        .await;
 
     let (mut sub, _) = Client4::connect(&broker, "sub", |_| {}).await;
     sub.subscribe("status/door", QoS::AtLeastOnce).await;
     let msg = sub.recv().await;
-    assert_eq!((msg.topic.as_str(), &msg.payload[..]), ("status/door", &b"open"[..]));
-    assert!(msg.retain, "a retained delivery on subscribe has RETAIN = 1 [MQTT-3.3.1-8]");
+    assert_eq!(
+        (msg.topic.as_str(), &msg.payload[..]),
+        ("status/door", &b"open"[..])
+    );
+    assert!(
+        msg.retain,
+        "a retained delivery on subscribe has RETAIN = 1 [MQTT-3.3.1-8]"
+    );
     sub.expect_silence().await;
 }
 
@@ -25,8 +33,12 @@ async fn retained_message_is_delivered_on_subscribe() {
 async fn retained_message_is_replaced() {
     let broker = TestBroker::start_default().await;
     let (mut publisher, _) = Client4::connect(&broker, "pub", |_| {}).await;
-    publisher.publish("temp", QoS::AtLeastOnce, true, "20").await;
-    publisher.publish("temp", QoS::AtLeastOnce, true, "21").await;
+    publisher
+        .publish("temp", QoS::AtLeastOnce, true, "20")
+        .await;
+    publisher
+        .publish("temp", QoS::AtLeastOnce, true, "21")
+        .await;
 
     let (mut sub, _) = Client4::connect(&broker, "sub", |_| {}).await;
     sub.subscribe("temp", QoS::AtLeastOnce).await;
@@ -38,7 +50,9 @@ async fn retained_message_is_replaced() {
 async fn empty_retained_payload_clears_the_topic() {
     let broker = TestBroker::start_default().await;
     let (mut publisher, _) = Client4::connect(&broker, "pub", |_| {}).await;
-    publisher.publish("gone", QoS::AtLeastOnce, true, "here").await;
+    publisher
+        .publish("gone", QoS::AtLeastOnce, true, "here")
+        .await;
 
     // A current subscriber still gets the empty message as a normal publish.
     let (mut live, _) = Client4::connect(&broker, "live", |_| {}).await;
@@ -58,8 +72,15 @@ async fn empty_retained_payload_clears_the_topic() {
 async fn wildcard_subscription_receives_every_matching_retained_message() {
     let broker = TestBroker::start_default().await;
     let (mut publisher, _) = Client4::connect(&broker, "pub", |_| {}).await;
-    for t in ["house/1/temp", "house/2/temp", "house/2/humidity", "garden/temp"] {
-        publisher.publish(t, QoS::AtLeastOnce, true, t.as_bytes().to_vec()).await;
+    for t in [
+        "house/1/temp",
+        "house/2/temp",
+        "house/2/humidity",
+        "garden/temp",
+    ] {
+        publisher
+            .publish(t, QoS::AtLeastOnce, true, t.as_bytes().to_vec())
+            .await;
     }
 
     let (mut sub, _) = Client4::connect(&broker, "sub", |_| {}).await;
@@ -76,7 +97,15 @@ async fn wildcard_subscription_receives_every_matching_retained_message() {
         got.push(all.recv().await.topic);
     }
     got.sort();
-    assert_eq!(got, ["garden/temp", "house/1/temp", "house/2/humidity", "house/2/temp"]);
+    assert_eq!(
+        got,
+        [
+            "garden/temp",
+            "house/1/temp",
+            "house/2/humidity",
+            "house/2/temp"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -84,23 +113,35 @@ async fn live_messages_to_existing_subscribers_have_retain_cleared() {
     let broker = TestBroker::start_default().await;
     let mut sub = raw_subscriber4(&broker, "sub", "live", 1).await;
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v4("pub")).await;
-    publisher.publish_qos1(&Pub::new("live", b"x").qos(1, 1).retain()).await;
+    publisher
+        .publish_qos1(&Pub::new("live", b"x").qos(1, 1).retain())
+        .await;
     let msg = sub.expect_publish().await;
-    assert!(!msg.retain, "[MQTT-3.3.1-9]: RETAIN = 0 for an established subscription");
+    assert!(
+        !msg.retain,
+        "[MQTT-3.3.1-9]: RETAIN = 0 for an established subscription"
+    );
 }
 
 #[tokio::test]
 async fn retained_delivery_uses_the_lower_qos() {
     let broker = TestBroker::start_default().await;
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v4("pub")).await;
-    publisher.publish_qos1(&Pub::new("rq/1", b"one").qos(1, 1).retain()).await;
-    publisher.send_publish(&Pub::new("rq/0", b"zero").retain()).await;
+    publisher
+        .publish_qos1(&Pub::new("rq/1", b"one").qos(1, 1).retain())
+        .await;
+    publisher
+        .send_publish(&Pub::new("rq/0", b"zero").retain())
+        .await;
     // A PINGREQ round trip makes sure the QoS 0 publish was processed.
     publisher.send(&pingreq()).await;
     assert!(matches!(publisher.recv().await, Pkt::PingResp));
 
     let (mut sub, _) = Raw::connect(&broker, &Connect::v4("sub")).await;
-    assert_eq!(sub.subscribe(1, &[("rq/1", 0), ("rq/0", 2)]).await, vec![0, 2]);
+    assert_eq!(
+        sub.subscribe(1, &[("rq/1", 0), ("rq/0", 2)]).await,
+        vec![0, 2]
+    );
     let mut got = Vec::new();
     for _ in 0..2 {
         let m = sub.expect_publish().await;
@@ -115,7 +156,9 @@ async fn retained_delivery_uses_the_lower_qos() {
 async fn resubscribing_sends_retained_messages_again() {
     let broker = TestBroker::start_default().await;
     let (mut publisher, _) = Client4::connect(&broker, "pub", |_| {}).await;
-    publisher.publish("again", QoS::AtLeastOnce, true, "r").await;
+    publisher
+        .publish("again", QoS::AtLeastOnce, true, "r")
+        .await;
     let (mut sub, _) = Client4::connect(&broker, "sub", |_| {}).await;
     sub.subscribe("again", QoS::AtLeastOnce).await;
     assert!(sub.recv().await.retain);

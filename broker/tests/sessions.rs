@@ -15,14 +15,18 @@ fn persistent4(id: &str) -> Connect {
 }
 
 fn persistent5(id: &str, expiry: u32) -> Connect {
-    Connect::v5(id).clean(false).props(Props::new().four(prop::SESSION_EXPIRY_INTERVAL, expiry))
+    Connect::v5(id)
+        .clean(false)
+        .props(Props::new().four(prop::SESSION_EXPIRY_INTERVAL, expiry))
 }
 
 /// Publishes `payloads` on `topic` at QoS 1 from a fresh client.
 async fn publish_all(broker: &TestBroker, topic: &str, payloads: &[&str]) {
     let (mut publisher, _) = Raw::connect(broker, &Connect::v4("publisher")).await;
     for (i, p) in payloads.iter().enumerate() {
-        publisher.publish_qos1(&Pub::new(topic, p.as_bytes()).qos(1, i as u16 + 1)).await;
+        publisher
+            .publish_qos1(&Pub::new(topic, p.as_bytes()).qos(1, i as u16 + 1))
+            .await;
     }
     publisher.disconnect().await;
 }
@@ -69,7 +73,11 @@ async fn takeover_keeps_a_persistent_session() {
 async fn takeover_publishes_the_old_connections_will() {
     let broker = TestBroker::start_default().await;
     let mut watcher = raw_subscriber4(&broker, "watcher", "will/dup", 0).await;
-    let (_first, _) = Raw::connect(&broker, &Connect::v4("dup").will(Will::new("will/dup", b"replaced"))).await;
+    let (_first, _) = Raw::connect(
+        &broker,
+        &Connect::v4("dup").will(Will::new("will/dup", b"replaced")),
+    )
+    .await;
     let (_second, _) = Raw::connect(&broker, &Connect::v4("dup")).await;
     // The old connection ended without DISCONNECT.
     assert_eq!(watcher.expect_publish().await.payload, b"replaced");
@@ -85,7 +93,9 @@ async fn persistent_session_keeps_subscriptions_and_queues_messages() {
 
     publish_all(&broker, "q/a", &["m1", "m2", "m3"]).await;
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v4("publisher2")).await;
-    publisher.send_publish(&Pub::new("q/b", b"m4").qos(2, 1)).await;
+    publisher
+        .send_publish(&Pub::new("q/b", b"m4").qos(2, 1))
+        .await;
     publisher.expect_pubrec().await;
     publisher.send(&ack(kind::PUBREL, 1, false, 0)).await;
     publisher.expect_pubcomp().await;
@@ -100,7 +110,12 @@ async fn persistent_session_keeps_subscriptions_and_queues_messages() {
     }
     assert_eq!(
         got,
-        [("m1".into(), 1), ("m2".into(), 1), ("m3".into(), 1), ("m4".to_string(), 2)],
+        [
+            ("m1".into(), 1),
+            ("m2".into(), 1),
+            ("m3".into(), 1),
+            ("m4".to_string(), 2)
+        ],
         "queued in order with their QoS"
     );
     // The subscription itself survived too: live messages keep flowing.
@@ -162,7 +177,10 @@ async fn unacknowledged_qos1_is_resent_with_dup_on_reconnect() {
     assert!(connack.session_present);
     let again = sub.expect_publish().await;
     assert!(again.dup, "re-delivery sets DUP [MQTT-4.4.0-1]");
-    assert_eq!((again.pid, again.qos, again.payload.as_slice()), (first.pid, 1, &b"unacked"[..]));
+    assert_eq!(
+        (again.pid, again.qos, again.payload.as_slice()),
+        (first.pid, 1, &b"unacked"[..])
+    );
     sub.ack_publish(&again).await;
     sub.expect_nothing(QUIET).await;
 }
@@ -173,7 +191,9 @@ async fn unacknowledged_qos2_is_resent_with_dup_on_reconnect() {
     let (mut sub, _) = Raw::connect(&broker, &persistent5("inflight2", 60)).await;
     sub.subscribe(1, &[("f2", 2)]).await;
     let (mut publisher, _) = Client4::connect(&broker, "pub", |_| {}).await;
-    publisher.publish("f2", QoS::ExactlyOnce, false, "two").await;
+    publisher
+        .publish("f2", QoS::ExactlyOnce, false, "two")
+        .await;
     let first = sub.expect_publish().await;
     drop(sub); // no PUBREC
 
@@ -212,7 +232,10 @@ async fn v5_session_expiry_zero_ends_the_session_on_disconnect() {
     let (raw, _) = Raw::connect(&broker, &Connect::v5("e0").clean(false)).await;
     raw.disconnect().await;
     let (_raw, connack) = Raw::connect(&broker, &Connect::v5("e0").clean(false)).await;
-    assert!(!connack.session_present, "no Session Expiry Interval means 0");
+    assert!(
+        !connack.session_present,
+        "no Session Expiry Interval means 0"
+    );
 }
 
 #[tokio::test]
@@ -223,7 +246,10 @@ async fn v5_session_survives_within_expiry_and_ends_after_it() {
     raw.disconnect().await;
 
     let (mut raw, connack) = Raw::connect(&broker, &persistent5("exp", 2)).await;
-    assert!(connack.session_present, "reconnected within the expiry interval");
+    assert!(
+        connack.session_present,
+        "reconnected within the expiry interval"
+    );
     publish_all(&broker, "e", &["still subscribed"]).await;
     let m = raw.expect_publish().await;
     raw.ack_publish(&m).await;
@@ -232,7 +258,10 @@ async fn v5_session_survives_within_expiry_and_ends_after_it() {
     // Well after the interval the session is gone.
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let (_raw, connack) = Raw::connect(&broker, &persistent5("exp", 2)).await;
-    assert!(!connack.session_present, "session outlived its expiry interval");
+    assert!(
+        !connack.session_present,
+        "session outlived its expiry interval"
+    );
 }
 
 #[tokio::test]
@@ -253,7 +282,12 @@ async fn v5_disconnect_can_shorten_the_session_expiry() {
     let broker = TestBroker::start_default().await;
     let (mut raw, _) = Raw::connect(&broker, &persistent5("shorten", 60)).await;
     raw.subscribe(1, &[("s", 1)]).await;
-    raw.send(&disconnect(true, 0, &Props::new().four(prop::SESSION_EXPIRY_INTERVAL, 0))).await;
+    raw.send(&disconnect(
+        true,
+        0,
+        &Props::new().four(prop::SESSION_EXPIRY_INTERVAL, 0),
+    ))
+    .await;
     raw.expect_closed().await;
     let (_raw, connack) = Raw::connect(&broker, &persistent5("shorten", 60)).await;
     assert!(!connack.session_present, "DISCONNECT set the expiry to 0");
@@ -277,7 +311,11 @@ async fn v5_session_present_with_queued_messages() {
 
 #[tokio::test]
 async fn offline_queue_is_bounded_and_drops_new_messages() {
-    let broker = TestBroker::start(BrokerOpts { max_queued_messages: Some(5), ..BrokerOpts::default() }).await;
+    let broker = TestBroker::start(BrokerOpts {
+        max_queued_messages: Some(5),
+        ..BrokerOpts::default()
+    })
+    .await;
     let (mut raw, _) = Raw::connect(&broker, &persistent4("bounded")).await;
     raw.subscribe(1, &[("b", 1)]).await;
     raw.disconnect().await;

@@ -12,10 +12,14 @@ use rumqttc::{QoS, SubscribeReasonCode};
 async fn deliveries(broker: &TestBroker, sub: &mut Client4, topics: &[&str]) -> Vec<String> {
     let (mut publisher, _) = Client4::connect(broker, "publisher", |_| {}).await;
     for t in topics {
-        publisher.publish(t, QoS::AtLeastOnce, false, t.as_bytes().to_vec()).await;
+        publisher
+            .publish(t, QoS::AtLeastOnce, false, t.as_bytes().to_vec())
+            .await;
     }
     // A marker on a topic the subscriber always matches ends the batch.
-    publisher.publish("marker", QoS::AtLeastOnce, false, "end").await;
+    publisher
+        .publish("marker", QoS::AtLeastOnce, false, "end")
+        .await;
     let mut got = Vec::new();
     loop {
         let m = sub.recv().await;
@@ -32,7 +36,12 @@ async fn single_level_wildcard_matches_exactly_one_level() {
     let (mut sub, _) = Client4::connect(&broker, "sub", |_| {}).await;
     sub.subscribe("a/+/c", QoS::AtLeastOnce).await;
     sub.subscribe("marker", QoS::AtLeastOnce).await;
-    let got = deliveries(&broker, &mut sub, &["a/b/c", "a/b/d", "a/b/c/d", "a/c", "a//c", "x/b/c"]).await;
+    let got = deliveries(
+        &broker,
+        &mut sub,
+        &["a/b/c", "a/b/d", "a/b/c/d", "a/c", "a//c", "x/b/c"],
+    )
+    .await;
     assert_eq!(got, ["a/b/c", "a//c"]);
 }
 
@@ -42,7 +51,12 @@ async fn plus_alone_and_in_first_level() {
     let (mut sub, _) = Client4::connect(&broker, "sub", |_| {}).await;
     sub.subscribe("+", QoS::AtLeastOnce).await;
     sub.subscribe("+/tennis", QoS::AtLeastOnce).await;
-    let got = deliveries(&broker, &mut sub, &["sport", "sport/tennis", "/tennis", "a/b", "/"]).await;
+    let got = deliveries(
+        &broker,
+        &mut sub,
+        &["sport", "sport/tennis", "/tennis", "a/b", "/"],
+    )
+    .await;
     // "marker" itself matches "+" too, so it ends the batch as usual.
     assert_eq!(got, ["sport", "sport/tennis", "/tennis"]);
 }
@@ -56,10 +70,23 @@ async fn multi_level_wildcard_matches_parent_and_children() {
     let got = deliveries(
         &broker,
         &mut sub,
-        &["sport/tennis", "sport/tennis/player1", "sport/tennis/player1/ranking", "sport/tennisX", "sport"],
+        &[
+            "sport/tennis",
+            "sport/tennis/player1",
+            "sport/tennis/player1/ranking",
+            "sport/tennisX",
+            "sport",
+        ],
     )
     .await;
-    assert_eq!(got, ["sport/tennis", "sport/tennis/player1", "sport/tennis/player1/ranking"]);
+    assert_eq!(
+        got,
+        [
+            "sport/tennis",
+            "sport/tennis/player1",
+            "sport/tennis/player1/ranking"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -83,8 +110,12 @@ async fn dollar_topics_need_an_explicit_first_level() {
     explicit.subscribe("$app2/#", QoS::AtLeastOnce).await;
 
     let (mut publisher, _) = Client4::connect(&broker, "publisher", |_| {}).await;
-    publisher.publish("$app/info", QoS::AtLeastOnce, false, "one").await;
-    publisher.publish("$app2/info", QoS::AtLeastOnce, false, "two").await;
+    publisher
+        .publish("$app/info", QoS::AtLeastOnce, false, "one")
+        .await;
+    publisher
+        .publish("$app2/info", QoS::AtLeastOnce, false, "two")
+        .await;
 
     assert_eq!(explicit.recv().await.topic, "$app/info");
     assert_eq!(explicit.recv().await.topic, "$app2/info");
@@ -103,7 +134,9 @@ async fn broker_sys_topics_are_hidden_from_hash() {
     // $SYS is published every second; the explicit subscriber sees it...
     assert!(sys.recv().await.topic.starts_with("$SYS/"));
     // ...the wildcard one never does, through a whole $SYS period.
-    let seen = wild.next_publish(std::time::Duration::from_millis(2500)).await;
+    let seen = wild
+        .next_publish(std::time::Duration::from_millis(2500))
+        .await;
     assert!(seen.is_none(), "wildcard subscriber received {seen:?}");
 }
 
@@ -111,7 +144,9 @@ async fn broker_sys_topics_are_hidden_from_hash() {
 async fn suback_grants_requested_qos_in_order() {
     let broker = TestBroker::start_default().await;
     let (mut raw, _) = Raw::connect(&broker, &Connect::v4("s")).await;
-    let codes = raw.subscribe(42, &[("a", 2), ("b", 0), ("c/#", 1), ("+/d", 2)]).await;
+    let codes = raw
+        .subscribe(42, &[("a", 2), ("b", 0), ("c/#", 1), ("+/d", 2)])
+        .await;
     assert_eq!(codes, vec![2, 0, 1, 2]);
 }
 
@@ -124,7 +159,10 @@ async fn resubscribing_replaces_the_subscription() {
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v4("pub")).await;
     publisher.publish_qos1(&Pub::new("r", b"x").qos(1, 1)).await;
     let msg = sub.expect_publish().await;
-    assert_eq!(msg.qos, 1, "the second SUBSCRIBE upgraded the QoS [MQTT-3.8.4-3]");
+    assert_eq!(
+        msg.qos, 1,
+        "the second SUBSCRIBE upgraded the QoS [MQTT-3.8.4-3]"
+    );
     sub.ack_publish(&msg).await;
     sub.expect_nothing(QUIET).await;
 }
@@ -137,14 +175,17 @@ async fn unsubscribe_stops_delivery() {
     sub.subscribe("marker", QoS::AtLeastOnce).await;
     assert_eq!(deliveries(&broker, &mut sub, &["u/1"]).await, ["u/1"]);
     sub.unsubscribe("u/+").await;
-    assert!(deliveries(&broker, &mut sub, &["u/1", "u/2"]).await.is_empty());
+    assert!(deliveries(&broker, &mut sub, &["u/1", "u/2"])
+        .await
+        .is_empty());
 }
 
 #[tokio::test]
 async fn unsubscribe_of_unknown_filter_is_still_acknowledged() {
     let broker = TestBroker::start_default().await;
     let (mut raw, _) = Raw::connect(&broker, &Connect::v4("u")).await;
-    raw.send(&unsubscribe(false, 77, &["never/subscribed"])).await;
+    raw.send(&unsubscribe(false, 77, &["never/subscribed"]))
+        .await;
     assert_eq!(raw.expect_unsuback().await.pid, 77, "[MQTT-3.10.4-5]");
 }
 
@@ -152,9 +193,15 @@ async fn unsubscribe_of_unknown_filter_is_still_acknowledged() {
 async fn overlapping_subscriptions_deliver_one_copy_at_highest_qos() {
     let broker = TestBroker::start_default().await;
     let (mut sub, _) = Raw::connect(&broker, &Connect::v4("sub")).await;
-    assert_eq!(sub.subscribe(1, &[("o/#", 0), ("o/+", 2), ("o/t", 1)]).await, vec![0, 2, 1]);
+    assert_eq!(
+        sub.subscribe(1, &[("o/#", 0), ("o/+", 2), ("o/t", 1)])
+            .await,
+        vec![0, 2, 1]
+    );
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v4("pub")).await;
-    publisher.send_publish(&Pub::new("o/t", b"x").qos(2, 5)).await;
+    publisher
+        .send_publish(&Pub::new("o/t", b"x").qos(2, 5))
+        .await;
     publisher.expect_pubrec().await;
     publisher.send(&ack(kind::PUBREL, 5, false, 0)).await;
     publisher.expect_pubcomp().await;
@@ -164,9 +211,15 @@ async fn overlapping_subscriptions_deliver_one_copy_at_highest_qos() {
         // Known difference: mosquitto 2.0.11 sends one copy, but at the QoS
         // of whichever matching subscription its trie walk meets last (1
         // here), not the maximum that [MQTT-3.3.5-1] requires.
-        eprintln!("note: mosquitto delivered the overlapping message at QoS {}", msg.qos);
+        eprintln!(
+            "note: mosquitto delivered the overlapping message at QoS {}",
+            msg.qos
+        );
     } else {
-        assert_eq!(msg.qos, 2, "maximum QoS of the matching subscriptions [MQTT-3.3.5-1]");
+        assert_eq!(
+            msg.qos, 2,
+            "maximum QoS of the matching subscriptions [MQTT-3.3.5-1]"
+        );
     }
     sub.ack_publish(&msg).await;
     sub.expect_nothing(QUIET).await;
@@ -176,24 +229,39 @@ async fn overlapping_subscriptions_deliver_one_copy_at_highest_qos() {
 async fn rumqttc_reports_granted_qos() {
     let broker = TestBroker::start_default().await;
     let (mut c, _) = Client4::connect(&broker, "c", |_| {}).await;
-    assert_eq!(c.subscribe("g", QoS::ExactlyOnce).await, [SubscribeReasonCode::Success(QoS::ExactlyOnce)]);
-    assert_eq!(c.subscribe("h", QoS::AtMostOnce).await, [SubscribeReasonCode::Success(QoS::AtMostOnce)]);
+    assert_eq!(
+        c.subscribe("g", QoS::ExactlyOnce).await,
+        [SubscribeReasonCode::Success(QoS::ExactlyOnce)]
+    );
+    assert_eq!(
+        c.subscribe("h", QoS::AtMostOnce).await,
+        [SubscribeReasonCode::Success(QoS::AtMostOnce)]
+    );
 }
 
 /// An invalid filter is refused with a failure code in SUBACK, or the
 /// connection is closed (3.1.1 section 4.8; 5.0 allows either 0x8F in
 /// SUBACK or DISCONNECT 0x81/0x8F).
 async fn assert_filter_refused(broker: &TestBroker, v5: bool, filter: &str) {
-    let c = if v5 { Connect::v5("bad") } else { Connect::v4("bad") };
+    let c = if v5 {
+        Connect::v5("bad")
+    } else {
+        Connect::v4("bad")
+    };
     let (mut raw, _) = Raw::connect(broker, &c).await;
-    raw.send(&subscribe(v5, 1, &Props::new(), &[(filter, 0)])).await;
+    raw.send(&subscribe(v5, 1, &Props::new(), &[(filter, 0)]))
+        .await;
     match raw.recv_within(TIMEOUT).await {
         Recv::Packet(Pkt::SubAck(a)) => {
             let expected = if v5 { 0x8F } else { 0x80 };
             assert_eq!(a.codes, vec![expected], "SUBACK for {filter:?}");
         }
         Recv::Packet(Pkt::Disconnect(d)) if v5 => {
-            assert!(matches!(d.reason, 0x81 | 0x8F), "DISCONNECT reason {:#04x}", d.reason);
+            assert!(
+                matches!(d.reason, 0x81 | 0x8F),
+                "DISCONNECT reason {:#04x}",
+                d.reason
+            );
             raw.expect_closed().await;
         }
         Recv::Closed => {}

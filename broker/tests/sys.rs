@@ -29,7 +29,10 @@ impl SysWatcher {
     async fn start(broker: &TestBroker) -> SysWatcher {
         let (mut client, _) = Client4::connect(broker, "sys-watcher", |_| {}).await;
         client.subscribe("$SYS/#", QoS::AtMostOnce).await;
-        SysWatcher { client, latest: HashMap::new() }
+        SysWatcher {
+            client,
+            latest: HashMap::new(),
+        }
     }
 
     /// Waits (at most 10 s, i.e. several periods) until `topic` has a value
@@ -40,14 +43,19 @@ impl SysWatcher {
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            let Some(m) = self.client.next_publish(Duration::from_millis(500)).await else { continue };
+            let Some(m) = self.client.next_publish(Duration::from_millis(500)).await else {
+                continue;
+            };
             let value = String::from_utf8_lossy(&m.payload).into_owned();
             self.latest.insert(m.topic.clone(), value.clone());
             if m.topic == topic && ok(&value) {
                 return value;
             }
         }
-        panic!("{topic}: no acceptable value within 10 s (last: {:?})", self.latest.get(topic));
+        panic!(
+            "{topic}: no acceptable value within 10 s (last: {:?})",
+            self.latest.get(topic)
+        );
     }
 
     /// The latest known numeric value of a counter topic (possibly a
@@ -58,7 +66,9 @@ impl SysWatcher {
 
     /// Waits until a counter reaches at least `min`.
     async fn at_least(&mut self, topic: &str, min: u64) -> u64 {
-        let v = self.wait_for(topic, |v| leading_number(v).is_some_and(|n| n >= min)).await;
+        let v = self
+            .wait_for(topic, |v| leading_number(v).is_some_and(|n| n >= min))
+            .await;
         leading_number(&v).unwrap_or(0)
     }
 }
@@ -74,8 +84,19 @@ async fn every_documented_sys_topic_is_published() {
     let mut sys = SysWatcher::start(&broker).await;
     let version = sys.wait_for(VERSION, |v| !v.is_empty()).await;
     assert!(!version.trim().is_empty());
-    sys.wait_for(UPTIME, |v| v.ends_with(" seconds") && leading_number(v).is_some()).await;
-    for topic in [CONNECTED, MSG_RECEIVED, MSG_SENT, BYTES_RECEIVED, BYTES_SENT, SUBSCRIPTIONS, RETAINED] {
+    sys.wait_for(UPTIME, |v| {
+        v.ends_with(" seconds") && leading_number(v).is_some()
+    })
+    .await;
+    for topic in [
+        CONNECTED,
+        MSG_RECEIVED,
+        MSG_SENT,
+        BYTES_RECEIVED,
+        BYTES_SENT,
+        SUBSCRIPTIONS,
+        RETAINED,
+    ] {
         sys.wait_for(topic, |v| leading_number(v).is_some()).await;
     }
 }
@@ -96,11 +117,16 @@ async fn connected_clients_are_counted() {
     sys.at_least(CONNECTED, 1).await;
     let mut others = Vec::new();
     for i in 0..3 {
-        others.push(Raw::connect(&broker, &Connect::v4(&format!("extra-{i}"))).await.0);
+        others.push(
+            Raw::connect(&broker, &Connect::v4(&format!("extra-{i}")))
+                .await
+                .0,
+        );
     }
     sys.at_least(CONNECTED, 4).await;
     drop(others);
-    sys.wait_for(CONNECTED, |v| leading_number(v) == Some(1)).await;
+    sys.wait_for(CONNECTED, |v| leading_number(v) == Some(1))
+        .await;
 }
 
 #[tokio::test]
@@ -115,7 +141,9 @@ async fn message_and_byte_counters_follow_traffic() {
     let mut sub = raw_subscriber4(&broker, "counted-sub", "count/me", 1).await;
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v4("counted-pub")).await;
     for pid in 1..=5u16 {
-        publisher.publish_qos1(&Pub::new("count/me", &[0u8; 1000]).qos(1, pid)).await;
+        publisher
+            .publish_qos1(&Pub::new("count/me", &[0u8; 1000]).qos(1, pid))
+            .await;
         let m = sub.expect_publish().await;
         sub.ack_publish(&m).await;
     }
@@ -134,8 +162,10 @@ async fn subscription_and_retained_counts_follow_state() {
 
     let (mut c, _) = Raw::connect(&broker, &Connect::v4("counter")).await;
     c.subscribe(1, &[("s/1", 0), ("s/2", 0), ("s/+", 1)]).await;
-    c.publish_qos1(&Pub::new("r/1", b"a").qos(1, 1).retain()).await;
-    c.publish_qos1(&Pub::new("r/2", b"b").qos(1, 2).retain()).await;
+    c.publish_qos1(&Pub::new("r/1", b"a").qos(1, 1).retain())
+        .await;
+    c.publish_qos1(&Pub::new("r/2", b"b").qos(1, 2).retain())
+        .await;
 
     sys.at_least(SUBSCRIPTIONS, subscriptions + 3).await;
     sys.at_least(RETAINED, retained + 2).await;

@@ -22,7 +22,10 @@ async fn will_is_published_on_abnormal_disconnect() {
     drop(client); // socket closed without DISCONNECT
 
     let will = watcher.recv().await;
-    assert_eq!((will.topic.as_str(), &will.payload[..]), ("will/dying", &b"gone"[..]));
+    assert_eq!(
+        (will.topic.as_str(), &will.payload[..]),
+        ("will/dying", &b"gone"[..])
+    );
     assert_eq!(will.qos, QoS::AtLeastOnce);
 }
 
@@ -33,7 +36,12 @@ async fn will_is_not_published_after_disconnect() {
     watcher.subscribe("will/#", QoS::AtLeastOnce).await;
 
     let (client, _) = Client4::connect(&broker, "polite", |o| {
-        o.set_last_will(LastWill::new("will/polite", "gone", QoS::AtLeastOnce, false));
+        o.set_last_will(LastWill::new(
+            "will/polite",
+            "gone",
+            QoS::AtLeastOnce,
+            false,
+        ));
     })
     .await;
     client.disconnect().await;
@@ -45,7 +53,10 @@ async fn will_is_not_published_after_disconnect() {
 async fn will_is_published_on_keepalive_timeout() {
     let broker = TestBroker::start_default().await;
     let mut watcher = raw_subscriber4(&broker, "watcher", "will/silent", 1).await;
-    let connect = Connect::v4("silent").keepalive(1).will(Will { qos: 1, ..Will::new("will/silent", b"timeout") });
+    let connect = Connect::v4("silent").keepalive(1).will(Will {
+        qos: 1,
+        ..Will::new("will/silent", b"timeout")
+    });
     let (mut silent, _) = Raw::connect(&broker, &connect).await;
     // Send nothing: the broker must give up after 1.5 x keepalive.
     silent.expect_closed_within(KEEPALIVE_BOUND).await;
@@ -57,7 +68,11 @@ async fn will_is_published_on_keepalive_timeout() {
 async fn will_is_published_when_the_broker_closes_on_a_protocol_error() {
     let broker = TestBroker::start_default().await;
     let mut watcher = raw_subscriber4(&broker, "watcher", "will/bad", 0).await;
-    let (mut bad, _) = Raw::connect(&broker, &Connect::v4("bad").will(Will::new("will/bad", b"bye"))).await;
+    let (mut bad, _) = Raw::connect(
+        &broker,
+        &Connect::v4("bad").will(Will::new("will/bad", b"bye")),
+    )
+    .await;
     // A wildcard in a PUBLISH topic is a protocol violation [MQTT-3.3.2-2].
     bad.send_publish(&Pub::new("a/+", b"x")).await;
     bad.expect_closed().await;
@@ -67,7 +82,11 @@ async fn will_is_published_when_the_broker_closes_on_a_protocol_error() {
 #[tokio::test]
 async fn retained_will_is_stored() {
     let broker = TestBroker::start_default().await;
-    let connect = Connect::v4("r").will(Will { qos: 1, retain: true, ..Will::new("will/retained", b"offline") });
+    let connect = Connect::v4("r").will(Will {
+        qos: 1,
+        retain: true,
+        ..Will::new("will/retained", b"offline")
+    });
     let (raw, _) = Raw::connect(&broker, &connect).await;
     drop(raw);
 
@@ -81,7 +100,10 @@ async fn retained_will_is_stored() {
             assert_eq!(&m.payload[..], b"offline");
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "retained will never appeared");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retained will never appeared"
+        );
     }
 }
 
@@ -89,7 +111,11 @@ async fn retained_will_is_stored() {
 async fn v5_disconnect_with_will_message_publishes_the_will() {
     let broker = TestBroker::start_default().await;
     let mut watcher = raw_subscriber5(&broker, "watcher", "will/x", 1).await;
-    let (mut c, _) = Raw::connect(&broker, &Connect::v5("x").will(Will::new("will/x", b"asked"))).await;
+    let (mut c, _) = Raw::connect(
+        &broker,
+        &Connect::v5("x").will(Will::new("will/x", b"asked")),
+    )
+    .await;
     c.send(&disconnect(true, 0x04, &Props::new())).await;
     assert_eq!(watcher.expect_publish().await.payload, b"asked");
 }
@@ -135,9 +161,12 @@ async fn v5_reconnect_within_will_delay_suppresses_the_will() {
     drop(c);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The session resumes before the delay: no will [MQTT-3.1.3-9].
-    let (_again, connack) = Raw::connect(&broker, &Connect::v5("d").clean(false).props(
-        Props::new().four(prop::SESSION_EXPIRY_INTERVAL, 60),
-    ))
+    let (_again, connack) = Raw::connect(
+        &broker,
+        &Connect::v5("d")
+            .clean(false)
+            .props(Props::new().four(prop::SESSION_EXPIRY_INTERVAL, 60)),
+    )
     .await;
     assert!(connack.session_present);
     watcher.expect_nothing(Duration::from_millis(3000)).await;
@@ -192,7 +221,13 @@ async fn v5_will_properties_are_passed_through() {
     assert_eq!(msg.props.num(prop::PAYLOAD_FORMAT_INDICATOR), Some(1));
     assert_eq!(msg.props.string(prop::CONTENT_TYPE), Some("text/plain"));
     assert_eq!(msg.props.string(prop::RESPONSE_TOPIC), Some("reply/here"));
-    assert_eq!(msg.props.binary(prop::CORRELATION_DATA), Some(&b"\x01\x02"[..]));
-    assert_eq!(msg.props.user_properties(), [("k".to_string(), "v".to_string())]);
+    assert_eq!(
+        msg.props.binary(prop::CORRELATION_DATA),
+        Some(&b"\x01\x02"[..])
+    );
+    assert_eq!(
+        msg.props.user_properties(),
+        [("k".to_string(), "v".to_string())]
+    );
     assert!(!msg.props.has(prop::WILL_DELAY_INTERVAL));
 }

@@ -9,21 +9,21 @@ use super::properties::{read_properties, read_publish_properties, Ctx};
 use super::wire::{parse_varint, Reader};
 
 // Control packet types (first four bits of the fixed header).
-pub(crate) const CONNECT: u8 = 1;
-pub(crate) const CONNACK: u8 = 2;
-pub(crate) const PUBLISH: u8 = 3;
-pub(crate) const PUBACK: u8 = 4;
-pub(crate) const PUBREC: u8 = 5;
-pub(crate) const PUBREL: u8 = 6;
-pub(crate) const PUBCOMP: u8 = 7;
-pub(crate) const SUBSCRIBE: u8 = 8;
-pub(crate) const SUBACK: u8 = 9;
-pub(crate) const UNSUBSCRIBE: u8 = 10;
-pub(crate) const UNSUBACK: u8 = 11;
-pub(crate) const PINGREQ: u8 = 12;
-pub(crate) const PINGRESP: u8 = 13;
-pub(crate) const DISCONNECT: u8 = 14;
-pub(crate) const AUTH: u8 = 15;
+const CONNECT: u8 = 1;
+const CONNACK: u8 = 2;
+const PUBLISH: u8 = 3;
+const PUBACK: u8 = 4;
+const PUBREC: u8 = 5;
+const PUBREL: u8 = 6;
+const PUBCOMP: u8 = 7;
+const SUBSCRIBE: u8 = 8;
+const SUBACK: u8 = 9;
+const UNSUBSCRIBE: u8 = 10;
+const UNSUBACK: u8 = 11;
+const PINGREQ: u8 = 12;
+const PINGRESP: u8 = 13;
+const DISCONNECT: u8 = 14;
+const AUTH: u8 = 15;
 
 /// Takes one packet from the front of `buf`.
 ///
@@ -196,9 +196,7 @@ fn read_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     }
     let will_qos = QoS::from_u8(will_qos).ok_or(DecodeError::MalformedPacket("will QoS 3"))?;
     if !v5 && password_flag && !username_flag {
-        return Err(DecodeError::MalformedPacket(
-            "password without a user name",
-        ));
+        return Err(DecodeError::MalformedPacket("password without a user name"));
     }
 
     let keep_alive = r.u16()?;
@@ -258,9 +256,7 @@ fn read_connack(r: &mut Reader, version: ProtocolVersion) -> Result<Connack, Dec
     let session_present = match version {
         ProtocolVersion::V31 => false,
         _ if ack_flags & 0xFE != 0 => {
-            return Err(DecodeError::MalformedPacket(
-                "CONNACK reserved flags set",
-            ))
+            return Err(DecodeError::MalformedPacket("CONNACK reserved flags set"))
         }
         _ => ack_flags & 0x01 != 0,
     };
@@ -397,8 +393,8 @@ fn subscription_options(byte: u8, v5: bool) -> Result<SubscriptionOptions, Decod
             "reserved subscription option bits set",
         ));
     }
-    let qos = QoS::from_u8(byte & 0x03)
-        .ok_or(DecodeError::MalformedPacket("subscription with QoS 3"))?;
+    let qos =
+        QoS::from_u8(byte & 0x03).ok_or(DecodeError::MalformedPacket("subscription with QoS 3"))?;
     let retain_handling = (byte >> 4) & 0x03;
     if retain_handling == 3 {
         return Err(DecodeError::MalformedPacket("retain handling 3"));
@@ -454,7 +450,10 @@ fn read_unsuback(r: &mut Reader, v5: bool) -> Result<Unsuback, DecodeError> {
     let packet_id = read_packet_id(r)?;
     let (properties, reasons) = if v5 {
         let properties = read_properties(r, Ctx::UNSUBACK)?;
-        (properties, r.rest().iter().map(|&c| ReasonCode(c)).collect())
+        (
+            properties,
+            r.rest().iter().map(|&c| ReasonCode(c)).collect(),
+        )
     } else {
         (Properties::default(), Vec::new())
     };
@@ -540,7 +539,10 @@ mod tests {
     #[test]
     fn first_packet_must_be_connect() {
         let mut buf = BytesMut::from(&b"\x30"[..]);
-        assert_eq!(decode(&mut buf, None, 1024), Err(DecodeError::ExpectedConnect));
+        assert_eq!(
+            decode(&mut buf, None, 1024),
+            Err(DecodeError::ExpectedConnect)
+        );
         assert_eq!(err(b"\xc0\x00", None), DecodeError::ExpectedConnect);
     }
 
@@ -646,7 +648,8 @@ mod tests {
         let rest = b"\x00\x01c\x00\x02pw";
         malformed(&connect(b"MQTT", 4, 0x42, rest), None);
         malformed(&connect(b"MQIsdp", 3, 0x42, rest), None);
-        let Packet::Connect(c) = decode_one(&connect(b"MQTT", 5, 0x42, b"\x00\x00\x01c\x00\x02pw"), None).unwrap()
+        let Packet::Connect(c) =
+            decode_one(&connect(b"MQTT", 5, 0x42, b"\x00\x00\x01c\x00\x02pw"), None).unwrap()
         else {
             panic!("expected CONNECT");
         };
@@ -697,16 +700,16 @@ mod tests {
 
     #[test]
     fn properties_are_checked_in_packets() {
-        protocol_error(&connect(b"MQTT", 5, 0x02, b"\x03\x21\x00\x00\x00\x00"), None); // receive maximum 0
+        protocol_error(
+            &connect(b"MQTT", 5, 0x02, b"\x03\x21\x00\x00\x00\x00"),
+            None,
+        ); // receive maximum 0
         protocol_error(
             &connect(b"MQTT", 5, 0x02, b"\x05\x27\x00\x00\x00\x00\x00\x00"),
             None,
         ); // maximum packet size 0
         protocol_error(b"\x40\x07\x00\x01\x00\x03\x13\x00\x05", Some(V5)); // server keep alive in PUBACK
-        protocol_error(
-            b"\x30\x0a\x00\x01a\x06\x23\x00\x01\x23\x00\x02",
-            Some(V5),
-        ); // topic alias twice
+        protocol_error(b"\x30\x0a\x00\x01a\x06\x23\x00\x01\x23\x00\x02", Some(V5)); // topic alias twice
         malformed(b"\x40\x06\x00\x01\x00\x02\x14\x00", Some(V5)); // unknown id 0x14
     }
 
@@ -733,7 +736,7 @@ mod tests {
     fn connack_checks() {
         malformed(b"\x20\x02\x02\x00", Some(V311)); // reserved flag
         malformed(b"\x20\x02\x00\x06", Some(V311)); // reserved return code
-        // 3.1 has no session present flag: the byte is ignored.
+                                                    // 3.1 has no session present flag: the byte is ignored.
         let Packet::Connack(c) = decode_one(b"\x20\x02\x01\x03", Some(V31)).unwrap() else {
             panic!("expected CONNACK");
         };

@@ -104,7 +104,9 @@ fn put_body(
                 put_properties(out, &s.properties, Ctx::SUBACK)?;
                 s.reasons.iter().for_each(|r| out.put_u8(r.0));
             } else {
-                s.reasons.iter().for_each(|r| out.put_u8(suback_return_code(*r)));
+                s.reasons
+                    .iter()
+                    .for_each(|r| out.put_u8(suback_return_code(*r)));
             }
             Ok(())
         }
@@ -380,8 +382,14 @@ mod tests {
             reason: ReasonCode::NOT_AUTHORIZED,
             properties: properties.clone(),
         };
-        assert_eq!(encode_vec(&Packet::Puback(response.clone()), V311), b"\x40\x02\x00\x09");
-        assert_eq!(encode_vec(&Packet::Pubrel(response), V31), b"\x62\x02\x00\x09");
+        assert_eq!(
+            encode_vec(&Packet::Puback(response.clone()), V311),
+            b"\x40\x02\x00\x09"
+        );
+        assert_eq!(
+            encode_vec(&Packet::Pubrel(response), V31),
+            b"\x62\x02\x00\x09"
+        );
         let unsuback = Packet::Unsuback(Unsuback {
             packet_id: 9,
             reasons: vec![ReasonCode::NO_SUBSCRIPTION_EXISTED],
@@ -448,12 +456,21 @@ mod tests {
     #[test]
     fn short_forms_in_5() {
         let mut response = PubResponse::new(1, ReasonCode::SUCCESS);
-        assert_eq!(encode_vec(&Packet::Puback(response.clone()), V5), b"\x40\x02\x00\x01");
+        assert_eq!(
+            encode_vec(&Packet::Puback(response.clone()), V5),
+            b"\x40\x02\x00\x01"
+        );
         // A property PUBACK does not allow is left out, keeping the short form.
         response.properties.session_expiry_interval = Some(1);
-        assert_eq!(encode_vec(&Packet::Puback(response.clone()), V5), b"\x40\x02\x00\x01");
+        assert_eq!(
+            encode_vec(&Packet::Puback(response.clone()), V5),
+            b"\x40\x02\x00\x01"
+        );
         response.reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
-        assert_eq!(encode_vec(&Packet::Puback(response), V5), b"\x40\x03\x00\x01\x10");
+        assert_eq!(
+            encode_vec(&Packet::Puback(response), V5),
+            b"\x40\x03\x00\x01\x10"
+        );
 
         let disconnect = |reason| {
             Packet::Disconnect(Disconnect {
@@ -461,7 +478,10 @@ mod tests {
                 properties: Properties::default(),
             })
         };
-        assert_eq!(encode_vec(&disconnect(ReasonCode::SUCCESS), V5), b"\xe0\x00");
+        assert_eq!(
+            encode_vec(&disconnect(ReasonCode::SUCCESS), V5),
+            b"\xe0\x00"
+        );
         assert_eq!(
             encode_vec(&disconnect(ReasonCode::SESSION_TAKEN_OVER), V5),
             b"\xe0\x01\x8e"
@@ -494,7 +514,10 @@ mod tests {
             encode_err(&Packet::Publish(alias_only.clone()), V311),
             EncodeError::InvalidPacket(_)
         ));
-        assert_eq!(encode_vec(&Packet::Publish(alias_only), V5), b"\x30\x07\x00\x00\x03\x23\x00\x03x");
+        assert_eq!(
+            encode_vec(&Packet::Publish(alias_only), V5),
+            b"\x30\x07\x00\x00\x03\x23\x00\x03x"
+        );
 
         let subscribe = Packet::Subscribe(Subscribe {
             packet_id: 1,

@@ -29,7 +29,7 @@ pub enum DecodeError {
     PacketTooLarge {
         /// Total size of the packet, fixed header included.
         size: u32,
-        /// The limit that was passed to [`decode`](super::decode).
+        /// The limit that was passed to [`decode`](fn@super::decode).
         max: u32,
     },
     /// The first packet of a connection was not a CONNECT.

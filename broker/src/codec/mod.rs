@@ -1,9 +1,9 @@
 //! MQTT wire format: the packet model ([`packet`]) and its decoder and
 //! encoder for MQTT 3.1, 3.1.1 and 5.0.
 //!
-//! - [`decode`] takes one packet from the front of a receive buffer, checking
+//! - [`decode()`] takes one packet from the front of a receive buffer, checking
 //!   the normative well-formedness rules of the specifications.
-//! - [`encode`] writes a packet for the connection's protocol version,
+//! - [`encode()`] writes a packet for the connection's protocol version,
 //!   mapping 5.0 reason codes and dropping properties for 3.x.
 //! - [`encoded_len`] tells the size of the encoding without writing it (for
 //!   the peer's Maximum Packet Size).

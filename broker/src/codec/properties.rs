@@ -70,7 +70,10 @@ fn allowed_in(id: u8) -> Option<Ctx> {
     const MESSAGE: Ctx = Ctx::PUBLISH.or(Ctx::WILL);
     const CONNECT_CONNACK: Ctx = Ctx::CONNECT.or(Ctx::CONNACK);
     Some(match id {
-        PAYLOAD_FORMAT_INDICATOR | MESSAGE_EXPIRY_INTERVAL | CONTENT_TYPE | RESPONSE_TOPIC
+        PAYLOAD_FORMAT_INDICATOR
+        | MESSAGE_EXPIRY_INTERVAL
+        | CONTENT_TYPE
+        | RESPONSE_TOPIC
         | CORRELATION_DATA => MESSAGE,
         SUBSCRIPTION_IDENTIFIER => Ctx::PUBLISH.or(Ctx::SUBSCRIBE),
         SESSION_EXPIRY_INTERVAL => CONNECT_CONNACK.or(Ctx::DISCONNECT),
@@ -123,7 +126,9 @@ fn read_id(block: &mut Reader, ctx: Ctx) -> Result<u8, DecodeError> {
 /// Stores a property that may appear at most once.
 fn set_once<T>(slot: &mut Option<T>, value: T) -> Result<(), DecodeError> {
     if slot.is_some() {
-        return Err(DecodeError::ProtocolError("property included more than once"));
+        return Err(DecodeError::ProtocolError(
+            "property included more than once",
+        ));
     }
     *slot = Some(value);
     Ok(())
@@ -157,9 +162,7 @@ pub(crate) fn read_properties(r: &mut Reader, ctx: Ctx) -> Result<Properties, De
     while b.remaining() > 0 {
         match read_id(&mut b, ctx)? {
             SESSION_EXPIRY_INTERVAL => set_once(&mut p.session_expiry_interval, b.u32()?)?,
-            ASSIGNED_CLIENT_IDENTIFIER => {
-                set_once(&mut p.assigned_client_identifier, b.string()?)?
-            }
+            ASSIGNED_CLIENT_IDENTIFIER => set_once(&mut p.assigned_client_identifier, b.string()?)?,
             SERVER_KEEP_ALIVE => set_once(&mut p.server_keep_alive, b.u16()?)?,
             AUTHENTICATION_METHOD => set_once(&mut p.authentication_method, b.string()?)?,
             AUTHENTICATION_DATA => set_once(&mut p.authentication_data, b.binary()?)?,
@@ -187,9 +190,10 @@ pub(crate) fn read_properties(r: &mut Reader, ctx: Ctx) -> Result<Properties, De
             WILDCARD_SUBSCRIPTION_AVAILABLE => {
                 set_once(&mut p.wildcard_subscription_available, read_flag(&mut b)?)?
             }
-            SUBSCRIPTION_IDENTIFIER => {
-                set_once(&mut p.subscription_identifier, read_subscription_id(&mut b)?)?
-            }
+            SUBSCRIPTION_IDENTIFIER => set_once(
+                &mut p.subscription_identifier,
+                read_subscription_id(&mut b)?,
+            )?,
             SUBSCRIPTION_IDENTIFIER_AVAILABLE => {
                 set_once(&mut p.subscription_identifier_available, read_flag(&mut b)?)?
             }
@@ -225,10 +229,9 @@ pub(crate) fn read_publish_properties(
             SUBSCRIPTION_IDENTIFIER => p
                 .subscription_identifiers
                 .push(read_subscription_id(&mut b)?),
-            TOPIC_ALIAS => set_once(
-                &mut p.topic_alias,
-                nonzero(b.u16()?, "topic alias 0")?,
-            )?,
+            // Alias 0 is invalid, but the connection answers it with the
+            // specific reason (0x94 Topic Alias invalid), so it passes here.
+            TOPIC_ALIAS => set_once(&mut p.topic_alias, b.u16()?)?,
             USER_PROPERTY => p.user_properties.push((b.string()?, b.string()?)),
             WILL_DELAY_INTERVAL => set_once(&mut will_delay, b.u32()?)?,
             _ => return Err(NOT_ALLOWED),
@@ -307,7 +310,10 @@ fn put_fields(out: &mut impl Sink, p: &Properties, ctx: Ctx) -> Result<(), Encod
         w.varint(SUBSCRIPTION_IDENTIFIER, id)?;
     }
     w.u32(SESSION_EXPIRY_INTERVAL, p.session_expiry_interval);
-    w.string(ASSIGNED_CLIENT_IDENTIFIER, p.assigned_client_identifier.as_ref())?;
+    w.string(
+        ASSIGNED_CLIENT_IDENTIFIER,
+        p.assigned_client_identifier.as_ref(),
+    )?;
     w.u16(SERVER_KEEP_ALIVE, p.server_keep_alive);
     w.string(AUTHENTICATION_METHOD, p.authentication_method.as_ref())?;
     w.binary(AUTHENTICATION_DATA, p.authentication_data.as_deref())?;
@@ -321,9 +327,18 @@ fn put_fields(out: &mut impl Sink, p: &Properties, ctx: Ctx) -> Result<(), Encod
     w.u8(MAXIMUM_QOS, p.maximum_qos);
     w.u8(RETAIN_AVAILABLE, p.retain_available);
     w.u32(MAXIMUM_PACKET_SIZE, p.maximum_packet_size);
-    w.u8(WILDCARD_SUBSCRIPTION_AVAILABLE, p.wildcard_subscription_available);
-    w.u8(SUBSCRIPTION_IDENTIFIER_AVAILABLE, p.subscription_identifier_available);
-    w.u8(SHARED_SUBSCRIPTION_AVAILABLE, p.shared_subscription_available);
+    w.u8(
+        WILDCARD_SUBSCRIPTION_AVAILABLE,
+        p.wildcard_subscription_available,
+    );
+    w.u8(
+        SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+        p.subscription_identifier_available,
+    );
+    w.u8(
+        SHARED_SUBSCRIPTION_AVAILABLE,
+        p.shared_subscription_available,
+    );
     w.user_properties(&p.user_properties)
 }
 
@@ -477,10 +492,13 @@ mod tests {
     #[test]
     fn zero_values_that_are_protocol_errors() {
         for bytes in [
-            &[3u8, 0x21, 0, 0][..],       // receive maximum 0
-            &[5, 0x27, 0, 0, 0, 0][..],   // maximum packet size 0
+            &[3u8, 0x21, 0, 0][..],     // receive maximum 0
+            &[5, 0x27, 0, 0, 0, 0][..], // maximum packet size 0
         ] {
-            let r = read_properties(&mut Reader::new(Bytes::copy_from_slice(bytes)), Ctx::CONNECT);
+            let r = read_properties(
+                &mut Reader::new(Bytes::copy_from_slice(bytes)),
+                Ctx::CONNECT,
+            );
             assert!(matches!(r, Err(DecodeError::ProtocolError(_))), "{bytes:?}");
         }
         assert!(matches!(

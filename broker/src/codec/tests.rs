@@ -76,7 +76,11 @@ fn connect_311_as_sent_by_mosquitto_pub() {
             Packet::Connect(Box::new(connect(V311, "mosq-pub-1")))
         );
     }
-    vector(V311, bytes, Packet::Connect(Box::new(connect(V311, "mosq-pub-1"))));
+    vector(
+        V311,
+        bytes,
+        Packet::Connect(Box::new(connect(V311, "mosq-pub-1"))),
+    );
 }
 
 #[test]
@@ -87,7 +91,11 @@ fn connect_5_as_sent_by_mosquitto_pub() {
         decode_one(bytes, None).unwrap(),
         Packet::Connect(Box::new(connect(V5, "mosq-pub-1")))
     );
-    vector(V5, bytes, Packet::Connect(Box::new(connect(V5, "mosq-pub-1"))));
+    vector(
+        V5,
+        bytes,
+        Packet::Connect(Box::new(connect(V5, "mosq-pub-1"))),
+    );
 }
 
 #[test]
@@ -97,7 +105,11 @@ fn connect_31() {
         decode_one(bytes, None).unwrap(),
         Packet::Connect(Box::new(connect(V31, "mosq-pub-1")))
     );
-    vector(V31, bytes, Packet::Connect(Box::new(connect(V31, "mosq-pub-1"))));
+    vector(
+        V31,
+        bytes,
+        Packet::Connect(Box::new(connect(V31, "mosq-pub-1"))),
+    );
 }
 
 #[test]
@@ -168,7 +180,11 @@ fn connack() {
         })
     };
     vector(V311, b"\x20\x02\x00\x00", ok(false, ReasonCode::SUCCESS));
-    vector(V311, b"\x20\x02\x01\x05", ok(true, ReasonCode::NOT_AUTHORIZED));
+    vector(
+        V311,
+        b"\x20\x02\x01\x05",
+        ok(true, ReasonCode::NOT_AUTHORIZED),
+    );
     vector(V5, b"\x20\x03\x00\x00\x00", ok(false, ReasonCode::SUCCESS));
     let with_props = Connack {
         session_present: true,
@@ -189,8 +205,16 @@ fn connack() {
 #[test]
 fn publish_vectors() {
     let hello = publish("test", b"hello");
-    vector(V311, b"\x30\x0b\x00\x04testhello", Packet::Publish(hello.clone()));
-    vector(V31, b"\x30\x0b\x00\x04testhello", Packet::Publish(hello.clone()));
+    vector(
+        V311,
+        b"\x30\x0b\x00\x04testhello",
+        Packet::Publish(hello.clone()),
+    );
+    vector(
+        V31,
+        b"\x30\x0b\x00\x04testhello",
+        Packet::Publish(hello.clone()),
+    );
     vector(V5, b"\x30\x0c\x00\x04test\x00hello", Packet::Publish(hello));
 
     // DUP, QoS 1, retain; packet id 10; topic alias 5.
@@ -301,7 +325,11 @@ fn suback() {
         })
     };
     vector(V311, b"\x90\x05\x00\x01\x00\x01\x80", suback(&[0, 1, 0x80]));
-    vector(V5, b"\x90\x06\x00\x01\x00\x00\x01\x87", suback(&[0, 1, 0x87]));
+    vector(
+        V5,
+        b"\x90\x06\x00\x01\x00\x00\x01\x87",
+        suback(&[0, 1, 0x87]),
+    );
 }
 
 #[test]
@@ -409,7 +437,11 @@ fn partial_input_needs_more_and_leaves_the_buffer_alone() {
     for &(version, bytes) in SAMPLES {
         for cut in 0..bytes.len() {
             let mut buf = BytesMut::from(&bytes[..cut]);
-            assert_eq!(decode(&mut buf, Some(version), MAX), Ok(None), "{bytes:x?} cut at {cut}");
+            assert_eq!(
+                decode(&mut buf, Some(version), MAX),
+                Ok(None),
+                "{bytes:x?} cut at {cut}"
+            );
             assert_eq!(&buf[..], &bytes[..cut]);
         }
     }
@@ -425,7 +457,10 @@ fn back_to_back_packets_are_taken_one_at_a_time() {
         decode(&mut buf, Some(V311), MAX).unwrap(),
         Some(Packet::Puback(pub_response(1)))
     );
-    assert_eq!(decode(&mut buf, Some(V311), MAX).unwrap(), Some(Packet::Pingreq));
+    assert_eq!(
+        decode(&mut buf, Some(V311), MAX).unwrap(),
+        Some(Packet::Pingreq)
+    );
     assert_eq!(decode(&mut buf, Some(V311), MAX).unwrap(), None);
     assert_eq!(&buf[..], b"\x30\x0b\x00\x04test");
     buf.extend_from_slice(b"hello");

@@ -99,7 +99,9 @@ impl Reader {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(DecodeError::MalformedPacket("unexpected bytes after the last field"))
+            Err(DecodeError::MalformedPacket(
+                "unexpected bytes after the last field",
+            ))
         }
     }
 }
@@ -201,7 +203,8 @@ pub(crate) fn put_varint(out: &mut impl Sink, value: usize) -> Result<(), Encode
 
 /// Writes binary data (or a string's bytes) with its two-byte length.
 pub(crate) fn put_binary(out: &mut impl Sink, data: &[u8]) -> Result<(), EncodeError> {
-    let len = u16::try_from(data.len()).map_err(|_| EncodeError::StringTooLong { len: data.len() })?;
+    let len =
+        u16::try_from(data.len()).map_err(|_| EncodeError::StringTooLong { len: data.len() })?;
     out.put_u16(len);
     out.put_slice(data);
     Ok(())

@@ -133,7 +133,10 @@ impl TestBroker {
                 Err(e) => last_error = e,
             }
         }
-        panic!("broker did not start: {last_error}\n--- broker output ---\n{}", broker.logs().join("\n"));
+        panic!(
+            "broker did not start: {last_error}\n--- broker output ---\n{}",
+            broker.logs().join("\n")
+        );
     }
 
     /// Starts a broker with default options (no persistence).
@@ -171,7 +174,10 @@ impl TestBroker {
         let Some(mut child) = self.child.take() else {
             return true;
         };
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
@@ -200,7 +206,10 @@ impl TestBroker {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        panic!("broker did not restart: {last_error}\n--- broker output ---\n{}", self.logs().join("\n"));
+        panic!(
+            "broker did not restart: {last_error}\n--- broker output ---\n{}",
+            self.logs().join("\n")
+        );
     }
 
     /// True while the broker process is alive.
@@ -255,7 +264,11 @@ impl TestBroker {
         let mut s = String::new();
         let data = self.dir.path().join("data");
         let _ = writeln!(s, "allow_anonymous = {}", !o.deny_anonymous);
-        let _ = writeln!(s, "[[listeners]]\nbind = \"127.0.0.1:{}\"\nprotocol = \"tcp\"", self.port);
+        let _ = writeln!(
+            s,
+            "[[listeners]]\nbind = \"127.0.0.1:{}\"\nprotocol = \"tcp\"",
+            self.port
+        );
         let mut limits = String::new();
         for (key, value) in [
             ("max_queued_messages", o.max_queued_messages.map(u64::from)),
@@ -288,6 +301,11 @@ impl TestBroker {
         let mut s = String::new();
         let _ = writeln!(s, "listener {} 127.0.0.1", self.port);
         let _ = writeln!(s, "allow_anonymous {}", !o.deny_anonymous);
+        // When started as root mosquitto switches to the `mosquitto` user,
+        // which cannot write into our temporary directory: stay who we are.
+        if is_root() {
+            let _ = writeln!(s, "user root");
+        }
         let _ = writeln!(s, "persistence {}", o.persistence);
         let _ = writeln!(s, "persistence_location {}/", self.dir.path().display());
         let _ = writeln!(s, "sys_interval 1");
@@ -375,6 +393,16 @@ impl Drop for TestBroker {
     }
 }
 
+/// True when the tests run as root (uid 0), read from `/proc/self/status`.
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -409,7 +437,11 @@ pub struct Events<P> {
 impl<P: std::fmt::Debug> Events<P> {
     /// Removes and returns the first packet accepted by `pick`, waiting at
     /// most `timeout`. Other packets stay buffered in order.
-    pub async fn take<T>(&mut self, timeout: Duration, mut pick: impl FnMut(&P) -> Option<T>) -> Option<T> {
+    pub async fn take<T>(
+        &mut self,
+        timeout: Duration,
+        mut pick: impl FnMut(&P) -> Option<T>,
+    ) -> Option<T> {
         if let Some(i) = self.pending.iter().position(|p| pick(p).is_some()) {
             let p = self.pending.remove(i)?;
             return pick(&p);
@@ -492,7 +524,11 @@ impl Client4 {
         });
         let mut c = Client4 {
             client,
-            events: Events { rx, pending: VecDeque::new(), closed: None },
+            events: Events {
+                rx,
+                pending: VecDeque::new(),
+                closed: None,
+            },
             task,
         };
         let connack = c
@@ -509,8 +545,15 @@ impl Client4 {
     }
 
     /// Subscribes and returns the SUBACK return codes.
-    pub async fn subscribe(&mut self, filter: &str, qos: rumqttc::QoS) -> Vec<rumqttc::SubscribeReasonCode> {
-        self.client.subscribe(filter, qos).await.expect("queue SUBSCRIBE");
+    pub async fn subscribe(
+        &mut self,
+        filter: &str,
+        qos: rumqttc::QoS,
+    ) -> Vec<rumqttc::SubscribeReasonCode> {
+        self.client
+            .subscribe(filter, qos)
+            .await
+            .expect("queue SUBSCRIBE");
         self.events
             .take(TIMEOUT, |p| match p {
                 rumqttc::Packet::SubAck(a) => Some(a.return_codes.clone()),
@@ -522,31 +565,53 @@ impl Client4 {
 
     /// Unsubscribes and waits for the UNSUBACK.
     pub async fn unsubscribe(&mut self, filter: &str) {
-        self.client.unsubscribe(filter).await.expect("queue UNSUBSCRIBE");
+        self.client
+            .unsubscribe(filter)
+            .await
+            .expect("queue UNSUBSCRIBE");
         self.events
-            .take(TIMEOUT, |p| matches!(p, rumqttc::Packet::UnsubAck(_)).then_some(()))
+            .take(TIMEOUT, |p| {
+                matches!(p, rumqttc::Packet::UnsubAck(_)).then_some(())
+            })
             .await
             .unwrap_or_else(|| panic!("no UNSUBACK for {filter}"));
     }
 
     /// Publishes and, for QoS 1/2, waits until the broker acknowledged it
     /// (PUBACK, or PUBCOMP after the PUBREC/PUBREL exchange).
-    pub async fn publish(&mut self, topic: &str, qos: rumqttc::QoS, retain: bool, payload: impl Into<Vec<u8>>) {
-        self.client.publish(topic, qos, retain, payload.into()).await.expect("queue PUBLISH");
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        qos: rumqttc::QoS,
+        retain: bool,
+        payload: impl Into<Vec<u8>>,
+    ) {
+        self.client
+            .publish(topic, qos, retain, payload.into())
+            .await
+            .expect("queue PUBLISH");
         let done = match qos {
             rumqttc::QoS::AtMostOnce => return,
             rumqttc::QoS::AtLeastOnce => {
                 self.events
-                    .take(TIMEOUT, |p| matches!(p, rumqttc::Packet::PubAck(_)).then_some(()))
+                    .take(TIMEOUT, |p| {
+                        matches!(p, rumqttc::Packet::PubAck(_)).then_some(())
+                    })
                     .await
             }
             rumqttc::QoS::ExactlyOnce => {
                 self.events
-                    .take(TIMEOUT, |p| matches!(p, rumqttc::Packet::PubComp(_)).then_some(()))
+                    .take(TIMEOUT, |p| {
+                        matches!(p, rumqttc::Packet::PubComp(_)).then_some(())
+                    })
                     .await
             }
         };
-        assert!(done.is_some(), "publish to {topic} not acknowledged ({:?})", self.events.closed);
+        assert!(
+            done.is_some(),
+            "publish to {topic} not acknowledged ({:?})",
+            self.events.closed
+        );
     }
 
     /// Next application message, or `None` after `timeout`.
@@ -629,7 +694,11 @@ impl Client5 {
         });
         let mut c = Client5 {
             client,
-            events: Events { rx, pending: VecDeque::new(), closed: None },
+            events: Events {
+                rx,
+                pending: VecDeque::new(),
+                closed: None,
+            },
             task,
         };
         let connack = c
@@ -652,7 +721,10 @@ impl Client5 {
         qos: rumqttc::v5::mqttbytes::QoS,
     ) -> Vec<rumqttc::v5::mqttbytes::v5::SubscribeReasonCode> {
         use rumqttc::v5::mqttbytes::v5::Packet;
-        self.client.subscribe(filter, qos).await.expect("queue SUBSCRIBE");
+        self.client
+            .subscribe(filter, qos)
+            .await
+            .expect("queue SUBSCRIBE");
         self.events
             .take(TIMEOUT, |p| match p {
                 Packet::SubAck(a) => Some(a.return_codes.clone()),
@@ -679,14 +751,29 @@ impl Client5 {
             .expect("queue PUBLISH");
         let done = match qos {
             QoS::AtMostOnce => return,
-            QoS::AtLeastOnce => self.events.take(TIMEOUT, |p| matches!(p, Packet::PubAck(_)).then_some(())).await,
-            QoS::ExactlyOnce => self.events.take(TIMEOUT, |p| matches!(p, Packet::PubComp(_)).then_some(())).await,
+            QoS::AtLeastOnce => {
+                self.events
+                    .take(TIMEOUT, |p| matches!(p, Packet::PubAck(_)).then_some(()))
+                    .await
+            }
+            QoS::ExactlyOnce => {
+                self.events
+                    .take(TIMEOUT, |p| matches!(p, Packet::PubComp(_)).then_some(()))
+                    .await
+            }
         };
-        assert!(done.is_some(), "publish to {topic} not acknowledged ({:?})", self.events.closed);
+        assert!(
+            done.is_some(),
+            "publish to {topic} not acknowledged ({:?})",
+            self.events.closed
+        );
     }
 
     /// Next application message, or `None` after `timeout`.
-    pub async fn next_publish(&mut self, timeout: Duration) -> Option<rumqttc::v5::mqttbytes::v5::Publish> {
+    pub async fn next_publish(
+        &mut self,
+        timeout: Duration,
+    ) -> Option<rumqttc::v5::mqttbytes::v5::Publish> {
         use rumqttc::v5::mqttbytes::v5::Packet;
         self.events
             .take(timeout, |p| match p {
@@ -823,7 +910,10 @@ impl Props {
         self
     }
     pub fn user(mut self, k: &str, v: &str) -> Props {
-        self.0.push((prop::USER_PROPERTY, PropValue::Pair(k.to_owned(), v.to_owned())));
+        self.0.push((
+            prop::USER_PROPERTY,
+            PropValue::Pair(k.to_owned(), v.to_owned()),
+        ));
         self
     }
 
@@ -943,7 +1033,11 @@ pub struct Will {
 
 impl Will {
     pub fn new(topic: &str, payload: &[u8]) -> Will {
-        Will { topic: topic.into(), payload: payload.into(), ..Will::default() }
+        Will {
+            topic: topic.into(),
+            payload: payload.into(),
+            ..Will::default()
+        }
     }
 }
 
@@ -977,7 +1071,10 @@ impl Connect {
     }
     /// MQTT 5.0, clean start, keepalive 30 s, no properties.
     pub fn v5(client_id: &str) -> Connect {
-        Connect { level: 5, ..Connect::v4(client_id) }
+        Connect {
+            level: 5,
+            ..Connect::v4(client_id)
+        }
     }
     pub fn clean(mut self, clean: bool) -> Connect {
         self.clean = clean;
@@ -1057,7 +1154,11 @@ pub struct Pub {
 impl Pub {
     /// QoS 0, not retained.
     pub fn new(topic: &str, payload: &[u8]) -> Pub {
-        Pub { topic: topic.into(), payload: payload.into(), ..Pub::default() }
+        Pub {
+            topic: topic.into(),
+            payload: payload.into(),
+            ..Pub::default()
+        }
     }
     /// QoS 1 or 2 with packet identifier `pid`.
     pub fn qos(mut self, qos: u8, pid: u16) -> Pub {
@@ -1281,7 +1382,10 @@ impl<'a> Reader<'a> {
     }
     fn props(&mut self) -> Props {
         let len = self.varint() as usize;
-        let mut r = Reader { b: self.take(len), what: self.what };
+        let mut r = Reader {
+            b: self.take(len),
+            what: self.what,
+        };
         let mut props = Props::new();
         while !r.b.is_empty() {
             let id = r.u8();
@@ -1305,14 +1409,25 @@ impl Pkt {
     /// Parses one packet body. `v5` selects the 5.0 layout.
     pub fn parse(first: u8, body: &[u8], v5: bool) -> Pkt {
         let flags = first & 0x0F;
-        let mut r = Reader { b: body, what: "packet" };
+        let mut r = Reader {
+            b: body,
+            what: "packet",
+        };
         match first >> 4 {
             kind::CONNACK => {
                 r.what = "CONNACK";
                 let ack_flags = r.u8();
                 let code = r.u8();
-                let props = if v5 && !r.b.is_empty() { r.props() } else { Props::new() };
-                Pkt::ConnAck(ConnAck { session_present: ack_flags & 1 == 1, code, props })
+                let props = if v5 && !r.b.is_empty() {
+                    r.props()
+                } else {
+                    Props::new()
+                };
+                Pkt::ConnAck(ConnAck {
+                    session_present: ack_flags & 1 == 1,
+                    code,
+                    props,
+                })
             }
             kind::PUBLISH => {
                 r.what = "PUBLISH";
@@ -1334,7 +1449,11 @@ impl Pkt {
                 r.what = "acknowledgement";
                 let pid = r.u16();
                 let reason = if v5 && !r.b.is_empty() { r.u8() } else { 0 };
-                let props = if v5 && !r.b.is_empty() { r.props() } else { Props::new() };
+                let props = if v5 && !r.b.is_empty() {
+                    r.props()
+                } else {
+                    Props::new()
+                };
                 let a = Ack { pid, reason, props };
                 match k {
                     kind::PUBACK => Pkt::PubAck(a),
@@ -1347,7 +1466,11 @@ impl Pkt {
                 r.what = "SUBACK/UNSUBACK";
                 let pid = r.u16();
                 let props = if v5 { r.props() } else { Props::new() };
-                let a = SubAck { pid, props, codes: r.rest() };
+                let a = SubAck {
+                    pid,
+                    props,
+                    codes: r.rest(),
+                };
                 if k == kind::SUBACK {
                     Pkt::SubAck(a)
                 } else {
@@ -1358,7 +1481,11 @@ impl Pkt {
             k @ (kind::DISCONNECT | kind::AUTH) => {
                 r.what = "DISCONNECT/AUTH";
                 let reason = if r.b.is_empty() { 0 } else { r.u8() };
-                let props = if r.b.is_empty() { Props::new() } else { r.props() };
+                let props = if r.b.is_empty() {
+                    Props::new()
+                } else {
+                    r.props()
+                };
                 let p = ReasonOnly { reason, props };
                 if k == kind::DISCONNECT {
                     Pkt::Disconnect(p)
@@ -1396,7 +1523,11 @@ impl Raw {
             .expect("TCP connect timed out")
             .expect("TCP connect");
         let _ = stream.set_nodelay(true);
-        Raw { stream, buf: Vec::new(), v5: false }
+        Raw {
+            stream,
+            buf: Vec::new(),
+            v5: false,
+        }
     }
 
     /// Opens a connection, sends `connect` and returns the CONNACK (whatever its code).
@@ -1410,7 +1541,11 @@ impl Raw {
     /// Opens a connection and completes a successful CONNECT.
     pub async fn connect(broker: &TestBroker, connect: &Connect) -> (Raw, ConnAck) {
         let (raw, ack) = Raw::connect_raw(broker, connect).await;
-        assert_eq!(ack.code, 0, "CONNACK for {:?} refused: {ack:?}", connect.client_id);
+        assert_eq!(
+            ack.code, 0,
+            "CONNACK for {:?} refused: {ack:?}",
+            connect.client_id
+        );
         (raw, ack)
     }
 
@@ -1575,7 +1710,12 @@ impl Raw {
     }
 
     /// Subscribes with SUBSCRIBE properties (e.g. a subscription identifier).
-    pub async fn subscribe_props(&mut self, pid: u16, props: &Props, filters: &[(&str, u8)]) -> Vec<u8> {
+    pub async fn subscribe_props(
+        &mut self,
+        pid: u16,
+        props: &Props,
+        filters: &[(&str, u8)],
+    ) -> Vec<u8> {
         let bytes = subscribe(self.v5, pid, props, filters);
         self.send(&bytes).await;
         let ack = self.expect_suback().await;
