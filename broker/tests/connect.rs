@@ -268,10 +268,42 @@ async fn new_connections_are_logged() {
     let broker = TestBroker::start_default().await;
     let (_raw, _) = Raw::connect(&broker, &Connect::v4("log-probe-7")).await;
     // mosquitto-style event line: "New client connected from ... as log-probe-7 (...)".
-    assert!(broker.wait_for_log("log-probe-7", TIMEOUT).await, "no log line names the client");
+    assert!(
+        broker.wait_for_log("log-probe-7", TIMEOUT).await,
+        "no log line names the client"
+    );
     let logs = broker.logs();
     assert!(
-        logs.iter().any(|l| l.contains("New client connected") && l.contains("log-probe-7")),
+        logs.iter()
+            .any(|l| l.contains("New client connected") && l.contains("log-probe-7")),
         "{logs:#?}"
     );
+}
+
+#[tokio::test]
+async fn client_identifier_over_the_configured_limit_is_refused() {
+    if skip_on_mosquitto("mosquitto has no client identifier length limit") {
+        return;
+    }
+    let broker = TestBroker::start(BrokerOpts {
+        max_client_id_len: Some(8),
+        ..BrokerOpts::default()
+    })
+    .await;
+    let mut raw = Raw::open(&broker).await;
+    raw.send_connect(&Connect::v4("nine-char")).await;
+    assert_eq!(raw.expect_connack().await.code, 0x02, "Identifier rejected");
+    raw.expect_closed().await;
+
+    let mut raw = Raw::open(&broker).await;
+    raw.send_connect(&Connect::v5("nine-char")).await;
+    assert_eq!(
+        raw.expect_connack().await.code,
+        0x85,
+        "Client Identifier not valid"
+    );
+    raw.expect_closed().await;
+
+    // At the limit is fine.
+    Raw::connect(&broker, &Connect::v5("eight-ch")).await;
 }

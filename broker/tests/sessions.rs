@@ -309,23 +309,19 @@ async fn v5_session_present_with_queued_messages() {
     }
 }
 
-#[tokio::test]
-async fn offline_queue_is_bounded_and_drops_new_messages() {
-    let broker = TestBroker::start(BrokerOpts {
-        max_queued_messages: Some(5),
-        ..BrokerOpts::default()
-    })
-    .await;
-    let (mut raw, _) = Raw::connect(&broker, &persistent4("bounded")).await;
+/// Queues 12 QoS 1 messages "m0".."m11" for an offline session (each
+/// acknowledged to the publisher), then returns the payloads the session
+/// receives when it reconnects.
+async fn overflow_offline_queue(broker: &TestBroker) -> Vec<String> {
+    let (mut raw, _) = Raw::connect(broker, &persistent4("bounded")).await;
     raw.subscribe(1, &[("b", 1)]).await;
     raw.disconnect().await;
 
     let payloads: Vec<String> = (0..12).map(|i| format!("m{i}")).collect();
     let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
-    // Every publish is still acknowledged to the publisher.
-    publish_all(&broker, "b", &refs).await;
+    publish_all(broker, "b", &refs).await;
 
-    let (mut raw, _) = Raw::connect(&broker, &persistent4("bounded")).await;
+    let (mut raw, _) = Raw::connect(broker, &persistent4("bounded")).await;
     let mut got = Vec::new();
     loop {
         match raw.recv_within(QUIET).await {
@@ -333,10 +329,39 @@ async fn offline_queue_is_bounded_and_drops_new_messages() {
                 got.push(String::from_utf8_lossy(&m.payload).into_owned());
                 raw.ack_publish(&m).await;
             }
-            Recv::Timeout => break,
+            Recv::Timeout => return got,
             other => panic!("unexpected {other:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn offline_queue_is_bounded_and_drops_new_messages() {
+    let broker = TestBroker::start(BrokerOpts {
+        max_queued_messages: Some(5),
+        ..BrokerOpts::default()
+    })
+    .await;
     // drop_new (the default) keeps the oldest messages.
-    assert_eq!(got, ["m0", "m1", "m2", "m3", "m4"]);
+    assert_eq!(
+        overflow_offline_queue(&broker).await,
+        ["m0", "m1", "m2", "m3", "m4"]
+    );
+}
+
+#[tokio::test]
+async fn offline_queue_can_drop_the_oldest_messages() {
+    if skip_on_mosquitto("mosquitto has no drop-oldest queue policy") {
+        return;
+    }
+    let broker = TestBroker::start(BrokerOpts {
+        max_queued_messages: Some(5),
+        queue_full: Some("drop_oldest"),
+        ..BrokerOpts::default()
+    })
+    .await;
+    assert_eq!(
+        overflow_offline_queue(&broker).await,
+        ["m7", "m8", "m9", "m10", "m11"]
+    );
 }

@@ -139,7 +139,8 @@ impl ClientAcl {
             if group.deny_all {
                 return false;
             }
-            let applies = |rule: &Resolved| rule.access & access != 0 && test(&rule.filter, subject);
+            let applies =
+                |rule: &Resolved| rule.access & access != 0 && test(&rule.filter, subject);
             if group.deny.iter().any(applies) {
                 return false;
             }
@@ -380,7 +381,10 @@ mod tests {
         assert!(anonymous.can_subscribe("public/#"));
         assert!(!anonymous.can_publish("public/news"), "read only");
         assert!(!anonymous.can_receive("alice/x"));
-        assert!(!anonymous.can_publish("sensor/anon-1/data"), "%u needs a user");
+        assert!(
+            !anonymous.can_publish("sensor/anon-1/data"),
+            "%u needs a user"
+        );
         assert!(anonymous.can_publish("$SYS/broker/connection/anon-1/state"));
 
         let alice = acl.client(Some("alice"), "dev-7");
@@ -389,8 +393,14 @@ mod tests {
         assert!(alice.can_publish("logs"));
         assert!(!alice.can_receive("logs"), "write only");
         assert!(alice.can_publish("bulletin") && alice.can_receive("bulletin"));
-        assert!(!alice.can_receive("public/news"), "anonymous rules are not hers");
-        assert!(alice.can_publish("sensor/alice/data"), "patterns apply to all");
+        assert!(
+            !alice.can_receive("public/news"),
+            "anonymous rules are not hers"
+        );
+        assert!(
+            alice.can_publish("sensor/alice/data"),
+            "patterns apply to all"
+        );
         assert!(!alice.can_receive("sensor/alice/data"));
         assert!(!alice.can_publish("sensor/bob/data"));
         assert!(alice.can_publish("$SYS/broker/connection/dev-7/state"));
@@ -424,7 +434,9 @@ mod tests {
     #[test]
     fn user_grant_is_checked_before_pattern_deny() {
         let acl = acl("user alice\ntopic readwrite open/#\npattern deny open/%u/secret\n");
-        assert!(acl.client(Some("alice"), "c").can_publish("open/alice/secret"));
+        assert!(acl
+            .client(Some("alice"), "c")
+            .can_publish("open/alice/secret"));
         assert!(!acl.client(Some("bob"), "c").can_publish("open/bob/secret"));
     }
 
@@ -459,7 +471,10 @@ mod tests {
         assert!(u.can_subscribe("logs"));
         assert!(u.can_subscribe("logs/#"));
         assert!(u.can_subscribe("logs/+/x"));
-        assert!(!u.can_subscribe("cmd/#"), "write does not allow subscribing");
+        assert!(
+            !u.can_subscribe("cmd/#"),
+            "write does not allow subscribing"
+        );
         assert!(u.can_subscribe("$share/g/logs/#"));
         assert!(!u.can_subscribe("$share/g/cmd/#"));
         assert!(!u.can_subscribe("$share/g"), "malformed shared filter");
@@ -523,8 +538,14 @@ mod tests {
             "/etc/acl:3: invalid access type `sometimes` (expected read, write, readwrite or \
              deny; a topic with spaces needs an access type)"
         );
-        assert_eq!(parse_error("# c\nuser\n"), "/etc/acl:2: `user` needs a user name");
-        assert_eq!(parse_error("topic\n"), "/etc/acl:1: `topic` needs a topic filter");
+        assert_eq!(
+            parse_error("# c\nuser\n"),
+            "/etc/acl:2: `user` needs a user name"
+        );
+        assert_eq!(
+            parse_error("topic\n"),
+            "/etc/acl:1: `topic` needs a topic filter"
+        );
         assert_eq!(
             parse_error("topic read a/#/b\n"),
             "/etc/acl:1: invalid topic filter `a/#/b`"

@@ -56,6 +56,16 @@ pub(crate) struct StoredPassword {
     pub(crate) not_after: Option<SystemTime>,
 }
 
+impl StoredPassword {
+    /// Whether the password may be used at `now`.
+    pub(crate) fn valid_at(&self, now: SystemTime) -> bool {
+        match self.not_after {
+            Some(limit) => now <= limit,
+            None => true,
+        }
+    }
+}
+
 /// One user of the credentials file, validated.
 #[derive(Debug, Clone)]
 pub(crate) struct CredentialsUser {
@@ -163,15 +173,14 @@ pub(crate) fn parse(text: &str, origin: &str) -> Result<Vec<CredentialsUser>, Au
                     let not_after = entry
                         .not_after
                         .map(|value| {
-                            parse_time(value.get_ref())
-                                .ok_or_else(|| {
-                                    invalid(
-                                        line_at(text, value.span().start),
-                                        "`not_after` must be an RFC 3339 time with an offset, \
+                            parse_time(value.get_ref()).ok_or_else(|| {
+                                invalid(
+                                    line_at(text, value.span().start),
+                                    "`not_after` must be an RFC 3339 time with an offset, \
                                          e.g. \"2026-11-25T12:00:00Z\""
-                                            .to_owned(),
-                                    )
-                                })
+                                        .to_owned(),
+                                )
+                            })
                         })
                         .transpose()?;
                     Ok(StoredPassword { hash, not_after })
@@ -327,9 +336,13 @@ passwords = [{{ hash = "{SECRET}" }}]
     #[test]
     fn errors_name_file_line_and_key() {
         let user = |body: &str| format!("[[users]]\nusername = \"u\"\n{body}");
-        let with_password = |body: &str| user(&format!("[[users.passwords]]\nhash = \"{SECRET}\"\n{body}"));
+        let with_password =
+            |body: &str| user(&format!("[[users.passwords]]\nhash = \"{SECRET}\"\n{body}"));
 
-        assert_eq!(error(&user("")), "creds.toml:2: user `u` has no [[users.passwords]]");
+        assert_eq!(
+            error(&user("")),
+            "creds.toml:2: user `u` has no [[users.passwords]]"
+        );
         assert_eq!(
             error(&user("[[users.passwords]]\nhash = \"plain\"\n")),
             "creds.toml:4: unsupported hash type: expected a $7$ (PBKDF2-SHA512) or $6$ \
@@ -343,14 +356,17 @@ passwords = [{{ hash = "{SECRET}" }}]
         assert!(error(&with_password("not_after = 2026-11-25T12:00:00\n"))
             .starts_with("creds.toml:5: `not_after`"));
         assert_eq!(
-            error(&with_password("[[users.acl]]\naction = \"all\"\ntopic = \"a/#/b\"\nallow = true\n")),
+            error(&with_password(
+                "[[users.acl]]\naction = \"all\"\ntopic = \"a/#/b\"\nallow = true\n"
+            )),
             "creds.toml:7: invalid topic filter `a/#/b`"
         );
         let unknown_action = error(&with_password(
             "[[users.acl]]\naction = \"read\"\ntopic = \"a\"\nallow = true\n",
         ));
         assert!(
-            unknown_action.starts_with("creds.toml:6: key `users[0].acl[0].action`: unknown variant `read`"),
+            unknown_action
+                .starts_with("creds.toml:6: key `users[0].acl[0].action`: unknown variant `read`"),
             "{unknown_action}"
         );
         let zero_quota = error(&with_password("[users.quotas]\nconnections = 0\n"));
@@ -364,7 +380,10 @@ passwords = [{{ hash = "{SECRET}" }}]
             error(&format!("{}{}", with_password(""), with_password(""))),
             "creds.toml:6: user `u` is already defined on line 2"
         );
-        assert_eq!(error("[[users]]\nusername = \"\"\n"), "creds.toml:2: empty user name");
+        assert_eq!(
+            error("[[users]]\nusername = \"\"\n"),
+            "creds.toml:2: empty user name"
+        );
         assert!(error("[[users]\n").starts_with("creds.toml:1: "));
     }
 }

@@ -86,13 +86,15 @@ impl PasswordHash {
                 salt: decode_fixed(salt, "salt")?,
                 hash: decode_fixed(hash, "hash")?,
             }),
-            ["", "7" | "6", ..] => {
-                Err("malformed hash: expected $7$<iterations>$<salt>$<hash> or $6$<salt>$<hash>"
-                    .to_owned())
-            }
-            _ => Err("unsupported hash type: expected a $7$ (PBKDF2-SHA512) or $6$ (SHA-512) \
+            ["", "7" | "6", ..] => Err(
+                "malformed hash: expected $7$<iterations>$<salt>$<hash> or $6$<salt>$<hash>"
+                    .to_owned(),
+            ),
+            _ => Err(
+                "unsupported hash type: expected a $7$ (PBKDF2-SHA512) or $6$ (SHA-512) \
                  hash as written by mosquitto_passwd"
-                .to_owned()),
+                    .to_owned(),
+            ),
         }
     }
 

@@ -128,7 +128,9 @@ impl Authenticator {
         }
         if let Some(source) = &creds {
             for user in credentials::parse(source.text, source.origin)? {
-                if let Some(passwd) = passwd.as_ref().filter(|_| users.contains_key(&user.username))
+                if let Some(passwd) = passwd
+                    .as_ref()
+                    .filter(|_| users.contains_key(&user.username))
                 {
                     return Err(AuthFileError::invalid(
                         source.origin,
@@ -164,7 +166,7 @@ impl Authenticator {
         let mut expired = false;
         for stored in &user.passwords {
             if stored.hash.verify(password) {
-                if stored.not_after.map_or(true, |limit| now <= limit) {
+                if stored.valid_at(now) {
                     return Ok(());
                 }
                 expired = true;
@@ -385,7 +387,9 @@ mod tests {
     fn missing_file_is_a_read_error() {
         let error = Authenticator::load(Some(Path::new("/nonexistent/pw")), None).unwrap_err();
         assert!(matches!(error, AuthFileError::Read { .. }));
-        assert!(error.to_string().starts_with("cannot read /nonexistent/pw: "));
+        assert!(error
+            .to_string()
+            .starts_with("cannot read /nonexistent/pw: "));
         let error = Acl::load(None, Some(Path::new("/nonexistent/creds"))).unwrap_err();
         assert!(matches!(error, AuthFileError::Read { .. }));
     }
@@ -413,7 +417,8 @@ mod tests {
             "[[users]]\nusername = \"dev-1\"\npasswords = [{{ hash = \"{hash}\" }}]\n\
              [[users.acl]]\naction = \"publish\"\ntopic = \"devices/%u/#\"\nallow = true\n\
              [[users.acl]]\naction = \"subscribe\"\ntopic = \"cmd/%c\"\nallow = true\n\
-             [[users.acl]]\naction = \"publish\"\ntopic = \"devices/%u/locked\"\nallow = false\n"
+             [[users.acl]]\naction = \"publish\"\ntopic = \"devices/%u/locked\"\nallow = false\n\
+             [[users.acl]]\naction = \"subscribe\"\ntopic = \"devices/%u/locked\"\nallow = true\n"
         );
         let acl_text = "user dev-1\ntopic read config/#\ntopic deny config/secret\n";
 
@@ -422,12 +427,21 @@ mod tests {
         assert!(dev.can_publish("devices/dev-1/temp"));
         assert!(!dev.can_publish("devices/dev-2/temp"));
         assert!(!dev.can_publish("devices/dev-1/locked"), "deny rule");
-        assert!(dev.can_receive("devices/dev-1/locked"), "deny was publish only");
-        assert!(!dev.can_subscribe("devices/dev-1/#"), "publish grants no read");
+        assert!(
+            dev.can_receive("devices/dev-1/locked"),
+            "deny was publish only"
+        );
+        assert!(
+            !dev.can_subscribe("devices/dev-1/#"),
+            "publish grants no read"
+        );
         assert!(dev.can_subscribe("cmd/box-9"));
         assert!(!dev.can_publish("cmd/box-9"));
         let other = only_creds.client(Some("dev-2"), "c");
-        assert!(!other.can_publish("devices/dev-2/temp"), "rules exist: deny by default");
+        assert!(
+            !other.can_publish("devices/dev-2/temp"),
+            "rules exist: deny by default"
+        );
         assert!(!only_creds.client(None, "c").can_publish("devices/x"));
 
         let both = Acl::from_sources(source(acl_text, "acl"), source(&creds, "creds")).unwrap();
@@ -437,13 +451,16 @@ mod tests {
         assert!(!dev.can_receive("config/secret"));
 
         let sneaky = only_creds.client(Some("dev-1"), "+");
-        assert!(!sneaky.can_publish("devices/dev-1/temp"), "unsafe client id");
+        assert!(
+            !sneaky.can_publish("devices/dev-1/temp"),
+            "unsafe client id"
+        );
     }
 
     #[test]
     fn errors_display_file_and_line() {
-        let error = Acl::from_sources(source("topic read\ntopic x y\n", "/etc/acl"), None)
-            .unwrap_err();
+        let error =
+            Acl::from_sources(source("topic read\ntopic x y\n", "/etc/acl"), None).unwrap_err();
         assert!(matches!(
             error,
             AuthFileError::Invalid { line: Some(2), .. }

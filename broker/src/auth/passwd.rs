@@ -12,8 +12,6 @@ use super::AuthFileError;
 pub(crate) struct PasswdEntry {
     pub(crate) username: String,
     pub(crate) hash: PasswordHash,
-    /// 1-based line of the entry, for error messages.
-    pub(crate) line: usize,
 }
 
 /// Parses the text of a password file; `origin` names it in errors.
@@ -47,7 +45,6 @@ pub(crate) fn parse(text: &str, origin: &str) -> Result<Vec<PasswdEntry>, AuthFi
         entries.push(PasswdEntry {
             username: username.to_owned(),
             hash,
-            line,
         });
     }
     Ok(entries)
@@ -86,7 +83,6 @@ mod tests {
         let entries = parse(&text, "pw").unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].username, "alice");
-        assert_eq!(entries[0].line, 4);
         assert!(entries[0].hash.verify(b"alice-pw"));
     }
 
@@ -94,7 +90,10 @@ mod tests {
     fn errors_name_file_and_line() {
         let alice = FIXTURE.lines().next().unwrap();
         let cases = [
-            (format!("{alice}\nno colon here\n"), "pw:2: expected `username:hash`"),
+            (
+                format!("{alice}\nno colon here\n"),
+                "pw:2: expected `username:hash`",
+            ),
             (format!("# c\n:{}\n", "$6$x$y"), "pw:2: empty user name"),
             (
                 format!("{alice}\n{alice}\n"),

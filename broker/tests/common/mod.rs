@@ -94,6 +94,12 @@ pub struct BrokerOpts {
     pub max_keepalive: Option<u16>,
     /// Topic aliases a client may create (client -> server).
     pub topic_alias_maximum: Option<u16>,
+    /// Longest accepted client identifier (kubemqtt only; mosquitto has no
+    /// such limit).
+    pub max_client_id_len: Option<u16>,
+    /// What a full session queue drops: `drop_new` or `drop_oldest`
+    /// (kubemqtt only; mosquitto always drops new messages).
+    pub queue_full: Option<&'static str>,
     /// Appended verbatim to the kubemqtt TOML (must not repeat `[limits]`,
     /// `[persistence]` or `[sys]`).
     pub extra_toml: String,
@@ -281,6 +287,12 @@ impl TestBroker {
             if let Some(v) = value {
                 let _ = writeln!(limits, "{key} = {v}");
             }
+        }
+        if let Some(v) = o.max_client_id_len {
+            let _ = writeln!(limits, "max_client_id_len = {v}");
+        }
+        if let Some(policy) = o.queue_full {
+            let _ = writeln!(limits, "queue_full = \"{policy}\"");
         }
         if !limits.is_empty() {
             let _ = write!(s, "[limits]\n{limits}");
