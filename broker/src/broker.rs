@@ -5,23 +5,25 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use tokio::sync::Mutex as AsyncMutex;
 
+use crate::access::Access;
 use crate::codec::{QoS, ReasonCode, SubscriptionOptions, Will};
 use crate::config::Config;
 use crate::log::Logger;
 use crate::message::{now_ms, Message};
+use crate::metrics::Metrics;
 use crate::retained::RetainedStore;
 use crate::router::{Route, Subscription, SubscriptionTable};
 use crate::session::{
     Attachment, Control, Delivery, Enqueued, QueueLimits, Session, SessionSubscription,
 };
-use crate::stats::Stats;
+use crate::session::{ClientInfo, SessionState};
 use crate::store::{Record, Recovered, Store, StoreError, StoredSubscription};
 
 /// Sessions are keyed by client id.
@@ -37,8 +39,13 @@ pub struct Broker {
     pub router: SubscriptionTable<ClientKey>,
     pub retained: RetainedStore<Arc<Message>>,
     pub store: Option<Store>,
-    pub stats: Stats,
+    pub access: Access,
+    pub metrics: Metrics,
     pub started: Instant,
+    /// Set when shutdown begins: readiness turns false.
+    pub draining: AtomicBool,
+    /// Asks the reload task to re-read every file now (SIGHUP, admin API).
+    pub reload_requested: tokio::sync::Notify,
     sessions: Vec<RwLock<HashMap<ClientKey, Arc<Session>>>>,
     /// Serialises CONNECT handling per shard of client ids, so that two
     /// connections racing for one client id take over in order.
@@ -57,15 +64,18 @@ pub struct Attached {
 }
 
 impl Broker {
-    pub fn new(config: Config, logger: Logger, store: Option<Store>) -> Broker {
+    pub fn new(config: Config, logger: Logger, store: Option<Store>, access: Access) -> Broker {
         Broker {
             config,
             logger,
             router: SubscriptionTable::new(),
             retained: RetainedStore::new(),
             store,
-            stats: Stats::default(),
+            access,
+            metrics: Metrics::new(),
             started: Instant::now(),
+            draining: AtomicBool::new(false),
+            reload_requested: tokio::sync::Notify::new(),
             sessions: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             connect_locks: (0..SHARDS).map(|_| AsyncMutex::new(())).collect(),
             hasher: ahash::RandomState::new(),
@@ -210,6 +220,13 @@ impl Broker {
         records: &mut Vec<Record>,
     ) {
         let mut state = session.state.lock();
+        if !self.can_receive(&mut state, &session.client_id, &msg.topic) {
+            self.metrics
+                .acl_denials
+                .with_label_values(&["receive"])
+                .inc();
+            return;
+        }
         let durable = state.persistent && qos != QoS::AtMostOnce && self.store.is_some();
         let seq = if durable { state.take_seq() } else { 0 };
         let delivery = Delivery {
@@ -223,11 +240,16 @@ impl Broker {
         drop(state);
         match outcome {
             Enqueued::Dropped => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                let reason = if qos == QoS::AtMostOnce {
+                    "offline"
+                } else {
+                    "queue_full"
+                };
+                self.metrics.drop(reason);
                 return;
             }
             Enqueued::QueuedDroppedOldest(old_seq) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.metrics.drop("queue_full");
                 if old_seq != 0 {
                     records.push(Record::Dequeue {
                         client_id: session.client_id.to_string(),
@@ -247,6 +269,28 @@ impl Broker {
             });
         }
         session.notify.notify_one();
+    }
+
+    /// Whether the session's client may receive a message on `topic`,
+    /// re-resolving its rules after an ACL reload.
+    fn can_receive(&self, state: &mut SessionState, client_id: &str, topic: &str) -> bool {
+        let Some(client) = &state.last_client else {
+            return true;
+        };
+        let generation = self.access.generation();
+        let acl = match &state.acl {
+            Some((g, acl)) if *g == generation => acl.clone(),
+            _ => {
+                let acl = Arc::new(
+                    self.access
+                        .acl()
+                        .client(client.username.as_deref(), client_id),
+                );
+                state.acl = Some((generation, acl.clone()));
+                acl
+            }
+        };
+        acl.can_receive(topic)
     }
 
     /// Records for the store without waiting (acknowledgement bookkeeping,
@@ -404,6 +448,8 @@ impl Broker {
         };
         {
             let mut state = session.state.lock();
+            state.last_client = Some(attachment.info.clone());
+            state.acl = None;
             state.attachment = Some(attachment);
             state.expiry_interval = expiry_interval;
             state.disconnected_at = None;
@@ -563,6 +609,78 @@ impl Broker {
             Some(a) => a.control.try_send(Control::Disconnect(reason)).is_ok(),
             None => false,
         }
+    }
+
+    /// Connected clients, with who they are.
+    pub fn connected_clients(&self) -> Vec<(Arc<Session>, Arc<ClientInfo>)> {
+        self.sessions()
+            .into_iter()
+            .filter_map(|s| {
+                let info = s.state.lock().attachment.as_ref().map(|a| a.info.clone());
+                info.map(|info| (s, info))
+            })
+            .collect()
+    }
+
+    /// After the credentials changed: disconnects clients whose user no
+    /// longer exists (5.0 reason 0x87). Clients authenticated by a client
+    /// certificate and anonymous clients are left alone. Returns how many.
+    pub fn disconnect_removed_users(&self) -> usize {
+        if !self.access.has_user_files() {
+            return 0;
+        }
+        let auth = self.access.authenticator();
+        let mut kicked = 0;
+        for (session, info) in self.connected_clients() {
+            let Some(username) = &info.username else {
+                continue;
+            };
+            if info.cert_authenticated || auth.has_user(username) {
+                continue;
+            }
+            self.logger.info(&format!(
+                "Client {} disconnected: user {username} was removed.",
+                session.client_id
+            ));
+            if self.kick(&session.client_id, ReasonCode::NOT_AUTHORIZED) {
+                kicked += 1;
+            }
+        }
+        kicked
+    }
+
+    /// Publishes a presence event (`connected` / `disconnected`) for
+    /// backends, as JSON under `$SYS/brokers/{node}/clients/{clientid}/`.
+    pub fn presence(
+        self: &Arc<Self>,
+        client_id: &str,
+        info: &ClientInfo,
+        event: &str,
+        reason: &str,
+    ) {
+        if !self.config.presence_events {
+            return;
+        }
+        let topic = format!(
+            "$SYS/brokers/{}/clients/{client_id}/{event}",
+            self.config.node_name
+        );
+        let payload = serde_json::json!({
+            "clientid": client_id,
+            "username": info.username.as_deref(),
+            "ipaddress": info.address.ip().to_string(),
+            "port": info.address.port(),
+            "protocol": info.protocol.level(),
+            "keepalive": info.keep_alive,
+            "listener": &*info.listener,
+            "reason": reason,
+            "timestamp": crate::message::now_ms(),
+        });
+        let msg = Arc::new(Message::internal(&topic, payload.to_string(), false));
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let _ = broker.publish(msg, None).await;
+        });
     }
 
     // ----- recovery ---------------------------------------------------------

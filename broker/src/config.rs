@@ -60,6 +60,81 @@ pub struct Config {
     /// `$SYS` topics.
     #[serde(default)]
     pub sys: SysConfig,
+    /// Who may connect and what each client may do.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// The HTTP server: health, readiness, Prometheus metrics, admin API.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Graceful shutdown on SIGTERM.
+    #[serde(default)]
+    pub drain: DrainConfig,
+    /// Publish a JSON event to `$SYS/brokers/{node}/clients/{clientid}/connected`
+    /// and `.../disconnected` when clients come and go. Default: true.
+    #[serde(default = "default_true")]
+    pub presence_events: bool,
+}
+
+/// Authentication and authorization files (`[auth]`). Each file is
+/// re-read when it changes on disk (checked every `reload_interval_secs`)
+/// and on SIGHUP; a file that fails to parse is refused with a log line and
+/// the previous contents stay in force.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A mosquitto password file (`mosquitto_passwd` output, `$7$` and `$6$`
+    /// hashes), used unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// KubeMQTT's credentials file (TOML): users with several password
+    /// hashes, each optionally valid only until `not_after`, per-user quotas
+    /// and ACL rules. See docs/auth.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    /// A mosquitto `acl_file`, used unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl_file: Option<PathBuf>,
+    /// How often the files are checked for changes, in seconds. Default: 2.
+    #[serde(default = "default_reload_interval_secs")]
+    pub reload_interval_secs: u64,
+}
+
+/// The HTTP server (`[http]`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the HTTP server (`/healthz`, `/readyz`, `/metrics`,
+    /// `/api/v1/...`). Default: none (no HTTP server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<SocketAddr>,
+    /// File holding the bearer token of the admin API. Without it the admin
+    /// API is disabled (health and metrics stay open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// Graceful shutdown (`[drain]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainConfig {
+    /// Clients disconnected per second while draining, so that the other
+    /// pods behind a load balancer are not stampeded. 0 means all at once.
+    /// Default: 500.
+    #[serde(default = "default_drain_rate")]
+    pub rate_per_sec: u32,
+    /// The process exits at the latest this many seconds after SIGTERM.
+    /// Keep it below the pod's terminationGracePeriodSeconds. Default: 25.
+    #[serde(default = "default_drain_deadline_secs")]
+    pub deadline_secs: u64,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            rate_per_sec: default_drain_rate(),
+            deadline_secs: default_drain_deadline_secs(),
+        }
+    }
 }
 
 /// One listening socket (`[[listeners]]`).
@@ -77,9 +152,88 @@ pub struct ListenerConfig {
     /// Transport spoken on the socket. Default: `tcp`.
     #[serde(default)]
     pub protocol: ListenerProtocol,
+    /// HTTP path of the WebSocket endpoint (`ws` and `wss`). Default: `/mqtt`.
+    #[serde(default = "default_ws_path")]
+    pub path: String,
+    /// Most simultaneous connections on this listener; 0 means no limit.
+    /// Default: 0.
+    #[serde(default)]
+    pub max_connections: u32,
+    /// Most new connections accepted per second (a token bucket with a burst
+    /// of the same size); 0 means no limit. Default: 0.
+    #[serde(default)]
+    pub max_connection_rate: u32,
+    /// Expect a PROXY protocol v1 or v2 header (as sent by cloud load
+    /// balancers) before any other byte, and use the client address it
+    /// carries. Default: false.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Certificate settings, required for `tls` and `wss`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS settings of a listener (`[listeners.tls]`). Files are re-read when
+/// they change (Kubernetes swaps Secret files through a symlink); a new
+/// certificate that does not load is refused with a log line and the old
+/// one keeps serving. TLS 1.2 is the minimum version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA bundle that client certificates must chain to. Required when
+    /// `client_auth` is `optional` or `require`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificates: `none` (default), `optional` or `require`.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Take the MQTT user name from the client certificate: `none` (default:
+    /// the CONNECT user name is used), `cn` (subject common name) or `san`
+    /// (first DNS or e-mail subject alternative name). A client that
+    /// authenticated with a certificate needs no password.
+    #[serde(default)]
+    pub username_from: CertUsername,
+}
+
+/// Whether a TLS listener asks for client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    None,
+    Optional,
+    Require,
+}
+
+/// Where the user name of a certificate-authenticated client comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertUsername {
+    #[default]
+    None,
+    Cn,
+    San,
 }
 
 impl ListenerConfig {
+    /// A plain TCP listener with every other setting at its default.
+    pub fn tcp(bind: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            name: None,
+            bind,
+            protocol: ListenerProtocol::Tcp,
+            path: default_ws_path(),
+            max_connections: 0,
+            max_connection_rate: 0,
+            proxy_protocol: false,
+            tls: None,
+        }
+    }
+
     /// The listener's name: `name` if given, else `<protocol>-<port>`.
     pub fn display_name(&self) -> String {
         match &self.name {
@@ -96,6 +250,12 @@ pub enum ListenerProtocol {
     /// Plain MQTT over TCP.
     #[default]
     Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket (subprotocol `mqtt`).
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
 }
 
 impl ListenerProtocol {
@@ -103,7 +263,20 @@ impl ListenerProtocol {
     pub fn as_str(self) -> &'static str {
         match self {
             ListenerProtocol::Tcp => "tcp",
+            ListenerProtocol::Tls => "tls",
+            ListenerProtocol::Ws => "ws",
+            ListenerProtocol::Wss => "wss",
         }
+    }
+
+    /// Whether the transport is encrypted.
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerProtocol::Tls | ListenerProtocol::Wss)
+    }
+
+    /// Whether the transport is WebSocket.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, ListenerProtocol::Ws | ListenerProtocol::Wss)
     }
 }
 
@@ -150,6 +323,29 @@ pub struct Limits {
     /// requires. Default: 65535.
     #[serde(default = "default_max_client_id_len")]
     pub max_client_id_len: u16,
+    /// PUBLISH packets per second one client may send (a token bucket with
+    /// a burst of the same size); 0 means no limit. Per-user quotas may set
+    /// their own. Default: 0.
+    #[serde(default)]
+    pub publish_rate: u32,
+    /// What happens to a client over its publish rate: `disconnect` (5.0
+    /// DISCONNECT 0x96 Message rate too high) or `throttle` (the broker
+    /// stops reading from it until it is back under the rate).
+    /// Default: disconnect.
+    #[serde(default)]
+    pub publish_rate_action: RateLimitAction,
+    /// Subscriptions one session may hold; 0 means no limit. Default: 0.
+    #[serde(default)]
+    pub max_subscriptions: u32,
+}
+
+/// What to do with a client that publishes faster than allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitAction {
+    #[default]
+    Disconnect,
+    Throttle,
 }
 
 impl Default for Limits {
@@ -165,6 +361,9 @@ impl Default for Limits {
             max_keepalive: default_max_keepalive(),
             max_session_expiry: default_max_session_expiry(),
             max_client_id_len: default_max_client_id_len(),
+            publish_rate: 0,
+            publish_rate_action: RateLimitAction::Disconnect,
+            max_subscriptions: 0,
         }
     }
 }
@@ -402,15 +601,18 @@ impl Config {
         Config {
             node_name: default_node_name(),
             allow_anonymous: true,
-            listeners: vec![ListenerConfig {
-                name: None,
-                bind: SocketAddr::from((Ipv4Addr::LOCALHOST, MQTT_PORT)),
-                protocol: ListenerProtocol::Tcp,
-            }],
+            listeners: vec![ListenerConfig::tcp(SocketAddr::from((
+                Ipv4Addr::LOCALHOST,
+                MQTT_PORT,
+            )))],
             limits: Limits::default(),
             persistence: PersistenceConfig::default(),
             log: LogConfig::default(),
             sys: SysConfig::default(),
+            auth: AuthConfig::default(),
+            http: HttpConfig::default(),
+            drain: DrainConfig::default(),
+            presence_events: true,
         }
     }
 
@@ -531,6 +733,34 @@ impl Config {
                     ),
                 ));
             }
+            let key = |field: &str| format!("listeners[{index}].{field}");
+            match (&listener.tls, listener.protocol.is_tls()) {
+                (None, true) => {
+                    return Err(ConfigError::rule(
+                        key("tls"),
+                        format!(
+                            "a `{}` listener needs a [listeners.tls] section with cert_file and key_file",
+                            listener.protocol.as_str()
+                        ),
+                    ))
+                }
+                (Some(_), false) => {
+                    return Err(ConfigError::rule(
+                        key("tls"),
+                        "only `tls` and `wss` listeners take TLS settings",
+                    ))
+                }
+                (Some(tls), true) if tls.client_auth != ClientAuth::None && tls.ca_file.is_none() => {
+                    return Err(ConfigError::rule(
+                        key("tls.ca_file"),
+                        "client_auth needs a ca_file to verify client certificates",
+                    ))
+                }
+                _ => {}
+            }
+            if listener.protocol.is_websocket() && !listener.path.starts_with('/') {
+                return Err(ConfigError::rule(key("path"), "must start with `/`"));
+            }
             if let Some(name) = listener.name.as_deref() {
                 if let Some(other) = names.insert(name, index) {
                     return Err(ConfigError::rule(
@@ -624,11 +854,26 @@ fn default_node_name() -> String {
 }
 
 fn default_listeners() -> Vec<ListenerConfig> {
-    vec![ListenerConfig {
-        name: None,
-        bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, MQTT_PORT)),
-        protocol: ListenerProtocol::Tcp,
-    }]
+    vec![ListenerConfig::tcp(SocketAddr::from((
+        Ipv4Addr::UNSPECIFIED,
+        MQTT_PORT,
+    )))]
+}
+
+fn default_ws_path() -> String {
+    "/mqtt".to_owned()
+}
+
+fn default_reload_interval_secs() -> u64 {
+    2
+}
+
+fn default_drain_rate() -> u32 {
+    500
+}
+
+fn default_drain_deadline_secs() -> u64 {
+    25
 }
 
 fn default_max_packet_size() -> u32 {
@@ -828,13 +1073,22 @@ interval_secs = 10
             listeners: vec![
                 ListenerConfig {
                     name: Some("inside".to_owned()),
-                    bind: "10.0.0.1:1883".parse().unwrap(),
-                    protocol: ListenerProtocol::Tcp,
+                    ..ListenerConfig::tcp("10.0.0.1:1883".parse().unwrap())
                 },
                 ListenerConfig {
-                    name: None,
-                    bind: "[::]:1884".parse().unwrap(),
-                    protocol: ListenerProtocol::Tcp,
+                    protocol: ListenerProtocol::Wss,
+                    path: "/ws".to_owned(),
+                    max_connections: 100,
+                    max_connection_rate: 10,
+                    proxy_protocol: true,
+                    tls: Some(TlsConfig {
+                        cert_file: PathBuf::from("/tls/tls.crt"),
+                        key_file: PathBuf::from("/tls/tls.key"),
+                        ca_file: Some(PathBuf::from("/tls/ca.crt")),
+                        client_auth: ClientAuth::Optional,
+                        username_from: CertUsername::Cn,
+                    }),
+                    ..ListenerConfig::tcp("[::]:1884".parse().unwrap())
                 },
             ],
             limits: Limits {
@@ -848,6 +1102,9 @@ interval_secs = 10
                 max_keepalive: 120,
                 max_session_expiry: 3600,
                 max_client_id_len: 64,
+                publish_rate: 100,
+                publish_rate_action: RateLimitAction::Throttle,
+                max_subscriptions: 20,
             },
             persistence: PersistenceConfig {
                 enabled: true,
@@ -863,6 +1120,21 @@ interval_secs = 10
                 timestamps: false,
             },
             sys: SysConfig { interval_secs: 0 },
+            auth: AuthConfig {
+                password_file: Some(PathBuf::from("/auth/passwd")),
+                credentials_file: Some(PathBuf::from("/auth/credentials.toml")),
+                acl_file: Some(PathBuf::from("/auth/acl")),
+                reload_interval_secs: 5,
+            },
+            http: HttpConfig {
+                bind: Some("0.0.0.0:8080".parse().unwrap()),
+                admin_token_file: Some(PathBuf::from("/auth/admin-token")),
+            },
+            drain: DrainConfig {
+                rate_per_sec: 50,
+                deadline_secs: 60,
+            },
+            presence_events: false,
         };
         let text = toml::to_string(&config).unwrap();
         assert!(text.contains("queue_full = \"drop_oldest\""), "{text}");

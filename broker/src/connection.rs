@@ -9,21 +9,25 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
 
+use crate::access::UserSlot;
+use crate::auth::ClientAcl;
 use crate::broker::{Broker, ClientKey};
 use crate::codec::{
     self, Connack, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion,
     PubResponse, Publish, PublishProperties, QoS, ReasonCode, Suback, Subscribe, Unsuback,
     Unsubscribe, Will,
 };
+use crate::config::RateLimitAction;
 use crate::message::Message;
+use crate::ratelimit::TokenBucket;
+use crate::session::ClientInfo;
 use crate::session::{Attachment, Control, Delivery, Session};
-use crate::stats::Stats;
 use crate::store::Record;
 use crate::topic;
 
@@ -57,18 +61,24 @@ enum Close {
     Shutdown,
 }
 
+/// Where a connection comes from, after PROXY protocol and TLS.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address (from the PROXY header when there is one).
+    pub addr: SocketAddr,
+    pub local_port: u16,
+    /// Name of the listener, for metrics and the admin API.
+    pub listener: Arc<str>,
+    /// User name taken from a verified client certificate.
+    pub cert_username: Option<String>,
+}
+
 /// Serves one accepted connection until it closes.
-pub async fn serve<S>(
-    broker: Arc<Broker>,
-    stream: S,
-    peer: SocketAddr,
-    local_port: u16,
-    shutdown: watch::Receiver<bool>,
-) where
+pub async fn serve<S>(broker: Arc<Broker>, stream: S, peer: Peer, shutdown: watch::Receiver<bool>)
+where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    broker.logger.new_connection(peer, local_port);
-    Stats::add(&broker.stats.connections_total, 1);
+    broker.logger.new_connection(peer.addr, peer.local_port);
     let (rd, wr) = tokio::io::split(stream);
     let mut io = Io {
         rd,
@@ -90,7 +100,7 @@ pub async fn serve<S>(
             return;
         }
     };
-    let Some(conn) = Connection::establish(broker.clone(), io, peer, *connect).await else {
+    let Some(conn) = Connection::establish(broker.clone(), io, &peer, *connect).await else {
         return;
     };
     conn.run(shutdown).await;
@@ -256,6 +266,16 @@ struct Connection<S> {
     /// failures (5.0 Request Problem Information).
     problem_info: bool,
     last_packet: Instant,
+    info: Arc<ClientInfo>,
+    /// The client's topic rules, for the ACL generation they were resolved in.
+    acl: (u64, Arc<ClientAcl>),
+    /// Publish rate quota.
+    publish_limit: Option<TokenBucket>,
+    /// Largest packet this client may send (per-user quota or the limit).
+    max_inbound_packet: u32,
+    max_subscriptions: Option<u32>,
+    /// The user's connection slot, released when the connection ends.
+    _user_slot: Option<UserSlot>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
@@ -264,9 +284,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     async fn establish(
         broker: Arc<Broker>,
         mut io: Io<S>,
-        peer: SocketAddr,
+        peer: &Peer,
         connect: Connect,
     ) -> Option<Connection<S>> {
+        let addr = peer.addr;
         let version = connect.protocol;
         let limits = &broker.config.limits;
         if broker.logger.verbose() {
@@ -286,7 +307,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 properties,
             });
             // mosquitto names a refused client by its address.
-            broker.logger.sending(&peer.ip().to_string(), &connack);
+            broker.logger.sending(&addr.ip().to_string(), &connack);
             let _ = codec::encode(&connack, version, &mut io.wbuf);
         };
 
@@ -297,13 +318,60 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             io.finish().await;
             return None;
         }
-        if !broker.config.allow_anonymous {
-            // No credentials are configured yet: nobody may connect.
-            refuse(&mut io, ReasonCode::NOT_AUTHORIZED, "");
-            broker.logger.not_authorised(None);
-            io.finish().await;
-            return None;
+
+        // Who is this? A verified client certificate names the user when
+        // the listener says so; otherwise CONNECT's user name and password.
+        let (username, cert_authenticated) = match &peer.cert_username {
+            Some(name) => (Some(name.clone()), true),
+            None => (connect.username.clone(), false),
+        };
+        if !cert_authenticated {
+            if let Err((reason, label)) = authenticate(&broker, username.as_deref(), &connect) {
+                broker
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&[label])
+                    .inc();
+                if let Some(name) = &username {
+                    broker.logger.info(&format!(
+                        "Login refused for user {name} from {addr}: {}.",
+                        label.replace('_', " ")
+                    ));
+                }
+                refuse(&mut io, reason, "");
+                broker.logger.not_authorised(None);
+                io.finish().await;
+                return None;
+            }
         }
+        let quotas = username
+            .as_deref()
+            .and_then(|name| broker.access.authenticator().quotas(name).copied())
+            .unwrap_or_default();
+        let user_slot = match &username {
+            Some(name) => {
+                let max = quotas.connections.map(|n| n.get());
+                match broker.access.acquire_user_slot(name, max) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        broker
+                            .metrics
+                            .quota_refusals
+                            .with_label_values(&["connections"])
+                            .inc();
+                        refuse(
+                            &mut io,
+                            ReasonCode::QUOTA_EXCEEDED,
+                            "connection quota of this user reached",
+                        );
+                        broker.logger.not_authorised(None);
+                        io.finish().await;
+                        return None;
+                    }
+                }
+            }
+            None => None,
+        };
 
         let mut assigned = None;
         let client_id: ClientKey = if connect.client_id.is_empty() {
@@ -364,6 +432,16 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
 
         let (control_tx, control_rx) = mpsc::channel(4);
         let id = broker.next_connection_id();
+        let username: Option<Arc<str>> = username.as_deref().map(Arc::from);
+        let info = Arc::new(ClientInfo {
+            address: addr,
+            username: username.clone(),
+            cert_authenticated,
+            protocol: version,
+            keep_alive,
+            listener: peer.listener.clone(),
+            connected_at: SystemTime::now(),
+        });
         let attached = match broker
             .attach(
                 &client_id,
@@ -372,6 +450,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 Attachment {
                     connection_id: id,
                     control: control_tx,
+                    info: info.clone(),
                 },
             )
             .await
@@ -411,6 +490,18 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             properties,
         });
         let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+        let acl = Arc::new(broker.access.acl().client(username.as_deref(), &client_id));
+        let publish_rate = quotas
+            .publish_rate
+            .map(|n| n.get())
+            .unwrap_or(limits.publish_rate);
+        let max_subscriptions = quotas
+            .max_subscriptions
+            .map(|n| n.get())
+            .or((limits.max_subscriptions > 0).then_some(limits.max_subscriptions));
+        let max_inbound_packet = quotas.max_packet_size.map_or(limits.max_packet_size, |n| {
+            n.get().min(limits.max_packet_size)
+        });
         let window = usize::from(client_receive_max.min(limits.max_inflight));
         let mut conn = Connection {
             broker: broker.clone(),
@@ -431,10 +522,18 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             client_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
             problem_info: connect.properties.request_problem_information != Some(0),
             last_packet: Instant::now(),
+            info: info.clone(),
+            acl: (broker.access.generation(), acl),
+            publish_limit: (publish_rate > 0)
+                .then(|| TokenBucket::new(publish_rate, publish_rate, Instant::now())),
+            max_inbound_packet,
+            max_subscriptions,
+            _user_slot: user_slot,
         };
-        broker.logger.client_connected(peer, &client_id, &connect);
+        broker.logger.client_connected(addr, &client_id, &connect);
         conn.send(&connack);
-        broker.stats.client_connected();
+        broker.metrics.client_connected(&peer.listener);
+        broker.presence(&client_id, &info, "connected", "");
         conn.resend_inflight();
         Some(conn)
     }
@@ -478,18 +577,19 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             match event {
                 Event::Read(Ok(0)) => return Close::Eof,
                 Event::Read(Ok(n)) => {
-                    Stats::add(&self.broker.stats.bytes_received, n as u64);
+                    self.broker.metrics.bytes_received.inc_by(n as u64);
                     if let Err(close) = self.handle_input().await {
                         return close;
                     }
                 }
                 Event::Read(Err(e)) | Event::Wrote(Err(e)) => return Close::SocketError(e),
                 Event::Wrote(Ok(n)) => {
-                    Stats::add(&self.broker.stats.bytes_sent, n as u64);
+                    self.broker.metrics.bytes_sent.inc_by(n as u64);
                 }
                 Event::Queued => {}
                 Event::Control(Some(Control::TakenOver(ack))) => return Close::TakenOver(ack),
                 Event::Control(Some(Control::Disconnect(reason))) => return Close::Server(reason),
+                Event::Control(Some(Control::Shutdown)) => return Close::Shutdown,
                 // The session was handed to another connection without us.
                 Event::Control(None) => return Close::Detached,
                 Event::KeepAlive => return Close::KeepAlive,
@@ -500,7 +600,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
 
     /// Decodes and handles every complete packet in the read buffer.
     async fn handle_input(&mut self) -> Result<(), Close> {
-        let max = self.broker.config.limits.max_packet_size;
+        let max = self.max_inbound_packet;
         loop {
             let packet = match codec::decode(&mut self.io.rbuf, Some(self.version), max) {
                 Ok(Some(packet)) => packet,
@@ -551,7 +651,8 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     }
 
     async fn on_publish(&mut self, mut p: Publish) -> Result<(), Close> {
-        Stats::add(&self.broker.stats.messages_received, 1);
+        self.broker.metrics.received(p.qos);
+        self.check_publish_rate().await?;
         let topic = self.resolve_topic(&mut p)?;
         let packet_id = p.packet_id.unwrap_or(0);
         if p.qos == QoS::ExactlyOnce {
@@ -575,8 +676,13 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             state.inbound_qos2.insert(packet_id);
         }
         let qos = p.qos;
-        let reason = if topic.starts_with("$SYS") {
+        let reason = if topic.starts_with("$SYS") || !self.client_acl().can_publish(&topic) {
             // Only the broker publishes under $SYS.
+            self.broker
+                .metrics
+                .acl_denials
+                .with_label_values(&["publish"])
+                .inc();
             ReasonCode::NOT_AUTHORIZED
         } else {
             let msg = Arc::new(Message::from_publish(p, topic));
@@ -619,6 +725,47 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             }
         }
         Ok(())
+    }
+
+    /// The client's topic rules, re-resolved after an ACL reload.
+    fn client_acl(&mut self) -> Arc<ClientAcl> {
+        let generation = self.broker.access.generation();
+        if self.acl.0 != generation {
+            let acl = self
+                .broker
+                .access
+                .acl()
+                .client(self.info.username.as_deref(), &self.client_id);
+            self.acl = (generation, Arc::new(acl));
+        }
+        self.acl.1.clone()
+    }
+
+    /// Applies the publish-rate quota: disconnect, or wait (back-pressure:
+    /// nothing is read from the client meanwhile).
+    async fn check_publish_rate(&mut self) -> Result<(), Close> {
+        let Some(bucket) = &mut self.publish_limit else {
+            return Ok(());
+        };
+        let Err(wait) = bucket.try_take(Instant::now()) else {
+            return Ok(());
+        };
+        self.broker
+            .metrics
+            .quota_refusals
+            .with_label_values(&["publish_rate"])
+            .inc();
+        match self.broker.config.limits.publish_rate_action {
+            RateLimitAction::Disconnect => Err(Close::Protocol(
+                ReasonCode::MESSAGE_RATE_TOO_HIGH,
+                "publish rate quota exceeded".into(),
+            )),
+            RateLimitAction::Throttle => {
+                tokio::time::sleep(wait).await;
+                let _ = bucket.try_take(Instant::now());
+                Ok(())
+            }
+        }
     }
 
     /// Applies 5.0 topic aliases and returns the message's topic.
@@ -736,6 +883,29 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             if shared.is_some() && options.no_local {
                 return Err(protocol_error("no local on a shared subscription"));
             }
+            if !self.client_acl().can_subscribe(filter) {
+                self.broker
+                    .metrics
+                    .acl_denials
+                    .with_label_values(&["subscribe"])
+                    .inc();
+                reasons.push(ReasonCode::NOT_AUTHORIZED);
+                continue;
+            }
+            if let Some(max) = self.max_subscriptions {
+                let state = self.session.state.lock();
+                let replacing = state.subscriptions.contains_key(filter.as_str());
+                if !replacing && state.subscriptions.len() >= max as usize {
+                    drop(state);
+                    self.broker
+                        .metrics
+                        .quota_refusals
+                        .with_label_values(&["subscriptions"])
+                        .inc();
+                    reasons.push(ReasonCode::QUOTA_EXCEEDED);
+                    continue;
+                }
+            }
             let is_new =
                 self.broker
                     .subscribe(&self.session, filter, *options, identifier, &mut records);
@@ -845,7 +1015,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             } else {
                 let publish = self.build_publish(&delivery, Some(packet_id), true, Instant::now());
                 self.send(&Packet::Publish(publish));
-                Stats::add(&self.broker.stats.messages_sent, 1);
+                self.broker.metrics.sent(delivery.qos);
             }
         }
     }
@@ -871,7 +1041,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 && codec::encoded_len(&packet, self.version) > self.client_max_packet as usize
             {
                 // Too large for this client: discard as if delivered.
-                Stats::add(&self.broker.stats.dropped, 1);
+                self.broker.metrics.drop("too_large");
                 if let Some(id) = packet_id {
                     self.session.state.lock().complete(id);
                 }
@@ -888,7 +1058,11 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 });
             }
             self.send(&packet);
-            Stats::add(&self.broker.stats.messages_sent, 1);
+            self.broker.metrics.sent(delivery.qos);
+            self.broker
+                .metrics
+                .delivery_latency
+                .observe(delivery.msg.received_at.elapsed().as_secs_f64());
         }
         for seq in expired {
             records.push(Record::Dequeue {
@@ -951,6 +1125,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     }
 
     async fn close(mut self, close: Close) {
+        let reason_label = close.label();
         let mut publish_will = true;
         let mut ack = None;
         match close {
@@ -989,9 +1164,21 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 self.disconnect_v5(ReasonCode::SERVER_SHUTTING_DOWN, None);
             }
         }
-        let will = if publish_will { self.will.take() } else { None };
+        let mut will = if publish_will { self.will.take() } else { None };
+        if let Some(w) = &will {
+            if w.topic.starts_with("$SYS") || !self.client_acl().can_publish(&w.topic) {
+                self.broker
+                    .metrics
+                    .acl_denials
+                    .with_label_values(&["will"])
+                    .inc();
+                will = None;
+            }
+        }
         self.broker.detach(&self.session, self.id, will);
-        self.broker.stats.client_disconnected();
+        self.broker
+            .presence(&self.client_id, &self.info, "disconnected", reason_label);
+        self.broker.metrics.client_disconnected(&self.info.listener);
         if let Some(tx) = ack {
             let _ = tx.send(());
         }
@@ -1009,6 +1196,60 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         }
         self.send(&Packet::Disconnect(Disconnect { reason, properties }));
     }
+}
+
+impl Close {
+    /// A short name for presence events and metrics.
+    fn label(&self) -> &'static str {
+        match self {
+            Close::ClientDisconnect { .. } => "normal",
+            Close::Eof => "closed",
+            Close::SocketError(_) => "socket_error",
+            Close::KeepAlive => "keepalive_timeout",
+            Close::Protocol(..) => "protocol_error",
+            Close::TakenOver(_) | Close::Detached => "taken_over",
+            Close::Server(_) => "kicked",
+            Close::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Checks CONNECT's credentials. Err carries the CONNACK reason and the
+/// metrics label of the refusal.
+fn authenticate(
+    broker: &Broker,
+    username: Option<&str>,
+    connect: &Connect,
+) -> Result<(), (ReasonCode, &'static str)> {
+    let Some(name) = username else {
+        return if broker.config.allow_anonymous {
+            Ok(())
+        } else {
+            Err((ReasonCode::NOT_AUTHORIZED, "anonymous"))
+        };
+    };
+    if !broker.access.has_user_files() {
+        // No users are configured: a user name means nothing, and the
+        // client counts as anonymous.
+        return if broker.config.allow_anonymous {
+            Ok(())
+        } else {
+            Err((ReasonCode::NOT_AUTHORIZED, "no_users"))
+        };
+    }
+    let password = connect.password.as_deref().unwrap_or(&[]);
+    broker
+        .access
+        .authenticator()
+        .authenticate(name, password, SystemTime::now())
+        .map_err(|e| {
+            let label = match e {
+                crate::auth::LoginError::UnknownUser => "unknown_user",
+                crate::auth::LoginError::BadPassword => "bad_password",
+                crate::auth::LoginError::Expired => "expired_password",
+            };
+            (ReasonCode::BAD_USER_NAME_OR_PASSWORD, label)
+        })
 }
 
 fn protocol_error(text: &str) -> Close {

@@ -14,20 +14,31 @@
 //! - [`connection`]: the protocol state machine of one connection.
 //! - [`server`]: listeners, start and shutdown.
 //! - [`sys`]: the `$SYS` topic tree.
-//! - [`stats`](crate::stats): counters.
+//! - [`transport`]: PROXY protocol, TLS and WebSocket.
+//! - [`listener`]: accepting connections with per-listener limits.
+//! - [`access`]: the current authenticator and ACL, reloaded on change.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`admin`]: health, readiness, metrics and the admin API over HTTP.
+//! - [`ratelimit`], [`filewatch`]: small helpers.
 
+pub mod access;
+pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod filewatch;
+pub mod listener;
 pub mod log;
 pub mod message;
+pub mod metrics;
+pub mod ratelimit;
 pub mod retained;
 pub mod router;
 pub mod server;
 pub mod session;
-pub mod stats;
 pub mod store;
 pub mod sys;
 pub mod topic;
+pub mod transport;

@@ -26,6 +26,8 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// Id in the durable store, once written there.
     pub store_id: std::sync::OnceLock<u64>,
+    /// When the broker received it (for the delivery latency histogram).
+    pub received_at: Instant,
 }
 
 impl Message {
@@ -46,6 +48,7 @@ impl Message {
             properties,
             expires_at,
             store_id: std::sync::OnceLock::new(),
+            received_at: Instant::now(),
         }
     }
 
@@ -72,6 +75,7 @@ impl Message {
             properties: PublishProperties::default(),
             expires_at: None,
             store_id: std::sync::OnceLock::new(),
+            received_at: Instant::now(),
         }
     }
 
@@ -135,6 +139,7 @@ impl Message {
             },
             expires_at,
             store_id: std::sync::OnceLock::new(),
+            received_at: Instant::now(),
         }
     }
 }

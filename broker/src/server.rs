@@ -1,7 +1,9 @@
-//! Starting and stopping the broker: open the store, bind the listeners,
-//! accept connections, and shut everything down in order.
+//! Starting and stopping the broker: open the store, load the auth files,
+//! bind the listeners, serve, reload files when they change, and drain
+//! gracefully on shutdown.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,12 +11,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::access::Access;
 use crate::broker::Broker;
 use crate::config::{Config, FsyncMode};
-use crate::connection;
+use crate::listener::{self, Listener};
 use crate::log::Logger;
+use crate::session::Control;
 use crate::store::{FsyncPolicy, Store};
-use crate::sys;
+use crate::transport::tls::TlsReloader;
+use crate::{admin, sys};
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +34,13 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("listener {listener}: {source}")]
+    Tls {
+        listener: String,
+        source: crate::transport::tls::TlsError,
+    },
+    #[error("{0}")]
+    AuthFile(#[from] crate::auth::AuthFileError),
 }
 
 /// A started broker. Dropping it does not stop it; call [`shutdown`].
@@ -37,42 +49,89 @@ pub enum StartError {
 pub struct RunningBroker {
     pub broker: Arc<Broker>,
     local_addrs: Vec<SocketAddr>,
-    shutdown: watch::Sender<bool>,
-    tasks: JoinSet<()>,
+    http_addr: Option<SocketAddr>,
+    /// Tells the listeners to stop accepting.
+    stop_accepting: watch::Sender<bool>,
+    /// Tells every remaining connection to close at once (drain deadline).
+    close_all: watch::Sender<bool>,
+    listeners: JoinSet<()>,
+    background: JoinSet<()>,
 }
 
 impl RunningBroker {
-    /// The addresses the listeners are bound to (useful with port 0).
+    /// The addresses the MQTT listeners are bound to (useful with port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
     }
 
-    /// Stops accepting, disconnects every client (5.0 clients receive
-    /// DISCONNECT 0x8B), and flushes the store.
+    /// The address of the HTTP server, if one is configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Graceful shutdown: readiness goes false, listeners stop accepting,
+    /// clients are disconnected at `drain.rate_per_sec` (5.0 clients get
+    /// DISCONNECT 0x8B), sessions are saved, and whatever is left when
+    /// `drain.deadline_secs` runs out is closed at once.
     pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
-        let deadline = tokio::time::sleep(Duration::from_secs(10));
-        tokio::pin!(deadline);
+        let broker = self.broker.clone();
+        broker.draining.store(true, Ordering::SeqCst);
+        let _ = self.stop_accepting.send(true);
+        let deadline = Duration::from_secs(broker.config.drain.deadline_secs);
+        let drained = tokio::time::timeout(deadline, drain(&broker)).await;
+        let _ = self.close_all.send(true);
+        if drained.is_err() {
+            broker
+                .logger
+                .warning("Drain deadline reached, closing the remaining connections.");
+        }
+        let grace = tokio::time::sleep(Duration::from_secs(3));
+        tokio::pin!(grace);
         loop {
             tokio::select! {
-                next = self.tasks.join_next() => if next.is_none() { break },
-                _ = &mut deadline => { self.tasks.abort_all(); break }
+                next = self.listeners.join_next() => if next.is_none() { break },
+                _ = &mut grace => { self.listeners.abort_all(); break }
             }
         }
-        if let Some(store) = &self.broker.store {
+        self.background.abort_all();
+        if let Some(store) = &broker.store {
             if let Err(e) = store.flush().await {
-                self.broker
+                broker
                     .logger
                     .error(&format!("Error flushing the persistence store: {e}."));
             }
         }
-        self.broker.logger.terminating();
+        broker.logger.terminating();
     }
 }
 
-/// Opens the store, restores state, binds every listener and starts
-/// serving. Fails without side effects on clients if any listener cannot
-/// bind.
+/// Disconnects every client, `rate_per_sec` a second, and waits until
+/// they are gone.
+async fn drain(broker: &Arc<Broker>) {
+    let rate = broker.config.drain.rate_per_sec;
+    let pause = (rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(rate)));
+    for (session, _) in broker.connected_clients() {
+        let control = session
+            .state
+            .lock()
+            .attachment
+            .as_ref()
+            .map(|a| a.control.clone());
+        if let Some(control) = control {
+            let _ = control.send(Control::Shutdown).await;
+            if let Some(pause) = pause {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+    while broker.metrics.clients_connected.get() > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Opens the store, restores state, loads the auth files and TLS
+/// certificates, binds every listener and starts serving. Nothing is
+/// served if any of it fails.
 pub async fn start(config: Config, logger: Logger) -> Result<RunningBroker, StartError> {
     let (store, recovered) = if config.persistence.enabled {
         let p = &config.persistence;
@@ -94,81 +153,125 @@ pub async fn start(config: Config, logger: Logger) -> Result<RunningBroker, Star
     } else {
         (None, None)
     };
+    let access = Access::load(&config.auth)?;
 
     let mut listeners = Vec::new();
     for l in &config.listeners {
-        let listener = TcpListener::bind(l.bind)
+        let tls = match &l.tls {
+            Some(tls) => Some(Arc::new(TlsReloader::load(tls).map_err(|source| {
+                StartError::Tls {
+                    listener: l.display_name(),
+                    source,
+                }
+            })?)),
+            None => None,
+        };
+        let tcp = TcpListener::bind(l.bind)
             .await
             .map_err(|source| StartError::Bind {
                 addr: l.bind,
                 source,
             })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        let addr = tcp.local_addr().map_err(|source| StartError::Bind {
             addr: l.bind,
             source,
         })?;
         logger.listening(addr);
-        listeners.push((listener, addr));
+        let mut config = l.clone();
+        config.bind = addr;
+        listeners.push(Listener {
+            name: Arc::from(l.display_name()),
+            config,
+            tcp,
+            tls,
+        });
     }
+    let http = match config.http.bind {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
 
-    let broker = Arc::new(Broker::new(config, logger, store));
+    let broker = Arc::new(Broker::new(config, logger, store, access));
     if let Some(recovered) = recovered {
         broker.restore(recovered);
     }
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    let local_addrs = listeners.iter().map(|(_, a)| *a).collect();
-    for (listener, addr) in listeners {
-        tasks.spawn(accept_loop(
+    let (stop_accepting, stop_rx) = watch::channel(false);
+    let (close_all, close_rx) = watch::channel(false);
+    let local_addrs = listeners.iter().map(|l| l.config.bind).collect();
+    let tls: Vec<(Arc<str>, Arc<TlsReloader>)> = listeners
+        .iter()
+        .filter_map(|l| l.tls.clone().map(|t| (l.name.clone(), t)))
+        .collect();
+    let mut listener_tasks = JoinSet::new();
+    for listener in listeners {
+        listener_tasks.spawn(listener::run(
             broker.clone(),
             listener,
-            addr,
-            shutdown_rx.clone(),
+            stop_rx.clone(),
+            close_rx.clone(),
         ));
     }
+    let mut background = JoinSet::new();
     if broker.config.sys.interval_secs > 0 {
-        tasks.spawn(sys::run(broker.clone(), shutdown_rx.clone()));
+        background.spawn(sys::run(broker.clone(), close_rx.clone()));
+    }
+    background.spawn(reload_loop(broker.clone(), tls));
+    if let Some(http) = http {
+        background.spawn(admin::serve(broker.clone(), http));
     }
     broker.logger.running();
     Ok(RunningBroker {
         broker,
         local_addrs,
-        shutdown,
-        tasks,
+        http_addr,
+        stop_accepting,
+        close_all,
+        listeners: listener_tasks,
+        background,
     })
 }
 
-async fn accept_loop(
-    broker: Arc<Broker>,
-    listener: TcpListener,
-    addr: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut connections = JoinSet::new();
+/// Re-reads certificates and auth files when they change on disk, and
+/// everything on request (SIGHUP, admin API).
+async fn reload_loop(broker: Arc<Broker>, tls: Vec<(Arc<str>, Arc<TlsReloader>)>) {
+    let period = Duration::from_secs(broker.config.auth.reload_interval_secs.max(1));
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    connections.spawn(connection::serve(
-                        broker.clone(),
-                        stream,
-                        peer,
-                        addr.port(),
-                        shutdown.clone(),
-                    ));
-                }
-                Err(e) => {
-                    // Out of file descriptors and similar: back off briefly.
-                    broker.logger.warning(&format!("Error accepting a connection on port {}: {e}.", addr.port()));
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            // Reap finished connection tasks so the set does not grow.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            _ = shutdown.changed() => break,
+        let forced = tokio::select! {
+            _ = tokio::time::sleep(period) => false,
+            _ = broker.reload_requested.notified() => true,
+        };
+        for (name, reloader) in &tls {
+            match reloader.reload_if_changed() {
+                None => {}
+                Some(Ok(())) => broker
+                    .logger
+                    .info(&format!("Reloaded the TLS certificate of listener {name}.")),
+                Some(Err(e)) => broker.logger.error(&format!(
+                    "Refused the new TLS certificate of listener {name}, keeping the old one: {e}."
+                )),
+            }
+        }
+        let result = if forced {
+            Some(broker.access.reload())
+        } else {
+            broker.access.reload_if_changed()
+        };
+        match result {
+            None => {}
+            Some(Ok(())) => {
+                broker
+                    .logger
+                    .info("Reloaded the password, credentials and ACL files.");
+                broker.disconnect_removed_users();
+            }
+            Some(Err(e)) => broker.logger.error(&format!(
+                "Refused the changed auth files, keeping the previous ones: {e}."
+            )),
         }
     }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
 }

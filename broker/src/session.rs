@@ -7,13 +7,15 @@
 //! through [`Session::notify`] when new messages are queued.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 
-use crate::codec::{QoS, ReasonCode, SubscriptionOptions};
+use crate::auth::ClientAcl;
+use crate::codec::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 use crate::config::QueueFullPolicy;
 use crate::message::Message;
 
@@ -51,8 +53,26 @@ pub struct SessionSubscription {
 pub enum Control {
     /// Another connection took over this client id; stop and confirm.
     TakenOver(tokio::sync::oneshot::Sender<()>),
-    /// Server-initiated disconnect with a reason (admin action, shutdown).
+    /// Server-initiated disconnect with a reason (admin action, a user
+    /// removed from the credentials). The will is published.
     Disconnect(ReasonCode),
+    /// The broker is draining: close with 0x8B (5.0), keep the session,
+    /// publish no will.
+    Shutdown,
+}
+
+/// Who is (or was last) connected to a session: for logs, ACLs, presence
+/// events and the admin API.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub address: SocketAddr,
+    pub username: Option<Arc<str>>,
+    /// The user name came from a verified client certificate.
+    pub cert_authenticated: bool,
+    pub protocol: ProtocolVersion,
+    pub keep_alive: u16,
+    pub listener: Arc<str>,
+    pub connected_at: SystemTime,
 }
 
 /// The connection attached to a session.
@@ -60,6 +80,7 @@ pub enum Control {
 pub struct Attachment {
     pub connection_id: u64,
     pub control: mpsc::Sender<Control>,
+    pub info: Arc<ClientInfo>,
 }
 
 /// Queue limits, from the configuration.
@@ -108,6 +129,13 @@ pub struct SessionState {
     pub dropped: u64,
     /// Token of a pending delayed will; cleared when the client comes back.
     pub pending_will: Option<u64>,
+    /// The client last attached; kept while offline so queued deliveries
+    /// are still checked against its ACL. `None` for sessions restored from
+    /// the store until their client returns (their subscriptions were
+    /// authorised when made).
+    pub last_client: Option<Arc<ClientInfo>>,
+    /// The read rules of `last_client`, resolved for an ACL generation.
+    pub acl: Option<(u64, Arc<ClientAcl>)>,
 }
 
 pub struct Session {
@@ -313,6 +341,15 @@ mod tests {
             attachment: Some(Attachment {
                 connection_id: 1,
                 control: tx,
+                info: Arc::new(ClientInfo {
+                    address: "127.0.0.1:1".parse().unwrap(),
+                    username: None,
+                    cert_authenticated: false,
+                    protocol: ProtocolVersion::V5,
+                    keep_alive: 60,
+                    listener: Arc::from("tcp-1883"),
+                    connected_at: SystemTime::now(),
+                }),
             }),
             next_packet_id: 1,
             ..SessionState::default()

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use crate::broker::Broker;
 use crate::message::Message;
-use crate::stats::Stats;
+use crate::metrics::Metrics;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -35,10 +35,14 @@ pub async fn run(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
 
 /// The current values of every periodic `$SYS` topic.
 pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
-    let s = &broker.stats;
+    let m = &broker.metrics;
     let sessions = broker.sessions();
-    let connected = Stats::get(&s.clients_connected);
+    let connected = m.clients_connected.get().max(0) as u64;
     let total = sessions.len() as u64;
+    let dropped: u64 = ["offline", "queue_full", "too_large"]
+        .iter()
+        .map(|r| m.dropped.with_label_values(&[r]).get())
+        .sum();
     vec![
         (
             "$SYS/broker/uptime",
@@ -56,28 +60,22 @@ pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
         ),
         (
             "$SYS/broker/clients/maximum",
-            Stats::get(&s.clients_maximum).to_string(),
+            m.clients_maximum.get().to_string(),
         ),
         (
             "$SYS/broker/messages/received",
-            Stats::get(&s.messages_received).to_string(),
+            Metrics::total(&m.messages_received).to_string(),
         ),
         (
             "$SYS/broker/messages/sent",
-            Stats::get(&s.messages_sent).to_string(),
+            Metrics::total(&m.messages_sent).to_string(),
         ),
-        (
-            "$SYS/broker/publish/messages/dropped",
-            Stats::get(&s.dropped).to_string(),
-        ),
+        ("$SYS/broker/publish/messages/dropped", dropped.to_string()),
         (
             "$SYS/broker/bytes/received",
-            Stats::get(&s.bytes_received).to_string(),
+            m.bytes_received.get().to_string(),
         ),
-        (
-            "$SYS/broker/bytes/sent",
-            Stats::get(&s.bytes_sent).to_string(),
-        ),
+        ("$SYS/broker/bytes/sent", m.bytes_sent.get().to_string()),
         (
             "$SYS/broker/subscriptions/count",
             broker.router.len().to_string(),

@@ -286,17 +286,19 @@ async fn client_identifier_over_the_configured_limit_is_refused() {
         return;
     }
     let broker = TestBroker::start(BrokerOpts {
-        max_client_id_len: Some(8),
+        max_client_id_len: Some(23),
         ..BrokerOpts::default()
     })
     .await;
     let mut raw = Raw::open(&broker).await;
-    raw.send_connect(&Connect::v4("nine-char")).await;
+    raw.send_connect(&Connect::v4("twenty-four-characters-x"))
+        .await;
     assert_eq!(raw.expect_connack().await.code, 0x02, "Identifier rejected");
     raw.expect_closed().await;
 
     let mut raw = Raw::open(&broker).await;
-    raw.send_connect(&Connect::v5("nine-char")).await;
+    raw.send_connect(&Connect::v5("twenty-four-characters-x"))
+        .await;
     assert_eq!(
         raw.expect_connack().await.code,
         0x85,
@@ -305,5 +307,5 @@ async fn client_identifier_over_the_configured_limit_is_refused() {
     raw.expect_closed().await;
 
     // At the limit is fine.
-    Raw::connect(&broker, &Connect::v5("eight-ch")).await;
+    Raw::connect(&broker, &Connect::v5("twenty-three-characters")).await;
 }

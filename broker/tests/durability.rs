@@ -75,6 +75,7 @@ async fn retained_messages_survive_a_restart() {
         .await; // cleared
     publisher.disconnect().await;
 
+    assert!(broker.stop().await, "the broker exits on SIGTERM by itself");
     broker.restart().await;
     assert_retained(&broker, "keep/a", b"A").await;
     let (mut sub, _) = Raw::connect(&broker, &Connect::v4("cleared-check")).await;

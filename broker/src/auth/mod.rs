@@ -155,7 +155,9 @@ impl Authenticator {
 
     /// Checks a login at time `now`. Succeeds when `password` matches one of
     /// the user's hashes that is not past its `not_after`. Digests are
-    /// compared in constant time.
+    /// compared in constant time. A user without passwords (one that only
+    /// logs in with a client certificate) always gets
+    /// [`LoginError::BadPassword`].
     pub fn authenticate(
         &self,
         username: &str,
@@ -372,6 +374,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(error, "creds:2: user `alice` is also defined in pw");
+    }
+
+    #[test]
+    fn user_without_passwords_cannot_log_in_with_one() {
+        let creds = "[[users]]\nusername = \"cert-only\"\n[users.quotas]\nconnections = 1\n";
+        let auth = Authenticator::from_sources(None, source(creds, "creds")).unwrap();
+        assert!(auth.has_user("cert-only"));
+        assert_eq!(
+            auth.authenticate("cert-only", b"", SystemTime::now()),
+            Err(LoginError::BadPassword)
+        );
+        assert!(auth.quotas("cert-only").is_some());
     }
 
     #[test]

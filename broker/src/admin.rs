@@ -1,0 +1,240 @@
+//! The HTTP server: `/healthz`, `/readyz`, `/metrics` and the JSON admin
+//! API (`/api/v1/...`, bearer token read from a file at each request so it
+//! can be rotated).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::broker::Broker;
+use crate::codec::ReasonCode;
+use crate::session::{ClientInfo, Session};
+
+type Shared = State<Arc<Broker>>;
+
+/// Serves HTTP until the task is aborted.
+pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
+    if let Err(e) = axum::serve(listener, router(broker.clone())).await {
+        broker.logger.error(&format!("HTTP server stopped: {e}."));
+    }
+}
+
+pub fn router(broker: Arc<Broker>) -> Router {
+    let api = Router::new()
+        .route("/clients", get(list_clients))
+        .route("/clients/{id}", get(get_client).delete(disconnect_client))
+        .route("/subscriptions", get(list_subscriptions))
+        .route("/retained", get(list_retained))
+        .route("/stats", get(stats))
+        .route("/reload", post(reload))
+        .route_layer(axum::middleware::from_fn_with_state(
+            broker.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .nest("/api/v1", api)
+        .with_state(broker)
+}
+
+async fn readyz(State(broker): Shared) -> Response {
+    if broker.draining.load(Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else {
+        "ready".into_response()
+    }
+}
+
+async fn metrics(State(broker): Shared) -> Response {
+    let m = &broker.metrics;
+    let sessions = broker.sessions();
+    let online = sessions.iter().filter(|s| s.is_online()).count() as i64;
+    m.sessions.with_label_values(&["online"]).set(online);
+    m.sessions
+        .with_label_values(&["offline"])
+        .set(sessions.len() as i64 - online);
+    m.retained.set(broker.retained.len() as i64);
+    m.subscriptions.set(broker.router.len() as i64);
+    m.queued.set(
+        sessions
+            .iter()
+            .map(|s| s.state.lock().queue_len() as i64)
+            .sum(),
+    );
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        m.render(),
+    )
+        .into_response()
+}
+
+/// Admin API guard: `Authorization: Bearer <token>` matching the token
+/// file. Without a token file the API is disabled.
+async fn require_token(
+    State(broker): Shared,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(path) = &broker.config.http.admin_token_file else {
+        return (
+            StatusCode::NOT_FOUND,
+            "admin API disabled: no admin_token_file",
+        )
+            .into_response();
+    };
+    let expected = match std::fs::read_to_string(path) {
+        Ok(token) if !token.trim().is_empty() => token.trim().to_owned(),
+        _ => {
+            broker.logger.error(&format!(
+                "Cannot read the admin token file {}.",
+                path.display()
+            ));
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    use subtle::ConstantTimeEq;
+    let ok: bool =
+        (given.len() == expected.len()) && bool::from(given.as_bytes().ct_eq(expected.as_bytes()));
+    if !ok {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "missing or wrong bearer token",
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+fn client_json(session: &Session, info: &ClientInfo) -> Value {
+    let state = session.state.lock();
+    json!({
+        "client_id": &*session.client_id,
+        "address": info.address.to_string(),
+        "username": info.username.as_deref(),
+        "protocol": info.protocol.level(),
+        "keep_alive": info.keep_alive,
+        "listener": &*info.listener,
+        "connected_at_ms": info.connected_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        "subscriptions": state.subscriptions.keys().collect::<Vec<_>>(),
+        "queue_depth": state.queue_len(),
+        "inflight": state.inflight.len(),
+    })
+}
+
+async fn list_clients(State(broker): Shared) -> Json<Value> {
+    let clients: Vec<Value> = broker
+        .connected_clients()
+        .iter()
+        .map(|(s, info)| client_json(s, info))
+        .collect();
+    Json(json!({ "clients": clients }))
+}
+
+async fn get_client(State(broker): Shared, Path(id): Path<String>) -> Response {
+    let Some(session) = broker.session(&id) else {
+        return (StatusCode::NOT_FOUND, "no such client").into_response();
+    };
+    let info = session
+        .state
+        .lock()
+        .attachment
+        .as_ref()
+        .map(|a| a.info.clone());
+    match info {
+        Some(info) => Json(client_json(&session, &info)).into_response(),
+        None => {
+            let state = session.state.lock();
+            Json(json!({
+                "client_id": id,
+                "connected": false,
+                "subscriptions": state.subscriptions.keys().collect::<Vec<_>>(),
+                "queue_depth": state.queue_len(),
+            }))
+            .into_response()
+        }
+    }
+}
+
+async fn disconnect_client(State(broker): Shared, Path(id): Path<String>) -> Response {
+    if broker.kick(&id, ReasonCode::ADMINISTRATIVE_ACTION) {
+        broker
+            .logger
+            .info(&format!("Client {id} disconnected by the admin API."));
+        (StatusCode::ACCEPTED, Json(json!({ "disconnected": id }))).into_response()
+    } else {
+        (StatusCode::NOT_FOUND, "no such connected client").into_response()
+    }
+}
+
+async fn list_subscriptions(State(broker): Shared) -> Json<Value> {
+    let mut subs = Vec::new();
+    for session in broker.sessions() {
+        let state = session.state.lock();
+        for (filter, sub) in &state.subscriptions {
+            subs.push(json!({
+                "client_id": &*session.client_id,
+                "filter": filter,
+                "qos": sub.options.qos.as_u8(),
+                "no_local": sub.options.no_local,
+                "retain_as_published": sub.options.retain_as_published,
+                "retain_handling": sub.options.retain_handling,
+                "identifier": sub.identifier,
+            }));
+        }
+    }
+    Json(json!({ "subscriptions": subs }))
+}
+
+async fn list_retained(State(broker): Shared) -> Json<Value> {
+    let retained: Vec<Value> = broker
+        .retained
+        .all()
+        .into_iter()
+        .map(|(topic, msg)| json!({ "topic": topic, "qos": msg.qos.as_u8(), "bytes": msg.payload.len() }))
+        .collect();
+    Json(json!({ "retained": retained }))
+}
+
+async fn stats(State(broker): Shared) -> Json<Value> {
+    let values: serde_json::Map<String, Value> = crate::sys::snapshot(&broker)
+        .into_iter()
+        .map(|(topic, value)| {
+            (
+                topic.trim_start_matches("$SYS/broker/").to_owned(),
+                Value::String(value),
+            )
+        })
+        .collect();
+    Json(json!({ "node": broker.config.node_name, "stats": values }))
+}
+
+async fn reload(State(broker): Shared) -> Response {
+    match broker.access.reload() {
+        Ok(()) => {
+            let kicked = broker.disconnect_removed_users();
+            broker.reload_requested.notify_one();
+            Json(json!({ "reloaded": true, "disconnected": kicked })).into_response()
+        }
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "reloaded": false, "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}

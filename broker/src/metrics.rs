@@ -1,0 +1,212 @@
+//! Prometheus metrics. Counters are updated where things happen; gauges
+//! that describe the whole broker (sessions, subscriptions, retained
+//! messages, queue depth) are computed when `/metrics` is scraped.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::codec::QoS;
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGaugeVec,
+    pub connections_total: IntCounterVec,
+    pub connections_refused: IntCounterVec,
+    pub tls_handshake_failures: IntCounterVec,
+    /// By QoS 0, 1, 2 (resolved once: these are on the publish path).
+    pub messages_received: [IntCounter; 3],
+    pub messages_sent: [IntCounter; 3],
+    pub clients_connected: IntGauge,
+    pub clients_maximum: IntGauge,
+    pub bytes_received: IntCounter,
+    pub bytes_sent: IntCounter,
+    pub dropped: IntCounterVec,
+    pub auth_failures: IntCounterVec,
+    pub acl_denials: IntCounterVec,
+    pub quota_refusals: IntCounterVec,
+    pub delivery_latency: Histogram,
+    pub retained: IntGauge,
+    pub sessions: IntGaugeVec,
+    pub subscriptions: IntGauge,
+    pub queued: IntGauge,
+}
+
+fn by_qos(vec: IntCounterVec) -> [IntCounter; 3] {
+    ["0", "1", "2"].map(|qos| vec.with_label_values(&[qos]))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("kubemqtt".into()), None)
+            .expect("static registry prefix is valid");
+        // The names and labels below are static and valid, so creating and
+        // registering them cannot fail.
+        fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        }
+        fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        }
+        fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        }
+        fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        }
+        let r = &registry;
+        let delivery_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "delivery_latency_seconds",
+                "Time from a PUBLISH arriving to its delivery being written to a subscriber",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 5.0,
+            ]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(delivery_latency.clone()))
+            .expect("unique metric");
+        Metrics {
+            connections: gauge_vec(r, "connections", "Open client connections", &["listener"]),
+            connections_total: counter_vec(
+                r,
+                "connections_total",
+                "Connections accepted",
+                &["listener"],
+            ),
+            connections_refused: counter_vec(
+                r,
+                "connections_refused_total",
+                "Connections refused before MQTT, by reason",
+                &["listener", "reason"],
+            ),
+            tls_handshake_failures: counter_vec(
+                r,
+                "tls_handshake_failures_total",
+                "Failed TLS handshakes",
+                &["listener"],
+            ),
+            messages_received: by_qos(counter_vec(
+                r,
+                "messages_received_total",
+                "PUBLISH packets received from clients",
+                &["qos"],
+            )),
+            messages_sent: by_qos(counter_vec(
+                r,
+                "messages_sent_total",
+                "PUBLISH packets sent to clients",
+                &["qos"],
+            )),
+            clients_connected: gauge(r, "clients_connected", "Clients connected now"),
+            clients_maximum: gauge(
+                r,
+                "clients_maximum",
+                "Most clients connected at once since start",
+            ),
+            bytes_received: counter(r, "bytes_received_total", "Bytes received from clients"),
+            bytes_sent: counter(r, "bytes_sent_total", "Bytes sent to clients"),
+            dropped: counter_vec(
+                r,
+                "messages_dropped_total",
+                "Deliveries dropped, by reason",
+                &["reason"],
+            ),
+            auth_failures: counter_vec(
+                r,
+                "auth_failures_total",
+                "Refused logins, by reason",
+                &["reason"],
+            ),
+            acl_denials: counter_vec(
+                r,
+                "acl_denials_total",
+                "Operations refused by ACL rules",
+                &["action"],
+            ),
+            quota_refusals: counter_vec(
+                r,
+                "quota_refusals_total",
+                "Operations refused by quotas",
+                &["quota"],
+            ),
+            delivery_latency,
+            retained: gauge(r, "retained_messages", "Retained messages"),
+            sessions: gauge_vec(r, "sessions", "Sessions, by state", &["state"]),
+            subscriptions: gauge(r, "subscriptions", "Subscriptions"),
+            queued: gauge(r, "queued_messages", "Messages queued in sessions"),
+            registry,
+        }
+    }
+
+    pub fn refused(&self, listener: &str, reason: &str) {
+        self.connections_refused
+            .with_label_values(&[listener, reason])
+            .inc();
+    }
+
+    pub fn tls_handshake_failed(&self, listener: &str) {
+        self.tls_handshake_failures
+            .with_label_values(&[listener])
+            .inc();
+    }
+
+    pub fn received(&self, qos: QoS) {
+        self.messages_received[qos as usize].inc();
+    }
+
+    pub fn sent(&self, qos: QoS) {
+        self.messages_sent[qos as usize].inc();
+    }
+
+    /// Total over every QoS.
+    pub fn total(counters: &[IntCounter; 3]) -> u64 {
+        counters.iter().map(IntCounter::get).sum()
+    }
+
+    pub fn client_connected(&self, listener: &str) {
+        self.connections.with_label_values(&[listener]).inc();
+        self.connections_total.with_label_values(&[listener]).inc();
+        self.clients_connected.inc();
+        let now = self.clients_connected.get();
+        if now > self.clients_maximum.get() {
+            self.clients_maximum.set(now);
+        }
+    }
+
+    pub fn client_disconnected(&self, listener: &str) {
+        self.connections.with_label_values(&[listener]).dec();
+        self.clients_connected.dec();
+    }
+
+    pub fn drop(&self, reason: &str) {
+        self.dropped.with_label_values(&[reason]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut out).is_err() {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
