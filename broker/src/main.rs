@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
 
 use kubemqtt_broker::config::{Config, LogFormat};
 use kubemqtt_broker::log::Logger;
@@ -84,6 +85,16 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let broker = running.broker.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                broker.logger.info("Received SIGHUP: reloading the auth and TLS files.");
+                broker.reload_requested.notify_one();
+            }
+        });
         wait_for_signal().await;
         running.shutdown().await;
         ExitCode::SUCCESS
@@ -92,7 +103,6 @@ fn main() -> ExitCode {
 
 /// Resolves on SIGINT or SIGTERM.
 async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => {
