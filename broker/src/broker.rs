@@ -379,7 +379,7 @@ impl Broker {
             if let Some(old) = control {
                 took_over = true;
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                if old.control.send(Control::TakenOver(tx)).await.is_ok() {
+                if old.control.send(Control::TakenOver(tx)) {
                     // The old connection detaches itself, then confirms.
                     let _ = tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await;
                 }
@@ -391,6 +391,7 @@ impl Broker {
                     .is_some_and(|a| a.connection_id == old.connection_id)
                 {
                     state.attachment = None;
+                    old.control.send(Control::Detached);
                 }
             }
         }
@@ -606,7 +607,7 @@ impl Broker {
         };
         let attachment = session.state.lock().attachment.clone();
         match attachment {
-            Some(a) => a.control.try_send(Control::Disconnect(reason)).is_ok(),
+            Some(a) => a.control.send(Control::Disconnect(reason)),
             None => false,
         }
     }

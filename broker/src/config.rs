@@ -79,7 +79,7 @@ pub struct Config {
 /// re-read when it changes on disk (checked every `reload_interval_secs`)
 /// and on SIGHUP; a file that fails to parse is refused with a log line and
 /// the previous contents stay in force.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// A mosquitto password file (`mosquitto_passwd` output, `$7$` and `$6$`
@@ -97,6 +97,17 @@ pub struct AuthConfig {
     /// How often the files are checked for changes, in seconds. Default: 2.
     #[serde(default = "default_reload_interval_secs")]
     pub reload_interval_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            password_file: None,
+            credentials_file: None,
+            acl_file: None,
+            reload_interval_secs: default_reload_interval_secs(),
+        }
+    }
 }
 
 /// The HTTP server (`[http]`).

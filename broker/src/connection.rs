@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::access::UserSlot;
 use crate::auth::ClientAcl;
@@ -27,7 +27,7 @@ use crate::config::RateLimitAction;
 use crate::message::Message;
 use crate::ratelimit::TokenBucket;
 use crate::session::ClientInfo;
-use crate::session::{Attachment, Control, Delivery, Session};
+use crate::session::{Attachment, Control, Delivery, Mailbox, Session};
 use crate::store::Record;
 use crate::topic;
 
@@ -35,8 +35,10 @@ use crate::topic;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Stop pulling from the session queue while this much is unsent.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
-/// Keep a read buffer's memory when it is idle only up to this size.
-const IDLE_READ_CAPACITY: usize = 4 * 1024;
+/// Read buffer of an idle connection.
+const IDLE_READ_RESERVE: usize = 256;
+/// Read buffer growth while a packet is arriving.
+const BUSY_READ_RESERVE: usize = 8 * 1024;
 /// How long to try to flush a final packet before closing.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -86,7 +88,13 @@ where
         rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
     };
-    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&broker, &mut io)).await
+    // The CONNECT phase is boxed: its state is not needed afterwards, and
+    // idle connections are what the broker holds most of.
+    let connect = match Box::pin(tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        read_connect(&broker, &mut io),
+    ))
+    .await
     {
         Ok(Ok(connect)) => connect,
         Ok(Err(early)) => {
@@ -100,7 +108,8 @@ where
             return;
         }
     };
-    let Some(conn) = Connection::establish(broker.clone(), io, &peer, *connect).await else {
+    let Some(conn) = Box::pin(Connection::establish(broker.clone(), io, &peer, *connect)).await
+    else {
         return;
     };
     conn.run(shutdown).await;
@@ -117,10 +126,21 @@ struct Io<S> {
 impl<S: AsyncRead + AsyncWrite> Io<S> {
     /// Reads more bytes; Ok(false) on end of stream.
     async fn fill(&mut self) -> std::io::Result<bool> {
-        if self.rbuf.capacity() - self.rbuf.len() < 512 {
-            self.rbuf.reserve(2048);
-        }
+        self.reserve_read();
         Ok(self.rd.read_buf(&mut self.rbuf).await? > 0)
+    }
+
+    /// Makes room to read: a little while idle (most packets of an idle
+    /// client are PINGREQs), more in the middle of a larger packet.
+    fn reserve_read(&mut self) {
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        if self.rbuf.is_empty() {
+            if spare < 64 {
+                self.rbuf.reserve(IDLE_READ_RESERVE);
+            }
+        } else if spare < 1024 {
+            self.rbuf.reserve(BUSY_READ_RESERVE);
+        }
     }
 
     /// Flushes what is buffered, bounded in time; used before closing.
@@ -141,10 +161,10 @@ impl<S: AsyncRead + AsyncWrite> Io<S> {
     /// After a burst, gives back read-buffer memory so idle connections stay
     /// small.
     fn shrink(&mut self) {
-        if self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_READ_CAPACITY {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_READ_RESERVE {
             self.rbuf = BytesMut::new();
         }
-        if self.wbuf.is_empty() && self.wbuf.capacity() > WRITE_HIGH_WATER {
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
             self.wbuf = BytesMut::new();
         }
     }
@@ -166,7 +186,14 @@ impl EarlyClose {
                 ReasonCode::MALFORMED_PACKET => {
                     broker.logger.malformed_packet(None, &e.to_string())
                 }
-                ReasonCode::PACKET_TOO_LARGE => broker.logger.oversize_packet(None),
+                ReasonCode::PACKET_TOO_LARGE => {
+                    broker
+                        .metrics
+                        .quota_refusals
+                        .with_label_values(&["packet_size"])
+                        .inc();
+                    broker.logger.oversize_packet(None)
+                }
                 _ => broker.logger.protocol_error(None, &e.to_string()),
             },
         }
@@ -248,7 +275,7 @@ struct Connection<S> {
     version: ProtocolVersion,
     client_id: ClientKey,
     session: Arc<Session>,
-    control: mpsc::Receiver<Control>,
+    control: Arc<Mailbox>,
     keep_alive: Option<Duration>,
     will: Option<Will>,
     /// Session expiry requested at CONNECT (for the DISCONNECT rule).
@@ -430,7 +457,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             return None;
         }
 
-        let (control_tx, control_rx) = mpsc::channel(4);
+        let mailbox = Arc::new(Mailbox::default());
         let id = broker.next_connection_id();
         let username: Option<Arc<str>> = username.as_deref().map(Arc::from);
         let info = Arc::new(ClientInfo {
@@ -449,7 +476,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 expiry,
                 Attachment {
                     connection_id: id,
-                    control: control_tx,
+                    control: mailbox.clone(),
                     info: info.clone(),
                 },
             )
@@ -510,7 +537,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             version,
             client_id: client_id.clone(),
             session: attached.session,
-            control: control_rx,
+            control: mailbox,
             keep_alive: (keep_alive > 0)
                 .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
             will: connect.will.clone(),
@@ -548,7 +575,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             Read(std::io::Result<usize>),
             Wrote(std::io::Result<usize>),
             Queued,
-            Control(Option<Control>),
+            Control(Control),
             KeepAlive,
             Shutdown,
         }
@@ -561,10 +588,8 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             }
             self.io.shrink();
             let deadline = self.keep_alive.map(|k| self.last_packet + k);
+            self.io.reserve_read();
             let io = &mut self.io;
-            if io.rbuf.capacity() - io.rbuf.len() < 256 {
-                io.rbuf.reserve(1024);
-            }
             let can_pull = io.wbuf.len() < WRITE_HIGH_WATER;
             let event = tokio::select! {
                 r = io.rd.read_buf(&mut io.rbuf) => Event::Read(r),
@@ -578,7 +603,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 Event::Read(Ok(0)) => return Close::Eof,
                 Event::Read(Ok(n)) => {
                     self.broker.metrics.bytes_received.inc_by(n as u64);
-                    if let Err(close) = self.handle_input().await {
+                    // Boxed: the handlers' state is large and only needed
+                    // while a packet is being handled, not while idle.
+                    if let Err(close) = Box::pin(self.handle_input()).await {
                         return close;
                     }
                 }
@@ -587,11 +614,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     self.broker.metrics.bytes_sent.inc_by(n as u64);
                 }
                 Event::Queued => {}
-                Event::Control(Some(Control::TakenOver(ack))) => return Close::TakenOver(ack),
-                Event::Control(Some(Control::Disconnect(reason))) => return Close::Server(reason),
-                Event::Control(Some(Control::Shutdown)) => return Close::Shutdown,
-                // The session was handed to another connection without us.
-                Event::Control(None) => return Close::Detached,
+                Event::Control(Control::TakenOver(ack)) => return Close::TakenOver(ack),
+                Event::Control(Control::Disconnect(reason)) => return Close::Server(reason),
+                Event::Control(Control::Shutdown) => return Close::Shutdown,
+                Event::Control(Control::Detached) => return Close::Detached,
                 Event::KeepAlive => return Close::KeepAlive,
                 Event::Shutdown => return Close::Shutdown,
             }
@@ -668,6 +694,11 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 return Ok(());
             }
             if state.inbound_qos2.len() >= usize::from(self.broker.config.limits.receive_maximum) {
+                self.broker
+                    .metrics
+                    .quota_refusals
+                    .with_label_values(&["receive_maximum"])
+                    .inc();
                 return Err(Close::Protocol(
                     ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
                     "receive maximum exceeded".into(),
@@ -1125,6 +1156,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     }
 
     async fn close(mut self, close: Close) {
+        self.control.close();
         let reason_label = close.label();
         let mut publish_will = true;
         let mut ack = None;
@@ -1143,7 +1175,14 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 let id = Some(&*self.client_id);
                 match reason {
                     ReasonCode::MALFORMED_PACKET => self.broker.logger.malformed_packet(id, &text),
-                    ReasonCode::PACKET_TOO_LARGE => self.broker.logger.oversize_packet(id),
+                    ReasonCode::PACKET_TOO_LARGE => {
+                        self.broker
+                            .metrics
+                            .quota_refusals
+                            .with_label_values(&["packet_size"])
+                            .inc();
+                        self.broker.logger.oversize_packet(id)
+                    }
                     _ => self.broker.logger.protocol_error(id, &text),
                 }
                 self.disconnect_v5(reason, Some(text));
@@ -1246,7 +1285,7 @@ fn authenticate(
             let label = match e {
                 crate::auth::LoginError::UnknownUser => "unknown_user",
                 crate::auth::LoginError::BadPassword => "bad_password",
-                crate::auth::LoginError::Expired => "expired_password",
+                crate::auth::LoginError::Expired => "password_expired",
             };
             (ReasonCode::BAD_USER_NAME_OR_PASSWORD, label)
         })

@@ -123,57 +123,87 @@ async fn handshake_and_serve(
             Err(_) => return,
         }
     }
-    let mut peer = Peer {
+    let peer = Peer {
         addr,
         local_port: listener.config.bind.port(),
         listener: listener.name.clone(),
         cert_username: None,
     };
-    let max_packet = broker.config.limits.max_packet_size as usize;
+    // Plain TCP is served inline; the other transports are boxed so that
+    // their larger state does not make every connection's task larger.
     match (&listener.tls, listener.config.protocol) {
         (None, ListenerProtocol::Tcp) => connection::serve(broker, stream, peer, shutdown).await,
         (None, ListenerProtocol::Ws) => {
-            let path = &listener.config.path;
-            if let Some(ws) = upgrade(&broker, &peer, stream, path, max_packet).await {
-                connection::serve(broker, ws, peer, shutdown).await;
-            }
+            Box::pin(serve_ws(broker, listener.clone(), stream, peer, shutdown)).await
         }
-        (Some(tls), protocol) => {
-            let accepted =
-                tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await;
-            let stream = match accepted {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    broker.metrics.tls_handshake_failed(&listener.name);
-                    broker.logger.warning(&format!(
-                        "Client connection from {} failed: TLS handshake error: {e}.",
-                        peer.addr
-                    ));
-                    return;
-                }
-                Err(_) => return,
-            };
-            peer.cert_username = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .and_then(|cert| {
-                    crate::transport::tls::username_from_certificate(cert, tls.username_from())
-                });
-            if protocol == ListenerProtocol::Wss {
-                let path = &listener.config.path;
-                if let Some(ws) = upgrade(&broker, &peer, stream, path, max_packet).await {
-                    connection::serve(broker, ws, peer, shutdown).await;
-                }
-            } else {
-                connection::serve(broker, stream, peer, shutdown).await;
-            }
+        (Some(tls), _) => {
+            let tls = tls.clone();
+            Box::pin(serve_tls(
+                broker,
+                listener.clone(),
+                tls,
+                stream,
+                peer,
+                shutdown,
+            ))
+            .await
         }
         (None, ListenerProtocol::Tls | ListenerProtocol::Wss) => {
             // Configuration validation requires TLS settings for these.
             broker.logger.error("TLS listener without TLS settings.");
         }
+    }
+}
+
+async fn serve_ws<S>(
+    broker: Arc<Broker>,
+    listener: Arc<Listener>,
+    stream: S,
+    peer: Peer,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let max_packet = broker.config.limits.max_packet_size as usize;
+    let path = &listener.config.path;
+    if let Some(ws) = upgrade(&broker, &peer, stream, path, max_packet).await {
+        connection::serve(broker, ws, peer, shutdown).await;
+    }
+}
+
+async fn serve_tls(
+    broker: Arc<Broker>,
+    listener: Arc<Listener>,
+    tls: Arc<TlsReloader>,
+    stream: TcpStream,
+    mut peer: Peer,
+    shutdown: watch::Receiver<bool>,
+) {
+    let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await;
+    let stream = match accepted {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            broker.metrics.tls_handshake_failed(&listener.name);
+            broker.logger.warning(&format!(
+                "Client connection from {} failed: TLS handshake error: {e}.",
+                peer.addr
+            ));
+            return;
+        }
+        Err(_) => return,
+    };
+    peer.cert_username = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|cert| {
+            crate::transport::tls::username_from_certificate(cert, tls.username_from())
+        });
+    if listener.config.protocol == ListenerProtocol::Wss {
+        serve_ws(broker, listener, stream, peer, shutdown).await;
+    } else {
+        connection::serve(broker, stream, peer, shutdown).await;
     }
 }
 

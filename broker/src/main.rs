@@ -91,7 +91,9 @@ fn main() -> ExitCode {
                 return;
             };
             while hup.recv().await.is_some() {
-                broker.logger.info("Received SIGHUP: reloading the auth and TLS files.");
+                broker
+                    .logger
+                    .info("Received SIGHUP: reloading the auth and TLS files.");
                 broker.reload_requested.notify_one();
             }
         });

@@ -118,7 +118,7 @@ async fn drain(broker: &Arc<Broker>) {
             .as_ref()
             .map(|a| a.control.clone());
         if let Some(control) = control {
-            let _ = control.send(Control::Shutdown).await;
+            control.send(Control::Shutdown);
             if let Some(pause) = pause {
                 tokio::time::sleep(pause).await;
             }

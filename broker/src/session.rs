@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::auth::ClientAcl;
 use crate::codec::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
@@ -59,6 +59,9 @@ pub enum Control {
     /// The broker is draining: close with 0x8B (5.0), keep the session,
     /// publish no will.
     Shutdown,
+    /// The session was handed to a new connection after this one did not
+    /// answer a takeover in time.
+    Detached,
 }
 
 /// Who is (or was last) connected to a session: for logs, ACLs, presence
@@ -75,11 +78,56 @@ pub struct ClientInfo {
     pub connected_at: SystemTime,
 }
 
+/// Control messages to one connection. Lighter than a channel (idle
+/// connections are many): a short queue and a wake-up.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    queue: Mutex<VecDeque<Control>>,
+    notify: Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Mailbox {
+    /// Delivers `control`; false when the connection has already ended.
+    pub fn send(&self, control: Control) -> bool {
+        use std::sync::atomic::Ordering;
+        let mut queue = self.queue.lock();
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        queue.push_back(control);
+        drop(queue);
+        self.notify.notify_one();
+        true
+    }
+
+    /// The next control message. Cancel-safe: a message is taken only when
+    /// it is returned.
+    pub async fn recv(&self) -> Control {
+        loop {
+            if let Some(control) = self.queue.lock().pop_front() {
+                return control;
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Refuses further messages; the connection is ending. Pending
+    /// messages are dropped, so a takeover waiting for this connection's
+    /// confirmation learns at once that it is gone.
+    pub fn close(&self) {
+        let mut queue = self.queue.lock();
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        queue.clear();
+    }
+}
+
 /// The connection attached to a session.
 #[derive(Debug, Clone)]
 pub struct Attachment {
     pub connection_id: u64,
-    pub control: mpsc::Sender<Control>,
+    pub control: Arc<Mailbox>,
     pub info: Arc<ClientInfo>,
 }
 
@@ -336,7 +384,7 @@ mod tests {
     }
 
     fn attached() -> SessionState {
-        let (tx, _rx) = mpsc::channel(1);
+        let tx = Arc::new(Mailbox::default());
         SessionState {
             attachment: Some(Attachment {
                 connection_id: 1,
@@ -354,6 +402,20 @@ mod tests {
             next_packet_id: 1,
             ..SessionState::default()
         }
+    }
+
+    #[test]
+    fn closing_a_mailbox_drops_pending_messages_and_refuses_new_ones() {
+        let mailbox = Mailbox::default();
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        assert!(mailbox.send(Control::TakenOver(tx)));
+        mailbox.close();
+        // The waiting side learns at once that nobody will confirm.
+        assert!(matches!(
+            rx.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+        ));
+        assert!(!mailbox.send(Control::Shutdown));
     }
 
     #[test]

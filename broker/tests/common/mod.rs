@@ -13,7 +13,13 @@
 //!   ([`Connect`], [`Pub`], [`subscribe`], ...) and a minimal response parser
 //!   ([`Pkt`]), for everything rumqttc cannot express: malformed input, exact
 //!   reason codes, DUP flags, flow control, AUTH. It deliberately shares no
-//!   code with the broker's own codec.
+//!   code with the broker's own codec. It also runs over TLS
+//!   ([`tls_mqtt_connect`]) or after a PROXY header ([`Raw::from_stream`]).
+//! * For the security and operations tests (kubemqtt only): [`OpsBroker`]
+//!   (extra listeners and the HTTP server on free ports), [`TestCa`] and
+//!   [`tls_client_config`] (rcgen certificates, rustls clients),
+//!   [`http_request`] and [`PromMetrics`] (a minimal HTTP/1.1 client and a
+//!   strict parser of the Prometheus text format).
 //!
 //! Every wait is bounded by [`TIMEOUT`] (or an explicit duration), so a
 //! broken broker fails a test quickly instead of hanging it.
@@ -514,6 +520,13 @@ impl Client4 {
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(1 << 20, 1 << 20);
         configure(&mut options);
+        Client4::connect_options(options).await
+    }
+
+    /// Connects with fully prepared options (e.g. a WebSocket or TLS
+    /// transport, whose address is a URL) and waits for a successful CONNACK.
+    pub async fn connect_options(options: rumqttc::MqttOptions) -> (Client4, rumqttc::ConnAck) {
+        let id = options.client_id();
         let (client, eventloop) = rumqttc::AsyncClient::new(options, 100);
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -679,11 +692,20 @@ impl Client5 {
         id: &str,
         configure: impl FnOnce(&mut rumqttc::v5::MqttOptions),
     ) -> (Client5, rumqttc::v5::mqttbytes::v5::ConnAck) {
-        use rumqttc::v5::mqttbytes::v5::Packet;
         let mut options = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", broker.port());
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(Some(1 << 20));
         configure(&mut options);
+        Client5::connect_options(options).await
+    }
+
+    /// Connects with fully prepared options (e.g. a WebSocket or TLS
+    /// transport, whose address is a URL) and waits for a successful CONNACK.
+    pub async fn connect_options(
+        options: rumqttc::v5::MqttOptions,
+    ) -> (Client5, rumqttc::v5::mqttbytes::v5::ConnAck) {
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        let id = options.client_id();
         let (client, eventloop) = rumqttc::v5::AsyncClient::new(options, 100);
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -1521,7 +1543,7 @@ pub enum Recv {
 
 /// A raw-socket MQTT client: sends hand-made bytes, parses what comes back.
 pub struct Raw {
-    stream: TcpStream,
+    stream: Box<dyn RawStream>,
     buf: Vec<u8>,
     /// Parse incoming packets with the 5.0 layout (set by [`Raw::send_connect`]).
     pub v5: bool,
@@ -1535,11 +1557,7 @@ impl Raw {
             .expect("TCP connect timed out")
             .expect("TCP connect");
         let _ = stream.set_nodelay(true);
-        Raw {
-            stream,
-            buf: Vec::new(),
-            v5: false,
-        }
+        Raw::from_stream(stream)
     }
 
     /// Opens a connection, sends `connect` and returns the CONNACK (whatever its code).
@@ -1570,7 +1588,12 @@ impl Raw {
     /// Writes bytes; a write error (the broker already closed) is ignored,
     /// the following read reports the close.
     pub async fn send(&mut self, bytes: &[u8]) {
-        let _ = tokio::time::timeout(TIMEOUT, self.stream.write_all(bytes)).await;
+        let _ = tokio::time::timeout(TIMEOUT, async {
+            self.stream.write_all(bytes).await?;
+            // A no-op on TCP; TLS and other layered streams may buffer.
+            self.stream.flush().await
+        })
+        .await;
     }
 
     pub async fn send_publish(&mut self, p: &Pub) {
@@ -1782,4 +1805,679 @@ pub async fn raw_subscriber4(broker: &TestBroker, id: &str, filter: &str, qos: u
     let codes = raw.subscribe(1, &[(filter, qos)]).await;
     assert_eq!(codes, vec![qos], "SUBACK for {filter}");
     raw
+}
+
+// ---------------------------------------------------------------------------
+// Security and operations: extra listeners, HTTP, TLS, signals
+// ---------------------------------------------------------------------------
+
+/// Any byte stream a [`Raw`] client can speak MQTT over (TCP, TLS...).
+pub trait RawStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> RawStream for S {}
+
+impl Raw {
+    /// Wraps an already connected stream (e.g. after a TLS handshake or a
+    /// PROXY protocol header); nothing is sent.
+    pub fn from_stream(stream: impl RawStream + 'static) -> Raw {
+        Raw {
+            stream: Box::new(stream),
+            buf: Vec::new(),
+            v5: false,
+        }
+    }
+
+    /// Opens a TCP connection to `addr` (another listener than the
+    /// broker's main one); nothing is sent.
+    pub async fn open_addr(addr: SocketAddr) -> Raw {
+        let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr))
+            .await
+            .expect("TCP connect timed out")
+            .expect("TCP connect");
+        let _ = stream.set_nodelay(true);
+        Raw::from_stream(stream)
+    }
+
+    /// Sends `connect` on an open connection and returns the CONNACK.
+    pub async fn handshake(&mut self, connect: &Connect) -> ConnAck {
+        self.send_connect(connect).await;
+        self.expect_connack().await
+    }
+
+    /// Sends PINGREQ and expects PINGRESP: the connection is alive.
+    pub async fn ping(&mut self) {
+        self.send(&pingreq()).await;
+        match self.recv().await {
+            Pkt::PingResp => {}
+            other => panic!("expected PINGRESP, got {other:?}"),
+        }
+    }
+}
+
+impl Connect {
+    /// Sets the user name and password.
+    pub fn login(mut self, username: &str, password: &str) -> Connect {
+        self.username = Some(username.into());
+        self.password = Some(password.as_bytes().to_vec());
+        self
+    }
+
+    /// Sets the user name only (no password field).
+    pub fn user(mut self, username: &str) -> Connect {
+        self.username = Some(username.into());
+        self
+    }
+}
+
+impl TestBroker {
+    /// The broker's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends a signal (`"HUP"`, `"TERM"`...) to the broker with kill(1).
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid().expect("broker is running");
+        let status = Command::new("kill")
+            .arg("-s")
+            .arg(name)
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {name} {pid} failed");
+    }
+
+    /// Waits until `deadline` for the process to exit (after a signal sent
+    /// with [`TestBroker::signal`]). Returns its exit status, or `None` if
+    /// it was still running at `deadline` (it is then killed).
+    pub async fn wait_exit(&mut self, deadline: Instant) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.push_marker(&format!("exited with {status}"));
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.push_marker("did not exit in time, killed");
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn count_logs(&self, needle: &str) -> usize {
+        self.logs().iter().filter(|l| l.contains(needle)).count()
+    }
+}
+
+/// A kubemqtt [`TestBroker`] with extra listeners and an HTTP server, for
+/// the security and operations tests. Dereferences to the [`TestBroker`],
+/// whose main plain TCP listener stays available.
+///
+/// In `opts.extra_toml`, each `{port:NAME}` is replaced by a free port
+/// (the same port for every occurrence of a name, a new one at each start
+/// attempt), and lines before the first `[table]` header are moved to the
+/// top level of the file (e.g. `presence_events = false`).
+pub struct OpsBroker {
+    inner: TestBroker,
+    ports: std::collections::HashMap<String, u16>,
+}
+
+impl std::ops::Deref for OpsBroker {
+    type Target = TestBroker;
+    fn deref(&self) -> &TestBroker {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for OpsBroker {
+    fn deref_mut(&mut self) -> &mut TestBroker {
+        &mut self.inner
+    }
+}
+
+impl OpsBroker {
+    /// Starts the broker and waits until every listener is bound. Returns
+    /// `None` (with a note) when the suite targets mosquitto: these features
+    /// are kubemqtt's own.
+    pub async fn start(opts: BrokerOpts) -> Option<OpsBroker> {
+        if skip_on_mosquitto("kubemqtt-only feature") {
+            return None;
+        }
+        let template = opts.extra_toml.clone();
+        let split = template
+            .lines()
+            .position(|l| l.trim_start().starts_with('['))
+            .unwrap_or(template.lines().count());
+        let top: String = template
+            .lines()
+            .take(split)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let tables: String = template
+            .lines()
+            .skip(split)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let mut broker = OpsBroker {
+            inner: TestBroker {
+                opts: BrokerOpts {
+                    extra_toml: String::new(),
+                    ..opts
+                },
+                dir: tempfile::tempdir().expect("create temp dir"),
+                port: 0,
+                child: None,
+                logs: Arc::new(Mutex::new(Vec::new())),
+            },
+            ports: std::collections::HashMap::new(),
+        };
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            broker.inner.port = free_port();
+            broker.ports = placeholder_names(&tables)
+                .into_iter()
+                .map(|name| (name, free_port()))
+                .collect();
+            let mut extra = tables.clone();
+            for (name, port) in &broker.ports {
+                extra = extra.replace(&format!("{{port:{name}}}"), &port.to_string());
+            }
+            let text = format!("{top}{}{extra}", broker.inner.kubemqtt_config());
+            std::fs::write(broker.inner.config_path(), text).expect("write broker config");
+            let running_before = broker.inner.count_logs(" running");
+            match broker.inner.spawn_and_wait().await {
+                // The main listener is bound first; "running" follows the last.
+                Ok(()) => {
+                    let deadline = Instant::now() + TIMEOUT;
+                    while broker.inner.count_logs(" running") == running_before {
+                        assert!(
+                            Instant::now() < deadline,
+                            "broker never logged `running`:\n{}",
+                            broker.inner.logs().join("\n")
+                        );
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    return Some(broker);
+                }
+                Err(e) => last_error = e,
+            }
+        }
+        panic!(
+            "broker did not start: {last_error}\n--- broker output ---\n{}",
+            broker.inner.logs().join("\n")
+        );
+    }
+
+    /// The port chosen for `{port:NAME}`.
+    pub fn port_of(&self, name: &str) -> u16 {
+        *self
+            .ports
+            .get(name)
+            .unwrap_or_else(|| panic!("no {{port:{name}}} in the configuration"))
+    }
+
+    /// `127.0.0.1:` the port chosen for `{port:NAME}`.
+    pub fn addr_of(&self, name: &str) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port_of(name)))
+    }
+
+    /// HTTP request to the listener `{port:http}`, with a bearer token.
+    pub async fn http(&self, method: &str, path: &str, token: Option<&str>) -> HttpResponse {
+        http_request(self.addr_of("http"), method, path, token).await
+    }
+
+    /// Scrapes and parses `/metrics` (from `{port:http}`).
+    pub async fn metrics(&self) -> PromMetrics {
+        let response = self.http("GET", "/metrics", None).await;
+        assert_eq!(response.status, 200, "GET /metrics: {response:?}");
+        PromMetrics::parse(&response.body)
+    }
+
+    /// Scrapes `/metrics` until `check` accepts them (counters are updated
+    /// by other tasks), or panics with the last scrape after [`TIMEOUT`].
+    pub async fn wait_metrics(&self, what: &str, check: impl Fn(&PromMetrics) -> bool) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let metrics = self.metrics().await;
+            if check(&metrics) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}; last scrape:\n{metrics}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The distinct NAMEs of the `{port:NAME}` placeholders in `text`.
+fn placeholder_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for (start, _) in text.match_indices("{port:") {
+        let rest = &text[start + "{port:".len()..];
+        let name = rest.split('}').next().unwrap_or_default().to_owned();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// Writes `text` to `dir/name` and returns the path, for configuration
+/// fixtures (certificates, password files, ACLs).
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path
+}
+
+/// Polls `check` every 50 ms until it is true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ----- HTTP ----------------------------------------------------------------
+
+/// An HTTP response: status, headers (names lower-cased) and body.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body parsed as JSON; panics if it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("response body is not JSON ({e}): {self:?}"))
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection (`Connection:
+/// close`), body read to the end, chunked bodies decoded.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> HttpResponse {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n"
+        );
+        if let Some(token) = token {
+            let _ = write!(request, "Authorization: Bearer {token}\r\n");
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no response in time"))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let text = String::from_utf8(raw).expect("HTTP response is UTF-8");
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of headers in {text:?}"));
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        decode_chunked(body)
+    } else {
+        body.to_owned()
+    };
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn decode_chunked(mut rest: &str) -> String {
+    let mut body = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("chunk size line");
+        let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
+        if size == 0 {
+            return body;
+        }
+        body.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+}
+
+// ----- Prometheus ----------------------------------------------------------
+
+/// One sample of the Prometheus text format.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// A parsed `/metrics` scrape. Parsing is strict: every line must be a
+/// `# HELP`, a `# TYPE` with a known type, or a well-formed sample.
+#[derive(Debug, Clone)]
+pub struct PromMetrics {
+    pub samples: Vec<Sample>,
+    /// Metric family name -> type (`counter`, `gauge`, `histogram`...).
+    pub types: std::collections::HashMap<String, String>,
+}
+
+impl PromMetrics {
+    pub fn parse(text: &str) -> PromMetrics {
+        let mut samples = Vec::new();
+        let mut types = std::collections::HashMap::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("# TYPE name type");
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                    "unknown metric type in {line:?}"
+                );
+                types.insert(name.to_owned(), kind.to_owned());
+                continue;
+            }
+            if line.starts_with("# HELP ") {
+                continue;
+            }
+            assert!(!line.starts_with('#'), "unexpected comment {line:?}");
+            let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad sample value in {line:?}")),
+            };
+            let (name, labels) = match series.split_once('{') {
+                None => (series.to_owned(), Vec::new()),
+                Some((name, rest)) => {
+                    let inner = rest.strip_suffix('}').expect("labels end with }");
+                    (name.to_owned(), parse_labels(inner, line))
+                }
+            };
+            assert!(
+                !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+                "bad metric name in {line:?}"
+            );
+            samples.push(Sample {
+                name,
+                labels,
+                value,
+            });
+        }
+        PromMetrics { samples, types }
+    }
+
+    /// The value of the sample `name` whose labels include all of `labels`
+    /// (summed when several match); `None` if no sample matches.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let matching: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|s| s.name == name)
+            .filter(|s| {
+                labels
+                    .iter()
+                    .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+            })
+            .map(|s| s.value)
+            .collect();
+        (!matching.is_empty()).then(|| matching.iter().sum())
+    }
+
+    /// [`PromMetrics::get`], with 0 for a series not (yet) exported.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(0.0)
+    }
+}
+
+/// One `name{labels} value` line per sample, histogram buckets left out:
+/// for failure messages.
+impl std::fmt::Display for PromMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for s in self.samples.iter().filter(|s| !s.name.ends_with("_bucket")) {
+            let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+            writeln!(f, "{}{{{}}} {}", s.name, labels.join(","), s.value)?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_labels(mut inner: &str, line: &str) -> Vec<(String, String)> {
+    let mut labels = Vec::new();
+    while !inner.is_empty() {
+        let (key, rest) = inner
+            .split_once("=\"")
+            .unwrap_or_else(|| panic!("bad labels in {line:?}"));
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            match chars.next() {
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, c)) => value.push(c),
+                    None => panic!("bad escape in {line:?}"),
+                },
+                Some((i, '"')) => break i,
+                Some((_, c)) => value.push(c),
+                None => panic!("unterminated label value in {line:?}"),
+            }
+        };
+        labels.push((key.trim_start_matches(',').to_owned(), value));
+        inner = &rest[end + 1..];
+    }
+    labels
+}
+
+// ----- TLS -----------------------------------------------------------------
+
+/// A certificate authority generated for one test (rcgen).
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The CA certificate, PEM.
+    pub cert_pem: String,
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Clone, Debug)]
+pub struct CertKey {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestCa {
+    /// A new self-signed CA named `name`.
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::new()).expect("CA params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("self-sign CA");
+        TestCa {
+            cert_pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A server certificate for `localhost` and `127.0.0.1`.
+    pub fn server_cert(&self) -> CertKey {
+        self.issue(
+            "kubemqtt test server",
+            &["localhost", "127.0.0.1"],
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    /// A client certificate with subject CN `cn` and the given subject
+    /// alternative names (DNS names, or e-mail addresses when they hold `@`).
+    pub fn client_cert(&self, cn: &str, sans: &[&str]) -> CertKey {
+        self.issue(cn, sans, rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue(&self, cn: &str, sans: &[&str], usage: rcgen::ExtendedKeyUsagePurpose) -> CertKey {
+        let mut params = rcgen::CertificateParams::new(Vec::new()).expect("params");
+        for san in sans {
+            let san = if san.contains('@') {
+                rcgen::SanType::Rfc822Name((*san).try_into().expect("e-mail SAN"))
+            } else if let Ok(ip) = san.parse() {
+                rcgen::SanType::IpAddress(ip)
+            } else {
+                rcgen::SanType::DnsName((*san).try_into().expect("DNS SAN"))
+            };
+            params.subject_alt_names.push(san);
+        }
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![usage];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        CertKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+/// A rustls client configuration (ring provider) trusting `ca_pem`, with
+/// an optional client certificate.
+pub fn tls_client_config(ca_pem: &str, client: Option<&CertKey>) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("CA PEM")).expect("add CA");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some(ck) => {
+            let certs = CertificateDer::pem_slice_iter(ck.cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .expect("client cert PEM");
+            let key = PrivateKeyDer::from_pem_slice(ck.key_pem.as_bytes()).expect("key PEM");
+            builder
+                .with_client_auth_cert(certs, key)
+                .expect("client certificate")
+        }
+    };
+    Arc::new(config)
+}
+
+/// TLS handshake with `addr` as `localhost`. An error means the handshake
+/// failed (with TLS 1.3 a refused client certificate may instead show as a
+/// close right after it: see [`tls_mqtt_connect`]).
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("server name");
+    tokio::time::timeout(
+        TIMEOUT,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
+}
+
+/// TLS handshake then MQTT CONNECT. `Ok` with the client and its CONNACK,
+/// or `Err` describing where it failed (handshake, or closed before
+/// CONNACK, which is how TLS 1.3 reports a refused client certificate).
+pub async fn tls_mqtt_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    connect: &Connect,
+) -> Result<(Raw, ConnAck), String> {
+    let stream = tls_connect(addr, config)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let mut raw = Raw::from_stream(stream);
+    raw.send_connect(connect).await;
+    match raw.recv_within(TIMEOUT).await {
+        Recv::Packet(Pkt::ConnAck(ack)) => Ok((raw, ack)),
+        other => Err(format!("no CONNACK: {other:?}")),
+    }
+}
+
+// ----- mosquitto_passwd ----------------------------------------------------
+
+/// The real `mosquitto_passwd`, or `None` (with a note) when it is not
+/// installed.
+pub fn mosquitto_passwd() -> Option<PathBuf> {
+    let path = PathBuf::from("/usr/bin/mosquitto_passwd");
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!("SKIPPED: /usr/bin/mosquitto_passwd is not installed");
+        None
+    }
+}
+
+/// Runs `mosquitto_passwd` with `args`; panics if it fails.
+pub fn run_mosquitto_passwd(tool: &Path, args: &[&str]) {
+    let output = Command::new(tool)
+        .args(args)
+        .output()
+        .expect("run mosquitto_passwd");
+    assert!(
+        output.status.success(),
+        "mosquitto_passwd {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

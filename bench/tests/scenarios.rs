@@ -1,0 +1,147 @@
+//! End-to-end runs of the `kubemqtt-bench` binary against our broker,
+//! started in this test process on a free loopback port.
+//!
+//! Runs are bounded by `--count` so their totals are exact, and by a short
+//! `--duration` and `--drain` so each takes about a second.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use kubemqtt_broker::config::{Config, ListenerConfig, LogLevel};
+use kubemqtt_broker::log::Logger;
+use kubemqtt_broker::server::{self, RunningBroker};
+use serde_json::Value;
+
+/// Upper bound on one bench run.
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn start_broker() -> (RunningBroker, SocketAddr) {
+    let mut config = Config::local_default();
+    config.listeners = vec![ListenerConfig::tcp(SocketAddr::from(([127, 0, 0, 1], 0)))];
+    config.log.level = LogLevel::Error;
+    config.sys.interval_secs = 0;
+    let logger = Logger::new(&config.log);
+    let broker = server::start(config, logger).await.expect("broker starts");
+    let addr = broker.local_addrs()[0];
+    (broker, addr)
+}
+
+/// Runs the bench with `args` plus the broker address and `--json`, and
+/// returns its report.
+async fn bench(addr: SocketAddr, args: &[&str]) -> Value {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubemqtt-bench"))
+        .args(args)
+        .args(["-b", &addr.to_string(), "--json", "--quiet"])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(RUN_TIMEOUT, run)
+        .await
+        .expect("bench finishes in time")
+        .expect("bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench failed: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_qos1_delivers_everything_it_sends() {
+    let (broker, addr) = start_broker().await;
+    let report = bench(
+        addr,
+        &[
+            "p2p", "-n", "3", "-q", "1", "-r", "500", "--count", "100", "-d", "5", "--drain", "5",
+        ],
+    )
+    .await;
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["connections"], 6);
+    assert_eq!(report["sent"], 300);
+    assert_eq!(report["acked"], 300);
+    assert_eq!(report["expected"], 300);
+    assert_eq!(report["delivered"], report["sent"]);
+    assert_eq!(report["loss"], 0);
+    assert_eq!(
+        report["latency"]["count"], 300,
+        "every payload carried its send time"
+    );
+    assert!(report["latency"]["p50_us"]
+        .as_u64()
+        .is_some_and(|us| us > 0));
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_qos2_reaches_every_subscriber() {
+    let (broker, addr) = start_broker().await;
+    let report = bench(
+        addr,
+        &[
+            "fanout", "-n", "4", "-q", "2", "-r", "500", "--count", "50", "-s", "100", "-d", "5",
+        ],
+    )
+    .await;
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["sent"], 50);
+    assert_eq!(report["acked"], 50, "PUBREC/PUBREL/PUBCOMP completed");
+    assert_eq!(report["expected"], 200);
+    assert_eq!(report["delivered"], 200);
+    assert_eq!(report["payload_bytes"], 100);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanin_shared_subscription_delivers_each_message_once() {
+    let (broker, addr) = start_broker().await;
+    let report = bench(
+        addr,
+        &[
+            "fanin", "-n", "4", "-m", "2", "-q", "1", "-r", "500", "--count", "50", "-d", "5",
+        ],
+    )
+    .await;
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["sent"], 200);
+    assert_eq!(report["delivered"], 200, "{report}");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conn_opens_and_holds_every_connection() {
+    let (broker, addr) = start_broker().await;
+    let report = bench(
+        addr,
+        &["conn", "-n", "50", "--conn-rate", "500", "--hold", "0.5"],
+    )
+    .await;
+    assert_eq!(report["connections"], 50, "{report}");
+    assert_eq!(report["connect_failures"], 0);
+    assert_eq!(report["errors"], 0);
+    assert_eq!(report["connect_latency"]["count"], 50);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn unreachable_broker_is_reported_as_connect_failures() {
+    // Bind then drop a listener to get a port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let report = bench(
+        addr,
+        &["p2p", "-n", "2", "-d", "0.2", "--connect-timeout", "2"],
+    )
+    .await;
+    assert_eq!(report["connections"], 0);
+    assert_eq!(report["connect_failures"], 4);
+    assert_eq!(report["sent"], 0);
+    assert!(report["error_samples"][0]
+        .as_str()
+        .is_some_and(|e| e.contains("refused")));
+}

@@ -1,0 +1,445 @@
+//! TLS certificates: a CA per broker and the server certificate it signs,
+//! generated with rcgen, read back with x509-parser, and the decision of
+//! when to renew them.
+//!
+//! Keys are ECDSA P-256. Certificates start [`BACKDATE`] before "now" so a
+//! client whose clock is a little behind still accepts a fresh one.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData, SanType,
+};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+
+/// How far before "now" a new certificate's validity starts.
+pub const BACKDATE: SignedDuration = SignedDuration::from_mins(5);
+
+/// A name a certificate covers (a subject alternative name).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum San {
+    /// A DNS name, lower case; the first label may be `*`.
+    Dns(String),
+    /// An IP address.
+    Ip(IpAddr),
+}
+
+impl San {
+    /// Reads an IP address or a DNS name (RFC 1123 labels, optionally
+    /// behind a `*.` wildcard). DNS names are lower-cased.
+    pub fn parse(text: &str) -> Result<San, CertError> {
+        if let Ok(ip) = text.parse::<IpAddr>() {
+            return Ok(San::Ip(ip));
+        }
+        let name = text.to_ascii_lowercase();
+        let rest = name.strip_prefix("*.").unwrap_or(&name);
+        let valid_label = |label: &str| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        };
+        if name.len() > 253 || !rest.split('.').all(valid_label) {
+            return Err(CertError::InvalidName(text.to_owned()));
+        }
+        Ok(San::Dns(name))
+    }
+}
+
+impl fmt::Display for San {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            San::Dns(name) => f.write_str(name),
+            San::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertifiedKeyPem {
+    /// The certificate (`-----BEGIN CERTIFICATE-----`).
+    pub cert_pem: String,
+    /// Its PKCS#8 private key (`-----BEGIN PRIVATE KEY-----`).
+    pub key_pem: String,
+}
+
+/// What the operator needs to know about an existing certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Start of validity.
+    pub not_before: Timestamp,
+    /// End of validity.
+    pub not_after: Timestamp,
+    /// The names it covers.
+    pub sans: BTreeSet<San>,
+}
+
+/// Why a certificate is (re-)issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewalReason {
+    /// There was none.
+    Missing,
+    /// The stored certificate or key could not be read, or they do not
+    /// belong together.
+    Unreadable,
+    /// It expires within the renewal window (or has expired).
+    Expiring,
+    /// The names it covers differ from the names it should cover.
+    NamesChanged,
+    /// It was not signed by the current CA (the CA was renewed).
+    IssuerChanged,
+    /// A user asked for it with the force-renew annotation.
+    Forced,
+}
+
+impl RenewalReason {
+    /// A short description for Events and logs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            RenewalReason::Missing => "no certificate existed",
+            RenewalReason::Unreadable => "the stored certificate or key was unreadable",
+            RenewalReason::Expiring => "the certificate was about to expire",
+            RenewalReason::NamesChanged => "the names to cover changed",
+            RenewalReason::IssuerChanged => "the CA was renewed",
+            RenewalReason::Forced => "renewal was requested with the force-renew annotation",
+        }
+    }
+}
+
+/// A certificate that could not be made or read.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// A requested subject alternative name is neither an IP address nor a
+    /// valid DNS name.
+    #[error("`{0}` is neither an IP address nor a valid DNS name")]
+    InvalidName(String),
+    /// rcgen refused to generate or sign.
+    #[error("cannot generate the certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// The PEM text is not a readable certificate.
+    #[error("cannot read the certificate: {0}")]
+    Parse(String),
+    /// A date is outside the range certificates can express.
+    #[error("certificate date out of range: {0}")]
+    Date(String),
+}
+
+/// Generates a self-signed CA valid from `now` (less [`BACKDATE`]) for
+/// `validity`.
+pub fn generate_ca(
+    common_name: &str,
+    now: Timestamp,
+    validity: SignedDuration,
+) -> Result<CertifiedKeyPem, CertError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = to_offset(now - BACKDATE)?;
+    params.not_after = to_offset(now + validity)?;
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok(CertifiedKeyPem {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Issues a server certificate with subject `common_name` for `sans`,
+/// signed by `ca`, valid from `now` (less [`BACKDATE`]) for `validity` but
+/// never past the CA's own expiry.
+pub fn issue_server_cert(
+    ca: &CertifiedKeyPem,
+    common_name: &str,
+    sans: &BTreeSet<San>,
+    now: Timestamp,
+    validity: SignedDuration,
+) -> Result<CertifiedKeyPem, CertError> {
+    let ca_info = inspect(&ca.cert_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, KeyPair::from_pem(&ca.key_pem)?)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.subject_alt_names = sans
+        .iter()
+        .map(|san| {
+            Ok(match san {
+                San::Dns(name) => SanType::DnsName(name.clone().try_into()?),
+                San::Ip(ip) => SanType::IpAddress(*ip),
+            })
+        })
+        .collect::<Result<_, rcgen::Error>>()?;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = to_offset(now - BACKDATE)?;
+    params.not_after = to_offset((now + validity).min(ca_info.not_after))?;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(CertifiedKeyPem {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Reads the validity and names of a PEM certificate.
+pub fn inspect(cert_pem: &str) -> Result<CertInfo, CertError> {
+    with_certificate(cert_pem, |cert| {
+        let validity = cert.validity();
+        let mut sans = BTreeSet::new();
+        let extension = cert
+            .subject_alternative_name()
+            .map_err(|e| CertError::Parse(e.to_string()))?;
+        for name in extension.iter().flat_map(|ext| &ext.value.general_names) {
+            match name {
+                GeneralName::DNSName(dns) => {
+                    sans.insert(San::Dns(dns.to_ascii_lowercase()));
+                }
+                GeneralName::IPAddress(bytes) => {
+                    if let Some(ip) = ip_from_bytes(bytes) {
+                        sans.insert(San::Ip(ip));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(CertInfo {
+            not_before: from_unix(validity.not_before.timestamp())?,
+            not_after: from_unix(validity.not_after.timestamp())?,
+            sans,
+        })
+    })
+}
+
+/// Whether `cert_pem` carries a valid signature by the CA certificate
+/// `ca_cert_pem`. Unreadable input is "no".
+pub fn is_signed_by(cert_pem: &str, ca_cert_pem: &str) -> bool {
+    with_certificate(ca_cert_pem, |ca| {
+        with_certificate(cert_pem, |cert| {
+            Ok(cert.issuer() == ca.subject()
+                && cert.verify_signature(Some(ca.public_key())).is_ok())
+        })
+    })
+    .unwrap_or(false)
+}
+
+/// Whether `key_pem` is the private key of the certificate `cert_pem`.
+/// Unreadable input is "no".
+pub fn key_matches(cert_pem: &str, key_pem: &str) -> bool {
+    let Ok(key) = KeyPair::from_pem(key_pem) else {
+        return false;
+    };
+    with_certificate(cert_pem, |cert| {
+        Ok(cert.public_key().raw == key.subject_public_key_info().as_slice())
+    })
+    .unwrap_or(false)
+}
+
+/// Decides whether a certificate must be renewed: it expires within
+/// `renew_before` of `now`, or it does not cover exactly `desired_sans`.
+/// (Missing, unreadable, wrongly signed and forced renewals are decided by
+/// the caller, which knows about the stored Secret.)
+pub fn needs_renewal(
+    cert: &CertInfo,
+    now: Timestamp,
+    renew_before: SignedDuration,
+    desired_sans: &BTreeSet<San>,
+) -> Option<RenewalReason> {
+    if now + renew_before >= cert.not_after {
+        Some(RenewalReason::Expiring)
+    } else if cert.sans != *desired_sans {
+        Some(RenewalReason::NamesChanged)
+    } else {
+        None
+    }
+}
+
+/// Parses the first certificate of a PEM text and hands it to `f`.
+fn with_certificate<T>(
+    pem: &str,
+    f: impl FnOnce(&X509Certificate<'_>) -> Result<T, CertError>,
+) -> Result<T, CertError> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| CertError::Parse(e.to_string()))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| CertError::Parse(e.to_string()))?;
+    f(&cert)
+}
+
+fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
+fn to_offset(timestamp: Timestamp) -> Result<time::OffsetDateTime, CertError> {
+    time::OffsetDateTime::from_unix_timestamp(timestamp.as_second())
+        .map_err(|e| CertError::Date(e.to_string()))
+}
+
+fn from_unix(seconds: i64) -> Result<Timestamp, CertError> {
+    Timestamp::from_second(seconds).map_err(|e| CertError::Date(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> Timestamp {
+        "2025-06-01T12:00:00Z".parse().unwrap()
+    }
+
+    fn days(n: i64) -> SignedDuration {
+        SignedDuration::from_hours(24 * n)
+    }
+
+    fn sans(names: &[&str]) -> BTreeSet<San> {
+        names.iter().map(|n| San::parse(n).unwrap()).collect()
+    }
+
+    #[test]
+    fn san_parse_accepts_names_wildcards_and_ips() {
+        assert_eq!(
+            San::parse("Broker.IOT.svc").unwrap(),
+            San::Dns("broker.iot.svc".into())
+        );
+        assert_eq!(
+            San::parse("*.b-headless.iot.svc.cluster.local").unwrap(),
+            San::Dns("*.b-headless.iot.svc.cluster.local".into())
+        );
+        assert_eq!(
+            San::parse("10.0.0.7").unwrap(),
+            San::Ip("10.0.0.7".parse().unwrap())
+        );
+        assert_eq!(San::parse("::1").unwrap(), San::Ip("::1".parse().unwrap()));
+        for bad in [
+            "",
+            "a..b",
+            "-a.b",
+            "a-.b",
+            "a_b.c",
+            "a.*.b",
+            "*",
+            "under score",
+            &"x".repeat(64),
+        ] {
+            assert!(
+                matches!(San::parse(bad), Err(CertError::InvalidName(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ca_is_self_signed_and_valid_for_the_period() {
+        let ca = generate_ca("test CA", now(), days(3650)).unwrap();
+        let info = inspect(&ca.cert_pem).unwrap();
+        assert_eq!(info.not_before, now() - BACKDATE);
+        assert_eq!(info.not_after, now() + days(3650));
+        assert!(info.sans.is_empty());
+        assert!(is_signed_by(&ca.cert_pem, &ca.cert_pem));
+        assert!(key_matches(&ca.cert_pem, &ca.key_pem));
+        with_certificate(&ca.cert_pem, |cert| {
+            assert!(cert.is_ca());
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn server_cert_covers_the_names_and_is_signed_by_its_ca() {
+        let ca = generate_ca("test CA", now(), days(3650)).unwrap();
+        let other_ca = generate_ca("other CA", now(), days(3650)).unwrap();
+        let names = sans(&["b.iot.svc", "*.b-headless.iot.svc", "192.0.2.10"]);
+        let server = issue_server_cert(&ca, "b.iot.svc", &names, now(), days(365)).unwrap();
+        let info = inspect(&server.cert_pem).unwrap();
+        assert_eq!(info.sans, names);
+        assert_eq!(info.not_after, now() + days(365));
+        assert!(is_signed_by(&server.cert_pem, &ca.cert_pem));
+        assert!(!is_signed_by(&server.cert_pem, &other_ca.cert_pem));
+        assert!(key_matches(&server.cert_pem, &server.key_pem));
+        assert!(!key_matches(&server.cert_pem, &ca.key_pem));
+        with_certificate(&server.cert_pem, |cert| {
+            assert!(!cert.is_ca());
+            assert_eq!(cert.subject().to_string(), "CN=b.iot.svc");
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn server_cert_never_outlives_its_ca() {
+        let ca = generate_ca("short CA", now(), days(10)).unwrap();
+        let server = issue_server_cert(&ca, "a.b", &sans(&["a.b"]), now(), days(365)).unwrap();
+        assert_eq!(
+            inspect(&server.cert_pem).unwrap().not_after,
+            now() + days(10)
+        );
+    }
+
+    #[test]
+    fn garbage_is_unreadable_not_a_panic() {
+        assert!(matches!(inspect("nope"), Err(CertError::Parse(_))));
+        assert!(!is_signed_by("nope", "nope"));
+        assert!(!key_matches("nope", "nope"));
+    }
+
+    #[test]
+    fn renewal_decision() {
+        let names = sans(&["a.b", "10.0.0.1"]);
+        let cert = CertInfo {
+            not_before: now() - days(300),
+            not_after: now() + days(65),
+            sans: names.clone(),
+        };
+        // Well inside its validity and covering the right names.
+        assert_eq!(needs_renewal(&cert, now(), days(30), &names), None);
+        // The renewal window starts exactly renew_before ahead of expiry.
+        assert_eq!(
+            needs_renewal(&cert, now() + days(35), days(30), &names),
+            Some(RenewalReason::Expiring)
+        );
+        assert_eq!(
+            needs_renewal(&cert, now() + days(34), days(30), &names),
+            None
+        );
+        // Expired.
+        assert_eq!(
+            needs_renewal(&cert, now() + days(100), days(30), &names),
+            Some(RenewalReason::Expiring)
+        );
+        // A name added (the load balancer got an address) or removed.
+        let more = sans(&["a.b", "10.0.0.1", "203.0.113.5"]);
+        assert_eq!(
+            needs_renewal(&cert, now(), days(30), &more),
+            Some(RenewalReason::NamesChanged)
+        );
+        assert_eq!(
+            needs_renewal(&cert, now(), days(30), &sans(&["a.b"])),
+            Some(RenewalReason::NamesChanged)
+        );
+    }
+}

@@ -1,0 +1,328 @@
+//! Kubernetes Events on an `MqttBroker`: what the operator created,
+//! changed, renewed, or failed on (`kubectl describe mqttbroker` shows
+//! them).
+//!
+//! The builders here are pure; [`Events::publish`] sends one through
+//! kube's [`Recorder`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+
+use super::apply::{AppliedObject, FIELD_MANAGER};
+use super::ObjectKey;
+use crate::api::{MqttBroker, PAUSED_ANNOTATION};
+use crate::certs::RenewalReason;
+use crate::plan::{CertificateKind, Renewal};
+
+/// The API server refuses Event notes longer than this (bytes).
+const MAX_NOTE: usize = 1024;
+
+/// One Event to publish on a broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerEvent {
+    /// `Warning` rather than `Normal`.
+    pub warning: bool,
+    /// CamelCase reason, e.g. `Created` or `InvalidSpec`.
+    pub reason: String,
+    /// What the operator was doing, e.g. `Apply`.
+    pub action: &'static str,
+    /// The human-readable detail.
+    pub note: String,
+}
+
+impl BrokerEvent {
+    fn normal(reason: &str, action: &'static str, note: String) -> BrokerEvent {
+        BrokerEvent {
+            warning: false,
+            reason: reason.to_owned(),
+            action,
+            note,
+        }
+    }
+
+    fn warning(reason: &str, action: &'static str, note: String) -> BrokerEvent {
+        BrokerEvent {
+            warning: true,
+            ..BrokerEvent::normal(reason, action, note)
+        }
+    }
+}
+
+/// The Events after applying: one `Created` listing the objects that did
+/// not exist in `before`, one `Updated` listing those whose resource
+/// version changed. Nothing when nothing changed.
+pub fn changes(
+    before: &BTreeMap<ObjectKey, String>,
+    applied: &[AppliedObject],
+) -> Vec<BrokerEvent> {
+    let mut created = Vec::new();
+    let mut updated = Vec::new();
+    for object in applied {
+        match before.get(&object.key) {
+            None => created.push(object.key.to_string()),
+            Some(version) if object.object.metadata.resource_version.as_ref() != Some(version) => {
+                updated.push(object.key.to_string())
+            }
+            Some(_) => {}
+        }
+    }
+    let mut events = Vec::new();
+    if !created.is_empty() {
+        events.push(BrokerEvent::normal(
+            "Created",
+            "Apply",
+            format!("created {}", created.join(", ")),
+        ));
+    }
+    if !updated.is_empty() {
+        events.push(BrokerEvent::normal(
+            "Updated",
+            "Apply",
+            format!("updated {}", updated.join(", ")),
+        ));
+    }
+    events
+}
+
+/// One Event per certificate a plan issued: `CertificateIssued` for a
+/// first certificate, `CertificateRenewed` with the reason otherwise.
+pub fn renewals(renewals: &[Renewal]) -> Vec<BrokerEvent> {
+    renewals
+        .iter()
+        .map(|renewal| {
+            let which = match renewal.certificate {
+                CertificateKind::Ca => "the CA certificate",
+                CertificateKind::Server => "the server certificate",
+            };
+            let reason = match renewal.reason {
+                RenewalReason::Missing => "CertificateIssued",
+                _ => "CertificateRenewed",
+            };
+            BrokerEvent::normal(
+                reason,
+                "IssueCertificate",
+                format!("issued {which}: {}", renewal.reason.describe()),
+            )
+        })
+        .collect()
+}
+
+/// The Warning for a spec that cannot be applied (`reason` from the
+/// planner, or `Rejected` by the API server).
+pub fn invalid(reason: &str, message: &str) -> BrokerEvent {
+    BrokerEvent::warning(reason, "Plan", format!("nothing was applied: {message}"))
+}
+
+/// The Warning for an API error while applying.
+pub fn apply_failed(message: &str) -> BrokerEvent {
+    BrokerEvent::warning(
+        super::status::REASON_APPLY_FAILED,
+        "Apply",
+        format!("{message}; retrying"),
+    )
+}
+
+/// The Event when a broker becomes paused.
+pub fn paused() -> BrokerEvent {
+    BrokerEvent::normal(
+        super::status::REASON_PAUSED,
+        "Pause",
+        format!("{PAUSED_ANNOTATION} is \"true\": the operator stops changing this broker"),
+    )
+}
+
+/// Publishes Events on brokers.
+///
+/// Each Event is created anew: kube's [`Recorder`] folds Events with the
+/// same reason into a series that keeps the first note, which would hide
+/// a changed message. A Warning that repeats (a spec still invalid, an API
+/// still failing) is instead published once per [`REPEAT_WARNINGS_AFTER`].
+pub struct Events {
+    client: Client,
+    reporter: Reporter,
+    /// When each recent Warning (broker, reason, note) was published.
+    warned: Mutex<HashMap<(String, String, String), Instant>>,
+}
+
+/// How long an identical Warning on a broker is not published again (the
+/// API server keeps Events for an hour by default).
+pub const REPEAT_WARNINGS_AFTER: Duration = Duration::from_secs(3600);
+
+impl Events {
+    /// A publisher reporting as the operator; `instance` names this replica
+    /// (its pod name).
+    pub fn new(client: Client, instance: Option<String>) -> Events {
+        Events {
+            client,
+            reporter: Reporter {
+                controller: FIELD_MANAGER.to_owned(),
+                instance,
+            },
+            warned: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Publishes `event` on `broker`, unless it is a Warning published in
+    /// the last [`REPEAT_WARNINGS_AFTER`]. Events are informational: a
+    /// failure is logged, not returned.
+    pub async fn publish(&self, broker: &MqttBroker, event: BrokerEvent) {
+        let key = (
+            format!(
+                "{}/{}",
+                broker.namespace().unwrap_or_default(),
+                broker.name_any()
+            ),
+            event.reason.clone(),
+            event.note.clone(),
+        );
+        if event.warning && !self.first_warning(&key) {
+            tracing::debug!(reason = %event.reason, "not repeating a recent Warning");
+            return;
+        }
+        let kube_event = Event {
+            type_: if event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: event.reason.clone(),
+            note: Some(truncate(&event.note, MAX_NOTE)),
+            action: event.action.to_owned(),
+            secondary: None,
+        };
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        if let Err(error) = recorder.publish(&kube_event, &broker.object_ref(&())).await {
+            tracing::warn!(%error, reason = %event.reason, "cannot publish an Event");
+            self.lock_warned().remove(&key);
+        }
+    }
+
+    /// Records the Warning `key`; whether it was not published recently.
+    fn first_warning(&self, key: &(String, String, String)) -> bool {
+        let mut warned = self.lock_warned();
+        warned.retain(|_, at| at.elapsed() < REPEAT_WARNINGS_AFTER);
+        warned.insert(key.clone(), Instant::now()).is_none()
+    }
+
+    fn lock_warned(&self) -> MutexGuard<'_, HashMap<(String, String, String), Instant>> {
+        self.warned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events")
+            .field("reporter", &self.reporter)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::api::DynamicObject;
+
+    use super::*;
+
+    fn applied(kind: &str, name: &str, version: &str) -> AppliedObject {
+        let mut object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": kind,
+            "metadata": {"name": name, "resourceVersion": version},
+        }))
+        .unwrap();
+        object.metadata.resource_version = Some(version.to_owned());
+        AppliedObject {
+            key: ObjectKey::new(kind, name),
+            object,
+        }
+    }
+
+    #[test]
+    fn created_and_updated_objects_are_listed() {
+        let before = BTreeMap::from([
+            (ObjectKey::new("ConfigMap", "mq-config"), "10".to_owned()),
+            (ObjectKey::new("Secret", "mq-auth"), "11".to_owned()),
+        ]);
+        let after = [
+            applied("ConfigMap", "mq-config", "12"),
+            applied("Secret", "mq-auth", "11"),
+            applied("Service", "mq", "13"),
+            applied("StatefulSet", "mq", "14"),
+        ];
+        assert_eq!(
+            changes(&before, &after),
+            [
+                BrokerEvent::normal(
+                    "Created",
+                    "Apply",
+                    "created Service mq, StatefulSet mq".into()
+                ),
+                BrokerEvent::normal("Updated", "Apply", "updated ConfigMap mq-config".into()),
+            ]
+        );
+        let unchanged = [applied("Secret", "mq-auth", "11")];
+        assert_eq!(changes(&before, &unchanged), []);
+    }
+
+    #[test]
+    fn renewals_say_which_certificate_and_why() {
+        let events = renewals(&[
+            Renewal {
+                certificate: CertificateKind::Ca,
+                reason: RenewalReason::Missing,
+            },
+            Renewal {
+                certificate: CertificateKind::Server,
+                reason: RenewalReason::NamesChanged,
+            },
+        ]);
+        assert_eq!(
+            events,
+            [
+                BrokerEvent::normal(
+                    "CertificateIssued",
+                    "IssueCertificate",
+                    "issued the CA certificate: no certificate existed".into()
+                ),
+                BrokerEvent::normal(
+                    "CertificateRenewed",
+                    "IssueCertificate",
+                    "issued the server certificate: the names to cover changed".into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn failures_are_warnings() {
+        let event = invalid("InvalidSpec", "spec.labels: bad");
+        assert!(event.warning);
+        assert_eq!(event.reason, "InvalidSpec");
+        assert_eq!(event.note, "nothing was applied: spec.labels: bad");
+        assert!(apply_failed("cannot apply Secret mq-tls").warning);
+        assert!(!paused().warning);
+    }
+
+    #[test]
+    fn notes_are_cut_on_a_character_boundary() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncate("abcdef", 3), "abc");
+        // 'é' is two bytes: cutting at 2 would split it.
+        assert_eq!(truncate("aéb", 2), "a");
+    }
+}

@@ -1,0 +1,271 @@
+//! A fake API server for the controller's tests, behind kube's mock
+//! service (`tower-test`), after the `controller-rs` fixtures.
+//!
+//! Instead of a script of canned answers, it answers from an in-memory
+//! store of objects the way the real API server does for what the
+//! controller asks (get, server-side apply with and without dry run,
+//! status apply, Event creation), and records every request. Tests then
+//! assert the exact sequence of requests and look into their bodies.
+//! Tests play the rest of the cluster by writing to the store (a load
+//! balancer's address, a StatefulSet's ready pods) and can make one
+//! request fail.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response};
+use kube::client::Body;
+use kube::Client;
+use serde_json::{json, Value};
+use tower_test::mock;
+
+use crate::api::MqttBroker;
+
+/// One request the controller sent.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// `GET`, `PATCH`, `POST`.
+    pub method: Method,
+    /// The URL path.
+    pub path: String,
+    /// The query string.
+    pub query: String,
+    /// The JSON body (`Null` when there is none).
+    pub body: Value,
+}
+
+impl Recorded {
+    /// Whether it was a dry run.
+    pub fn is_dry_run(&self) -> bool {
+        self.query.contains("dryRun=All")
+    }
+
+    /// `METHOD path`, with ` (dry run)` for dry runs: for sequence
+    /// assertions.
+    pub fn line(&self) -> String {
+        let dry_run = if self.is_dry_run() { " (dry run)" } else { "" };
+        format!("{} {}{dry_run}", self.method, self.path)
+    }
+}
+
+/// A failure to answer instead of the real response, once.
+struct Fault {
+    method: Method,
+    path: String,
+    dry_run: bool,
+    code: u16,
+    reason: &'static str,
+}
+
+#[derive(Default)]
+struct State {
+    /// Objects by their URL path.
+    objects: BTreeMap<String, Value>,
+    requests: Vec<Recorded>,
+    faults: Vec<Fault>,
+    revision: u64,
+}
+
+/// The fake API server's state, shared with the task that answers.
+#[derive(Clone)]
+pub struct ApiServer {
+    state: Arc<Mutex<State>>,
+}
+
+impl ApiServer {
+    /// A client talking to a new fake API server.
+    pub fn start() -> (Client, ApiServer) {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let server = ApiServer {
+            state: Arc::default(),
+        };
+        let answering = server.clone();
+        tokio::spawn(async move {
+            let mut handle = std::pin::pin!(handle);
+            while let Some((request, send)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.expect("request body");
+                let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let recorded = Recorded {
+                    method: parts.method,
+                    path: parts.uri.path().to_owned(),
+                    query: parts.uri.query().unwrap_or_default().to_owned(),
+                    body,
+                };
+                let (code, answer) = answering.answer(recorded);
+                let response = Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&answer).expect("JSON")))
+                    .expect("response");
+                send.send_response(response);
+            }
+        });
+        (Client::new(service, "default"), server)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("fake API server state")
+    }
+
+    /// Stores `object` at `path`, as if it had been created.
+    pub fn put(&self, path: &str, mut object: Value) {
+        let mut state = self.lock();
+        state.revision += 1;
+        object["metadata"]["resourceVersion"] = json!(state.revision.to_string());
+        state.objects.insert(path.to_owned(), object);
+    }
+
+    /// The object stored at `path`.
+    pub fn get(&self, path: &str) -> Option<Value> {
+        self.lock().objects.get(path).cloned()
+    }
+
+    /// Sets the `status` of the object at `path`, as the cluster would (a
+    /// load balancer's address, a StatefulSet's pods).
+    pub fn set_status(&self, path: &str, status: Value) {
+        let mut state = self.lock();
+        state.revision += 1;
+        let revision = state.revision.to_string();
+        let object = state
+            .objects
+            .get_mut(path)
+            .expect("object to set the status of");
+        object["status"] = status;
+        object["metadata"]["resourceVersion"] = json!(revision);
+    }
+
+    /// The broker stored at `path`, as the controller's watch would see it.
+    pub fn broker(&self, path: &str) -> MqttBroker {
+        serde_json::from_value(self.get(path).expect("stored broker")).expect("a broker")
+    }
+
+    /// Answers the next `method` request to `path` (a dry run or not) with
+    /// HTTP `code` and `reason`.
+    pub fn fail_once(
+        &self,
+        method: Method,
+        path: &str,
+        dry_run: bool,
+        code: u16,
+        reason: &'static str,
+    ) {
+        self.lock().faults.push(Fault {
+            method,
+            path: path.to_owned(),
+            dry_run,
+            code,
+            reason,
+        });
+    }
+
+    /// Every request since the last call, in order.
+    pub fn take_requests(&self) -> Vec<Recorded> {
+        std::mem::take(&mut self.lock().requests)
+    }
+
+    fn answer(&self, request: Recorded) -> (u16, Value) {
+        let mut state = self.lock();
+        state.requests.push(request.clone());
+        let fault = state.faults.iter().position(|fault| {
+            fault.method == request.method
+                && fault.path == request.path
+                && fault.dry_run == request.is_dry_run()
+        });
+        if let Some(index) = fault {
+            let fault = state.faults.remove(index);
+            return (fault.code, failure(fault.code, fault.reason, "injected"));
+        }
+        let path = request.path.clone();
+        let path = path.as_str();
+        let dry_run = request.is_dry_run();
+        match request.method {
+            Method::GET => match state.objects.get(path) {
+                Some(object) => (200, object.clone()),
+                None => (404, failure(404, "NotFound", "not found")),
+            },
+            // Events: created, or a series updated.
+            Method::POST | Method::PATCH if path.contains("/events") => (201, request.body),
+            Method::PATCH => match path.strip_suffix("/status") {
+                Some(object_path) => state.apply_status(object_path, &request.body),
+                None => state.apply(path, request.body, dry_run),
+            },
+            _ => (405, failure(405, "MethodNotAllowed", "not supported")),
+        }
+    }
+}
+
+impl State {
+    /// Server-side apply of a whole object: what the server sets (status,
+    /// uid, resource version, generation) is kept; the version and
+    /// generation move only when the content changes.
+    fn apply(&mut self, path: &str, mut object: Value, dry_run: bool) -> (u16, Value) {
+        let existing = self.objects.get(path);
+        if let Some(old) = existing {
+            for key in ["status"] {
+                if let Some(value) = old.get(key) {
+                    object[key] = value.clone();
+                }
+            }
+            for key in ["uid", "creationTimestamp", "resourceVersion", "generation"] {
+                if let Some(value) = old["metadata"].get(key) {
+                    object["metadata"][key] = value.clone();
+                }
+            }
+        }
+        let changed = existing.is_none_or(|old| old.get("spec") != object.get("spec"));
+        let content_changed = existing.is_none_or(|old| content(old) != content(&object));
+        if changed {
+            let generation = object["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+            object["metadata"]["generation"] = json!(generation);
+        }
+        if content_changed && !dry_run {
+            self.revision += 1;
+            object["metadata"]["resourceVersion"] = json!(self.revision.to_string());
+        }
+        if !dry_run {
+            self.objects.insert(path.to_owned(), object.clone());
+        }
+        (200, object)
+    }
+
+    /// Server-side apply of the status subresource.
+    fn apply_status(&mut self, path: &str, patch: &Value) -> (u16, Value) {
+        self.revision += 1;
+        let revision = self.revision.to_string();
+        match self.objects.get_mut(path) {
+            Some(object) => {
+                object["status"] = patch["status"].clone();
+                object["metadata"]["resourceVersion"] = json!(revision);
+                (200, object.clone())
+            }
+            None => (404, failure(404, "NotFound", "not found")),
+        }
+    }
+}
+
+/// An object without what the server maintains, to tell whether an apply
+/// changed anything.
+fn content(object: &Value) -> Value {
+    let mut object = object.clone();
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        for key in ["resourceVersion", "generation", "managedFields"] {
+            metadata.remove(key);
+        }
+    }
+    if let Some(fields) = object.as_object_mut() {
+        fields.remove("status");
+    }
+    object
+}
+
+/// A `Status` object as the API server sends with an error.
+fn failure(code: u16, reason: &str, message: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Status",
+        "status": "Failure",
+        "code": code,
+        "reason": reason,
+        "message": message,
+    })
+}

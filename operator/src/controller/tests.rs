@@ -1,0 +1,631 @@
+//! The controller against a fake API server (see [`super::fixtures`]):
+//! each test drives one or more reconciles and asserts the requests, in
+//! order, and what they carried.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::runtime::controller::Action;
+use serde_json::{json, Value};
+
+use super::fixtures::{ApiServer, Recorded};
+use super::*;
+use crate::certs::{self, San};
+use crate::plan::secrets::{CA_CERT_KEY, TLS_CERT_KEY};
+use crate::plan::Observed;
+
+const BROKER: &str = "/apis/kubemqtt.io/v1alpha1/namespaces/iot/mqttbrokers/mq";
+const BROKER_STATUS: &str = "/apis/kubemqtt.io/v1alpha1/namespaces/iot/mqttbrokers/mq/status";
+const CONFIG_MAP: &str = "/api/v1/namespaces/iot/configmaps/mq-config";
+const CA: &str = "/api/v1/namespaces/iot/secrets/mq-ca";
+const TLS: &str = "/api/v1/namespaces/iot/secrets/mq-tls";
+const AUTH: &str = "/api/v1/namespaces/iot/secrets/mq-auth";
+const HEADLESS: &str = "/api/v1/namespaces/iot/services/mq-headless";
+const SERVICE: &str = "/api/v1/namespaces/iot/services/mq";
+const STATEFUL_SET: &str = "/apis/apps/v1/namespaces/iot/statefulsets/mq";
+const PDB: &str = "/apis/policy/v1/namespaces/iot/poddisruptionbudgets/mq";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/iot/events";
+/// Every object of a broker, in the order they are read and applied.
+const OBJECTS: [&str; 8] = [
+    CONFIG_MAP,
+    CA,
+    TLS,
+    AUTH,
+    HEADLESS,
+    SERVICE,
+    STATEFUL_SET,
+    PDB,
+];
+const UID: &str = "6c1d2b9e-0f4a-4c57-9d1e-3a2b7c8d9e0f";
+
+/// One broker `mq` in namespace `iot`, the fake API server, and the
+/// controller's context.
+struct Test {
+    ctx: Arc<Context>,
+    server: ApiServer,
+}
+
+impl Test {
+    /// A broker with `spec` and `annotations`, as just created.
+    fn new(spec: Value, annotations: Value) -> Test {
+        let (client, server) = ApiServer::start();
+        server.put(
+            BROKER,
+            json!({
+                "apiVersion": "kubemqtt.io/v1alpha1",
+                "kind": "MqttBroker",
+                "metadata": {
+                    "name": "mq",
+                    "namespace": "iot",
+                    "uid": UID,
+                    "generation": 1,
+                    "annotations": annotations,
+                },
+                "spec": spec,
+            }),
+        );
+        let metrics = Metrics::new().expect("metrics");
+        let ctx = Arc::new(Context::new(client, Settings::default(), metrics, None));
+        Test { ctx, server }
+    }
+
+    fn default() -> Test {
+        Test::new(json!({}), json!({}))
+    }
+
+    /// Reconciles the broker as stored (with the status the last
+    /// reconcile wrote, as the watch would deliver it).
+    async fn reconcile(&self) -> Result<Action, Error> {
+        reconcile(Arc::new(self.server.broker(BROKER)), self.ctx.clone()).await
+    }
+
+    /// Changes the stored broker as a user would: a new generation.
+    fn edit(&self, change: impl FnOnce(&mut Value)) {
+        let mut broker = self.server.get(BROKER).expect("broker");
+        change(&mut broker);
+        let generation = broker["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+        broker["metadata"]["generation"] = json!(generation);
+        self.server.put(BROKER, broker);
+    }
+
+    /// The StatefulSet's pods as the cluster reports them: `ready` of one
+    /// ready, on the current revision of its current generation.
+    fn pods_ready(&self, ready: i32) {
+        let sts = self.server.get(STATEFUL_SET).expect("statefulset");
+        let generation = sts["metadata"]["generation"].clone();
+        self.server.set_status(
+            STATEFUL_SET,
+            json!({
+                "observedGeneration": generation,
+                "replicas": 1,
+                "readyReplicas": ready,
+                "updatedReplicas": 1,
+                "currentRevision": "mq-1",
+                "updateRevision": "mq-1",
+            }),
+        );
+    }
+
+    fn metrics(&self) -> String {
+        self.ctx.metrics.render()
+    }
+}
+
+/// `METHOD path` of every request.
+fn lines(requests: &[Recorded]) -> Vec<String> {
+    requests.iter().map(Recorded::line).collect()
+}
+
+/// The requests of a reconcile that applies: read every object, apply
+/// them all as a dry run, then for real; then what follows.
+fn full_reconcile(then: &[String]) -> Vec<String> {
+    let mut expected: Vec<String> = OBJECTS.iter().map(|p| format!("GET {p}")).collect();
+    expected.extend(OBJECTS.iter().map(|p| format!("PATCH {p} (dry run)")));
+    expected.extend(OBJECTS.iter().map(|p| format!("PATCH {p}")));
+    expected.extend(then.iter().cloned());
+    expected
+}
+
+fn status_patch() -> String {
+    format!("PATCH {BROKER_STATUS}")
+}
+
+fn event_post() -> String {
+    format!("POST {EVENTS}")
+}
+
+/// The status written by the status request among `requests`.
+fn written_status(requests: &[Recorded]) -> MqttBrokerStatus {
+    let request = requests
+        .iter()
+        .find(|r| r.path == BROKER_STATUS)
+        .expect("a status write");
+    assert_eq!(request.body["apiVersion"], "kubemqtt.io/v1alpha1");
+    assert_eq!(request.body["kind"], "MqttBroker");
+    assert!(request.query.contains("fieldManager=kubemqtt-operator"));
+    serde_json::from_value(request.body["status"].clone()).expect("a status")
+}
+
+/// `(status, reason)` of condition `type_`.
+fn condition(status: &MqttBrokerStatus, type_: &str) -> (String, String) {
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status:?}"));
+    (condition.status.clone(), condition.reason.clone())
+}
+
+fn pair(status: &str, reason: &str) -> (String, String) {
+    (status.to_owned(), reason.to_owned())
+}
+
+/// `(type, reason, note)` of every Event posted.
+fn events(requests: &[Recorded]) -> Vec<(String, String, String)> {
+    requests
+        .iter()
+        .filter(|r| r.path.starts_with(EVENTS))
+        .map(|r| {
+            assert_eq!(r.body["regarding"]["name"], "mq");
+            assert_eq!(r.body["regarding"]["kind"], "MqttBroker");
+            assert_eq!(r.body["reportingController"], "kubemqtt-operator");
+            let text = |key: &str| r.body[key].as_str().unwrap_or_default().to_owned();
+            (text("type"), text("reason"), text("note"))
+        })
+        .collect()
+}
+
+fn event(type_: &str, reason: &str, note: &str) -> (String, String, String) {
+    (type_.to_owned(), reason.to_owned(), note.to_owned())
+}
+
+/// The body of the real (not dry-run) apply of `path`.
+fn applied(requests: &[Recorded], path: &str) -> Value {
+    requests
+        .iter()
+        .find(|r| r.method == Method::PATCH && r.path == path && !r.is_dry_run())
+        .unwrap_or_else(|| panic!("no apply of {path}"))
+        .body
+        .clone()
+}
+
+/// The PEM text of `key` in a Secret's JSON form.
+fn secret_text(secret: &Value, key: &str) -> String {
+    let secret: Secret = serde_json::from_value(secret.clone()).expect("a Secret");
+    let bytes = secret.data.unwrap_or_default().remove(key).expect("key");
+    String::from_utf8(bytes.0).expect("PEM")
+}
+
+/// The requeue of a healthy broker whose certificate is far from renewal.
+fn an_hour() -> Action {
+    Action::requeue(MAX_REQUEUE)
+}
+
+#[tokio::test]
+async fn first_reconcile_creates_everything_and_reports() {
+    let test = Test::default();
+    let action = test.reconcile().await.expect("reconciles");
+    let requests = test.server.take_requests();
+
+    assert_eq!(
+        lines(&requests),
+        full_reconcile(&[status_patch(), event_post(), event_post(), event_post()])
+    );
+    // Every object: server-side apply, one field manager, forced, owned.
+    for request in requests.iter().filter(|r| r.method == Method::PATCH) {
+        assert!(
+            request.query.contains("fieldManager=kubemqtt-operator")
+                && request.query.contains("force=true"),
+            "{}: {}",
+            request.path,
+            request.query
+        );
+        if request.path != BROKER_STATUS {
+            let owner = &request.body["metadata"]["ownerReferences"][0];
+            assert_eq!(owner["uid"], UID, "{}", request.path);
+            assert_eq!(owner["controller"], true, "{}", request.path);
+        }
+    }
+
+    let status = written_status(&requests);
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(condition(&status, "Ready"), pair("False", "PodsNotReady"));
+    assert_eq!(
+        condition(&status, "Available"),
+        pair("False", "NoPodsReady")
+    );
+    assert_eq!(
+        condition(&status, "Progressing"),
+        pair("True", "RollingOut")
+    );
+    assert_eq!(condition(&status, "Degraded"), pair("False", "Reconciled"));
+    assert_eq!(
+        condition(&status, "CertificatesReady"),
+        pair("True", "Issued")
+    );
+    assert_eq!(status.endpoint.as_deref(), Some("mq.iot.svc"));
+    let tls = test.server.get(TLS).expect("stored certificate");
+    let issued = certs::inspect(&secret_text(&tls, TLS_CERT_KEY)).expect("a certificate");
+    assert_eq!(
+        status.certificate.expect("certificate").not_after.0,
+        issued.not_after
+    );
+
+    assert_eq!(
+        events(&requests),
+        [
+            event(
+                "Normal",
+                "Created",
+                "created ConfigMap mq-config, Secret mq-ca, Secret mq-tls, Secret mq-auth, \
+                 Service mq-headless, Service mq, StatefulSet mq, PodDisruptionBudget mq"
+            ),
+            event(
+                "Normal",
+                "CertificateIssued",
+                "issued the CA certificate: no certificate existed"
+            ),
+            event(
+                "Normal",
+                "CertificateIssued",
+                "issued the server certificate: no certificate existed"
+            ),
+        ]
+    );
+    // The certificate is good for a year: come back within the hour.
+    assert_eq!(action, an_hour());
+    assert!(test
+        .metrics()
+        .contains("kubemqtt_operator_reconciles_total{result=\"applied\"} 1"));
+
+    // Nothing changed since: the objects are applied again, nothing else.
+    test.reconcile().await.expect("reconciles again");
+    let requests = test.server.take_requests();
+    assert_eq!(lines(&requests), full_reconcile(&[]));
+    for path in [CA, TLS, AUTH] {
+        assert_eq!(
+            applied(&requests, path)["data"],
+            test.server.get(path).expect("stored")["data"],
+            "{path} was kept"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_update_rolls_the_pods_and_says_what_changed() {
+    let test = Test::default();
+    test.reconcile().await.expect("creates");
+    test.server.take_requests();
+    test.pods_ready(1);
+    test.reconcile().await.expect("sees the pod");
+    let ready = written_status(&test.server.take_requests());
+    assert_eq!(condition(&ready, "Ready"), pair("True", "Ready"));
+    assert_eq!(
+        condition(&ready, "Progressing"),
+        pair("False", "RolloutComplete")
+    );
+    let checksum = |sts: &Value| {
+        sts["spec"]["template"]["metadata"]["annotations"]["kubemqtt.io/config-checksum"].clone()
+    };
+    let before = checksum(&test.server.get(STATEFUL_SET).expect("statefulset"));
+
+    test.edit(|broker| broker["spec"]["logging"] = json!({"level": "debug"}));
+    let action = test.reconcile().await.expect("updates");
+    let requests = test.server.take_requests();
+
+    assert_eq!(
+        lines(&requests),
+        full_reconcile(&[status_patch(), event_post()])
+    );
+    let config = applied(&requests, CONFIG_MAP);
+    let broker_toml = config["data"]["broker.toml"].as_str().expect("broker.toml");
+    assert!(broker_toml.contains("level = \"debug\""), "{broker_toml}");
+    assert_ne!(checksum(&applied(&requests, STATEFUL_SET)), before);
+    assert_eq!(
+        events(&requests),
+        [event(
+            "Normal",
+            "Updated",
+            "updated ConfigMap mq-config, StatefulSet mq"
+        )]
+    );
+    let status = written_status(&requests);
+    assert_eq!(status.observed_generation, Some(2));
+    // The pod still serves on the old revision while the new one rolls.
+    assert_eq!(condition(&status, "Ready"), pair("True", "Ready"));
+    assert_eq!(
+        condition(&status, "Progressing"),
+        pair("True", "RollingOut")
+    );
+    assert_eq!(action, an_hour());
+}
+
+#[tokio::test]
+async fn a_load_balancer_address_reissues_the_certificate() {
+    let test = Test::default();
+    test.reconcile().await.expect("creates");
+    test.server.take_requests();
+    let ca = secret_text(&test.server.get(CA).expect("CA"), CA_CERT_KEY);
+
+    // The cloud's load balancer controller gives the Service an address.
+    test.server.set_status(
+        SERVICE,
+        json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}),
+    );
+    test.reconcile().await.expect("reconciles");
+    let requests = test.server.take_requests();
+
+    assert_eq!(
+        lines(&requests),
+        full_reconcile(&[status_patch(), event_post(), event_post()])
+    );
+    let certificate = secret_text(&applied(&requests, TLS), TLS_CERT_KEY);
+    let info = certs::inspect(&certificate).expect("a certificate");
+    assert!(info.sans.contains(&San::Ip("203.0.113.7".parse().unwrap())));
+    assert!(info.sans.contains(&San::Dns("mq.iot.svc".to_owned())));
+    assert!(certs::is_signed_by(&certificate, &ca), "same CA");
+    assert_eq!(
+        events(&requests),
+        [
+            event("Normal", "Updated", "updated Secret mq-tls"),
+            event(
+                "Normal",
+                "CertificateRenewed",
+                "issued the server certificate: the names to cover changed"
+            ),
+        ]
+    );
+    let status = written_status(&requests);
+    assert_eq!(status.endpoint.as_deref(), Some("203.0.113.7"));
+    let endpoints = status.endpoints.expect("endpoints");
+    assert_eq!(endpoints.internal, "mq.iot.svc");
+    assert_eq!(endpoints.external.as_deref(), Some("203.0.113.7"));
+    assert_eq!(
+        status
+            .certificate
+            .as_ref()
+            .expect("certificate")
+            .not_after
+            .0,
+        info.not_after
+    );
+}
+
+#[tokio::test]
+async fn an_expiring_certificate_is_renewed() {
+    let test = Test::default();
+    // The broker's objects as planned 340 days ago: the server
+    // certificate (valid 365 days, renewed 30 days before) is due.
+    let long_ago = Timestamp::now() - SignedDuration::from_hours(24 * 340);
+    let broker = test.server.broker(BROKER);
+    let old = plan::plan(
+        &broker,
+        &Observed::default(),
+        &Settings::default(),
+        long_ago,
+    )
+    .expect("plans");
+    let objects = old.objects().expect("objects");
+    for (path, object) in OBJECTS.iter().zip(objects) {
+        test.server.put(path, object);
+    }
+    let old_certificate = secret_text(&test.server.get(TLS).expect("tls"), TLS_CERT_KEY);
+    let old_ca = secret_text(&test.server.get(CA).expect("ca"), CA_CERT_KEY);
+
+    let action = test.reconcile().await.expect("renews");
+    let requests = test.server.take_requests();
+
+    assert_eq!(
+        lines(&requests),
+        full_reconcile(&[status_patch(), event_post(), event_post()])
+    );
+    let renewed = secret_text(&applied(&requests, TLS), TLS_CERT_KEY);
+    assert_ne!(renewed, old_certificate);
+    assert!(certs::is_signed_by(&renewed, &old_ca), "the CA is kept");
+    let info = certs::inspect(&renewed).expect("a certificate");
+    assert!(info.not_after > Timestamp::now() + SignedDuration::from_hours(24 * 364));
+    assert_eq!(
+        events(&requests),
+        [
+            event("Normal", "Updated", "updated Secret mq-tls"),
+            event(
+                "Normal",
+                "CertificateRenewed",
+                "issued the server certificate: the certificate was about to expire"
+            ),
+        ]
+    );
+    let status = written_status(&requests);
+    assert_eq!(
+        status
+            .certificate
+            .as_ref()
+            .expect("certificate")
+            .not_after
+            .0,
+        info.not_after
+    );
+    assert_eq!(
+        condition(&status, "CertificatesReady"),
+        pair("True", "Issued")
+    );
+    assert_eq!(action, an_hour());
+}
+
+#[tokio::test]
+async fn an_api_error_is_reported_and_retried_with_backoff() {
+    let test = Test::default();
+    test.server
+        .fail_once(Method::PATCH, TLS, true, 503, "ServiceUnavailable");
+    let error = test.reconcile().await.expect_err("fails");
+    let requests = test.server.take_requests();
+
+    assert!(
+        matches!(&error, Error::Apply(ApplyError::Api { object, .. }) if object.name == "mq-tls"),
+        "{error}"
+    );
+    // Stopped during the dry run: nothing was written but the report.
+    let mut expected: Vec<String> = OBJECTS.iter().map(|p| format!("GET {p}")).collect();
+    expected.extend([CONFIG_MAP, CA, TLS].map(|p| format!("PATCH {p} (dry run)")));
+    expected.extend([status_patch(), event_post()]);
+    assert_eq!(lines(&requests), expected);
+    let status = written_status(&requests);
+    assert_eq!(condition(&status, "Degraded"), pair("True", "ApplyFailed"));
+    assert_eq!(condition(&status, "Ready"), pair("False", "ApplyFailed"));
+    let events = events(&requests);
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].0.as_str(), events[0].1.as_str()),
+        ("Warning", "ApplyFailed")
+    );
+    assert!(
+        events[0].2.starts_with("cannot apply Secret mq-tls:"),
+        "{}",
+        events[0].2
+    );
+
+    // Retries back off while it keeps failing, and start over after a
+    // success.
+    let broker = Arc::new(test.server.broker(BROKER));
+    let retry = |ctx: &Arc<Context>| error_policy(broker.clone(), &error, ctx.clone());
+    assert_eq!(retry(&test.ctx), Action::requeue(Duration::from_secs(5)));
+    assert_eq!(retry(&test.ctx), Action::requeue(Duration::from_secs(10)));
+    test.reconcile().await.expect("the API is back");
+    let status = written_status(&test.server.take_requests());
+    assert_eq!(condition(&status, "Degraded"), pair("False", "Reconciled"));
+    assert_eq!(retry(&test.ctx), Action::requeue(Duration::from_secs(5)));
+
+    let metrics = test.metrics();
+    for line in [
+        "kubemqtt_operator_reconcile_errors_total{stage=\"apply\"} 1",
+        "kubemqtt_operator_reconciles_total{result=\"error\"} 1",
+        "kubemqtt_operator_reconciles_total{result=\"applied\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_spec_applies_nothing() {
+    let test = Test::new(json!({"listeners": {"mqtts": {"port": 1883}}}), json!({}));
+    let action = test.reconcile().await.expect("reports");
+    let requests = test.server.take_requests();
+
+    let mut expected: Vec<String> = OBJECTS.iter().map(|p| format!("GET {p}")).collect();
+    expected.extend([status_patch(), event_post()]);
+    assert_eq!(lines(&requests), expected);
+    let message = "spec.listeners.mqtts.port: port 1883 is already used by listeners.mqtt";
+    let status = written_status(&requests);
+    assert_eq!(condition(&status, "Degraded"), pair("True", "InvalidSpec"));
+    assert_eq!(condition(&status, "Ready"), pair("False", "InvalidSpec"));
+    assert!(status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Degraded" && c.message == message));
+    assert_eq!(
+        events(&requests),
+        [event(
+            "Warning",
+            "InvalidSpec",
+            &format!("nothing was applied: {message}")
+        )]
+    );
+    assert_eq!(action, Action::requeue(INVALID_REQUEUE));
+
+    // Still invalid: read again, but the same status is not rewritten and
+    // the same Warning is not repeated.
+    test.reconcile().await.expect("reports");
+    let requests = test.server.take_requests();
+    assert_eq!(lines(&requests), expected[..8]);
+    assert!(test
+        .metrics()
+        .contains("kubemqtt_operator_reconciles_total{result=\"invalid\"} 2"));
+
+    // Another mistake is a new Warning.
+    test.edit(|broker| broker["spec"]["listeners"] = json!({"mqtt": {"port": 8080}}));
+    test.reconcile().await.expect("reports");
+    let requests = test.server.take_requests();
+    assert_eq!(lines(&requests), expected);
+    assert_eq!(
+        events(&requests),
+        [event(
+            "Warning",
+            "InvalidSpec",
+            "nothing was applied: spec.listeners.mqtt.port: port 8080 is the broker's HTTP port"
+        )]
+    );
+}
+
+#[tokio::test]
+async fn an_object_the_api_server_refuses_applies_nothing() {
+    let test = Test::default();
+    test.server
+        .fail_once(Method::PATCH, STATEFUL_SET, true, 422, "Invalid");
+    let action = test.reconcile().await.expect("reports");
+    let requests = test.server.take_requests();
+
+    let mut expected: Vec<String> = OBJECTS.iter().map(|p| format!("GET {p}")).collect();
+    expected.extend(OBJECTS[..7].iter().map(|p| format!("PATCH {p} (dry run)")));
+    expected.extend([status_patch(), event_post()]);
+    assert_eq!(lines(&requests), expected);
+    let status = written_status(&requests);
+    assert_eq!(condition(&status, "Degraded"), pair("True", "Rejected"));
+    let events = events(&requests);
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].0.as_str(), events[0].1.as_str()),
+        ("Warning", "Rejected")
+    );
+    assert_eq!(action, Action::requeue(INVALID_REQUEUE));
+    for path in OBJECTS {
+        assert_eq!(test.server.get(path), None, "{path} was not created");
+    }
+}
+
+#[tokio::test]
+async fn a_paused_broker_is_left_alone() {
+    let test = Test::new(json!({}), json!({"kubemqtt.io/paused": "true"}));
+    let action = test.reconcile().await.expect("pauses");
+    let requests = test.server.take_requests();
+
+    assert_eq!(lines(&requests), [status_patch(), event_post()]);
+    let status = written_status(&requests);
+    assert_eq!(condition(&status, "Progressing"), pair("False", "Paused"));
+    assert_eq!(
+        events(&requests),
+        [event(
+            "Normal",
+            "Paused",
+            "kubemqtt.io/paused is \"true\": the operator stops changing this broker"
+        )]
+    );
+    assert_eq!(action, Action::await_change());
+
+    // Still paused: not a single request.
+    test.reconcile().await.expect("stays paused");
+    assert_eq!(lines(&test.server.take_requests()), Vec::<String>::new());
+    assert!(test
+        .metrics()
+        .contains("kubemqtt_operator_reconciles_total{result=\"paused\"} 2"));
+
+    // Resumed: back to work.
+    test.edit(|broker| broker["metadata"]["annotations"] = json!({}));
+    test.reconcile().await.expect("resumes");
+    let requests = test.server.take_requests();
+    assert_eq!(
+        lines(&requests),
+        full_reconcile(&[status_patch(), event_post(), event_post(), event_post()])
+    );
+}
+
+#[test]
+fn backoff_doubles_up_to_five_minutes() {
+    let seconds: Vec<u64> = [1, 2, 3, 4, 6, 7, 100, u32::MAX]
+        .into_iter()
+        .map(|failures| backoff(failures).as_secs())
+        .collect();
+    assert_eq!(seconds, [5, 10, 20, 40, 160, 300, 300, 300]);
+}

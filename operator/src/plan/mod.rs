@@ -1,0 +1,698 @@
+//! Planning: from an `MqttBroker` (and what the controller observed in the
+//! cluster) to the full set of objects that run it.
+//!
+//! [`plan`] talks to no API server: the controller gathers an [`Observed`],
+//! calls it, and applies every object of the [`Plan`] with server-side
+//! apply; `kubemqtt-operator render` calls it with nothing observed. Given
+//! the same input it returns the same objects, except for key material and
+//! passwords, which it generates only when [`Observed`] has none to keep.
+//!
+//! One module per object: [`configmap`], [`secrets`], [`statefulset`],
+//! [`service`], [`pdb`]. This module resolves what they share: names,
+//! labels, owner references and the listeners.
+
+pub mod configmap;
+pub mod pdb;
+pub mod secrets;
+pub mod service;
+pub mod statefulset;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, LoadBalancerIngress, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::jiff::Timestamp;
+use kube::Resource;
+
+use crate::api::{ListenerSpec, ListenersSpec, MqttBroker, MqttBrokerSpec};
+use crate::certs::{CertError, RenewalReason};
+
+/// `app.kubernetes.io/name` of every object the operator creates.
+pub const APP_NAME: &str = "kubemqtt-broker";
+/// `app.kubernetes.io/managed-by` of every object the operator creates.
+pub const MANAGER: &str = "kubemqtt-operator";
+/// Label key naming the application.
+pub const NAME_LABEL: &str = "app.kubernetes.io/name";
+/// Label key naming the broker (the `MqttBroker`'s name).
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+/// Label key naming the manager.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+
+/// Where the broker image lives; the default tag is the operator's version.
+pub const DEFAULT_IMAGE_REPOSITORY: &str = "ghcr.io/kubemqtt/kubemqtt-broker";
+
+/// Where the pod sees the ConfigMap (`broker.toml`, `ca.crt`).
+pub const CONFIG_DIR: &str = "/etc/kubemqtt/config";
+/// Where the pod sees the server certificate Secret.
+pub const TLS_DIR: &str = "/etc/kubemqtt/tls";
+/// Where the pod sees the auth Secret.
+pub const AUTH_DIR: &str = "/etc/kubemqtt/auth";
+/// Where the pod's volume is mounted when persistence is on (the broker's
+/// default `persistence.dir`).
+pub const DATA_DIR: &str = "/var/lib/kubemqtt";
+/// The broker's HTTP port: `/healthz`, `/readyz`, `/metrics` and the admin
+/// API. It is on the pods and the headless Service, never on the client
+/// Service.
+pub const HTTP_PORT: u16 = 8080;
+
+/// Operator-wide settings, chosen when the operator is installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Image of brokers whose spec names none.
+    pub default_image: String,
+    /// The cluster's DNS domain, for the certificate's names.
+    pub cluster_domain: String,
+}
+
+impl Default for Settings {
+    /// The broker image of this operator's version, and `cluster.local`.
+    fn default() -> Self {
+        Settings {
+            default_image: format!("{DEFAULT_IMAGE_REPOSITORY}:{}", env!("CARGO_PKG_VERSION")),
+            cluster_domain: "cluster.local".to_owned(),
+        }
+    }
+}
+
+/// What the controller saw in the cluster, so that a plan keeps what
+/// already exists instead of regenerating it on every reconcile.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// The CA Secret (`<name>-ca`), if it exists.
+    pub ca_secret: Option<Secret>,
+    /// The server certificate Secret (`<name>-tls`), if it exists.
+    pub server_secret: Option<Secret>,
+    /// The auth Secret (`<name>-auth`), if it exists.
+    pub auth_secret: Option<Secret>,
+    /// `status.loadBalancer.ingress` of the client Service: the
+    /// certificate covers these addresses too.
+    pub load_balancer_ingress: Vec<LoadBalancerIngress>,
+}
+
+/// Every object of one broker, ready to apply.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The broker's configuration file and the CA bundle for clients.
+    pub config_map: ConfigMap,
+    /// The operator's CA; `None` when the user provides the certificate.
+    pub ca_secret: Option<Secret>,
+    /// The server certificate; `None` when the user provides it.
+    pub server_secret: Option<Secret>,
+    /// The operator-owned admin credentials.
+    pub auth_secret: Secret,
+    /// The broker pods.
+    pub stateful_set: StatefulSet,
+    /// The headless Service that gives each pod a DNS name.
+    pub headless_service: Service,
+    /// The Service clients connect to.
+    pub client_service: Service,
+    /// Limits voluntary evictions of broker pods.
+    pub pod_disruption_budget: PodDisruptionBudget,
+    /// The generated certificate's state; `None` when the user provides it.
+    pub certificate: Option<CertificatePlan>,
+}
+
+impl Plan {
+    /// Every object, in the order to apply them (what pods mount first),
+    /// as JSON with `apiVersion` and `kind`.
+    pub fn objects(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+        let mut objects = vec![serde_json::to_value(&self.config_map)?];
+        for secret in [&self.ca_secret, &self.server_secret].into_iter().flatten() {
+            objects.push(serde_json::to_value(secret)?);
+        }
+        objects.push(serde_json::to_value(&self.auth_secret)?);
+        objects.push(serde_json::to_value(&self.headless_service)?);
+        objects.push(serde_json::to_value(&self.client_service)?);
+        objects.push(serde_json::to_value(&self.stateful_set)?);
+        objects.push(serde_json::to_value(&self.pod_disruption_budget)?);
+        Ok(objects)
+    }
+}
+
+/// The generated certificates after this plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificatePlan {
+    /// When the server certificate expires (for the status).
+    pub not_after: Timestamp,
+    /// Certificates this plan (re-)issues, for Events.
+    pub renewals: Vec<Renewal>,
+    /// When the plan will next differ because of time alone (a renewal
+    /// comes due, or the previous CA leaves the trust bundle): the
+    /// controller should reconcile again by then.
+    pub recheck_at: Timestamp,
+}
+
+/// One certificate (re-)issued by a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewal {
+    /// Which certificate.
+    pub certificate: CertificateKind,
+    /// Why.
+    pub reason: RenewalReason,
+}
+
+/// The operator's two certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateKind {
+    /// The broker's CA.
+    Ca,
+    /// The server certificate the broker presents.
+    Server,
+}
+
+/// Why a broker cannot be planned. Nothing is applied when this happens.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The object has no namespace (it must come from the API server or
+    /// have one set).
+    #[error("the MqttBroker has no namespace")]
+    MissingNamespace,
+    /// The name cannot name the broker's Services and pods (the CRD's
+    /// validation rule refuses it too).
+    #[error(
+        "metadata.name `{0}` must be at most 52 characters of lower-case letters, digits and \
+         '-', starting with a letter"
+    )]
+    InvalidName(String),
+    /// A field has a value the operator cannot act on.
+    #[error("spec.{field}: {message}")]
+    InvalidSpec {
+        /// Path of the field under `spec`, e.g. `listeners.mqtts.port`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The broker's configuration or credentials file built from the spec
+    /// (with `spec.config`) is not one the broker accepts.
+    #[error("invalid broker configuration: {0}")]
+    BrokerConfig(String),
+    /// A certificate could not be generated or read.
+    #[error("certificate: {0}")]
+    Certificate(#[from] CertError),
+    /// The system's random number generator failed.
+    #[error("cannot generate a secret: {0}")]
+    Random(String),
+}
+
+impl PlanError {
+    /// A CamelCase reason for the `Degraded` condition and the Event.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PlanError::MissingNamespace
+            | PlanError::InvalidName(_)
+            | PlanError::InvalidSpec { .. } => "InvalidSpec",
+            PlanError::BrokerConfig(_) => "InvalidConfig",
+            PlanError::Certificate(_) => "CertificateError",
+            PlanError::Random(_) => "InternalError",
+        }
+    }
+
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> PlanError {
+        PlanError::InvalidSpec {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Plans every object of `broker` at time `now`.
+///
+/// Owner references point at `broker` when it has a UID (it came from the
+/// API server); an offline render has none and its objects carry no owner.
+pub fn plan(
+    broker: &MqttBroker,
+    observed: &Observed,
+    settings: &Settings,
+    now: Timestamp,
+) -> Result<Plan, PlanError> {
+    let ctx = Context::new(broker, settings)?;
+    let tls = secrets::tls(&ctx, observed, now)?;
+    let broker_config = configmap::broker_config(&ctx)?;
+    let config_map = configmap::config_map(&ctx, &broker_config, tls.ca_bundle.as_deref());
+    let auth_secret = secrets::auth_secret(&ctx, observed)?;
+    Ok(Plan {
+        stateful_set: statefulset::stateful_set(&ctx, &broker_config),
+        headless_service: service::headless_service(&ctx),
+        client_service: service::client_service(&ctx),
+        pod_disruption_budget: pdb::pod_disruption_budget(&ctx),
+        config_map,
+        ca_secret: tls.ca_secret,
+        server_secret: tls.server_secret,
+        auth_secret,
+        certificate: tls.certificate,
+    })
+}
+
+/// The names of a broker's objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// The StatefulSet, the client Service and the PodDisruptionBudget:
+    /// the broker's own name.
+    pub broker: String,
+    /// The headless Service: `<name>-headless`.
+    pub headless_service: String,
+    /// The ConfigMap: `<name>-config`.
+    pub config_map: String,
+    /// The CA Secret: `<name>-ca`.
+    pub ca_secret: String,
+    /// The server certificate Secret: `<name>-tls`.
+    pub server_secret: String,
+    /// The auth Secret: `<name>-auth`.
+    pub auth_secret: String,
+}
+
+impl Names {
+    /// The names of the objects of the broker called `name`.
+    pub fn new(name: &str) -> Names {
+        Names {
+            broker: name.to_owned(),
+            headless_service: format!("{name}-headless"),
+            config_map: format!("{name}-config"),
+            ca_secret: format!("{name}-ca"),
+            server_secret: format!("{name}-tls"),
+            auth_secret: format!("{name}-auth"),
+        }
+    }
+}
+
+/// The labels that select a broker's pods.
+pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (NAME_LABEL.to_owned(), APP_NAME.to_owned()),
+        (INSTANCE_LABEL.to_owned(), name.to_owned()),
+    ])
+}
+
+/// The labels on every object of a broker: the selector labels and
+/// `app.kubernetes.io/managed-by`.
+pub fn common_labels(name: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(name);
+    labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGER.to_owned());
+    labels
+}
+
+/// One of the four listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// MQTT over TCP.
+    Mqtt,
+    /// MQTT over TLS.
+    Mqtts,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+impl ListenerKind {
+    /// All four, in the order of `spec.listeners`.
+    pub const ALL: [ListenerKind; 4] = [
+        ListenerKind::Mqtt,
+        ListenerKind::Mqtts,
+        ListenerKind::Ws,
+        ListenerKind::Wss,
+    ];
+
+    /// The field name under `spec.listeners`, also the port name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Mqtt => "mqtt",
+            ListenerKind::Mqtts => "mqtts",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
+        }
+    }
+
+    /// The standard port.
+    pub fn default_port(self) -> i32 {
+        match self {
+            ListenerKind::Mqtt => 1883,
+            ListenerKind::Mqtts => 8883,
+            ListenerKind::Ws => 8083,
+            ListenerKind::Wss => 8084,
+        }
+    }
+
+    /// Whether the listener is on when the spec does not say.
+    pub fn enabled_by_default(self) -> bool {
+        matches!(self, ListenerKind::Mqtt | ListenerKind::Mqtts)
+    }
+
+    fn spec(self, listeners: &ListenersSpec) -> &ListenerSpec {
+        match self {
+            ListenerKind::Mqtt => &listeners.mqtt,
+            ListenerKind::Mqtts => &listeners.mqtts,
+            ListenerKind::Ws => &listeners.ws,
+            ListenerKind::Wss => &listeners.wss,
+        }
+    }
+}
+
+/// A listener the spec turns on, with its port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listener {
+    /// Which one.
+    pub kind: ListenerKind,
+    /// Its port on the pod and the Services.
+    pub port: i32,
+}
+
+/// What every builder needs: the broker, its names and resolved settings.
+struct Context<'a> {
+    broker: &'a MqttBroker,
+    spec: &'a MqttBrokerSpec,
+    namespace: &'a str,
+    names: Names,
+    settings: &'a Settings,
+    owner: Option<OwnerReference>,
+    /// The enabled listeners.
+    listeners: Vec<Listener>,
+}
+
+impl<'a> Context<'a> {
+    fn new(broker: &'a MqttBroker, settings: &'a Settings) -> Result<Context<'a>, PlanError> {
+        let namespace = broker
+            .metadata
+            .namespace
+            .as_deref()
+            .ok_or(PlanError::MissingNamespace)?;
+        let name = broker.metadata.name.as_deref().unwrap_or_default();
+        if !valid_broker_name(name) {
+            return Err(PlanError::InvalidName(name.to_owned()));
+        }
+        let spec = &broker.spec;
+        for key in spec.labels.keys() {
+            if [NAME_LABEL, INSTANCE_LABEL, MANAGED_BY_LABEL].contains(&key.as_str()) {
+                return Err(PlanError::invalid(
+                    "labels",
+                    format!("`{key}` is set by the operator"),
+                ));
+            }
+        }
+        Ok(Context {
+            broker,
+            spec,
+            namespace,
+            names: Names::new(name),
+            settings,
+            owner: broker.controller_owner_ref(&()),
+            listeners: resolve_listeners(&spec.listeners)?,
+        })
+    }
+
+    /// Metadata of an object called `name`: namespace, common labels and
+    /// the owner reference.
+    fn metadata(&self, name: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(self.namespace.to_owned()),
+            labels: Some(common_labels(&self.names.broker)),
+            owner_references: self.owner.clone().map(|owner| vec![owner]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn selector_labels(&self) -> BTreeMap<String, String> {
+        selector_labels(&self.names.broker)
+    }
+}
+
+/// Whether `name` can name a broker: a DNS-1035 label short enough that
+/// `<name>-headless` and the pods' controller-revision-hash labels fit in
+/// 63 characters.
+fn valid_broker_name(name: &str) -> bool {
+    name.len() <= 52
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The enabled listeners with their ports; two may not share a port.
+fn resolve_listeners(spec: &ListenersSpec) -> Result<Vec<Listener>, PlanError> {
+    let mut listeners: Vec<Listener> = Vec::new();
+    for kind in ListenerKind::ALL {
+        let listener = kind.spec(spec);
+        if !listener.enabled.unwrap_or(kind.enabled_by_default()) {
+            continue;
+        }
+        let port = listener.port.unwrap_or(kind.default_port());
+        if !(1..=65535).contains(&port) {
+            return Err(PlanError::invalid(
+                format!("listeners.{}.port", kind.name()),
+                format!("{port} is not a port number"),
+            ));
+        }
+        if port == i32::from(HTTP_PORT) {
+            return Err(PlanError::invalid(
+                format!("listeners.{}.port", kind.name()),
+                format!("port {port} is the broker's HTTP port"),
+            ));
+        }
+        if let Some(other) = listeners.iter().find(|other| other.port == port) {
+            return Err(PlanError::invalid(
+                format!("listeners.{}.port", kind.name()),
+                format!(
+                    "port {port} is already used by listeners.{}",
+                    other.kind.name()
+                ),
+            ));
+        }
+        listeners.push(Listener { kind, port });
+    }
+    Ok(listeners)
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Brokers and clocks for the planners' tests.
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::{plan, Observed, Plan, Settings};
+    use crate::api::{MqttBroker, MqttBrokerSpec};
+
+    /// A broker `mq` in namespace `iot`, as the API server returns it.
+    pub fn broker(spec: MqttBrokerSpec) -> MqttBroker {
+        MqttBroker {
+            metadata: ObjectMeta {
+                name: Some("mq".to_owned()),
+                namespace: Some("iot".to_owned()),
+                uid: Some("0b8e1f2a-5d1c-4e0f-9a43-2d6f1c7e9b10".to_owned()),
+                ..ObjectMeta::default()
+            },
+            spec,
+            status: None,
+        }
+    }
+
+    /// A broker parsed from the YAML of its spec.
+    pub fn broker_yaml(spec: &str) -> MqttBroker {
+        broker(serde_saphyr::from_str(spec).expect("test spec parses"))
+    }
+
+    /// A fixed "now".
+    pub fn now() -> Timestamp {
+        "2025-06-01T12:00:00Z".parse().expect("valid timestamp")
+    }
+
+    /// Plans `broker` with nothing observed and default settings.
+    pub fn plan_fresh(broker: &MqttBroker) -> Plan {
+        plan(broker, &Observed::default(), &Settings::default(), now()).expect("plans")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{broker, broker_yaml, now, plan_fresh};
+    use super::*;
+
+    /// Every object's metadata, from the JSON form.
+    fn all_metadata(plan: &Plan) -> Vec<ObjectMeta> {
+        plan.objects()
+            .unwrap()
+            .into_iter()
+            .map(|object| serde_json::from_value(object["metadata"].clone()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn every_object_has_labels_namespace_and_owner() {
+        let broker = broker(MqttBrokerSpec::default());
+        let plan = plan_fresh(&broker);
+        let metadata = all_metadata(&plan);
+        assert_eq!(
+            metadata.len(),
+            8,
+            "config, ca, tls, auth, 2 services, sts, pdb"
+        );
+        for meta in metadata {
+            let name = meta.name.clone().unwrap();
+            assert_eq!(meta.namespace.as_deref(), Some("iot"), "{name}");
+            let labels = meta.labels.unwrap();
+            assert_eq!(labels[NAME_LABEL], "kubemqtt-broker", "{name}");
+            assert_eq!(labels[INSTANCE_LABEL], "mq", "{name}");
+            assert_eq!(labels[MANAGED_BY_LABEL], "kubemqtt-operator", "{name}");
+            let owners = meta.owner_references.unwrap();
+            assert_eq!(owners.len(), 1, "{name}");
+            let owner = &owners[0];
+            assert_eq!(owner.api_version, "kubemqtt.io/v1alpha1");
+            assert_eq!(owner.kind, "MqttBroker");
+            assert_eq!(owner.name, "mq");
+            assert_eq!(owner.uid, "0b8e1f2a-5d1c-4e0f-9a43-2d6f1c7e9b10");
+            assert_eq!(owner.controller, Some(true));
+        }
+    }
+
+    #[test]
+    fn objects_come_in_apply_order_with_kinds() {
+        let plan = plan_fresh(&broker(MqttBrokerSpec::default()));
+        let kinds: Vec<(String, String)> = plan
+            .objects()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    o["kind"].as_str().unwrap().to_owned(),
+                    o["metadata"]["name"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let expected = [
+            ("ConfigMap", "mq-config"),
+            ("Secret", "mq-ca"),
+            ("Secret", "mq-tls"),
+            ("Secret", "mq-auth"),
+            ("Service", "mq-headless"),
+            ("Service", "mq"),
+            ("StatefulSet", "mq"),
+            ("PodDisruptionBudget", "mq"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(k, n)| (k.to_string(), n.to_string()))
+            .collect();
+        assert_eq!(kinds, expected);
+    }
+
+    #[test]
+    fn without_uid_there_is_no_owner() {
+        let mut broker = broker(MqttBrokerSpec::default());
+        broker.metadata.uid = None;
+        let plan = plan_fresh(&broker);
+        assert!(all_metadata(&plan)
+            .iter()
+            .all(|meta| meta.owner_references.is_none()));
+    }
+
+    #[test]
+    fn namespace_is_required() {
+        let mut broker = broker(MqttBrokerSpec::default());
+        broker.metadata.namespace = None;
+        let error = plan(&broker, &Observed::default(), &Settings::default(), now()).unwrap_err();
+        assert!(matches!(error, PlanError::MissingNamespace));
+        assert_eq!(error.reason(), "InvalidSpec");
+    }
+
+    #[test]
+    fn names_must_fit_services_and_pods() {
+        for good in ["a", "mq-1", &"b".repeat(52)] {
+            assert!(valid_broker_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "1mq",
+            "-mq",
+            "mq-",
+            "my.broker",
+            "MQ",
+            "mq_1",
+            &"b".repeat(53),
+        ] {
+            assert!(!valid_broker_name(bad), "{bad}");
+        }
+        let mut broker = broker(MqttBrokerSpec::default());
+        broker.metadata.name = Some("my.broker".to_owned());
+        let error = plan(&broker, &Observed::default(), &Settings::default(), now()).unwrap_err();
+        assert!(matches!(error, PlanError::InvalidName(_)));
+        assert_eq!(error.reason(), "InvalidSpec");
+    }
+
+    #[test]
+    fn default_listeners_are_mqtt_and_mqtts() {
+        let listeners = resolve_listeners(&ListenersSpec::default()).unwrap();
+        let kinds: Vec<(ListenerKind, i32)> = listeners.iter().map(|l| (l.kind, l.port)).collect();
+        assert_eq!(
+            kinds,
+            [(ListenerKind::Mqtt, 1883), (ListenerKind::Mqtts, 8883)]
+        );
+    }
+
+    #[test]
+    fn listeners_can_be_toggled_and_moved() {
+        let spec: ListenersSpec = serde_saphyr::from_str(
+            "mqtt: {port: 11883}\nmqtts: {enabled: false}\nws: {enabled: true}\nwss: {enabled: true, port: 9443}\n",
+        )
+        .unwrap();
+        let listeners = resolve_listeners(&spec).unwrap();
+        let kinds: Vec<(ListenerKind, i32)> = listeners.iter().map(|l| (l.kind, l.port)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (ListenerKind::Mqtt, 11883),
+                (ListenerKind::Ws, 8083),
+                (ListenerKind::Wss, 9443)
+            ]
+        );
+    }
+
+    #[test]
+    fn two_listeners_on_one_port_are_rejected() {
+        let spec: ListenersSpec = serde_saphyr::from_str("mqtts: {port: 1883}\n").unwrap();
+        let error = resolve_listeners(&spec).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "spec.listeners.mqtts.port: port 1883 is already used by listeners.mqtt"
+        );
+    }
+
+    #[test]
+    fn the_http_port_is_reserved() {
+        let spec: ListenersSpec =
+            serde_saphyr::from_str("ws: {enabled: true, port: 8080}\n").unwrap();
+        assert_eq!(
+            resolve_listeners(&spec).unwrap_err().to_string(),
+            "spec.listeners.ws.port: port 8080 is the broker's HTTP port"
+        );
+    }
+
+    #[test]
+    fn reserved_labels_are_rejected() {
+        let error = plan(
+            &broker_yaml("labels: {app.kubernetes.io/instance: other}\n"),
+            &Observed::default(),
+            &Settings::default(),
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "spec.labels: `app.kubernetes.io/instance` is set by the operator"
+        );
+    }
+
+    #[test]
+    fn default_image_follows_the_operator_version() {
+        assert_eq!(
+            Settings::default().default_image,
+            format!(
+                "ghcr.io/kubemqtt/kubemqtt-broker:{}",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+    }
+}

@@ -1,0 +1,566 @@
+//! The StatefulSet: the broker pods.
+//!
+//! Pods run as a non-root user on a read-only root filesystem and see the
+//! ConfigMap, the certificate Secret and the auth Secret as files. The pod
+//! template carries a checksum of the configuration file, so a change the
+//! broker cannot reload (anything in `broker.toml` today) rolls the pods,
+//! while a renewed certificate, which the broker reloads from its files,
+//! does not.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
+    VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use sha2::{Digest, Sha256};
+
+use super::configmap::{CONFIG_FILE, DRAIN_DEADLINE_SECONDS};
+use super::{Context, AUTH_DIR, CONFIG_DIR, DATA_DIR, HTTP_PORT, TLS_DIR};
+
+/// Pod template annotation: SHA-256 of the broker's configuration file.
+pub const CONFIG_CHECKSUM_ANNOTATION: &str = "kubemqtt.io/config-checksum";
+/// Name of the broker container.
+pub const CONTAINER_NAME: &str = "broker";
+/// Name of the volume claim template (and so of each pod's PVC,
+/// `data-<pod>`).
+pub const DATA_VOLUME: &str = "data";
+/// Name of the broker's HTTP port (health, metrics, admin API).
+pub const HTTP_PORT_NAME: &str = "http";
+/// Seconds a stopping pod gets: the broker's drain deadline plus time to
+/// flush its store and exit.
+pub const TERMINATION_GRACE_PERIOD_SECONDS: i64 = DRAIN_DEADLINE_SECONDS as i64 + 5;
+/// The user and group the broker runs as (the distroless "nonroot" user).
+pub const RUN_AS_USER: i64 = 65532;
+
+/// The broker pods of `ctx`'s broker, configured by `broker_config`.
+pub(super) fn stateful_set(ctx: &Context<'_>, broker_config: &str) -> StatefulSet {
+    let spec = ctx.spec;
+    let mut pod_labels = spec.labels.clone();
+    pod_labels.extend(super::common_labels(&ctx.names.broker));
+    let mut pod_annotations = spec.annotations.clone();
+    pod_annotations.insert(
+        CONFIG_CHECKSUM_ANNOTATION.to_owned(),
+        config_checksum(broker_config),
+    );
+
+    StatefulSet {
+        metadata: ctx.metadata(&ctx.names.broker),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(spec.replicas),
+            service_name: Some(ctx.names.headless_service.clone()),
+            selector: LabelSelector {
+                match_labels: Some(ctx.selector_labels()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(pod_annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec(ctx)),
+            },
+            volume_claim_templates: spec
+                .persistence
+                .enabled
+                .then(|| vec![volume_claim_template(ctx)]),
+            ..StatefulSetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// SHA-256 of the configuration file, hex.
+pub fn config_checksum(broker_config: &str) -> String {
+    Sha256::digest(broker_config.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+fn pod_spec(ctx: &Context<'_>) -> PodSpec {
+    let spec = ctx.spec;
+    let non_empty = |map: &BTreeMap<String, String>| (!map.is_empty()).then(|| map.clone());
+    PodSpec {
+        containers: vec![container(ctx)],
+        volumes: Some(volumes(ctx)),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS_USER),
+            run_as_group: Some(RUN_AS_USER),
+            fs_group: Some(RUN_AS_USER),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                ..SeccompProfile::default()
+            }),
+            ..PodSecurityContext::default()
+        }),
+        termination_grace_period_seconds: Some(TERMINATION_GRACE_PERIOD_SECONDS),
+        // The broker never calls the Kubernetes API, and needs no Service
+        // environment variables.
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        node_selector: non_empty(&spec.node_selector),
+        tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+        affinity: spec.affinity.clone(),
+        topology_spread_constraints: (!spec.topology_spread_constraints.is_empty())
+            .then(|| spec.topology_spread_constraints.clone()),
+        priority_class_name: spec.priority_class_name.clone(),
+        ..PodSpec::default()
+    }
+}
+
+fn container(ctx: &Context<'_>) -> Container {
+    let spec = ctx.spec;
+    let image = spec
+        .image
+        .clone()
+        .unwrap_or_else(|| ctx.settings.default_image.clone());
+    let mut mounts = vec![
+        mount("config", CONFIG_DIR),
+        mount("tls", TLS_DIR),
+        mount("auth", AUTH_DIR),
+    ];
+    if spec.persistence.enabled {
+        mounts.push(VolumeMount {
+            read_only: None,
+            ..mount(DATA_VOLUME, DATA_DIR)
+        });
+    }
+    let (startup, liveness, readiness) = probes();
+    Container {
+        name: CONTAINER_NAME.to_owned(),
+        image: Some(image),
+        args: Some(vec![
+            "--config".to_owned(),
+            format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+        ]),
+        ports: Some(
+            ctx.listeners
+                .iter()
+                .map(|listener| (listener.kind.name(), listener.port))
+                .chain([(HTTP_PORT_NAME, i32::from(HTTP_PORT))])
+                .map(|(name, port)| ContainerPort {
+                    name: Some(name.to_owned()),
+                    container_port: port,
+                    protocol: Some("TCP".to_owned()),
+                    ..ContainerPort::default()
+                })
+                .collect(),
+        ),
+        resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
+        startup_probe: Some(startup),
+        liveness_probe: Some(liveness),
+        readiness_probe: Some(readiness),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
+/// Startup, liveness and readiness probes on the broker's HTTP port:
+/// `/healthz` answers while the process runs, `/readyz` until it starts
+/// draining.
+fn probes() -> (Probe, Probe, Probe) {
+    let probe = |path: &str, period_seconds: i32, failure_threshold: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(HTTP_PORT_NAME.to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        ..Probe::default()
+    };
+    (
+        // Startup may replay a large persistence log: allow two minutes.
+        probe("/readyz", 2, 60),
+        probe("/healthz", 10, 3),
+        probe("/readyz", 5, 2),
+    )
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("100m".to_owned())),
+            ("memory".to_owned(), Quantity("128Mi".to_owned())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity("512Mi".to_owned()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn volumes(ctx: &Context<'_>) -> Vec<Volume> {
+    let tls_secret = ctx
+        .spec
+        .tls
+        .secret_name
+        .clone()
+        .unwrap_or_else(|| ctx.names.server_secret.clone());
+    let secret_volume = |name: &str, secret_name: String| Volume {
+        name: name.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret_name),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    vec![
+        Volume {
+            name: "config".to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: ctx.names.config_map.clone(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        secret_volume("tls", tls_secret),
+        secret_volume("auth", ctx.names.auth_secret.clone()),
+    ]
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn volume_claim_template(ctx: &Context<'_>) -> PersistentVolumeClaim {
+    let persistence = &ctx.spec.persistence;
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(DATA_VOLUME.to_owned()),
+            labels: Some(ctx.selector_labels()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+            storage_class_name: persistence.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    persistence.size.clone(),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{Affinity, NodeAffinity, Toleration};
+
+    use super::*;
+    use crate::api::MqttBrokerSpec;
+    use crate::plan::testing::{broker, broker_yaml, now, plan_fresh};
+    use crate::plan::{plan, Observed, Plan, Settings};
+
+    fn sts_spec(plan: &Plan) -> &StatefulSetSpec {
+        plan.stateful_set.spec.as_ref().unwrap()
+    }
+
+    fn pod(plan: &Plan) -> &PodSpec {
+        sts_spec(plan).template.spec.as_ref().unwrap()
+    }
+
+    fn broker_container(plan: &Plan) -> &Container {
+        &pod(plan).containers[0]
+    }
+
+    fn checksum(plan: &Plan) -> String {
+        let meta = sts_spec(plan).template.metadata.as_ref().unwrap();
+        meta.annotations.as_ref().unwrap()[CONFIG_CHECKSUM_ANNOTATION].clone()
+    }
+
+    #[test]
+    fn defaults() {
+        let plan = plan_fresh(&broker(MqttBrokerSpec::default()));
+        assert_eq!(plan.stateful_set.metadata.name.as_deref(), Some("mq"));
+        let spec = sts_spec(&plan);
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(spec.service_name.as_deref(), Some("mq-headless"));
+        let selector = spec.selector.match_labels.clone().unwrap();
+        assert_eq!(selector, crate::plan::selector_labels("mq"));
+        let template_labels = spec.template.metadata.as_ref().unwrap().labels.clone();
+        assert_eq!(template_labels.unwrap(), crate::plan::common_labels("mq"));
+        assert!(spec.volume_claim_templates.is_none());
+
+        let pod = pod(&plan);
+        // The grace period outlasts the broker's drain deadline.
+        assert_eq!(pod.termination_grace_period_seconds, Some(30));
+        assert!(TERMINATION_GRACE_PERIOD_SECONDS > DRAIN_DEADLINE_SECONDS as i64);
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.enable_service_links, Some(false));
+        let security = pod.security_context.as_ref().unwrap();
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(security.run_as_user, Some(65532));
+        assert_eq!(security.fs_group, Some(65532));
+        assert!(pod.node_selector.is_none());
+        assert!(pod.tolerations.is_none());
+        assert!(pod.affinity.is_none());
+        assert!(pod.topology_spread_constraints.is_none());
+        assert!(pod.priority_class_name.is_none());
+
+        let volumes: Vec<(String, Option<String>, Option<String>)> = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v.name.clone(),
+                    v.config_map.as_ref().map(|c| c.name.clone()),
+                    v.secret.as_ref().and_then(|s| s.secret_name.clone()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            volumes,
+            [
+                ("config".into(), Some("mq-config".into()), None),
+                ("tls".into(), None, Some("mq-tls".into())),
+                ("auth".into(), None, Some("mq-auth".into())),
+            ]
+        );
+
+        let container = broker_container(&plan);
+        assert_eq!(container.name, "broker");
+        assert_eq!(
+            container.image.as_deref(),
+            Some(Settings::default().default_image.as_str())
+        );
+        assert_eq!(
+            container.args.clone().unwrap(),
+            ["--config", "/etc/kubemqtt/config/broker.toml"]
+        );
+        let ports: Vec<(String, i32)> = container
+            .ports
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.container_port))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("mqtt".into(), 1883),
+                ("mqtts".into(), 8883),
+                ("http".into(), 8080)
+            ]
+        );
+        assert_eq!(container.resources, Some(default_resources()));
+        let mounts: Vec<(&str, &str, Option<bool>)> = container
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| (m.name.as_str(), m.mount_path.as_str(), m.read_only))
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                ("config", "/etc/kubemqtt/config", Some(true)),
+                ("tls", "/etc/kubemqtt/tls", Some(true)),
+                ("auth", "/etc/kubemqtt/auth", Some(true)),
+            ]
+        );
+        let security = container.security_context.as_ref().unwrap();
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            security
+                .capabilities
+                .as_ref()
+                .unwrap()
+                .drop
+                .clone()
+                .unwrap(),
+            ["ALL"]
+        );
+        for (probe, path) in [
+            (&container.startup_probe, "/readyz"),
+            (&container.liveness_probe, "/healthz"),
+            (&container.readiness_probe, "/readyz"),
+        ] {
+            let http = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+            assert_eq!(http.port, IntOrString::String("http".into()));
+            assert_eq!(http.path.as_deref(), Some(path));
+        }
+
+        let config = plan.config_map.data.as_ref().unwrap()[CONFIG_FILE].clone();
+        assert_eq!(checksum(&plan), config_checksum(&config));
+        assert_eq!(checksum(&plan).len(), 64);
+    }
+
+    #[test]
+    fn every_pod_field_is_applied() {
+        let plan = plan_fresh(&broker_yaml(
+            r#"
+image: registry.example.com/kubemqtt:dev
+replicas: 0
+resources: {requests: {cpu: "1"}, limits: {memory: 1Gi}}
+nodeSelector: {disk: ssd}
+tolerations: [{key: dedicated, operator: Equal, value: mqtt, effect: NoSchedule}]
+affinity: {nodeAffinity: {}}
+topologySpreadConstraints:
+  - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway}
+priorityClassName: critical
+labels: {team: iot}
+annotations: {prometheus.io/scrape: "true"}
+listeners: {mqtt: {port: 11883}}
+"#,
+        ));
+        let spec = sts_spec(&plan);
+        assert_eq!(spec.replicas, Some(0));
+        let meta = spec.template.metadata.as_ref().unwrap();
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels["team"], "iot");
+        assert_eq!(labels["app.kubernetes.io/instance"], "mq");
+        let annotations = meta.annotations.as_ref().unwrap();
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+        assert!(annotations.contains_key(CONFIG_CHECKSUM_ANNOTATION));
+        // The selector stays the operator's.
+        assert_eq!(
+            spec.selector.match_labels.clone().unwrap(),
+            crate::plan::selector_labels("mq")
+        );
+
+        let pod = pod(&plan);
+        assert_eq!(
+            pod.node_selector.clone().unwrap(),
+            BTreeMap::from([("disk".to_owned(), "ssd".to_owned())])
+        );
+        assert_eq!(
+            pod.tolerations.clone().unwrap(),
+            [Toleration {
+                key: Some("dedicated".into()),
+                operator: Some("Equal".into()),
+                value: Some("mqtt".into()),
+                effect: Some("NoSchedule".into()),
+                ..Toleration::default()
+            }]
+        );
+        assert_eq!(
+            pod.affinity,
+            Some(Affinity {
+                node_affinity: Some(NodeAffinity::default()),
+                ..Affinity::default()
+            })
+        );
+        let spread = pod.topology_spread_constraints.clone().unwrap();
+        assert_eq!(spread[0].topology_key, "topology.kubernetes.io/zone");
+        assert_eq!(pod.priority_class_name.as_deref(), Some("critical"));
+
+        let container = broker_container(&plan);
+        assert_eq!(
+            container.image.as_deref(),
+            Some("registry.example.com/kubemqtt:dev")
+        );
+        let resources = container.resources.clone().unwrap();
+        assert_eq!(resources.requests.unwrap()["cpu"], Quantity("1".into()));
+        assert_eq!(resources.limits.unwrap()["memory"], Quantity("1Gi".into()));
+        assert_eq!(container.ports.clone().unwrap()[0].container_port, 11883);
+    }
+
+    #[test]
+    fn persistence_adds_a_volume_claim_per_pod() {
+        let plan = plan_fresh(&broker_yaml(
+            "persistence: {enabled: true, size: 20Gi, storageClassName: fast}",
+        ));
+        let claims = sts_spec(&plan).volume_claim_templates.clone().unwrap();
+        assert_eq!(claims.len(), 1);
+        let claim = &claims[0];
+        assert_eq!(claim.metadata.name.as_deref(), Some("data"));
+        let spec = claim.spec.as_ref().unwrap();
+        assert_eq!(spec.access_modes.clone().unwrap(), ["ReadWriteOnce"]);
+        assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+        let requests = spec.resources.clone().unwrap().requests.unwrap();
+        assert_eq!(requests["storage"], Quantity("20Gi".into()));
+        let mount = broker_container(&plan)
+            .volume_mounts
+            .clone()
+            .unwrap()
+            .into_iter()
+            .find(|m| m.name == "data")
+            .unwrap();
+        assert_eq!(mount.mount_path, "/var/lib/kubemqtt");
+        assert_eq!(mount.read_only, None);
+    }
+
+    #[test]
+    fn a_user_certificate_secret_is_mounted() {
+        let plan = plan_fresh(&broker_yaml("tls: {secretName: my-cert}"));
+        let tls = pod(&plan)
+            .volumes
+            .clone()
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "tls")
+            .unwrap();
+        assert_eq!(tls.secret.unwrap().secret_name.as_deref(), Some("my-cert"));
+    }
+
+    #[test]
+    fn checksum_changes_only_with_the_configuration_file() {
+        let base = plan_fresh(&broker(MqttBrokerSpec::default()));
+        // Not in the file: same checksum.
+        for unrelated in [
+            "service: {annotations: {a: b}}",
+            "tls: {generated: {extraSANs: [mqtt.example.com]}}",
+            "resources: {limits: {memory: 2Gi}}",
+            "labels: {team: iot}",
+        ] {
+            let plan = plan_fresh(&broker_yaml(unrelated));
+            assert_eq!(checksum(&plan), checksum(&base), "{unrelated}");
+        }
+        // A renewed certificate (here: a whole new set) is reloaded, not
+        // rolled out.
+        let renewed = plan(
+            &broker(MqttBrokerSpec::default()),
+            &Observed::default(),
+            &Settings::default(),
+            now(),
+        )
+        .unwrap();
+        assert_ne!(renewed.server_secret, base.server_secret);
+        assert_eq!(checksum(&renewed), checksum(&base));
+        // In the file: a new checksum.
+        for changed in [
+            "limits: {maxInflight: 5}",
+            "logging: {level: debug}",
+            "auth: {anonymous: true}",
+            "listeners: {mqtt: {port: 11883}}",
+            "config: {sys: {interval_secs: 0}}",
+        ] {
+            let plan = plan_fresh(&broker_yaml(changed));
+            assert_ne!(checksum(&plan), checksum(&base), "{changed}");
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! YAML in and out, without a cluster: the CRD, a broker read from a file
+//! (checked against the CRD's CEL rules as the apiserver would), and a plan
+//! written as one multi-document stream.
+
+use kube::core::TypeMeta;
+use kube::{CustomResourceExt, Resource};
+
+use crate::api::MqttBroker;
+use crate::plan::{Plan, PlanError};
+
+/// The namespace of a broker that names none, as with `kubectl apply`.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Why a broker could not be read or rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The text is not YAML of the right shape.
+    #[error("cannot read the MqttBroker: {0}")]
+    Parse(String),
+    /// The document is some other kind of object.
+    #[error("expected apiVersion {expected_api_version} and kind MqttBroker, found {api_version} {kind}")]
+    NotABroker {
+        /// The `apiVersion` the operator serves.
+        expected_api_version: String,
+        /// The document's `apiVersion`.
+        api_version: String,
+        /// The document's `kind`.
+        kind: String,
+    },
+    /// The document and the command line name different namespaces.
+    #[error("the MqttBroker is in namespace {in_file}, but {requested} was requested")]
+    NamespaceMismatch {
+        /// `metadata.namespace` of the document.
+        in_file: String,
+        /// The namespace asked for.
+        requested: String,
+    },
+    /// The apiserver would reject the broker.
+    #[error("the MqttBroker is invalid: {0}")]
+    Invalid(String),
+    /// Fields the CRD does not have (typos, usually): the apiserver would
+    /// refuse them with strict field validation, or drop them.
+    #[error("unknown fields in the MqttBroker: {}", .0.join(", "))]
+    UnknownFields(Vec<String>),
+    /// The broker cannot be planned.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The output could not be written as YAML.
+    #[error("cannot write YAML: {0}")]
+    Serialize(String),
+}
+
+/// The `MqttBroker` CustomResourceDefinition as YAML (what `crds/` holds).
+pub fn crd_yaml() -> Result<String, RenderError> {
+    serde_saphyr::to_string(&MqttBroker::crd()).map_err(|e| RenderError::Serialize(e.to_string()))
+}
+
+/// Reads one `MqttBroker` from YAML. A broker without a namespace is put
+/// in `namespace` (or [`DEFAULT_NAMESPACE`]); one in another namespace is
+/// refused. The broker is checked as the apiserver would: no fields the
+/// CRD lacks, and the CRD's validation rules.
+pub fn read_broker(yaml: &str, namespace: Option<&str>) -> Result<MqttBroker, RenderError> {
+    let types: TypeMeta =
+        serde_saphyr::from_str(yaml).map_err(|e| RenderError::Parse(e.to_string()))?;
+    let expected_api_version = MqttBroker::api_version(&()).into_owned();
+    if types.api_version != expected_api_version || types.kind != MqttBroker::kind(&()) {
+        return Err(RenderError::NotABroker {
+            expected_api_version,
+            api_version: types.api_version,
+            kind: types.kind,
+        });
+    }
+    let document: serde_json::Value =
+        serde_saphyr::from_str(yaml).map_err(|e| RenderError::Parse(e.to_string()))?;
+    let unknown = unknown_spec_fields(&document)?;
+    if !unknown.is_empty() {
+        return Err(RenderError::UnknownFields(unknown));
+    }
+    let mut broker: MqttBroker =
+        serde_saphyr::from_str(yaml).map_err(|e| RenderError::Parse(e.to_string()))?;
+    match (&broker.metadata.namespace, namespace) {
+        (Some(in_file), Some(requested)) if in_file != requested => {
+            return Err(RenderError::NamespaceMismatch {
+                in_file: in_file.clone(),
+                requested: requested.to_owned(),
+            });
+        }
+        (Some(_), _) => {}
+        (None, requested) => {
+            broker.metadata.namespace = Some(requested.unwrap_or(DEFAULT_NAMESPACE).to_owned())
+        }
+    }
+    broker.validate_cel().map_err(|errors| {
+        RenderError::Invalid(
+            errors
+                .as_slice()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    Ok(broker)
+}
+
+/// The paths of the fields under `spec` of `document` that the CRD's
+/// schema does not have.
+fn unknown_spec_fields(document: &serde_json::Value) -> Result<Vec<String>, RenderError> {
+    let crd = serde_json::to_value(MqttBroker::crd())
+        .map_err(|e| RenderError::Serialize(e.to_string()))?;
+    let spec_schema = crd
+        .pointer("/spec/versions/0/schema/openAPIV3Schema/properties/spec")
+        .unwrap_or(&serde_json::Value::Null);
+    let mut unknown = Vec::new();
+    if let Some(spec) = document.get("spec") {
+        collect_unknown(spec, spec_schema, "spec", &mut unknown);
+    }
+    Ok(unknown)
+}
+
+/// Walks `value` along `schema` as the apiserver's pruning does, pushing
+/// the path of every field the schema does not declare.
+fn collect_unknown(
+    value: &serde_json::Value,
+    schema: &serde_json::Value,
+    path: &str,
+    unknown: &mut Vec<String>,
+) {
+    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&serde_json::Value::Bool(true)) {
+        return;
+    }
+    match value {
+        serde_json::Value::Object(fields) => {
+            let properties = schema.get("properties").and_then(|p| p.as_object());
+            let additional = schema.get("additionalProperties");
+            for (key, field) in fields {
+                let child = format!("{path}.{key}");
+                match (properties.and_then(|p| p.get(key)), additional) {
+                    (Some(field_schema), _) | (None, Some(field_schema)) => {
+                        collect_unknown(field, field_schema, &child, unknown)
+                    }
+                    (None, None) => unknown.push(child),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (index, item) in items.iter().enumerate() {
+                    collect_unknown(item, item_schema, &format!("{path}[{index}]"), unknown);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every object of `plan` as a multi-document YAML stream.
+pub fn plan_yaml(plan: &Plan) -> Result<String, RenderError> {
+    let objects = plan
+        .objects()
+        .map_err(|e| RenderError::Serialize(e.to_string()))?;
+    serde_saphyr::to_string_multiple(&objects).map_err(|e| RenderError::Serialize(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::REPLICAS_MESSAGE;
+    use crate::plan::testing::now;
+    use crate::plan::{plan, Observed, Settings};
+
+    fn read(yaml: &str) -> Result<MqttBroker, RenderError> {
+        read_broker(yaml, None)
+    }
+
+    const HEADER: &str =
+        "apiVersion: kubemqtt.io/v1alpha1\nkind: MqttBroker\nmetadata:\n  name: broker\n";
+    const MINIMAL: &str =
+        "apiVersion: kubemqtt.io/v1alpha1\nkind: MqttBroker\nmetadata:\n  name: broker\nspec: {}\n";
+
+    fn invalid(spec: &str) -> String {
+        match read(&format!("{HEADER}spec:\n{spec}")) {
+            Err(RenderError::Invalid(message)) => message,
+            other => panic!("expected a validation error for {spec:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_minimal_broker_reads_with_defaults() {
+        let broker = read(MINIMAL).unwrap();
+        assert_eq!(broker.metadata.name.as_deref(), Some("broker"));
+        assert_eq!(broker.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(broker.spec, Default::default());
+        assert_eq!(broker.spec.replicas, 1);
+        assert_eq!(
+            read_broker(MINIMAL, Some("iot"))
+                .unwrap()
+                .metadata
+                .namespace
+                .as_deref(),
+            Some("iot")
+        );
+    }
+
+    #[test]
+    fn namespaces_must_agree() {
+        let yaml = MINIMAL.replace("name: broker", "name: broker\n  namespace: a");
+        assert_eq!(
+            read_broker(&yaml, Some("a"))
+                .unwrap()
+                .metadata
+                .namespace
+                .as_deref(),
+            Some("a")
+        );
+        assert!(matches!(
+            read_broker(&yaml, Some("b")),
+            Err(RenderError::NamespaceMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn spec_is_required_as_in_the_crd() {
+        assert!(matches!(read(HEADER), Err(RenderError::Parse(_))));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_paths() {
+        let yaml = format!(
+            "{HEADER}spec:\n  listners: {{}}\n  persistence: {{enabled: true, sise: 1Gi}}\n  \
+             tolerations: [{{key: a, colour: b}}]\n  labels: {{any: thing}}\n  \
+             config: {{whatever: {{deep: 1}}}}\n  affinity: {{nodeAffinity: {{}}}}\n"
+        );
+        match read(&yaml) {
+            Err(RenderError::UnknownFields(fields)) => assert_eq!(
+                fields,
+                [
+                    "spec.listners",
+                    "spec.persistence.sise",
+                    "spec.tolerations[0].colour"
+                ]
+            ),
+            other => panic!("expected unknown fields, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn other_kinds_are_refused() {
+        let error = read("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "expected apiVersion kubemqtt.io/v1alpha1 and kind MqttBroker, found v1 ConfigMap"
+        );
+        assert!(matches!(read("[1, 2"), Err(RenderError::Parse(_))));
+    }
+
+    #[test]
+    fn cel_rules_reject_what_the_apiserver_would() {
+        let message = invalid("  replicas: 2\n");
+        assert!(message.contains(REPLICAS_MESSAGE), "{message}");
+        assert!(read(&format!("{HEADER}spec:\n  replicas: 0\n")).is_ok());
+
+        let message = invalid("  tls: {secretName: x, generated: {}}\n");
+        assert!(
+            message.contains("set either tls.generated or tls.secretName"),
+            "{message}"
+        );
+
+        let message = invalid("  tls: {generated: {validityDays: 30, renewBeforeDays: 30}}\n");
+        assert!(
+            message.contains("renewBeforeDays must be less than validityDays"),
+            "{message}"
+        );
+
+        let message =
+            invalid("  service: {type: ClusterIP, loadBalancerSourceRanges: [10.0.0.0/8]}\n");
+        assert!(message.contains("need type LoadBalancer"), "{message}");
+        let message = invalid("  service: {type: NodePort, loadBalancerClass: x}\n");
+        assert!(message.contains("need type LoadBalancer"), "{message}");
+        let message = invalid("  service: {type: ClusterIP, externalTrafficPolicy: Local}\n");
+        assert!(
+            message.contains("externalTrafficPolicy needs type"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn persistence_cannot_change_after_creation() {
+        let old = read(MINIMAL).unwrap();
+        let new = read(&format!(
+            "{HEADER}spec:\n  persistence: {{enabled: true}}\n"
+        ))
+        .unwrap();
+        let errors = new.validate_cel_update(&old).unwrap_err();
+        assert!(
+            errors
+                .to_string()
+                .contains("persistence cannot be changed after creation"),
+            "{errors}"
+        );
+        assert!(new.validate_cel_update(&new).is_ok());
+    }
+
+    #[test]
+    fn plan_yaml_is_one_document_per_object() {
+        let broker = read(MINIMAL).unwrap();
+        let plan = plan(&broker, &Observed::default(), &Settings::default(), now()).unwrap();
+        let yaml = plan_yaml(&plan).unwrap();
+        let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&yaml).unwrap();
+        assert_eq!(documents, plan.objects().unwrap());
+    }
+
+    #[test]
+    fn the_crd_round_trips() {
+        let yaml = crd_yaml().unwrap();
+        let crd: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+        assert_eq!(crd, serde_json::to_value(MqttBroker::crd()).unwrap());
+        assert_eq!(crd["spec"]["names"]["shortNames"][0], "mqb");
+    }
+}

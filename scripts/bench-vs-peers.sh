@@ -1,0 +1,508 @@
+#!/usr/bin/env bash
+# Benchmarks kubemqtt-broker against mosquitto and rumqttd with kubemqtt-bench.
+#
+# Each broker runs alone, pinned to CPU 0, on a free loopback port; the
+# generator is pinned to CPU 1. The brokers take turns in RUNS rounds (each
+# round: every broker, one after the other, every scenario once), and the
+# median of each figure over the rounds is reported. The result is a markdown page:
+# docs/benchmarks.md for a full run, target/bench-vs-peers/benchmarks-quick.md
+# for --quick.
+#
+# Usage: scripts/bench-vs-peers.sh [--quick] [--out FILE] [--brokers "kubemqtt mosquitto rumqttd"]
+#
+# All traffic goes to 127.0.0.1. Every load is bounded by the generator's
+# --duration/--drain/--hold and by `timeout` around each generator run.
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORK="$ROOT/target/bench-vs-peers"
+BENCH="$ROOT/target/release/kubemqtt-bench"
+OUR_BROKER="$ROOT/target/release/kubemqtt-broker"
+MOSQUITTO=/usr/sbin/mosquitto
+RUMQTTD="$ROOT/.tools/bin/rumqttd"
+BROKER_CPU=0
+GEN_CPU=1
+
+usage() {
+    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+QUICK=0
+OUT=""
+BROKERS="kubemqtt mosquitto rumqttd"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --out) OUT="${2:?--out needs a file}"; shift ;;
+        --brokers) BROKERS="${2:?--brokers needs a list}"; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if [ "$QUICK" = 1 ]; then
+    RUNS=1; DURATION=1; DRAIN=2; CONNS=500; CONN_RATE=1000; HOLD=2
+    OUT=${OUT:-"$WORK/benchmarks-quick.md"}
+else
+    RUNS=3; DURATION=5; DRAIN=3; CONNS=10000; CONN_RATE=2000; HOLD=5
+    OUT=${OUT:-"$ROOT/docs/benchmarks.md"}
+fi
+
+log() { echo "[bench-vs-peers] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- checks
+
+for tool in jq taskset cargo awk; do
+    command -v "$tool" >/dev/null || die "$tool is required (jq: apt-get install jq)"
+done
+[ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs to pin the broker and the generator apart"
+for b in $BROKERS; do
+    case "$b" in
+        kubemqtt|rumqttd) ;;
+        mosquitto) [ -x "$MOSQUITTO" ] || die "mosquitto not found at $MOSQUITTO (apt-get install mosquitto)" ;;
+        *) die "unknown broker $b (kubemqtt, mosquitto, rumqttd)" ;;
+    esac
+done
+
+# ---------------------------------------------------------------- build
+
+log "building kubemqtt-broker and kubemqtt-bench (release)"
+(cd "$ROOT" && cargo build --release -p kubemqtt-broker -p kubemqtt-bench)
+if [[ " $BROKERS " == *" rumqttd "* ]] && [ ! -x "$RUMQTTD" ]; then
+    # Without --locked: rumqttd 0.20.0's lock file pins metrics 0.22.1, which
+    # no longer compiles with current rustc; the newest compatible patch
+    # releases do.
+    log "installing rumqttd 0.20 into $ROOT/.tools"
+    cargo install rumqttd --version '^0.20' --root "$ROOT/.tools"
+fi
+
+rm -rf "$WORK/raw" "$WORK/brokers"
+mkdir -p "$WORK/raw" "$WORK/brokers"
+RESULTS="$WORK/results.tsv"
+CONN_RESULTS="$WORK/conn.tsv"
+: >"$RESULTS"
+: >"$CONN_RESULTS"
+NOTES=()
+
+# The generator and the brokers may need many descriptors.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+CLK_TCK=$(getconf CLK_TCK)
+
+# ---------------------------------------------------------------- helpers
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+free_port() {
+    local p
+    for _ in $(seq 1 200); do
+        p=$((20000 + RANDOM % 12000)) # below the ephemeral range
+        if ! port_in_use "$p"; then echo "$p"; return; fi
+    done
+    die "no free port found"
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+fd_count() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
+now() { date +%s.%N; }
+
+broker_version() {
+    case "$1" in
+        kubemqtt) "$OUR_BROKER" --version ;;
+        mosquitto) "$MOSQUITTO" -h 2>/dev/null | head -1 || true ;;
+        rumqttd) echo "rumqttd $("$RUMQTTD" --version 2>/dev/null | awk '{print $NF}')" ;;
+    esac
+}
+
+# Writes the configuration of broker $1 listening on port $2; prints the
+# command line that starts it.
+broker_config() {
+    local name=$1 port=$2 dir="$WORK/brokers"
+    case "$name" in
+        kubemqtt)
+            cat >"$dir/kubemqtt.toml" <<EOF
+allow_anonymous = true
+
+[[listeners]]
+bind = "127.0.0.1:$port"
+
+[limits]
+max_inflight = 100
+max_queued_messages = 100000
+
+[log]
+level = "warning"
+
+[sys]
+interval_secs = 0
+EOF
+            echo "$OUR_BROKER -c $dir/kubemqtt.toml"
+            ;;
+        mosquitto)
+            cat >"$dir/mosquitto.conf" <<EOF
+listener $port 127.0.0.1
+allow_anonymous true
+max_inflight_messages 100
+max_queued_messages 100000
+set_tcp_nodelay true
+persistence false
+log_type error
+log_type warning
+connection_messages false
+EOF
+            echo "$MOSQUITTO -c $dir/mosquitto.conf"
+            ;;
+        rumqttd)
+            cat >"$dir/rumqttd.toml" <<EOF
+id = 0
+
+[router]
+id = 0
+max_connections = 20000
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:$port"
+next_connection_delay_ms = 0
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 20480
+    max_inflight_count = 100
+    dynamic_filters = true
+EOF
+            echo "$RUMQTTD --quiet -c $dir/rumqttd.toml"
+            ;;
+    esac
+}
+
+BROKER_PID=""
+stop_broker() {
+    [ -n "$BROKER_PID" ] || return 0
+    kill "$BROKER_PID" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+        kill -0 "$BROKER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -9 "$BROKER_PID" 2>/dev/null || true
+    wait "$BROKER_PID" 2>/dev/null || true
+    BROKER_PID=""
+}
+trap stop_broker EXIT
+
+# Starts broker $1 on port $2, pinned to BROKER_CPU; waits until it accepts.
+start_broker() {
+    local name=$1 port=$2 cmd
+    cmd=$(broker_config "$name" "$port")
+    # shellcheck disable=SC2086 # the command line is split on purpose
+    taskset -c "$BROKER_CPU" $cmd >"$WORK/brokers/$name.log" 2>&1 &
+    BROKER_PID=$!
+    for _ in $(seq 1 100); do
+        kill -0 "$BROKER_PID" 2>/dev/null || die "$name exited at start: $(tail -5 "$WORK/brokers/$name.log")"
+        if port_in_use "$port"; then return 0; fi
+        sleep 0.1
+    done
+    die "$name does not accept connections on port $port"
+}
+
+# Waits (at most 30 s) until the broker uses (almost) no CPU, so that a
+# backlog left by one run does not slow down the next.
+wait_idle() {
+    local before after
+    for _ in $(seq 1 60); do
+        before=$(cpu_ticks "$BROKER_PID")
+        sleep 0.5
+        after=$(cpu_ticks "$BROKER_PID")
+        [ $((after - before)) -le 1 ] && return 0
+    done
+    log "warning: broker still busy after 30 s"
+}
+
+# Seconds in a `times` line "0m1.250s 0m0.300s" (user + system).
+times_secs() {
+    awk '{ s = 0; for (i = 1; i <= 2; i++) { split($i, p, "m"); sub("s", "", p[2]); s += p[1] * 60 + p[2] } print s }'
+}
+
+# Runs one generator command against the broker. Prints its JSON report,
+# a tab, the broker CPU and a tab, the generator CPU, both in % of one core
+# over the run. Fails if the generator fails.
+bench_run() {
+    local port=$1; shift
+    local out="$WORK/raw/current.json" t0 t1 c0 c1 gen
+    c0=$(cpu_ticks "$BROKER_PID"); t0=$(now)
+    # The subshell's `times` gives the CPU time of the generator it waited for.
+    gen=$( (timeout 600 taskset -c "$GEN_CPU" "$BENCH" "$@" -b "127.0.0.1:$port" --json --quiet >"$out" \
+        || echo failed; times) | tail -1 | times_secs)
+    c1=$(cpu_ticks "$BROKER_PID"); t1=$(now)
+    jq -e . "$out" >/dev/null 2>&1 || return 1
+    printf '%s\t%s\t%s\n' "$(cat "$out")" \
+        "$(awk -v c=$((c1 - c0)) -v hz="$CLK_TCK" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", 100 * c / hz / (b - a)}')" \
+        "$(awk -v g="$gen" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", 100 * g / (b - a)}')"
+}
+
+# ---------------------------------------------------------------- scenarios
+
+# id | label | QoS | generator arguments
+SCENARIOS=(
+    "p2p-1-q0|p2p 1→1, flat out|0|p2p -n 1 -q 0"
+    "p2p-1-q1|p2p 1→1, flat out|1|p2p -n 1 -q 1"
+    "p2p-10-q0|p2p 10→10, flat out|0|p2p -n 10 -q 0"
+    "p2p-10-q1|p2p 10→10, flat out|1|p2p -n 10 -q 1"
+    "fanout-10-q0|fanout 1→10, flat out|0|fanout -n 10 -q 0"
+    "fanout-10-q1|fanout 1→10, flat out|1|fanout -n 10 -q 1"
+    "fanin-10-2-q1|fanin 10→2 shared, flat out|1|fanin -n 10 -m 2 -q 1"
+    "lat-1k-q1|latency p2p 10→10 at 1k msg/s|1|p2p -n 10 -q 1 -r 100"
+    "lat-10k-q1|latency p2p 10→10 at 10k msg/s|1|p2p -n 10 -q 1 -r 1000"
+)
+COMMON="-d $DURATION --drain $DRAIN -s 16"
+
+# Brokers known to lack shared subscriptions skip fanin (all three have them).
+declare -A SHARED_SUBS=([kubemqtt]=yes [mosquitto]=yes [rumqttd]=yes)
+
+declare -A VERSION CMDLINE
+started=$(date +%s)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# Idle connections and memory: a fresh broker for each run, since allocators
+# seldom give memory back after the connections close.
+conn_run() {
+    local broker=$1 port=$2 run=$3 rest fds c0 t0 c1 t1 gen limit with cpu
+    local out="$WORK/raw/$broker-conn-$run.json"
+    start_broker "$broker" "$port"
+    sleep 1
+    rest=$(rss_kb "$BROKER_PID"); fds=$(fd_count "$BROKER_PID")
+    c0=$(cpu_ticks "$BROKER_PID"); t0=$(now)
+    timeout 600 taskset -c "$GEN_CPU" "$BENCH" conn -n "$CONNS" --conn-rate "$CONN_RATE" \
+        --hold "$HOLD" -b "127.0.0.1:$port" --json --quiet >"$out" &
+    gen=$!
+    # Sample the memory once (almost) all connections are open.
+    limit=$(( $(date +%s) + CONNS / CONN_RATE + 30 ))
+    while kill -0 "$gen" 2>/dev/null && [ "$(date +%s)" -lt "$limit" ] \
+        && [ "$(fd_count "$BROKER_PID")" -lt $((fds + CONNS * 99 / 100)) ]; do
+        sleep 0.2
+    done
+    sleep 1
+    with=$(rss_kb "$BROKER_PID")
+    wait "$gen" || log "warning: $broker conn run $run failed"
+    c1=$(cpu_ticks "$BROKER_PID"); t1=$(now)
+    stop_broker
+    cpu=$(awk -v c=$((c1 - c0)) -v hz="$CLK_TCK" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", 100 * c / hz / (b - a)}')
+    if jq -e . "$out" >/dev/null 2>&1; then
+        jq -r --arg b "$broker" --arg r "$run" --arg rest "$rest" --arg with "$with" --arg cpu "$cpu" \
+            '[$b, $r, $rest, $with, .connections, .connect_failures, (.connect_latency.p99_us // -1), $cpu] | @tsv' \
+            "$out" >>"$CONN_RESULTS"
+        log "$broker conn run $run: $(jq -r '"\(.connections) open, \(.connect_failures) failed"' "$out"), RSS ${rest} kB -> ${with} kB"
+    else
+        NOTES+=("$broker: conn run $run produced no report")
+    fi
+}
+
+# Every scenario once against a freshly started broker.
+scenario_round() {
+    local broker=$1 port=$2 run=$3 entry id label qos args line json cpu gen_cpu
+    start_broker "$broker" "$port"
+    for entry in "${SCENARIOS[@]}"; do
+        IFS='|' read -r id label qos args <<<"$entry"
+        if [[ $id == fanin* ]] && [ "${SHARED_SUBS[$broker]}" != yes ]; then
+            [ "$run" = 1 ] && NOTES+=("$broker: fanin skipped (no shared subscriptions)")
+            continue
+        fi
+        kill -0 "$BROKER_PID" 2>/dev/null || die "$broker died; log: $WORK/brokers/$broker.log"
+        wait_idle
+        # shellcheck disable=SC2086 # arguments are split on purpose
+        if ! line=$(bench_run "$port" $args $COMMON); then
+            log "warning: $broker $id run $run failed"
+            NOTES+=("$broker: $label QoS $qos run $run failed")
+            continue
+        fi
+        IFS=$'\t' read -r json cpu gen_cpu <<<"$line"
+        echo "$json" >"$WORK/raw/$broker-$id-$run.json"
+        jq -r --arg b "$broker" --arg id "$id" --arg r "$run" --arg cpu "$cpu" --arg gen "$gen_cpu" \
+            '[$b, $id, $r, .sent_per_sec, (.delivered_per_sec // 0), (.delivered_pct // 0),
+              (.latency.p50_us // -1), (.latency.p99_us // -1), $cpu, .errors, $gen] | @tsv' \
+            <<<"$json" >>"$RESULTS"
+        log "$broker $id run $run: $(jq -r '"sent \(.sent_per_sec|floor)/s delivered \(.delivered_per_sec|floor)/s (\(.delivered_pct*100|floor/100) %) p99 \(.latency.p99_us // "-") us"' <<<"$json"), CPU broker $cpu % generator $gen_cpu %"
+    done
+    stop_broker
+}
+
+declare -A PORT
+for broker in $BROKERS; do
+    PORT[$broker]=$(free_port)
+    VERSION[$broker]=$(broker_version "$broker")
+    CMDLINE[$broker]="taskset -c $BROKER_CPU $(broker_config "$broker" "${PORT[$broker]}" | sed "s|$ROOT/||g")"
+    log "$broker: ${VERSION[$broker]}, port ${PORT[$broker]}, CPU $BROKER_CPU"
+done
+
+# Rounds: each round runs every broker once, one after the other, so that
+# other work on the machine weighs on all brokers alike.
+for run in $(seq 1 "$RUNS"); do
+    for broker in $BROKERS; do
+        log "== round $run/$RUNS: $broker"
+        conn_run "$broker" "${PORT[$broker]}" "$run"
+        scenario_round "$broker" "${PORT[$broker]}" "$run"
+    done
+done
+elapsed=$(( $(date +%s) - started ))
+
+# ---------------------------------------------------------------- report
+
+# Median of column $3 of the rows of file $4 whose first two columns are $1, $2.
+median() {
+    awk -F'\t' -v k1="$1" -v k2="$2" -v c="$3" '$1 == k1 && $2 == k2 {print $c}' "$4" | sort -g |
+        awk '{v[NR] = $1} END {if (NR == 0) print "n/a"; else print v[int((NR + 1) / 2)]}'
+}
+fmt_rate() { awk -v v="$1" 'BEGIN {if (v == "n/a") print "n/a"; else printf "%.0f", v}'; }
+fmt_pct() { awk -v v="$1" 'BEGIN {if (v == "n/a") print "n/a"; else printf "%.1f %%", v}'; }
+fmt_us() {
+    awk -v v="$1" 'BEGIN {
+        if (v == "n/a" || v < 0) print "n/a";
+        else if (v < 1000) printf "%d µs", v;
+        else if (v < 1000000) printf "%.2f ms", v / 1000;
+        else printf "%.2f s", v / 1000000 }'
+}
+fmt_mib() { awk -v v="$1" 'BEGIN {if (v == "n/a") print "n/a"; else printf "%.1f MiB", v / 1024}'; }
+
+cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+mem_total=$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
+# shellcheck source=/dev/null
+os_name=$(. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-unknown}")
+commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+mode=$([ "$QUICK" = 1 ] && echo "quick smoke run (not for comparison)" || echo "full run")
+
+mkdir -p "$(dirname "$OUT")"
+{
+    echo "# Benchmarks: kubemqtt-broker vs mosquitto vs rumqttd"
+    echo
+    echo "Generated by \`scripts/bench-vs-peers.sh$([ "$QUICK" = 1 ] && echo " --quick")\` on $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "($mode, $RUNS run(s) per scenario, medians quoted, ${elapsed} s in all). Do not edit the numbers by hand: rerun the script."
+    echo
+    echo "## Machine"
+    echo
+    echo "- CPUs: $(nproc) × $cpu_model; memory $mem_total; $os_name, Linux $(uname -r)"
+    echo "- Broker pinned to CPU $BROKER_CPU, generator (\`kubemqtt-bench\`) pinned to CPU $GEN_CPU (\`taskset\`); all traffic over 127.0.0.1"
+    echo "- $(rustc --version); kubemqtt commit $commit"
+    echo "- load average (1, 5, 15 min) at the start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews the figures)"
+    for b in $BROKERS; do echo "- $b: ${VERSION[$b]}"; done
+    echo
+    echo "## Throughput and latency"
+    echo
+    echo "Delivered messages per second and end-to-end p99 latency (median of $RUNS runs)."
+    echo
+    printf '| scenario | QoS |'; for b in $BROKERS; do printf ' %s msg/s |' "$b"; done
+    for b in $BROKERS; do printf ' %s p99 |' "$b"; done; echo
+    printf '|---|---|'; for _ in $BROKERS $BROKERS; do printf -- '---:|'; done; echo
+    for entry in "${SCENARIOS[@]}"; do
+        IFS='|' read -r id label qos _ <<<"$entry"
+        printf '| %s | %s |' "$label" "$qos"
+        for b in $BROKERS; do printf ' %s |' "$(fmt_rate "$(median "$b" "$id" 5 "$RESULTS")")"; done
+        for b in $BROKERS; do printf ' %s |' "$(fmt_us "$(median "$b" "$id" 8 "$RESULTS")")"; done
+        echo
+    done
+    echo
+    echo "### Details"
+    echo
+    echo "| scenario | QoS | broker | sent msg/s | delivered msg/s | delivered | p50 | p99 | broker CPU | generator CPU | errors |"
+    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for entry in "${SCENARIOS[@]}"; do
+        IFS='|' read -r id label qos _ <<<"$entry"
+        for b in $BROKERS; do
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s %% | %s %% | %s |\n' "$label" "$qos" "$b" \
+                "$(fmt_rate "$(median "$b" "$id" 4 "$RESULTS")")" \
+                "$(fmt_rate "$(median "$b" "$id" 5 "$RESULTS")")" \
+                "$(fmt_pct "$(median "$b" "$id" 6 "$RESULTS")")" \
+                "$(fmt_us "$(median "$b" "$id" 7 "$RESULTS")")" \
+                "$(fmt_us "$(median "$b" "$id" 8 "$RESULTS")")" \
+                "$(median "$b" "$id" 9 "$RESULTS")" \
+                "$(median "$b" "$id" 11 "$RESULTS")" \
+                "$(median "$b" "$id" 10 "$RESULTS")"
+        done
+    done
+    echo
+    echo "## Connections and memory"
+    echo
+    echo "$CONNS idle connections opened at $CONN_RATE/s and held ${HOLD} s, each run on a freshly started broker"
+    echo "(median of $RUNS runs). RSS is VmRSS from /proc/PID/status: at rest 1 s after the start, and with the connections"
+    echo "1 s after (almost) all of them were open. Broker CPU is over the whole run, in % of one core."
+    echo
+    echo "| broker | RSS at rest | RSS with $CONNS connections | per connection | open | failed | connect p99 | broker CPU |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for b in $BROKERS; do
+        per=$(awk -F'\t' -v b="$b" '$1 == b && $5 > 0 {print ($4 - $3) * 1024 / $5}' "$CONN_RESULTS" | sort -g |
+            awk '{v[NR] = $1} END {if (NR == 0) print "n/a"; else printf "%.1f KiB", v[int((NR + 1) / 2)] / 1024}')
+        med() { awk -F'\t' -v b="$b" -v c="$1" '$1 == b {print $c}' "$CONN_RESULTS" | sort -g |
+            awk '{v[NR] = $1} END {if (NR == 0) print "n/a"; else print v[int((NR + 1) / 2)]}'; }
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s %% |\n' "$b" "$(fmt_mib "$(med 3)")" \
+            "$(fmt_mib "$(med 4)")" "$per" "$(med 5)" "$(med 6)" "$(fmt_us "$(med 7)")" "$(med 8)"
+    done
+    echo
+    if [ "${#NOTES[@]}" -gt 0 ]; then
+        echo "## Notes from this run"
+        echo
+        for n in "${NOTES[@]}"; do echo "- $n"; done
+        echo
+    fi
+    cat <<EOF
+## The generator
+
+\`kubemqtt-bench\` (crate \`bench/\`) is a purpose-built MQTT 3.1.1 client on tokio: raw TCP, a minimal
+codec, several PUBLISHes per write. Publishers stamp the send time into the first 8 bytes of each payload;
+subscribers compute the end-to-end latency (HDR histogram). Subcommands: \`conn\`, \`pub\`, \`sub\`, \`p2p\`,
+\`fanout\`, \`fanin\`; see \`kubemqtt-bench <command> --help\`. Every run is bounded by \`--duration\` (or
+\`--count\`), \`--drain\` and \`--hold\`, and contacts only the \`--broker\` address. TLS is not implemented yet.
+
+## How to read it
+
+- **msg/s delivered**: messages received by all subscribers, divided by the
+  time from the first publish to the last delivery. "Flat out" publishers send
+  as fast as the broker accepts (QoS 1: at most 64 unacknowledged each), so
+  these rows measure saturation: their latency is mostly queueing, and a
+  broker that accepts faster than it delivers drops or queues the difference
+  (see *delivered*).
+- **delivered**: delivered ÷ expected, where expected = sent × the subscribers
+  each message reaches. Below 100 % means messages were dropped (queue limits,
+  QoS 0 overload) or still queued when the drain time (${DRAIN} s) ran out.
+- **latency**: each payload carries its send time; the subscriber computes
+  receive − send. The fixed-rate rows (1k and 10k msg/s in total over 10
+  pairs) are the ones to read for latency.
+- **broker CPU**, **generator CPU**: user + system time over the whole
+  generator run (connect, publish and drain), in % of one core. Each is pinned
+  to one core, so 100 % is the ceiling; a row where the generator is near
+  100 % and the brokers post similar figures measures the generator, not the
+  brokers.
+- **per connection**: (RSS with the connections − RSS at rest) ÷ open
+  connections.
+
+## Exact commands
+
+Brokers (each alone, taking turns over $RUNS round(s); in each round a broker is started fresh for the
+idle-connection run, then once more for all the other scenarios; configurations written by the script):
+
+\`\`\`sh
+EOF
+    for b in $BROKERS; do echo "${CMDLINE[$b]}"; done
+    echo '```'
+    echo
+    echo "Broker settings, equalised where the brokers allow: QoS 1/2 in-flight window 100, queue 100,000 messages per"
+    echo "client, logging down to warnings, no persistence. mosquitto gets \`set_tcp_nodelay true\` (our broker sets"
+    echo "TCP_NODELAY itself; rumqttd 0.20 has no such option and does not). rumqttd: \`next_connection_delay_ms = 0\`,"
+    echo "\`max_connections = 20000\`; see \`broker_config\` in the script for the complete files."
+    echo
+    echo "Generator runs (\`PORT\` is the broker's port; each line runs $RUNS times):"
+    echo
+    echo '```sh'
+    echo "taskset -c $GEN_CPU target/release/kubemqtt-bench conn -n $CONNS --conn-rate $CONN_RATE --hold $HOLD -b 127.0.0.1:PORT --json --quiet"
+    for entry in "${SCENARIOS[@]}"; do
+        IFS='|' read -r _ _ _ args <<<"$entry"
+        echo "taskset -c $GEN_CPU target/release/kubemqtt-bench $args $COMMON -b 127.0.0.1:PORT --json --quiet"
+    done
+    echo '```'
+    echo
+    echo "Reproduce: \`scripts/bench-vs-peers.sh\` (about $(( (elapsed + 59) / 60 )) minutes on this machine; \`--quick\` for a one-minute smoke run)."
+} >"$OUT"
+log "wrote $OUT (raw reports in $WORK/raw)"

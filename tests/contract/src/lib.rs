@@ -1,0 +1,213 @@
+//! What a broker pod sees, without Kubernetes: the files of a rendered
+//! [`Plan`] laid out as the kubelet mounts them, for the contract test
+//! between the operator and the broker (`tests/broker.rs`).
+//!
+//! [`PodFiles::lay_out`] follows the StatefulSet's own volumes and mounts:
+//! each ConfigMap or Secret key becomes a file under the mount path, moved
+//! under a root directory instead of `/`. The broker container's arguments
+//! are moved the same way. [`PodFiles::localize`] then makes the one change
+//! a pod would not need: the configuration file's paths move under the root
+//! too, and the listeners bind loopback ports instead of `0.0.0.0`.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Container, PodSpec, Volume};
+use kubemqtt_broker::config::{Config, ConfigError};
+use kubemqtt_operator::plan::statefulset::CONTAINER_NAME;
+use kubemqtt_operator::plan::Plan;
+
+/// Why the pod's files could not be laid out.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    /// The StatefulSet lacks something every broker pod has.
+    #[error("the StatefulSet has no {0}")]
+    Incomplete(&'static str),
+    /// A mount names a volume the pod does not declare.
+    #[error("the mount of volume `{0}` has no volume")]
+    NoVolume(String),
+    /// A volume refers to a ConfigMap or Secret the plan does not hold
+    /// (a user-provided certificate Secret, say).
+    #[error("volume `{volume}` refers to {kind} {name}, which the plan does not hold")]
+    NotInPlan {
+        /// The volume.
+        volume: String,
+        /// `ConfigMap` or `Secret`.
+        kind: &'static str,
+        /// The object's name.
+        name: String,
+    },
+    /// A file could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The configuration file is not one the broker reads.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The changed configuration could not be written back as TOML.
+    #[error("cannot write the configuration: {0}")]
+    Serialize(#[from] toml::ser::Error),
+}
+
+/// A broker pod's files under a root directory.
+#[derive(Debug, Clone)]
+pub struct PodFiles {
+    /// The directory standing for the pod's `/`.
+    pub root: PathBuf,
+    /// The broker container's arguments, with paths moved under `root`.
+    pub args: Vec<String>,
+}
+
+impl PodFiles {
+    /// Writes every file the broker container of `plan` mounts under
+    /// `root`; volumes that are not a ConfigMap or a Secret (the
+    /// persistent volume) become empty directories.
+    pub fn lay_out(plan: &Plan, root: &Path) -> Result<PodFiles, LayoutError> {
+        let pod = plan
+            .stateful_set
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.template.spec.as_ref())
+            .ok_or(LayoutError::Incomplete("pod template"))?;
+        let container = broker_container(pod)?;
+        let files = PodFiles {
+            root: root.to_owned(),
+            args: container
+                .args
+                .iter()
+                .flatten()
+                .map(|arg| match arg.starts_with('/') {
+                    true => reroot(root, arg).display().to_string(),
+                    false => arg.clone(),
+                })
+                .collect(),
+        };
+        for mount in container.volume_mounts.iter().flatten() {
+            let volume = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find(|volume| volume.name == mount.name)
+                .ok_or_else(|| LayoutError::NoVolume(mount.name.clone()))?;
+            let dir = files.path(&mount.mount_path);
+            create_dir(&dir)?;
+            for (key, bytes) in volume_files(plan, volume)? {
+                let path = dir.join(key);
+                std::fs::write(&path, bytes).map_err(|source| LayoutError::Io { path, source })?;
+            }
+        }
+        Ok(files)
+    }
+
+    /// Where the pod's `pod_path` is on this machine.
+    pub fn path(&self, pod_path: &str) -> PathBuf {
+        reroot(&self.root, pod_path)
+    }
+
+    /// Rewrites the configuration file at the pod path `config_file` for
+    /// this machine: every file and directory it names moves under the
+    /// root, each listener binds `127.0.0.1` on the port `listener_port`
+    /// gives for its name, and the HTTP server binds `127.0.0.1:http_port`.
+    /// Returns the new configuration.
+    pub fn localize(
+        &self,
+        config_file: &str,
+        mut listener_port: impl FnMut(&str) -> u16,
+        http_port: u16,
+    ) -> Result<Config, LayoutError> {
+        let path = self.path(config_file);
+        let mut config = Config::load(&path)?;
+        let local = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let move_path = |path: &mut PathBuf| *path = reroot(&self.root, &path.to_string_lossy());
+        for listener in &mut config.listeners {
+            listener.bind = local(listener_port(&listener.display_name()));
+            if let Some(tls) = &mut listener.tls {
+                move_path(&mut tls.cert_file);
+                move_path(&mut tls.key_file);
+                tls.ca_file.iter_mut().for_each(move_path);
+            }
+        }
+        let auth = &mut config.auth;
+        for file in [
+            &mut auth.password_file,
+            &mut auth.credentials_file,
+            &mut auth.acl_file,
+            &mut config.http.admin_token_file,
+        ] {
+            file.iter_mut().for_each(move_path);
+        }
+        if config.http.bind.is_some() {
+            config.http.bind = Some(local(http_port));
+        }
+        move_path(&mut config.persistence.dir);
+        create_dir(&config.persistence.dir)?;
+        let mut table = toml::Table::try_from(&config)?;
+        // As in the pod, the broker names itself after its host.
+        table.remove("node_name");
+        let text = toml::to_string(&table)?;
+        std::fs::write(&path, text).map_err(|source| LayoutError::Io { path, source })?;
+        Ok(config)
+    }
+}
+
+/// `pod_path` (absolute in the pod) under `root`.
+fn reroot(root: &Path, pod_path: &str) -> PathBuf {
+    root.join(pod_path.trim_start_matches('/'))
+}
+
+fn create_dir(dir: &Path) -> Result<(), LayoutError> {
+    std::fs::create_dir_all(dir).map_err(|source| LayoutError::Io {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+fn broker_container(pod: &PodSpec) -> Result<&Container, LayoutError> {
+    pod.containers
+        .iter()
+        .find(|container| container.name == CONTAINER_NAME)
+        .ok_or(LayoutError::Incomplete("broker container"))
+}
+
+/// The files a volume shows: a key each, from the plan's ConfigMap or
+/// Secret; none for other volumes.
+fn volume_files(plan: &Plan, volume: &Volume) -> Result<BTreeMap<String, Vec<u8>>, LayoutError> {
+    let not_in_plan = |kind, name: &str| LayoutError::NotInPlan {
+        volume: volume.name.clone(),
+        kind,
+        name: name.to_owned(),
+    };
+    if let Some(source) = &volume.config_map {
+        let config_map = &plan.config_map;
+        if config_map.metadata.name.as_deref() != Some(source.name.as_str()) {
+            return Err(not_in_plan("ConfigMap", &source.name));
+        }
+        return Ok(config_map
+            .data
+            .iter()
+            .flatten()
+            .map(|(key, value)| (key.clone(), value.clone().into_bytes()))
+            .collect());
+    }
+    if let Some(source) = &volume.secret {
+        let name = source.secret_name.as_deref().unwrap_or_default();
+        let secret = [&plan.ca_secret, &plan.server_secret]
+            .into_iter()
+            .flatten()
+            .chain([&plan.auth_secret])
+            .find(|secret| secret.metadata.name.as_deref() == Some(name))
+            .ok_or_else(|| not_in_plan("Secret", name))?;
+        return Ok(secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(key, value)| (key.clone(), value.0.clone()))
+            .collect());
+    }
+    Ok(BTreeMap::new())
+}
