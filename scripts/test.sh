@@ -145,6 +145,11 @@ interop_tests() {
 
 main() {
     step "dependencies" install_dependencies
+    step "kubernetes manifest checkers" ./scripts/install-k8s-tools.sh
+    # In CI the checkers must run, not be skipped.
+    if [ "${CI:-}" = "true" ]; then
+        export KUBEMQTT_REQUIRE_K8S_TOOLS=1
+    fi
     step "cargo fmt" cargo fmt --all -- --check
     step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
     step "cargo build" cargo build --workspace --bins
