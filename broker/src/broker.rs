@@ -236,6 +236,7 @@ impl Broker {
             subscription_identifiers,
             seq,
         };
+        let limits = state.queue_limits.unwrap_or(limits);
         let outcome = state.enqueue(delivery, limits);
         drop(state);
         match outcome {
@@ -450,6 +451,7 @@ impl Broker {
         {
             let mut state = session.state.lock();
             state.last_client = Some(attachment.info.clone());
+            state.queue_limits = Some(attachment.queue_limits);
             state.acl = None;
             state.attachment = Some(attachment);
             state.expiry_interval = expiry_interval;

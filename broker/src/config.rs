@@ -182,6 +182,66 @@ pub struct ListenerConfig {
     /// Certificate settings, required for `tls` and `wss`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Limits for clients of this listener, overriding `[limits]` field by
+    /// field (`[listeners.limits]`), e.g. a smaller packet size and publish
+    /// rate on the internet-facing listener than on the in-cluster one.
+    #[serde(default, skip_serializing_if = "ListenerLimits::is_empty")]
+    pub limits: ListenerLimits,
+}
+
+/// Per-listener overrides of `[limits]`; an absent field keeps the
+/// broker-wide value.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerLimits {
+    /// Overrides `limits.max_packet_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_packet_size: Option<u32>,
+    /// Overrides `limits.max_inflight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_inflight: Option<u16>,
+    /// Overrides `limits.max_queued_messages`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued_messages: Option<u32>,
+    /// Overrides `limits.max_queued_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued_bytes: Option<u64>,
+    /// Overrides `limits.max_subscriptions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_subscriptions: Option<u32>,
+    /// Overrides `limits.publish_rate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_rate: Option<u32>,
+}
+
+impl ListenerLimits {
+    pub fn is_empty(&self) -> bool {
+        *self == ListenerLimits::default()
+    }
+
+    /// The broker-wide limits with this listener's overrides applied.
+    pub fn apply(&self, global: &Limits) -> Limits {
+        let mut l = global.clone();
+        if let Some(v) = self.max_packet_size {
+            l.max_packet_size = v;
+        }
+        if let Some(v) = self.max_inflight {
+            l.max_inflight = v;
+        }
+        if let Some(v) = self.max_queued_messages {
+            l.max_queued_messages = v;
+        }
+        if let Some(v) = self.max_queued_bytes {
+            l.max_queued_bytes = v;
+        }
+        if let Some(v) = self.max_subscriptions {
+            l.max_subscriptions = v;
+        }
+        if let Some(v) = self.publish_rate {
+            l.publish_rate = v;
+        }
+        l
+    }
 }
 
 /// TLS settings of a listener (`[listeners.tls]`). Files are re-read when
@@ -242,6 +302,7 @@ impl ListenerConfig {
             max_connection_rate: 0,
             proxy_protocol: false,
             tls: None,
+            limits: ListenerLimits::default(),
         }
     }
 
@@ -769,6 +830,20 @@ impl Config {
                 }
                 _ => {}
             }
+            if let Some(size) = listener.limits.max_packet_size {
+                if !(MIN_PACKET_SIZE..=MAX_PACKET_SIZE).contains(&size) {
+                    return Err(ConfigError::rule(
+                        key("limits.max_packet_size"),
+                        format!("must be between {MIN_PACKET_SIZE} and {MAX_PACKET_SIZE} bytes"),
+                    ));
+                }
+            }
+            if listener.limits.max_inflight == Some(0) {
+                return Err(ConfigError::rule(
+                    key("limits.max_inflight"),
+                    "must be at least 1",
+                ));
+            }
             if listener.protocol.is_websocket() && !listener.path.starts_with('/') {
                 return Err(ConfigError::rule(key("path"), "must start with `/`"));
             }
@@ -1099,6 +1174,11 @@ interval_secs = 10
                         client_auth: ClientAuth::Optional,
                         username_from: CertUsername::Cn,
                     }),
+                    limits: ListenerLimits {
+                        max_packet_size: Some(1024),
+                        publish_rate: Some(5),
+                        ..ListenerLimits::default()
+                    },
                     ..ListenerConfig::tcp("[::]:1884".parse().unwrap())
                 },
             ],

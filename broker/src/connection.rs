@@ -23,11 +23,11 @@ use crate::codec::{
     PubResponse, Publish, PublishProperties, QoS, ReasonCode, Suback, Subscribe, Unsuback,
     Unsubscribe, Will,
 };
-use crate::config::RateLimitAction;
+use crate::config::{Limits, RateLimitAction};
 use crate::message::Message;
 use crate::ratelimit::TokenBucket;
 use crate::session::ClientInfo;
-use crate::session::{Attachment, Control, Delivery, Mailbox, Session};
+use crate::session::{Attachment, Control, Delivery, Mailbox, QueueLimits, Session};
 use crate::store::Record;
 use crate::topic;
 
@@ -73,6 +73,8 @@ pub struct Peer {
     pub listener: Arc<str>,
     /// User name taken from a verified client certificate.
     pub cert_username: Option<String>,
+    /// The limits of the listener (broker-wide limits with its overrides).
+    pub limits: Arc<Limits>,
 }
 
 /// Serves one accepted connection until it closes.
@@ -92,7 +94,7 @@ where
     // idle connections are what the broker holds most of.
     let connect = match Box::pin(tokio::time::timeout(
         CONNECT_TIMEOUT,
-        read_connect(&broker, &mut io),
+        read_connect(&peer.limits, &mut io),
     ))
     .await
     {
@@ -201,10 +203,10 @@ impl EarlyClose {
 }
 
 async fn read_connect<S: AsyncRead + AsyncWrite>(
-    broker: &Broker,
+    limits: &Limits,
     io: &mut Io<S>,
 ) -> Result<Box<Connect>, EarlyClose> {
-    let max = broker.config.limits.max_packet_size;
+    let max = limits.max_packet_size;
     loop {
         // Read before decoding: the decoder consumes a packet it rejects.
         let claimed = claimed_protocol(&io.rbuf);
@@ -303,6 +305,8 @@ struct Connection<S> {
     max_subscriptions: Option<u32>,
     /// The user's connection slot, released when the connection ends.
     _user_slot: Option<UserSlot>,
+    /// The listener's limits.
+    limits: Arc<Limits>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
@@ -316,7 +320,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     ) -> Option<Connection<S>> {
         let addr = peer.addr;
         let version = connect.protocol;
-        let limits = &broker.config.limits;
+        let limits = peer.limits.clone();
         if broker.logger.verbose() {
             broker.logger.received(
                 &display_id(&connect.client_id),
@@ -478,6 +482,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     connection_id: id,
                     control: mailbox.clone(),
                     info: info.clone(),
+                    queue_limits: queue_limits(&limits),
                 },
             )
             .await
@@ -556,6 +561,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             max_inbound_packet,
             max_subscriptions,
             _user_slot: user_slot,
+            limits: limits.clone(),
         };
         broker.logger.client_connected(addr, &client_id, &connect);
         conn.send(&connack);
@@ -693,7 +699,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 )));
                 return Ok(());
             }
-            if state.inbound_qos2.len() >= usize::from(self.broker.config.limits.receive_maximum) {
+            if state.inbound_qos2.len() >= usize::from(self.limits.receive_maximum) {
                 self.broker
                     .metrics
                     .quota_refusals
@@ -786,7 +792,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             .quota_refusals
             .with_label_values(&["publish_rate"])
             .inc();
-        match self.broker.config.limits.publish_rate_action {
+        match self.limits.publish_rate_action {
             RateLimitAction::Disconnect => Err(Close::Protocol(
                 ReasonCode::MESSAGE_RATE_TOO_HIGH,
                 "publish rate quota exceeded".into(),
@@ -810,7 +816,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             }
             return Ok(Arc::from(p.topic.as_str()));
         };
-        let max = self.broker.config.limits.topic_alias_maximum;
+        let max = self.limits.topic_alias_maximum;
         if alias == 0 || alias > max {
             return Err(Close::Protocol(
                 ReasonCode::TOPIC_ALIAS_INVALID,
@@ -962,7 +968,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         }));
         // Retained messages follow the SUBACK.
         let mut records = Vec::new();
-        let limits = self.broker.queue_limits();
+        let limits = queue_limits(&self.limits);
         for (filter, qos) in retained_for {
             for (_, msg) in self.broker.retained.matching(&filter) {
                 if msg.is_expired(Instant::now()) {
@@ -1018,7 +1024,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     "session expiry set on DISCONNECT after 0 at CONNECT",
                 ));
             }
-            let expiry = expiry.min(self.broker.config.limits.max_session_expiry);
+            let expiry = expiry.min(self.limits.max_session_expiry);
             self.session.state.lock().expiry_interval = expiry;
         }
         Err(Close::ClientDisconnect {
@@ -1289,6 +1295,15 @@ fn authenticate(
             };
             (ReasonCode::BAD_USER_NAME_OR_PASSWORD, label)
         })
+}
+
+/// Session queue limits from a listener's limits.
+pub fn queue_limits(limits: &Limits) -> QueueLimits {
+    QueueLimits {
+        max_messages: limits.max_queued_messages as usize,
+        max_bytes: usize::try_from(limits.max_queued_bytes).unwrap_or(usize::MAX),
+        policy: limits.queue_full,
+    }
 }
 
 fn protocol_error(text: &str) -> Close {

@@ -30,6 +30,8 @@ pub struct Listener {
     pub name: Arc<str>,
     pub tcp: TcpListener,
     pub tls: Option<Arc<TlsReloader>>,
+    /// Broker-wide limits with this listener's overrides.
+    pub limits: Arc<crate::config::Limits>,
 }
 
 /// Decrements the listener's connection count when a connection ends.
@@ -128,6 +130,7 @@ async fn handshake_and_serve(
         local_port: listener.config.bind.port(),
         listener: listener.name.clone(),
         cert_username: None,
+        limits: listener.limits.clone(),
     };
     // Plain TCP is served inline; the other transports are boxed so that
     // their larger state does not make every connection's task larger.

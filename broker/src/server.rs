@@ -156,6 +156,7 @@ pub async fn start(config: Config, logger: Logger) -> Result<RunningBroker, Star
     let access = Access::load(&config.auth)?;
 
     let mut listeners = Vec::new();
+    let global_limits = config.limits.clone();
     for l in &config.listeners {
         let tls = match &l.tls {
             Some(tls) => Some(Arc::new(TlsReloader::load(tls).map_err(|source| {
@@ -180,6 +181,7 @@ pub async fn start(config: Config, logger: Logger) -> Result<RunningBroker, Star
         let mut config = l.clone();
         config.bind = addr;
         listeners.push(Listener {
+            limits: Arc::new(l.limits.apply(&global_limits)),
             name: Arc::from(l.display_name()),
             config,
             tcp,

@@ -129,6 +129,8 @@ pub struct Attachment {
     pub connection_id: u64,
     pub control: Arc<Mailbox>,
     pub info: Arc<ClientInfo>,
+    /// Queue limits of the listener the client connected through.
+    pub queue_limits: QueueLimits,
 }
 
 /// Queue limits, from the configuration.
@@ -184,6 +186,9 @@ pub struct SessionState {
     pub last_client: Option<Arc<ClientInfo>>,
     /// The read rules of `last_client`, resolved for an ACL generation.
     pub acl: Option<(u64, Arc<ClientAcl>)>,
+    /// Queue limits of the listener the client last connected through;
+    /// `None` (broker-wide limits) for sessions restored from the store.
+    pub queue_limits: Option<QueueLimits>,
 }
 
 pub struct Session {
@@ -398,6 +403,7 @@ mod tests {
                     listener: Arc::from("tcp-1883"),
                     connected_at: SystemTime::now(),
                 }),
+                queue_limits: limits(10, QueueFullPolicy::DropNew),
             }),
             next_packet_id: 1,
             ..SessionState::default()

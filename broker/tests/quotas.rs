@@ -439,3 +439,35 @@ async fn in_flight_messages_both_ways() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn listener_limits_override_the_broker_wide_ones() {
+    let extra = "[[listeners]]\nname = \"edge\"\nbind = \"127.0.0.1:{port:edge}\"\n\
+                 [listeners.limits]\nmax_packet_size = 256\nmax_subscriptions = 1\n";
+    let Some(broker) = start(config("max_packet_size = 4096", extra)).await else {
+        return;
+    };
+    // On the edge listener: its own packet size (announced and enforced)
+    // and subscription quota.
+    let mut edge = Raw::open_addr(broker.addr_of("edge")).await;
+    let ack = edge.handshake(&Connect::v5("edge-client")).await;
+    assert_eq!(ack.code, 0);
+    assert_eq!(ack.props.num(prop::MAXIMUM_PACKET_SIZE), Some(256));
+    assert_eq!(
+        edge.subscribe(1, &[("a", 0), ("b", 0)]).await,
+        vec![0, 0x97]
+    );
+    edge.send_publish(&Pub::new("t", &[0; 400]).qos(1, 2)).await;
+    assert_eq!(edge.expect_closed().await.map(|d| d.reason), Some(0x95));
+
+    // On the default listener the broker-wide limits still apply.
+    let (mut inside, ack) = Raw::connect(&broker, &Connect::v5("inside")).await;
+    assert_eq!(ack.props.num(prop::MAXIMUM_PACKET_SIZE), Some(4096));
+    assert_eq!(inside.subscribe(1, &[("a", 0), ("b", 0)]).await, vec![0, 0]);
+    assert_eq!(
+        inside
+            .publish_qos1(&Pub::new("t", &[0; 400]).qos(1, 3))
+            .await,
+        0x10
+    );
+}
