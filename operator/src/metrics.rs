@@ -2,7 +2,7 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `kubemqtt_operator_reconciles_total` | counter | `result`: `applied`, `invalid`, `paused`, `error` |
+//! | `kubemqtt_operator_reconciles_total` | counter | `result`: `applied`, `invalid`, `paused`, `deleting`, `error` |
 //! | `kubemqtt_operator_reconcile_errors_total` | counter | `stage`: `observe`, `apply`, `status` |
 //! | `kubemqtt_operator_reconcile_duration_seconds` | histogram | |
 //! | `kubemqtt_operator_leader` | gauge | 1 while this replica holds the lease |
@@ -23,6 +23,8 @@ pub enum ReconcileResult {
     Invalid,
     /// The broker carries the paused annotation.
     Paused,
+    /// The broker is being deleted: its objects go with it.
+    Deleting,
     /// An API call failed; the reconcile is retried with backoff.
     Error,
 }
@@ -33,6 +35,7 @@ impl ReconcileResult {
             ReconcileResult::Applied => "applied",
             ReconcileResult::Invalid => "invalid",
             ReconcileResult::Paused => "paused",
+            ReconcileResult::Deleting => "deleting",
             ReconcileResult::Error => "error",
         }
     }

@@ -6,7 +6,13 @@ use std::process::Command;
 #[test]
 fn run_without_a_cluster_fails_clearly() {
     let output = Command::new(env!("CARGO_BIN_EXE_kubemqtt-operator"))
-        .args(["run", "--http-address", "127.0.0.1:0", "--log-format", "text"])
+        .args([
+            "run",
+            "--http-address",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+        ])
         .env("KUBECONFIG", "/nonexistent/kubeconfig")
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env_remove("KUBERNETES_SERVICE_PORT")

@@ -3,6 +3,8 @@
 //!
 //! One reconcile of a broker:
 //!
+//! 0. Being deleted: nothing (the objects go with it, through their owner
+//!    references).
 //! 1. Paused (`kubemqtt.io/paused: "true"`): only the status changes, its
 //!    `Progressing` condition saying `Paused` (and one Event when the
 //!    pause begins). No other object is read or written.
@@ -14,9 +16,9 @@
 //!    for real. An object the API server refuses is reported like an
 //!    invalid spec; any other API error is reported and retried with
 //!    backoff ([`error_policy`]).
-//! 5. [`status`]: write the status (only when it changed), then publish
-//!    Events for created and updated objects and issued certificates
-//!    ([`events`]).
+//! 5. Publish Events for created and updated objects and issued
+//!    certificates ([`events`]), then write the [`status`] (only when it
+//!    changed).
 //! 6. Come back when the certificate next needs attention, at the latest
 //!    in an hour. Changes to the broker or to any object it owns come
 //!    sooner, through the watches.
@@ -230,6 +232,11 @@ async fn reconcile_broker(
     let namespace = broker.namespace().ok_or(Error::NoNamespace)?;
     let brokers: Api<MqttBroker> = Api::namespaced(ctx.client.clone(), &namespace);
 
+    if broker.metadata.deletion_timestamp.is_some() {
+        // Kubernetes deletes the objects through their owner references;
+        // applying them now would bring them back.
+        return Ok((ReconcileResult::Deleting, Action::await_change()));
+    }
     if is_paused(broker) {
         write_status(&brokers, broker, &status::paused(broker, now)).await?;
         if !was_paused(broker) {
@@ -299,13 +306,8 @@ async fn reconcile_broker(
         client_service: client_service.as_ref(),
         user_certificate: observation.user_certificate.as_ref(),
     };
-    write_status(
-        &brokers,
-        broker,
-        &status::status(broker, outcome, seen, now),
-    )
-    .await?;
-
+    // What happened is told first: a failed status write is retried, and
+    // the retry finds nothing left to tell.
     let renewals = plan
         .certificate
         .as_ref()
@@ -318,6 +320,12 @@ async fn reconcile_broker(
         info!(reason = %event.reason, "{}", event.note);
         ctx.events.publish(broker, event).await;
     }
+    write_status(
+        &brokers,
+        broker,
+        &status::status(broker, outcome, seen, now),
+    )
+    .await?;
 
     let requeue = plan
         .certificate

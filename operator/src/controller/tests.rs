@@ -212,7 +212,7 @@ async fn first_reconcile_creates_everything_and_reports() {
 
     assert_eq!(
         lines(&requests),
-        full_reconcile(&[status_patch(), event_post(), event_post(), event_post()])
+        full_reconcile(&[event_post(), event_post(), event_post(), status_patch()])
     );
     // Every object: server-side apply, one field manager, forced, owned.
     for request in requests.iter().filter(|r| r.method == Method::PATCH) {
@@ -318,7 +318,7 @@ async fn an_update_rolls_the_pods_and_says_what_changed() {
 
     assert_eq!(
         lines(&requests),
-        full_reconcile(&[status_patch(), event_post()])
+        full_reconcile(&[event_post(), status_patch()])
     );
     let config = applied(&requests, CONFIG_MAP);
     let broker_toml = config["data"]["broker.toml"].as_str().expect("broker.toml");
@@ -360,7 +360,7 @@ async fn a_load_balancer_address_reissues_the_certificate() {
 
     assert_eq!(
         lines(&requests),
-        full_reconcile(&[status_patch(), event_post(), event_post()])
+        full_reconcile(&[event_post(), event_post(), status_patch()])
     );
     let certificate = secret_text(&applied(&requests, TLS), TLS_CERT_KEY);
     let info = certs::inspect(&certificate).expect("a certificate");
@@ -420,7 +420,7 @@ async fn an_expiring_certificate_is_renewed() {
 
     assert_eq!(
         lines(&requests),
-        full_reconcile(&[status_patch(), event_post(), event_post()])
+        full_reconcile(&[event_post(), event_post(), status_patch()])
     );
     let renewed = secret_text(&applied(&requests, TLS), TLS_CERT_KEY);
     assert_ne!(renewed, old_certificate);
@@ -617,8 +617,17 @@ async fn a_paused_broker_is_left_alone() {
     let requests = test.server.take_requests();
     assert_eq!(
         lines(&requests),
-        full_reconcile(&[status_patch(), event_post(), event_post(), event_post()])
+        full_reconcile(&[event_post(), event_post(), event_post(), status_patch()])
     );
+}
+
+#[tokio::test]
+async fn a_broker_being_deleted_is_left_to_the_garbage_collector() {
+    let test = Test::default();
+    test.edit(|broker| broker["metadata"]["deletionTimestamp"] = json!("2025-06-01T12:00:00Z"));
+    let action = test.reconcile().await.expect("does nothing");
+    assert_eq!(lines(&test.server.take_requests()), Vec::<String>::new());
+    assert_eq!(action, Action::await_change());
 }
 
 #[test]

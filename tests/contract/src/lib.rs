@@ -24,7 +24,8 @@ pub enum LayoutError {
     /// The StatefulSet lacks something every broker pod has.
     #[error("the StatefulSet has no {0}")]
     Incomplete(&'static str),
-    /// A mount names a volume the pod does not declare.
+    /// A mount names a volume neither the pod nor the claim templates
+    /// declare.
     #[error("the mount of volume `{0}` has no volume")]
     NoVolume(String),
     /// A volume refers to a ConfigMap or Secret the plan does not hold
@@ -65,15 +66,25 @@ pub struct PodFiles {
 
 impl PodFiles {
     /// Writes every file the broker container of `plan` mounts under
-    /// `root`; volumes that are not a ConfigMap or a Secret (the
-    /// persistent volume) become empty directories.
+    /// `root`; the persistent volume (a claim template) and any volume that
+    /// is not a ConfigMap or a Secret become empty directories.
     pub fn lay_out(plan: &Plan, root: &Path) -> Result<PodFiles, LayoutError> {
-        let pod = plan
+        let stateful_set = plan
             .stateful_set
             .spec
             .as_ref()
-            .and_then(|spec| spec.template.spec.as_ref())
+            .ok_or(LayoutError::Incomplete("spec"))?;
+        let pod = stateful_set
+            .template
+            .spec
+            .as_ref()
             .ok_or(LayoutError::Incomplete("pod template"))?;
+        let claims: Vec<&str> = stateful_set
+            .volume_claim_templates
+            .iter()
+            .flatten()
+            .filter_map(|claim| claim.metadata.name.as_deref())
+            .collect();
         let container = broker_container(pod)?;
         let files = PodFiles {
             root: root.to_owned(),
@@ -88,14 +99,18 @@ impl PodFiles {
                 .collect(),
         };
         for mount in container.volume_mounts.iter().flatten() {
+            let dir = files.path(&mount.mount_path);
+            create_dir(&dir)?;
+            if claims.contains(&mount.name.as_str()) {
+                // A persistent volume starts empty.
+                continue;
+            }
             let volume = pod
                 .volumes
                 .iter()
                 .flatten()
                 .find(|volume| volume.name == mount.name)
                 .ok_or_else(|| LayoutError::NoVolume(mount.name.clone()))?;
-            let dir = files.path(&mount.mount_path);
-            create_dir(&dir)?;
             for (key, bytes) in volume_files(plan, volume)? {
                 let path = dir.join(key);
                 std::fs::write(&path, bytes).map_err(|source| LayoutError::Io { path, source })?;
@@ -210,4 +225,92 @@ fn volume_files(plan: &Plan, volume: &Volume) -> Result<BTreeMap<String, Vec<u8>
             .collect());
     }
     Ok(BTreeMap::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use kubemqtt_operator::plan::{self, Observed, Settings};
+    use kubemqtt_operator::render::read_broker;
+
+    use super::*;
+
+    fn plan_of(spec: &str) -> Plan {
+        let manifest = format!(
+            "apiVersion: kubemqtt.io/v1alpha1\nkind: MqttBroker\nmetadata: {{name: mq}}\nspec: {spec}\n"
+        );
+        let broker = read_broker(&manifest, None).unwrap();
+        let now = "2025-06-01T12:00:00Z".parse().unwrap();
+        plan::plan(&broker, &Observed::default(), &Settings::default(), now).unwrap()
+    }
+
+    #[test]
+    fn every_mounted_key_becomes_a_file_under_the_root() {
+        let plan = plan_of("{persistence: {enabled: true}}");
+        let root = tempfile::tempdir().unwrap();
+        let pod = PodFiles::lay_out(&plan, root.path()).unwrap();
+        let config_file = root.path().join("etc/kubemqtt/config/broker.toml");
+        assert_eq!(
+            pod.args,
+            ["--config".to_owned(), config_file.display().to_string()]
+        );
+        for file in [
+            "etc/kubemqtt/config/broker.toml",
+            "etc/kubemqtt/config/ca.crt",
+            "etc/kubemqtt/tls/tls.crt",
+            "etc/kubemqtt/tls/tls.key",
+            "etc/kubemqtt/tls/ca.crt",
+            "etc/kubemqtt/auth/credentials.toml",
+            "etc/kubemqtt/auth/admin-token",
+        ] {
+            assert!(root.path().join(file).is_file(), "{file}");
+        }
+        assert!(root.path().join("var/lib/kubemqtt").is_dir());
+        assert_eq!(
+            std::fs::read_to_string(&config_file).unwrap(),
+            plan.config_map.data.as_ref().unwrap()["broker.toml"]
+        );
+    }
+
+    #[test]
+    fn localizing_moves_files_and_ports_to_this_machine() {
+        let plan = plan_of("{persistence: {enabled: true}}");
+        let root = tempfile::tempdir().unwrap();
+        let pod = PodFiles::lay_out(&plan, root.path()).unwrap();
+        let config = pod
+            .localize(
+                "/etc/kubemqtt/config/broker.toml",
+                |name| if name == "mqtt" { 11883 } else { 18883 },
+                18080,
+            )
+            .unwrap();
+        let binds: Vec<String> = config
+            .listeners
+            .iter()
+            .map(|l| l.bind.to_string())
+            .collect();
+        assert_eq!(binds, ["127.0.0.1:11883", "127.0.0.1:18883"]);
+        let tls = config.listeners[1].tls.as_ref().unwrap();
+        assert_eq!(tls.cert_file, root.path().join("etc/kubemqtt/tls/tls.crt"));
+        assert_eq!(
+            config.auth.credentials_file,
+            Some(root.path().join("etc/kubemqtt/auth/credentials.toml"))
+        );
+        assert_eq!(config.http.bind, Some("127.0.0.1:18080".parse().unwrap()));
+        assert_eq!(config.persistence.dir, root.path().join("var/lib/kubemqtt"));
+        // The file on disk is the localized one.
+        let reread = Config::load(&pod.path("/etc/kubemqtt/config/broker.toml")).unwrap();
+        assert_eq!(reread.listeners, config.listeners);
+    }
+
+    #[test]
+    fn a_user_certificate_secret_is_not_in_the_plan() {
+        let plan = plan_of("{tls: {secretName: my-cert}}");
+        let root = tempfile::tempdir().unwrap();
+        match PodFiles::lay_out(&plan, root.path()) {
+            Err(LayoutError::NotInPlan { kind, name, .. }) => {
+                assert_eq!((kind, name.as_str()), ("Secret", "my-cert"))
+            }
+            other => panic!("expected the missing Secret, got {other:?}"),
+        }
+    }
 }

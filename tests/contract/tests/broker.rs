@@ -29,8 +29,8 @@ use kubemqtt_operator::plan::secrets::{
 use kubemqtt_operator::plan::{self, Observed, Settings, CONFIG_DIR};
 use kubemqtt_operator::render::read_broker;
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, MqttOptions,
-    QoS, TlsConfiguration, Transport,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, MqttOptions, QoS,
+    TlsConfiguration, Transport,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -96,17 +96,27 @@ async fn a_rendered_broker_serves_tls_with_its_generated_credentials() {
         Arc::new(tls_config(&ca_bundle)),
     )));
     let (client, mut events) = AsyncClient::new(options, 10);
-    wait_for(&mut events, "CONNACK", |event| {
-        matches!(event, Incoming::ConnAck(ack) if ack.code == ConnectReturnCode::Success)
-    })
+    wait_for(
+        &mut events,
+        "CONNACK",
+        |event| matches!(event, Incoming::ConnAck(ack) if ack.code == ConnectReturnCode::Success),
+    )
     .await;
     client
         .subscribe(TOPIC, QoS::AtLeastOnce)
         .await
         .expect("subscribe");
-    wait_for(&mut events, "SUBACK", |event| matches!(event, Incoming::SubAck(_))).await;
+    wait_for(&mut events, "SUBACK", |event| {
+        matches!(event, Incoming::SubAck(_))
+    })
+    .await;
     client
-        .publish(TOPIC, QoS::AtLeastOnce, false, "hello from the contract test")
+        .publish(
+            TOPIC,
+            QoS::AtLeastOnce,
+            false,
+            "hello from the contract test",
+        )
         .await
         .expect("publish");
     wait_for(&mut events, "the message back", |event| {
@@ -254,9 +264,31 @@ fn broker_binary() -> PathBuf {
     build
         .args(["build", "--quiet", "--workspace", "--bins"])
         .env("CARGO_TARGET_DIR", target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir.file_name().is_some_and(|name| name == "release") {
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    if profile_dir
+        .file_name()
+        .is_some_and(|name| name == "release")
+    {
         build.arg("--release");
+    }
+    // What cargo set for this test would look like a change to some build
+    // scripts (ring watches CARGO_MANIFEST_DIR) and rebuild them.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let set_for_tests = name.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&name.as_ref());
+        if set_for_tests {
+            build.env_remove(name.as_ref());
+        }
     }
     let status = build.status().expect("cargo runs");
     assert!(status.success(), "cannot build the broker: {status}");
