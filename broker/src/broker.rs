@@ -108,12 +108,7 @@ impl Broker {
     }
 
     pub fn queue_limits(&self) -> QueueLimits {
-        let l = &self.config.limits;
-        QueueLimits {
-            max_messages: l.max_queued_messages as usize,
-            max_bytes: usize::try_from(l.max_queued_bytes).unwrap_or(usize::MAX),
-            policy: l.queue_full,
-        }
+        QueueLimits::from_limits(&self.config.limits)
     }
 
     // ----- publishing -------------------------------------------------------

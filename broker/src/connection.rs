@@ -482,7 +482,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     connection_id: id,
                     control: mailbox.clone(),
                     info: info.clone(),
-                    queue_limits: queue_limits(&limits),
+                    queue_limits: QueueLimits::from_limits(&limits),
                 },
             )
             .await
@@ -968,7 +968,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         }));
         // Retained messages follow the SUBACK.
         let mut records = Vec::new();
-        let limits = queue_limits(&self.limits);
+        let limits = QueueLimits::from_limits(&self.limits);
         for (filter, qos) in retained_for {
             for (_, msg) in self.broker.retained.matching(&filter) {
                 if msg.is_expired(Instant::now()) {
@@ -1295,15 +1295,6 @@ fn authenticate(
             };
             (ReasonCode::BAD_USER_NAME_OR_PASSWORD, label)
         })
-}
-
-/// Session queue limits from a listener's limits.
-pub fn queue_limits(limits: &Limits) -> QueueLimits {
-    QueueLimits {
-        max_messages: limits.max_queued_messages as usize,
-        max_bytes: usize::try_from(limits.max_queued_bytes).unwrap_or(usize::MAX),
-        policy: limits.queue_full,
-    }
 }
 
 fn protocol_error(text: &str) -> Close {

@@ -141,6 +141,17 @@ pub struct QueueLimits {
     pub policy: QueueFullPolicy,
 }
 
+impl QueueLimits {
+    /// The queue part of a set of limits (broker-wide or a listener's).
+    pub fn from_limits(limits: &crate::config::Limits) -> QueueLimits {
+        QueueLimits {
+            max_messages: limits.max_queued_messages as usize,
+            max_bytes: usize::try_from(limits.max_queued_bytes).unwrap_or(usize::MAX),
+            policy: limits.queue_full,
+        }
+    }
+}
+
 /// What happened to an offered delivery.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Enqueued {
