@@ -96,9 +96,12 @@ async fn retained_will_is_stored() {
         let (mut late, _) = Client4::connect(&broker, "late", |_| {}).await;
         late.subscribe("will/retained", QoS::AtLeastOnce).await;
         if let Some(m) = late.next_publish(QUIET).await {
-            assert!(m.retain);
             assert_eq!(&m.payload[..], b"offline");
-            return;
+            // A subscriber that was already there when the will went out
+            // gets it live, with RETAIN 0; the next one must find it stored.
+            if m.retain {
+                return;
+            }
         }
         assert!(
             std::time::Instant::now() < deadline,
