@@ -1,6 +1,14 @@
 //! Who may connect and what each client may do, as currently configured:
 //! the authenticator and ACL built from the auth files, swapped atomically
-//! when the files change or on SIGHUP, and per-user connection counts.
+//! when the files change, on SIGHUP or when credentials are pushed through
+//! the admin API, and per-user connection counts.
+//!
+//! Pushed credentials stand in for the credentials file until the file
+//! catches up: each version carries a `revision`, and whichever of the file
+//! and the last push has the higher one is in force. The operator writes
+//! the file (a Secret volume, which the kubelet refreshes only every minute
+//! or so) and pushes the same text, so a change applies in about a second
+//! and still survives a restart.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,8 +17,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-use crate::auth::{Acl, AuthFileError, Authenticator};
-use crate::config::AuthConfig;
+use crate::auth::{self, Acl, AuthFileError, AuthText, Authenticator};
+use crate::config::{AuthConfig, CertificateUsers};
 use crate::filewatch::{self, FileStamp};
 
 pub struct Access {
@@ -21,8 +29,36 @@ pub struct Access {
     /// per-client ACL re-resolve when it changes.
     generation: AtomicU64,
     stamps: Mutex<Vec<Option<FileStamp>>>,
+    /// The credentials in force: from the file or from the last push.
+    credentials: Mutex<Credentials>,
     /// Open connections per user name, for the `connections` quota.
     user_connections: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// Where the credentials in force come from.
+#[derive(Debug, Clone, Default)]
+struct Credentials {
+    /// The last push that is newer than the file, if any.
+    pushed: Option<Pushed>,
+    /// The revision in force (0: none).
+    revision: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Pushed {
+    text: AuthText,
+    revision: u64,
+}
+
+/// What a push of credentials did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The pushed revision is now in force.
+    Applied { revision: u64 },
+    /// The same revision is already in force; nothing changed.
+    Unchanged { revision: u64 },
+    /// An older revision than the one in force: refused.
+    Stale { current: u64 },
 }
 
 /// Holds one of a user's connection slots; released on drop.
@@ -45,20 +81,34 @@ impl Drop for UserSlot {
 
 impl Access {
     pub fn load(config: &AuthConfig) -> Result<Access, AuthFileError> {
-        let (authenticator, acl) = load_files(config)?;
+        let mut credentials = Credentials::default();
+        let (authenticator, acl) = load_files(config, &mut credentials)?;
         Ok(Access {
             stamps: Mutex::new(file_stamps(config)),
             config: config.clone(),
             authenticator: ArcSwap::from_pointee(authenticator),
             acl: ArcSwap::from_pointee(acl),
             generation: AtomicU64::new(1),
+            credentials: Mutex::new(credentials),
             user_connections: Arc::default(),
         })
     }
 
-    /// Whether any password or credentials file is configured.
+    /// Whether any users are defined: a password or credentials file, or
+    /// pushed credentials.
     pub fn has_user_files(&self) -> bool {
-        self.config.password_file.is_some() || self.config.credentials_file.is_some()
+        self.config.password_file.is_some()
+            || self.config.credentials_file.is_some()
+            || self.credentials.lock().pushed.is_some()
+    }
+
+    /// Whether a client that logged in with a certificate naming
+    /// `username` may stay (see `auth.certificate_users`).
+    pub fn certificate_user_allowed(&self, username: &str) -> bool {
+        match self.config.certificate_users {
+            CertificateUsers::Any => true,
+            CertificateUsers::Known => self.authenticator().has_user(username),
+        }
     }
 
     pub fn authenticator(&self) -> Arc<Authenticator> {
@@ -73,13 +123,19 @@ impl Access {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// The `revision` of the credentials in force (0 when they have none).
+    pub fn credentials_revision(&self) -> u64 {
+        self.credentials.lock().revision
+    }
+
     /// Re-reads every file. On error nothing changes.
     pub fn reload(&self) -> Result<(), AuthFileError> {
         *self.stamps.lock() = file_stamps(&self.config);
-        let (authenticator, acl) = load_files(&self.config)?;
-        self.authenticator.store(Arc::new(authenticator));
-        self.acl.store(Arc::new(acl));
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let mut credentials = self.credentials.lock();
+        let mut next = credentials.clone();
+        let (authenticator, acl) = load_files(&self.config, &mut next)?;
+        self.swap(authenticator, acl);
+        *credentials = next;
         Ok(())
     }
 
@@ -89,6 +145,49 @@ impl Access {
             return None;
         }
         Some(self.reload())
+    }
+
+    /// Puts the credentials file `text` (which must have a `revision`) in
+    /// force in place of the file's, unless the revision in force is the
+    /// same or newer. Invalid text changes nothing.
+    pub fn push_credentials(&self, text: String) -> Result<PushOutcome, AuthFileError> {
+        let mut credentials = self.credentials.lock();
+        let origin = "pushed credentials".to_owned();
+        let revision = auth::credentials_revision(&AuthText {
+            text: text.clone(),
+            origin: origin.clone(),
+        })?
+        .ok_or_else(|| AuthFileError::Invalid {
+            file: origin.clone(),
+            line: None,
+            message: "pushed credentials need a `revision`".to_owned(),
+        })?;
+        if revision < credentials.revision {
+            return Ok(PushOutcome::Stale {
+                current: credentials.revision,
+            });
+        }
+        if revision == credentials.revision {
+            return Ok(PushOutcome::Unchanged { revision });
+        }
+        let mut next = credentials.clone();
+        next.pushed = Some(Pushed {
+            text: AuthText {
+                text,
+                origin: format!("{origin} (revision {revision})"),
+            },
+            revision,
+        });
+        let (authenticator, acl) = load_files(&self.config, &mut next)?;
+        self.swap(authenticator, acl);
+        *credentials = next;
+        Ok(PushOutcome::Applied { revision })
+    }
+
+    fn swap(&self, authenticator: Authenticator, acl: Acl) {
+        self.authenticator.store(Arc::new(authenticator));
+        self.acl.store(Arc::new(acl));
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Takes a connection slot of `username`, unless it already holds `max`.
@@ -109,16 +208,36 @@ impl Access {
     }
 }
 
-fn load_files(config: &AuthConfig) -> Result<(Authenticator, Acl), AuthFileError> {
-    let authenticator = Authenticator::load(
-        config.password_file.as_deref(),
-        config.credentials_file.as_deref(),
-    )?;
-    let acl = Acl::load(
-        config.acl_file.as_deref(),
-        config.credentials_file.as_deref(),
-    )?;
-    Ok((authenticator, acl))
+/// Reads the files and builds the authenticator and ACL, with the pushed
+/// credentials of `credentials` standing in for the credentials file while
+/// their revision is the higher. Updates `credentials` (a push the file
+/// has caught up with is dropped).
+fn load_files(
+    config: &AuthConfig,
+    credentials: &mut Credentials,
+) -> Result<(Authenticator, Acl), AuthFileError> {
+    let read = |path: Option<&std::path::PathBuf>| path.map(|p| AuthText::read(p)).transpose();
+    let passwd = read(config.password_file.as_ref())?;
+    let file = read(config.credentials_file.as_ref())?;
+    let acl = read(config.acl_file.as_ref())?;
+    let file_revision = match &file {
+        Some(file) => auth::credentials_revision(file)?.unwrap_or(0),
+        None => 0,
+    };
+    if credentials
+        .pushed
+        .as_ref()
+        .is_some_and(|pushed| pushed.revision <= file_revision)
+    {
+        credentials.pushed = None;
+    }
+    let (creds, revision) = match &credentials.pushed {
+        Some(pushed) => (Some(&pushed.text), pushed.revision),
+        None => (file.as_ref(), file_revision),
+    };
+    let built = auth::build(passwd.as_ref(), creds, acl.as_ref())?;
+    credentials.revision = revision;
+    Ok(built)
 }
 
 fn file_stamps(config: &AuthConfig) -> Vec<Option<FileStamp>> {
@@ -169,5 +288,99 @@ mod tests {
         assert!(matches!(access.reload_if_changed(), Some(Err(_))));
         assert_eq!(access.generation(), g + 1);
         assert!(access.acl().client(None, "c").can_receive("b/c"));
+    }
+
+    const HASH: &str = "$7$101$QnKBAv9+UMW2UYpr$CdLza+MzawgoFLcPiqhVsspAzVMZrrj4I/yiSk5QtmVFMBHR7hkfUJuYKm+C8ULFQMbtdsnNSgpl+2X7tJdWzg==";
+
+    fn creds(revision: u64, users: &[&str]) -> String {
+        let mut text = format!("revision = {revision}\n");
+        for user in users {
+            text.push_str(&format!(
+                "[[users]]\nusername = \"{user}\"\npasswords = [{{ hash = \"{HASH}\" }}]\n"
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn the_newer_of_file_and_push_is_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("creds.toml");
+        std::fs::write(&file, creds(3, &["from-file"])).unwrap();
+        let config = AuthConfig {
+            credentials_file: Some(file.clone()),
+            ..AuthConfig::default()
+        };
+        let access = Access::load(&config).unwrap();
+        assert_eq!(access.credentials_revision(), 3);
+        assert!(access.authenticator().has_user("from-file"));
+
+        // Older or equal pushes change nothing.
+        assert_eq!(
+            access.push_credentials(creds(2, &["old"])).unwrap(),
+            PushOutcome::Stale { current: 3 }
+        );
+        assert_eq!(
+            access.push_credentials(creds(3, &["same"])).unwrap(),
+            PushOutcome::Unchanged { revision: 3 }
+        );
+        assert!(!access.authenticator().has_user("old"));
+        let g = access.generation();
+
+        // A newer push wins, also over a reload of the older file.
+        assert_eq!(
+            access.push_credentials(creds(4, &["pushed"])).unwrap(),
+            PushOutcome::Applied { revision: 4 }
+        );
+        assert_eq!(access.generation(), g + 1);
+        assert!(access.authenticator().has_user("pushed"));
+        assert!(!access.authenticator().has_user("from-file"));
+        access.reload().unwrap();
+        assert!(access.authenticator().has_user("pushed"));
+        assert_eq!(access.credentials_revision(), 4);
+
+        // Once the file catches up, the file is in force again.
+        std::fs::write(&file, creds(5, &["caught-up", "and-longer"])).unwrap();
+        assert!(matches!(access.reload_if_changed(), Some(Ok(()))));
+        assert!(access.authenticator().has_user("caught-up"));
+        assert!(!access.authenticator().has_user("pushed"));
+        assert_eq!(access.credentials_revision(), 5);
+    }
+
+    #[test]
+    fn an_invalid_push_changes_nothing() {
+        let access = Access::load(&AuthConfig::default()).unwrap();
+        assert!(!access.has_user_files());
+        let error = access
+            .push_credentials("[[users]]\nusername = \"u\"\n".to_owned())
+            .unwrap_err();
+        assert!(error.to_string().contains("need a `revision`"), "{error}");
+        let error = access
+            .push_credentials("revision = 2\n[[users]]\nusername = \"\"\n".to_owned())
+            .unwrap_err();
+        assert!(error.to_string().contains("empty user name"), "{error}");
+        assert_eq!(access.credentials_revision(), 0);
+        assert!(!access.has_user_files());
+
+        access.push_credentials(creds(1, &["u"])).unwrap();
+        assert!(access.has_user_files());
+        assert!(access.authenticator().has_user("u"));
+    }
+
+    #[test]
+    fn known_certificate_users_must_be_defined() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("creds.toml");
+        std::fs::write(&file, "[[users]]\nusername = \"device\"\n").unwrap();
+        let mut config = AuthConfig {
+            credentials_file: Some(file),
+            ..AuthConfig::default()
+        };
+        let any = Access::load(&config).unwrap();
+        assert!(any.certificate_user_allowed("stranger"));
+        config.certificate_users = CertificateUsers::Known;
+        let known = Access::load(&config).unwrap();
+        assert!(known.certificate_user_allowed("device"));
+        assert!(!known.certificate_user_allowed("stranger"));
     }
 }

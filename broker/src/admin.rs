@@ -1,23 +1,30 @@
 //! The HTTP server: `/healthz`, `/readyz`, `/metrics` and the JSON admin
 //! API (`/api/v1/...`, bearer token read from a file at each request so it
-//! can be rotated).
+//! can be rotated). `PUT /api/v1/credentials` is how the operator puts a
+//! user change in force within a second.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+use crate::access::PushOutcome;
 use crate::broker::Broker;
 use crate::codec::ReasonCode;
 use crate::session::{ClientInfo, Session};
 
 type Shared = State<Arc<Broker>>;
+
+/// Largest credentials document the admin API takes: room for about
+/// 100,000 users with rules.
+const CREDENTIALS_BODY_LIMIT: usize = 64 << 20;
 
 /// Serves HTTP until the task is aborted.
 pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
@@ -34,6 +41,10 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/retained", get(list_retained))
         .route("/stats", get(stats))
         .route("/reload", post(reload))
+        .route(
+            "/credentials",
+            put(push_credentials).layer(DefaultBodyLimit::max(CREDENTIALS_BODY_LIMIT)),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             broker.clone(),
             require_token,
@@ -234,6 +245,40 @@ async fn reload(State(broker): Shared) -> Response {
         Err(e) => (
             StatusCode::UNPROCESSABLE_ENTITY,
             Json(json!({ "reloaded": false, "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+/// `PUT /api/v1/credentials`: a credentials file (TOML with a `revision`)
+/// to put in force at once, ahead of the file on disk (see `access`).
+/// Clients of users it no longer has are disconnected; nobody else is.
+async fn push_credentials(State(broker): Shared, body: String) -> Response {
+    match broker.access.push_credentials(body) {
+        Ok(PushOutcome::Applied { revision }) => {
+            let kicked = broker.disconnect_removed_users();
+            broker.logger.info(&format!(
+                "Credentials revision {revision} pushed through the admin API are in force."
+            ));
+            Json(json!({ "applied": true, "revision": revision, "disconnected": kicked }))
+                .into_response()
+        }
+        Ok(PushOutcome::Unchanged { revision }) => {
+            Json(json!({ "applied": false, "revision": revision, "disconnected": 0 }))
+                .into_response()
+        }
+        Ok(PushOutcome::Stale { current }) => (
+            StatusCode::CONFLICT,
+            Json(json!({
+                "applied": false,
+                "revision": current,
+                "error": format!("revision {current} or newer is already in force"),
+            })),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "applied": false, "error": e.to_string() })),
         )
             .into_response(),
     }

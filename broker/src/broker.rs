@@ -633,7 +633,12 @@ impl Broker {
             let Some(username) = &info.username else {
                 continue;
             };
-            if info.cert_authenticated || auth.has_user(username) {
+            let allowed = if info.cert_authenticated {
+                self.access.certificate_user_allowed(username)
+            } else {
+                auth.has_user(username)
+            };
+            if allowed {
                 continue;
             }
             self.logger.info(&format!(

@@ -97,6 +97,13 @@ pub struct AuthConfig {
     /// How often the files are checked for changes, in seconds. Default: 2.
     #[serde(default = "default_reload_interval_secs")]
     pub reload_interval_secs: u64,
+    /// Which clients that log in with a certificate (a TLS listener with
+    /// `username_from`) are let in: `any` (default, as mosquitto's
+    /// `use_identity_as_username`) or `known`: only when the certificate's
+    /// user name is a user of the password or credentials file, so that
+    /// removing the user revokes the certificate too.
+    #[serde(default)]
+    pub certificate_users: CertificateUsers,
 }
 
 impl Default for AuthConfig {
@@ -106,8 +113,20 @@ impl Default for AuthConfig {
             credentials_file: None,
             acl_file: None,
             reload_interval_secs: default_reload_interval_secs(),
+            certificate_users: CertificateUsers::Any,
         }
     }
+}
+
+/// Which certificate-authenticated clients are let in (`auth.certificate_users`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertificateUsers {
+    /// Every client with a certificate the CA signed.
+    #[default]
+    Any,
+    /// Only those whose certificate names a known user.
+    Known,
 }
 
 /// The HTTP server (`[http]`).
@@ -1216,6 +1235,7 @@ interval_secs = 10
                 credentials_file: Some(PathBuf::from("/auth/credentials.toml")),
                 acl_file: Some(PathBuf::from("/auth/acl")),
                 reload_interval_secs: 5,
+                certificate_users: CertificateUsers::Known,
             },
             http: HttpConfig {
                 bind: Some("0.0.0.0:8080".parse().unwrap()),

@@ -356,24 +356,29 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             Some(name) => (Some(name.clone()), true),
             None => (connect.username.clone(), false),
         };
-        if !cert_authenticated {
-            if let Err((reason, label)) = authenticate(&broker, username.as_deref(), &connect) {
-                broker
-                    .metrics
-                    .auth_failures
-                    .with_label_values(&[label])
-                    .inc();
-                if let Some(name) = &username {
-                    broker.logger.info(&format!(
-                        "Login refused for user {name} from {addr}: {}.",
-                        label.replace('_', " ")
-                    ));
-                }
-                refuse(&mut io, reason, "");
-                broker.logger.not_authorised(None);
-                io.finish().await;
-                return None;
+        let checked = match (&username, cert_authenticated) {
+            (Some(name), true) if !broker.access.certificate_user_allowed(name) => {
+                Err((ReasonCode::NOT_AUTHORIZED, "unknown_user"))
             }
+            (_, true) => Ok(()),
+            (_, false) => authenticate(&broker, username.as_deref(), &connect),
+        };
+        if let Err((reason, label)) = checked {
+            broker
+                .metrics
+                .auth_failures
+                .with_label_values(&[label])
+                .inc();
+            if let Some(name) = &username {
+                broker.logger.info(&format!(
+                    "Login refused for user {name} from {addr}: {}.",
+                    label.replace('_', " ")
+                ));
+            }
+            refuse(&mut io, reason, "");
+            broker.logger.not_authorised(None);
+            io.finish().await;
+            return None;
         }
         let quotas = username
             .as_deref()

@@ -387,3 +387,112 @@ async fn credentials_file_change_applies_while_running() {
         Raw::connect(&broker, &Connect::v5("next").login("staying", "next-pw")).await;
     next.ping().await;
 }
+
+/// The operator's fast path: credentials pushed to `PUT /api/v1/credentials`
+/// are in force at once (the file is only checked once a minute here), ahead
+/// of the older file. A rotation keeps the connected client connected and
+/// both passwords working until `not_after`; a removal disconnects.
+#[tokio::test]
+async fn pushed_credentials_apply_at_once_and_keep_clients() {
+    const TOKEN: &str = "push-token";
+    let fixtures = tempfile::tempdir().unwrap();
+    let hash = |pw| kubemqtt_broker::auth::hash_password(pw).unwrap();
+    let user = |revision: u64, passwords: &str| {
+        format!("revision = {revision}\n[[users]]\nusername = \"dev-1\"\n{passwords}")
+    };
+    let creds = write_file(
+        fixtures.path(),
+        "creds.toml",
+        &user(
+            1,
+            &format!("passwords = [{{ hash = \"{}\" }}]\n", hash("old-pw")),
+        ),
+    );
+    let token = write_file(fixtures.path(), "token", TOKEN);
+    let Some(broker) = OpsBroker::start(BrokerOpts {
+        deny_anonymous: true,
+        extra_toml: format!(
+            "[http]\nbind = \"127.0.0.1:{{port:http}}\"\nadmin_token_file = \"{}\"\n\
+             [auth]\nreload_interval_secs = 60\ncredentials_file = \"{}\"\n",
+            token.display(),
+            creds.display()
+        ),
+        ..BrokerOpts::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let push = |body: String| {
+        let addr = broker.addr_of("http");
+        async move {
+            http_request_with_body(addr, "PUT", "/api/v1/credentials", Some(TOKEN), &body).await
+        }
+    };
+    let (mut connected, _) =
+        Raw::connect(&broker, &Connect::v5("d1").login("dev-1", "old-pw")).await;
+
+    // Rotation: the new password, and the old one for three more seconds.
+    let expires = unix_now() + 3;
+    let rotated = user(
+        2,
+        &format!(
+            "[[users.passwords]]\nhash = \"{}\"\n[[users.passwords]]\nhash = \"{}\"\nnot_after = \"{}\"\n",
+            hash("new-pw"),
+            hash("old-pw"),
+            rfc3339(expires)
+        ),
+    );
+    let response = push(rotated.clone()).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.json()["applied"], true);
+    assert_eq!(response.json()["disconnected"], 0);
+    let (new, _) = Raw::connect(&broker, &Connect::v5("d1-new").login("dev-1", "new-pw")).await;
+    let (old, _) = Raw::connect(&broker, &Connect::v5("d1-old").login("dev-1", "old-pw")).await;
+    new.disconnect().await;
+    old.disconnect().await;
+    connected.ping().await;
+
+    // Pushing the same revision again, an older one or a broken one changes
+    // nothing.
+    let again = push(rotated).await;
+    assert_eq!(
+        (again.status, &again.json()["applied"]),
+        (200, &false.into())
+    );
+    let stale = push(user(1, "")).await;
+    assert_eq!(stale.status, 409, "{stale:?}");
+    assert_eq!(stale.json()["revision"], 2);
+    let broken = push("revision = 9\n[[users]]\nusername = \"\"\n".to_owned()).await;
+    assert_eq!(broken.status, 422, "{broken:?}");
+    assert!(broken.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("empty user name"));
+    let unauthorized = http_request_with_body(
+        broker.addr_of("http"),
+        "PUT",
+        "/api/v1/credentials",
+        Some("wrong"),
+        &user(10, ""),
+    )
+    .await;
+    assert_eq!(unauthorized.status, 401);
+
+    // After the grace window the old password is refused; the client that
+    // logged in with it stays connected.
+    let wait = (expires + 1).saturating_sub(unix_now()) + 1;
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let old = Connect::v5("d1-old").login("dev-1", "old-pw");
+    assert_eq!(refused_with(&broker, &old).await, 0x86);
+    connected.ping().await;
+
+    // Removing the user disconnects it at once.
+    let removed = push("revision = 3\n".to_owned()).await;
+    assert_eq!(removed.status, 200, "{removed:?}");
+    assert_eq!(removed.json()["disconnected"], 1);
+    let disconnect = connected.expect_closed_within(Duration::from_secs(5)).await;
+    assert_eq!(disconnect.map(|d| d.reason), Some(0x87));
+    let new = Connect::v5("d1-new").login("dev-1", "new-pw");
+    assert_eq!(refused_with(&broker, &new).await, 0x86);
+}

@@ -383,6 +383,58 @@ async fn optional_client_certificates_or_passwords() {
     raw.ping().await;
 }
 
+/// `certificate_users = "known"`: a certificate logs in only while its
+/// user is defined; removing the user disconnects it and keeps it out,
+/// although the certificate itself stays valid.
+#[tokio::test]
+async fn known_certificate_users_are_revoked_with_the_user() {
+    let fixtures = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("CA");
+    let client_ca = write_file(fixtures.path(), "ca.crt", &ca.cert_pem);
+    let creds = write_file(
+        fixtures.path(),
+        "creds.toml",
+        "[[users]]\nusername = \"sensor\"\n",
+    );
+    let tls_extra = format!(
+        "ca_file = \"{}\"\nclient_auth = \"optional\"\nusername_from = \"cn\"",
+        client_ca.display()
+    );
+    let Some(broker) = OpsBroker::start(BrokerOpts {
+        deny_anonymous: true,
+        extra_toml: format!(
+            "{}credentials_file = \"{}\"\ncertificate_users = \"known\"\n",
+            tls_listener(fixtures.path(), &ca.server_cert(), &tls_extra),
+            creds.display()
+        ),
+        ..BrokerOpts::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let addr = broker.addr_of("tls");
+    let config = |cn: &str| tls_client_config(&ca.cert_pem, Some(&ca.client_cert(cn, &[])));
+
+    let (_, ack) = tls_mqtt_connect(addr, config("stranger"), &Connect::v5("stranger"))
+        .await
+        .expect("handshake");
+    assert_eq!(ack.code, 0x87, "a signed certificate of an unknown user");
+    let (mut sensor, ack) = tls_mqtt_connect(addr, config("sensor"), &Connect::v5("sensor"))
+        .await
+        .expect("handshake");
+    assert_eq!(ack.code, 0, "a known certificate user");
+    sensor.ping().await;
+
+    write_file(fixtures.path(), "creds.toml", "# nobody left\n");
+    let disconnect = sensor.expect_closed_within(RELOAD_BOUND).await;
+    assert_eq!(disconnect.map(|d| d.reason), Some(0x87));
+    let (_, ack) = tls_mqtt_connect(addr, config("sensor"), &Connect::v5("sensor"))
+        .await
+        .expect("handshake");
+    assert_eq!(ack.code, 0x87, "the removed user's certificate");
+}
+
 /// Kubernetes updates a mounted Secret by pointing `..data` at a new
 /// directory. Connected clients keep their session; new clients get the new
 /// certificate.

@@ -4,6 +4,8 @@
 //! documented for operators in `docs/auth.md`; keep the two in step.
 //!
 //! ```toml
+//! revision = 7        # optional; raised by the writer with every change
+//!
 //! [[users]]
 //! username = "dev-1"
 //! [[users.passwords]]
@@ -80,8 +82,27 @@ pub(crate) struct CredentialsUser {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileSchema {
+    /// Raised by the writer with every change; read by [`revision`].
+    #[serde(default, rename = "revision")]
+    _revision: Option<u64>,
     #[serde(default)]
     users: Vec<UserSchema>,
+}
+
+/// Only the `revision` of a credentials file.
+#[derive(Deserialize)]
+struct RevisionSchema {
+    revision: Option<u64>,
+}
+
+/// The file's `revision`, if it has one (any other error in the file is
+/// reported when it is parsed in full).
+pub(crate) fn revision(text: &str, origin: &str) -> Result<Option<u64>, AuthFileError> {
+    let schema: RevisionSchema = toml::from_str(text).map_err(|error| {
+        let line = error.span().map(|span| line_at(text, span.start));
+        AuthFileError::invalid(origin, line, one_line(error.message()))
+    })?;
+    Ok(schema.revision)
 }
 
 #[derive(Deserialize)]

@@ -101,8 +101,8 @@ impl Authenticator {
         let passwd = password_file.map(read).transpose()?;
         let creds = credentials_file.map(read).transpose()?;
         Authenticator::from_sources(
-            passwd.as_ref().map(Loaded::source),
-            creds.as_ref().map(Loaded::source),
+            passwd.as_ref().map(AuthText::source),
+            creds.as_ref().map(AuthText::source),
         )
     }
 
@@ -205,8 +205,8 @@ impl Acl {
         let acl = acl_file.map(read).transpose()?;
         let creds = credentials_file.map(read).transpose()?;
         Acl::from_sources(
-            acl.as_ref().map(Loaded::source),
-            creds.as_ref().map(Loaded::source),
+            acl.as_ref().map(AuthText::source),
+            creds.as_ref().map(AuthText::source),
         )
     }
 
@@ -236,13 +236,22 @@ impl Acl {
     }
 }
 
-/// A file read into memory.
-struct Loaded {
-    text: String,
-    origin: String,
+/// The text of an auth file (or of credentials pushed through the admin
+/// API) and the name its errors use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthText {
+    /// The content.
+    pub text: String,
+    /// Where it came from: a path, or a description.
+    pub origin: String,
 }
 
-impl Loaded {
+impl AuthText {
+    /// Reads a file; its path names it in errors.
+    pub fn read(path: &Path) -> Result<AuthText, AuthFileError> {
+        read(path)
+    }
+
     fn source(&self) -> Source<'_> {
         Source {
             text: &self.text,
@@ -251,15 +260,35 @@ impl Loaded {
     }
 }
 
-fn read(path: &Path) -> Result<Loaded, AuthFileError> {
+fn read(path: &Path) -> Result<AuthText, AuthFileError> {
     let text = std::fs::read_to_string(path).map_err(|source| AuthFileError::Read {
         path: path.to_owned(),
         source,
     })?;
-    Ok(Loaded {
+    Ok(AuthText {
         text,
         origin: path.display().to_string(),
     })
+}
+
+/// Builds the authenticator and the ACL from the texts of a password
+/// file, a credentials file and an ACL file (each optional).
+pub fn build(
+    passwd: Option<&AuthText>,
+    creds: Option<&AuthText>,
+    acl: Option<&AuthText>,
+) -> Result<(Authenticator, Acl), AuthFileError> {
+    let authenticator =
+        Authenticator::from_sources(passwd.map(AuthText::source), creds.map(AuthText::source))?;
+    let acl = Acl::from_sources(acl.map(AuthText::source), creds.map(AuthText::source))?;
+    Ok((authenticator, acl))
+}
+
+/// The `revision` of a credentials file, if it has one. Writers that
+/// replace the file (the operator) raise it with every change, so the
+/// broker can tell the newer of two versions apart.
+pub fn credentials_revision(creds: &AuthText) -> Result<Option<u64>, AuthFileError> {
+    credentials::revision(&creds.text, &creds.origin)
 }
 
 #[cfg(test)]

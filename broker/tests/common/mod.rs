@@ -2122,15 +2122,28 @@ pub async fn http_request(
     path: &str,
     token: Option<&str>,
 ) -> HttpResponse {
+    http_request_with_body(addr, method, path, token, "").await
+}
+
+/// Like [`http_request`], sending `body`.
+pub async fn http_request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> HttpResponse {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
         let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
         );
         if let Some(token) = token {
             let _ = write!(request, "Authorization: Bearer {token}\r\n");
         }
         request.push_str("\r\n");
+        request.push_str(body);
         stream.write_all(request.as_bytes()).await?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await?;
