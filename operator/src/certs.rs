@@ -202,6 +202,49 @@ pub fn issue_server_cert(
     })
 }
 
+/// Issues a client certificate with subject `common_name` (the MQTT user
+/// name), signed by `ca`, valid from `now` (less [`BACKDATE`]) for
+/// `validity` but never past the CA's own expiry.
+pub fn issue_client_cert(
+    ca: &CertifiedKeyPem,
+    common_name: &str,
+    now: Timestamp,
+    validity: SignedDuration,
+) -> Result<CertifiedKeyPem, CertError> {
+    let ca_info = inspect(&ca.cert_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, KeyPair::from_pem(&ca.key_pem)?)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = to_offset(now - BACKDATE)?;
+    params.not_after = to_offset((now + validity).min(ca_info.not_after))?;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(CertifiedKeyPem {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// The subject common name of a PEM certificate, if it has one.
+pub fn common_name(cert_pem: &str) -> Option<String> {
+    with_certificate(cert_pem, |cert| {
+        Ok(cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned))
+    })
+    .ok()
+    .flatten()
+}
+
 /// Reads the validity and names of a PEM certificate.
 pub fn inspect(cert_pem: &str) -> Result<CertInfo, CertError> {
     with_certificate(cert_pem, |cert| {

@@ -25,8 +25,12 @@ pub enum Command {
     /// Run the controller: reconcile MqttBrokers while holding the leader
     /// lease, and serve /metrics, /healthz and /readyz.
     Run(RunArgs),
-    /// Print the CustomResourceDefinitions as YAML.
-    Crd,
+    /// Print the CustomResourceDefinitions as YAML: all of them (as one
+    /// multi-document stream), or the one whose `crds/` file is named.
+    Crd {
+        /// `mqttbroker.yaml` or `mqttuser.yaml`; all when left out.
+        file: Option<String>,
+    },
     /// Print, as YAML, every object the operator would create for a broker,
     /// without a cluster (for previews and GitOps). Generated certificates
     /// and passwords are new on every run.
@@ -124,6 +128,9 @@ pub enum CliError {
     /// The async runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    /// `crd` was asked for a file that does not exist.
+    #[error("no CRD file `{file}`; the CRD files are: {known}")]
+    UnknownCrd { file: String, known: String },
 }
 
 /// Runs `cli`, printing its output to standard output.
@@ -143,8 +150,25 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             runtime.block_on(run::run(config))?;
             Ok(())
         }
-        Command::Crd => {
-            print!("{}", render::crd_yaml()?);
+        Command::Crd { file } => {
+            let crds = render::crds();
+            let known: Vec<&str> = crds.iter().map(|(name, _)| *name).collect();
+            let selected: Vec<_> = crds
+                .iter()
+                .filter(|(name, _)| file.as_deref().is_none_or(|file| file == *name))
+                .collect();
+            if selected.is_empty() {
+                return Err(CliError::UnknownCrd {
+                    file: file.unwrap_or_default(),
+                    known: known.join(", "),
+                });
+            }
+            for (index, (_, crd)) in selected.into_iter().enumerate() {
+                if index > 0 {
+                    println!("---");
+                }
+                print!("{}", render::crd_yaml(crd)?);
+            }
             Ok(())
         }
         Command::Render(args) => {

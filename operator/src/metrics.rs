@@ -6,6 +6,8 @@
 //! | `kubemqtt_operator_reconcile_errors_total` | counter | `stage`: `observe`, `apply`, `status` |
 //! | `kubemqtt_operator_reconcile_duration_seconds` | histogram | |
 //! | `kubemqtt_operator_leader` | gauge | 1 while this replica holds the lease |
+//! | `kubemqtt_operator_user_reconciles_total` | counter | `result`, as for brokers |
+//! | `kubemqtt_operator_credential_pushes_total` | counter | `result`: `ok`, `unreachable`, `refused` |
 
 use std::time::Duration;
 
@@ -48,6 +50,8 @@ pub struct Metrics {
     reconciles: IntCounterVec,
     errors: IntCounterVec,
     duration: Histogram,
+    user_reconciles: IntCounterVec,
+    pushes: IntCounterVec,
     /// 1 while this replica holds the leader lease, else 0.
     pub leader: IntGauge,
 }
@@ -81,6 +85,22 @@ impl Metrics {
             "kubemqtt_operator_leader",
             "1 while this replica holds the leader lease and runs the controller.",
         )?;
+        let user_reconciles = IntCounterVec::new(
+            Opts::new(
+                "kubemqtt_operator_user_reconciles_total",
+                "Reconciles of MqttUsers, by result.",
+            ),
+            &["result"],
+        )?;
+        let pushes = IntCounterVec::new(
+            Opts::new(
+                "kubemqtt_operator_credential_pushes_total",
+                "Credentials files pushed to broker pods, by result.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(user_reconciles.clone()))?;
+        registry.register(Box::new(pushes.clone()))?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -90,6 +110,8 @@ impl Metrics {
             reconciles,
             errors,
             duration,
+            user_reconciles,
+            pushes,
             leader,
         })
     }
@@ -98,6 +120,19 @@ impl Metrics {
     pub fn reconciled(&self, result: ReconcileResult, took: Duration) {
         self.reconciles.with_label_values(&[result.label()]).inc();
         self.duration.observe(took.as_secs_f64());
+    }
+
+    /// Counts one reconcile of an `MqttUser`.
+    pub fn reconciled_user(&self, result: ReconcileResult) {
+        self.user_reconciles
+            .with_label_values(&[result.label()])
+            .inc();
+    }
+
+    /// Counts one push of credentials to a broker pod (`ok`,
+    /// `unreachable`, `refused`).
+    pub fn pushed(&self, result: &str) {
+        self.pushes.with_label_values(&[result]).inc();
     }
 
     /// Counts an API failure at `stage` of a reconcile.
@@ -135,6 +170,8 @@ mod tests {
         metrics.reconciled(ReconcileResult::Error, Duration::from_secs(2));
         metrics.failed("apply");
         metrics.leader.set(1);
+        metrics.reconciled_user(ReconcileResult::Invalid);
+        metrics.pushed("ok");
         let text = metrics.render();
         for line in [
             "kubemqtt_operator_reconciles_total{result=\"applied\"} 2",
@@ -143,6 +180,8 @@ mod tests {
             "kubemqtt_operator_reconcile_duration_seconds_count 3",
             "kubemqtt_operator_reconcile_duration_seconds_bucket{le=\"0.05\"} 2",
             "kubemqtt_operator_leader 1",
+            "kubemqtt_operator_user_reconciles_total{result=\"invalid\"} 1",
+            "kubemqtt_operator_credential_pushes_total{result=\"ok\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

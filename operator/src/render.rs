@@ -5,7 +5,9 @@
 use kube::core::TypeMeta;
 use kube::{CustomResourceExt, Resource};
 
-use crate::api::MqttBroker;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+use crate::api::{MqttBroker, MqttUser};
 use crate::plan::{Plan, PlanError};
 
 /// The namespace of a broker that names none, as with `kubectl apply`.
@@ -50,9 +52,18 @@ pub enum RenderError {
     Serialize(String),
 }
 
-/// The `MqttBroker` CustomResourceDefinition as YAML (what `crds/` holds).
-pub fn crd_yaml() -> Result<String, RenderError> {
-    serde_saphyr::to_string(&MqttBroker::crd()).map_err(|e| RenderError::Serialize(e.to_string()))
+/// The CustomResourceDefinitions, each with the file name it has in
+/// `crds/`.
+pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
+    vec![
+        ("mqttbroker.yaml", MqttBroker::crd()),
+        ("mqttuser.yaml", MqttUser::crd()),
+    ]
+}
+
+/// One CustomResourceDefinition as YAML (what `crds/<file>` holds).
+pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, RenderError> {
+    serde_saphyr::to_string(crd).map_err(|e| RenderError::Serialize(e.to_string()))
 }
 
 /// Reads one `MqttBroker` from YAML. A broker without a namespace is put
@@ -311,10 +322,15 @@ mod tests {
     }
 
     #[test]
-    fn the_crd_round_trips() {
-        let yaml = crd_yaml().unwrap();
-        let crd: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
-        assert_eq!(crd, serde_json::to_value(MqttBroker::crd()).unwrap());
-        assert_eq!(crd["spec"]["names"]["shortNames"][0], "mqb");
+    fn the_crds_round_trip() {
+        let crds = crds();
+        let names: Vec<&str> = crds.iter().map(|(file, _)| *file).collect();
+        assert_eq!(names, ["mqttbroker.yaml", "mqttuser.yaml"]);
+        for ((_, crd), short) in crds.iter().zip(["mqb", "mqu"]) {
+            let yaml = crd_yaml(crd).unwrap();
+            let parsed: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+            assert_eq!(parsed, serde_json::to_value(crd).unwrap());
+            assert_eq!(parsed["spec"]["names"]["shortNames"][0], short);
+        }
     }
 }

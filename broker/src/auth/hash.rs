@@ -136,6 +136,13 @@ pub fn hash_password(password: &str) -> std::io::Result<String> {
     ))
 }
 
+/// Whether `password` matches `hash` (a `$7$` or `$6$` hash as
+/// [`hash_password`] or `mosquitto_passwd` write it). An unreadable hash
+/// matches nothing.
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::parse(hash).is_ok_and(|hash| hash.verify(password.as_bytes()))
+}
+
 fn pbkdf2_sha512(password: &[u8], salt: &[u8], iterations: u32) -> [u8; HASH_LEN] {
     let mut out = [0u8; HASH_LEN];
     pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, iterations, &mut out);
@@ -176,6 +183,17 @@ mod tests {
         assert!(!hash.verify(b"Secret"));
         assert!(!hash.verify(b"secret "));
         assert!(!hash.verify(b""));
+    }
+
+    #[test]
+    fn verify_password_reads_the_text_form() {
+        assert!(verify_password(PBKDF2_SECRET, "secret"));
+        assert!(!verify_password(PBKDF2_SECRET, "secreT"));
+        assert!(verify_password(SHA512_OLD_PASS, "old pass"));
+        assert!(!verify_password("$9$not-a-hash", "secret"));
+        let fresh = hash_password("fresh").unwrap();
+        assert!(verify_password(&fresh, "fresh"));
+        assert!(!verify_password(&fresh, "stale"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::time::SystemTime;
 
 pub use acl::{Acl, ClientAcl};
 pub use credentials::UserQuotas;
-pub use hash::{hash_password, DEFAULT_ITERATIONS};
+pub use hash::{hash_password, verify_password, DEFAULT_ITERATIONS};
 
 use credentials::StoredPassword;
 

@@ -1,15 +1,18 @@
-//! The `MqttBroker` custom resource (`kubemqtt.io/v1alpha1`).
+//! The custom resources (`kubemqtt.io/v1alpha1`): `MqttBroker` and
+//! `MqttUser`.
 //!
-//! [`spec`] holds the desired state a user writes, [`status`] what the
-//! operator reports back. Every field's doc comment becomes its description
+//! [`spec`] holds the desired state of a broker, [`status`] what the
+//! operator reports back; [`user`] holds both for `MqttUser`. Every field's doc comment becomes its description
 //! in the CRD, so `kubectl explain mqttbroker.spec...` shows it: keep them
 //! written for users.
 
 pub mod spec;
 pub mod status;
+pub mod user;
 
 pub use spec::*;
 pub use status::*;
+pub use user::*;
 
 /// The API group of every KubeMQTT resource.
 pub const GROUP: &str = "kubemqtt.io";

@@ -14,7 +14,7 @@ use kube::{Client, Resource, ResourceExt};
 
 use super::apply::{AppliedObject, FIELD_MANAGER};
 use super::ObjectKey;
-use crate::api::{MqttBroker, PAUSED_ANNOTATION};
+use crate::api::PAUSED_ANNOTATION;
 use crate::certs::RenewalReason;
 use crate::plan::{CertificateKind, Renewal};
 
@@ -35,7 +35,8 @@ pub struct BrokerEvent {
 }
 
 impl BrokerEvent {
-    fn normal(reason: &str, action: &'static str, note: String) -> BrokerEvent {
+    /// A Normal Event.
+    pub fn normal(reason: &str, action: &'static str, note: String) -> BrokerEvent {
         BrokerEvent {
             warning: false,
             reason: reason.to_owned(),
@@ -44,7 +45,8 @@ impl BrokerEvent {
         }
     }
 
-    fn warning(reason: &str, action: &'static str, note: String) -> BrokerEvent {
+    /// A Warning Event.
+    pub fn warning(reason: &str, action: &'static str, note: String) -> BrokerEvent {
         BrokerEvent {
             warning: true,
             ..BrokerEvent::normal(reason, action, note)
@@ -166,15 +168,20 @@ impl Events {
         }
     }
 
-    /// Publishes `event` on `broker`, unless it is a Warning published in
-    /// the last [`REPEAT_WARNINGS_AFTER`]. Events are informational: a
-    /// failure is logged, not returned.
-    pub async fn publish(&self, broker: &MqttBroker, event: BrokerEvent) {
+    /// Publishes `event` on `object` (an `MqttBroker` or `MqttUser`),
+    /// unless it is a Warning published in the last
+    /// [`REPEAT_WARNINGS_AFTER`]. Events are informational: a failure is
+    /// logged, not returned.
+    pub async fn publish<K>(&self, object: &K, event: BrokerEvent)
+    where
+        K: Resource<DynamicType = ()>,
+    {
         let key = (
             format!(
-                "{}/{}",
-                broker.namespace().unwrap_or_default(),
-                broker.name_any()
+                "{}/{}/{}",
+                K::kind(&()),
+                object.namespace().unwrap_or_default(),
+                object.name_any()
             ),
             event.reason.clone(),
             event.note.clone(),
@@ -195,7 +202,7 @@ impl Events {
             secondary: None,
         };
         let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-        if let Err(error) = recorder.publish(&kube_event, &broker.object_ref(&())).await {
+        if let Err(error) = recorder.publish(&kube_event, &object.object_ref(&())).await {
             tracing::warn!(%error, reason = %event.reason, "cannot publish an Event");
             self.lock_warned().remove(&key);
         }

@@ -11,6 +11,8 @@
 //! request fail.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use http::{Method, Request, Response};
@@ -19,6 +21,7 @@ use kube::Client;
 use serde_json::{json, Value};
 use tower_test::mock;
 
+use super::push::{CredentialsPusher, PushError, PushReply};
 use crate::api::MqttBroker;
 
 /// One request the controller sent.
@@ -181,6 +184,7 @@ impl ApiServer {
         match request.method {
             Method::GET => match state.objects.get(path) {
                 Some(object) => (200, object.clone()),
+                None if is_collection(path) => (200, state.list(path, &request.query)),
                 None => (404, failure(404, "NotFound", "not found")),
             },
             // Events: created, or a series updated.
@@ -195,6 +199,39 @@ impl ApiServer {
 }
 
 impl State {
+    /// A list of the objects directly under the collection `path`, with
+    /// an equality `labelSelector` (`key=value`) applied.
+    fn list(&self, path: &str, query: &str) -> Value {
+        let selector = query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("labelSelector="))
+            .map(|s| s.replace("%3D", "=").replace("%2F", "/"));
+        let prefix = format!("{path}/");
+        let items: Vec<Value> = self
+            .objects
+            .iter()
+            .filter(|(key, _)| {
+                key.strip_prefix(&prefix)
+                    .is_some_and(|rest| !rest.contains('/'))
+            })
+            .filter(|(_, object)| {
+                selector.as_deref().is_none_or(|selector| {
+                    selector.split(',').all(|term| match term.split_once('=') {
+                        Some((key, value)) => object["metadata"]["labels"][key] == value,
+                        None => false,
+                    })
+                })
+            })
+            .map(|(_, object)| object.clone())
+            .collect();
+        json!({
+            "apiVersion": "v1",
+            "kind": "List",
+            "metadata": {"resourceVersion": self.revision.to_string()},
+            "items": items,
+        })
+    }
+
     /// Server-side apply of a whole object: what the server sets (status,
     /// uid, resource version, generation) is kept; the version and
     /// generation move only when the content changes.
@@ -243,6 +280,13 @@ impl State {
     }
 }
 
+/// Whether `path` names a collection (`.../namespaces/<ns>/<resource>`)
+/// rather than one object.
+fn is_collection(path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    parts.len() >= 3 && parts[parts.len() - 3] == "namespaces"
+}
+
 /// An object without what the server maintains, to tell whether an apply
 /// changed anything.
 fn content(object: &Value) -> Value {
@@ -268,4 +312,57 @@ fn failure(code: u16, reason: &str, message: &str) -> Value {
         "reason": reason,
         "message": message,
     })
+}
+
+/// One push the controller made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push {
+    /// The pod's admin API URL.
+    pub url: String,
+    /// The bearer token.
+    pub token: String,
+    /// The credentials file.
+    pub body: String,
+}
+
+/// A [`CredentialsPusher`] that records pushes and answers as a broker
+/// would, or fails as an unreachable pod while `unreachable` is set.
+#[derive(Debug, Default)]
+pub struct RecordingPusher {
+    pushes: Mutex<Vec<Push>>,
+    /// Every push fails as if no pod were running.
+    pub unreachable: std::sync::atomic::AtomicBool,
+}
+
+impl RecordingPusher {
+    /// Every push since the last call.
+    pub fn take(&self) -> Vec<Push> {
+        std::mem::take(&mut self.pushes.lock().expect("pushes"))
+    }
+}
+
+impl CredentialsPusher for RecordingPusher {
+    fn push<'a>(
+        &'a self,
+        url: &'a str,
+        token: &'a str,
+        body: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<PushReply, PushError>> + Send + 'a>> {
+        self.pushes.lock().expect("pushes").push(Push {
+            url: url.to_owned(),
+            token: token.to_owned(),
+            body: body.to_owned(),
+        });
+        let unreachable = self.unreachable.load(std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            if unreachable {
+                Err(PushError::Unreachable {
+                    url: url.to_owned(),
+                    message: "connection refused".to_owned(),
+                })
+            } else {
+                Ok(PushReply::Applied)
+            }
+        })
+    }
 }

@@ -26,8 +26,10 @@
 pub mod apply;
 pub mod events;
 pub mod observe;
+pub mod push;
 pub mod run;
 pub mod status;
+pub mod user;
 
 #[cfg(test)]
 mod fixtures;
@@ -50,6 +52,7 @@ use tracing::{info, warn, Instrument};
 
 use self::apply::{AppliedObject, ApplyError, FIELD_MANAGER};
 use self::observe::{Observation, ObserveError};
+use self::push::{CredentialsPusher, HttpPusher, PushError, PushedRevisions};
 use self::status::{Outcome, Seen};
 use crate::api::{MqttBroker, MqttBrokerStatus, CONDITION_PROGRESSING, PAUSED_ANNOTATION};
 use crate::metrics::{Metrics, ReconcileResult};
@@ -64,6 +67,8 @@ pub const INVALID_REQUEUE: Duration = Duration::from_secs(300);
 pub const FIRST_RETRY: Duration = Duration::from_secs(5);
 /// The longest wait between retries after API errors.
 pub const MAX_RETRY: Duration = Duration::from_secs(300);
+/// How soon credentials are pushed again to a pod that missed them.
+pub const PUSH_RETRY: Duration = Duration::from_secs(10);
 
 /// A kind and a name: one of a broker's objects.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -102,6 +107,10 @@ pub struct Context {
     pub metrics: Metrics,
     /// Consecutive failed reconciles per broker, for the backoff.
     failures: Mutex<HashMap<ObjectRef<MqttBroker>, u32>>,
+    /// Sends credentials files to the brokers' admin API.
+    pub pusher: Arc<dyn CredentialsPusher>,
+    /// The credentials revision each broker pod confirmed.
+    pub pushed: PushedRevisions,
 }
 
 impl Context {
@@ -118,7 +127,16 @@ impl Context {
             settings,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            pusher: Arc::new(HttpPusher::default()),
+            pushed: PushedRevisions::default(),
         }
+    }
+
+    /// The same context sending credentials through `pusher` (tests
+    /// record them).
+    pub fn with_pusher(mut self, pusher: Arc<dyn CredentialsPusher>) -> Context {
+        self.pusher = pusher;
+        self
     }
 
     /// Counts one more failure of `broker`; returns the count.
@@ -149,8 +167,11 @@ impl fmt::Debug for Context {
 pub enum Error {
     /// The broker came without a namespace (the API server always sets
     /// one on a namespaced resource).
-    #[error("the MqttBroker has no namespace")]
+    #[error("the resource has no namespace")]
     NoNamespace,
+    /// Reading what a user reconcile needs failed.
+    #[error("cannot read the user's broker or Secrets: {0}")]
+    UserObserve(#[source] kube::Error),
     /// Reading the broker's objects failed.
     #[error(transparent)]
     Observe(#[from] ObserveError),
@@ -169,7 +190,7 @@ impl Error {
     /// The stage that failed, for the error metric.
     fn stage(&self) -> &'static str {
         match self {
-            Error::NoNamespace | Error::Observe(_) => "observe",
+            Error::NoNamespace | Error::Observe(_) | Error::UserObserve(_) => "observe",
             Error::Apply(_) | Error::Serialize(_) => "apply",
             Error::Status(_) => "status",
         }
@@ -326,6 +347,7 @@ async fn reconcile_broker(
         &status::status(broker, outcome, seen, now),
     )
     .await?;
+    let all_pushed = push_credentials(ctx, broker, &names, &namespace, &plan.auth_secret).await;
 
     let requeue = plan
         .certificate
@@ -335,8 +357,76 @@ async fn reconcile_broker(
             Duration::try_from(until).unwrap_or(Duration::ZERO)
         })
         .unwrap_or(MAX_REQUEUE)
+        .min(if all_pushed { MAX_REQUEUE } else { PUSH_RETRY })
         .clamp(Duration::from_secs(1), MAX_REQUEUE);
     Ok((ReconcileResult::Applied, Action::requeue(requeue)))
+}
+
+/// Sends the credentials file of `auth_secret` to every broker pod that
+/// has not confirmed its revision yet. Returns whether every pod has it;
+/// a pod that cannot be reached (not started yet) reads the file when it
+/// starts, and is tried again after [`PUSH_RETRY`].
+async fn push_credentials(
+    ctx: &Context,
+    broker: &MqttBroker,
+    names: &Names,
+    namespace: &str,
+    auth_secret: &k8s_openapi::api::core::v1::Secret,
+) -> bool {
+    let text = |key: &str| {
+        auth_secret
+            .data
+            .as_ref()
+            .and_then(|data| data.get(key))
+            .and_then(|value| std::str::from_utf8(&value.0).ok())
+    };
+    let (Some(credentials), Some(token)) = (
+        text(plan::secrets::CREDENTIALS_KEY),
+        text(plan::secrets::ADMIN_TOKEN_KEY),
+    ) else {
+        return true;
+    };
+    let revision = kubemqtt_broker::auth::credentials_revision(&kubemqtt_broker::auth::AuthText {
+        text: credentials.to_owned(),
+        origin: names.auth_secret.clone(),
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(0);
+    let urls = push::pod_urls(
+        &names.broker,
+        &names.headless_service,
+        namespace,
+        &ctx.settings.cluster_domain,
+        broker.spec.replicas,
+        plan::HTTP_PORT,
+    );
+    let mut all = true;
+    for url in urls {
+        if ctx.pushed.is_current(&url, revision) {
+            continue;
+        }
+        match ctx.pusher.push(&url, token, credentials).await {
+            Ok(reply) => {
+                ctx.metrics.pushed("ok");
+                info!(%url, revision, ?reply, "credentials pushed");
+                ctx.pushed.confirm(&url, revision);
+            }
+            Err(error @ PushError::Unreachable { .. }) => {
+                ctx.metrics.pushed("unreachable");
+                tracing::debug!(%error, "cannot push the credentials yet");
+                ctx.pushed.forget(&url);
+                all = false;
+            }
+            Err(error) => {
+                ctx.metrics.pushed("refused");
+                warn!(%error, "the broker refused the pushed credentials");
+                ctx.pushed.forget(&url);
+                all = false;
+            }
+        }
+    }
+    all
 }
 
 /// Reports a spec that cannot be applied: status and a Warning Event,

@@ -13,13 +13,15 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
-use kube::{Api, Client, Resource};
+use kube::api::ListParams;
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::ObjectKey;
-use crate::api::MqttBroker;
+use crate::api::{MqttBroker, MqttUser};
 use crate::certs::{self, CertInfo};
 use crate::plan::secrets::TLS_CERT_KEY;
+use crate::plan::user_secret::{self, BROKER_LABEL};
 use crate::plan::{Names, Observed};
 
 /// What one reconcile saw of a broker's objects.
@@ -92,6 +94,8 @@ pub async fn observe(
     get::<ConfigMap>(client, namespace, &names.config_map, versions).await?;
     let ca_secret = get::<Secret>(client, namespace, &names.ca_secret, versions).await?;
     let server_secret = get::<Secret>(client, namespace, &names.server_secret, versions).await?;
+    let clients_ca_secret =
+        get::<Secret>(client, namespace, &names.clients_ca_secret, versions).await?;
     let auth_secret = get::<Secret>(client, namespace, &names.auth_secret, versions).await?;
     get::<Service>(client, namespace, &names.headless_service, versions).await?;
     let client_service = get::<Service>(client, namespace, &names.broker, versions).await?;
@@ -102,15 +106,56 @@ pub async fn observe(
             get::<Secret>(client, namespace, secret_name, &mut BTreeMap::new()).await?;
         observation.user_certificate = Some(UserCertificate::read(user_secret.as_ref()));
     }
+    let users = users(client, namespace, &names.broker).await?;
     observation.planner = Observed {
         ca_secret,
         server_secret,
         auth_secret,
+        clients_ca_secret,
+        users,
         load_balancer_ingress: load_balancer_ingress(client_service.as_ref()),
     };
     observation.client_service = client_service;
     observation.stateful_set = stateful_set;
     Ok(observation)
+}
+
+/// The `MqttUser`s of the broker `broker`, each with its credentials
+/// Secret if it exists: two list calls.
+pub async fn users(
+    client: &Client,
+    namespace: &str,
+    broker: &str,
+) -> Result<Vec<(MqttUser, Option<Secret>)>, ObserveError> {
+    let all = Api::<MqttUser>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| ObserveError {
+            object: ObjectKey::new("MqttUser", "*"),
+            source,
+        })?;
+    let selector = format!("{BROKER_LABEL}={broker}");
+    let mut secrets: BTreeMap<String, Secret> =
+        Api::<Secret>::namespaced(client.clone(), namespace)
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|source| ObserveError {
+                object: ObjectKey::new("Secret", &selector),
+                source,
+            })?
+            .items
+            .into_iter()
+            .map(|secret| (secret.name_any(), secret))
+            .collect();
+    Ok(all
+        .items
+        .into_iter()
+        .filter(|user| user.spec.broker_ref.name == broker)
+        .map(|user| {
+            let secret = secrets.remove(&user_secret::secret_name(&user.name_any()));
+            (user, secret)
+        })
+        .collect())
 }
 
 /// The addresses in a Service's `status.loadBalancer.ingress`.

@@ -17,17 +17,20 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
-use kube::runtime::{watcher, Controller};
-use kube::{Api, Client, Resource};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, Controller, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tracing::{debug, error, info, warn};
 
-use super::{error_policy, reconcile, Context};
-use crate::api::MqttBroker;
+use super::{error_policy, reconcile, user, Context};
+use crate::api::{MqttBroker, MqttUser};
 use crate::http::{self, Readiness};
 use crate::metrics::Metrics;
+use crate::plan::user_secret::BROKER_LABEL;
 use crate::plan::{Settings, MANAGED_BY_LABEL, MANAGER};
 
 /// Seconds a Lease stays held without renewal.
@@ -171,28 +174,119 @@ async fn controllers(client: &Client, namespaces: &[String], ctx: Arc<Context>) 
     };
     // Only the operator's own objects are watched (and cached).
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
-    let runs = scopes.into_iter().map(|scope| {
-        Controller::new(
-            scoped::<MqttBroker>(client, scope),
+    let brokers = scopes.iter().map(|&scope| -> Run<'_> {
+        Box::pin(
+            Controller::new(
+                scoped::<MqttBroker>(client, scope),
+                watcher::Config::default(),
+            )
+            .owns(scoped::<StatefulSet>(client, scope), owned.clone())
+            .owns(scoped::<Service>(client, scope), owned.clone())
+            .owns(scoped::<Secret>(client, scope), owned.clone())
+            .owns(scoped::<ConfigMap>(client, scope), owned.clone())
+            .owns(scoped::<PodDisruptionBudget>(client, scope), owned.clone())
+            // A user, or its credentials Secret, changed: rebuild its broker's
+            // credentials file.
+            .watches(
+                scoped::<MqttUser>(client, scope),
+                watcher::Config::default(),
+                |user| broker_of_user(&user),
+            )
+            .watches(
+                scoped::<Secret>(client, scope),
+                watcher::Config::default().labels(BROKER_LABEL),
+                |secret| {
+                    let broker = secret.labels().get(BROKER_LABEL)?;
+                    Some(ObjectRef::<MqttBroker>::new(broker).within(&secret.namespace()?))
+                },
+            )
+            .shutdown_on_signal()
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                match result {
+                    Ok((broker, _)) => debug!(broker = %broker, "reconciled"),
+                    // Failed reconciles are logged by `error_policy`.
+                    Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                    Err(error) => warn!(%error, "controller error"),
+                }
+            }),
+        )
+    });
+    let users = scopes.iter().map(|&scope| -> Run<'_> {
+        let controller = Controller::new(
+            scoped::<MqttUser>(client, scope),
+            watcher::Config::default(),
+        );
+        let by_broker = controller.store();
+        let by_password_secret = controller.store();
+        // Only the metadata of Secrets: enough to notice that a user's
+        // password Secret changed, without caching every Secret's data.
+        let secrets = watcher(
+            scoped::<PartialObjectMeta<Secret>>(client, scope),
             watcher::Config::default(),
         )
-        .owns(scoped::<StatefulSet>(client, scope), owned.clone())
-        .owns(scoped::<Service>(client, scope), owned.clone())
-        .owns(scoped::<Secret>(client, scope), owned.clone())
-        .owns(scoped::<ConfigMap>(client, scope), owned.clone())
-        .owns(scoped::<PodDisruptionBudget>(client, scope), owned.clone())
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            match result {
-                Ok((broker, _)) => debug!(broker = %broker, "reconciled"),
-                // Failed reconciles are logged by `error_policy`.
-                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
-                Err(error) => warn!(%error, "controller error"),
-            }
-        })
+        .touched_objects();
+        Box::pin(
+            controller
+                .owns(scoped::<Secret>(client, scope), owned.clone())
+                .watches(
+                    scoped::<MqttBroker>(client, scope),
+                    watcher::Config::default(),
+                    move |broker| users_of_broker(&by_broker.state(), &broker),
+                )
+                .watches_stream(secrets, move |secret| {
+                    users_of_password_secret(&by_password_secret.state(), &secret)
+                })
+                .shutdown_on_signal()
+                .run(user::reconcile, user::error_policy, ctx.clone())
+                .for_each(|result| async move {
+                    match result {
+                        Ok((user, _)) => debug!(user = %user, "reconciled"),
+                        Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                        Err(error) => warn!(%error, "user controller error"),
+                    }
+                }),
+        )
     });
+    let runs: Vec<_> = brokers.chain(users).collect();
     futures::future::join_all(runs).await;
+}
+
+/// One running controller.
+type Run<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// The broker a user belongs to.
+fn broker_of_user(user: &MqttUser) -> Option<ObjectRef<MqttBroker>> {
+    Some(ObjectRef::new(&user.spec.broker_ref.name).within(&user.namespace()?))
+}
+
+/// The users of `broker` (their Secrets carry its address and CA).
+pub fn users_of_broker(users: &[Arc<MqttUser>], broker: &MqttBroker) -> Vec<ObjectRef<MqttUser>> {
+    users
+        .iter()
+        .filter(|user| {
+            user.spec.broker_ref.name == broker.name_any() && user.namespace() == broker.namespace()
+        })
+        .map(|user| ObjectRef::from_obj(user.as_ref()))
+        .collect()
+}
+
+/// The users whose password comes from the Secret `secret`.
+pub fn users_of_password_secret<K: Resource>(
+    users: &[Arc<MqttUser>],
+    secret: &K,
+) -> Vec<ObjectRef<MqttUser>> {
+    let name = secret.meta().name.as_deref();
+    let namespace = secret.meta().namespace.as_deref();
+    users
+        .iter()
+        .filter(|user| {
+            let from = user.spec.authentication.password.value_from.as_ref();
+            from.is_some_and(|from| Some(from.secret_key_ref.name.as_str()) == name)
+                && user.namespace().as_deref() == namespace
+        })
+        .map(|user| ObjectRef::from_obj(user.as_ref()))
+        .collect()
 }
 
 /// An API for `K` in `namespace`, or in all namespaces.

@@ -270,7 +270,7 @@ fn certificate(
 
 /// A condition's status, reason and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Verdict {
+pub(super) struct Verdict {
     status: String,
     reason: String,
     message: String,
@@ -285,11 +285,11 @@ impl Verdict {
         }
     }
 
-    fn yes(reason: &str, message: &str) -> Verdict {
+    pub(super) fn yes(reason: &str, message: &str) -> Verdict {
         Verdict::new("True", reason, message)
     }
 
-    fn no(reason: &str, message: &str) -> Verdict {
+    pub(super) fn no(reason: &str, message: &str) -> Verdict {
         Verdict::new("False", reason, message)
     }
 
@@ -299,7 +299,7 @@ impl Verdict {
 
     /// The condition of type `type_`; its transition time is kept from
     /// `previous` when the status did not change.
-    fn condition(
+    pub(super) fn condition(
         self,
         type_: &str,
         previous: &[Condition],

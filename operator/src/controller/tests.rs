@@ -11,7 +11,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::controller::Action;
 use serde_json::{json, Value};
 
-use super::fixtures::{ApiServer, Recorded};
+use super::fixtures::{ApiServer, Recorded, RecordingPusher};
 use super::*;
 use crate::certs::{self, San};
 use crate::plan::secrets::{CA_CERT_KEY, TLS_CERT_KEY};
@@ -23,16 +23,20 @@ const CONFIG_MAP: &str = "/api/v1/namespaces/iot/configmaps/mq-config";
 const CA: &str = "/api/v1/namespaces/iot/secrets/mq-ca";
 const TLS: &str = "/api/v1/namespaces/iot/secrets/mq-tls";
 const AUTH: &str = "/api/v1/namespaces/iot/secrets/mq-auth";
+const CLIENTS_CA: &str = "/api/v1/namespaces/iot/secrets/mq-clients-ca";
+const USERS: &str = "/apis/kubemqtt.io/v1alpha1/namespaces/iot/mqttusers";
+const SECRETS: &str = "/api/v1/namespaces/iot/secrets";
 const HEADLESS: &str = "/api/v1/namespaces/iot/services/mq-headless";
 const SERVICE: &str = "/api/v1/namespaces/iot/services/mq";
 const STATEFUL_SET: &str = "/apis/apps/v1/namespaces/iot/statefulsets/mq";
 const PDB: &str = "/apis/policy/v1/namespaces/iot/poddisruptionbudgets/mq";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/iot/events";
 /// Every object of a broker, in the order they are read and applied.
-const OBJECTS: [&str; 8] = [
+const OBJECTS: [&str; 9] = [
     CONFIG_MAP,
     CA,
     TLS,
+    CLIENTS_CA,
     AUTH,
     HEADLESS,
     SERVICE,
@@ -46,6 +50,7 @@ const UID: &str = "6c1d2b9e-0f4a-4c57-9d1e-3a2b7c8d9e0f";
 struct Test {
     ctx: Arc<Context>,
     server: ApiServer,
+    pushes: Arc<RecordingPusher>,
 }
 
 impl Test {
@@ -68,8 +73,15 @@ impl Test {
             }),
         );
         let metrics = Metrics::new().expect("metrics");
-        let ctx = Arc::new(Context::new(client, Settings::default(), metrics, None));
-        Test { ctx, server }
+        let pushes = Arc::new(RecordingPusher::default());
+        let ctx = Arc::new(
+            Context::new(client, Settings::default(), metrics, None).with_pusher(pushes.clone()),
+        );
+        Test {
+            ctx,
+            server,
+            pushes,
+        }
     }
 
     fn default() -> Test {
@@ -119,10 +131,19 @@ fn lines(requests: &[Recorded]) -> Vec<String> {
     requests.iter().map(Recorded::line).collect()
 }
 
+/// The reads of every reconcile: each object, then the broker's users and
+/// their Secrets.
+fn reads() -> Vec<String> {
+    let mut reads: Vec<String> = OBJECTS.iter().map(|p| format!("GET {p}")).collect();
+    reads.push(format!("GET {USERS}"));
+    reads.push(format!("GET {SECRETS}"));
+    reads
+}
+
 /// The requests of a reconcile that applies: read every object, apply
 /// them all as a dry run, then for real; then what follows.
 fn full_reconcile(then: &[String]) -> Vec<String> {
-    let mut expected: Vec<String> = OBJECTS.iter().map(|p| format!("GET {p}")).collect();
+    let mut expected = reads();
     expected.extend(OBJECTS.iter().map(|p| format!("PATCH {p} (dry run)")));
     expected.extend(OBJECTS.iter().map(|p| format!("PATCH {p}")));
     expected.extend(then.iter().cloned());
@@ -260,8 +281,8 @@ async fn first_reconcile_creates_everything_and_reports() {
             event(
                 "Normal",
                 "Created",
-                "created ConfigMap mq-config, Secret mq-ca, Secret mq-tls, Secret mq-auth, \
-                 Service mq-headless, Service mq, StatefulSet mq, PodDisruptionBudget mq"
+                "created ConfigMap mq-config, Secret mq-ca, Secret mq-tls, Secret mq-clients-ca, \
+                 Secret mq-auth, Service mq-headless, Service mq, StatefulSet mq, PodDisruptionBudget mq"
             ),
             event(
                 "Normal",
@@ -468,7 +489,7 @@ async fn an_api_error_is_reported_and_retried_with_backoff() {
         "{error}"
     );
     // Stopped during the dry run: nothing was written but the report.
-    let mut expected: Vec<String> = OBJECTS.iter().map(|p| format!("GET {p}")).collect();
+    let mut expected = reads();
     expected.extend([CONFIG_MAP, CA, TLS].map(|p| format!("PATCH {p} (dry run)")));
     expected.extend([status_patch(), event_post()]);
     assert_eq!(lines(&requests), expected);
@@ -514,7 +535,7 @@ async fn an_invalid_spec_applies_nothing() {
     let action = test.reconcile().await.expect("reports");
     let requests = test.server.take_requests();
 
-    let mut expected: Vec<String> = OBJECTS.iter().map(|p| format!("GET {p}")).collect();
+    let mut expected = reads();
     expected.extend([status_patch(), event_post()]);
     assert_eq!(lines(&requests), expected);
     let message = "spec.listeners.mqtts.port: port 1883 is already used by listeners.mqtt";
@@ -539,7 +560,7 @@ async fn an_invalid_spec_applies_nothing() {
     // the same Warning is not repeated.
     test.reconcile().await.expect("reports");
     let requests = test.server.take_requests();
-    assert_eq!(lines(&requests), expected[..8]);
+    assert_eq!(lines(&requests), reads());
     assert!(test
         .metrics()
         .contains("kubemqtt_operator_reconciles_total{result=\"invalid\"} 2"));
@@ -567,8 +588,8 @@ async fn an_object_the_api_server_refuses_applies_nothing() {
     let action = test.reconcile().await.expect("reports");
     let requests = test.server.take_requests();
 
-    let mut expected: Vec<String> = OBJECTS.iter().map(|p| format!("GET {p}")).collect();
-    expected.extend(OBJECTS[..7].iter().map(|p| format!("PATCH {p} (dry run)")));
+    let mut expected = reads();
+    expected.extend(OBJECTS[..8].iter().map(|p| format!("PATCH {p} (dry run)")));
     expected.extend([status_patch(), event_post()]);
     assert_eq!(lines(&requests), expected);
     let status = written_status(&requests);

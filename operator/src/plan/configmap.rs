@@ -16,13 +16,18 @@ use kubemqtt_broker::config::{
 };
 
 use super::secrets::{ADMIN_TOKEN_KEY, CREDENTIALS_KEY, TLS_CERT_KEY, TLS_PRIVATE_KEY_KEY};
-use super::{Context, Listener, ListenerKind, PlanError, AUTH_DIR, DATA_DIR, HTTP_PORT, TLS_DIR};
+use super::{
+    Context, Listener, ListenerKind, PlanError, AUTH_DIR, CONFIG_DIR, DATA_DIR, HTTP_PORT, TLS_DIR,
+};
 use crate::api::{LogFormat, LogLevel, MqttBrokerSpec, QueueFullPolicy, RateLimitAction};
 
 /// Key of the broker's configuration file in the ConfigMap.
 pub const CONFIG_FILE: &str = "broker.toml";
 /// Key of the CA bundle (PEM) in the ConfigMap, for clients to trust.
 pub const CA_BUNDLE_KEY: &str = "ca.crt";
+/// The CA that signs `tls` users' client certificates (certificate only),
+/// in the ConfigMap.
+pub const CLIENTS_CA_KEY: &str = "clients-ca.crt";
 /// The broker's drain deadline: it exits at the latest this long after
 /// SIGTERM. The pods' termination grace period is a little longer.
 pub const DRAIN_DEADLINE_SECONDS: u64 = 25;
@@ -94,8 +99,12 @@ pub(super) fn config_map(
     ctx: &Context<'_>,
     broker_config: &str,
     ca_bundle: Option<&str>,
+    clients_ca: &str,
 ) -> ConfigMap {
-    let mut data = BTreeMap::from([(CONFIG_FILE.to_owned(), broker_config.to_owned())]);
+    let mut data = BTreeMap::from([
+        (CONFIG_FILE.to_owned(), broker_config.to_owned()),
+        (CLIENTS_CA_KEY.to_owned(), clients_ca.to_owned()),
+    ]);
     if let Some(bundle) = ca_bundle {
         data.insert(CA_BUNDLE_KEY.to_owned(), bundle.to_owned());
     }
@@ -116,12 +125,27 @@ fn listener_config(listener: &Listener, proxy_protocol: bool) -> ListenerConfig 
         name: Some(listener.kind.name().to_owned()),
         protocol,
         proxy_protocol,
-        tls: protocol.is_tls().then(|| TlsConfig {
-            cert_file: format!("{TLS_DIR}/{TLS_CERT_KEY}").into(),
-            key_file: format!("{TLS_DIR}/{TLS_PRIVATE_KEY_KEY}").into(),
-            ca_file: None,
-            client_auth: ClientAuth::None,
-            username_from: CertUsername::None,
+        tls: protocol.is_tls().then(|| {
+            // Client certificates (`tls` users) on mqtts only: on wss a
+            // certificate request can make browsers ask the user to pick
+            // one.
+            let client_certificates = listener.kind == ListenerKind::Mqtts;
+            TlsConfig {
+                cert_file: format!("{TLS_DIR}/{TLS_CERT_KEY}").into(),
+                key_file: format!("{TLS_DIR}/{TLS_PRIVATE_KEY_KEY}").into(),
+                ca_file: client_certificates
+                    .then(|| format!("{CONFIG_DIR}/{CLIENTS_CA_KEY}").into()),
+                client_auth: if client_certificates {
+                    ClientAuth::Optional
+                } else {
+                    ClientAuth::None
+                },
+                username_from: if client_certificates {
+                    CertUsername::Cn
+                } else {
+                    CertUsername::None
+                },
+            }
         }),
         ..ListenerConfig::tcp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
     }
@@ -206,6 +230,9 @@ fn typed_config(
         sys: file_defaults.sys,
         auth: broker::AuthConfig {
             credentials_file: Some(format!("{AUTH_DIR}/{CREDENTIALS_KEY}").into()),
+            // A `tls` user's certificate stops working when the user is
+            // deleted.
+            certificate_users: broker::CertificateUsers::Known,
             ..file_defaults.auth
         },
         http: broker::HttpConfig {
@@ -290,6 +317,10 @@ mod tests {
     use crate::plan::testing::{broker, broker_yaml, plan_fresh};
     use crate::plan::{plan, Observed, Settings};
 
+    fn secret_text(secret: &k8s_openapi::api::core::v1::Secret, key: &str) -> String {
+        String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap()
+    }
+
     fn config_of(spec_yaml: &str) -> (String, Config) {
         let plan = plan_fresh(&broker_yaml(spec_yaml));
         let text = plan.config_map.data.unwrap()[CONFIG_FILE].clone();
@@ -308,6 +339,7 @@ mod tests {
         .to_string()
     }
 
+    /// The server certificate files; no client certificates (wss).
     fn tls_files() -> Option<TlsConfig> {
         Some(TlsConfig {
             cert_file: "/etc/kubemqtt/tls/tls.crt".into(),
@@ -315,6 +347,17 @@ mod tests {
             ca_file: None,
             client_auth: ClientAuth::None,
             username_from: CertUsername::None,
+        })
+    }
+
+    /// The server certificate files and optional client certificates of
+    /// `tls` users, named by their common name (mqtts).
+    fn tls_files_with_clients() -> Option<TlsConfig> {
+        Some(TlsConfig {
+            ca_file: Some("/etc/kubemqtt/config/clients-ca.crt".into()),
+            client_auth: ClientAuth::Optional,
+            username_from: CertUsername::Cn,
+            ..tls_files()?
         })
     }
 
@@ -333,7 +376,7 @@ mod tests {
                 ListenerConfig {
                     name: Some("mqtts".into()),
                     protocol: ListenerProtocol::Tls,
-                    tls: tls_files(),
+                    tls: tls_files_with_clients(),
                     ..ListenerConfig::tcp("0.0.0.0:8883".parse().unwrap())
                 }
             ]
@@ -355,6 +398,11 @@ mod tests {
         );
         assert!(config.auth.password_file.is_none());
         assert!(config.auth.acl_file.is_none());
+        assert_eq!(
+            config.auth.certificate_users,
+            broker::CertificateUsers::Known,
+            "a deleted tls user's certificate must stop working"
+        );
         // The documented default, not 0.
         assert_eq!(config.auth.reload_interval_secs, 2);
         assert_eq!(
@@ -411,7 +459,7 @@ limits:
                     l.protocol,
                     l.bind.port(),
                     l.proxy_protocol,
-                    l.tls == tls_files(),
+                    l.tls == tls_files() || l.tls == tls_files_with_clients(),
                 )
             })
             .collect();
@@ -585,13 +633,21 @@ limits:
         let data = config_map.data.as_ref().unwrap();
         assert_eq!(
             data.keys().collect::<Vec<_>>(),
-            [CONFIG_FILE, CA_BUNDLE_KEY]
+            [CONFIG_FILE, CA_BUNDLE_KEY, CLIENTS_CA_KEY]
+        );
+        assert_eq!(
+            data[CLIENTS_CA_KEY],
+            secret_text(&plan.clients_ca_secret, "ca.crt"),
+            "the clients CA certificate, not its key"
         );
         assert!(data[CA_BUNDLE_KEY].starts_with("-----BEGIN CERTIFICATE-----"));
 
         let user_tls = plan_fresh(&broker_yaml("tls: {secretName: my-cert}"));
         let data = user_tls.config_map.data.unwrap();
-        assert_eq!(data.keys().collect::<Vec<_>>(), [CONFIG_FILE]);
+        assert_eq!(
+            data.keys().collect::<Vec<_>>(),
+            [CONFIG_FILE, CLIENTS_CA_KEY]
+        );
     }
 
     #[test]

@@ -9,13 +9,17 @@
 //!
 //! One module per object: [`configmap`], [`secrets`], [`statefulset`],
 //! [`service`], [`pdb`]. This module resolves what they share: names,
-//! labels, owner references and the listeners.
+//! labels, owner references and the listeners. [`users`] builds the
+//! broker's credentials file from its `MqttUser`s; [`user_secret`] plans
+//! one `MqttUser`'s own Secret (the user controller's planner).
 
 pub mod configmap;
 pub mod pdb;
 pub mod secrets;
 pub mod service;
 pub mod statefulset;
+pub mod user_secret;
+pub mod users;
 
 use std::collections::BTreeMap;
 
@@ -26,7 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
 
-use crate::api::{ListenerSpec, ListenersSpec, MqttBroker, MqttBrokerSpec};
+use crate::api::{ListenerSpec, ListenersSpec, MqttBroker, MqttBrokerSpec, MqttUser};
 use crate::certs::{CertError, RenewalReason};
 
 /// `app.kubernetes.io/name` of every object the operator creates.
@@ -86,6 +90,11 @@ pub struct Observed {
     pub server_secret: Option<Secret>,
     /// The auth Secret (`<name>-auth`), if it exists.
     pub auth_secret: Option<Secret>,
+    /// The clients CA Secret (`<name>-clients-ca`), if it exists.
+    pub clients_ca_secret: Option<Secret>,
+    /// The broker's `MqttUser`s, each with its credentials Secret if it
+    /// exists: they make up the credentials file.
+    pub users: Vec<(MqttUser, Option<Secret>)>,
     /// `status.loadBalancer.ingress` of the client Service: the
     /// certificate covers these addresses too.
     pub load_balancer_ingress: Vec<LoadBalancerIngress>,
@@ -100,8 +109,10 @@ pub struct Plan {
     pub ca_secret: Option<Secret>,
     /// The server certificate; `None` when the user provides it.
     pub server_secret: Option<Secret>,
-    /// The operator-owned admin credentials.
+    /// The credentials file (admin and `MqttUser`s) and admin token.
     pub auth_secret: Secret,
+    /// The CA that signs `tls` users' certificates.
+    pub clients_ca_secret: Secret,
     /// The broker pods.
     pub stateful_set: StatefulSet,
     /// The headless Service that gives each pod a DNS name.
@@ -122,6 +133,7 @@ impl Plan {
         for secret in [&self.ca_secret, &self.server_secret].into_iter().flatten() {
             objects.push(serde_json::to_value(secret)?);
         }
+        objects.push(serde_json::to_value(&self.clients_ca_secret)?);
         objects.push(serde_json::to_value(&self.auth_secret)?);
         objects.push(serde_json::to_value(&self.headless_service)?);
         objects.push(serde_json::to_value(&self.client_service)?);
@@ -230,8 +242,14 @@ pub fn plan(
     let ctx = Context::new(broker, settings)?;
     let tls = secrets::tls(&ctx, observed, now)?;
     let broker_config = configmap::broker_config(&ctx)?;
-    let config_map = configmap::config_map(&ctx, &broker_config, tls.ca_bundle.as_deref());
-    let auth_secret = secrets::auth_secret(&ctx, observed)?;
+    let (clients_ca_secret, clients_ca) = secrets::clients_ca(&ctx, observed, now)?;
+    let config_map = configmap::config_map(
+        &ctx,
+        &broker_config,
+        tls.ca_bundle.as_deref(),
+        &clients_ca.cert_pem,
+    );
+    let auth_secret = secrets::auth_secret(&ctx, observed, now)?;
     Ok(Plan {
         stateful_set: statefulset::stateful_set(&ctx, &broker_config),
         headless_service: service::headless_service(&ctx),
@@ -241,6 +259,7 @@ pub fn plan(
         ca_secret: tls.ca_secret,
         server_secret: tls.server_secret,
         auth_secret,
+        clients_ca_secret,
         certificate: tls.certificate,
     })
 }
@@ -261,6 +280,8 @@ pub struct Names {
     pub server_secret: String,
     /// The auth Secret: `<name>-auth`.
     pub auth_secret: String,
+    /// The clients CA Secret: `<name>-clients-ca`.
+    pub clients_ca_secret: String,
 }
 
 impl Names {
@@ -273,6 +294,7 @@ impl Names {
             ca_secret: format!("{name}-ca"),
             server_secret: format!("{name}-tls"),
             auth_secret: format!("{name}-auth"),
+            clients_ca_secret: format!("{name}-clients-ca"),
         }
     }
 }
@@ -432,7 +454,7 @@ fn valid_broker_name(name: &str) -> bool {
 }
 
 /// The enabled listeners with their ports; two may not share a port.
-fn resolve_listeners(spec: &ListenersSpec) -> Result<Vec<Listener>, PlanError> {
+pub(crate) fn resolve_listeners(spec: &ListenersSpec) -> Result<Vec<Listener>, PlanError> {
     let mut listeners: Vec<Listener> = Vec::new();
     for kind in ListenerKind::ALL {
         let listener = kind.spec(spec);
@@ -527,8 +549,8 @@ mod tests {
         let metadata = all_metadata(&plan);
         assert_eq!(
             metadata.len(),
-            8,
-            "config, ca, tls, auth, 2 services, sts, pdb"
+            9,
+            "config, ca, tls, clients ca, auth, 2 services, sts, pdb"
         );
         for meta in metadata {
             let name = meta.name.clone().unwrap();
@@ -566,6 +588,7 @@ mod tests {
             ("ConfigMap", "mq-config"),
             ("Secret", "mq-ca"),
             ("Secret", "mq-tls"),
+            ("Secret", "mq-clients-ca"),
             ("Secret", "mq-auth"),
             ("Service", "mq-headless"),
             ("Service", "mq"),

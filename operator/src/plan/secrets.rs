@@ -1,10 +1,13 @@
 //! The Secrets: the CA (`<name>-ca`), the server certificate
-//! (`<name>-tls`) and the broker's credentials (`<name>-auth`).
+//! (`<name>-tls`), the clients CA (`<name>-clients-ca`) and the broker's
+//! credentials (`<name>-auth`).
 //!
-//! The auth Secret holds the broker's credentials file with one
-//! operator-owned user, `kubemqtt-admin`, whose password is in the same
-//! Secret for health tooling, and the bearer token of the broker's admin
-//! API. The broker re-reads both files when they change.
+//! The auth Secret holds the broker's credentials file, with one
+//! operator-owned user, `kubemqtt-admin` (its password is in the same
+//! Secret for health tooling), and every admitted `MqttUser`; and the bearer
+//! token of the broker's admin API. The broker re-reads both files when they
+//! change, and the controller pushes the credentials file to the admin API
+//! so that a change does not wait for the kubelet.
 //!
 //! Certificate lifecycle, decided afresh on every plan from what is stored:
 //! - The CA is valid for ten times the server certificate's validity, and
@@ -26,6 +29,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 
+use super::users::{self, BrokerUser};
 use super::{CertificateKind, CertificatePlan, Context, Observed, PlanError, Renewal};
 use crate::api::{GeneratedTlsSpec, FORCE_RENEW_ANNOTATION};
 use crate::certs::{self, CertInfo, CertifiedKeyPem, RenewalReason, San, BACKDATE};
@@ -59,6 +63,11 @@ pub const ADMIN_USERNAME: &str = "kubemqtt-admin";
 /// How long the previous CA stays trusted after the certificate it signed
 /// was replaced.
 pub const PREVIOUS_CA_GRACE: SignedDuration = SignedDuration::from_mins(10);
+
+/// How long a clients CA is valid.
+pub const CLIENTS_CA_VALIDITY: SignedDuration = SignedDuration::from_hours(24 * 3650);
+/// A clients CA this close to expiry is replaced.
+pub const CLIENTS_CA_RENEW_BEFORE: SignedDuration = SignedDuration::from_hours(24 * 365);
 
 /// The CA lives this many times as long as a server certificate.
 const CA_VALIDITY_FACTOR: i32 = 10;
@@ -258,10 +267,15 @@ pub(super) fn server_sans(
     Ok(sans)
 }
 
-/// The auth Secret: the admin user, its password and credentials file,
-/// and the admin API token. Stored values are kept; missing ones are
-/// generated.
-pub(super) fn auth_secret(ctx: &Context<'_>, observed: &Observed) -> Result<Secret, PlanError> {
+/// The auth Secret: the admin user and its password, the broker's
+/// credentials file (the admin user and every admitted `MqttUser`, see
+/// [`users`](super::users)), and the admin API token. Stored values are
+/// kept; missing ones are generated.
+pub(super) fn auth_secret(
+    ctx: &Context<'_>,
+    observed: &Observed,
+    now: Timestamp,
+) -> Result<Secret, PlanError> {
     let stored = |key: &str| {
         observed
             .auth_secret
@@ -270,18 +284,35 @@ pub(super) fn auth_secret(ctx: &Context<'_>, observed: &Observed) -> Result<Secr
             .filter(|value| !value.is_empty())
             .map(str::to_owned)
     };
-    let (password, credentials) = match (stored(PASSWORD_KEY), stored(CREDENTIALS_KEY)) {
-        (Some(password), Some(credentials)) => (password, credentials),
-        (Some(password), None) => {
-            let credentials = credentials_file(&password)?;
-            (password, credentials)
-        }
-        (None, _) => {
-            let password = random_hex()?;
-            let credentials = credentials_file(&password)?;
-            (password, credentials)
-        }
+    let stored_credentials = stored(CREDENTIALS_KEY);
+    let password = match stored(PASSWORD_KEY) {
+        Some(password) => password,
+        None => random_hex()?,
     };
+    // Hashing anew on every plan would change the file every time.
+    let admin_hash = stored_credentials
+        .as_deref()
+        .and_then(users::stored_admin_hash)
+        .filter(|hash| kubemqtt_broker::auth::verify_password(hash, &password));
+    let admin_hash = match admin_hash {
+        Some(hash) => hash,
+        None => kubemqtt_broker::auth::hash_password(&password)
+            .map_err(|e| PlanError::Random(e.to_string()))?,
+    };
+    let broker_users: Vec<BrokerUser<'_>> = observed
+        .users
+        .iter()
+        .map(|(user, secret)| BrokerUser {
+            user,
+            secret: secret.as_ref(),
+        })
+        .collect();
+    let credentials = users::credentials_file(
+        &admin_hash,
+        &broker_users,
+        stored_credentials.as_deref(),
+        now,
+    )?;
     let token = match stored(ADMIN_TOKEN_KEY) {
         Some(token) => token,
         None => random_hex()?,
@@ -299,24 +330,45 @@ pub(super) fn auth_secret(ctx: &Context<'_>, observed: &Observed) -> Result<Secr
     ))
 }
 
-/// The broker's credentials file with the admin user and a salted hash of
-/// `password`.
-fn credentials_file(password: &str) -> Result<String, PlanError> {
-    let hash = kubemqtt_broker::auth::hash_password(password)
-        .map_err(|e| PlanError::Random(e.to_string()))?;
-    let mut password_entry = toml::Table::new();
-    password_entry.insert("hash".into(), hash.into());
-    let mut user = toml::Table::new();
-    user.insert("username".into(), ADMIN_USERNAME.into());
-    user.insert(
-        "passwords".into(),
-        toml::Value::Array(vec![password_entry.into()]),
+/// The clients CA (`<name>-clients-ca`), which signs the certificates of
+/// `tls` users. It is kept while it is readable and more than
+/// [`CLIENTS_CA_RENEW_BEFORE`] from expiry; a new one makes the user
+/// controller re-issue every user's certificate.
+pub(super) fn clients_ca(
+    ctx: &Context<'_>,
+    observed: &Observed,
+    now: Timestamp,
+) -> Result<(Secret, CertifiedKeyPem), PlanError> {
+    let stored = Stored::read(
+        observed.clients_ca_secret.as_ref(),
+        CA_CERT_KEY,
+        CA_PRIVATE_KEY_KEY,
     );
-    let mut file = toml::Table::new();
-    file.insert("users".into(), toml::Value::Array(vec![user.into()]));
-    let body = toml::to_string(&file)
-        .map_err(|e| PlanError::BrokerConfig(format!("cannot write the credentials file: {e}")))?;
-    Ok(format!("# Managed by kubemqtt-operator.\n{body}"))
+    let ca = match stored {
+        Stored::Valid(ca, info) if now + CLIENTS_CA_RENEW_BEFORE < info.not_after => ca,
+        _ => {
+            let common_name = format!("KubeMQTT clients CA {}/{}", ctx.namespace, ctx.names.broker);
+            certs::generate_ca(&common_name, now, CLIENTS_CA_VALIDITY)?
+        }
+    };
+    let secret = secret(
+        ctx,
+        &ctx.names.clients_ca_secret,
+        "Opaque",
+        BTreeMap::from([
+            (CA_CERT_KEY, ca.cert_pem.clone()),
+            (CA_PRIVATE_KEY_KEY, ca.key_pem.clone()),
+        ]),
+    );
+    Ok((secret, ca))
+}
+
+/// The clients CA from its Secret, when it is readable.
+pub fn read_clients_ca(secret: Option<&Secret>) -> Option<CertifiedKeyPem> {
+    match Stored::read(secret, CA_CERT_KEY, CA_PRIVATE_KEY_KEY) {
+        Stored::Valid(ca, _) => Some(ca),
+        _ => None,
+    }
 }
 
 /// A stored certificate and key pair, as found in a Secret.
@@ -425,7 +477,9 @@ mod tests {
             ca_secret: plan.ca_secret.clone(),
             server_secret: plan.server_secret.clone(),
             auth_secret: Some(plan.auth_secret.clone()),
+            clients_ca_secret: Some(plan.clients_ca_secret.clone()),
             load_balancer_ingress: Vec::new(),
+            users: Vec::new(),
         }
     }
 

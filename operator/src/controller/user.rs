@@ -1,0 +1,340 @@
+//! The `MqttUser` controller: one user's credentials Secret and status.
+//!
+//! Each reconcile reads the user's broker, the broker's other users (for
+//! user name conflicts), the user's Secret, the Secret its password comes
+//! from (if any), the broker's CA bundle and clients CA; plans with
+//! [`plan_user`]; applies the Secret; writes the status; and tells what
+//! changed in Events. The broker controller, which watches users and their
+//! Secrets, then puts the change in force on the broker (its credentials
+//! file and a push to the pods).
+//!
+//! A user that cannot be planned (unknown broker, taken user name, invalid
+//! topic rule, missing password Secret) gets `Ready=False` with the reason
+//! and a Warning Event; nothing is applied and the other users are not
+//! affected. Deleting a user needs no cleanup here: its Secret goes with
+//! it (owner reference) and the broker controller drops it from the
+//! broker, which disconnects its clients.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use tracing::{info, warn, Instrument};
+
+use super::apply::{self, FIELD_MANAGER};
+use super::events::BrokerEvent;
+use super::status::Verdict;
+use super::{Context, Error, MAX_REQUEUE};
+use crate::api::{
+    AuthenticationType, MqttBroker, MqttUser, MqttUserStatus, CONDITION_ROTATING,
+    CONDITION_USER_READY,
+};
+use crate::metrics::ReconcileResult;
+use crate::plan::configmap::CA_BUNDLE_KEY;
+use crate::plan::secrets::read_clients_ca;
+use crate::plan::user_secret::{
+    self, plan_user, CredentialChange, UserObserved, UserPlan, UserPlanError,
+};
+use crate::plan::Names;
+
+/// How soon a user waiting for its broker (clients CA, listener) is
+/// looked at again.
+pub const WAITING_REQUEUE: Duration = Duration::from_secs(10);
+/// How soon a refused user is looked at again without a change (watches
+/// bring changes sooner).
+pub const REFUSED_REQUEUE: Duration = Duration::from_secs(300);
+
+/// Reconciles one user (see the module documentation).
+pub async fn reconcile(user: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let span = tracing::info_span!(
+        "reconcile_user",
+        namespace = user.namespace().unwrap_or_default(),
+        user = user.name_any()
+    );
+    let result = reconcile_user(&user, &ctx, Timestamp::now())
+        .instrument(span)
+        .await;
+    let outcome = match &result {
+        Ok((outcome, _)) => *outcome,
+        Err(error) => {
+            ctx.metrics.failed(error.stage());
+            ReconcileResult::Error
+        }
+    };
+    ctx.metrics.reconciled_user(outcome);
+    tracing::debug!(took = ?started.elapsed(), "user reconciled");
+    result.map(|(_, action)| action)
+}
+
+/// What to do after a failed reconcile: retry with the same backoff as
+/// brokers (per user).
+pub fn error_policy(user: Arc<MqttUser>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(
+        namespace = user.namespace().unwrap_or_default(),
+        user = user.name_any(),
+        %error,
+        "user reconcile failed"
+    );
+    Action::requeue(super::FIRST_RETRY)
+}
+
+async fn reconcile_user(
+    user: &MqttUser,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<(ReconcileResult, Action), Error> {
+    let namespace = user.namespace().ok_or(Error::NoNamespace)?;
+    if user.metadata.deletion_timestamp.is_some() {
+        return Ok((ReconcileResult::Deleting, Action::await_change()));
+    }
+    let observed = observe(ctx, user, &namespace).await?;
+    let clients_ca = observed
+        .clients_ca
+        .as_ref()
+        .and_then(|s| read_clients_ca(Some(s)));
+    let input = UserObserved {
+        broker: observed.broker.as_ref(),
+        siblings: &observed.siblings,
+        secret: observed.secret.as_ref(),
+        password_source: observed.password_source.as_ref(),
+        trust_bundle: observed.trust_bundle.as_deref(),
+        clients_ca: clients_ca.as_ref(),
+    };
+    let users: Api<MqttUser> = Api::namespaced(ctx.client.clone(), &namespace);
+    let plan = match plan_user(user, &input, &ctx.settings, now) {
+        Ok(plan) => plan,
+        Err(error) => {
+            let message = error.to_string();
+            warn!(reason = error.reason(), error = %message, "the user cannot be applied");
+            write_status(&users, user, &refused_status(user, &error, now)).await?;
+            ctx.events
+                .publish(
+                    user,
+                    BrokerEvent::warning(error.reason(), "Reconcile", message),
+                )
+                .await;
+            let requeue = match error {
+                UserPlanError::WaitingForBroker(_) => WAITING_REQUEUE,
+                _ => REFUSED_REQUEUE,
+            };
+            return Ok((ReconcileResult::Invalid, Action::requeue(requeue)));
+        }
+    };
+
+    let object = serde_json::to_value(&plan.secret)?;
+    let object = with_type_meta(object);
+    apply::apply_all(&ctx.client, &namespace, &[object])
+        .await
+        .map_err(Error::Apply)?;
+    if let Some(event) = change_event(&plan) {
+        info!(reason = %event.reason, "{}", event.note);
+        ctx.events.publish(user, event).await;
+    }
+    write_status(&users, user, &ready_status(user, &plan, now)).await?;
+
+    let requeue = plan
+        .recheck_at
+        .map(|at| Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO))
+        .unwrap_or(MAX_REQUEUE)
+        .clamp(Duration::from_secs(1), MAX_REQUEUE);
+    Ok((ReconcileResult::Applied, Action::requeue(requeue)))
+}
+
+/// What one user reconcile reads.
+#[derive(Debug, Default)]
+struct UserObservation {
+    broker: Option<MqttBroker>,
+    siblings: Vec<MqttUser>,
+    secret: Option<Secret>,
+    password_source: Option<Secret>,
+    trust_bundle: Option<String>,
+    clients_ca: Option<Secret>,
+}
+
+async fn observe(
+    ctx: &Context,
+    user: &MqttUser,
+    namespace: &str,
+) -> Result<UserObservation, Error> {
+    let client = &ctx.client;
+    let broker_name = &user.spec.broker_ref.name;
+    let names = Names::new(broker_name);
+    let read = |e: kube::Error| Error::UserObserve(e);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let broker = Api::<MqttBroker>::namespaced(client.clone(), namespace)
+        .get_opt(broker_name)
+        .await
+        .map_err(read)?;
+    let mut observation = UserObservation {
+        secret: secrets
+            .get_opt(&user_secret::secret_name(&user.name_any()))
+            .await
+            .map_err(read)?,
+        ..UserObservation::default()
+    };
+    if let Some(from) = &user.spec.authentication.password.value_from {
+        observation.password_source = secrets
+            .get_opt(&from.secret_key_ref.name)
+            .await
+            .map_err(read)?;
+    }
+    if broker.is_some() {
+        observation.siblings = Api::<MqttUser>::namespaced(client.clone(), namespace)
+            .list(&ListParams::default())
+            .await
+            .map_err(read)?
+            .items
+            .into_iter()
+            .filter(|other| other.spec.broker_ref.name == *broker_name)
+            .collect();
+        observation.trust_bundle = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+            .get_opt(&names.config_map)
+            .await
+            .map_err(read)?
+            .and_then(|config_map| config_map.data?.remove(CA_BUNDLE_KEY));
+        if user.spec.authentication.type_ == AuthenticationType::Tls {
+            observation.clients_ca = secrets
+                .get_opt(&names.clients_ca_secret)
+                .await
+                .map_err(read)?;
+        }
+    }
+    observation.broker = broker;
+    Ok(observation)
+}
+
+/// `apiVersion` and `kind` on a serialized Secret, for server-side apply.
+fn with_type_meta(mut object: serde_json::Value) -> serde_json::Value {
+    object["apiVersion"] = "v1".into();
+    object["kind"] = "Secret".into();
+    object
+}
+
+/// The Event telling what a plan changed in the credentials.
+pub fn change_event(plan: &UserPlan) -> Option<BrokerEvent> {
+    let secret = plan.secret.name_any();
+    let (reason, note) = match plan.change? {
+        CredentialChange::PasswordCreated => (
+            "PasswordCreated",
+            format!("the password of `{}` is in Secret {secret}", plan.username),
+        ),
+        CredentialChange::PasswordRotated(cause) => (
+            "PasswordRotated",
+            match plan.previous_password_valid_until {
+                Some(until) => format!(
+                    "new password in Secret {secret} ({}); the previous one is accepted until {until}",
+                    cause.describe()
+                ),
+                None => format!(
+                    "new password in Secret {secret} ({}); the previous one no longer works",
+                    cause.describe()
+                ),
+            },
+        ),
+        CredentialChange::GraceEnded => (
+            "GraceEnded",
+            "the previous password's grace window ended: it no longer works".to_owned(),
+        ),
+        CredentialChange::CertificateIssued(reason) => (
+            "CertificateIssued",
+            format!(
+                "new client certificate in Secret {secret} ({})",
+                reason.describe()
+            ),
+        ),
+    };
+    Some(BrokerEvent::normal(reason, "Reconcile", note))
+}
+
+/// The status of a user whose credentials were applied.
+pub fn ready_status(user: &MqttUser, plan: &UserPlan, now: Timestamp) -> MqttUserStatus {
+    let previous = user
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let generation = user.metadata.generation;
+    let secret = plan.secret.name_any();
+    let ready = Verdict::yes(
+        "CredentialsReady",
+        &format!(
+            "user `{}` is in Secret {secret} and in the credentials of MqttBroker {}",
+            plan.username, user.spec.broker_ref.name
+        ),
+    );
+    let rotating = match plan.previous_password_valid_until {
+        Some(until) => Verdict::yes(
+            "GraceWindowOpen",
+            &format!("the previous password is accepted until {until}"),
+        ),
+        None => Verdict::no(
+            "NoPreviousPassword",
+            "only the current password is accepted",
+        ),
+    };
+    MqttUserStatus {
+        observed_generation: generation,
+        conditions: vec![
+            ready.condition(CONDITION_USER_READY, previous, generation, now),
+            rotating.condition(CONDITION_ROTATING, previous, generation, now),
+        ],
+        username: Some(plan.username.clone()),
+        secret_name: Some(secret),
+        password_rotated_at: plan.password_rotated_at.map(Time),
+        previous_password_valid_until: plan.previous_password_valid_until.map(Time),
+        certificate_not_after: plan.certificate_not_after.map(Time),
+    }
+}
+
+/// The status of a user that cannot be applied: `Ready=False` with the
+/// reason; what the previous status said about the credentials stays.
+pub fn refused_status(user: &MqttUser, error: &UserPlanError, now: Timestamp) -> MqttUserStatus {
+    let old = user.status.clone().unwrap_or_default();
+    let generation = user.metadata.generation;
+    let ready = Verdict::no(error.reason(), &error.to_string());
+    let mut conditions =
+        vec![ready.condition(CONDITION_USER_READY, &old.conditions, generation, now)];
+    conditions.extend(
+        old.conditions
+            .iter()
+            .filter(|c| c.type_ == CONDITION_ROTATING)
+            .cloned(),
+    );
+    MqttUserStatus {
+        observed_generation: generation,
+        conditions,
+        ..old
+    }
+}
+
+/// Writes `status` with server-side apply, unless the user already has
+/// exactly that status.
+async fn write_status(
+    users: &Api<MqttUser>,
+    user: &MqttUser,
+    status: &MqttUserStatus,
+) -> Result<(), Error> {
+    if user.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": MqttUser::api_version(&()),
+        "kind": MqttUser::kind(&()),
+        "status": status,
+    });
+    users
+        .patch_status(
+            &user.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::Status)?;
+    Ok(())
+}
