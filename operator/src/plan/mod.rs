@@ -526,6 +526,31 @@ pub(crate) mod testing {
     pub fn plan_fresh(broker: &MqttBroker) -> Plan {
         plan(broker, &Observed::default(), &Settings::default(), now()).expect("plans")
     }
+
+    /// An `MqttUser` `name` in namespace `iot` created at `created`, from
+    /// the YAML of its spec.
+    pub fn user_at(name: &str, spec: &str, created: &str) -> crate::api::MqttUser {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        crate::api::MqttUser {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some("iot".to_owned()),
+                uid: Some(format!("00000000-0000-4000-8000-{:0>12}", name.len())),
+                creation_timestamp: Some(Time(created.parse().expect("timestamp"))),
+                generation: Some(1),
+                ..ObjectMeta::default()
+            },
+            spec: serde_saphyr::from_str(spec).expect("test user spec parses"),
+            status: None,
+        }
+    }
+
+    /// An `MqttUser` of broker `mq` created at 2025-01-01, from the YAML of
+    /// its spec (`brokerRef` is added).
+    pub fn user(name: &str, spec: &str) -> crate::api::MqttUser {
+        let spec = format!("brokerRef: {{name: mq}}\n{spec}");
+        user_at(name, &spec, "2025-01-01T00:00:00Z")
+    }
 }
 
 #[cfg(test)]
