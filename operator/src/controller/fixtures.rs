@@ -118,6 +118,11 @@ impl ApiServer {
         state.objects.insert(path.to_owned(), object);
     }
 
+    /// Deletes the object at `path`, as if it had been deleted.
+    pub fn remove(&self, path: &str) {
+        self.lock().objects.remove(path);
+    }
+
     /// The object stored at `path`.
     pub fn get(&self, path: &str) -> Option<Value> {
         self.lock().objects.get(path).cloned()

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::fixtures::{ApiServer, Recorded, RecordingPusher};
 use super::*;
+use crate::api::{MqttUser, MqttUserStatus};
 use crate::certs::{self, San};
 use crate::plan::secrets::{CA_CERT_KEY, TLS_CERT_KEY};
 use crate::plan::Observed;
@@ -658,4 +659,357 @@ fn backoff_doubles_up_to_five_minutes() {
         .map(|failures| backoff(failures).as_secs())
         .collect();
     assert_eq!(seconds, [5, 10, 20, 40, 160, 300, 300, 300]);
+}
+
+// ----- MqttUser ------------------------------------------------------------
+
+const USER_SECRET: &str = "/api/v1/namespaces/iot/secrets/device-1-mqtt-credentials";
+
+fn user_path(name: &str) -> String {
+    format!("{USERS}/{name}")
+}
+
+impl Test {
+    /// A broker `mq` that has been reconciled once (its objects exist).
+    async fn with_broker() -> Test {
+        let test = Test::default();
+        test.reconcile().await.expect("broker reconciles");
+        test.server.take_requests();
+        test.pushes.take();
+        test
+    }
+
+    /// Stores an `MqttUser` as a user would create it.
+    fn put_user(&self, name: &str, spec: Value, created: &str) {
+        self.server.put(
+            &user_path(name),
+            json!({
+                "apiVersion": "kubemqtt.io/v1alpha1",
+                "kind": "MqttUser",
+                "metadata": {
+                    "name": name,
+                    "namespace": "iot",
+                    "uid": format!("9e1c7f4a-0000-4000-8000-{:0>12}", name.len()),
+                    "generation": 1,
+                    "creationTimestamp": created,
+                },
+                "spec": spec,
+            }),
+        );
+    }
+
+    fn stored_user(&self, name: &str) -> MqttUser {
+        serde_json::from_value(self.server.get(&user_path(name)).expect("stored user"))
+            .expect("a user")
+    }
+
+    async fn reconcile_user(&self, name: &str) -> Result<Action, Error> {
+        user::reconcile(Arc::new(self.stored_user(name)), self.ctx.clone()).await
+    }
+
+    /// The credentials file in the stored auth Secret.
+    fn credentials_file(&self) -> String {
+        secret_text(
+            &self.server.get(AUTH).expect("auth secret"),
+            "credentials.toml",
+        )
+    }
+}
+
+/// `(type, reason)` of every Event posted about MqttUser `name`.
+fn user_events(requests: &[Recorded], name: &str) -> Vec<(String, String)> {
+    requests
+        .iter()
+        .filter(|r| r.path.starts_with(EVENTS))
+        .map(|r| {
+            assert_eq!(r.body["regarding"]["kind"], "MqttUser");
+            assert_eq!(r.body["regarding"]["name"], name);
+            let text = |key: &str| r.body[key].as_str().unwrap_or_default().to_owned();
+            (text("type"), text("reason"))
+        })
+        .collect()
+}
+
+/// The user status written among `requests`.
+fn written_user_status(requests: &[Recorded], name: &str) -> MqttUserStatus {
+    let path = format!("{}/status", user_path(name));
+    let request = requests
+        .iter()
+        .find(|r| r.path == path)
+        .unwrap_or_else(|| panic!("no status write for {name}"));
+    serde_json::from_value(request.body["status"].clone()).expect("a status")
+}
+
+fn user_condition(status: &MqttUserStatus, type_: &str) -> (String, String) {
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status:?}"));
+    (condition.status.clone(), condition.reason.clone())
+}
+
+/// Whether the broker, loading `file`, lets `user` in with `password`.
+fn broker_accepts(file: &str, user: &str, password: &str) -> bool {
+    let text = kubemqtt_broker::auth::AuthText {
+        text: file.to_owned(),
+        origin: "test".to_owned(),
+    };
+    let (authenticator, _) =
+        kubemqtt_broker::auth::build(None, Some(&text), None).expect("the broker loads it");
+    authenticator
+        .authenticate(user, password.as_bytes(), std::time::SystemTime::now())
+        .is_ok()
+}
+
+#[tokio::test]
+async fn a_new_user_gets_its_secret_and_reaches_the_broker_by_push() {
+    let test = Test::with_broker().await;
+    test.put_user(
+        "device-1",
+        json!({"brokerRef": {"name": "mq"}, "acl": [{"action": "publish", "topic": "devices/%u/#"}]}),
+        "2025-01-01T00:00:00Z",
+    );
+
+    let action = test.reconcile_user("device-1").await.expect("reconciles");
+    let requests = test.server.take_requests();
+    assert_eq!(
+        lines(&requests),
+        [
+            format!("GET {BROKER}"),
+            format!("GET {USER_SECRET}"),
+            format!("GET {USERS}"),
+            format!("GET {CONFIG_MAP}"),
+            format!("PATCH {USER_SECRET} (dry run)"),
+            format!("PATCH {USER_SECRET}"),
+            event_post(),
+            format!("PATCH {}/status", user_path("device-1")),
+        ]
+    );
+    assert_eq!(
+        user_events(&requests, "device-1"),
+        [("Normal".to_owned(), "PasswordCreated".to_owned())]
+    );
+    let status = written_user_status(&requests, "device-1");
+    assert_eq!(
+        user_condition(&status, "Ready"),
+        pair("True", "CredentialsReady")
+    );
+    assert_eq!(
+        user_condition(&status, "Rotating"),
+        pair("False", "NoPreviousPassword")
+    );
+    assert_eq!(status.username.as_deref(), Some("device-1"));
+    assert_eq!(
+        status.secret_name.as_deref(),
+        Some("device-1-mqtt-credentials")
+    );
+    assert!(status.password_rotated_at.is_some());
+    assert_eq!(action, Action::requeue(MAX_REQUEUE));
+    let secret = test.server.get(USER_SECRET).expect("user secret");
+    let password = secret_text(&secret, "password");
+    let config_map = test.server.get(CONFIG_MAP).expect("config map");
+    assert_eq!(
+        secret_text(&secret, "ca.crt"),
+        config_map["data"]["ca.crt"].as_str().expect("CA bundle"),
+        "clients verify the broker with its CA"
+    );
+
+    // The broker controller puts it in the credentials file and pushes it.
+    test.reconcile().await.expect("broker reconciles");
+    let file = test.credentials_file();
+    assert!(broker_accepts(&file, "device-1", &password));
+    let pushes = test.pushes.take();
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(
+        pushes[0].url,
+        "http://mq-0.mq-headless.iot.svc.cluster.local:8080/api/v1/credentials"
+    );
+    assert_eq!(pushes[0].body, file);
+    assert_eq!(
+        pushes[0].token,
+        secret_text(&test.server.get(AUTH).unwrap(), "admin-token")
+    );
+    // The broker's first reconcile pushed its admin-only file too.
+    assert!(test
+        .metrics()
+        .contains("kubemqtt_operator_credential_pushes_total{result=\"ok\"} 2"));
+
+    // Nothing changed: nothing is pushed again.
+    test.reconcile().await.expect("broker reconciles");
+    assert!(test.pushes.take().is_empty());
+}
+
+#[tokio::test]
+async fn rotation_keeps_the_old_password_for_the_grace_window() {
+    let test = Test::with_broker().await;
+    test.put_user(
+        "device-1",
+        json!({"brokerRef": {"name": "mq"}, "rotation": {"graceMinutes": 5}}),
+        "2025-01-01T00:00:00Z",
+    );
+    test.reconcile_user("device-1").await.expect("reconciles");
+    let old = secret_text(&test.server.get(USER_SECRET).unwrap(), "password");
+    test.server.take_requests();
+
+    let mut user = test.server.get(&user_path("device-1")).unwrap();
+    user["metadata"]["annotations"] = json!({"kubemqtt.io/rotate": "2025-06-01"});
+    test.server.put(&user_path("device-1"), user);
+    let action = test.reconcile_user("device-1").await.expect("rotates");
+    let requests = test.server.take_requests();
+    let new = secret_text(&test.server.get(USER_SECRET).unwrap(), "password");
+    assert_ne!(new, old);
+    assert_eq!(
+        user_events(&requests, "device-1"),
+        [("Normal".to_owned(), "PasswordRotated".to_owned())]
+    );
+    let status = written_user_status(&requests, "device-1");
+    assert_eq!(
+        user_condition(&status, "Rotating"),
+        pair("True", "GraceWindowOpen")
+    );
+    let until = status.previous_password_valid_until.expect("window end").0;
+    let left = until.duration_since(Timestamp::now());
+    assert!(left > SignedDuration::from_secs(290) && left <= SignedDuration::from_mins(5));
+    assert_ne!(
+        action,
+        Action::requeue(MAX_REQUEUE),
+        "must come back when the window closes"
+    );
+
+    test.reconcile().await.expect("broker reconciles");
+    let file = test.credentials_file();
+    assert!(broker_accepts(&file, "device-1", &new));
+    assert!(
+        broker_accepts(&file, "device-1", &old),
+        "during the grace window"
+    );
+    assert!(file.contains("not_after"));
+    let pushes = test.pushes.take();
+    assert_eq!(pushes.len(), 1, "the rotation is pushed");
+}
+
+#[tokio::test]
+async fn a_taken_user_name_is_refused_and_the_holder_is_unaffected() {
+    let test = Test::with_broker().await;
+    test.put_user(
+        "first",
+        json!({"brokerRef": {"name": "mq"}, "username": "dev"}),
+        "2025-01-01T00:00:00Z",
+    );
+    test.put_user(
+        "second",
+        json!({"brokerRef": {"name": "mq"}, "username": "dev"}),
+        "2025-02-01T00:00:00Z",
+    );
+    test.reconcile_user("first").await.expect("reconciles");
+    test.server.take_requests();
+
+    let action = test.reconcile_user("second").await.expect("reports");
+    let requests = test.server.take_requests();
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.method == Method::PATCH && r.path.contains("/secrets/")),
+        "nothing applied: {:?}",
+        lines(&requests)
+    );
+    let status = written_user_status(&requests, "second");
+    assert_eq!(
+        user_condition(&status, "Ready"),
+        pair("False", "UsernameConflict")
+    );
+    assert_eq!(
+        user_events(&requests, "second"),
+        [("Warning".to_owned(), "UsernameConflict".to_owned())]
+    );
+    assert_eq!(action, Action::requeue(user::REFUSED_REQUEUE));
+    assert!(status.conditions[0].message.contains("MqttUser `first`"));
+
+    let first_password = secret_text(
+        &test
+            .server
+            .get("/api/v1/namespaces/iot/secrets/first-mqtt-credentials")
+            .unwrap(),
+        "password",
+    );
+    test.reconcile().await.expect("broker reconciles");
+    assert!(broker_accepts(
+        &test.credentials_file(),
+        "dev",
+        &first_password
+    ));
+}
+
+#[tokio::test]
+async fn an_unknown_broker_is_reported() {
+    let test = Test::with_broker().await;
+    test.put_user(
+        "lost",
+        json!({"brokerRef": {"name": "nope"}}),
+        "2025-01-01T00:00:00Z",
+    );
+    test.reconcile_user("lost").await.expect("reports");
+    let requests = test.server.take_requests();
+    assert_eq!(
+        lines(&requests),
+        [
+            "GET /apis/kubemqtt.io/v1alpha1/namespaces/iot/mqttbrokers/nope".to_owned(),
+            "GET /api/v1/namespaces/iot/secrets/lost-mqtt-credentials".to_owned(),
+            format!("PATCH {}/status", user_path("lost")),
+            event_post(),
+        ]
+    );
+    let status = written_user_status(&requests, "lost");
+    assert_eq!(
+        user_condition(&status, "Ready"),
+        pair("False", "BrokerNotFound")
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_user_is_revoked_and_unreachable_pods_are_retried() {
+    let test = Test::with_broker().await;
+    test.put_user(
+        "device-1",
+        json!({"brokerRef": {"name": "mq"}}),
+        "2025-01-01T00:00:00Z",
+    );
+    test.reconcile_user("device-1").await.expect("reconciles");
+    let password = secret_text(&test.server.get(USER_SECRET).unwrap(), "password");
+    test.reconcile().await.expect("broker reconciles");
+    assert!(broker_accepts(
+        &test.credentials_file(),
+        "device-1",
+        &password
+    ));
+    test.pushes.take();
+
+    // Deleted (its Secret lingers until the garbage collector runs), while
+    // the pod cannot be reached.
+    test.server.remove(&user_path("device-1"));
+    test.pushes
+        .unreachable
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let action = test.reconcile().await.expect("broker reconciles");
+    assert!(!broker_accepts(
+        &test.credentials_file(),
+        "device-1",
+        &password
+    ));
+    assert_eq!(test.pushes.take().len(), 1);
+    assert_eq!(action, Action::requeue(PUSH_RETRY));
+    assert!(test
+        .metrics()
+        .contains("kubemqtt_operator_credential_pushes_total{result=\"unreachable\"} 1"));
+
+    // The pod is back: the same revision is pushed again.
+    test.pushes
+        .unreachable
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let action = test.reconcile().await.expect("broker reconciles");
+    let pushes = test.pushes.take();
+    assert_eq!(pushes.len(), 1);
+    assert!(!pushes[0].body.contains("device-1"));
+    assert_eq!(action, an_hour());
 }
