@@ -2,10 +2,11 @@
 # End-to-end test of KubeMQTT on a real cluster (see e2e/README.md):
 #
 #   build both images -> load them -> helm install the chart -> apply
-#   examples/broker.yaml and examples/user-device.yaml -> wait for Ready ->
-#   publish and subscribe over TLS with the user's Secret -> rotate the
-#   user's password (old and new work during the grace window, only the new
-#   one after it) -> delete everything and check nothing is left.
+#   examples/broker.yaml and examples/user-device.yaml (and a listener user
+#   of its own) -> wait for Ready -> the device publishes over TLS with its
+#   Secret's credentials and the listener receives it -> rotate the device's
+#   password (old and new work during the grace window, only the new one
+#   after it) -> delete everything and check nothing is left.
 #
 # Usage: e2e/run.sh            (uses the cluster KUBECONFIG points at)
 #        E2E_CREATE_CLUSTER=kind e2e/run.sh   (or k3d: makes a throwaway one)
@@ -32,7 +33,8 @@ IMAGE_REGISTRY="${E2E_IMAGE_REGISTRY:-}"             # push there instead of loa
 BUILD="${E2E_BUILD:-1}"                              # 0: the images already exist
 BROKER_FILE="${E2E_BROKER_FILE:-$ROOT/examples/broker.yaml}"
 USER_FILE="${E2E_USER_FILE:-$ROOT/examples/user-device.yaml}"
-TOPIC="${E2E_TOPIC:-e2e/kubemqtt}"                   # the user must be allowed to use it
+TOPIC="${E2E_TOPIC:-}"                               # default: devices/<user>/e2e
+LISTENER="${E2E_LISTENER:-e2e-listener}"             # MqttUser subscribing to devices/#
 GRACE_SECONDS="${E2E_GRACE_SECONDS:-60}"             # rotation.graceMinutes of the example
 LOCAL_PORT="${E2E_LOCAL_PORT:-18883}"                # port-forward to the TLS listener
 TIMEOUT="${E2E_TIMEOUT:-300}"                        # seconds for each wait
@@ -112,6 +114,7 @@ cleanup() {
         fi
         say "cleaning up after the failure"
         kubectl -n "$NAMESPACE" delete --ignore-not-found --wait=false -f "$USER_FILE" >/dev/null 2>&1 || true
+        kubectl -n "$NAMESPACE" delete --ignore-not-found --wait=false "mqttuser/$LISTENER" >/dev/null 2>&1 || true
         kubectl -n "$NAMESPACE" delete --ignore-not-found --wait=false -f "$BROKER_FILE" >/dev/null 2>&1 || true
         helm uninstall "$RELEASE" -n "$OPERATOR_NAMESPACE" >/dev/null 2>&1 || true
         if [ "$INSTALLED_CRDS" = "1" ]; then
@@ -241,8 +244,28 @@ name_in() {
     kubectl create --dry-run=client -o jsonpath='{.metadata.name}' -f "$1"
 }
 
+# secret_key USER KEY: a key of the user's credentials Secret, decoded.
 secret_key() {
-    kubectl -n "$NAMESPACE" get secret "$USER_SECRET" -o "jsonpath={.data.${1//./\\.}}" | base64 -d
+    kubectl -n "$NAMESPACE" get secret "$1-mqtt-credentials" -o "jsonpath={.data.${2//./\\.}}" | base64 -d
+}
+
+# A user of the test's own, allowed only to read what devices publish: the
+# example device may publish under devices/<user>/ but not subscribe there.
+apply_listener() {
+    kubectl -n "$NAMESPACE" apply -f - <<EOF
+apiVersion: kubemqtt.io/v1alpha1
+kind: MqttUser
+metadata:
+  name: $LISTENER
+spec:
+  brokerRef:
+    name: $BROKER
+  authentication:
+    type: password
+  acl:
+    - action: subscribe
+      topic: "devices/#"
+EOF
 }
 
 # --- 5. clients -----------------------------------------------------------------
@@ -293,8 +316,8 @@ mqtt_options() {
         -V mqttv311 -t "$TOPIC" -q 1
 }
 
-# login_works USER PASSWORD: a retained message published with the user's
-# credentials comes back to a subscriber using them too.
+# login_works USER PASSWORD: a retained message the user publishes reaches
+# the listener (retained, so that the subscriber cannot come too late).
 login_works() {
     ensure_port_forward || return 1
     local options message
@@ -303,8 +326,8 @@ login_works() {
     timeout 20 mosquitto_pub "${options[@]}" -u "$1" -P "$2" -i "e2e-pub-$RANDOM" -r -m "$message" \
         >"$WORK/pub.log" 2>&1 || return 1
     local received
-    received="$(timeout 20 mosquitto_sub "${options[@]}" -u "$1" -P "$2" -i "e2e-sub-$RANDOM" -C 1 -W 15 \
-        2>"$WORK/sub.log")" || return 1
+    received="$(timeout 20 mosquitto_sub "${options[@]}" -u "$LISTENER_USERNAME" -P "$LISTENER_PASSWORD" \
+        -i "e2e-sub-$RANDOM" -C 1 -W 15 2>"$WORK/sub.log")" || return 1
     [ "$received" = "$message" ]
 }
 
@@ -320,9 +343,13 @@ login_refused() {
     grep -qi "not authori[sz]ed\|bad user name or password\|refused" "$WORK/refused.log"
 }
 
+external_host_known() {
+    [ -n "$(secret_key "$USER_NAME" external-host)" ]
+}
+
 password_changed() {
     local now
-    now="$(secret_key password)"
+    now="$(secret_key "$USER_NAME" password)"
     [ -n "$now" ] && [ "$now" != "$OLD_PASSWORD" ]
 }
 
@@ -354,39 +381,50 @@ main() {
 
     BROKER="$(name_in "$BROKER_FILE")"
     USER_NAME="$(name_in "$USER_FILE")"
-    USER_SECRET="$USER_NAME-mqtt-credentials"
-    say "applying MqttBroker $BROKER and MqttUser $USER_NAME in $NAMESPACE"
+    say "applying MqttBroker $BROKER, MqttUser $USER_NAME and MqttUser $LISTENER in $NAMESPACE"
     kubectl -n "$NAMESPACE" apply -f "$BROKER_FILE" -f "$USER_FILE"
+    apply_listener
     kubectl -n "$NAMESPACE" wait --for=condition=Ready "mqttbroker/$BROKER" "mqttuser/$USER_NAME" \
-        --timeout "${TIMEOUT}s"
-    kubectl -n "$NAMESPACE" get "mqttbroker/$BROKER" "mqttuser/$USER_NAME"
+        "mqttuser/$LISTENER" --timeout "${TIMEOUT}s"
+    kubectl -n "$NAMESPACE" get "mqttbroker/$BROKER" "mqttuser/$USER_NAME" "mqttuser/$LISTENER"
+    kubectl -n "$NAMESPACE" get "service/$BROKER" -o wide
 
-    local username key
-    for key in username password ca.crt host external-host port tls-port uri; do
-        kubectl -n "$NAMESPACE" get secret "$USER_SECRET" -o "jsonpath={.data.${key//./\\.}}" |
-            grep -q . || fail "Secret $USER_SECRET has no '$key'"
+    # Every key a user's Secret promises (external-host only once the load
+    # balancer has an address: never, on kind).
+    local username key keys
+    # shellcheck disable=SC2016 # a Go template, not shell
+    keys="$(kubectl -n "$NAMESPACE" get secret "$USER_NAME-mqtt-credentials" \
+        -o go-template='{{range $key, $value := .data}}{{$key}}{{"\n"}}{{end}}')"
+    for key in username password ca.crt host port tls-port uri; do
+        grep -qx "$key" <<<"$keys" || fail "Secret $USER_NAME-mqtt-credentials has no '$key'"
     done
-    username="$(secret_key username)"
-    OLD_PASSWORD="$(secret_key password)"
-    HOST="$(secret_key host)"
-    TLS_PORT="$(secret_key tls-port)"
-    secret_key ca.crt >"$WORK/ca.crt"
-    say "user $username, TLS port $TLS_PORT, host $HOST"
+    if [ -n "$(kubectl -n "$NAMESPACE" get "service/$BROKER" -o jsonpath='{.status.loadBalancer.ingress}')" ]; then
+        wait_until 120 "the Secret has external-host" external_host_known
+    else
+        say "note: service/$BROKER has no load balancer address, so the Secret has no external-host yet"
+    fi
+    username="$(secret_key "$USER_NAME" username)"
+    OLD_PASSWORD="$(secret_key "$USER_NAME" password)"
+    HOST="$(secret_key "$USER_NAME" host)"
+    TLS_PORT="$(secret_key "$USER_NAME" tls-port)"
+    secret_key "$USER_NAME" ca.crt >"$WORK/ca.crt"
+    LISTENER_USERNAME="$(secret_key "$LISTENER" username)"
+    LISTENER_PASSWORD="$(secret_key "$LISTENER" password)"
+    TOPIC="${TOPIC:-devices/$username/e2e}"
+    say "user $username, TLS port $TLS_PORT, host $HOST, topic $TOPIC"
 
     verify_server_certificate
     # The user's credentials reach the broker through a mounted Secret.
     wait_until 150 "$username can publish and subscribe over TLS" login_works "$username" "$OLD_PASSWORD"
     say "publish/subscribe over TLS with the Secret's credentials: ok"
-    if login_works "$username" "wrong-$OLD_PASSWORD"; then
-        fail "a wrong password was accepted"
-    fi
+    login_refused "$username" "wrong-$OLD_PASSWORD" || fail "a wrong password was not refused"
 
     say "rotating $USER_NAME's password"
     local rotated_at=$SECONDS
     kubectl -n "$NAMESPACE" annotate "mqttuser/$USER_NAME" "kubemqtt.io/rotate=$(date +%s)" --overwrite
     wait_until 120 "the Secret holds a new password" password_changed
     local new_password
-    new_password="$(secret_key password)"
+    new_password="$(secret_key "$USER_NAME" password)"
     wait_until 150 "the new password works" login_works "$username" "$new_password"
     local elapsed=$((SECONDS - rotated_at))
     if [ "$elapsed" -ge $((GRACE_SECONDS - 5)) ]; then
@@ -413,6 +451,7 @@ main() {
     stop_port_forward
 
     say "deleting the user, the broker and the release"
+    kubectl -n "$NAMESPACE" delete "mqttuser/$LISTENER" --wait --timeout "${TIMEOUT}s"
     kubectl -n "$NAMESPACE" delete -f "$USER_FILE" -f "$BROKER_FILE" --wait --timeout "${TIMEOUT}s"
     wait_until "$TIMEOUT" "no object labelled $MANAGED_BY is left" nothing_managed_left
     helm uninstall "$RELEASE" --namespace "$OPERATOR_NAMESPACE" --wait --timeout "${TIMEOUT}s"

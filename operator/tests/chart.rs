@@ -1018,7 +1018,7 @@ fn notes_tell_the_next_three_commands() {
         "kubectl -n \"$NS\" get mqttbroker broker",
         "kubectl -n \"$NS\" get service broker -o jsonpath='{.status.loadBalancer.ingress[0]}",
         "kubectl -n \"$NS\" get secret device-1-mqtt-credentials -o jsonpath='{.data.password}' | base64 -d",
-        "username, password, ca.crt, host, external-host, port, tls-port, uri",
+        "username, password, ca.crt, host, port, tls-port, uri, and\n   external-host",
     ] {
         assert!(text.contains(expected), "NOTES.txt lacks {expected:?}:\n{text}");
     }
