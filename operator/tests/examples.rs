@@ -1,22 +1,54 @@
-//! The examples in `examples/` render, and every rendered object (and the
-//! CRD) passes the Kubernetes 1.32 schemas and the CRD structural checks.
+//! The examples in `examples/` are what they say they are:
+//!
+//! - every custom resource in them matches its CRD (the one in `crds/`
+//!   whose kind it has): types, required fields, enums, bounds, patterns,
+//!   no fields the CRD lacks, and the CRD's CEL rules;
+//! - every broker renders; every user is admitted by the example broker it
+//!   names, gets its credentials Secret, and ends up in that broker's
+//!   credentials file, which the broker's own parser reads with the topic
+//!   rules and quotas the example's comments promise;
+//! - the rendered objects, the examples' other Kubernetes objects (a
+//!   user's password Secret) and the CRDs pass the Kubernetes 1.32 schemas
+//!   and the CRD structural checks.
 //!
 //! The schema checks use `kubernetes-validate` and `crd-structural-check`
-//! (installed by `../shared/tools/install-k8s-tools PREFIX`), found on PATH
-//! or in the workspace's `.tools/bin`. Without them those checks are
-//! skipped with a message, unless `KUBEMQTT_REQUIRE_K8S_TOOLS=1`, which
-//! turns a missing tool into a failure (for CI).
+//! (installed by `scripts/install-k8s-tools.sh`), found on PATH or in the
+//! workspace's `.tools/bin`. Without them those checks are skipped with a
+//! message, unless `KUBEMQTT_REQUIRE_K8S_TOOLS=1`, which turns a missing
+//! tool into a failure (for CI).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::SystemTime;
 
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::ByteString;
+use kube::core::cel::cel::{Context as CelContext, Program, Value as CelValue};
+use kube::core::cel::Validator;
+use kube::ResourceExt;
+use kubemqtt_broker::auth::{self, AuthText};
+use kubemqtt_operator::api::{MqttBroker, MqttUser};
+use kubemqtt_operator::plan::configmap::CA_BUNDLE_KEY;
+use kubemqtt_operator::plan::secrets::CREDENTIALS_KEY;
+use kubemqtt_operator::plan::user_secret::{plan_user, UserObserved};
 use kubemqtt_operator::plan::{plan, Observed, Settings};
 use kubemqtt_operator::render::{plan_yaml, read_broker};
+use serde_json::{json, Value};
+
+/// Where examples without a namespace are put, as `kubectl apply` would.
+const NAMESPACE: &str = "default";
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+fn now() -> Timestamp {
+    "2025-06-01T12:00:00Z".parse().expect("valid time")
+}
+
+/// Every `examples/*.yaml`, sorted.
 fn examples() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(workspace().join("examples"))
         .expect("examples/ exists")
@@ -24,9 +56,29 @@ fn examples() -> Vec<PathBuf> {
         .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
         .collect();
     files.sort();
+    files
+}
+
+/// The documents of a YAML file.
+fn documents(file: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(file).expect("readable YAML");
+    serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+}
+
+fn kind(document: &Value) -> &str {
+    document["kind"].as_str().unwrap_or_default()
+}
+
+/// The examples holding an `MqttBroker` (one broker per file, as
+/// `kubemqtt-operator render` takes them).
+fn broker_examples() -> Vec<PathBuf> {
+    let files: Vec<PathBuf> = examples()
+        .into_iter()
+        .filter(|file| documents(file).iter().any(|d| kind(d) == "MqttBroker"))
+        .collect();
     assert!(
         files.len() >= 2,
-        "expected the minimal and production examples"
+        "expected the minimal and production broker examples"
     );
     files
 }
@@ -35,8 +87,7 @@ fn examples() -> Vec<PathBuf> {
 fn render(file: &Path) -> String {
     let text = std::fs::read_to_string(file).expect("readable example");
     let broker = read_broker(&text, None).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-    let now = "2025-06-01T12:00:00Z".parse().expect("valid time");
-    let plan = plan(&broker, &Observed::default(), &Settings::default(), now)
+    let plan = plan(&broker, &Observed::default(), &Settings::default(), now())
         .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     plan_yaml(&plan).expect("YAML output")
 }
@@ -54,7 +105,7 @@ fn tool(name: &str) -> Option<PathBuf> {
     if found.is_none() {
         let message = format!(
             "{name} not found on PATH or in .tools/bin; install it with \
-             ../shared/tools/install-k8s-tools .tools"
+             scripts/install-k8s-tools.sh"
         );
         if std::env::var("KUBEMQTT_REQUIRE_K8S_TOOLS").is_ok_and(|v| v == "1") {
             panic!("{message}");
@@ -81,18 +132,16 @@ fn run(tool: &Path, options: &[&str], files: &[&Path]) {
 
 #[test]
 fn examples_render_every_object() {
-    for file in examples() {
+    for file in broker_examples() {
         let yaml = render(&file);
-        let documents: Vec<serde_json::Value> =
+        let documents: Vec<Value> =
             serde_saphyr::from_multiple(&yaml).expect("rendered YAML reads back");
-        let kinds: Vec<&str> = documents
-            .iter()
-            .map(|d| d["kind"].as_str().unwrap_or_default())
-            .collect();
+        let kinds: Vec<&str> = documents.iter().map(kind).collect();
         assert_eq!(
             kinds,
             [
                 "ConfigMap",
+                "Secret",
                 "Secret",
                 "Secret",
                 "Secret",
@@ -107,22 +156,561 @@ fn examples_render_every_object() {
     }
 }
 
+// --- custom resources against their CRD ---------------------------------------
+
+/// The `openAPIV3Schema` of the CRD in `crds/` that defines the kind and
+/// version of `document`.
+fn crd_schema(document: &Value) -> Value {
+    let kind = kind(document);
+    let version = document["apiVersion"]
+        .as_str()
+        .and_then(|api_version| api_version.rsplit('/').next())
+        .unwrap_or_default();
+    let crds = std::fs::read_dir(workspace().join("crds")).expect("crds/ exists");
+    for crd in crds.map(|entry| entry.expect("readable entry").path()) {
+        for definition in documents(&crd) {
+            if definition["spec"]["names"]["kind"] != kind {
+                continue;
+            }
+            let versions = definition["spec"]["versions"].as_array().cloned();
+            let schema = versions
+                .unwrap_or_default()
+                .into_iter()
+                .find(|v| v["name"] == version)
+                .map(|v| v["schema"]["openAPIV3Schema"].clone());
+            return schema
+                .unwrap_or_else(|| panic!("{} has no version {version} of {kind}", crd.display()));
+        }
+    }
+    panic!("no CRD in crds/ defines the kind `{kind}`")
+}
+
+/// What the apiserver would refuse in `document` (a custom resource), as
+/// `path: problem` lines: the OpenAPI checks of its CRD's schema with
+/// strict field validation (what `kubectl apply` asks for), then the CEL
+/// rules. Not checked: `format`s and the CEL cost limits.
+fn crd_violations(document: &Value) -> Vec<String> {
+    let schema = crd_schema(document);
+    let mut violations = Vec::new();
+    let mut patterns = Vec::new();
+    let Some(fields) = document.as_object() else {
+        return vec!["the document is not an object".to_owned()];
+    };
+    // Every object has these; CRD schemas do not declare them.
+    for (key, value) in fields {
+        if matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
+            continue;
+        }
+        match schema["properties"].get(key) {
+            Some(field_schema) => check(value, field_schema, key, &mut violations, &mut patterns),
+            None => violations.push(format!("{key}: unknown field")),
+        }
+    }
+    for required in schema["required"].as_array().into_iter().flatten() {
+        let required = required.as_str().unwrap_or_default();
+        if !fields.contains_key(required) {
+            violations.push(format!("{required}: required"));
+        }
+    }
+    if document["metadata"]["name"]
+        .as_str()
+        .is_none_or(str::is_empty)
+    {
+        violations.push("metadata.name: required".to_owned());
+    }
+    for (path, pattern, text) in patterns {
+        if !matches_pattern(&text, &pattern) {
+            violations.push(format!("{path}: `{text}` does not match `{pattern}`"));
+        }
+    }
+    if let Err(errors) = Validator::new().validate(&schema, document, None) {
+        violations.extend(
+            errors
+                .as_slice()
+                .iter()
+                .map(|e| format!("{}: {}", e.field_path, e.message)),
+        );
+    }
+    violations
+}
+
+/// Checks `value` against the OpenAPI `schema` at `path`; string patterns
+/// are collected in `patterns` for [`matches_pattern`].
+fn check(
+    value: &Value,
+    schema: &Value,
+    path: &str,
+    violations: &mut Vec<String>,
+    patterns: &mut Vec<(String, String, String)>,
+) {
+    let mut problem = |message: String| violations.push(format!("{path}: {message}"));
+    if value.is_null() {
+        if schema["nullable"] != true {
+            problem("may not be null".to_owned());
+        }
+        return;
+    }
+    if schema["x-kubernetes-int-or-string"] == true {
+        if !(value.is_i64() || value.is_u64() || value.is_string()) {
+            problem("must be an integer or a string".to_owned());
+        }
+        return;
+    }
+    let type_ok = match schema["type"].as_str() {
+        Some("object") => value.is_object(),
+        Some("array") => value.is_array(),
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_i64() || value.is_u64(),
+        Some("number") => value.is_number(),
+        Some("boolean") => value.is_boolean(),
+        _ => true,
+    };
+    if !type_ok {
+        problem(format!("must be of type {}", schema["type"]));
+        return;
+    }
+    if let Some(allowed) = schema["enum"].as_array() {
+        if !allowed.contains(value) {
+            problem(format!("must be one of {}", schema["enum"]));
+        }
+    }
+    if let Some(number) = value.as_f64() {
+        if schema["minimum"].as_f64().is_some_and(|min| number < min) {
+            problem(format!("must be at least {}", schema["minimum"]));
+        }
+        if schema["maximum"].as_f64().is_some_and(|max| number > max) {
+            problem(format!("must be at most {}", schema["maximum"]));
+        }
+    }
+    if let Some(text) = value.as_str() {
+        let length = text.chars().count() as u64;
+        if schema["minLength"].as_u64().is_some_and(|min| length < min) {
+            problem(format!(
+                "must be at least {} characters",
+                schema["minLength"]
+            ));
+        }
+        if schema["maxLength"].as_u64().is_some_and(|max| length > max) {
+            problem(format!(
+                "must be at most {} characters",
+                schema["maxLength"]
+            ));
+        }
+        if let Some(pattern) = schema["pattern"].as_str() {
+            patterns.push((path.to_owned(), pattern.to_owned(), text.to_owned()));
+        }
+    }
+    if let Some(items) = value.as_array() {
+        for (index, item) in items.iter().enumerate() {
+            let path = format!("{path}[{index}]");
+            check(item, &schema["items"], &path, violations, patterns);
+        }
+    }
+    if let Some(fields) = value.as_object() {
+        for required in schema["required"].as_array().into_iter().flatten() {
+            let required = required.as_str().unwrap_or_default();
+            if !fields.contains_key(required) {
+                violations.push(format!("{path}.{required}: required"));
+            }
+        }
+        if schema["x-kubernetes-preserve-unknown-fields"] == true {
+            return;
+        }
+        for (key, field) in fields {
+            let path = format!("{path}.{key}");
+            match (
+                schema["properties"].get(key),
+                &schema["additionalProperties"],
+            ) {
+                (Some(field_schema), _) => check(field, field_schema, &path, violations, patterns),
+                (None, Value::Object(_)) => check(
+                    field,
+                    &schema["additionalProperties"],
+                    &path,
+                    violations,
+                    patterns,
+                ),
+                (None, Value::Bool(true)) => {}
+                (None, _) => violations.push(format!("{path}: unknown field")),
+            }
+        }
+    }
+}
+
+/// Whether `text` matches the schema `pattern`, with the regular
+/// expressions of CEL's `matches` (RE2 syntax, as the apiserver's).
+fn matches_pattern(text: &str, pattern: &str) -> bool {
+    let program = Program::compile("text.matches(pattern)").expect("a valid CEL expression");
+    let mut context = CelContext::default();
+    context.add_variable_from_value("text", text.to_owned());
+    context.add_variable_from_value("pattern", pattern.to_owned());
+    match program.execute(&context) {
+        Ok(CelValue::Bool(matched)) => matched,
+        other => panic!("cannot match `{text}` against `{pattern}`: {other:?}"),
+    }
+}
+
 #[test]
-fn rendered_objects_and_the_crd_pass_kubernetes_validate() {
+fn custom_resources_in_the_examples_match_their_crd() {
+    let mut checked = BTreeMap::<String, usize>::new();
+    for file in examples() {
+        for document in documents(&file) {
+            let is_ours = document["apiVersion"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("kubemqtt.io/"));
+            if !is_ours {
+                continue;
+            }
+            let violations = crd_violations(&document);
+            assert!(
+                violations.is_empty(),
+                "{} ({} {}):\n{}",
+                file.display(),
+                kind(&document),
+                document["metadata"]["name"],
+                violations.join("\n")
+            );
+            *checked.entry(kind(&document).to_owned()).or_default() += 1;
+        }
+    }
+    assert!(checked["MqttBroker"] >= 2, "{checked:?}");
+    assert!(checked["MqttUser"] >= 2, "{checked:?}");
+}
+
+/// The check above can fail: each mistake below is one the apiserver
+/// would refuse.
+#[test]
+fn the_crd_check_finds_what_the_apiserver_would_refuse() {
+    let user = json!({
+        "apiVersion": "kubemqtt.io/v1alpha1",
+        "kind": "MqttUser",
+        "metadata": {"name": "device-1"},
+        "spec": {
+            "brokerRef": {"name": "broker"},
+            "acl": [{"action": "publish", "topic": "devices/%u/#"}],
+            "quotas": {"connections": 1},
+        },
+    });
+    assert_eq!(crd_violations(&user), Vec::<String>::new());
+
+    let with = |pointer: &str, value: Value| {
+        let mut changed = user.clone();
+        *changed.pointer_mut(pointer).expect("an existing field") = value;
+        crd_violations(&changed)
+    };
+    let one = |violations: Vec<String>, expected: &str| {
+        assert!(
+            violations.len() == 1 && violations[0].starts_with(expected),
+            "expected `{expected}`, got {violations:?}"
+        );
+    };
+    one(
+        with("/spec/acl/0/action", json!("read")),
+        "spec.acl[0].action: must be one of",
+    );
+    one(
+        with("/spec/quotas/connections", json!(0)),
+        "spec.quotas.connections: must be at least",
+    );
+    one(
+        with("/spec/quotas", json!({"connection": 1})),
+        "spec.quotas.connection: unknown field",
+    );
+    one(
+        with("/spec/brokerRef", json!({})),
+        "spec.brokerRef.name: required",
+    );
+    one(
+        with("/spec/acl", json!({"action": "publish"})),
+        "spec.acl: must be of type \"array\"",
+    );
+    let mut username = user.clone();
+    username["spec"]["username"] = json!("device 1");
+    one(
+        crd_violations(&username),
+        "spec.username: `device 1` does not match",
+    );
+    // The CRD's CEL rule on the name's length.
+    let long_name = "d".repeat(235);
+    let violations = with("/metadata/name", json!(long_name));
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.contains("at most 234 characters")),
+        "{violations:?}"
+    );
+    // The kind picks the CRD: a broker's fields are not a user's.
+    let mut broker = user.clone();
+    broker["kind"] = json!("MqttBroker");
+    let violations = crd_violations(&broker);
+    assert!(
+        violations.contains(&"spec.brokerRef: unknown field".to_owned()),
+        "{violations:?}"
+    );
+}
+
+// --- users: admitted, in their Secret, in force on the broker -------------------
+
+/// Every document of the examples as typed objects, each without a
+/// namespace put in [`NAMESPACE`]; Secrets with `stringData` folded into
+/// `data`, as the apiserver stores them.
+struct ExampleObjects {
+    brokers: Vec<MqttBroker>,
+    users: Vec<MqttUser>,
+    secrets: Vec<Secret>,
+}
+
+fn example_objects() -> ExampleObjects {
+    let mut objects = ExampleObjects {
+        brokers: Vec::new(),
+        users: Vec::new(),
+        secrets: Vec::new(),
+    };
+    for file in examples() {
+        for mut document in documents(&file) {
+            if document["metadata"]["namespace"].is_null() {
+                document["metadata"]["namespace"] = json!(NAMESPACE);
+            }
+            let file = file.display();
+            match kind(&document) {
+                "MqttBroker" => objects.brokers.push(typed(document, &file)),
+                "MqttUser" => objects.users.push(typed(document, &file)),
+                "Secret" => {
+                    let mut secret: Secret = typed(document, &file);
+                    let string_data = secret.string_data.take().unwrap_or_default();
+                    let data = secret.data.get_or_insert_with(BTreeMap::new);
+                    for (key, value) in string_data {
+                        data.insert(key, ByteString(value.into_bytes()));
+                    }
+                    objects.secrets.push(secret);
+                }
+                other => panic!("{file}: unexpected kind `{other}`"),
+            }
+        }
+    }
+    objects
+}
+
+/// `document` as a `T`; `file` names it in the panic.
+fn typed<T: serde::de::DeserializeOwned>(document: Value, file: &impl std::fmt::Display) -> T {
+    serde_json::from_value(document).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+fn secret_text(secret: &Secret, key: &str) -> Option<String> {
+    let value = secret.data.as_ref()?.get(key)?;
+    Some(String::from_utf8(value.0.clone()).expect("UTF-8"))
+}
+
+fn same_place(a: &impl ResourceExt, b: &impl ResourceExt) -> bool {
+    a.namespace() == b.namespace()
+}
+
+/// Each example user planned against the example broker it names, at
+/// [`now`]: its credentials Secret.
+fn user_secrets(objects: &ExampleObjects) -> Vec<(MqttUser, Secret)> {
+    assert!(
+        objects.users.len() >= 2,
+        "expected the device and backend users"
+    );
+    objects
+        .users
+        .iter()
+        .map(|user| {
+            let broker_name = &user.spec.broker_ref.name;
+            let broker = objects
+                .brokers
+                .iter()
+                .find(|b| b.name_any() == *broker_name && same_place(*b, user))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "MqttUser {} names MqttBroker {broker_name}, which no example defines",
+                        user.name_any()
+                    )
+                });
+            let broker_plan = plan(broker, &Observed::default(), &Settings::default(), now())
+                .expect("the example broker plans");
+            let trust_bundle = broker_plan
+                .config_map
+                .data
+                .as_ref()
+                .and_then(|data| data.get(CA_BUNDLE_KEY))
+                .cloned();
+            let siblings: Vec<MqttUser> = objects
+                .users
+                .iter()
+                .filter(|u| u.spec.broker_ref.name == *broker_name && same_place(*u, user))
+                .cloned()
+                .collect();
+            let password_source =
+                user.spec
+                    .authentication
+                    .password
+                    .value_from
+                    .as_ref()
+                    .map(|from| {
+                        objects
+                            .secrets
+                            .iter()
+                            .find(|s| {
+                                s.name_any() == from.secret_key_ref.name && same_place(*s, user)
+                            })
+                            .unwrap_or_else(|| {
+                                panic!(
+                                    "MqttUser {}: its password Secret {} is not in the examples",
+                                    user.name_any(),
+                                    from.secret_key_ref.name
+                                )
+                            })
+                    });
+            let observed = UserObserved {
+                broker: Some(broker),
+                siblings: &siblings,
+                password_source,
+                trust_bundle: trust_bundle.as_deref(),
+                ..UserObserved::default()
+            };
+            let user_plan = plan_user(user, &observed, &Settings::default(), now())
+                .unwrap_or_else(|e| panic!("MqttUser {}: {} ({e})", user.name_any(), e.reason()));
+            (user.clone(), user_plan.secret)
+        })
+        .collect()
+}
+
+#[test]
+fn example_users_get_their_secret_and_are_in_force_as_documented() {
+    let objects = example_objects();
+    let secrets = user_secrets(&objects);
+    for (user, secret) in &secrets {
+        let name = user.name_any();
+        assert_eq!(secret.name_any(), format!("{name}-mqtt-credentials"));
+        for key in [
+            "username", "password", "ca.crt", "host", "port", "tls-port", "uri",
+        ] {
+            assert!(secret_text(secret, key).is_some(), "{name}: no `{key}`");
+        }
+        if let Some(from) = &user.spec.authentication.password.value_from {
+            let source = objects
+                .secrets
+                .iter()
+                .find(|s| s.name_any() == from.secret_key_ref.name)
+                .expect("the password Secret");
+            assert_eq!(
+                secret_text(secret, "password"),
+                secret_text(source, &from.secret_key_ref.key),
+                "{name}: the password is the one of its Secret"
+            );
+        }
+    }
+
+    // The broker's credentials file with these users, read by the broker.
+    let broker = objects
+        .brokers
+        .iter()
+        .find(|b| b.name_any() == "broker")
+        .expect("examples/broker.yaml");
+    let observed = Observed {
+        users: secrets
+            .iter()
+            .filter(|(user, _)| user.spec.broker_ref.name == "broker")
+            .map(|(user, secret)| (user.clone(), Some(secret.clone())))
+            .collect(),
+        ..Observed::default()
+    };
+    let broker_plan = plan(broker, &observed, &Settings::default(), now()).expect("plans");
+    let file = AuthText {
+        text: secret_text(&broker_plan.auth_secret, CREDENTIALS_KEY).expect("credentials file"),
+        origin: "examples' credentials".to_owned(),
+    };
+    let (authenticator, acl) = auth::build(None, Some(&file), None).expect("the broker reads it");
+    let password = |user: &str| {
+        let (_, secret) = secrets
+            .iter()
+            .find(|(u, _)| u.name_any() == user)
+            .unwrap_or_else(|| panic!("no example user {user}"));
+        secret_text(secret, "password").expect("a password")
+    };
+    for user in ["device-1", "backend-reader"] {
+        authenticator
+            .authenticate(user, password(user).as_bytes(), SystemTime::now())
+            .unwrap_or_else(|e| panic!("{user} cannot log in: {e:?}"));
+        assert!(authenticator
+            .authenticate(user, b"not-the-password", SystemTime::now())
+            .is_err());
+    }
+
+    // examples/user-device.yaml: its own topics only, one connection,
+    // 10 PUBLISH a second.
+    let device = acl.client(Some("device-1"), "device-1-sensor");
+    assert!(device.can_publish("devices/device-1/temperature"));
+    assert!(!device.can_publish("devices/device-2/temperature"));
+    assert!(!device.can_subscribe("devices/device-1/#"));
+    assert!(device.can_subscribe("commands/device-1/#"));
+    assert!(!device.can_subscribe("commands/#"));
+    assert!(!device.can_publish("commands/device-1/reboot"));
+    let quotas = authenticator.quotas("device-1").expect("quotas");
+    assert_eq!(quotas.connections.map(|n| n.get()), Some(1));
+    assert_eq!(quotas.publish_rate.map(|n| n.get()), Some(10));
+
+    // examples/user-backend.yaml: every device's messages (also as a
+    // shared subscription), commands to any device, nothing else.
+    let backend = acl.client(Some("backend-reader"), "backend-7f9c");
+    assert!(backend.can_subscribe("devices/#"));
+    assert!(backend.can_subscribe("$share/backend/devices/#"));
+    assert!(backend.can_receive("devices/device-1/temperature"));
+    assert!(backend.can_publish("commands/device-1/reboot"));
+    assert!(!backend.can_publish("devices/device-1/temperature"));
+    assert!(!backend.can_subscribe("#"));
+    assert!(!backend.can_subscribe("$SYS/#"));
+    assert!(authenticator.quotas("backend-reader").is_none());
+}
+
+// --- Kubernetes schemas ------------------------------------------------------------
+
+#[test]
+fn rendered_objects_and_the_crds_pass_kubernetes_validate() {
     let Some(validate) = tool("kubernetes-validate") else {
         return;
     };
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut files = Vec::new();
-    for example in examples() {
+    for example in broker_examples() {
         let name = example.file_name().expect("file name");
         let rendered = dir.path().join(name);
         std::fs::write(&rendered, render(&example)).expect("write rendered objects");
         files.push(rendered);
     }
-    files.push(workspace().join("crds/mqttbroker.yaml"));
+    // The users' credentials Secrets, as the operator would apply them.
+    let secrets: Vec<Value> = user_secrets(&example_objects())
+        .into_iter()
+        .map(|(_, secret)| {
+            let mut object = serde_json::to_value(secret).expect("a Secret serializes");
+            object["apiVersion"] = json!("v1");
+            object["kind"] = json!("Secret");
+            object
+        })
+        .collect();
+    let rendered = dir.path().join("user-secrets.yaml");
+    let yaml = serde_saphyr::to_string_multiple(&secrets).expect("YAML output");
+    std::fs::write(&rendered, yaml).expect("write the users' Secrets");
+    files.push(rendered);
+    // The examples themselves: their built-in objects (a user's password
+    // Secret) are checked; custom resources are skipped with a warning
+    // (the test above checks them against their CRD).
+    files.extend(examples());
+    files.extend(crd_files());
     let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     run(&validate, &["--strict", "-k", "1.32.0"], &files);
+}
+
+fn crd_files() -> Vec<PathBuf> {
+    let mut crds: Vec<PathBuf> = std::fs::read_dir(workspace().join("crds"))
+        .expect("crds/ exists")
+        .map(|entry| entry.expect("readable entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    crds.sort();
+    assert!(crds.len() >= 2, "expected the MqttBroker and MqttUser CRDs");
+    crds
 }
 
 #[test]
@@ -130,12 +718,7 @@ fn crds_pass_the_structural_schema_check() {
     let Some(check) = tool("crd-structural-check") else {
         return;
     };
-    let crds: Vec<PathBuf> = std::fs::read_dir(workspace().join("crds"))
-        .expect("crds/ exists")
-        .map(|entry| entry.expect("readable entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
-        .collect();
-    assert!(!crds.is_empty());
+    let crds = crd_files();
     let crds: Vec<&Path> = crds.iter().map(PathBuf::as_path).collect();
     run(&check, &[], &crds);
 }
