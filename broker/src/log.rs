@@ -183,15 +183,22 @@ impl Logger {
     /// `New client connected from 10.0.0.7:51234 as dev-1 (p2, c1, k60,
     /// u'alice').` (notice), once a CONNECT is accepted. `client_id` is the
     /// identifier in use (assigned by the broker if the client sent none);
-    /// the other values are printed as the client sent them, as mosquitto
-    /// does. When verbose, the will follows as debug lines:
+    /// `username` the user name in force (from CONNECT, or from the client
+    /// certificate, as mosquitto's `use_identity_as_username`); the other
+    /// values are printed as the client sent them, as mosquitto does. When verbose, the will follows as debug lines:
     /// `Will message specified (5 bytes) (r1, q1).` and a tab and its topic,
     /// or `No will message specified.`
-    pub fn client_connected(&self, peer: SocketAddr, client_id: &str, connect: &Connect) {
+    pub fn client_connected(
+        &self,
+        peer: SocketAddr,
+        client_id: &str,
+        connect: &Connect,
+        username: Option<&str>,
+    ) {
         if !self.enabled(LogLevel::Notice) {
             return;
         }
-        let user = match &connect.username {
+        let user = match username {
             Some(username) => format!(", u'{username}'"),
             None => String::new(),
         };
@@ -842,17 +849,31 @@ mod tests {
             peer(),
             "dev-1",
             &connect(ProtocolVersion::V311, Some("alice"), None),
+            Some("alice"),
         );
         let mut v31 = connect(ProtocolVersion::V31, None, None);
         v31.clean_start = true;
-        log.client_connected(peer(), "dev-1", &v31);
-        log.client_connected(peer(), "auto-1", &connect(ProtocolVersion::V5, None, None));
+        log.client_connected(peer(), "dev-1", &v31, None);
+        log.client_connected(
+            peer(),
+            "auto-1",
+            &connect(ProtocolVersion::V5, None, None),
+            None,
+        );
+        // A certificate user: the name comes from the certificate.
+        log.client_connected(
+            peer(),
+            "sensor-1",
+            &connect(ProtocolVersion::V311, None, None),
+            Some("sensor"),
+        );
         assert_eq!(
             take(&lines),
             [
                 "New client connected from 10.0.0.7:51234 as dev-1 (p2, c0, k60, u'alice').",
                 "New client connected from 10.0.0.7:51234 as dev-1 (p1, c1, k60).",
                 "New client connected from 10.0.0.7:51234 as auto-1 (p5, c0, k60).",
+                "New client connected from 10.0.0.7:51234 as sensor-1 (p2, c0, k60, u'sensor').",
             ]
         );
     }
@@ -864,8 +885,14 @@ mod tests {
             peer(),
             "dev-1",
             &connect(ProtocolVersion::V311, None, Some(will())),
+            None,
         );
-        log.client_connected(peer(), "dev-1", &connect(ProtocolVersion::V311, None, None));
+        log.client_connected(
+            peer(),
+            "dev-1",
+            &connect(ProtocolVersion::V311, None, None),
+            None,
+        );
         assert_eq!(
             take(&lines),
             [
@@ -1146,6 +1173,7 @@ mod tests {
             peer(),
             "dev-1",
             &connect(ProtocolVersion::V311, Some("alice"), Some(will())),
+            Some("alice"),
         );
         assert_eq!(
             take(&lines),
