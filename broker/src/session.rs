@@ -8,11 +8,13 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use crate::auth::ClientAcl;
 use crate::codec::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
@@ -78,38 +80,82 @@ pub struct ClientInfo {
     pub connected_at: SystemTime,
 }
 
+/// Wakes the one task that waits on it, and remembers a wake-up that
+/// arrives while nobody waits (like [`tokio::sync::Notify::notify_one`]).
+///
+/// The waiter polls it (no future of its own): idle connections are many,
+/// and a `Notified` future would add its waiter node to each connection's
+/// task for as long as it is idle.
+#[derive(Debug, Default)]
+pub struct Wakeup {
+    pending: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Wakeup {
+    /// Wakes the waiting task, or the next one to poll.
+    pub fn notify_one(&self) {
+        self.pending.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready (and consumed) when a wake-up is pending; otherwise registers
+    /// the task's waker.
+    pub fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.pending.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A wake-up between the check and the registration is not lost.
+        if self.pending.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// Waits for a wake-up.
+    pub async fn notified(&self) {
+        std::future::poll_fn(|cx| self.poll_notified(cx)).await
+    }
+}
+
 /// Control messages to one connection. Lighter than a channel (idle
 /// connections are many): a short queue and a wake-up.
 #[derive(Debug, Default)]
 pub struct Mailbox {
     queue: Mutex<VecDeque<Control>>,
-    notify: Notify,
-    closed: std::sync::atomic::AtomicBool,
+    wakeup: Wakeup,
+    closed: AtomicBool,
 }
 
 impl Mailbox {
     /// Delivers `control`; false when the connection has already ended.
     pub fn send(&self, control: Control) -> bool {
-        use std::sync::atomic::Ordering;
         let mut queue = self.queue.lock();
         if self.closed.load(Ordering::Acquire) {
             return false;
         }
         queue.push_back(control);
         drop(queue);
-        self.notify.notify_one();
+        self.wakeup.notify_one();
         true
+    }
+
+    /// The next control message, if one is waiting; otherwise the task is
+    /// woken when one arrives. A message is taken only when it is returned.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Control> {
+        loop {
+            if let Some(control) = self.queue.lock().pop_front() {
+                return Poll::Ready(control);
+            }
+            std::task::ready!(self.wakeup.poll_notified(cx));
+        }
     }
 
     /// The next control message. Cancel-safe: a message is taken only when
     /// it is returned.
     pub async fn recv(&self) -> Control {
-        loop {
-            if let Some(control) = self.queue.lock().pop_front() {
-                return control;
-            }
-            self.notify.notified().await;
-        }
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// Refuses further messages; the connection is ending. Pending
@@ -117,8 +163,7 @@ impl Mailbox {
     /// confirmation learns at once that it is gone.
     pub fn close(&self) {
         let mut queue = self.queue.lock();
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.closed.store(true, Ordering::Release);
         queue.clear();
     }
 }
@@ -206,7 +251,7 @@ pub struct Session {
     pub client_id: Arc<str>,
     pub state: Mutex<SessionState>,
     /// Wakes the attached connection when messages are queued.
-    pub notify: Notify,
+    pub notify: Wakeup,
 }
 
 impl Session {
@@ -220,7 +265,7 @@ impl Session {
                 next_seq: 1,
                 ..SessionState::default()
             }),
-            notify: Notify::new(),
+            notify: Wakeup::default(),
         }
     }
 
@@ -419,6 +464,63 @@ mod tests {
             next_packet_id: 1,
             ..SessionState::default()
         }
+    }
+
+    fn noop_context() -> Context<'static> {
+        Context::from_waker(futures_util::task::noop_waker_ref())
+    }
+
+    #[tokio::test]
+    async fn a_wakeup_wakes_the_waiting_task_once() {
+        let wakeup = Arc::new(Wakeup::default());
+        let waiter = tokio::spawn({
+            let wakeup = wakeup.clone();
+            async move { wakeup.notified().await }
+        });
+        // Let the waiter register before the wake-up.
+        tokio::task::yield_now().await;
+        wakeup.notify_one();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiting task was woken")
+            .unwrap();
+        // Consumed: nothing is pending any more.
+        assert!(wakeup.poll_notified(&mut noop_context()).is_pending());
+    }
+
+    #[test]
+    fn a_wakeup_without_a_waiter_is_kept_for_the_next_poll() {
+        let wakeup = Wakeup::default();
+        wakeup.notify_one();
+        wakeup.notify_one();
+        assert!(wakeup.poll_notified(&mut noop_context()).is_ready());
+        assert!(wakeup.poll_notified(&mut noop_context()).is_pending());
+    }
+
+    #[tokio::test]
+    async fn a_mailbox_delivers_in_order_and_wakes_its_reader() {
+        let mailbox = Arc::new(Mailbox::default());
+        assert!(mailbox.poll_recv(&mut noop_context()).is_pending());
+        let reader = tokio::spawn({
+            let mailbox = mailbox.clone();
+            async move {
+                let first = mailbox.recv().await;
+                let second = mailbox.recv().await;
+                (first, second)
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(mailbox.send(Control::Disconnect(ReasonCode::ADMINISTRATIVE_ACTION)));
+        assert!(mailbox.send(Control::Shutdown));
+        let (first, second) = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+            .await
+            .expect("the reader was woken")
+            .unwrap();
+        assert!(matches!(
+            first,
+            Control::Disconnect(ReasonCode::ADMINISTRATIVE_ACTION)
+        ));
+        assert!(matches!(second, Control::Shutdown));
     }
 
     #[test]
