@@ -253,7 +253,9 @@ pub fn plan_user(
         AuthenticationType::Tls => {
             if !broker_listens_on_tls(broker)? {
                 return Err(UserPlanError::WaitingForBroker(
-                    "tls authentication needs the broker's mqtts or wss listener".to_owned(),
+                    "tls authentication needs the broker's mqtts listener (client \
+                     certificates are only asked for there)"
+                        .to_owned(),
                 ));
             }
             let ca = observed.clients_ca.ok_or_else(|| {
@@ -348,9 +350,7 @@ fn connection_details(
 fn broker_listens_on_tls(broker: &MqttBroker) -> Result<bool, UserPlanError> {
     let listeners = resolve_listeners(&broker.spec.listeners)
         .map_err(|e| UserPlanError::InvalidBroker(e.to_string()))?;
-    Ok(listeners
-        .iter()
-        .any(|l| matches!(l.kind, ListenerKind::Mqtts | ListenerKind::Wss)))
+    Ok(listeners.iter().any(|l| l.kind == ListenerKind::Mqtts))
 }
 
 /// A password user's password after this plan.

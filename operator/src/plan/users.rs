@@ -170,10 +170,23 @@ pub fn credentials_file(
     })
 }
 
+/// The operator's own user: every topic, and `$SYS` to read, whatever
+/// rules the other users have.
 fn admin_entry(hash: &str) -> toml::Value {
     let mut user = toml::Table::new();
     user.insert("username".into(), ADMIN_USERNAME.into());
     user.insert("passwords".into(), vec![password(hash, None)].into());
+    let rule = |action: &str, topic: &str| {
+        let mut table = toml::Table::new();
+        table.insert("action".into(), action.into());
+        table.insert("topic".into(), topic.into());
+        table.insert("allow".into(), true.into());
+        toml::Value::from(table)
+    };
+    user.insert(
+        "acl".into(),
+        vec![rule("all", "#"), rule("subscribe", "$SYS/#")].into(),
+    );
     user.into()
 }
 
@@ -439,6 +452,19 @@ mod tests {
         assert_eq!(backend_rules.len(), 1);
         assert_eq!(backend_rules[0]["topic"].as_str(), Some("#"));
         assert_eq!(backend_rules[0]["action"].as_str(), Some("all"));
+
+        // The operator's user keeps every topic and `$SYS` among users with
+        // rules.
+        let text = AuthText {
+            text: file.clone(),
+            origin: "t".to_owned(),
+        };
+        let (_, acl) = auth::build(None, Some(&text), None).unwrap();
+        let admin = acl.client(Some(ADMIN_USERNAME), "health");
+        assert!(admin.can_receive("devices/device-1/temp"));
+        assert!(admin.can_receive("$SYS/broker/uptime"));
+        let device = acl.client(Some("device-1"), "d");
+        assert!(!device.can_receive("$SYS/broker/uptime"));
     }
 
     #[test]
