@@ -170,14 +170,7 @@ pub fn issue_server_cert(
     now: Timestamp,
     validity: SignedDuration,
 ) -> Result<CertifiedKeyPem, CertError> {
-    let ca_info = inspect(&ca.cert_pem)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, KeyPair::from_pem(&ca.key_pem)?)?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
-    params.subject_alt_names = sans
+    let sans = sans
         .iter()
         .map(|san| {
             Ok(match san {
@@ -186,19 +179,13 @@ pub fn issue_server_cert(
             })
         })
         .collect::<Result<_, rcgen::Error>>()?;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.use_authority_key_identifier_extension = true;
-    params.not_before = to_offset(now - BACKDATE)?;
-    params.not_after = to_offset((now + validity).min(ca_info.not_after))?;
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
-    Ok(CertifiedKeyPem {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+    issue(ca, common_name, now, validity, |params| {
+        params.subject_alt_names = sans;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     })
 }
 
@@ -211,6 +198,22 @@ pub fn issue_client_cert(
     now: Timestamp,
     validity: SignedDuration,
 ) -> Result<CertifiedKeyPem, CertError> {
+    issue(ca, common_name, now, validity, |params| {
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    })
+}
+
+/// Issues a certificate with subject `common_name`, signed by `ca`, valid
+/// from `now` (less [`BACKDATE`]) for `validity` but never past the CA's
+/// own expiry; `purpose` sets its names and usages.
+fn issue(
+    ca: &CertifiedKeyPem,
+    common_name: &str,
+    now: Timestamp,
+    validity: SignedDuration,
+    purpose: impl FnOnce(&mut CertificateParams),
+) -> Result<CertifiedKeyPem, CertError> {
     let ca_info = inspect(&ca.cert_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, KeyPair::from_pem(&ca.key_pem)?)?;
     let mut params = CertificateParams::default();
@@ -218,8 +221,7 @@ pub fn issue_client_cert(
     params
         .distinguished_name
         .push(DnType::CommonName, common_name);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    purpose(&mut params);
     params.use_authority_key_identifier_extension = true;
     params.not_before = to_offset(now - BACKDATE)?;
     params.not_after = to_offset((now + validity).min(ca_info.not_after))?;

@@ -26,8 +26,34 @@ pub const PAUSED_ANNOTATION: &str = "kubemqtt.io/paused";
 /// is recorded on the server certificate Secret under the same key.
 pub const FORCE_RENEW_ANNOTATION: &str = "kubemqtt.io/force-renew";
 
+/// Schema checks shared by the resources' tests.
+#[cfg(test)]
+pub(crate) mod schema_checks {
+    use serde_json::Value;
+
+    /// Pushes the path of every property without a description (they are
+    /// what `kubectl explain` shows).
+    pub fn undocumented(schema: &Value, path: &str, missing: &mut Vec<String>) {
+        if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+            for (name, property) in properties {
+                let child = format!("{path}.{name}");
+                if property.get("description").is_none() {
+                    missing.push(child.clone());
+                }
+                undocumented(property, &child, missing);
+            }
+        }
+        for key in ["items", "additionalProperties"] {
+            if let Some(inner) = schema.get(key).filter(|inner| inner.is_object()) {
+                undocumented(inner, &format!("{path}[]"), missing);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::schema_checks::undocumented;
     use kube::CustomResourceExt;
     use serde_json::Value;
 
@@ -98,24 +124,6 @@ mod tests {
             .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
             .collect();
         assert_eq!(columns, expected);
-    }
-
-    /// Pushes the path of every property without a description.
-    fn undocumented(schema: &Value, path: &str, missing: &mut Vec<String>) {
-        if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
-            for (name, property) in properties {
-                let child = format!("{path}.{name}");
-                if property.get("description").is_none() {
-                    missing.push(child.clone());
-                }
-                undocumented(property, &child, missing);
-            }
-        }
-        for key in ["items", "additionalProperties"] {
-            if let Some(inner) = schema.get(key).filter(|inner| inner.is_object()) {
-                undocumented(inner, &format!("{path}[]"), missing);
-            }
-        }
     }
 
     #[test]

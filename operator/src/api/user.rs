@@ -334,6 +334,7 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
+    use crate::api::schema_checks::undocumented;
 
     fn crd() -> Value {
         serde_json::to_value(MqttUser::crd()).unwrap()
@@ -366,22 +367,6 @@ mod tests {
                 ("Age", ".metadata.creationTimestamp"),
             ]
         );
-    }
-
-    /// Every property's path that has no description.
-    fn undocumented(schema: &Value, path: &str, missing: &mut Vec<String>) {
-        if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
-            for (name, property) in properties {
-                let child = format!("{path}.{name}");
-                if property.get("description").is_none() {
-                    missing.push(child.clone());
-                }
-                undocumented(property, &child, missing);
-            }
-        }
-        if let Some(items) = schema.get("items") {
-            undocumented(items, &format!("{path}[]"), missing);
-        }
     }
 
     #[test]

@@ -54,7 +54,7 @@ use self::apply::{AppliedObject, ApplyError, FIELD_MANAGER};
 use self::observe::{Observation, ObserveError};
 use self::push::{CredentialsPusher, HttpPusher, PushError, PushedRevisions};
 use self::status::{Outcome, Seen};
-use crate::api::{MqttBroker, MqttBrokerStatus, CONDITION_PROGRESSING, PAUSED_ANNOTATION};
+use crate::api::{MqttBroker, CONDITION_PROGRESSING, PAUSED_ANNOTATION};
 use crate::metrics::{Metrics, ReconcileResult};
 use crate::plan::{self, Names, Settings};
 
@@ -259,7 +259,13 @@ async fn reconcile_broker(
         return Ok((ReconcileResult::Deleting, Action::await_change()));
     }
     if is_paused(broker) {
-        write_status(&brokers, broker, &status::paused(broker, now)).await?;
+        write_status(
+            &brokers,
+            broker,
+            broker.status.as_ref(),
+            &status::paused(broker, now),
+        )
+        .await?;
         if !was_paused(broker) {
             info!("paused: the operator changes nothing until the annotation is removed");
             ctx.events.publish(broker, events::paused()).await;
@@ -307,7 +313,9 @@ async fn reconcile_broker(
             let outcome = Outcome::ApplyFailed { message: &message };
             let failed = status::status(broker, outcome, seen_before(&observation), now);
             // The status is best effort here: the API may be failing.
-            if let Err(status_error) = write_status(&brokers, broker, &failed).await {
+            if let Err(status_error) =
+                write_status(&brokers, broker, broker.status.as_ref(), &failed).await
+            {
                 warn!(error = %status_error, "cannot report the failure in the status");
             }
             ctx.events
@@ -344,6 +352,7 @@ async fn reconcile_broker(
     write_status(
         &brokers,
         broker,
+        broker.status.as_ref(),
         &status::status(broker, outcome, seen, now),
     )
     .await?;
@@ -447,7 +456,7 @@ async fn report_invalid(
     );
     let outcome = Outcome::Invalid { reason, message };
     let invalid = status::status(broker, outcome, seen_before(observation), now);
-    write_status(brokers, broker, &invalid).await?;
+    write_status(brokers, broker, broker.status.as_ref(), &invalid).await?;
     ctx.events
         .publish(broker, events::invalid(reason, message))
         .await;
@@ -480,29 +489,33 @@ where
     }
 }
 
-/// Writes `status` with server-side apply, unless the broker already has
-/// exactly that status.
-async fn write_status(
-    brokers: &Api<MqttBroker>,
-    broker: &MqttBroker,
-    status: &MqttBrokerStatus,
-) -> Result<(), Error> {
-    if broker.status.as_ref() == Some(status) {
+/// Writes `status` on `object` (a broker or a user) with server-side
+/// apply, unless `current` (the status it has) is exactly that.
+pub(crate) async fn write_status<K, S>(
+    api: &Api<K>,
+    object: &K,
+    current: Option<&S>,
+    status: &S,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + fmt::Debug,
+    S: serde::Serialize + PartialEq,
+{
+    if current == Some(status) {
         return Ok(());
     }
     let patch = serde_json::json!({
-        "apiVersion": MqttBroker::api_version(&()),
-        "kind": MqttBroker::kind(&()),
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
         "status": status,
     });
-    brokers
-        .patch_status(
-            &broker.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::Status)?;
+    api.patch_status(
+        &object.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::Status)?;
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::fixtures::{ApiServer, Recorded, RecordingPusher};
 use super::*;
-use crate::api::{MqttUser, MqttUserStatus};
+use crate::api::{MqttBrokerStatus, MqttUser, MqttUserStatus};
 use crate::certs::{self, San};
 use crate::plan::secrets::{CA_CERT_KEY, TLS_CERT_KEY};
 use crate::plan::Observed;

@@ -21,15 +21,15 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::ListParams;
 use kube::runtime::controller::Action;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use tracing::{info, warn, Instrument};
 
-use super::apply::{self, FIELD_MANAGER};
+use super::apply;
 use super::events::BrokerEvent;
 use super::status::Verdict;
-use super::{Context, Error, MAX_REQUEUE};
+use super::{write_status, Context, Error, MAX_REQUEUE};
 use crate::api::{
     AuthenticationType, MqttBroker, MqttUser, MqttUserStatus, CONDITION_ROTATING,
     CONDITION_USER_READY,
@@ -112,7 +112,13 @@ async fn reconcile_user(
         Err(error) => {
             let message = error.to_string();
             warn!(reason = error.reason(), error = %message, "the user cannot be applied");
-            write_status(&users, user, &refused_status(user, &error, now)).await?;
+            write_status(
+                &users,
+                user,
+                user.status.as_ref(),
+                &refused_status(user, &error, now),
+            )
+            .await?;
             ctx.events
                 .publish(
                     user,
@@ -136,7 +142,13 @@ async fn reconcile_user(
         info!(reason = %event.reason, "{}", event.note);
         ctx.events.publish(user, event).await;
     }
-    write_status(&users, user, &ready_status(user, &plan, now)).await?;
+    write_status(
+        &users,
+        user,
+        user.status.as_ref(),
+        &ready_status(user, &plan, now),
+    )
+    .await?;
 
     let requeue = plan
         .recheck_at
@@ -311,30 +323,4 @@ pub fn refused_status(user: &MqttUser, error: &UserPlanError, now: Timestamp) ->
         conditions,
         ..old
     }
-}
-
-/// Writes `status` with server-side apply, unless the user already has
-/// exactly that status.
-async fn write_status(
-    users: &Api<MqttUser>,
-    user: &MqttUser,
-    status: &MqttUserStatus,
-) -> Result<(), Error> {
-    if user.status.as_ref() == Some(status) {
-        return Ok(());
-    }
-    let patch = serde_json::json!({
-        "apiVersion": MqttUser::api_version(&()),
-        "kind": MqttUser::kind(&()),
-        "status": status,
-    });
-    users
-        .patch_status(
-            &user.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::Status)?;
-    Ok(())
 }
