@@ -102,8 +102,9 @@ where
 {
     broker.logger.new_connection(peer.addr, peer.local_port);
     let mut io = Io::new(stream);
-    let connect =
-        match tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&peer.limits, &mut io)).await {
+    let read = tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&peer.limits, &mut io));
+    let connect = tokio::select! {
+        read = read => match read {
             Ok(Ok(connect)) => connect,
             Ok(Err(early)) => {
                 early.log(&broker);
@@ -115,7 +116,13 @@ where
                 broker.logger.connection_closed(None);
                 return None;
             }
-        };
+        },
+        // The broker is closing: nothing was attached yet, just close.
+        _ = closing(shutdown.clone()) => {
+            broker.logger.connection_closed(None);
+            return None;
+        }
+    };
     let conn = Connection::establish(broker, io, &peer, *connect).await?;
     Some(Box::pin(conn.run(shutdown)))
 }
@@ -1406,6 +1413,14 @@ fn authenticate(
             };
             (ReasonCode::BAD_USER_NAME_OR_PASSWORD, label)
         })
+}
+
+/// Resolves once the broker closes every connection. (A dropped sender is
+/// a broker that was left running, not one that closes.)
+async fn closing(mut shutdown: watch::Receiver<bool>) {
+    if shutdown.wait_for(|closing| *closing).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 fn protocol_error(text: &str) -> Close {

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 
 use crate::broker::Broker;
 use crate::config::{ListenerConfig, ListenerProtocol};
@@ -38,12 +38,47 @@ pub struct Listener {
     pub limits: Arc<crate::config::Limits>,
 }
 
-/// Decrements the listener's connection count when a connection ends.
-struct Slot(Arc<AtomicU32>);
+/// The connections of one listener: how many are open, and a wake-up when
+/// the last one ends. (Cheaper per connection than a `JoinSet`, which
+/// keeps an entry for every task.)
+#[derive(Default)]
+struct Connections {
+    active: AtomicU32,
+    all_closed: Notify,
+}
+
+impl Connections {
+    /// Waits until every connection has ended.
+    async fn closed(&self) {
+        loop {
+            let all_closed = self.all_closed.notified();
+            tokio::pin!(all_closed);
+            // Registered before the count is read: a last connection that
+            // ends in between still wakes us.
+            all_closed.as_mut().enable();
+            if self.active.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            all_closed.await;
+        }
+    }
+}
+
+/// Counts one connection of a listener until it is dropped.
+struct Slot(Arc<Connections>);
+
+impl Slot {
+    fn new(connections: &Arc<Connections>) -> Slot {
+        connections.active.fetch_add(1, Ordering::AcqRel);
+        Slot(connections.clone())
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.all_closed.notify_waiters();
+        }
     }
 }
 
@@ -56,17 +91,16 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) {
     let listener = Arc::new(listener);
-    let active = Arc::new(AtomicU32::new(0));
+    let connections = Arc::new(Connections::default());
     let rate = listener.config.max_connection_rate;
     let limiter = (rate > 0).then(|| Mutex::new(TokenBucket::new(rate, rate, Instant::now())));
-    let mut connections = JoinSet::new();
     let port = listener.config.bind.port();
     loop {
         tokio::select! {
             accepted = listener.tcp.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let max = listener.config.max_connections;
-                    if max > 0 && active.load(Ordering::Relaxed) >= max {
+                    if max > 0 && connections.active.load(Ordering::Relaxed) >= max {
                         broker.metrics.refused(&listener.name, "max_connections");
                         broker.logger.warning(&format!(
                             "Refused connection from {peer} on listener {}: connection limit {max} reached.",
@@ -78,8 +112,7 @@ pub async fn run(
                         broker.metrics.refused(&listener.name, "connection_rate");
                         continue;
                     }
-                    active.fetch_add(1, Ordering::Relaxed);
-                    let slot = Slot(active.clone());
+                    let slot = Slot::new(&connections);
                     let _ = stream.set_nodelay(true);
                     let accepted = Accepted {
                         broker: broker.clone(),
@@ -88,7 +121,7 @@ pub async fn run(
                         addr: peer,
                         shutdown: shutdown.clone(),
                     };
-                    connections.spawn(ConnectionTask {
+                    tokio::spawn(ConnectionTask {
                         phase: Phase::Connecting(Box::pin(handshake_and_connect(accepted))),
                         _slot: slot,
                     });
@@ -101,8 +134,6 @@ pub async fn run(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            // Reap finished connection tasks so the set does not grow.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = stop_accepting.changed() => break,
         }
     }
@@ -111,9 +142,11 @@ pub async fn run(
     drop(listener);
     let mut shutdown = shutdown;
     let mut closing = false;
+    let closed = connections.closed();
+    tokio::pin!(closed);
     loop {
         tokio::select! {
-            next = connections.join_next() => if next.is_none() { break },
+            _ = &mut closed => break,
             _ = shutdown.changed(), if !closing => {
                 closing = true;
                 close_connections(&broker, &name);

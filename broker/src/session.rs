@@ -6,7 +6,8 @@
 //! lock briefly and never a global one. The attached connection is woken
 //! through [`Session::notify`] when new messages are queued.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -208,6 +209,11 @@ pub enum Enqueued {
     Dropped,
 }
 
+/// Hashes packet ids. The broker picks the ids it sends, so they need no
+/// per-map random keys; without them the map is 16 bytes smaller in every
+/// session.
+pub type PacketIdHasher = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+
 #[derive(Debug, Default)]
 pub struct SessionState {
     pub attachment: Option<Attachment>,
@@ -225,10 +231,11 @@ pub struct SessionState {
     pub queue: VecDeque<Delivery>,
     queued_bytes: usize,
     /// In send order, by packet id.
-    pub inflight: indexmap::IndexMap<u16, Inflight>,
+    pub inflight: indexmap::IndexMap<u16, Inflight, PacketIdHasher>,
     next_packet_id: u16,
     /// Inbound QoS 2 packet ids we sent PUBREC for and await PUBREL.
-    pub inbound_qos2: HashSet<u16>,
+    /// (A B-tree: 24 bytes while empty, where a hash set takes 48.)
+    pub inbound_qos2: BTreeSet<u16>,
     /// Next durable-store sequence number.
     pub next_seq: u64,
     /// Deliveries dropped because the queue was full.
