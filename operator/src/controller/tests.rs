@@ -1013,3 +1013,80 @@ async fn a_deleted_user_is_revoked_and_unreachable_pods_are_retried() {
     assert!(!pushes[0].body.contains("device-1"));
     assert_eq!(action, an_hour());
 }
+
+#[tokio::test]
+async fn a_change_of_the_referenced_secret_rotates_and_the_window_closes() {
+    let test = Test::with_broker().await;
+    let source = "/api/v1/namespaces/iot/secrets/app-password";
+    let put_source = |password: &str| {
+        let secret = Secret {
+            data: Some(std::collections::BTreeMap::from([(
+                "pw".to_owned(),
+                k8s_openapi::ByteString(password.as_bytes().to_vec()),
+            )])),
+            ..Secret::default()
+        };
+        let mut object = serde_json::to_value(secret).unwrap();
+        object["metadata"] = json!({"name": "app-password", "namespace": "iot"});
+        test.server.put(source, object);
+    };
+    put_source("first-password");
+    test.put_user(
+        "device-1",
+        json!({
+            "brokerRef": {"name": "mq"},
+            "authentication": {"password": {"valueFrom": {"secretKeyRef": {"name": "app-password", "key": "pw"}}}},
+        }),
+        "2025-01-01T00:00:00Z",
+    );
+    test.reconcile_user("device-1").await.expect("reconciles");
+    let requests = test.server.take_requests();
+    assert!(lines(&requests).contains(&format!("GET {source}")));
+    assert_eq!(
+        secret_text(&test.server.get(USER_SECRET).unwrap(), "password"),
+        "first-password"
+    );
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.method == Method::PATCH && r.path == source),
+        "the team's Secret is only read"
+    );
+
+    put_source("second-password");
+    test.reconcile_user("device-1").await.expect("rotates");
+    let requests = test.server.take_requests();
+    assert_eq!(
+        user_events(&requests, "device-1"),
+        [("Normal".to_owned(), "PasswordRotated".to_owned())]
+    );
+    let stored = test.server.get(USER_SECRET).unwrap();
+    assert_eq!(secret_text(&stored, "password"), "second-password");
+
+    // The grace window has passed (as if an hour went by).
+    let mut expired = stored.clone();
+    expired["metadata"]["annotations"]["kubemqtt.io/previous-password-valid-until"] =
+        json!("2025-01-01T00:00:00Z");
+    test.server.put(USER_SECRET, expired);
+    let mut user = test.server.get(&user_path("device-1")).unwrap();
+    user["status"] = serde_json::to_value(written_user_status(&requests, "device-1")).unwrap();
+    test.server.put(&user_path("device-1"), user);
+    test.reconcile_user("device-1")
+        .await
+        .expect("closes the window");
+    let requests = test.server.take_requests();
+    assert_eq!(
+        user_events(&requests, "device-1"),
+        [("Normal".to_owned(), "GraceEnded".to_owned())]
+    );
+    let status = written_user_status(&requests, "device-1");
+    assert_eq!(
+        user_condition(&status, "Rotating"),
+        pair("False", "NoPreviousPassword")
+    );
+    assert_eq!(status.previous_password_valid_until, None);
+    let stored = test.server.get(USER_SECRET).unwrap();
+    assert!(stored["metadata"]["annotations"]
+        .get("kubemqtt.io/previous-password-hash")
+        .is_none());
+}
