@@ -93,6 +93,8 @@ install_dependencies() {
     { command -v mosquitto_pub && command -v mosquitto_sub; } >/dev/null 2>&1 || missing+=(mosquitto-clients)
     command -v stdbuf >/dev/null 2>&1 || missing+=(coreutils)
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
+    # e2e/run.sh is checked with shellcheck by the chart tests.
+    command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
     if [ "${#missing[@]}" -gt 0 ]; then
         apt_install "${missing[@]}"
     fi
