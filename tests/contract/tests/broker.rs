@@ -17,67 +17,32 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::LoadBalancerIngress;
-use k8s_openapi::jiff::Timestamp;
-use kubemqtt_contract_tests::PodFiles;
-use kubemqtt_operator::plan::configmap::{CA_BUNDLE_KEY, CONFIG_FILE};
+use kubemqtt_operator::plan::configmap::CA_BUNDLE_KEY;
 use kubemqtt_operator::plan::secrets::{
     ADMIN_TOKEN_KEY, ADMIN_USERNAME, PASSWORD_KEY, USERNAME_KEY,
 };
-use kubemqtt_operator::plan::{self, Observed, Settings, CONFIG_DIR};
-use kubemqtt_operator::render::read_broker;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Incoming, MqttOptions, QoS, TlsConfiguration,
     Transport,
 };
 
+use common::cluster::{Operator, Pod};
 use common::*;
-
-const MANIFEST: &str = "\
-apiVersion: kubemqtt.io/v1alpha1
-kind: MqttBroker
-metadata:
-  name: mq
-  namespace: iot
-spec: {}
-";
 
 const CLIENT_ID: &str = "contract-client";
 const TOPIC: &str = "contract/hello";
 
 #[tokio::test]
 async fn a_rendered_broker_serves_tls_with_its_generated_credentials() {
-    // Render, with the load balancer's address.
-    let broker = read_broker(MANIFEST, None).expect("the manifest reads");
-    let observed = Observed {
-        load_balancer_ingress: vec![LoadBalancerIngress {
-            ip: Some("127.0.0.1".to_owned()),
-            ..LoadBalancerIngress::default()
-        }],
-        ..Observed::default()
-    };
-    let plan = plan::plan(&broker, &observed, &Settings::default(), Timestamp::now())
-        .expect("the broker plans");
-
-    // The pod's files, and loopback ports instead of the pod's own.
-    let root = tempfile::tempdir().expect("temporary directory");
-    let pod = PodFiles::lay_out(&plan, root.path()).expect("the files lay out");
-    let (mqtt_port, mqtts_port, http_port) = (free_port(), free_port(), free_port());
-    let config = pod
-        .localize(
-            &format!("{CONFIG_DIR}/{CONFIG_FILE}"),
-            |listener| match listener {
-                "mqtt" => mqtt_port,
-                "mqtts" => mqtts_port,
-                other => panic!("unexpected listener {other}"),
-            },
-            http_port,
-        )
-        .expect("the configuration localizes");
-    assert_eq!(config.listeners.len(), 2, "the default listeners");
-    assert!(!config.allow_anonymous);
-
-    let broker = RunningBroker::start(&pod.args, mqtts_port);
+    // Render, with the load balancer's address, and run the broker on the
+    // pod's files with loopback ports instead of the pod's own.
+    let operator = Operator::new();
+    let plan = operator.plan().clone();
+    let pod = Pod::start(&plan);
+    let (broker, mqtt_port, mqtts_port, http_port) =
+        (&pod.broker, pod.mqtt_port, pod.mqtts_port, pod.http_port);
+    assert_eq!(pod.config.listeners.len(), 2, "the default listeners");
+    assert!(!pod.config.allow_anonymous);
 
     // What a client is given: the CA bundle and the admin credentials.
     let ca_bundle = plan.config_map.data.as_ref().expect("data")[CA_BUNDLE_KEY].clone();

@@ -46,6 +46,8 @@ pub struct Operator {
 }
 
 impl Operator {
+    /// The broker of [`MANIFEST`], planned with the load balancer address
+    /// 127.0.0.1 (so that its certificate covers what clients dial).
     pub fn new() -> Operator {
         let broker = read_broker(MANIFEST, None).expect("the manifest reads");
         let observed = Observed {
@@ -74,6 +76,11 @@ impl Operator {
         self.observed.server_secret = self.plan.server_secret.clone();
         self.observed.auth_secret = Some(self.plan.auth_secret.clone());
         self.observed.clients_ca_secret = Some(self.plan.clients_ca_secret.clone());
+    }
+
+    /// The last plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
     }
 
     pub fn trust_bundle(&self) -> String {
@@ -165,6 +172,9 @@ impl Operator {
 /// The running broker and where to reach it.
 pub struct Pod {
     pub broker: RunningBroker,
+    /// The broker's configuration, as localized for this machine.
+    pub config: kubemqtt_broker::config::Config,
+    pub mqtt_port: u16,
     pub mqtts_port: u16,
     pub http_port: u16,
     /// The pod's files (the credentials file the kubelet would update).
@@ -177,18 +187,21 @@ impl Pod {
         let root = tempfile::tempdir().expect("temporary directory");
         let pod = PodFiles::lay_out(plan, root.path()).expect("the files lay out");
         let (mqtt_port, mqtts_port, http_port) = (free_port(), free_port(), free_port());
-        pod.localize(
-            &format!("{CONFIG_DIR}/{CONFIG_FILE}"),
-            |listener| match listener {
-                "mqtt" => mqtt_port,
-                "mqtts" => mqtts_port,
-                other => panic!("unexpected listener {other}"),
-            },
-            http_port,
-        )
-        .expect("the configuration localizes");
+        let config = pod
+            .localize(
+                &format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+                |listener| match listener {
+                    "mqtt" => mqtt_port,
+                    "mqtts" => mqtts_port,
+                    other => panic!("unexpected listener {other}"),
+                },
+                http_port,
+            )
+            .expect("the configuration localizes");
         Pod {
             broker: RunningBroker::start(&pod.args, mqtts_port),
+            config,
+            mqtt_port,
             mqtts_port,
             http_port,
             files: pod,
