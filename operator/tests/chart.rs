@@ -7,10 +7,13 @@
 //! unless `KUBEMQTT_REQUIRE_K8S_TOOLS=1`, which turns a missing tool into a
 //! failure (for CI). The other checks need nothing but the files.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::{tool, workspace};
 use serde_json::{json, Value};
 
 use kubemqtt_operator::plan::statefulset::RUN_AS_USER;
@@ -23,39 +26,12 @@ const RELEASE_NAMESPACE: &str = "kubemqtt-system";
 const FULLNAME: &str = "kubemqtt-operator";
 const KUBE_VERSION: &str = "1.32.0";
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn chart() -> PathBuf {
     workspace().join("charts/kubemqtt-operator")
 }
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-/// The tool's path, or `None` (after saying so) when it is not installed.
-fn tool(name: &str) -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .unwrap_or_default();
-    let found = on_path
-        .into_iter()
-        .chain([workspace().join(".tools/bin")])
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file());
-    if found.is_none() {
-        let message = format!(
-            "{name} not found on PATH or in .tools/bin; install it with \
-             scripts/install-k8s-tools.sh"
-        );
-        if std::env::var("KUBEMQTT_REQUIRE_K8S_TOOLS").is_ok_and(|v| v == "1") {
-            panic!("{message}");
-        }
-        eprintln!("SKIPPED chart check: {message}");
-    }
-    found
 }
 
 fn output_text(output: &Output) -> String {
@@ -76,7 +52,7 @@ struct Helm {
 impl Helm {
     fn find() -> Option<Helm> {
         Some(Helm {
-            helm: tool("helm")?,
+            helm: tool("helm", "chart check")?,
             dir: tempfile::tempdir().expect("temporary directory"),
         })
     }
@@ -587,7 +563,7 @@ fn every_combination_passes_kubernetes_validate() {
     let Some(helm) = Helm::find() else {
         return;
     };
-    let Some(validate) = tool("kubernetes-validate") else {
+    let Some(validate) = tool("kubernetes-validate", "chart check") else {
         return;
     };
     let dir = tempfile::tempdir().expect("temporary directory");

@@ -17,11 +17,14 @@
 //! message, unless `KUBEMQTT_REQUIRE_K8S_TOOLS=1`, which turns a missing
 //! tool into a failure (for CI).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
+use common::{tool, workspace};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::ByteString;
@@ -39,10 +42,6 @@ use serde_json::{json, Value};
 
 /// Where examples without a namespace are put, as `kubectl apply` would.
 const NAMESPACE: &str = "default";
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn now() -> Timestamp {
     "2025-06-01T12:00:00Z".parse().expect("valid time")
@@ -90,29 +89,6 @@ fn render(file: &Path) -> String {
     let plan = plan(&broker, &Observed::default(), &Settings::default(), now())
         .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     plan_yaml(&plan).expect("YAML output")
-}
-
-/// The tool's path, or `None` (after saying so) when it is not installed.
-fn tool(name: &str) -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .unwrap_or_default();
-    let found = on_path
-        .into_iter()
-        .chain([workspace().join(".tools/bin")])
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file());
-    if found.is_none() {
-        let message = format!(
-            "{name} not found on PATH or in .tools/bin; install it with \
-             scripts/install-k8s-tools.sh"
-        );
-        if std::env::var("KUBEMQTT_REQUIRE_K8S_TOOLS").is_ok_and(|v| v == "1") {
-            panic!("{message}");
-        }
-        eprintln!("SKIPPED schema check: {message}");
-    }
-    found
 }
 
 fn run(tool: &Path, options: &[&str], files: &[&Path]) {
@@ -668,7 +644,7 @@ fn example_users_get_their_secret_and_are_in_force_as_documented() {
 
 #[test]
 fn rendered_objects_and_the_crds_pass_kubernetes_validate() {
-    let Some(validate) = tool("kubernetes-validate") else {
+    let Some(validate) = tool("kubernetes-validate", "schema check") else {
         return;
     };
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -715,7 +691,7 @@ fn crd_files() -> Vec<PathBuf> {
 
 #[test]
 fn crds_pass_the_structural_schema_check() {
-    let Some(check) = tool("crd-structural-check") else {
+    let Some(check) = tool("crd-structural-check", "schema check") else {
         return;
     };
     let crds = crd_files();
