@@ -602,11 +602,7 @@ impl Broker {
         let Some(session) = self.session(client_id) else {
             return false;
         };
-        let attachment = session.state.lock().attachment.clone();
-        match attachment {
-            Some(a) => a.control.send(Control::Disconnect(reason)),
-            None => false,
-        }
+        session.send_control(Control::Disconnect(reason))
     }
 
     /// Connected clients, with who they are.

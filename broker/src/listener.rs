@@ -164,15 +164,7 @@ fn close_connections(broker: &Broker, name: &str) {
         if &*info.listener != name {
             continue;
         }
-        let control = session
-            .state
-            .lock()
-            .attachment
-            .as_ref()
-            .map(|a| a.control.clone());
-        if let Some(control) = control {
-            control.send(Control::Shutdown);
-        }
+        session.send_control(Control::Shutdown);
     }
 }
 

@@ -111,14 +111,7 @@ async fn drain(broker: &Arc<Broker>) {
     let rate = broker.config.drain.rate_per_sec;
     let pause = (rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(rate)));
     for (session, _) in broker.connected_clients() {
-        let control = session
-            .state
-            .lock()
-            .attachment
-            .as_ref()
-            .map(|a| a.control.clone());
-        if let Some(control) = control {
-            control.send(Control::Shutdown);
+        if session.send_control(Control::Shutdown) {
             if let Some(pause) = pause {
                 tokio::time::sleep(pause).await;
             }

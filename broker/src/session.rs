@@ -279,6 +279,19 @@ impl Session {
     pub fn is_online(&self) -> bool {
         self.state.lock().attachment.is_some()
     }
+
+    /// Sends `control` to the connection attached to this session; false
+    /// when none is attached or it has already ended. The session's lock
+    /// is not held while sending.
+    pub fn send_control(&self, control: Control) -> bool {
+        let mailbox = self
+            .state
+            .lock()
+            .attachment
+            .as_ref()
+            .map(|a| a.control.clone());
+        mailbox.is_some_and(|mailbox| mailbox.send(control))
+    }
 }
 
 impl SessionState {

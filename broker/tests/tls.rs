@@ -35,6 +35,34 @@ fn tls_listener_files(cert: &Path, key: &Path, tls_extra: &str) -> String {
     )
 }
 
+/// A broker (anonymous clients refused) with a TLS listener on
+/// `{port:tls}` serving a certificate of `server_ca`, taking client
+/// certificates signed by `clients` (`client_auth`, the user name from
+/// `username_from`), with `auth` lines appended to `[auth]`.
+async fn start_with_client_certificates(
+    dir: &Path,
+    server_ca: &TestCa,
+    clients: &TestCa,
+    client_auth: &str,
+    username_from: &str,
+    auth: &str,
+) -> Option<OpsBroker> {
+    let client_ca = write_file(dir, "clients-ca.crt", &clients.cert_pem);
+    let tls_extra = format!(
+        "ca_file = \"{}\"\nclient_auth = \"{client_auth}\"\nusername_from = \"{username_from}\"",
+        client_ca.display()
+    );
+    OpsBroker::start(BrokerOpts {
+        deny_anonymous: true,
+        extra_toml: format!(
+            "{}{auth}",
+            tls_listener(dir, &server_ca.server_cert(), &tls_extra)
+        ),
+        ..BrokerOpts::default()
+    })
+    .await
+}
+
 /// QoS 1 publish on a v5 raw client; returns the PUBACK reason code.
 async fn publish_reason(raw: &mut Raw, topic: &str, pid: u16) -> u8 {
     raw.publish_qos1(&Pub::new(topic, b"x").qos(1, pid)).await
@@ -186,26 +214,15 @@ async fn mutual_tls_requires_a_trusted_client_certificate() {
     let fixtures = tempfile::tempdir().unwrap();
     let ca = TestCa::new("server CA");
     let clients = TestCa::new("client CA");
-    let client_ca = write_file(fixtures.path(), "clients.crt", &clients.cert_pem);
     let acl = write_file(
         fixtures.path(),
         "acl",
         "user device-7\ntopic readwrite devices/device-7/#\n",
     );
-    let tls_extra = format!(
-        "ca_file = \"{}\"\nclient_auth = \"require\"\nusername_from = \"cn\"",
-        client_ca.display()
-    );
-    let Some(broker) = OpsBroker::start(BrokerOpts {
-        deny_anonymous: true,
-        extra_toml: format!(
-            "{}acl_file = \"{}\"\n",
-            tls_listener(fixtures.path(), &ca.server_cert(), &tls_extra),
-            acl.display()
-        ),
-        ..BrokerOpts::default()
-    })
-    .await
+    let auth = format!("acl_file = \"{}\"\n", acl.display());
+    let Some(broker) =
+        start_with_client_certificates(fixtures.path(), &ca, &clients, "require", "cn", &auth)
+            .await
     else {
         return;
     };
@@ -276,26 +293,14 @@ async fn mutual_tls_requires_a_trusted_client_certificate() {
 async fn user_name_from_the_subject_alternative_name() {
     let fixtures = tempfile::tempdir().unwrap();
     let ca = TestCa::new("CA");
-    let client_ca = write_file(fixtures.path(), "ca.crt", &ca.cert_pem);
     let acl = write_file(
         fixtures.path(),
         "acl",
         "user sensor-3.plant.example\ntopic write plant/%u\npattern write plant/%u/#\n",
     );
-    let tls_extra = format!(
-        "ca_file = \"{}\"\nclient_auth = \"require\"\nusername_from = \"san\"",
-        client_ca.display()
-    );
-    let Some(broker) = OpsBroker::start(BrokerOpts {
-        deny_anonymous: true,
-        extra_toml: format!(
-            "{}acl_file = \"{}\"\n",
-            tls_listener(fixtures.path(), &ca.server_cert(), &tls_extra),
-            acl.display()
-        ),
-        ..BrokerOpts::default()
-    })
-    .await
+    let auth = format!("acl_file = \"{}\"\n", acl.display());
+    let Some(broker) =
+        start_with_client_certificates(fixtures.path(), &ca, &ca, "require", "san", &auth).await
     else {
         return;
     };
@@ -324,27 +329,15 @@ async fn user_name_from_the_subject_alternative_name() {
 async fn optional_client_certificates_or_passwords() {
     let fixtures = tempfile::tempdir().unwrap();
     let ca = TestCa::new("CA");
-    let client_ca = write_file(fixtures.path(), "ca.crt", &ca.cert_pem);
     let hash = kubemqtt_broker::auth::hash_password("s3cret").unwrap();
     let creds = write_file(
         fixtures.path(),
         "creds.toml",
         &format!("[[users]]\nusername = \"web\"\npasswords = [{{ hash = \"{hash}\" }}]\n"),
     );
-    let tls_extra = format!(
-        "ca_file = \"{}\"\nclient_auth = \"optional\"\nusername_from = \"cn\"",
-        client_ca.display()
-    );
-    let Some(broker) = OpsBroker::start(BrokerOpts {
-        deny_anonymous: true,
-        extra_toml: format!(
-            "{}credentials_file = \"{}\"\n",
-            tls_listener(fixtures.path(), &ca.server_cert(), &tls_extra),
-            creds.display()
-        ),
-        ..BrokerOpts::default()
-    })
-    .await
+    let auth = format!("credentials_file = \"{}\"\n", creds.display());
+    let Some(broker) =
+        start_with_client_certificates(fixtures.path(), &ca, &ca, "optional", "cn", &auth).await
     else {
         return;
     };
@@ -390,26 +383,17 @@ async fn optional_client_certificates_or_passwords() {
 async fn known_certificate_users_are_revoked_with_the_user() {
     let fixtures = tempfile::tempdir().unwrap();
     let ca = TestCa::new("CA");
-    let client_ca = write_file(fixtures.path(), "ca.crt", &ca.cert_pem);
     let creds = write_file(
         fixtures.path(),
         "creds.toml",
         "[[users]]\nusername = \"sensor\"\n",
     );
-    let tls_extra = format!(
-        "ca_file = \"{}\"\nclient_auth = \"optional\"\nusername_from = \"cn\"",
-        client_ca.display()
+    let auth = format!(
+        "credentials_file = \"{}\"\ncertificate_users = \"known\"\n",
+        creds.display()
     );
-    let Some(broker) = OpsBroker::start(BrokerOpts {
-        deny_anonymous: true,
-        extra_toml: format!(
-            "{}credentials_file = \"{}\"\ncertificate_users = \"known\"\n",
-            tls_listener(fixtures.path(), &ca.server_cert(), &tls_extra),
-            creds.display()
-        ),
-        ..BrokerOpts::default()
-    })
-    .await
+    let Some(broker) =
+        start_with_client_certificates(fixtures.path(), &ca, &ca, "optional", "cn", &auth).await
     else {
         return;
     };
