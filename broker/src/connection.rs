@@ -732,13 +732,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     /// Decodes and handles every complete packet in the read buffer.
     async fn handle_input(&mut self) -> Result<(), Close> {
         let max = self.max_inbound_packet;
+        // One clock read per batch of packets read together.
+        let mut stamped = false;
         loop {
             let packet = match codec::decode(&mut self.io.rbuf, Some(self.version), max) {
                 Ok(Some(packet)) => packet,
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(Close::Protocol(e.reason_code(), e.to_string())),
             };
-            self.last_packet = Instant::now();
+            if !stamped {
+                self.last_packet = Instant::now();
+                stamped = true;
+            }
             if self.broker.logger.verbose() {
                 self.broker.logger.received(&self.client_id, &packet);
             }
@@ -913,7 +918,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                     "empty topic".into(),
                 ));
             }
-            return Ok(Arc::from(p.topic.as_str()));
+            return Ok(p.topic.clone());
         };
         let max = self.limits.topic_alias_maximum;
         if alias == 0 || alias > max {
@@ -931,7 +936,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 )),
             }
         } else {
-            let topic: Arc<str> = Arc::from(p.topic.as_str());
+            let topic = p.topic.clone();
             self.aliases
                 .get_or_insert_with(Box::default)
                 .inbound
@@ -986,7 +991,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     fn on_complete(&mut self, packet_id: u16, expected: QoS) {
         let done = {
             let mut state = self.session.state.lock();
-            match state.inflight.get(&packet_id) {
+            match state.inflight.get(packet_id) {
                 Some(entry) if entry.delivery.qos == expected => state.complete(packet_id),
                 _ => None,
             }
@@ -1141,8 +1146,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             let state = self.session.state.lock();
             state
                 .inflight
-                .iter()
-                .map(|(id, i)| (*id, i.delivery.clone(), i.released))
+                .in_send_order()
+                .into_iter()
+                .map(|(id, i)| (id, i.delivery.clone(), i.released))
                 .collect()
         };
         for (packet_id, delivery, released) in pending {
@@ -1198,10 +1204,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             }
             self.send(&packet);
             self.broker.metrics.sent(delivery.qos);
-            self.broker
-                .metrics
-                .delivery_latency
-                .observe(delivery.msg.received_at.elapsed().as_secs_f64());
+            self.broker.metrics.delivery_latency.observe(
+                now.saturating_duration_since(delivery.msg.received_at)
+                    .as_secs_f64(),
+            );
         }
         for seq in expired {
             records.push(Record::Dequeue {
@@ -1220,7 +1226,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
         now: Instant,
     ) -> Publish {
         let msg = &delivery.msg;
-        let mut topic = msg.topic.to_string();
+        let mut topic = msg.topic.clone();
         let mut properties = PublishProperties::default();
         if self.version.is_v5() {
             properties = msg.properties.clone();
@@ -1230,7 +1236,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 let outbound = &mut self.aliases.get_or_insert_with(Box::default).outbound;
                 if let Some(alias) = outbound.get(&msg.topic) {
                     properties.topic_alias = Some(*alias);
-                    topic.clear();
+                    topic = Arc::from("");
                 } else if outbound.len() < usize::from(self.client_alias_max) {
                     let alias = (outbound.len() + 1) as u16;
                     outbound.insert(msg.topic.clone(), alias);

@@ -10,6 +10,7 @@
 //! - [`log`]: mosquitto-style event and packet log lines (text or JSON).
 //! - [`message`]: an application message as the broker shares it.
 //! - [`session`]: per-client state that outlives connections.
+//! - [`inflight`]: a session's window of sent, unacknowledged deliveries.
 //! - [`broker`]: shared state; publish, attach/detach, expiry, wills, recovery.
 //! - [`connection`]: the protocol state machine of one connection.
 //! - [`server`]: listeners, start and shutdown.
@@ -29,6 +30,7 @@ pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod filewatch;
+pub mod inflight;
 pub mod listener;
 pub mod log;
 pub mod message;

@@ -658,7 +658,7 @@ fn publish_fields(publish: &Publish, fields: &mut Vec<(&'static str, Value)>) {
     if let Some(packet_id) = publish.packet_id {
         fields.push(("packet_id", json!(packet_id)));
     }
-    fields.push(("topic", json!(publish.topic)));
+    fields.push(("topic", json!(&*publish.topic)));
     fields.push(("payload_len", json!(publish.payload.len())));
 }
 
@@ -821,7 +821,7 @@ mod tests {
             dup: false,
             qos,
             retain: false,
-            topic: topic.to_owned(),
+            topic: topic.into(),
             packet_id,
             properties: Default::default(),
             payload: Bytes::from_static(payload),

@@ -57,12 +57,13 @@ impl Message {
             dup: false,
             qos: will.qos,
             retain: will.retain,
-            topic: String::new(),
+            topic: Arc::from(will.topic.as_str()),
             packet_id: None,
             properties: will.properties,
             payload: will.payload,
         };
-        Message::from_publish(publish, Arc::from(will.topic.as_str()))
+        let topic = publish.topic.clone();
+        Message::from_publish(publish, topic)
     }
 
     /// A message the broker itself publishes (`$SYS`).

@@ -276,7 +276,7 @@ where
             publisher,
             eligible,
             out,
-            seen: HashMap::default(),
+            merge: Merge::Nothing,
         };
         collect(&literal, topic.split('/'), &mut deliveries);
         if let Some(wildcard) = &wildcard {
@@ -333,19 +333,77 @@ struct Deliveries<'n, 'a, K> {
     publisher: Option<&'a K>,
     eligible: &'a dyn Fn(&K) -> bool,
     out: &'a mut Vec<Route<K>>,
-    /// Index in `out` of each ordinary subscriber's route, to merge
-    /// overlapping subscriptions into one delivery.
-    seen: HashMap<&'n K, usize, RandomState>,
+    merge: Merge<'n, K>,
+}
+
+/// How ordinary subscribers seen so far are found again, to merge
+/// overlapping subscriptions into one delivery. A node holds each
+/// subscriber once, so while a single node has contributed there is
+/// nothing to merge and no index is built (the common case: one matching
+/// filter per message).
+enum Merge<'n, K> {
+    /// No node with ordinary subscribers yet.
+    Nothing,
+    /// One node, whose routes start at `start` in `out`.
+    One { node: &'n Node<K>, start: usize },
+    /// Index in `out` of each ordinary subscriber's route.
+    Many(HashMap<&'n K, usize, RandomState>),
 }
 
 impl<'n, K: Clone + Eq + Hash> Deliveries<'n, '_, K> {
+    fn wanted(&self, subscriber: &K, sub: &Subscription) -> bool {
+        !(sub.options.no_local && self.publisher == Some(subscriber))
+    }
+
     /// Adds the deliveries for the subscriptions of a matching node.
     fn add(&mut self, node: &'n Node<K>) {
+        if !node.subscribers.is_empty() {
+            match &self.merge {
+                Merge::Nothing => {
+                    self.merge = Merge::One {
+                        node,
+                        start: self.out.len(),
+                    };
+                    for (subscriber, sub) in &node.subscribers {
+                        if self.wanted(subscriber, sub) {
+                            self.out.push(new_route(subscriber, sub, None));
+                        }
+                    }
+                }
+                Merge::One { node: first, start } => {
+                    // A second node: index the first one's routes, which
+                    // it added in its own iteration order.
+                    let mut seen = HashMap::default();
+                    let wanted = first
+                        .subscribers
+                        .iter()
+                        .filter(|(subscriber, sub)| self.wanted(subscriber, sub));
+                    for (index, (subscriber, _)) in (*start..).zip(wanted) {
+                        seen.insert(subscriber, index);
+                    }
+                    self.merge = Merge::Many(seen);
+                    self.add_merging(node);
+                }
+                Merge::Many(_) => self.add_merging(node),
+            }
+        }
+        for (group, members) in &node.groups {
+            if let Some((member, sub)) = members.pick(self.eligible) {
+                self.out.push(new_route(member, sub, Some(group.clone())));
+            }
+        }
+    }
+
+    /// Adds a node's ordinary subscribers, merging with earlier routes.
+    fn add_merging(&mut self, node: &'n Node<K>) {
+        let Merge::Many(seen) = &mut self.merge else {
+            return;
+        };
         for (subscriber, sub) in &node.subscribers {
             if sub.options.no_local && self.publisher == Some(subscriber) {
                 continue;
             }
-            match self.seen.entry(subscriber) {
+            match seen.entry(subscriber) {
                 Entry::Occupied(entry) => {
                     if let Some(route) = self.out.get_mut(*entry.get()) {
                         route.qos = route.qos.max(sub.options.qos);
@@ -357,11 +415,6 @@ impl<'n, K: Clone + Eq + Hash> Deliveries<'n, '_, K> {
                     entry.insert(self.out.len());
                     self.out.push(new_route(subscriber, sub, None));
                 }
-            }
-        }
-        for (group, members) in &node.groups {
-            if let Some((member, sub)) = members.pick(self.eligible) {
-                self.out.push(new_route(member, sub, Some(group.clone())));
             }
         }
     }
@@ -556,6 +609,43 @@ mod tests {
         assert_eq!(c1.qos, QoS::AtLeastOnce);
         assert!(!c1.retain_as_published);
         assert_eq!(c1.subscription_identifiers, [1]);
+    }
+
+    #[test]
+    fn merging_finds_routes_of_the_first_node_past_its_shared_ones() {
+        // The first matching node adds ordinary and shared routes; the
+        // second and third nodes must merge into the right ordinary ones.
+        let table = Table::new();
+        for client in ["c1", "c2", "c3"] {
+            table.subscribe(client, "a/b", sub(QoS::AtMostOnce));
+        }
+        table.subscribe("g1", "$share/g/a/b", sub(QoS::AtMostOnce));
+        table.subscribe("c2", "a/+", with_id(QoS::AtLeastOnce, 5));
+        table.subscribe("c3", "#", with_id(QoS::ExactlyOnce, 9));
+        table.subscribe("c4", "#", sub(QoS::AtMostOnce));
+
+        let out = routes(&table, "a/b", None);
+        let summary: Vec<_> = out
+            .iter()
+            .map(|r| {
+                (
+                    r.subscriber,
+                    r.qos,
+                    r.subscription_identifiers.clone(),
+                    r.shared_group.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("c1", QoS::AtMostOnce, vec![], false),
+                ("c2", QoS::AtLeastOnce, vec![5], false),
+                ("c3", QoS::ExactlyOnce, vec![9], false),
+                ("c4", QoS::AtMostOnce, vec![], false),
+                ("g1", QoS::AtMostOnce, vec![], true),
+            ]
+        );
     }
 
     #[test]

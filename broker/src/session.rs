@@ -7,7 +7,6 @@
 //! through [`Session::notify`] when new messages are queued.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,6 +19,7 @@ use parking_lot::Mutex;
 use crate::auth::ClientAcl;
 use crate::codec::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 use crate::config::QueueFullPolicy;
+use crate::inflight::InflightWindow;
 use crate::message::Message;
 
 /// A message waiting in a session's queue or in flight to its client.
@@ -209,11 +209,6 @@ pub enum Enqueued {
     Dropped,
 }
 
-/// Hashes packet ids. The broker picks the ids it sends, so they need no
-/// per-map random keys; without them the map is 16 bytes smaller in every
-/// session.
-pub type PacketIdHasher = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
-
 #[derive(Debug, Default)]
 pub struct SessionState {
     pub attachment: Option<Attachment>,
@@ -230,8 +225,8 @@ pub struct SessionState {
     pub subscriptions: HashMap<String, SessionSubscription>,
     pub queue: VecDeque<Delivery>,
     queued_bytes: usize,
-    /// In send order, by packet id.
-    pub inflight: indexmap::IndexMap<u16, Inflight, PacketIdHasher>,
+    /// Sent and not yet acknowledged, by packet id.
+    pub inflight: InflightWindow,
     next_packet_id: u16,
     /// Inbound QoS 2 packet ids we sent PUBREC for and await PUBREL.
     /// (A B-tree: 24 bytes while empty, where a hash set takes 48.)
@@ -382,7 +377,7 @@ impl SessionState {
         for _ in 0..=u16::MAX {
             let id = self.next_packet_id;
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            if id != 0 && !self.inflight.contains_key(&id) {
+            if id != 0 && !self.inflight.contains(id) {
                 return Some(id);
             }
         }
@@ -391,8 +386,7 @@ impl SessionState {
 
     /// Restores an in-flight entry recovered from the store.
     pub fn restore_inflight(&mut self, packet_id: u16, delivery: Delivery, released: bool) {
-        self.inflight
-            .insert(packet_id, Inflight { delivery, released });
+        self.inflight.insert(packet_id, Inflight { delivery, released });
         if packet_id >= self.next_packet_id {
             self.next_packet_id = packet_id.checked_add(1).unwrap_or(1);
         }
@@ -407,13 +401,13 @@ impl SessionState {
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2): the delivery is complete.
     pub fn complete(&mut self, packet_id: u16) -> Option<Inflight> {
-        self.inflight.shift_remove(&packet_id)
+        self.inflight.remove(packet_id)
     }
 
     /// PUBREC: the QoS 2 delivery moves to its PUBREL phase. Returns the
     /// store sequence number, or None for an unknown packet id.
     pub fn release(&mut self, packet_id: u16) -> Option<u64> {
-        let entry = self.inflight.get_mut(&packet_id)?;
+        let entry = self.inflight.get_mut(packet_id)?;
         if entry.delivery.qos != QoS::ExactlyOnce {
             return None;
         }
@@ -630,7 +624,7 @@ mod tests {
         let (pid, d) = s.next_to_send(1, now, &mut expired).unwrap();
         assert_eq!((pid, d.qos), (Some(2), QoS::ExactlyOnce));
         assert_eq!(s.release(2), Some(0));
-        assert!(s.inflight[&2].released);
+        assert!(s.inflight.get(2).is_some_and(|i| i.released));
         assert!(s.complete(2).is_some());
         assert!(s.complete(2).is_none());
     }

@@ -283,7 +283,7 @@ fn publish() -> impl Strategy<Value = Packet> {
                     dup: dup && !qos0,
                     qos,
                     retain,
-                    topic: if alias_only { String::new() } else { topic },
+                    topic: if alias_only { "".into() } else { topic.into() },
                     packet_id: (!qos0).then_some(id),
                     properties,
                     payload,

@@ -291,7 +291,7 @@ fn connack_reason_from_v3(code: u8) -> Result<ReasonCode, DecodeError> {
 fn read_publish(flags: u8, r: &mut Reader, v5: bool) -> Result<Publish, DecodeError> {
     let qos = QoS::from_u8((flags >> 1) & 0x03)
         .ok_or(DecodeError::MalformedPacket("PUBLISH with QoS 3"))?;
-    let topic = r.string()?;
+    let topic = r.shared_string()?;
     check_no_wildcards(&topic)?;
     let packet_id = if qos == QoS::AtMostOnce {
         None

@@ -5,6 +5,8 @@
 //! the encoder maps them down to 3.1.1 return codes and drops properties
 //! when the connection negotiated an older protocol.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 /// Protocol revision of a connection, from the CONNECT packet's protocol
@@ -242,8 +244,9 @@ pub struct Publish {
     pub dup: bool,
     pub qos: QoS,
     pub retain: bool,
-    /// May be empty in 5.0 when a topic alias is used.
-    pub topic: String,
+    /// May be empty in 5.0 when a topic alias is used. Shared: a message's
+    /// topic is decoded once and reused by every delivery.
+    pub topic: Arc<str>,
     /// Present iff qos > 0.
     pub packet_id: Option<u16>,
     pub properties: PublishProperties,

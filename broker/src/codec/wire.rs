@@ -2,6 +2,8 @@
 //! integers, variable byte integers, UTF-8 strings and binary data, read
 //! with bounds checks and written to any [`Sink`].
 
+use std::sync::Arc;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::error::{DecodeError, EncodeError};
@@ -77,6 +79,17 @@ impl Reader {
     /// A UTF-8 encoded string: valid UTF-8 without U+0000
     /// ([MQTT-1.5.4-1], [MQTT-1.5.4-2]).
     pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
+        self.string_as(str::to_owned)
+    }
+
+    /// A string shared by reference count (a PUBLISH topic, which every
+    /// delivery of the message reuses).
+    pub(crate) fn shared_string(&mut self) -> Result<Arc<str>, DecodeError> {
+        self.string_as(|s: &str| Arc::<str>::from(s))
+    }
+
+    /// Reads a UTF-8 string and converts it without an intermediate copy.
+    fn string_as<T>(&mut self, convert: impl FnOnce(&str) -> T) -> Result<T, DecodeError> {
         let len = usize::from(self.u16()?);
         let raw = self.buf.get(..len).ok_or(ENDS_EARLY)?;
         let s = std::str::from_utf8(raw)
@@ -84,7 +97,7 @@ impl Reader {
         if raw.contains(&0) {
             return Err(DecodeError::MalformedPacket("string contains U+0000"));
         }
-        let s = s.to_owned();
+        let s = convert(s);
         self.buf.advance(len);
         Ok(s)
     }
