@@ -10,6 +10,12 @@ use kubemqtt_broker::config::{Config, LogFormat};
 use kubemqtt_broker::log::Logger;
 use kubemqtt_broker::server;
 
+/// mimalloc rather than the system allocator: idle connections are many
+/// small allocations, and mimalloc packs them tighter than glibc's malloc
+/// (docs/benchmarks.md, memory per connection).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// KubeMQTT broker: MQTT 3.1, 3.1.1 and 5.0.
 ///
 /// With no configuration file it runs like mosquitto 2.0's local-only mode:
