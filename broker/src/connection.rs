@@ -26,8 +26,8 @@ use crate::auth::ClientAcl;
 use crate::broker::{Broker, ClientKey};
 use crate::codec::{
     self, Connack, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion,
-    PubResponse, Publish, PublishProperties, QoS, ReasonCode, Suback, Subscribe, Unsuback,
-    Unsubscribe, Will,
+    PubResponse, Publish, PublishProperties, PublishRef, QoS, ReasonCode, Suback, Subscribe,
+    Unsuback, Unsubscribe, Will,
 };
 use crate::config::{Limits, RateLimitAction};
 use crate::message::Message;
@@ -735,6 +735,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
         // One clock read per batch of packets read together.
         let mut stamped = false;
         loop {
+            // The most frequent packet under QoS 1 load, handled without
+            // building a `Packet` (unless every packet is being logged).
+            if let Some(packet_id) =
+                codec::short_puback(&self.io.rbuf).filter(|_| !self.broker.logger.verbose())
+            {
+                self.io.rbuf.advance(4);
+                if !stamped {
+                    self.last_packet = Instant::now();
+                    stamped = true;
+                }
+                self.on_complete(packet_id, QoS::AtLeastOnce);
+                continue;
+            }
             let packet = match codec::decode(&mut self.io.rbuf, Some(self.version), max) {
                 Ok(Some(packet)) => packet,
                 Ok(None) => return Ok(()),
@@ -1180,11 +1193,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             let Some((packet_id, delivery)) = next else {
                 break;
             };
-            let publish = self.build_publish(&delivery, packet_id, false, now);
-            let packet = Packet::Publish(publish);
-            if self.version.is_v5()
-                && codec::encoded_len(&packet, self.version) > self.client_max_packet as usize
-            {
+            if !self.write_delivery(&delivery, packet_id, now) {
                 // Too large for this client: discard as if delivered.
                 self.broker.metrics.drop("too_large");
                 if let Some(id) = packet_id {
@@ -1202,7 +1211,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                     packet_id: id,
                 });
             }
-            self.send(&packet);
             self.broker.metrics.sent(delivery.qos);
             self.broker.metrics.delivery_latency.observe(
                 now.saturating_duration_since(delivery.msg.received_at)
@@ -1216,6 +1224,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             });
         }
         self.broker.persist_nowait(records);
+    }
+
+    /// Encodes a delivery into the write buffer; false (and nothing
+    /// written) when it exceeds the client's 5.0 Maximum Packet Size.
+    fn write_delivery(
+        &mut self,
+        delivery: &Delivery,
+        packet_id: Option<u16>,
+        now: Instant,
+    ) -> bool {
+        if self.version.is_v5() || self.broker.logger.verbose() {
+            let packet = Packet::Publish(self.build_publish(delivery, packet_id, false, now));
+            if self.version.is_v5()
+                && codec::encoded_len(&packet, self.version) > self.client_max_packet as usize
+            {
+                return false;
+            }
+            self.send(&packet);
+            return true;
+        }
+        // MQTT 3.x carries no properties: the PUBLISH is encoded straight
+        // from the message, without building a packet.
+        let msg = &delivery.msg;
+        let publish = PublishRef {
+            dup: false,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            topic: &msg.topic,
+            packet_id,
+            properties: &PublishProperties::default(),
+            payload: &msg.payload,
+        };
+        if let Err(e) = codec::encode_publish(&publish, self.version, &mut self.io.wbuf) {
+            self.encode_failed("PUBLISH", &e);
+        }
+        true
     }
 
     fn build_publish(
@@ -1261,12 +1305,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             self.broker.logger.sending(&self.client_id, packet);
         }
         if let Err(e) = codec::encode(packet, self.version, &mut self.io.wbuf) {
-            self.broker.logger.warning(&format!(
-                "Cannot encode {} for {}: {e}.",
-                packet.name(),
-                self.client_id
-            ));
+            self.encode_failed(packet.name(), &e);
         }
+    }
+
+    fn encode_failed(&self, packet: &str, e: &codec::EncodeError) {
+        self.broker.logger.warning(&format!(
+            "Cannot encode {packet} for {}: {e}.",
+            self.client_id
+        ));
     }
 
     async fn close(mut self, close: Close) {

@@ -38,6 +38,57 @@ pub fn encode(
     put_body(buf, packet, version)
 }
 
+/// Appends a PUBLISH given by reference to its parts, encoded for `version`:
+/// the delivery path, which thus builds no [`Publish`] (nor a [`Packet`]) per
+/// message. The same bytes, and the same errors, as [`encode`] of the
+/// equivalent `Packet::Publish`. On error nothing is written.
+pub fn encode_publish(
+    publish: &PublishRef<'_>,
+    version: ProtocolVersion,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let v5 = version.is_v5();
+    let mut counter = Counter::default();
+    put_publish(&mut counter, publish, v5)?;
+    let remaining = counter.0;
+    if remaining > MAX_VARINT {
+        return Err(EncodeError::PacketTooLarge { size: remaining });
+    }
+    buf.reserve(1 + varint_len(remaining) + remaining);
+    Sink::put_u8(buf, publish_first_byte(publish));
+    put_varint(buf, remaining)?;
+    put_publish(buf, publish, v5)
+}
+
+/// A PUBLISH by reference: what [`encode_publish`] needs.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRef<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    /// May be empty in 5.0 when `properties` carries a topic alias.
+    pub topic: &'a str,
+    /// Present iff qos > 0.
+    pub packet_id: Option<u16>,
+    /// Only encoded in 5.0.
+    pub properties: &'a PublishProperties,
+    pub payload: &'a [u8],
+}
+
+impl<'a> From<&'a Publish> for PublishRef<'a> {
+    fn from(p: &'a Publish) -> Self {
+        PublishRef {
+            dup: p.dup,
+            qos: p.qos,
+            retain: p.retain,
+            topic: &p.topic,
+            packet_id: p.packet_id,
+            properties: &p.properties,
+            payload: &p.payload,
+        }
+    }
+}
+
 /// Number of bytes [`encode`] writes for `packet`, fixed header included.
 /// For a packet that `encode` rejects the value is meaningless.
 pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
@@ -52,12 +103,7 @@ fn first_byte(packet: &Packet, version: ProtocolVersion) -> Result<u8, EncodeErr
     Ok(match packet {
         Packet::Connect(_) => 0x10,
         Packet::Connack(_) => 0x20,
-        Packet::Publish(p) => {
-            // DUP is only meaningful, and only allowed, for QoS > 0
-            // ([MQTT-3.3.1-2]).
-            let dup = p.dup && p.qos != QoS::AtMostOnce;
-            0x30 | u8::from(dup) << 3 | p.qos.as_u8() << 1 | u8::from(p.retain)
-        }
+        Packet::Publish(p) => publish_first_byte(&p.into()),
         Packet::Puback(_) => 0x40,
         Packet::Pubrec(_) => 0x50,
         Packet::Pubrel(_) => 0x62,
@@ -79,6 +125,13 @@ fn first_byte(packet: &Packet, version: ProtocolVersion) -> Result<u8, EncodeErr
     })
 }
 
+/// PUBLISH's packet type and flags.
+fn publish_first_byte(p: &PublishRef<'_>) -> u8 {
+    // DUP is only meaningful, and only allowed, for QoS > 0 ([MQTT-3.3.1-2]).
+    let dup = p.dup && p.qos != QoS::AtMostOnce;
+    0x30 | u8::from(dup) << 3 | p.qos.as_u8() << 1 | u8::from(p.retain)
+}
+
 /// Everything after the fixed header.
 fn put_body(
     out: &mut impl Sink,
@@ -89,7 +142,7 @@ fn put_body(
     match packet {
         Packet::Connect(c) => put_connect(out, c, version),
         Packet::Connack(c) => put_connack(out, c, version),
-        Packet::Publish(p) => put_publish(out, p, v5),
+        Packet::Publish(p) => put_publish(out, &p.into(), v5),
         Packet::Puback(r) | Packet::Pubrec(r) | Packet::Pubrel(r) | Packet::Pubcomp(r) => {
             out.put_u16(r.packet_id);
             if v5 {
@@ -248,13 +301,13 @@ fn suback_return_code(reason: ReasonCode) -> u8 {
     }
 }
 
-fn put_publish(out: &mut impl Sink, p: &Publish, v5: bool) -> Result<(), EncodeError> {
+fn put_publish(out: &mut impl Sink, p: &PublishRef<'_>, v5: bool) -> Result<(), EncodeError> {
     if p.topic.is_empty() && (!v5 || p.properties.topic_alias.is_none()) {
         return Err(EncodeError::InvalidPacket(
             "empty topic name without a topic alias",
         ));
     }
-    put_string(out, &p.topic)?;
+    put_string(out, p.topic)?;
     if p.qos != QoS::AtMostOnce {
         let id = p.packet_id.ok_or(EncodeError::InvalidPacket(
             "QoS 1 or 2 PUBLISH without a packet identifier",
@@ -262,9 +315,9 @@ fn put_publish(out: &mut impl Sink, p: &Publish, v5: bool) -> Result<(), EncodeE
         out.put_u16(id);
     }
     if v5 {
-        put_publish_properties(out, &p.properties, None, Ctx::PUBLISH)?;
+        put_publish_properties(out, p.properties, None, Ctx::PUBLISH)?;
     }
-    out.put_slice(&p.payload);
+    out.put_slice(p.payload);
     Ok(())
 }
 

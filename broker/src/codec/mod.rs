@@ -18,7 +18,7 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use decode::decode;
-pub use encode::{encode, encoded_len};
+pub use decode::{decode, short_puback};
+pub use encode::{encode, encode_publish, encoded_len, PublishRef};
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;
