@@ -15,6 +15,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use crate::access::Access;
 use crate::codec::{QoS, ReasonCode, SubscriptionOptions, Will};
 use crate::config::Config;
+use crate::keepalive::KeepAliveWheel;
 use crate::log::Logger;
 use crate::message::{now_ms, Message};
 use crate::metrics::Metrics;
@@ -46,6 +47,8 @@ pub struct Broker {
     pub draining: AtomicBool,
     /// Asks the reload task to re-read every file now (SIGHUP, admin API).
     pub reload_requested: tokio::sync::Notify,
+    /// The keep-alive deadlines of every connection.
+    pub keep_alive: KeepAliveWheel,
     sessions: Vec<RwLock<HashMap<ClientKey, Arc<Session>>>>,
     /// Serialises CONNECT handling per shard of client ids, so that two
     /// connections racing for one client id take over in order.
@@ -76,6 +79,7 @@ impl Broker {
             started: Instant::now(),
             draining: AtomicBool::new(false),
             reload_requested: tokio::sync::Notify::new(),
+            keep_alive: KeepAliveWheel::default(),
             sessions: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             connect_locks: (0..SHARDS).map(|_| AsyncMutex::new(())).collect(),
             hasher: ahash::RandomState::new(),

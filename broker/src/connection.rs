@@ -19,7 +19,6 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
-use tokio::time::Sleep;
 
 use crate::access::UserSlot;
 use crate::auth::ClientAcl;
@@ -30,6 +29,7 @@ use crate::codec::{
     Unsuback, Unsubscribe, Will,
 };
 use crate::config::{Limits, RateLimitAction};
+use crate::keepalive::Registration;
 use crate::message::Message;
 use crate::ratelimit::TokenBucket;
 use crate::session::ClientInfo;
@@ -325,7 +325,7 @@ struct Connection<S> {
     client_id: ClientKey,
     session: Arc<Session>,
     control: Arc<Mailbox>,
-    keep_alive: Option<Duration>,
+    keep_alive: Option<KeepAlive>,
     /// Boxed, like the other fields most clients do not use: idle
     /// connections are many.
     will: Option<Box<Will>>,
@@ -355,6 +355,14 @@ struct Connection<S> {
     _user_slot: Option<Box<UserSlot>>,
     /// The listener's limits.
     limits: Arc<Limits>,
+}
+
+/// The keep-alive the client asked for (or the server imposed), and where
+/// the connection waits on the broker's keep-alive wheel.
+struct KeepAlive {
+    /// The longest silence allowed: 1.5 times the keep-alive.
+    limit: Duration,
+    registration: Registration,
 }
 
 /// 5.0 topic aliases of one connection.
@@ -605,8 +613,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             client_id: client_id.clone(),
             session: attached.session,
             control: mailbox,
-            keep_alive: (keep_alive > 0)
-                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+            keep_alive: None,
             will: connect.will.clone().map(Box::new),
             connect_expiry: expiry,
             window,
@@ -627,6 +634,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
         broker
             .logger
             .client_connected(addr, &client_id, &connect, username.as_deref());
+        if keep_alive > 0 {
+            let limit = Duration::from_millis(u64::from(keep_alive) * 1500);
+            let registration = broker
+                .keep_alive
+                .register(conn.last_packet + limit, &conn.control);
+            conn.keep_alive = Some(KeepAlive {
+                limit,
+                registration,
+            });
+        }
         conn.send(&connack);
         broker.metrics.client_connected(&peer.listener);
         broker.presence(&client_id, &info, "connected", "");
@@ -648,21 +665,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     }
 
     async fn event_loop(&mut self, shutdown: &watch::Receiver<bool>) -> Close {
-        // One timer for the connection's life, moved on when it fires
-        // early (cheaper than a new timer for every event).
-        let keep_alive = self
-            .keep_alive
-            .map(|k| tokio::time::sleep_until((self.last_packet + k).into()));
-        tokio::pin!(keep_alive);
         loop {
             if *shutdown.borrow() {
                 return Close::Shutdown;
             }
             self.pull_queue();
             self.io.shrink();
-            let polled =
-                std::future::poll_fn(|cx| self.poll_event(cx, keep_alive.as_mut().as_pin_mut()));
-            let read = match polled.await {
+            let read = match std::future::poll_fn(|cx| self.poll_event(cx)).await {
                 Ok(read) => read,
                 Err(close) => return close,
             };
@@ -683,23 +692,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     /// waker then.
     ///
     /// Polling by hand, rather than with `select!` over futures, keeps the
-    /// idle connection's state to the keep-alive timer.
-    fn poll_event(
-        &mut self,
-        cx: &mut Context<'_>,
-        keep_alive: Option<Pin<&mut Sleep>>,
-    ) -> Poll<Result<bool, Close>> {
+    /// idle connection's state out of its task: nothing is pinned while
+    /// it waits (the keep-alive timer is the broker's wheel).
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Close>> {
         if let Poll::Ready(control) = self.control.poll_recv(cx) {
             return Poll::Ready(Err(Close::from(control)));
         }
-        if let (Some(mut timer), Some(period)) = (keep_alive, self.keep_alive) {
-            // Decided before this poll's read, on the packets handled so far.
-            while timer.as_mut().poll(cx).is_ready() {
-                let deadline = self.last_packet + period;
+        if self.control.take_keep_alive_due() {
+            if let Some(keep_alive) = &mut self.keep_alive {
+                // Decided before this poll's read, on the packets handled so far.
+                let deadline = self.last_packet + keep_alive.limit;
                 if deadline <= Instant::now() {
                     return Poll::Ready(Err(Close::KeepAlive));
                 }
-                timer.as_mut().reset(deadline.into());
+                keep_alive.registration = self.broker.keep_alive.register(deadline, &self.control);
             }
         }
         let written = match self.io.poll_write_out(cx) {
@@ -1318,6 +1324,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
 
     async fn close(mut self, close: Close) {
         self.control.close();
+        if let Some(keep_alive) = &self.keep_alive {
+            self.broker
+                .keep_alive
+                .cancel(keep_alive.registration, &self.control);
+        }
         let reason_label = close.label();
         let mut publish_will = true;
         let mut ack = None;

@@ -13,6 +13,7 @@
 //! - [`inflight`]: a session's window of sent, unacknowledged deliveries.
 //! - [`broker`]: shared state; publish, attach/detach, expiry, wills, recovery.
 //! - [`connection`]: the protocol state machine of one connection.
+//! - [`keepalive`]: one timer for the keep-alive deadlines of all connections.
 //! - [`server`]: listeners, start and shutdown.
 //! - [`sys`]: the `$SYS` topic tree.
 //! - [`transport`]: PROXY protocol, TLS and WebSocket.
@@ -31,6 +32,7 @@ pub mod config;
 pub mod connection;
 pub mod filewatch;
 pub mod inflight;
+pub mod keepalive;
 pub mod listener;
 pub mod log;
 pub mod message;

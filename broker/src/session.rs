@@ -121,12 +121,16 @@ impl Wakeup {
 }
 
 /// Control messages to one connection. Lighter than a channel (idle
-/// connections are many): a short queue and a wake-up.
+/// connections are many): a short queue and a wake-up. The keep-alive
+/// wheel also wakes the connection through it.
 #[derive(Debug, Default)]
 pub struct Mailbox {
     queue: Mutex<VecDeque<Control>>,
     wakeup: Wakeup,
     closed: AtomicBool,
+    /// The connection's keep-alive deadline has passed: it should check
+    /// its last activity ([`crate::keepalive`]).
+    keep_alive_due: AtomicBool,
 }
 
 impl Mailbox {
@@ -157,6 +161,19 @@ impl Mailbox {
     /// it is returned.
     pub async fn recv(&self) -> Control {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Tells the connection that its keep-alive deadline has passed, and
+    /// wakes it.
+    pub fn keep_alive_due(&self) {
+        self.keep_alive_due.store(true, Ordering::Release);
+        self.wakeup.notify_one();
+    }
+
+    /// Whether the keep-alive deadline passed since the last call. Polled
+    /// after [`Mailbox::poll_recv`], which registers the task's waker.
+    pub fn take_keep_alive_due(&self) -> bool {
+        self.keep_alive_due.swap(false, Ordering::AcqRel)
     }
 
     /// Refuses further messages; the connection is ending. Pending
@@ -386,7 +403,8 @@ impl SessionState {
 
     /// Restores an in-flight entry recovered from the store.
     pub fn restore_inflight(&mut self, packet_id: u16, delivery: Delivery, released: bool) {
-        self.inflight.insert(packet_id, Inflight { delivery, released });
+        self.inflight
+            .insert(packet_id, Inflight { delivery, released });
         if packet_id >= self.next_packet_id {
             self.next_packet_id = packet_id.checked_add(1).unwrap_or(1);
         }
