@@ -342,6 +342,10 @@ struct Connection<S> {
     /// Whether the client wants reason strings and user properties on
     /// failures (5.0 Request Problem Information).
     problem_info: bool,
+    /// A message from this client was queued for other sessions since the
+    /// last write: let their connections write before this one's
+    /// acknowledgements go out.
+    routed: bool,
     last_packet: Instant,
     info: Arc<ClientInfo>,
     /// The client's topic rules, for the ACL generation they were resolved in.
@@ -621,6 +625,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             aliases: None,
             client_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
             problem_info: connect.properties.request_problem_information != Some(0),
+            routed: false,
             last_packet: Instant::now(),
             info: info.clone(),
             acl: (broker.access.generation(), acl),
@@ -680,6 +685,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 // while a packet is being handled, not while idle.
                 if let Err(close) = Box::pin(self.handle_input()).await {
                     return close;
+                }
+                if std::mem::take(&mut self.routed) {
+                    // The subscribers' connections were woken; they run
+                    // before this task writes its PUBACKs, so a delivery
+                    // does not wait behind them (nor behind the publisher
+                    // waking up to read them).
+                    tokio::task::yield_now().await;
                 }
             }
         }
@@ -848,7 +860,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             let msg = Arc::new(Message::from_publish(p, topic));
             match self.broker.publish(msg, Some(&self.client_id)).await {
                 Ok(0) => ReasonCode::NO_MATCHING_SUBSCRIBERS,
-                Ok(_) => ReasonCode::SUCCESS,
+                Ok(_) => {
+                    // QoS 0 has no acknowledgement to hold back.
+                    self.routed |= qos != QoS::AtMostOnce;
+                    ReasonCode::SUCCESS
+                }
                 Err(e) => {
                     self.broker
                         .logger
