@@ -152,7 +152,7 @@ async fn list_clients(State(broker): Shared) -> Json<Value> {
     let clients: Vec<Value> = broker
         .connected_clients()
         .iter()
-        .map(|(s, info)| client_json(s, info))
+        .map(|(s, client)| client_json(s, &client.info))
         .collect();
     Json(json!({ "clients": clients }))
 }
@@ -161,14 +161,14 @@ async fn get_client(State(broker): Shared, Path(id): Path<String>) -> Response {
     let Some(session) = broker.session(&id) else {
         return (StatusCode::NOT_FOUND, "no such client").into_response();
     };
-    let info = session
+    let client = session
         .state
         .lock()
         .attachment
         .as_ref()
-        .map(|a| a.info.clone());
-    match info {
-        Some(info) => Json(client_json(&session, &info)).into_response(),
+        .map(|a| a.client.clone());
+    match client {
+        Some(client) => Json(client_json(&session, &client.info)).into_response(),
         None => {
             let state = session.state.lock();
             Json(json!({

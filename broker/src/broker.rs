@@ -24,7 +24,7 @@ use crate::router::{Route, Subscription, SubscriptionTable};
 use crate::session::{
     Attachment, Control, Delivery, Enqueued, QueueLimits, Session, SessionSubscription,
 };
-use crate::session::{ClientInfo, SessionState};
+use crate::session::{ClientHandle, ClientInfo, SessionState};
 use crate::store::{Record, Recovered, Store, StoreError, StoredSubscription};
 
 /// Sessions are keyed by client id.
@@ -278,16 +278,16 @@ impl Broker {
             return true;
         };
         let generation = self.access.generation();
-        let acl = match &state.acl {
-            Some((g, acl)) if *g == generation => acl.clone(),
-            _ => {
-                let acl = Arc::new(
-                    self.access
-                        .acl()
-                        .client(client.username.as_deref(), client_id),
-                );
-                state.acl = Some((generation, acl.clone()));
-                acl
+        // Not cloned: without an ACL every client shares one `ClientAcl`,
+        // and a reference count touched by every delivery would be contended.
+        let acl = match &mut state.acl {
+            Some((g, acl)) if *g == generation => &*acl,
+            stale => {
+                let acl = self
+                    .access
+                    .acl()
+                    .client(client.info.username.as_deref(), client_id);
+                &stale.insert((generation, acl)).1
             }
         };
         acl.can_receive(topic)
@@ -364,12 +364,14 @@ impl Broker {
 
     /// Attaches a new connection to the session of `client_id`, taking over
     /// from a connection that holds it and starting fresh when asked.
+    /// `queue_limits` are those of the connection's listener.
     pub async fn attach(
         &self,
-        client_id: &str,
+        client_id: &ClientKey,
         clean_start: bool,
         expiry_interval: u32,
         attachment: Attachment,
+        queue_limits: QueueLimits,
     ) -> Result<Attached, StoreError> {
         let shard = self.shard(client_id);
         let _serial = self.connect_locks[shard].lock().await;
@@ -379,7 +381,7 @@ impl Broker {
             if let Some(old) = control {
                 took_over = true;
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                if old.control.send(Control::TakenOver(tx)) {
+                if old.client.mailbox.send(Control::TakenOver(tx)) {
                     // The old connection detaches itself, then confirms.
                     let _ = tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await;
                 }
@@ -391,7 +393,7 @@ impl Broker {
                     .is_some_and(|a| a.connection_id == old.connection_id)
                 {
                     state.attachment = None;
-                    old.control.send(Control::Detached);
+                    old.client.mailbox.send(Control::Detached);
                 }
             }
         }
@@ -430,11 +432,9 @@ impl Broker {
                 if let Some(old) = other {
                     self.remove_session(&old, &mut records);
                 }
-                let session = Arc::new(Session::new(
-                    Arc::from(client_id),
-                    expiry_interval,
-                    persistent,
-                ));
+                // The connection's copy of the client id is shared.
+                let session =
+                    Arc::new(Session::new(client_id.clone(), expiry_interval, persistent));
                 self.sessions[shard]
                     .write()
                     .insert(session.client_id.clone(), session.clone());
@@ -449,8 +449,8 @@ impl Broker {
         };
         {
             let mut state = session.state.lock();
-            state.last_client = Some(attachment.info.clone());
-            state.queue_limits = Some(attachment.queue_limits);
+            state.last_client = Some(attachment.client.clone());
+            state.queue_limits = Some(queue_limits);
             state.acl = None;
             state.attachment = Some(attachment);
             state.expiry_interval = expiry_interval;
@@ -610,12 +610,12 @@ impl Broker {
     }
 
     /// Connected clients, with who they are.
-    pub fn connected_clients(&self) -> Vec<(Arc<Session>, Arc<ClientInfo>)> {
+    pub fn connected_clients(&self) -> Vec<(Arc<Session>, Arc<ClientHandle>)> {
         self.sessions()
             .into_iter()
             .filter_map(|s| {
-                let info = s.state.lock().attachment.as_ref().map(|a| a.info.clone());
-                info.map(|info| (s, info))
+                let client = s.state.lock().attachment.as_ref().map(|a| a.client.clone());
+                client.map(|client| (s, client))
             })
             .collect()
     }
@@ -629,7 +629,8 @@ impl Broker {
         }
         let auth = self.access.authenticator();
         let mut kicked = 0;
-        for (session, info) in self.connected_clients() {
+        for (session, client) in self.connected_clients() {
+            let info = &client.info;
             let Some(username) = &info.username else {
                 continue;
             };

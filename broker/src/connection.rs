@@ -32,8 +32,9 @@ use crate::config::{Limits, RateLimitAction};
 use crate::keepalive::Registration;
 use crate::message::Message;
 use crate::ratelimit::TokenBucket;
-use crate::session::ClientInfo;
-use crate::session::{Attachment, Control, Delivery, Mailbox, QueueLimits, Session};
+use crate::session::{
+    Attachment, ClientHandle, ClientInfo, Control, Delivery, QueueLimits, Session,
+};
 use crate::store::Record;
 use crate::topic;
 
@@ -322,9 +323,10 @@ struct Connection<S> {
     io: Io<S>,
     id: u64,
     version: ProtocolVersion,
-    client_id: ClientKey,
+    /// The session holds the client id (`session.client_id`).
     session: Arc<Session>,
-    control: Arc<Mailbox>,
+    /// Who the client is, and the mailbox the broker reaches it through.
+    client: Arc<ClientHandle>,
     keep_alive: Option<KeepAlive>,
     /// Boxed, like the other fields most clients do not use: idle
     /// connections are many.
@@ -347,7 +349,6 @@ struct Connection<S> {
     /// acknowledgements go out.
     routed: bool,
     last_packet: Instant,
-    info: Arc<ClientInfo>,
     /// The client's topic rules, for the ACL generation they were resolved in.
     acl: (u64, Arc<ClientAcl>),
     /// Publish rate quota.
@@ -535,10 +536,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             return None;
         }
 
-        let mailbox = Arc::new(Mailbox::default());
         let id = broker.next_connection_id();
         let username: Option<Arc<str>> = username.as_deref().map(Arc::from);
-        let info = Arc::new(ClientInfo {
+        let client = Arc::new(ClientHandle::new(ClientInfo {
             address: addr,
             username: username.clone(),
             cert_authenticated,
@@ -546,7 +546,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             keep_alive,
             listener: peer.listener.clone(),
             connected_at: SystemTime::now(),
-        });
+        }));
         let attached = match broker
             .attach(
                 &client_id,
@@ -554,10 +554,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 expiry,
                 Attachment {
                     connection_id: id,
-                    control: mailbox.clone(),
-                    info: info.clone(),
-                    queue_limits: QueueLimits::from_limits(&limits),
+                    client: client.clone(),
                 },
+                QueueLimits::from_limits(&limits),
             )
             .await
         {
@@ -596,7 +595,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             properties,
         });
         let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
-        let acl = Arc::new(broker.access.acl().client(username.as_deref(), &client_id));
+        let acl = broker.access.acl().client(username.as_deref(), &client_id);
         let publish_rate = quotas
             .publish_rate
             .map(|n| n.get())
@@ -614,9 +613,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             io,
             id,
             version,
-            client_id: client_id.clone(),
             session: attached.session,
-            control: mailbox,
+            client: client.clone(),
             keep_alive: None,
             will: connect.will.clone().map(Box::new),
             connect_expiry: expiry,
@@ -627,7 +625,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             problem_info: connect.properties.request_problem_information != Some(0),
             routed: false,
             last_packet: Instant::now(),
-            info: info.clone(),
             acl: (broker.access.generation(), acl),
             publish_limit: (publish_rate > 0)
                 .then(|| Box::new(TokenBucket::new(publish_rate, publish_rate, Instant::now()))),
@@ -643,7 +640,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             let limit = Duration::from_millis(u64::from(keep_alive) * 1500);
             let registration = broker
                 .keep_alive
-                .register(conn.last_packet + limit, &conn.control);
+                .register(conn.last_packet + limit, &conn.client);
             conn.keep_alive = Some(KeepAlive {
                 limit,
                 registration,
@@ -651,7 +648,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
         }
         conn.send(&connack);
         broker.metrics.client_connected(&peer.listener);
-        broker.presence(&client_id, &info, "connected", "");
+        broker.presence(&client_id, &client.info, "connected", "");
         conn.resend_inflight();
         Some(conn)
     }
@@ -707,17 +704,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     /// idle connection's state out of its task: nothing is pinned while
     /// it waits (the keep-alive timer is the broker's wheel).
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Close>> {
-        if let Poll::Ready(control) = self.control.poll_recv(cx) {
+        if let Poll::Ready(control) = self.client.mailbox.poll_recv(cx) {
             return Poll::Ready(Err(Close::from(control)));
         }
-        if self.control.take_keep_alive_due() {
+        if self.client.mailbox.take_keep_alive_due() {
             if let Some(keep_alive) = &mut self.keep_alive {
                 // Decided before this poll's read, on the packets handled so far.
                 let deadline = self.last_packet + keep_alive.limit;
                 if deadline <= Instant::now() {
                     return Poll::Ready(Err(Close::KeepAlive));
                 }
-                keep_alive.registration = self.broker.keep_alive.register(deadline, &self.control);
+                keep_alive.registration = self.broker.keep_alive.register(deadline, &self.client);
             }
         }
         let written = match self.io.poll_write_out(cx) {
@@ -776,7 +773,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 stamped = true;
             }
             if self.broker.logger.verbose() {
-                self.broker.logger.received(&self.client_id, &packet);
+                self.broker
+                    .logger
+                    .received(&self.session.client_id, &packet);
             }
             self.handle_packet(packet).await?;
         }
@@ -858,7 +857,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             ReasonCode::NOT_AUTHORIZED
         } else {
             let msg = Arc::new(Message::from_publish(p, topic));
-            match self.broker.publish(msg, Some(&self.client_id)).await {
+            match self
+                .broker
+                .publish(msg, Some(&self.session.client_id))
+                .await
+            {
                 Ok(0) => ReasonCode::NO_MATCHING_SUBSCRIBERS,
                 Ok(_) => {
                     // QoS 0 has no acknowledgement to hold back.
@@ -889,7 +892,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                     self.session.state.lock().inbound_qos2.remove(&packet_id);
                 } else if self.session.state.lock().persistent {
                     let record = Record::InboundQos2 {
-                        client_id: self.client_id.to_string(),
+                        client_id: self.session.client_id.to_string(),
                         packet_id,
                     };
                     if let Err(e) = self.broker.persist(vec![record]).await {
@@ -904,17 +907,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     }
 
     /// The client's topic rules, re-resolved after an ACL reload.
-    fn client_acl(&mut self) -> Arc<ClientAcl> {
+    fn client_acl(&mut self) -> &ClientAcl {
         let generation = self.broker.access.generation();
         if self.acl.0 != generation {
-            let acl = self
-                .broker
-                .access
-                .acl()
-                .client(self.info.username.as_deref(), &self.client_id);
-            self.acl = (generation, Arc::new(acl));
+            let acl = self.broker.access.acl().client(
+                self.client.info.username.as_deref(),
+                &self.session.client_id,
+            );
+            self.acl = (generation, acl);
         }
-        self.acl.1.clone()
+        &self.acl.1
     }
 
     /// Applies the publish-rate quota: disconnect, or wait (back-pressure:
@@ -986,7 +988,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             let persistent = self.session.state.lock().persistent;
             if persistent {
                 self.broker.persist_nowait(vec![Record::InboundQos2Done {
-                    client_id: self.client_id.to_string(),
+                    client_id: self.session.client_id.to_string(),
                     packet_id: r.packet_id,
                 }]);
             }
@@ -1010,7 +1012,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             Some(seq) => {
                 if seq != 0 {
                     self.broker.persist_nowait(vec![Record::Released {
-                        client_id: self.client_id.to_string(),
+                        client_id: self.session.client_id.to_string(),
                         seq,
                     }]);
                 }
@@ -1034,7 +1036,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
         if let Some(entry) = done {
             if entry.delivery.seq != 0 {
                 self.broker.persist_nowait(vec![Record::Dequeue {
-                    client_id: self.client_id.to_string(),
+                    client_id: self.session.client_id.to_string(),
                     seq: entry.delivery.seq,
                 }]);
             }
@@ -1228,7 +1230,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             }
             if let (Some(id), true) = (packet_id, delivery.seq != 0) {
                 records.push(Record::Inflight {
-                    client_id: self.client_id.to_string(),
+                    client_id: self.session.client_id.to_string(),
                     seq: delivery.seq,
                     packet_id: id,
                 });
@@ -1241,7 +1243,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
         }
         for seq in expired {
             records.push(Record::Dequeue {
-                client_id: self.client_id.to_string(),
+                client_id: self.session.client_id.to_string(),
                 seq,
             });
         }
@@ -1324,7 +1326,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     /// Encodes a packet into the write buffer.
     fn send(&mut self, packet: &Packet) {
         if self.broker.logger.verbose() {
-            self.broker.logger.sending(&self.client_id, packet);
+            self.broker.logger.sending(&self.session.client_id, packet);
         }
         if let Err(e) = codec::encode(packet, self.version, &mut self.io.wbuf) {
             self.encode_failed(packet.name(), &e);
@@ -1334,16 +1336,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     fn encode_failed(&self, packet: &str, e: &codec::EncodeError) {
         self.broker.logger.warning(&format!(
             "Cannot encode {packet} for {}: {e}.",
-            self.client_id
+            self.session.client_id
         ));
     }
 
     async fn close(mut self, close: Close) {
-        self.control.close();
+        self.client.mailbox.close();
         if let Some(keep_alive) = &self.keep_alive {
             self.broker
                 .keep_alive
-                .cancel(keep_alive.registration, &self.control);
+                .cancel(keep_alive.registration, &self.client);
         }
         let reason_label = close.label();
         let mut publish_will = true;
@@ -1351,16 +1353,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
         match close {
             Close::ClientDisconnect { with_will } => {
                 publish_will = with_will;
-                self.broker.logger.disconnected(&self.client_id);
+                self.broker.logger.disconnected(&self.session.client_id);
             }
-            Close::Eof => self.broker.logger.connection_closed(Some(&self.client_id)),
-            Close::SocketError(e) => self.broker.logger.socket_error(Some(&self.client_id), &e),
+            Close::Eof => self
+                .broker
+                .logger
+                .connection_closed(Some(&self.session.client_id)),
+            Close::SocketError(e) => self
+                .broker
+                .logger
+                .socket_error(Some(&self.session.client_id), &e),
             Close::KeepAlive => {
-                self.broker.logger.keepalive_timeout(&self.client_id);
+                self.broker
+                    .logger
+                    .keepalive_timeout(&self.session.client_id);
                 self.disconnect_v5(ReasonCode::KEEP_ALIVE_TIMEOUT, None);
             }
             Close::Protocol(reason, text) => {
-                let id = Some(&*self.client_id);
+                let id = Some(&*self.session.client_id);
                 match reason {
                     ReasonCode::MALFORMED_PACKET => self.broker.logger.malformed_packet(id, &text),
                     ReasonCode::PACKET_TOO_LARGE => {
@@ -1383,7 +1393,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 self.disconnect_v5(ReasonCode::SESSION_TAKEN_OVER, None);
             }
             Close::Server(reason) => {
-                self.broker.logger.disconnected(&self.client_id);
+                self.broker.logger.disconnected(&self.session.client_id);
                 self.disconnect_v5(reason, None);
             }
             Close::Shutdown => {
@@ -1407,9 +1417,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             }
         }
         self.broker.detach(&self.session, self.id, will);
+        self.broker.presence(
+            &self.session.client_id,
+            &self.client.info,
+            "disconnected",
+            reason_label,
+        );
         self.broker
-            .presence(&self.client_id, &self.info, "disconnected", reason_label);
-        self.broker.metrics.client_disconnected(&self.info.listener);
+            .metrics
+            .client_disconnected(&self.client.info.listener);
         if let Some(tx) = ack {
             let _ = tx.send(());
         }

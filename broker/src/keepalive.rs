@@ -4,11 +4,12 @@
 //! connection's task is a large part of what an idle connection costs.
 //! Instead, a connection with a keep-alive registers its deadline here; one
 //! task wakes once a second and tells the connections whose deadline has
-//! come, through their [`Mailbox`]. A woken connection looks at its own
-//! last activity and either closes (silent for too long) or registers its
-//! next deadline. So each connection has one registration at a time, a busy
-//! connection is woken once per keep-alive period, and a tick costs only
-//! the connections due at it, never a pass over all of them.
+//! come, through their mailbox ([`crate::session::Mailbox`]). A woken
+//! connection looks at its own last activity and either closes (silent for
+//! too long) or registers its next deadline. So each connection has one
+//! registration at a time, a busy connection is woken once per keep-alive
+//! period, and a tick costs only the connections due at it, never a pass
+//! over all of them.
 //!
 //! Deadlines are rounded up to whole ticks: a silent client is closed at
 //! most one tick (1 s) after its deadline, never before it. (mosquitto
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::session::Mailbox;
+use crate::session::ClientHandle;
 
 /// How often the wheel turns.
 const TICK: Duration = Duration::from_secs(1);
@@ -53,8 +54,8 @@ struct State {
     turning: bool,
 }
 
-/// A registered connection, identified by its mailbox's address.
-struct Waiter(Arc<Mailbox>);
+/// A registered connection, identified by its handle's address.
+struct Waiter(Arc<ClientHandle>);
 
 impl PartialEq for Waiter {
     fn eq(&self, other: &Waiter) -> bool {
@@ -87,12 +88,13 @@ impl KeepAliveWheel {
         }
     }
 
-    /// Wakes `mailbox` with [`Mailbox::keep_alive_due`] once `deadline`
-    /// has passed (at the end of the tick it falls in). A connection keeps
+    /// Wakes the connection of `client` (its mailbox's
+    /// [`keep_alive_due`](crate::session::Mailbox::keep_alive_due)) once
+    /// `deadline` has passed (at the end of the tick it falls in). A connection keeps
     /// one registration at a time: it registers again when woken, if it
     /// stays open. Must be called within a tokio runtime (the first
     /// registration starts the wheel's task).
-    pub fn register(&self, deadline: Instant, mailbox: &Arc<Mailbox>) -> Registration {
+    pub fn register(&self, deadline: Instant, client: &Arc<ClientHandle>) -> Registration {
         let shared = &self.shared;
         let tick = shared.ticks_until(deadline);
         let mut state = shared.state.lock();
@@ -100,7 +102,7 @@ impl KeepAliveWheel {
             .due
             .entry(tick)
             .or_default()
-            .insert(Waiter(mailbox.clone()));
+            .insert(Waiter(client.clone()));
         if !state.turning {
             state.turning = true;
             tokio::spawn(turn(Arc::downgrade(shared)));
@@ -109,11 +111,11 @@ impl KeepAliveWheel {
     }
 
     /// Forgets a registration (the connection is closing), so the wheel
-    /// does not keep the mailbox until the deadline. Nothing happens when
-    /// the registration has already fired.
-    pub fn cancel(&self, registration: Registration, mailbox: &Arc<Mailbox>) {
+    /// does not keep the client's handle until the deadline. Nothing
+    /// happens when the registration has already fired.
+    pub fn cancel(&self, registration: Registration, client: &Arc<ClientHandle>) {
         let mut state = self.shared.state.lock();
-        let waiter = Waiter(mailbox.clone());
+        let waiter = Waiter(client.clone());
         if let Some(bucket) = state.due.get_mut(&registration.tick) {
             bucket.remove(&waiter);
             if bucket.is_empty() {
@@ -171,7 +173,7 @@ async fn turn(shared: Weak<Shared>) {
         // Woken outside the lock: registering again needs it.
         let (due, turning) = shared.take_due(Instant::now());
         for waiter in due.into_iter().flatten() {
-            waiter.0.keep_alive_due();
+            waiter.0.mailbox.keep_alive_due();
         }
         if !turning {
             return;
@@ -187,9 +189,13 @@ mod tests {
     /// Far longer than any tick, for a machine under load.
     const PATIENCE: Duration = Duration::from_secs(10);
 
-    async fn woken(mailbox: &Mailbox) -> Instant {
+    fn client() -> Arc<ClientHandle> {
+        Arc::new(ClientHandle::for_tests())
+    }
+
+    async fn woken(client: &ClientHandle) -> Instant {
         let start = Instant::now();
-        while !mailbox.take_keep_alive_due() {
+        while !client.mailbox.take_keep_alive_due() {
             assert!(start.elapsed() < PATIENCE, "never woken");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -213,20 +219,20 @@ mod tests {
     fn a_tick_takes_only_the_buckets_that_are_due() {
         let wheel = KeepAliveWheel::with_tick(Duration::from_secs(1));
         let shared = &wheel.shared;
-        let mailboxes: Vec<Arc<Mailbox>> = (0..3).map(|_| Arc::default()).collect();
+        let clients: Vec<Arc<ClientHandle>> = (0..3).map(|_| client()).collect();
         {
             let mut state = shared.state.lock();
-            for (tick, mailbox) in [1, 2, 2].into_iter().zip(&mailboxes) {
+            for (tick, client) in [1, 2, 2].into_iter().zip(&clients) {
                 state
                     .due
                     .entry(tick)
                     .or_default()
-                    .insert(Waiter(mailbox.clone()));
+                    .insert(Waiter(client.clone()));
             }
         }
         let (due, turning) = shared.take_due(shared.epoch + Duration::from_millis(1500));
         assert_eq!(due.iter().map(HashSet::len).sum::<usize>(), 1);
-        assert!(due[0].contains(&Waiter(mailboxes[0].clone())));
+        assert!(due[0].contains(&Waiter(clients[0].clone())));
         assert!(turning, "tick 2 is still registered");
         let (due, turning) = shared.take_due(shared.epoch + Duration::from_secs(2));
         assert_eq!(due.iter().map(HashSet::len).sum::<usize>(), 2);
@@ -236,41 +242,41 @@ mod tests {
     #[tokio::test]
     async fn a_connection_is_woken_after_its_deadline_and_not_before() {
         let wheel = KeepAliveWheel::with_tick(SHORT_TICK);
-        let mailbox = Arc::new(Mailbox::default());
+        let client = client();
         let deadline = Instant::now() + Duration::from_millis(50);
-        wheel.register(deadline, &mailbox);
-        let at = woken(&mailbox).await;
+        wheel.register(deadline, &client);
+        let at = woken(&client).await;
         assert!(at >= deadline, "woken {:?} early", deadline - at);
         // Woken once per registration.
         tokio::time::sleep(SHORT_TICK * 3).await;
-        assert!(!mailbox.take_keep_alive_due());
+        assert!(!client.mailbox.take_keep_alive_due());
     }
 
     #[tokio::test]
     async fn registering_again_after_the_wheel_stopped_starts_it_again() {
         let wheel = KeepAliveWheel::with_tick(SHORT_TICK);
-        let mailbox = Arc::new(Mailbox::default());
-        wheel.register(Instant::now(), &mailbox);
-        woken(&mailbox).await;
+        let client = client();
+        wheel.register(Instant::now(), &client);
+        woken(&client).await;
         tokio::time::sleep(SHORT_TICK * 3).await;
         assert!(!wheel.shared.state.lock().turning, "stopped when empty");
         let deadline = Instant::now() + SHORT_TICK;
-        wheel.register(deadline, &mailbox);
-        assert!(woken(&mailbox).await >= deadline);
+        wheel.register(deadline, &client);
+        assert!(woken(&client).await >= deadline);
     }
 
     #[tokio::test]
     async fn a_cancelled_registration_is_not_woken_and_not_kept() {
         let wheel = KeepAliveWheel::with_tick(SHORT_TICK);
-        let cancelled = Arc::new(Mailbox::default());
-        let kept = Arc::new(Mailbox::default());
+        let cancelled = client();
+        let kept = client();
         let deadline = Instant::now() + SHORT_TICK * 2;
         let registration = wheel.register(deadline, &cancelled);
         wheel.register(deadline, &kept);
         wheel.cancel(registration, &cancelled);
         assert_eq!(Arc::strong_count(&cancelled), 1, "the wheel let go");
         woken(&kept).await;
-        assert!(!cancelled.take_keep_alive_due());
+        assert!(!cancelled.mailbox.take_keep_alive_due());
         // Cancelling after the registration fired changes nothing.
         wheel.cancel(registration, &cancelled);
         assert!(wheel.shared.state.lock().due.is_empty());

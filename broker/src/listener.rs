@@ -160,8 +160,8 @@ pub async fn run(
 /// while they wait, so that an idle connection holds less; one that
 /// attaches its session after this checks the signal before it waits.
 fn close_connections(broker: &Broker, name: &str) {
-    for (session, info) in broker.connected_clients() {
-        if &*info.listener != name {
+    for (session, client) in broker.connected_clients() {
+        if &*client.info.listener != name {
             continue;
         }
         session.send_control(Control::Shutdown);

@@ -178,11 +178,32 @@ impl Mailbox {
 
     /// Refuses further messages; the connection is ending. Pending
     /// messages are dropped, so a takeover waiting for this connection's
-    /// confirmation learns at once that it is gone.
+    /// confirmation learns at once that it is gone, and the queue's memory
+    /// is freed (the session may keep the mailbox, see [`ClientHandle`]).
     pub fn close(&self) {
         let mut queue = self.queue.lock();
         self.closed.store(true, Ordering::Release);
-        queue.clear();
+        *queue = VecDeque::new();
+    }
+}
+
+/// A connected client as the rest of the broker sees it: who it is, and
+/// the mailbox of its connection. One allocation per connection (idle
+/// connections are many), shared by the connection, its session and the
+/// keep-alive wheel; the session keeps it after the connection ends
+/// ([`SessionState::last_client`]).
+#[derive(Debug)]
+pub struct ClientHandle {
+    pub info: ClientInfo,
+    pub mailbox: Mailbox,
+}
+
+impl ClientHandle {
+    pub fn new(info: ClientInfo) -> ClientHandle {
+        ClientHandle {
+            info,
+            mailbox: Mailbox::default(),
+        }
     }
 }
 
@@ -190,10 +211,7 @@ impl Mailbox {
 #[derive(Debug, Clone)]
 pub struct Attachment {
     pub connection_id: u64,
-    pub control: Arc<Mailbox>,
-    pub info: Arc<ClientInfo>,
-    /// Queue limits of the listener the client connected through.
-    pub queue_limits: QueueLimits,
+    pub client: Arc<ClientHandle>,
 }
 
 /// Queue limits, from the configuration.
@@ -258,7 +276,7 @@ pub struct SessionState {
     /// are still checked against its ACL. `None` for sessions restored from
     /// the store until their client returns (their subscriptions were
     /// authorised when made).
-    pub last_client: Option<Arc<ClientInfo>>,
+    pub last_client: Option<Arc<ClientHandle>>,
     /// The read rules of `last_client`, resolved for an ACL generation.
     pub acl: Option<(u64, Arc<ClientAcl>)>,
     /// Queue limits of the listener the client last connected through;
@@ -296,13 +314,13 @@ impl Session {
     /// when none is attached or it has already ended. The session's lock
     /// is not held while sending.
     pub fn send_control(&self, control: Control) -> bool {
-        let mailbox = self
+        let client = self
             .state
             .lock()
             .attachment
             .as_ref()
-            .map(|a| a.control.clone());
-        mailbox.is_some_and(|mailbox| mailbox.send(control))
+            .map(|a| a.client.clone());
+        client.is_some_and(|client| client.mailbox.send(control))
     }
 }
 
@@ -453,6 +471,22 @@ impl SessionState {
 }
 
 #[cfg(test)]
+impl ClientHandle {
+    /// An anonymous 5.0 client on 127.0.0.1.
+    pub(crate) fn for_tests() -> ClientHandle {
+        ClientHandle::new(ClientInfo {
+            address: SocketAddr::from(([127, 0, 0, 1], 1)),
+            username: None,
+            cert_authenticated: false,
+            protocol: ProtocolVersion::V5,
+            keep_alive: 60,
+            listener: Arc::from("tcp-1883"),
+            connected_at: SystemTime::now(),
+        })
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -477,21 +511,10 @@ mod tests {
     }
 
     fn attached() -> SessionState {
-        let tx = Arc::new(Mailbox::default());
         SessionState {
             attachment: Some(Attachment {
                 connection_id: 1,
-                control: tx,
-                info: Arc::new(ClientInfo {
-                    address: "127.0.0.1:1".parse().unwrap(),
-                    username: None,
-                    cert_authenticated: false,
-                    protocol: ProtocolVersion::V5,
-                    keep_alive: 60,
-                    listener: Arc::from("tcp-1883"),
-                    connected_at: SystemTime::now(),
-                }),
-                queue_limits: limits(10, QueueFullPolicy::DropNew),
+                client: Arc::new(ClientHandle::for_tests()),
             }),
             next_packet_id: 1,
             ..SessionState::default()
@@ -567,6 +590,8 @@ mod tests {
             Err(tokio::sync::oneshot::error::TryRecvError::Closed)
         ));
         assert!(!mailbox.send(Control::Shutdown));
+        // The session may keep a closed mailbox: it holds no queue memory.
+        assert_eq!(mailbox.queue.lock().capacity(), 0);
     }
 
     #[test]

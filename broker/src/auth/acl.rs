@@ -18,6 +18,7 @@
 //! clients in the pattern group; CVE-2017-7650).
 
 use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 
 use super::AuthFileError;
 use crate::topic::{self, SharedFilter};
@@ -73,10 +74,13 @@ impl Acl {
 
     /// The rules for one client, resolved once (patterns substituted) so
     /// that per-message checks are cheap. `username` is `None` for a client
-    /// that connected without one.
-    pub fn client(&self, username: Option<&str>, client_id: &str) -> ClientAcl {
+    /// that connected without one. Without rules every client gets the
+    /// same shared value: no allocation per connection.
+    pub fn client(&self, username: Option<&str>, client_id: &str) -> Arc<ClientAcl> {
+        static EVERYTHING: LazyLock<Arc<ClientAcl>> =
+            LazyLock::new(|| Arc::new(ClientAcl { groups: None }));
         let Some(rules) = &self.rules else {
-            return ClientAcl { groups: None };
+            return EVERYTHING.clone();
         };
         let own = match username {
             Some(name) => rules.users.get(name).map(Vec::as_slice).unwrap_or(&[]),
@@ -87,9 +91,9 @@ impl Acl {
             .filter(|group| !group.is_empty())
             .map(|group| Group::resolve(group, username, client_id))
             .collect();
-        ClientAcl {
+        Arc::new(ClientAcl {
             groups: Some(groups),
-        }
+        })
     }
 }
 
@@ -362,6 +366,11 @@ mod tests {
         assert!(client.can_subscribe("#"));
         assert!(client.can_subscribe("$SYS/#"));
         assert!(client.can_receive("$SYS/broker/uptime"));
+        // Shared by every client.
+        assert!(Arc::ptr_eq(
+            &client,
+            &Acl::allow_all().client(Some("u"), "d")
+        ));
     }
 
     /// The example from `man mosquitto.conf` plus the access types.
