@@ -586,7 +586,9 @@ impl Broker {
         // calls back into sessions under the router's locks.
         let (filters, persistent) = {
             let mut state = session.state.lock();
-            let filters: Vec<String> = state.subscriptions.drain().map(|(f, _)| f).collect();
+            let filters: Vec<String> = std::mem::take(&mut state.subscriptions)
+                .into_keys()
+                .collect();
             state.clear_messages();
             state.epoch += 1;
             (filters, state.persistent)
