@@ -786,10 +786,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 self.on_complete(r.packet_id, QoS::AtLeastOnce);
                 Ok(())
             }
-            Packet::Pubrec(r) => {
-                self.on_pubrec(r);
-                Ok(())
-            }
+            Packet::Pubrec(r) => self.on_pubrec(r).await,
             Packet::Pubrel(r) => {
                 self.on_pubrel(r);
                 Ok(())
@@ -999,20 +996,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
         self.send(&Packet::Pubcomp(PubResponse::new(r.packet_id, reason)));
     }
 
-    fn on_pubrec(&mut self, r: PubResponse) {
+    async fn on_pubrec(&mut self, r: PubResponse) -> Result<(), Close> {
         if r.reason.is_error() {
             // 5.0: the receiver refused the message; the exchange is over.
             self.on_complete(r.packet_id, QoS::ExactlyOnce);
-            return;
+            return Ok(());
         }
         let released = self.session.state.lock().release(r.packet_id);
         let reason = match released {
             Some(seq) => {
                 if seq != 0 {
-                    self.broker.persist_nowait(vec![Record::Released {
+                    // Stored before the PUBREL goes out: once the client
+                    // has seen a PUBREL, a restarted broker must send the
+                    // PUBREL again, never the PUBLISH ([MQTT-4.4.0-1]).
+                    let record = Record::Released {
                         client_id: self.session.client_id.to_string(),
                         seq,
-                    }]);
+                    };
+                    if let Err(e) = self.broker.persist(vec![record]).await {
+                        self.broker.logger.error(&format!("Error persisting: {e}."));
+                        return Err(Close::Server(ReasonCode::UNSPECIFIED_ERROR));
+                    }
                 }
                 ReasonCode::SUCCESS
             }
@@ -1020,6 +1024,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             None => ReasonCode::SUCCESS,
         };
         self.send(&Packet::Pubrel(PubResponse::new(r.packet_id, reason)));
+        Ok(())
     }
 
     /// PUBACK or PUBCOMP: the outbound delivery is done.
