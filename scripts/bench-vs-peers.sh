@@ -3,8 +3,9 @@
 #
 # Each broker runs alone, pinned to CPU 0, on a free loopback port; the
 # generator is pinned to CPU 1. The brokers take turns in RUNS rounds (each
-# round: every broker, one after the other, every scenario once), and the
-# median of each figure over the rounds is reported. The result is a markdown page:
+# round: every broker, one after the other, every throughput scenario once;
+# then the fixed-rate latency scenarios with the brokers alternating run by
+# run), and the median of each figure over the rounds is reported. The result is a markdown page:
 # docs/benchmarks.md for a full run, target/bench-vs-peers/benchmarks-quick.md
 # for --quick.
 #
@@ -302,33 +303,58 @@ conn_run() {
     fi
 }
 
-# Every scenario once against a freshly started broker.
+# Runs scenario $4 (an entry of SCENARIOS) against the running broker and
+# records the result.
+scenario_run() {
+    local broker=$1 port=$2 run=$3 entry=$4 id label qos args line json cpu gen_cpu
+    IFS='|' read -r id label qos args <<<"$entry"
+    kill -0 "$BROKER_PID" 2>/dev/null || die "$broker died; log: $WORK/brokers/$broker.log"
+    wait_idle
+    # shellcheck disable=SC2086 # arguments are split on purpose
+    if ! line=$(bench_run "$port" $args $COMMON); then
+        log "warning: $broker $id run $run failed"
+        NOTES+=("$broker: $label QoS $qos run $run failed")
+        return
+    fi
+    IFS=$'\t' read -r json cpu gen_cpu <<<"$line"
+    echo "$json" >"$WORK/raw/$broker-$id-$run.json"
+    jq -r --arg b "$broker" --arg id "$id" --arg r "$run" --arg cpu "$cpu" --arg gen "$gen_cpu" \
+        '[$b, $id, $r, .sent_per_sec, (.delivered_per_sec // 0), (.delivered_pct // 0),
+          (.latency.p50_us // -1), (.latency.p99_us // -1), $cpu, .errors, $gen] | @tsv' \
+        <<<"$json" >>"$RESULTS"
+    log "$broker $id run $run: $(jq -r '"sent \(.sent_per_sec|floor)/s delivered \(.delivered_per_sec|floor)/s (\(.delivered_pct*100|floor/100) %) p99 \(.latency.p99_us // "-") us"' <<<"$json"), CPU broker $cpu % generator $gen_cpu %"
+}
+
+is_latency() { [[ $1 == lat-* ]]; }
+
+# Every throughput scenario once against a freshly started broker.
 scenario_round() {
-    local broker=$1 port=$2 run=$3 entry id label qos args line json cpu gen_cpu
+    local broker=$1 port=$2 run=$3 entry
     start_broker "$broker" "$port"
     for entry in "${SCENARIOS[@]}"; do
-        IFS='|' read -r id label qos args <<<"$entry"
-        if [[ $id == fanin* ]] && [ "${SHARED_SUBS[$broker]}" != yes ]; then
+        is_latency "$entry" && continue
+        if [[ $entry == fanin* ]] && [ "${SHARED_SUBS[$broker]}" != yes ]; then
             [ "$run" = 1 ] && NOTES+=("$broker: fanin skipped (no shared subscriptions)")
             continue
         fi
-        kill -0 "$BROKER_PID" 2>/dev/null || die "$broker died; log: $WORK/brokers/$broker.log"
-        wait_idle
-        # shellcheck disable=SC2086 # arguments are split on purpose
-        if ! line=$(bench_run "$port" $args $COMMON); then
-            log "warning: $broker $id run $run failed"
-            NOTES+=("$broker: $label QoS $qos run $run failed")
-            continue
-        fi
-        IFS=$'\t' read -r json cpu gen_cpu <<<"$line"
-        echo "$json" >"$WORK/raw/$broker-$id-$run.json"
-        jq -r --arg b "$broker" --arg id "$id" --arg r "$run" --arg cpu "$cpu" --arg gen "$gen_cpu" \
-            '[$b, $id, $r, .sent_per_sec, (.delivered_per_sec // 0), (.delivered_pct // 0),
-              (.latency.p50_us // -1), (.latency.p99_us // -1), $cpu, .errors, $gen] | @tsv' \
-            <<<"$json" >>"$RESULTS"
-        log "$broker $id run $run: $(jq -r '"sent \(.sent_per_sec|floor)/s delivered \(.delivered_per_sec|floor)/s (\(.delivered_pct*100|floor/100) %) p99 \(.latency.p99_us // "-") us"' <<<"$json"), CPU broker $cpu % generator $gen_cpu %"
+        scenario_run "$broker" "$port" "$run" "$entry"
     done
     stop_broker
+}
+
+# The fixed-rate latency scenarios: their differences are small next to
+# how the machine's state drifts over minutes, so the brokers alternate
+# run by run (each started fresh), not round by round.
+latency_round() {
+    local run=$1 entry broker
+    for entry in "${SCENARIOS[@]}"; do
+        is_latency "$entry" || continue
+        for broker in $BROKERS; do
+            start_broker "$broker" "${PORT[$broker]}"
+            scenario_run "$broker" "${PORT[$broker]}" "$run" "$entry"
+            stop_broker
+        done
+    done
 }
 
 declare -A PORT
@@ -347,6 +373,8 @@ for run in $(seq 1 "$RUNS"); do
         conn_run "$broker" "${PORT[$broker]}" "$run"
         scenario_round "$broker" "${PORT[$broker]}" "$run"
     done
+    log "== round $run/$RUNS: latency, brokers alternating"
+    latency_round "$run"
 done
 elapsed=$(( $(date +%s) - started ))
 
@@ -481,7 +509,9 @@ subscribers compute the end-to-end latency (HDR histogram). Subcommands: \`conn\
 ## Exact commands
 
 Brokers (each alone, taking turns over $RUNS round(s); in each round a broker is started fresh for the
-idle-connection run, then once more for all the other scenarios; configurations written by the script):
+idle-connection run, then once more for the throughput scenarios; the two fixed-rate latency scenarios
+follow each round with the brokers alternating run by run, each started fresh; configurations written by the
+script):
 
 \`\`\`sh
 EOF
