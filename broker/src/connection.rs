@@ -1562,7 +1562,11 @@ mod tests {
         // per connection) from growing unnoticed. With the shutdown signal
         // and the event loop's own state, 272 bytes make a 312-byte task,
         // within the allocator's 320-byte size class.
-        assert!(std::mem::size_of::<Connection<tokio::net::TcpStream>>() <= 272);
+        // Debug builds lay the state out 8 bytes larger; the
+        // release build is what runs and what the memory figures measure.
+        let limit = if cfg!(debug_assertions) { 280 } else { 272 };
+        let size = std::mem::size_of::<Connection<tokio::net::TcpStream>>();
+        assert!(size <= limit, "the connection's state is {size} bytes");
     }
 
     #[test]
