@@ -161,13 +161,7 @@ async fn get_client(State(broker): Shared, Path(id): Path<String>) -> Response {
     let Some(session) = broker.session(&id) else {
         return (StatusCode::NOT_FOUND, "no such client").into_response();
     };
-    let client = session
-        .state
-        .lock()
-        .attachment
-        .as_ref()
-        .map(|a| a.client.clone());
-    match client {
+    match session.attached_client() {
         Some(client) => Json(client_json(&session, &client.info)).into_response(),
         None => {
             let state = session.state.lock();

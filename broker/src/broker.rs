@@ -615,10 +615,7 @@ impl Broker {
     pub fn connected_clients(&self) -> Vec<(Arc<Session>, Arc<ClientHandle>)> {
         self.sessions()
             .into_iter()
-            .filter_map(|s| {
-                let client = s.state.lock().attachment.as_ref().map(|a| a.client.clone());
-                client.map(|client| (s, client))
-            })
+            .filter_map(|s| s.attached_client().map(|client| (s, client)))
             .collect()
     }
 

@@ -314,13 +314,17 @@ impl Session {
     /// when none is attached or it has already ended. The session's lock
     /// is not held while sending.
     pub fn send_control(&self, control: Control) -> bool {
-        let client = self
-            .state
+        self.attached_client()
+            .is_some_and(|client| client.mailbox.send(control))
+    }
+
+    /// The client attached now, if any (taken out of the session's lock).
+    pub fn attached_client(&self) -> Option<Arc<ClientHandle>> {
+        self.state
             .lock()
             .attachment
             .as_ref()
-            .map(|a| a.client.clone());
-        client.is_some_and(|client| client.mailbox.send(control))
+            .map(|a| a.client.clone())
     }
 }
 

@@ -28,13 +28,7 @@ pub fn encode(
     // is written; the second run cannot fail.
     let mut counter = Counter::default();
     put_body(&mut counter, packet, version)?;
-    let remaining = counter.0;
-    if remaining > MAX_VARINT {
-        return Err(EncodeError::PacketTooLarge { size: remaining });
-    }
-    buf.reserve(1 + varint_len(remaining) + remaining);
-    Sink::put_u8(buf, first);
-    put_varint(buf, remaining)?;
+    put_fixed_header(buf, first, counter.0)?;
     put_body(buf, packet, version)
 }
 
@@ -50,14 +44,20 @@ pub fn encode_publish(
     let v5 = version.is_v5();
     let mut counter = Counter::default();
     put_publish(&mut counter, publish, v5)?;
-    let remaining = counter.0;
+    put_fixed_header(buf, publish_first_byte(publish), counter.0)?;
+    put_publish(buf, publish, v5)
+}
+
+/// Writes the fixed header of a packet whose body, measured by a dry run,
+/// is `remaining` bytes long, and reserves room for the body. Nothing is
+/// written when the body is too long to encode.
+fn put_fixed_header(buf: &mut BytesMut, first: u8, remaining: usize) -> Result<(), EncodeError> {
     if remaining > MAX_VARINT {
         return Err(EncodeError::PacketTooLarge { size: remaining });
     }
     buf.reserve(1 + varint_len(remaining) + remaining);
-    Sink::put_u8(buf, publish_first_byte(publish));
-    put_varint(buf, remaining)?;
-    put_publish(buf, publish, v5)
+    Sink::put_u8(buf, first);
+    put_varint(buf, remaining)
 }
 
 /// A PUBLISH by reference: what [`encode_publish`] needs.
