@@ -1,0 +1,15 @@
+//! `kubemqtt-bridge`: moves messages from an MQTT broker into databases,
+//! message queues and web services (acknowledging each to the broker only
+//! once its sink committed it), and commands from them back into the
+//! broker.
+//!
+//! Without the default `runtime` feature the crate holds only what the
+//! operator needs to render and check a bridge configuration: [`config`],
+//! [`expr`] and [`topic`].
+
+pub mod config;
+pub mod expr;
+pub mod topic;
+
+#[cfg(feature = "runtime")]
+pub mod message;
