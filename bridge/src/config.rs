@@ -109,6 +109,10 @@ pub struct BrokerConfig {
     /// subscriber who published).
     #[serde(default = "default_client_id_property")]
     pub client_id_property: String,
+    /// Largest packet the bridge accepts from the broker, in bytes (MQTT 5
+    /// Maximum Packet Size; the broker drops larger messages for it).
+    #[serde(default = "default_max_packet_bytes")]
+    pub max_packet_bytes: u32,
 }
 
 /// TLS for a connection the bridge opens.
@@ -495,6 +499,9 @@ fn default_receive_maximum() -> u16 {
 }
 fn default_client_id_property() -> String {
     "client_id".into()
+}
+fn default_max_packet_bytes() -> u32 {
+    1024 * 1024
 }
 fn default_http_bind() -> String {
     "0.0.0.0:9090".into()

@@ -12,4 +12,22 @@ pub mod expr;
 pub mod topic;
 
 #[cfg(feature = "runtime")]
+pub mod commands;
+#[cfg(feature = "runtime")]
 pub mod message;
+#[cfg(feature = "runtime")]
+pub mod metrics;
+#[cfg(feature = "runtime")]
+pub mod mqtt;
+#[cfg(feature = "runtime")]
+pub mod route;
+#[cfg(feature = "runtime")]
+pub mod run;
+#[cfg(feature = "runtime")]
+pub mod secrets;
+#[cfg(feature = "runtime")]
+pub mod server;
+#[cfg(feature = "runtime")]
+pub mod sink;
+#[cfg(feature = "runtime")]
+pub mod source;
