@@ -99,7 +99,10 @@ impl Commands {
             )));
         }
         if !self.allowed.is_empty()
-            && !self.allowed.iter().any(|f| topic::matches(f, &message.topic))
+            && !self
+                .allowed
+                .iter()
+                .any(|f| topic::matches(f, &message.topic))
         {
             self.count("refused");
             return Err(SinkError::permanent(format!(
@@ -136,7 +139,9 @@ impl Commands {
             Ok(Value::String(topic)) => topic,
             Ok(other) => {
                 self.count("refused");
-                return Err(SinkError::permanent(format!("the topic is {other}, not a string")));
+                return Err(SinkError::permanent(format!(
+                    "the topic is {other}, not a string"
+                )));
             }
             Err(e) => {
                 self.count("refused");

@@ -61,8 +61,7 @@ impl Metrics {
             metric
         };
         let by = |name: &str, help: &str, labels: &[&str]| {
-            let metric =
-                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
                 .register(Box::new(metric.clone()))
                 .expect("registered once");
@@ -74,7 +73,9 @@ impl Metrics {
             "Messages received from the broker and not yet acknowledged to it.",
         )
         .expect("valid metric");
-        registry.register(Box::new(lag.clone())).expect("registered once");
+        registry
+            .register(Box::new(lag.clone()))
+            .expect("registered once");
         let last_error_time = prometheus::GaugeVec::new(
             Opts::new(
                 "kubemqtt_bridge_last_error_timestamp_seconds",
@@ -205,7 +206,11 @@ impl Metrics {
                 .map(|r| metric.with_label_values(&[r.as_str()]).get())
                 .sum()
         };
-        let errors = self.last_errors.lock().map(|e| e.clone()).unwrap_or_default();
+        let errors = self
+            .last_errors
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default();
         let last = errors
             .iter()
             .max_by_key(|(_, (at, _))| *at)

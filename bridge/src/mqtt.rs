@@ -80,7 +80,11 @@ struct Pending {
 impl Pending {
     fn fail_all(&mut self, error: &str) {
         self.dead = true;
-        for waiter in self.queued.drain(..).chain(self.sent.drain().map(|(_, w)| w)) {
+        for waiter in self
+            .queued
+            .drain(..)
+            .chain(self.sent.drain().map(|(_, w)| w))
+        {
             let _ = waiter.send(Err(SinkError::transient(error.to_owned())));
         }
     }

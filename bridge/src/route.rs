@@ -158,7 +158,8 @@ impl Route {
                     done += failure.committed;
                     let left = (records.len() - done) as u64;
                     self.metrics.failed.with_label_values(&label).inc_by(left);
-                    self.metrics.error(&self.name, failure.error.message.clone());
+                    self.metrics
+                        .error(&self.name, failure.error.message.clone());
                     tracing::warn!(route = %self.name, kind = ?failure.error.kind, "write failed: {}", failure.error.message);
                     match failure.error.kind {
                         ErrorKind::Transient => {
@@ -168,7 +169,10 @@ impl Route {
                             backoff.wait().await;
                         }
                         ErrorKind::Permanent if left == 1 => {
-                            if !self.refuse(Refused::Record(&records[done]), &failure.error).await {
+                            if !self
+                                .refuse(Refused::Record(&records[done]), &failure.error)
+                                .await
+                            {
                                 backoff.wait().await;
                                 continue;
                             }
@@ -212,7 +216,8 @@ impl Route {
                 }
                 Err(failure) => {
                     self.metrics.failed.with_label_values(&label).inc();
-                    self.metrics.error(&self.name, failure.error.message.clone());
+                    self.metrics
+                        .error(&self.name, failure.error.message.clone());
                     if failure.error.kind == ErrorKind::Permanent
                         && self.refuse(Refused::Record(record), &failure.error).await
                     {
@@ -278,8 +283,10 @@ impl Route {
                     return true;
                 }
                 Err(e) => {
-                    self.metrics
-                        .error(&self.name, format!("dead-letter destination: {}", e.message));
+                    self.metrics.error(
+                        &self.name,
+                        format!("dead-letter destination: {}", e.message),
+                    );
                     backoff.wait().await;
                 }
             }
@@ -301,8 +308,9 @@ fn dead_letter_json(route: &str, record: &DeadRecord<'_>, message: &Message) -> 
     match std::str::from_utf8(record.payload) {
         Ok(text) => json["payload"] = text.into(),
         Err(_) => {
-            json["payload_base64"] =
-                base64::engine::general_purpose::STANDARD.encode(record.payload).into()
+            json["payload_base64"] = base64::engine::general_purpose::STANDARD
+                .encode(record.payload)
+                .into()
         }
     }
     serde_json::to_vec(&json).unwrap_or_default()
@@ -312,7 +320,11 @@ fn dead_letter_json(route: &str, record: &DeadRecord<'_>, message: &Message) -> 
 fn message_hash(message: &Message) -> String {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
-    for part in [message.topic.as_bytes(), message.client_id.as_bytes(), &message.payload] {
+    for part in [
+        message.topic.as_bytes(),
+        message.client_id.as_bytes(),
+        &message.payload,
+    ] {
         hash.update(part);
         hash.update([0]);
     }

@@ -58,10 +58,12 @@ pub async fn run(config: BridgeConfig, shutdown: watch::Receiver<bool>) -> Resul
             route: route_config.name.clone(),
             message: e.message,
         })?;
-        let compiled = route_config.compile().map_err(|(field, message)| StartError::Sink {
-            route: route_config.name.clone(),
-            message: format!("{field}: {message}"),
-        })?;
+        let compiled = route_config
+            .compile()
+            .map_err(|(field, message)| StartError::Sink {
+                route: route_config.name.clone(),
+                message: format!("{field}: {message}"),
+            })?;
         let (sender, receiver) = mpsc::channel(window + route_config.batch.max_messages);
         let route = Route {
             name: route_config.name.clone(),
@@ -127,7 +129,10 @@ pub async fn run(config: BridgeConfig, shutdown: watch::Receiver<bool>) -> Resul
                 }
             }
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
             tracing::error!("HTTP server: {e}");
         }
     });

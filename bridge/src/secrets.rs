@@ -105,13 +105,12 @@ pub fn client_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, SecretErro
                     path: cert.clone(),
                     message: format!("bad PEM certificate: {e}"),
                 })?;
-            let private_key =
-                PrivateKeyDer::from_pem_slice(&read_bytes(key)?).map_err(|e| {
-                    SecretError::Invalid {
-                        path: key.clone(),
-                        message: format!("bad PEM key: {e}"),
-                    }
-                })?;
+            let private_key = PrivateKeyDer::from_pem_slice(&read_bytes(key)?).map_err(|e| {
+                SecretError::Invalid {
+                    path: key.clone(),
+                    message: format!("bad PEM key: {e}"),
+                }
+            })?;
             builder
                 .with_client_auth_cert(chain, private_key)
                 .map_err(|e| SecretError::Invalid {

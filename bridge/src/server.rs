@@ -43,7 +43,11 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.metrics.connected() {
         "ready".into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not connected to the broker").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to the broker",
+        )
+            .into_response()
     }
 }
 
@@ -89,13 +93,22 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 async fn publish(State(state): State<Arc<AppState>>, headers: HeaderMap, body: String) -> Response {
     let Some((commands, token_file)) = &state.publish else {
-        return error(StatusCode::NOT_FOUND, "no http command source is configured");
+        return error(
+            StatusCode::NOT_FOUND,
+            "no http command source is configured",
+        );
     };
     let expected = match crate::secrets::read_secret(token_file) {
         Ok(token) if !token.is_empty() => token,
         _ => {
-            tracing::error!("cannot read the publish token file {}", token_file.display());
-            return error(StatusCode::SERVICE_UNAVAILABLE, "the token file cannot be read");
+            tracing::error!(
+                "cannot read the publish token file {}",
+                token_file.display()
+            );
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the token file cannot be read",
+            );
         }
     };
     let given = headers

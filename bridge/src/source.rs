@@ -121,7 +121,11 @@ pub async fn run(
     for (route, input) in config.routes.iter().zip(&routes) {
         for filter in &input.filters {
             let path = format!("$share/{}/{filter}", config.name);
-            let qos = if route.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+            let qos = if route.qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
             match filters.iter_mut().find(|f| f.path == path) {
                 Some(existing) if qos == QoS::AtLeastOnce => existing.qos = qos,
                 Some(_) => {}
@@ -232,7 +236,10 @@ async fn poll(
             Ok(Event::Incoming(Incoming::ConnAck(connack))) => {
                 epoch += 1;
                 delay = Duration::from_millis(200);
-                tracing::info!(session_present = connack.session_present, "connected to the broker");
+                tracing::info!(
+                    session_present = connack.session_present,
+                    "connected to the broker"
+                );
                 if inbound.send(Inbound::Connected(epoch)).await.is_err() {
                     return;
                 }
@@ -253,7 +260,8 @@ async fn poll(
                 if refused.is_empty() {
                     metrics.set_connected(true);
                 } else {
-                    let message = format!("the broker refused subscriptions: {}", refused.join(", "));
+                    let message =
+                        format!("the broker refused subscriptions: {}", refused.join(", "));
                     tracing::error!("{message}");
                     metrics.error("source", message);
                 }
@@ -280,7 +288,11 @@ async fn poll(
                 let mut for_ack = publish;
                 for_ack.payload = bytes::Bytes::new();
                 if inbound
-                    .send(Inbound::Message(epoch, Box::new(for_ack), Arc::new(message)))
+                    .send(Inbound::Message(
+                        epoch,
+                        Box::new(for_ack),
+                        Arc::new(message),
+                    ))
                     .await
                     .is_err()
                 {
@@ -289,7 +301,10 @@ async fn poll(
             }
             Ok(Event::Incoming(Incoming::Disconnect(disconnect))) => {
                 metrics.set_connected(false);
-                tracing::warn!("the broker disconnected the bridge: {:?}", disconnect.reason_code);
+                tracing::warn!(
+                    "the broker disconnected the bridge: {:?}",
+                    disconnect.reason_code
+                );
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
                 metrics.set_connected(false);

@@ -27,8 +27,8 @@ pub async fn connect(
     let mut uri: lapin::uri::AMQPUri = url
         .parse()
         .map_err(|e| SinkError::permanent(format!("bad AMQP URL {url}: {e}")))?;
-    if let Some(password) = secrets::read_optional(password_file)
-        .map_err(|e| SinkError::transient(e.to_string()))?
+    if let Some(password) =
+        secrets::read_optional(password_file).map_err(|e| SinkError::transient(e.to_string()))?
     {
         uri.authority.userinfo.password = password;
     }

@@ -134,7 +134,10 @@ impl PostgresSink {
                 row
             }
         };
-        row.insert(self.config.key_column.clone(), Value::String(record.key.clone()));
+        row.insert(
+            self.config.key_column.clone(),
+            Value::String(record.key.clone()),
+        );
         Value::Object(row)
     }
 

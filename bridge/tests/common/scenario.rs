@@ -1,0 +1,285 @@
+//! The four things every sink must survive, as functions over a [`Probe`]
+//! (what the test sees of the sink):
+//!
+//! 1. [`mapping`]: messages arrive with the route's mapping applied;
+//! 2. [`sink_restart`]: the sink stops mid-stream and comes back; every
+//!    message the broker acknowledged to the device arrives;
+//! 3. [`bridge_kill`]: the bridge is killed (SIGKILL) mid-stream and
+//!    restarted; the same;
+//! 4. [`poison`]: messages the route or the sink refuses go to the
+//!    dead-letter destination, and the stream continues.
+//!
+//! Duplicates are allowed only where the sink cannot deduplicate, and then
+//! no more than the bridge counted (redelivered by the broker, or resent
+//! after a failed write).
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use kubemqtt_bridge::mqtt::Outbound;
+use serde_json::Value;
+
+use super::*;
+
+/// What a test sees of a sink.
+pub trait Probe {
+    /// The `[routes.sink.<kind>]` table of the route.
+    fn sink_toml(&self) -> String;
+    /// The `dead_letter` value; default: an MQTT topic on the source.
+    fn dead_letter_toml(&self) -> String {
+        "{ mqtt_topic = \"bridge/dead/readings\" }".into()
+    }
+    /// Whether the sink drops a message it already has.
+    fn deduplicates(&self) -> bool;
+    /// Everything the sink holds, duplicates included, as JSON objects
+    /// with the mapped fields.
+    fn rows(&mut self) -> impl Future<Output = Vec<Value>>;
+    /// Stops the sink's server.
+    fn stop(&mut self) -> impl Future<Output = ()>;
+    /// Starts it again.
+    fn start(&mut self) -> impl Future<Output = ()>;
+    /// Messages this route or sink refuses for good.
+    fn poison(&self) -> Vec<Outbound>;
+    /// Dead letters stored in the sink's own database, when the
+    /// destination is a table (`None`: an MQTT topic).
+    fn dead_letters(&mut self) -> impl Future<Output = Option<usize>> {
+        async { None }
+    }
+}
+
+/// The source broker, the bridge and a subscriber on the dead-letter topic.
+pub struct Harness {
+    pub broker: SourceBroker,
+    pub bridge: Bridge,
+    pub dead: Collector,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    pub async fn start(probe: &impl Probe) -> Harness {
+        let broker = SourceBroker::start();
+        let dead = Collector::start(broker.port, "bridge/dead/#").await;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let config = format!(
+            "{}\n{}{}\n",
+            head(broker.port),
+            route(&probe.dead_letter_toml()),
+            probe.sink_toml()
+        );
+        let bridge = tokio::task::block_in_place(|| Bridge::start(dir.path(), &config));
+        Harness {
+            broker,
+            bridge,
+            dead,
+            _dir: dir,
+        }
+    }
+}
+
+fn id_of(row: &Value) -> Option<i64> {
+    row.get("id").and_then(Value::as_i64)
+}
+
+/// Waits until the sink holds every id in `ids`; returns all rows.
+pub async fn wait_for_ids(
+    probe: &mut impl Probe,
+    ids: std::ops::Range<i64>,
+    harness: &Harness,
+) -> Vec<Value> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let rows = probe.rows().await;
+        let have: BTreeSet<i64> = rows.iter().filter_map(id_of).collect();
+        let missing: Vec<i64> = ids.clone().filter(|id| !have.contains(id)).collect();
+        if missing.is_empty() {
+            return rows;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "{} of {} messages missing (first: {:?}); status {}\n--- bridge log ---\n{}",
+                missing.len(),
+                ids.end - ids.start,
+                &missing[..missing.len().min(10)],
+                harness.bridge.status(),
+                harness.bridge.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn same(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() < 1e-9,
+        _ => a == b,
+    }
+}
+
+/// 1. The mapping is applied.
+pub async fn mapping(mut probe: impl Probe) {
+    let harness = Harness::start(&probe).await;
+    let device = device(harness.broker.port);
+    for id in 0..30 {
+        device
+            .publish(reading(id))
+            .await
+            .expect("the broker acknowledges");
+    }
+    let rows = wait_for_ids(&mut probe, 0..30, &harness).await;
+    for id in 0..30 {
+        let row = rows.iter().find(|r| id_of(r) == Some(id)).expect("a row");
+        let expected = mapped(id);
+        for (field, value) in expected.as_object().expect("an object") {
+            assert!(
+                row.get(field).is_some_and(|got| same(got, value)),
+                "id {id}: {field} is {:?}, expected {value} (row {row})",
+                row.get(field)
+            );
+        }
+    }
+    assert_eq!(harness.bridge.status()["forwarded"], 30);
+}
+
+/// Publishes readings `ids` at about one per `gap`, in the background.
+fn publish_stream(
+    port: u16,
+    ids: std::ops::Range<i64>,
+    gap: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let device = device(port);
+        for id in ids {
+            device
+                .publish(reading(id))
+                .await
+                .expect("the broker acknowledges");
+            tokio::time::sleep(gap).await;
+        }
+    })
+}
+
+/// Every id once, or more only where the bridge counted a redelivery or
+/// a resend.
+fn check_duplicates(probe: &impl Probe, rows: &[Value], harness: &Harness) {
+    let unique: BTreeSet<i64> = rows.iter().filter_map(id_of).collect();
+    let duplicates = rows.len() - unique.len();
+    let status = harness.bridge.status();
+    if probe.deduplicates() {
+        assert_eq!(
+            duplicates, 0,
+            "a deduplicating sink holds duplicates; status {status}"
+        );
+    } else {
+        let counted = status["redelivered"].as_u64().unwrap_or(0)
+            + status["routes"]["readings"]["resent"].as_u64().unwrap_or(0);
+        assert!(
+            duplicates as u64 <= counted,
+            "{duplicates} duplicates, but the bridge counted {counted}: {status}"
+        );
+    }
+    eprintln!(
+        "{} rows, {duplicates} duplicates; status {status}",
+        rows.len()
+    );
+}
+
+const STREAM: i64 = 400;
+const GAP: Duration = Duration::from_millis(3);
+
+/// 2. The sink stops mid-stream and restarts.
+pub async fn sink_restart(mut probe: impl Probe) {
+    let harness = Harness::start(&probe).await;
+    let publishing = publish_stream(harness.broker.port, 0..STREAM, GAP);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    probe.stop().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    probe.start().await;
+    publishing.await.expect("every message published");
+    let rows = wait_for_ids(&mut probe, 0..STREAM, &harness).await;
+    let status = harness.bridge.status();
+    assert!(
+        status["failed"].as_u64().unwrap_or(0) > 0,
+        "the sink was down, so some writes should have failed: {status}"
+    );
+    check_duplicates(&probe, &rows, &harness);
+}
+
+/// 3. The bridge is killed mid-stream and restarted.
+pub async fn bridge_kill(mut probe: impl Probe) {
+    let mut harness = Harness::start(&probe).await;
+    let publishing = publish_stream(harness.broker.port, 0..STREAM, GAP);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    harness.bridge.kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::block_in_place(|| harness.bridge.restart());
+    publishing.await.expect("every message published");
+    let rows = wait_for_ids(&mut probe, 0..STREAM, &harness).await;
+    check_duplicates(&probe, &rows, &harness);
+}
+
+/// 4. Poison messages go to the dead-letter destination; the stream goes
+/// on.
+pub async fn poison(mut probe: impl Probe) {
+    let harness = Harness::start(&probe).await;
+    let device = device(harness.broker.port);
+    let poison = probe.poison();
+    assert!(!poison.is_empty());
+    for id in 0..10 {
+        device.publish(reading(id)).await.expect("acknowledged");
+    }
+    for message in &poison {
+        device.publish(message.clone()).await.expect("acknowledged");
+    }
+    for id in 10..20 {
+        device.publish(reading(id)).await.expect("acknowledged");
+    }
+    wait_for_ids(&mut probe, 0..20, &harness).await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let stored = match probe.dead_letters().await {
+            Some(count) => count,
+            None => {
+                let dead = harness.dead.json();
+                for record in &dead {
+                    assert_eq!(record["route"], "readings", "{record}");
+                    assert!(
+                        record["error"].as_str().is_some_and(|e| !e.is_empty()),
+                        "{record}"
+                    );
+                    assert!(record["topic"].as_str().is_some(), "{record}");
+                }
+                dead.len()
+            }
+        };
+        if stored == poison.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{stored} of {} poison messages dead-lettered; status {}\n{}",
+            poison.len(),
+            harness.bridge.status(),
+            harness.bridge.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = harness.bridge.status();
+    assert_eq!(
+        status["deadLettered"].as_u64(),
+        Some(poison.len() as u64),
+        "{status}"
+    );
+    assert_eq!(status["forwarded"].as_u64(), Some(20), "{status}");
+    assert!(
+        status["lastError"]["message"].as_str().is_some(),
+        "{status}"
+    );
+}
+
+/// A message whose mapping fails (`'hot' * 9`): refused by the route.
+pub fn unmappable(id: i64) -> Outbound {
+    let mut message = reading(id);
+    message.payload = bytes::Bytes::from(format!("{{\"id\": {id}, \"temp\": \"hot\"}}"));
+    message
+}

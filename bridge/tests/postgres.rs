@@ -1,0 +1,132 @@
+//! The PostgreSQL sink against a real PostgreSQL 15.
+
+mod common;
+
+use common::scenario::{self, unmappable, Probe};
+use common::servers::Postgres;
+use common::*;
+use kubemqtt_bridge::mqtt::Outbound;
+use serde_json::{json, Value};
+
+struct PostgresProbe {
+    server: Postgres,
+}
+
+impl PostgresProbe {
+    async fn start() -> Option<PostgresProbe> {
+        let server = tokio::task::block_in_place(Postgres::start)?;
+        server
+            .client()
+            .await
+            .batch_execute(
+                "CREATE TABLE readings (id integer NOT NULL, device text, temp_f double precision, \
+                   client text, mqtt_key text PRIMARY KEY);
+                 CREATE TABLE dead_letters (key text PRIMARY KEY, route text, topic text, \
+                   client_id text, error text, payload bytea, received_at timestamptz);",
+            )
+            .await
+            .expect("tables created");
+        Some(PostgresProbe { server })
+    }
+}
+
+impl Probe for PostgresProbe {
+    fn sink_toml(&self) -> String {
+        format!(
+            "[routes.sink.postgres]\nconnection = \"{}\"\ntable = \"readings\"\n",
+            self.server.connection()
+        )
+    }
+
+    fn dead_letter_toml(&self) -> String {
+        "{ table = \"dead_letters\" }".into()
+    }
+
+    fn deduplicates(&self) -> bool {
+        true
+    }
+
+    async fn rows(&mut self) -> Vec<Value> {
+        let rows = self
+            .server
+            .client()
+            .await
+            .query("SELECT id, device, temp_f, client FROM readings", &[])
+            .await
+            .expect("select");
+        rows.iter()
+            .map(|row| {
+                json!({
+                    "id": i64::from(row.get::<_, i32>(0)),
+                    "device": row.get::<_, String>(1),
+                    "temp_f": row.get::<_, f64>(2),
+                    "client": row.get::<_, String>(3),
+                })
+            })
+            .collect()
+    }
+
+    async fn stop(&mut self) {
+        tokio::task::block_in_place(|| self.server.stop());
+    }
+
+    async fn start(&mut self) {
+        tokio::task::block_in_place(|| self.server.resume());
+    }
+
+    fn poison(&self) -> Vec<Outbound> {
+        // One the mapping refuses, one the database refuses (text in an
+        // integer column).
+        let mut refused_by_db = reading(1000);
+        refused_by_db.payload = bytes::Bytes::from(r#"{"id": "one thousand", "temp": 1}"#);
+        vec![unmappable(999), refused_by_db]
+    }
+
+    async fn dead_letters(&mut self) -> Option<usize> {
+        let rows = self
+            .server
+            .client()
+            .await
+            .query("SELECT route, error, payload FROM dead_letters", &[])
+            .await
+            .expect("select");
+        for row in &rows {
+            assert_eq!(row.get::<_, String>(0), "readings");
+            assert!(!row.get::<_, String>(1).is_empty());
+            assert!(!row.get::<_, Vec<u8>>(2).is_empty());
+        }
+        Some(rows.len())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_arrive_with_the_mapping_applied() {
+    let Some(probe) = PostgresProbe::start().await else {
+        return;
+    };
+    scenario::mapping(probe).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_mid_stream_loses_nothing() {
+    let Some(probe) = PostgresProbe::start().await else {
+        return;
+    };
+    scenario::sink_restart(probe).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_killed_mid_stream_loses_nothing() {
+    let Some(probe) = PostgresProbe::start().await else {
+        return;
+    };
+    scenario::bridge_kill(probe).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_rows_go_to_the_dead_letter_table() {
+    let Some(probe) = PostgresProbe::start().await else {
+        return;
+    };
+    scenario::poison(probe).await;
+}
