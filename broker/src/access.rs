@@ -17,9 +17,46 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-use crate::auth::{self, Acl, AuthFileError, AuthText, Authenticator};
+use crate::auth::{self, Acl, AuthFileError, AuthText, Authenticator, ClientAcl};
 use crate::config::{AuthConfig, CertificateUsers};
 use crate::filewatch::{self, FileStamp};
+
+/// One client's topic rules, resolved for the ACL generation in force when
+/// they were looked up; re-resolved after a reload. Used by the connection
+/// for what its client publishes (and its will) and by the session for what
+/// it receives.
+#[derive(Debug, Clone)]
+pub struct AclCache {
+    generation: u64,
+    acl: Arc<ClientAcl>,
+}
+
+impl AclCache {
+    /// Resolves the rules of `username` / `client_id` now.
+    pub fn resolve(access: &Access, username: Option<&str>, client_id: &str) -> AclCache {
+        AclCache {
+            generation: access.generation(),
+            acl: access.acl().client(username, client_id),
+        }
+    }
+
+    /// The rules, resolved again when the ACL changed since the last call.
+    pub fn current(
+        &mut self,
+        access: &Access,
+        username: Option<&str>,
+        client_id: &str,
+    ) -> &ClientAcl {
+        let generation = access.generation();
+        if self.generation != generation {
+            *self = AclCache {
+                generation,
+                acl: access.acl().client(username, client_id),
+            };
+        }
+        &self.acl
+    }
+}
 
 pub struct Access {
     config: AuthConfig,

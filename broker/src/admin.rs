@@ -17,8 +17,9 @@ use tokio::net::TcpListener;
 
 use crate::access::PushOutcome;
 use crate::broker::Broker;
+use crate::client::ClientInfo;
 use crate::codec::ReasonCode;
-use crate::session::{ClientInfo, Session};
+use crate::session::Session;
 
 type Shared = State<Arc<Broker>>;
 
@@ -78,9 +79,11 @@ async fn metrics(State(broker): Shared) -> Response {
     m.queued.set(
         sessions
             .iter()
-            .map(|s| s.state.lock().queue_len() as i64)
+            .map(|s| s.state.lock().queue.len() as i64)
             .sum(),
     );
+    m.queued_bytes.set(broker.budget.used() as i64);
+    m.queued_bytes_budget.set(broker.budget.limit() as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         m.render(),
@@ -143,8 +146,11 @@ fn client_json(session: &Session, info: &ClientInfo) -> Value {
         "listener": &*info.listener,
         "connected_at_ms": info.connected_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
         "subscriptions": state.subscriptions.keys().collect::<Vec<_>>(),
-        "queue_depth": state.queue_len(),
+        "queue_depth": state.queue.len(),
+        "queued_bytes": state.queue.bytes(),
         "inflight": state.inflight.len(),
+        "flow": state.queue.status().as_str(),
+        "dropped_messages": state.queue.dropped(),
     })
 }
 
@@ -169,7 +175,9 @@ async fn get_client(State(broker): Shared, Path(id): Path<String>) -> Response {
                 "client_id": id,
                 "connected": false,
                 "subscriptions": state.subscriptions.keys().collect::<Vec<_>>(),
-                "queue_depth": state.queue_len(),
+                "queue_depth": state.queue.len(),
+                "queued_bytes": state.queue.bytes(),
+                "dropped_messages": state.queue.dropped(),
             }))
             .into_response()
         }

@@ -5,6 +5,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,19 +13,20 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use tokio::sync::Mutex as AsyncMutex;
 
-use crate::access::Access;
+use crate::access::{Access, AclCache};
+use crate::budget::MemoryBudget;
+use crate::client::{ClientHandle, ClientInfo, Control};
 use crate::codec::{QoS, ReasonCode, SubscriptionOptions, Will};
-use crate::config::Config;
+use crate::config::{Config, SlowSubscriberAction};
 use crate::keepalive::KeepAliveWheel;
 use crate::log::Logger;
 use crate::message::{now_ms, Message};
 use crate::metrics::Metrics;
+use crate::queue::{DropReason, Enqueued, QueueLimits, Stall};
 use crate::retained::RetainedStore;
-use crate::router::{Route, Subscription, SubscriptionTable};
-use crate::session::{
-    Attachment, Control, Delivery, Enqueued, QueueLimits, Session, SessionSubscription,
-};
-use crate::session::{ClientHandle, ClientInfo, SessionState};
+use crate::router::{Subscription, SubscriptionTable};
+use crate::session::SessionState;
+use crate::session::{Attachment, Delivery, Session, SessionSubscription};
 use crate::store::{Record, Recovered, Store, StoreError, StoredSubscription};
 
 /// Sessions are keyed by client id.
@@ -49,6 +51,8 @@ pub struct Broker {
     pub reload_requested: tokio::sync::Notify,
     /// The keep-alive deadlines of every connection.
     pub keep_alive: KeepAliveWheel,
+    /// The bytes queued in every session, against the memory budget.
+    pub budget: MemoryBudget,
     sessions: Vec<RwLock<HashMap<ClientKey, Arc<Session>>>>,
     /// Serialises CONNECT handling per shard of client ids, so that two
     /// connections racing for one client id take over in order.
@@ -56,6 +60,24 @@ pub struct Broker {
     hasher: ahash::RandomState,
     next_connection_id: AtomicU64,
     next_will_token: AtomicU64,
+}
+
+/// Who published a message: for `noLocal`, and to pause when a
+/// subscriber falls behind.
+#[derive(Clone, Copy)]
+pub struct Publisher<'a> {
+    pub client_id: &'a ClientKey,
+    pub client: &'a Arc<ClientHandle>,
+}
+
+/// Where a published message went.
+#[derive(Default)]
+pub struct Routed {
+    /// Sessions it was routed to.
+    pub matched: usize,
+    /// Connected subscribers above their high-water mark: the publisher
+    /// stops reading PUBLISHes until they have room.
+    pub congested: Vec<Arc<Session>>,
 }
 
 /// Result of attaching a connection to a session.
@@ -68,6 +90,7 @@ pub struct Attached {
 
 impl Broker {
     pub fn new(config: Config, logger: Logger, store: Option<Store>, access: Access) -> Broker {
+        let budget = usize::try_from(config.limits.memory_budget_bytes).unwrap_or(usize::MAX);
         Broker {
             config,
             logger,
@@ -80,6 +103,7 @@ impl Broker {
             draining: AtomicBool::new(false),
             reload_requested: tokio::sync::Notify::new(),
             keep_alive: KeepAliveWheel::default(),
+            budget: MemoryBudget::new(budget),
             sessions: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             connect_locks: (0..SHARDS).map(|_| AsyncMutex::new(())).collect(),
             hasher: ahash::RandomState::new(),
@@ -119,32 +143,56 @@ impl Broker {
 
     /// Routes a message to every matching session and updates the retained
     /// store. Resolves once everything that must be durable is in the store,
-    /// so the caller may acknowledge the publisher afterwards. Returns the
-    /// number of sessions the message was routed to.
+    /// so the caller may acknowledge the publisher afterwards.
     pub async fn publish(
         &self,
         msg: Arc<Message>,
-        publisher: Option<&ClientKey>,
-    ) -> Result<usize, StoreError> {
+        publisher: Option<Publisher<'_>>,
+    ) -> Result<Routed, StoreError> {
         let mut records = Vec::new();
         if msg.retain {
             self.update_retained(&msg, &mut records);
         }
         let mut routes = Vec::new();
         let eligible = |k: &ClientKey| self.session(k).is_some_and(|s| s.is_online());
-        self.router
-            .route(&msg.topic, publisher, &eligible, &mut routes);
-        let matched = routes.len();
+        self.router.route(
+            &msg.topic,
+            publisher.as_ref().map(|p| p.client_id),
+            &eligible,
+            &mut routes,
+        );
+        let mut routed = Routed {
+            matched: routes.len(),
+            congested: Vec::new(),
+        };
         let limits = self.queue_limits();
+        let client = publisher.as_ref().map(|p| p.client);
         for route in routes {
-            self.deliver(&msg, route, limits, &mut records);
+            let Some(session) = self.session(&route.subscriber) else {
+                continue;
+            };
+            let qos = msg.qos.min(route.qos);
+            let retain = msg.retain && route.retain_as_published;
+            let outcome = self.enqueue(
+                &session,
+                &msg,
+                qos,
+                retain,
+                route.subscription_identifiers,
+                &limits,
+                client,
+                &mut records,
+            );
+            if outcome == Some(Enqueued::QueuedPause) {
+                routed.congested.push(session);
+            }
         }
         if !records.is_empty() {
             if let Some(store) = &self.store {
                 store.append(records).await?;
             }
         }
-        Ok(matched)
+        Ok(routed)
     }
 
     fn update_retained(&self, msg: &Arc<Message>, records: &mut Vec<Record>) {
@@ -182,31 +230,11 @@ impl Broker {
         id
     }
 
-    fn deliver(
-        &self,
-        msg: &Arc<Message>,
-        route: Route<ClientKey>,
-        limits: QueueLimits,
-        records: &mut Vec<Record>,
-    ) {
-        let Some(session) = self.session(&route.subscriber) else {
-            return;
-        };
-        let qos = msg.qos.min(route.qos);
-        let retain = msg.retain && route.retain_as_published;
-        self.enqueue(
-            &session,
-            msg,
-            qos,
-            retain,
-            route.subscription_identifiers,
-            limits,
-            records,
-        );
-    }
-
     /// Queues one delivery for a session (also used for retained messages on
     /// subscribe) and records it in the store when the session is durable.
+    /// `publisher` is the client whose PUBLISH this is, to pause when the
+    /// session's client falls behind. Returns what the queue did (None:
+    /// refused by the ACL).
     #[allow(clippy::too_many_arguments)]
     pub fn enqueue(
         &self,
@@ -215,16 +243,18 @@ impl Broker {
         qos: QoS,
         retain: bool,
         subscription_identifiers: Vec<u32>,
-        limits: QueueLimits,
+        limits: &QueueLimits,
+        publisher: Option<&Arc<ClientHandle>>,
         records: &mut Vec<Record>,
-    ) {
+    ) -> Option<Enqueued> {
         let mut state = session.state.lock();
         if !self.can_receive(&mut state, &session.client_id, &msg.topic) {
+            drop(state);
             self.metrics
                 .acl_denials
                 .with_label_values(&["receive"])
                 .inc();
-            return;
+            return None;
         }
         let durable = state.persistent && qos != QoS::AtMostOnce && self.store.is_some();
         let seq = if durable { state.take_seq() } else { 0 };
@@ -235,29 +265,27 @@ impl Broker {
             subscription_identifiers,
             seq,
         };
-        let limits = state.queue_limits.unwrap_or(limits);
-        let outcome = state.enqueue(delivery, limits);
-        drop(state);
-        match outcome {
-            Enqueued::Dropped => {
-                let reason = if qos == QoS::AtMostOnce {
-                    "offline"
-                } else {
-                    "queue_full"
-                };
-                self.metrics.drop(reason);
-                return;
+        let limits = state.queue_limits.unwrap_or(*limits);
+        let outcome = state.enqueue(delivery, &limits, publisher, &self.budget);
+        match &outcome {
+            Enqueued::Dropped(reason) => {
+                let log_due = state.queue.note_drop(Instant::now(), &limits);
+                drop(state);
+                self.dropped(&session.client_id, *reason, log_due);
+                return Some(outcome);
             }
             Enqueued::QueuedDroppedOldest(old_seq) => {
-                self.metrics.drop("queue_full");
-                if old_seq != 0 {
+                let log_due = state.queue.note_drop(Instant::now(), &limits);
+                drop(state);
+                self.dropped(&session.client_id, DropReason::QueueFull, log_due);
+                if *old_seq != 0 {
                     records.push(Record::Dequeue {
                         client_id: session.client_id.to_string(),
-                        seq: old_seq,
+                        seq: *old_seq,
                     });
                 }
             }
-            Enqueued::Queued => {}
+            Enqueued::Queued | Enqueued::QueuedPause => drop(state),
         }
         if durable {
             let msg_id = self.ensure_stored(msg, records);
@@ -269,6 +297,17 @@ impl Broker {
             });
         }
         session.notify.notify_one();
+        Some(outcome)
+    }
+
+    /// Counts a dropped delivery, and logs it when `log_due` carries the
+    /// session's count (mosquitto's line, once per client per interval).
+    pub fn dropped(&self, client_id: &str, reason: DropReason, log_due: Option<u64>) {
+        self.metrics.drop(reason.label());
+        if let Some(count) = log_due {
+            self.logger
+                .dropping_messages(client_id, reason.label(), count);
+        }
     }
 
     /// Whether the session's client may receive a message on `topic`,
@@ -277,20 +316,15 @@ impl Broker {
         let Some(client) = &state.last_client else {
             return true;
         };
-        let generation = self.access.generation();
+        let username = client.info.username.as_deref();
         // Not cloned: without an ACL every client shares one `ClientAcl`,
         // and a reference count touched by every delivery would be contended.
-        let acl = match &mut state.acl {
-            Some((g, acl)) if *g == generation => &*acl,
-            stale => {
-                let acl = self
-                    .access
-                    .acl()
-                    .client(client.info.username.as_deref(), client_id);
-                &stale.insert((generation, acl)).1
-            }
-        };
-        acl.can_receive(topic)
+        let cache = state
+            .acl
+            .get_or_insert_with(|| AclCache::resolve(&self.access, username, client_id));
+        cache
+            .current(&self.access, username, client_id)
+            .can_receive(topic)
     }
 
     /// Records for the store without waiting (acknowledgement bookkeeping,
@@ -307,6 +341,30 @@ impl Broker {
         match &self.store {
             Some(store) if !records.is_empty() => store.append(records).await,
             _ => Ok(()),
+        }
+    }
+
+    /// A connected subscriber above its mark took nothing for its stall
+    /// timeout (found by a publisher waiting for it, once per stall):
+    /// counted, logged, and disconnected (5.0: 0x97 Quota exceeded) or left
+    /// connected with its further messages dropped.
+    pub fn slow_subscriber(&self, session: &Session, stall: Stall) {
+        let action = match stall.action {
+            SlowSubscriberAction::Disconnect => "disconnect",
+            SlowSubscriberAction::Drop => "drop",
+        };
+        self.metrics
+            .slow_subscribers
+            .with_label_values(&[action])
+            .inc();
+        self.logger.slow_subscriber(
+            &session.client_id,
+            stall.idle.as_secs_f64(),
+            stall.queued,
+            action,
+        );
+        if stall.action == SlowSubscriberAction::Disconnect {
+            session.send_control(Control::Disconnect(ReasonCode::QUOTA_EXCEEDED));
         }
     }
 
@@ -453,6 +511,7 @@ impl Broker {
             state.queue_limits = Some(queue_limits);
             state.acl = None;
             state.attachment = Some(attachment);
+            state.queue.release_publishers();
             state.expiry_interval = expiry_interval;
             state.disconnected_at = None;
             state.pending_will = None;
@@ -482,6 +541,8 @@ impl Broker {
         let expiry = state.expiry_interval;
         if ours {
             state.attachment = None;
+            // Offline queues hold no publisher back.
+            state.queue.release_publishers();
             state.disconnected_at = Some(Instant::now());
             state.epoch += 1;
         }
@@ -494,7 +555,9 @@ impl Broker {
             if delay == 0 || !ours {
                 self.publish_will(will);
             } else {
-                let token = self.next_will_token.fetch_add(1, Ordering::Relaxed);
+                // Tokens start at 1 and a u64 does not wrap in practice.
+                let token = NonZeroU64::new(self.next_will_token.fetch_add(1, Ordering::Relaxed))
+                    .unwrap_or(NonZeroU64::MIN);
                 session.state.lock().pending_will = Some(token);
                 let broker = self.clone();
                 let session = session.clone();
@@ -589,7 +652,7 @@ impl Broker {
             let filters: Vec<String> = std::mem::take(&mut state.subscriptions)
                 .into_keys()
                 .collect();
-            state.clear_messages();
+            state.clear_messages(&self.budget);
             state.epoch += 1;
             (filters, state.persistent)
         };
@@ -740,7 +803,7 @@ impl Broker {
                     };
                     match entry.packet_id {
                         Some(pid) => state.restore_inflight(pid, delivery, entry.released),
-                        None => state.restore_queued(delivery),
+                        None => state.restore_queued(delivery, &self.budget),
                     }
                 }
                 state.next_seq = max_seq + 1;

@@ -231,6 +231,18 @@ pub struct ListenerLimits {
     /// Overrides `limits.publish_rate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_rate: Option<u32>,
+    /// Overrides `limits.queue_high_water`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_high_water: Option<u32>,
+    /// Overrides `limits.queue_high_water_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_high_water_bytes: Option<u64>,
+    /// Overrides `limits.slow_subscriber_timeout_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_subscriber_timeout_ms: Option<u32>,
+    /// Overrides `limits.slow_subscriber_action`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_subscriber_action: Option<SlowSubscriberAction>,
 }
 
 impl ListenerLimits {
@@ -258,6 +270,18 @@ impl ListenerLimits {
         }
         if let Some(v) = self.publish_rate {
             l.publish_rate = v;
+        }
+        if let Some(v) = self.queue_high_water {
+            l.queue_high_water = v;
+        }
+        if let Some(v) = self.queue_high_water_bytes {
+            l.queue_high_water_bytes = v;
+        }
+        if let Some(v) = self.slow_subscriber_timeout_ms {
+            l.slow_subscriber_timeout_ms = v;
+        }
+        if let Some(v) = self.slow_subscriber_action {
+            l.slow_subscriber_action = v;
         }
         l
     }
@@ -428,6 +452,50 @@ pub struct Limits {
     /// Subscriptions one session may hold; 0 means no limit. Default: 0.
     #[serde(default)]
     pub max_subscriptions: u32,
+    /// Back-pressure: once a connected subscriber has this many messages
+    /// queued, the broker stops reading PUBLISHes from the clients feeding
+    /// it until its queue is back under half this mark, so publishers go at
+    /// the pace of the slowest subscriber that is still reading instead of
+    /// losing messages. (`max_queued_messages` bounds the queues of
+    /// offline sessions.) At least 1. Default: 500.
+    #[serde(default = "default_queue_high_water")]
+    pub queue_high_water: u32,
+    /// The same mark in queued payload bytes. At least 1. Default: 4194304
+    /// (4 MiB).
+    #[serde(default = "default_queue_high_water_bytes")]
+    pub queue_high_water_bytes: u64,
+    /// A connected subscriber above its high-water mark that takes no
+    /// message for this long stops holding publishers back, and
+    /// `slow_subscriber_action` applies to it. At least 100. Default: 5000.
+    #[serde(default = "default_slow_subscriber_timeout_ms")]
+    pub slow_subscriber_timeout_ms: u32,
+    /// What happens to a subscriber past `slow_subscriber_timeout_ms`:
+    /// `disconnect` (5.0: DISCONNECT 0x97 Quota exceeded; a persistent
+    /// session keeps its queue, within `max_queued_messages`) or `drop`
+    /// (its further messages are dropped, and counted, until it catches
+    /// up). Default: disconnect.
+    #[serde(default)]
+    pub slow_subscriber_action: SlowSubscriberAction,
+    /// Broker-wide budget for the payload bytes queued in every session.
+    /// From 90 % of it messages for offline sessions are dropped and
+    /// connected subscribers pause their publishers at an eighth of their
+    /// high-water marks; at 100 % every new message is dropped. 0: half
+    /// the memory limit of the container (its cgroup), or half the
+    /// machine's memory when there is none. Broker-wide only. Default: 0.
+    #[serde(default)]
+    pub memory_budget_bytes: u64,
+}
+
+/// What to do with a connected subscriber that stopped taking messages
+/// (`limits.slow_subscriber_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowSubscriberAction {
+    /// Disconnect it (5.0: reason 0x97 Quota exceeded).
+    #[default]
+    Disconnect,
+    /// Keep it connected and drop its further messages until it catches up.
+    Drop,
 }
 
 /// What to do with a client that publishes faster than allowed.
@@ -455,6 +523,11 @@ impl Default for Limits {
             publish_rate: 0,
             publish_rate_action: RateLimitAction::Disconnect,
             max_subscriptions: 0,
+            queue_high_water: default_queue_high_water(),
+            queue_high_water_bytes: default_queue_high_water_bytes(),
+            slow_subscriber_timeout_ms: default_slow_subscriber_timeout_ms(),
+            slow_subscriber_action: SlowSubscriberAction::Disconnect,
+            memory_budget_bytes: 0,
         }
     }
 }
@@ -786,6 +859,7 @@ impl Config {
                 format!("must be at least {MIN_CLIENT_ID_LEN}, as MQTT requires"),
             ));
         }
+        validate_backpressure(limits, "limits.")?;
 
         let persistence = &self.persistence;
         if persistence.fsync == FsyncMode::Interval && persistence.fsync_interval_ms == 0 {
@@ -863,6 +937,7 @@ impl Config {
                     "must be at least 1",
                 ));
             }
+            validate_backpressure(&listener.limits.apply(&self.limits), &key("limits."))?;
             if listener.protocol.is_websocket() && !listener.path.starts_with('/') {
                 return Err(ConfigError::rule(key("path"), "must start with `/`"));
             }
@@ -1000,6 +1075,45 @@ fn default_max_queued_messages() -> u32 {
 fn default_max_queued_bytes() -> u64 {
     64 * 1024 * 1024
 }
+
+/// The back-pressure limits' rules; `prefix` is where they sit
+/// (`limits.` or a listener's `listeners[0].limits.`).
+fn validate_backpressure(limits: &Limits, prefix: &str) -> Result<(), ConfigError> {
+    if limits.queue_high_water == 0 {
+        return Err(ConfigError::rule(
+            format!("{prefix}queue_high_water"),
+            "must be at least 1",
+        ));
+    }
+    if limits.queue_high_water_bytes == 0 {
+        return Err(ConfigError::rule(
+            format!("{prefix}queue_high_water_bytes"),
+            "must be at least 1",
+        ));
+    }
+    if limits.slow_subscriber_timeout_ms < MIN_SLOW_SUBSCRIBER_TIMEOUT_MS {
+        return Err(ConfigError::rule(
+            format!("{prefix}slow_subscriber_timeout_ms"),
+            format!("must be at least {MIN_SLOW_SUBSCRIBER_TIMEOUT_MS}"),
+        ));
+    }
+    Ok(())
+}
+
+fn default_queue_high_water() -> u32 {
+    500
+}
+
+fn default_queue_high_water_bytes() -> u64 {
+    4 * 1024 * 1024
+}
+
+fn default_slow_subscriber_timeout_ms() -> u32 {
+    5000
+}
+
+/// The shortest `slow_subscriber_timeout_ms` accepted.
+const MIN_SLOW_SUBSCRIBER_TIMEOUT_MS: u32 = 100;
 
 fn default_topic_alias_maximum() -> u16 {
     64
@@ -1196,6 +1310,8 @@ interval_secs = 10
                     limits: ListenerLimits {
                         max_packet_size: Some(1024),
                         publish_rate: Some(5),
+                        slow_subscriber_timeout_ms: Some(1000),
+                        slow_subscriber_action: Some(SlowSubscriberAction::Disconnect),
                         ..ListenerLimits::default()
                     },
                     ..ListenerConfig::tcp("[::]:1884".parse().unwrap())
@@ -1215,6 +1331,11 @@ interval_secs = 10
                 publish_rate: 100,
                 publish_rate_action: RateLimitAction::Throttle,
                 max_subscriptions: 20,
+                queue_high_water: 50,
+                queue_high_water_bytes: 4096,
+                slow_subscriber_timeout_ms: 2500,
+                slow_subscriber_action: SlowSubscriberAction::Drop,
+                memory_budget_bytes: 1 << 30,
             },
             persistence: PersistenceConfig {
                 enabled: true,

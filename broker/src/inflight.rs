@@ -10,7 +10,15 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::session::Inflight;
+use crate::session::Delivery;
+
+/// A QoS 1/2 delivery sent to the client and not yet completed.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub delivery: Delivery,
+    /// QoS 2: PUBREC received, PUBREL sent, waiting for PUBCOMP.
+    pub released: bool,
+}
 
 /// Hashes 16-bit packet ids by one multiplication. The broker picks the ids
 /// it sends (mostly consecutive), so they need no random keys; the odd

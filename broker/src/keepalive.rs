@@ -4,7 +4,7 @@
 //! connection's task is a large part of what an idle connection costs.
 //! Instead, a connection with a keep-alive registers its deadline here; one
 //! task wakes once a second and tells the connections whose deadline has
-//! come, through their mailbox ([`crate::session::Mailbox`]). A woken
+//! come, through their mailbox ([`crate::client::Mailbox`]). A woken
 //! connection looks at its own last activity and either closes (silent for
 //! too long) or registers its next deadline. So each connection has one
 //! registration at a time, a busy connection is woken once per keep-alive
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::session::ClientHandle;
+use crate::client::ClientHandle;
 
 /// How often the wheel turns.
 const TICK: Duration = Duration::from_secs(1);
@@ -89,7 +89,7 @@ impl KeepAliveWheel {
     }
 
     /// Wakes the connection of `client` (its mailbox's
-    /// [`keep_alive_due`](crate::session::Mailbox::keep_alive_due)) once
+    /// [`keep_alive_due`](crate::client::Mailbox::keep_alive_due)) once
     /// `deadline` has passed (at the end of the tick it falls in). A connection keeps
     /// one registration at a time: it registers again when woken, if it
     /// stays open. Must be called within a tokio runtime (the first

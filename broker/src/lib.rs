@@ -10,7 +10,10 @@
 //! - [`log`]: mosquitto-style event and packet log lines (text or JSON).
 //! - [`message`]: an application message as the broker shares it.
 //! - [`session`]: per-client state that outlives connections.
+//! - [`queue`]: a session's queue of deliveries, its limits and back-pressure.
+//! - [`client`]: a connected client's identity and its connection's mailbox.
 //! - [`inflight`]: a session's window of sent, unacknowledged deliveries.
+//! - [`budget`]: the broker-wide budget of queued bytes.
 //! - [`broker`]: shared state; publish, attach/detach, expiry, wills, recovery.
 //! - [`connection`]: the protocol state machine of one connection.
 //! - [`keepalive`]: one timer for the keep-alive deadlines of all connections.
@@ -21,12 +24,15 @@
 //! - [`access`]: the current authenticator and ACL, reloaded on change.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: health, readiness, metrics and the admin API over HTTP.
+//! - [`trace_log`]: `tracing` events from the store and libraries into the log.
 //! - [`ratelimit`], [`filewatch`]: small helpers.
 
 pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod broker;
+pub mod budget;
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod connection;
@@ -37,6 +43,7 @@ pub mod listener;
 pub mod log;
 pub mod message;
 pub mod metrics;
+pub mod queue;
 pub mod ratelimit;
 pub mod retained;
 pub mod router;
@@ -45,4 +52,5 @@ pub mod session;
 pub mod store;
 pub mod sys;
 pub mod topic;
+pub mod trace_log;
 pub mod transport;

@@ -20,9 +20,9 @@ use tokio::sync::watch;
 use tokio::sync::Notify;
 
 use crate::broker::Broker;
+use crate::client::Control;
 use crate::config::{ListenerConfig, ListenerProtocol};
 use crate::connection::{self, Peer};
-use crate::session::Control;
 use crate::transport::{proxy, tls::TlsReloader, ws};
 
 /// How long PROXY header, TLS handshake and WebSocket upgrade may take.

@@ -346,6 +346,43 @@ impl Logger {
         );
     }
 
+    /// `Outgoing messages are being dropped for client dev-1.` (notice, as
+    /// in mosquitto), at most once per client per minute while its
+    /// deliveries are dropped; `reason` and the session's `dropped` total
+    /// appear only in JSON output.
+    pub fn dropping_messages(&self, client_id: &str, reason: &str, dropped: u64) {
+        if self.enabled(LogLevel::Notice) {
+            let message = format!("Outgoing messages are being dropped for client {client_id}.");
+            self.emit(
+                Event::new(LogLevel::Notice, "messages_dropped", message)
+                    .field("client_id", client_id)
+                    .field("reason", reason)
+                    .field("dropped", dropped),
+            );
+        }
+    }
+
+    /// `Client dev-1 is too slow: no message taken for 5.0 s with 1200
+    /// queued; disconnecting.` (warning), when a connected subscriber above
+    /// its high-water mark stopped taking messages.
+    pub fn slow_subscriber(&self, client_id: &str, idle_secs: f64, queued: usize, action: &str) {
+        if self.enabled(LogLevel::Warning) {
+            let what = match action {
+                "drop" => "dropping its further messages",
+                _ => "disconnecting",
+            };
+            let message = format!(
+                "Client {client_id} is too slow: no message taken for {idle_secs:.1} s with {queued} queued; {what}."
+            );
+            self.emit(
+                Event::new(LogLevel::Warning, "slow_subscriber", message)
+                    .field("client_id", client_id)
+                    .field("queued", queued)
+                    .field("action", action),
+            );
+        }
+    }
+
     /// The notice-level `Client <id> <what>` lines of mosquitto's disconnect
     /// handling.
     fn client_event(
@@ -541,6 +578,12 @@ impl Logger {
     /// A free-form error line.
     pub fn error(&self, text: &str) {
         self.free_form(LogLevel::Error, text);
+    }
+
+    /// A free-form line at `level` (for events from libraries, see
+    /// [`crate::trace_log`]).
+    pub fn message(&self, level: LogLevel, text: &str) {
+        self.free_form(level, text);
     }
 
     fn free_form(&self, level: LogLevel, text: &str) {

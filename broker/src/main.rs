@@ -8,7 +8,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use kubemqtt_broker::config::{Config, LogFormat};
 use kubemqtt_broker::log::Logger;
-use kubemqtt_broker::server;
+use kubemqtt_broker::{server, trace_log};
 
 /// mimalloc rather than the system allocator: idle connections are many
 /// small allocations, and mimalloc packs them tighter than glibc's malloc
@@ -71,6 +71,10 @@ fn main() -> ExitCode {
         _ => {}
     }
     let logger = Logger::new(&config.log);
+    // The store reports fsync and compaction failures through `tracing`.
+    if let Err(e) = trace_log::install(logger.clone()) {
+        logger.warning(&format!("Cannot route library events to the log: {e}."));
+    }
     logger.starting();
     logger.config_loaded(args.config.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -31,6 +31,11 @@ pub struct Metrics {
     pub sessions: IntGaugeVec,
     pub subscriptions: IntGauge,
     pub queued: IntGauge,
+    pub queued_bytes: IntGauge,
+    pub queued_bytes_budget: IntGauge,
+    pub slow_subscribers: IntCounterVec,
+    pub publishers_paused: IntGauge,
+    pub publisher_pauses: IntCounter,
 }
 
 fn by_qos(vec: IntCounterVec) -> [IntCounter; 3] {
@@ -146,6 +151,32 @@ impl Metrics {
             sessions: gauge_vec(r, "sessions", "Sessions, by state", &["state"]),
             subscriptions: gauge(r, "subscriptions", "Subscriptions"),
             queued: gauge(r, "queued_messages", "Messages queued in sessions"),
+            queued_bytes: gauge(
+                r,
+                "queued_bytes",
+                "Payload and topic bytes queued in every session",
+            ),
+            queued_bytes_budget: gauge(
+                r,
+                "queued_bytes_budget",
+                "The budget of queued bytes (limits.memory_budget_bytes); 0 for none",
+            ),
+            slow_subscribers: counter_vec(
+                r,
+                "slow_subscribers_total",
+                "Connected subscribers found to have stopped taking messages, by the action taken",
+                &["action"],
+            ),
+            publishers_paused: gauge(
+                r,
+                "publishers_paused",
+                "Publishers paused now until their subscribers catch up",
+            ),
+            publisher_pauses: counter(
+                r,
+                "publisher_pauses_total",
+                "Times a publisher was paused for its subscribers",
+            ),
             registry,
         }
     }
@@ -192,6 +223,17 @@ impl Metrics {
 
     pub fn drop(&self, reason: &str) {
         self.dropped.with_label_values(&[reason]).inc();
+    }
+
+    /// A publisher paused for its subscribers.
+    pub fn publisher_paused(&self) {
+        self.publishers_paused.inc();
+        self.publisher_pauses.inc();
+    }
+
+    /// A paused publisher goes on (or its connection ended).
+    pub fn publisher_resumed(&self) {
+        self.publishers_paused.dec();
     }
 
     /// The Prometheus text exposition of every metric.

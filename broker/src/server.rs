@@ -13,10 +13,10 @@ use tokio::task::JoinSet;
 
 use crate::access::Access;
 use crate::broker::Broker;
+use crate::client::Control;
 use crate::config::{Config, FsyncMode};
 use crate::listener::{self, Listener};
 use crate::log::Logger;
-use crate::session::Control;
 use crate::store::{FsyncPolicy, Store};
 use crate::transport::tls::TlsReloader;
 use crate::{admin, sys};
@@ -125,7 +125,15 @@ async fn drain(broker: &Arc<Broker>) {
 /// Opens the store, restores state, loads the auth files and TLS
 /// certificates, binds every listener and starts serving. Nothing is
 /// served if any of it fails.
-pub async fn start(config: Config, logger: Logger) -> Result<RunningBroker, StartError> {
+pub async fn start(mut config: Config, logger: Logger) -> Result<RunningBroker, StartError> {
+    if config.limits.memory_budget_bytes == 0 {
+        let (bytes, why) = crate::budget::default_limit();
+        config.limits.memory_budget_bytes = bytes as u64;
+        logger.info(&format!(
+            "Queued messages may take up to {} MiB ({why}).",
+            bytes / (1024 * 1024)
+        ));
+    }
     let (store, recovered) = if config.persistence.enabled {
         let p = &config.persistence;
         let policy = match p.fsync {

@@ -88,7 +88,7 @@ pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
             "$SYS/broker/store/messages/count",
             sessions
                 .iter()
-                .map(|s| s.state.lock().queue_len())
+                .map(|s| s.state.lock().queue.len())
                 .sum::<usize>()
                 .to_string(),
         ),

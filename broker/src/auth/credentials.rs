@@ -33,6 +33,7 @@ use toml::Spanned;
 use super::acl::{Rule, READ, WRITE};
 use super::hash::PasswordHash;
 use super::AuthFileError;
+use crate::config::SlowSubscriberAction;
 use crate::topic;
 
 /// Per-user limits (`[users.quotas]`). An absent field sets no per-user
@@ -49,6 +50,13 @@ pub struct UserQuotas {
     pub max_packet_size: Option<NonZeroU32>,
     /// Subscriptions one session of this user may hold.
     pub max_subscriptions: Option<NonZeroU32>,
+    /// How long this user's subscribers may take no message while above
+    /// their high-water mark (`limits.slow_subscriber_timeout_ms`), in
+    /// milliseconds.
+    pub slow_subscriber_timeout_ms: Option<NonZeroU32>,
+    /// What happens to this user's subscribers past that time
+    /// (`limits.slow_subscriber_action`): `disconnect` or `drop`.
+    pub slow_subscriber_action: Option<SlowSubscriberAction>,
 }
 
 /// A stored password: a hash, valid until `not_after` (inclusive) if set.

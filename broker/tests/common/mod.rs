@@ -106,6 +106,8 @@ pub struct BrokerOpts {
     /// What a full session queue drops: `drop_new` or `drop_oldest`
     /// (kubemqtt only; mosquitto always drops new messages).
     pub queue_full: Option<&'static str>,
+    /// Appended verbatim to the kubemqtt `[limits]` table (kubemqtt only).
+    pub extra_limits: String,
     /// Appended verbatim to the kubemqtt TOML (must not repeat `[limits]`,
     /// `[persistence]` or `[sys]`).
     pub extra_toml: String,
@@ -300,6 +302,7 @@ impl TestBroker {
         if let Some(policy) = o.queue_full {
             let _ = writeln!(limits, "queue_full = \"{policy}\"");
         }
+        limits.push_str(&o.extra_limits);
         if !limits.is_empty() {
             let _ = write!(s, "[limits]\n{limits}");
         }

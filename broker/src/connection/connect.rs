@@ -1,0 +1,641 @@
+//! CONNECT: from the first byte of a connection to its CONNACK.
+//!
+//! [`connect`] reads the CONNECT packet; [`negotiate`] decides, in one
+//! place, whether the client is let in and on what terms; a refusal leaves
+//! through a single exit ([`Refusal::send`]) that answers with the reason,
+//! logs it and closes without a reset.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use crate::access::{AclCache, UserSlot};
+use crate::auth::{LoginError, UserQuotas};
+use crate::broker::{Attached, Broker, ClientKey};
+use crate::client::{ClientHandle, ClientInfo};
+use crate::codec::{
+    self, Connack, Connect, DecodeError, Packet, Properties, ProtocolVersion, ReasonCode,
+};
+use crate::config::Limits;
+use crate::queue::QueueLimits;
+use crate::ratelimit::TokenBucket;
+use crate::session::Attachment;
+
+use super::io::Io;
+use super::{Connection, KeepAlive, Peer, Running};
+
+/// How long a new connection may take to send CONNECT.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads CONNECT, authenticates the client and attaches its session.
+/// Returns the running connection, or None when the connection was refused
+/// or closed before that.
+pub async fn connect<S>(
+    broker: Arc<Broker>,
+    stream: S,
+    peer: Peer,
+    shutdown: watch::Receiver<bool>,
+) -> Option<Running>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    broker.logger.new_connection(peer.addr, peer.local_port);
+    let mut io = Io::new(stream);
+    let read = tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&peer.limits, &mut io));
+    let connect = tokio::select! {
+        read = read => match read {
+            Ok(Ok(connect)) => connect,
+            Ok(Err(early)) => {
+                early.log(&broker);
+                if io.wbuf.is_empty() {
+                    io.finish().await;
+                } else {
+                    // A CONNACK tells the client why.
+                    io.finish_lingering().await;
+                }
+                return None;
+            }
+            Err(_) => {
+                // No CONNECT in time.
+                broker.logger.connection_closed(None);
+                return None;
+            }
+        },
+        // The broker is closing: nothing was attached yet, just close.
+        _ = closing(shutdown.clone()) => {
+            broker.logger.connection_closed(None);
+            return None;
+        }
+    };
+    let conn = establish(broker, io, &peer, *connect).await?;
+    Some(Box::pin(conn.run(shutdown)))
+}
+
+/// A failure before the session is attached.
+enum EarlyClose {
+    Io(std::io::Error),
+    Eof,
+    Decode(DecodeError),
+}
+
+impl EarlyClose {
+    fn log(&self, broker: &Broker) {
+        match self {
+            EarlyClose::Io(e) => broker.logger.socket_error(None, e),
+            EarlyClose::Eof => broker.logger.connection_closed(None),
+            EarlyClose::Decode(e) => match e.reason_code() {
+                ReasonCode::MALFORMED_PACKET => {
+                    broker.logger.malformed_packet(None, &e.to_string())
+                }
+                ReasonCode::PACKET_TOO_LARGE => {
+                    broker
+                        .metrics
+                        .quota_refusals
+                        .with_label_values(&["packet_size"])
+                        .inc();
+                    broker.logger.oversize_packet(None)
+                }
+                _ => broker.logger.protocol_error(None, &e.to_string()),
+            },
+        }
+    }
+}
+
+async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    limits: &Limits,
+    io: &mut Io<S>,
+) -> Result<Box<Connect>, EarlyClose> {
+    let max = limits.max_packet_size;
+    loop {
+        // Read before decoding: the decoder consumes a packet it rejects.
+        let claimed = claimed_protocol(&io.rbuf);
+        match codec::decode(&mut io.rbuf, None, max) {
+            Ok(Some(Packet::Connect(connect))) => return Ok(connect),
+            Ok(Some(_)) => {
+                return Err(EarlyClose::Decode(DecodeError::ExpectedConnect));
+            }
+            Ok(None) => match io.fill().await {
+                Ok(true) => {}
+                Ok(false) => return Err(EarlyClose::Eof),
+                Err(e) => return Err(EarlyClose::Io(e)),
+            },
+            Err(e) => {
+                // Answer a bad CONNECT with a CONNACK carrying the reason: in
+                // 5.0 terms when the packet claims 5.0, else 3.1.1 terms
+                // (return code 1 for an unsupported protocol version).
+                let answer = match (&e, claimed) {
+                    (DecodeError::UnsupportedProtocolVersion { .. }, _) => {
+                        Some(ProtocolVersion::V311)
+                    }
+                    (DecodeError::ExpectedConnect, _) => None,
+                    (_, Some(ProtocolVersion::V5)) => Some(ProtocolVersion::V5),
+                    _ => None,
+                };
+                if let Some(version) = answer {
+                    let connack = Packet::Connack(Connack {
+                        session_present: false,
+                        reason: e.reason_code(),
+                        properties: Properties::default(),
+                    });
+                    let _ = codec::encode(&connack, version, &mut io.wbuf);
+                }
+                return Err(EarlyClose::Decode(e));
+            }
+        }
+    }
+}
+
+/// The protocol version a (possibly malformed) CONNECT at the front of
+/// `buf` claims: protocol name and level right after the fixed header.
+fn claimed_protocol(buf: &[u8]) -> Option<ProtocolVersion> {
+    let mut pos = 1;
+    // Skip the remaining-length varint (at most 4 bytes).
+    for _ in 0..4 {
+        let byte = *buf.get(pos)?;
+        pos += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    let name_len = usize::from(u16::from_be_bytes([*buf.get(pos)?, *buf.get(pos + 1)?]));
+    let name = buf.get(pos + 2..pos + 2 + name_len)?;
+    let level = *buf.get(pos + 2 + name_len)?;
+    match (name, level) {
+        (b"MQTT", 5) => Some(ProtocolVersion::V5),
+        (b"MQTT", 4) => Some(ProtocolVersion::V311),
+        (b"MQIsdp", 3) => Some(ProtocolVersion::V31),
+        _ => None,
+    }
+}
+
+/// Why a CONNECT is refused: what the client is told, and what is logged.
+struct Refusal {
+    reason: ReasonCode,
+    /// The 5.0 reason string; empty for none.
+    text: &'static str,
+    log: RefusalLog,
+}
+
+/// The log line of a refusal, in mosquitto's words.
+enum RefusalLog {
+    /// "Client <addr> not authorised" (bad credentials, quotas).
+    NotAuthorised,
+    /// A protocol error: the client id when there is one, and why.
+    Protocol(Option<String>, &'static str),
+    /// The broker could not keep the session (already logged as an error).
+    Unavailable,
+}
+
+impl Refusal {
+    fn not_authorised(reason: ReasonCode, text: &'static str) -> Refusal {
+        Refusal {
+            reason,
+            text,
+            log: RefusalLog::NotAuthorised,
+        }
+    }
+
+    fn protocol(
+        reason: ReasonCode,
+        text: &'static str,
+        client_id: Option<&str>,
+        why: &'static str,
+    ) -> Refusal {
+        Refusal {
+            reason,
+            text,
+            log: RefusalLog::Protocol(client_id.map(str::to_string), why),
+        }
+    }
+
+    /// The single exit of a refused CONNECT: CONNACK with the reason, the
+    /// log line, and a close the client can read the CONNACK through.
+    async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        broker: &Broker,
+        io: &mut Io<S>,
+        peer: &Peer,
+        version: ProtocolVersion,
+    ) {
+        let mut properties = Properties::default();
+        if version.is_v5() && !self.text.is_empty() {
+            properties.reason_string = Some(self.text.to_string());
+        }
+        let connack = Packet::Connack(Connack {
+            session_present: false,
+            reason: self.reason,
+            properties,
+        });
+        // mosquitto names a refused client by its address.
+        broker.logger.sending(&peer.addr.ip().to_string(), &connack);
+        let _ = codec::encode(&connack, version, &mut io.wbuf);
+        match self.log {
+            RefusalLog::NotAuthorised => broker.logger.not_authorised(None),
+            RefusalLog::Protocol(client_id, why) => {
+                broker.logger.protocol_error(client_id.as_deref(), why)
+            }
+            RefusalLog::Unavailable => {}
+        }
+        io.finish_lingering().await;
+    }
+}
+
+/// What the CONNECT negotiated, when the client is let in.
+struct Accepted {
+    connection_id: u64,
+    attached: Attached,
+    client: Arc<ClientHandle>,
+    client_id: ClientKey,
+    /// The CONNACK's properties (5.0).
+    properties: Properties,
+    expiry: u32,
+    keep_alive: u16,
+    quotas: UserQuotas,
+    user_slot: Option<UserSlot>,
+}
+
+/// Validates CONNECT, authenticates, attaches the session and sends
+/// CONNACK. Returns None when the connection was refused.
+async fn establish<S>(
+    broker: Arc<Broker>,
+    mut io: Io<S>,
+    peer: &Peer,
+    connect: Connect,
+) -> Option<Connection<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if broker.logger.verbose() {
+        broker.logger.received(
+            &display_id(&connect.client_id),
+            &Packet::Connect(Box::new(connect.clone())),
+        );
+    }
+    match negotiate(&broker, peer, &connect).await {
+        Ok(accepted) => Some(Connection::start(broker, io, peer, &connect, accepted)),
+        Err(refusal) => {
+            refusal.send(&broker, &mut io, peer, connect.protocol).await;
+            None
+        }
+    }
+}
+
+/// Decides whether the client is let in: authentication, quotas, client
+/// id, keep-alive, then the session. Nothing is attached unless every
+/// check passed.
+async fn negotiate(broker: &Broker, peer: &Peer, connect: &Connect) -> Result<Accepted, Refusal> {
+    let version = connect.protocol;
+    let limits = &peer.limits;
+
+    // Enhanced authentication is not configured on this broker.
+    if version.is_v5() && connect.properties.authentication_method.is_some() {
+        return Err(Refusal::not_authorised(
+            ReasonCode::BAD_AUTHENTICATION_METHOD,
+            "",
+        ));
+    }
+
+    // Who is this? A verified client certificate names the user when
+    // the listener says so; otherwise CONNECT's user name and password.
+    let (username, cert_authenticated) = match &peer.cert_username {
+        Some(name) => (Some(name.clone()), true),
+        None => (connect.username.clone(), false),
+    };
+    let checked = match (&username, cert_authenticated) {
+        (Some(name), true) if !broker.access.certificate_user_allowed(name) => {
+            Err((ReasonCode::NOT_AUTHORIZED, "unknown_user"))
+        }
+        (_, true) => Ok(()),
+        (_, false) => authenticate(broker, username.as_deref(), connect),
+    };
+    if let Err((reason, label)) = checked {
+        broker
+            .metrics
+            .auth_failures
+            .with_label_values(&[label])
+            .inc();
+        if let Some(name) = &username {
+            broker.logger.info(&format!(
+                "Login refused for user {name} from {}: {}.",
+                peer.addr,
+                label.replace('_', " ")
+            ));
+        }
+        return Err(Refusal::not_authorised(reason, ""));
+    }
+    let quotas = username
+        .as_deref()
+        .and_then(|name| broker.access.authenticator().quotas(name).copied())
+        .unwrap_or_default();
+    let user_slot = match &username {
+        Some(name) => {
+            let max = quotas.connections.map(|n| n.get());
+            match broker.access.acquire_user_slot(name, max) {
+                Some(slot) => Some(slot),
+                None => {
+                    broker
+                        .metrics
+                        .quota_refusals
+                        .with_label_values(&["connections"])
+                        .inc();
+                    return Err(Refusal::not_authorised(
+                        ReasonCode::QUOTA_EXCEEDED,
+                        "connection quota of this user reached",
+                    ));
+                }
+            }
+        }
+        None => None,
+    };
+
+    let mut assigned = None;
+    let client_id: ClientKey = if connect.client_id.is_empty() {
+        let allowed = match version {
+            ProtocolVersion::V5 => true,
+            ProtocolVersion::V311 => connect.clean_start,
+            ProtocolVersion::V31 => false,
+        };
+        if !allowed {
+            return Err(Refusal::protocol(
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                "",
+                None,
+                "empty client id",
+            ));
+        }
+        let id = generate_client_id(broker);
+        assigned = Some(id.clone());
+        Arc::from(id.as_str())
+    } else {
+        if connect.client_id.len() > usize::from(limits.max_client_id_len) {
+            return Err(Refusal::protocol(
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                "client identifier too long",
+                Some(&connect.client_id),
+                "client id too long",
+            ));
+        }
+        Arc::from(connect.client_id.as_str())
+    };
+
+    // Session expiry: 3.1.1 clean session false means "never expires".
+    let requested_expiry = match version {
+        ProtocolVersion::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
+        _ if connect.clean_start => 0,
+        _ => u32::MAX,
+    };
+    let expiry = requested_expiry.min(limits.max_session_expiry);
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    // Keepalive 0 ("never") is fine unless an upper bound is configured.
+    let too_long =
+        keep_alive > limits.max_keepalive || (keep_alive == 0 && limits.max_keepalive < u16::MAX);
+    if too_long && version.is_v5() {
+        keep_alive = limits.max_keepalive;
+        server_keep_alive = Some(keep_alive);
+    } else if too_long && keep_alive != 0 {
+        // 3.x cannot be told another value; mosquitto refuses the same way.
+        return Err(Refusal::protocol(
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "",
+            Some(&connect.client_id),
+            "keepalive too long",
+        ));
+    }
+
+    let client = Arc::new(ClientHandle::new(ClientInfo {
+        address: peer.addr,
+        username: username.as_deref().map(Arc::from),
+        cert_authenticated,
+        protocol: version,
+        keep_alive,
+        listener: peer.listener.clone(),
+        connected_at: SystemTime::now(),
+    }));
+    let connection_id = broker.next_connection_id();
+    let attachment = Attachment {
+        connection_id,
+        client: client.clone(),
+    };
+    let attached = broker
+        .attach(
+            &client_id,
+            connect.clean_start,
+            expiry,
+            attachment,
+            QueueLimits::from_limits(limits).with_quotas(&quotas),
+        )
+        .await
+        .map_err(|e| {
+            broker
+                .logger
+                .error(&format!("Error persisting session: {e}."));
+            Refusal {
+                reason: ReasonCode::SERVER_UNAVAILABLE,
+                text: "",
+                log: RefusalLog::Unavailable,
+            }
+        })?;
+    if attached.took_over {
+        broker.logger.already_connected(&client_id);
+    }
+
+    let mut properties = Properties::default();
+    if version.is_v5() {
+        if expiry != requested_expiry {
+            properties.session_expiry_interval = Some(expiry);
+        }
+        if limits.receive_maximum != u16::MAX {
+            properties.receive_maximum = Some(limits.receive_maximum);
+        }
+        properties.maximum_packet_size = Some(limits.max_packet_size);
+        if limits.topic_alias_maximum > 0 {
+            properties.topic_alias_maximum = Some(limits.topic_alias_maximum);
+        }
+        properties.assigned_client_identifier = assigned;
+        properties.server_keep_alive = server_keep_alive;
+    }
+    Ok(Accepted {
+        connection_id,
+        attached,
+        client,
+        client_id,
+        properties,
+        expiry,
+        keep_alive,
+        quotas,
+        user_slot,
+    })
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
+    /// The connection of an accepted client: its state on the terms
+    /// negotiated, CONNACK queued, and what was in flight re-sent.
+    fn start(
+        broker: Arc<Broker>,
+        io: Io<S>,
+        peer: &Peer,
+        connect: &Connect,
+        accepted: Accepted,
+    ) -> Connection<S> {
+        let limits = peer.limits.clone();
+        let Accepted {
+            connection_id,
+            attached,
+            client,
+            client_id,
+            properties,
+            expiry,
+            keep_alive,
+            quotas,
+            user_slot,
+        } = accepted;
+        let version = connect.protocol;
+        let username = client.info.username.clone();
+        let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+        let publish_rate = quotas
+            .publish_rate
+            .map(|n| n.get())
+            .unwrap_or(limits.publish_rate);
+        let max_subscriptions = quotas
+            .max_subscriptions
+            .map(|n| n.get())
+            .or((limits.max_subscriptions > 0).then_some(limits.max_subscriptions));
+        let max_inbound_packet = quotas.max_packet_size.map_or(limits.max_packet_size, |n| {
+            n.get().min(limits.max_packet_size)
+        });
+        let now = Instant::now();
+        let mut conn = Connection {
+            broker: broker.clone(),
+            io,
+            id: connection_id,
+            version,
+            session: attached.session,
+            client: client.clone(),
+            keep_alive: None,
+            will: connect.will.clone().map(Box::new),
+            connect_expiry: expiry,
+            window: client_receive_max.min(limits.max_inflight),
+            client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
+            aliases: None,
+            client_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
+            problem_info: connect.properties.request_problem_information != Some(0),
+            routed: false,
+            last_packet: now,
+            acl: AclCache::resolve(&broker.access, username.as_deref(), &client_id),
+            publish_limit: (publish_rate > 0)
+                .then(|| Box::new(TokenBucket::new(publish_rate, publish_rate, now))),
+            max_inbound_packet,
+            max_subscriptions,
+            _user_slot: user_slot.map(Box::new),
+            limits,
+            hold: None,
+        };
+        broker
+            .logger
+            .client_connected(peer.addr, &client_id, connect, username.as_deref());
+        if keep_alive > 0 {
+            let limit = Duration::from_millis(u64::from(keep_alive) * 1500);
+            let registration = broker.keep_alive.register(now + limit, &conn.client);
+            conn.keep_alive = Some(KeepAlive {
+                limit,
+                registration,
+            });
+        }
+        conn.send(&Packet::Connack(Connack {
+            session_present: attached.session_present,
+            reason: ReasonCode::SUCCESS,
+            properties,
+        }));
+        broker.metrics.client_connected(&peer.listener);
+        broker.presence(&client_id, &client.info, "connected", "");
+        conn.resend_inflight();
+        conn
+    }
+}
+
+/// Checks CONNECT's credentials. Err carries the CONNACK reason and the
+/// metrics label of the refusal.
+fn authenticate(
+    broker: &Broker,
+    username: Option<&str>,
+    connect: &Connect,
+) -> Result<(), (ReasonCode, &'static str)> {
+    let Some(name) = username else {
+        return if broker.config.allow_anonymous {
+            Ok(())
+        } else {
+            Err((ReasonCode::NOT_AUTHORIZED, "anonymous"))
+        };
+    };
+    if !broker.access.has_user_files() {
+        // No users are configured: a user name means nothing, and the
+        // client counts as anonymous.
+        return if broker.config.allow_anonymous {
+            Ok(())
+        } else {
+            Err((ReasonCode::NOT_AUTHORIZED, "no_users"))
+        };
+    }
+    let password = connect.password.as_deref().unwrap_or(&[]);
+    broker
+        .access
+        .authenticator()
+        .authenticate(name, password, SystemTime::now())
+        .map_err(|e| {
+            let label = match e {
+                LoginError::UnknownUser => "unknown_user",
+                LoginError::BadPassword => "bad_password",
+                LoginError::Expired => "password_expired",
+            };
+            (ReasonCode::BAD_USER_NAME_OR_PASSWORD, label)
+        })
+}
+
+/// Resolves once the broker closes every connection. (A dropped sender is
+/// a broker that was left running, not one that closes.)
+async fn closing(mut shutdown: watch::Receiver<bool>) {
+    if shutdown.wait_for(|closing| *closing).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn display_id(client_id: &str) -> String {
+    if client_id.is_empty() {
+        "<unknown>".to_string()
+    } else {
+        client_id.to_string()
+    }
+}
+
+/// An identifier for a client that sent an empty one (`auto-` and 32 hex
+/// digits, like mosquitto's).
+fn generate_client_id(broker: &Broker) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let seed = ahash::RandomState::new();
+    let mut h1 = seed.build_hasher();
+    h1.write_u64(broker.next_connection_id());
+    let mut h2 = seed.build_hasher();
+    h2.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("auto-{:016x}{:016x}", h1.finish(), h2.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claimed_protocol_is_read_from_a_partial_connect() {
+        // Fixed header, then "MQTT" and level 5.
+        let connect = [0x10, 0x10, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05];
+        assert_eq!(claimed_protocol(&connect), Some(ProtocolVersion::V5));
+        assert_eq!(claimed_protocol(&connect[..6]), None);
+    }
+}

@@ -1,0 +1,448 @@
+//! The packets a client sends: one handler each.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Buf;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::auth::ClientAcl;
+use crate::broker::Publisher;
+use crate::codec::{
+    self, Disconnect, Packet, Properties, PubResponse, Publish, QoS, ReasonCode, Suback, Subscribe,
+    Unsuback, Unsubscribe,
+};
+use crate::config::RateLimitAction;
+use crate::message::Message;
+use crate::queue::QueueLimits;
+use crate::session::{Acked, InboundQos2};
+use crate::store::Record;
+use crate::topic;
+
+use super::close::{protocol_error, Close};
+use super::Connection;
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
+    /// Decodes and handles every complete packet in the read buffer.
+    pub(super) async fn handle_input(&mut self) -> Result<(), Close> {
+        let max = self.max_inbound_packet;
+        // One clock read per batch of packets read together.
+        let mut stamped = false;
+        loop {
+            // Packets held while paused go first once the pause is over.
+            if let Some(packet) = self.take_held() {
+                self.handle_packet(packet).await?;
+                continue;
+            }
+            // The most frequent packet under QoS 1 load, handled without
+            // building a `Packet` (unless every packet is being logged).
+            if let Some(packet_id) =
+                codec::short_puback(&self.io.rbuf).filter(|_| !self.broker.logger.verbose())
+            {
+                self.io.rbuf.advance(4);
+                if !stamped {
+                    self.last_packet = Instant::now();
+                    stamped = true;
+                }
+                self.on_complete(packet_id, QoS::AtLeastOnce);
+                continue;
+            }
+            let buffered = self.io.rbuf.len();
+            let packet = match codec::decode(&mut self.io.rbuf, Some(self.version), max) {
+                Ok(Some(packet)) => packet,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(Close::Protocol(e.reason_code(), e.to_string())),
+            };
+            if !stamped {
+                self.last_packet = Instant::now();
+                stamped = true;
+            }
+            if self.broker.logger.verbose() {
+                self.broker
+                    .logger
+                    .received(&self.session.client_id, &packet);
+            }
+            if self.is_paused() && !handled_while_paused(&packet) {
+                self.hold_packet(packet, buffered - self.io.rbuf.len());
+                continue;
+            }
+            self.handle_packet(packet).await?;
+        }
+    }
+
+    async fn handle_packet(&mut self, packet: Packet) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p).await,
+            Packet::Puback(r) => {
+                self.on_complete(r.packet_id, QoS::AtLeastOnce);
+                Ok(())
+            }
+            Packet::Pubrec(r) => self.on_pubrec(r).await,
+            Packet::Pubrel(r) => {
+                self.on_pubrel(r);
+                Ok(())
+            }
+            Packet::Pubcomp(r) => {
+                self.on_complete(r.packet_id, QoS::ExactlyOnce);
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s).await,
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u).await,
+            Packet::Pingreq => {
+                self.send(&Packet::Pingresp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => self.on_disconnect(d),
+            Packet::Auth(_) => Err(protocol_error("AUTH without an authentication method")),
+            Packet::Connect(_) => Err(protocol_error("second CONNECT")),
+            other => Err(protocol_error(&format!(
+                "{} is not sent by clients",
+                other.name()
+            ))),
+        }
+    }
+
+    async fn on_publish(&mut self, mut p: Publish) -> Result<(), Close> {
+        self.broker.metrics.received(p.qos);
+        self.check_publish_rate().await?;
+        let topic = self.resolve_topic(&mut p)?;
+        let packet_id = p.packet_id.unwrap_or(0);
+        if p.qos == QoS::ExactlyOnce {
+            let max = usize::from(self.limits.receive_maximum);
+            match self.session.begin_inbound_qos2(packet_id, max) {
+                InboundQos2::New => {}
+                InboundQos2::Duplicate => {
+                    // A retransmission of a message we already have:
+                    // acknowledge again, route nothing.
+                    self.send(&Packet::Pubrec(PubResponse::new(
+                        packet_id,
+                        ReasonCode::SUCCESS,
+                    )));
+                    return Ok(());
+                }
+                InboundQos2::OverLimit => {
+                    self.broker
+                        .metrics
+                        .quota_refusals
+                        .with_label_values(&["receive_maximum"])
+                        .inc();
+                    return Err(Close::Protocol(
+                        ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                        "receive maximum exceeded".into(),
+                    ));
+                }
+            }
+        }
+        let qos = p.qos;
+        let reason = if topic.starts_with("$SYS") || !self.client_acl().can_publish(&topic) {
+            // Only the broker publishes under $SYS.
+            self.broker
+                .metrics
+                .acl_denials
+                .with_label_values(&["publish"])
+                .inc();
+            ReasonCode::NOT_AUTHORIZED
+        } else {
+            let msg = Arc::new(Message::from_publish(p, topic));
+            let publisher = Publisher {
+                client_id: &self.session.client_id,
+                client: &self.client,
+            };
+            match self.broker.publish(msg, Some(publisher)).await {
+                Ok(routed) if routed.matched == 0 => ReasonCode::NO_MATCHING_SUBSCRIBERS,
+                Ok(routed) => {
+                    // QoS 0 has no acknowledgement to hold back.
+                    self.routed |= qos != QoS::AtMostOnce;
+                    self.pause(routed);
+                    ReasonCode::SUCCESS
+                }
+                Err(e) => {
+                    self.broker
+                        .logger
+                        .error(&format!("Error persisting message: {e}."));
+                    return Err(Close::Server(ReasonCode::UNSPECIFIED_ERROR));
+                }
+            }
+        };
+        let reason = if self.version.is_v5() {
+            reason
+        } else {
+            ReasonCode::SUCCESS
+        };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                self.send(&Packet::Puback(PubResponse::new(packet_id, reason)));
+            }
+            QoS::ExactlyOnce => {
+                if reason.is_error() {
+                    // A failed QoS 2 exchange ends here (no PUBREL follows).
+                    self.session.abandon_inbound_qos2(packet_id);
+                } else if let Some(record) = self.session.inbound_qos2_record(packet_id) {
+                    self.persist(vec![record]).await?;
+                }
+                self.send(&Packet::Pubrec(PubResponse::new(packet_id, reason)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The client's topic rules, re-resolved after an ACL reload.
+    pub(super) fn client_acl(&mut self) -> &ClientAcl {
+        self.acl.current(
+            &self.broker.access,
+            self.client.info.username.as_deref(),
+            &self.session.client_id,
+        )
+    }
+
+    /// Applies the publish-rate quota: disconnect, or wait (back-pressure:
+    /// nothing is read from the client meanwhile).
+    async fn check_publish_rate(&mut self) -> Result<(), Close> {
+        let Some(bucket) = &mut self.publish_limit else {
+            return Ok(());
+        };
+        let Err(wait) = bucket.try_take(Instant::now()) else {
+            return Ok(());
+        };
+        self.broker
+            .metrics
+            .quota_refusals
+            .with_label_values(&["publish_rate"])
+            .inc();
+        match self.limits.publish_rate_action {
+            RateLimitAction::Disconnect => Err(Close::Protocol(
+                ReasonCode::MESSAGE_RATE_TOO_HIGH,
+                "publish rate quota exceeded".into(),
+            )),
+            RateLimitAction::Throttle => {
+                tokio::time::sleep(wait).await;
+                let _ = bucket.try_take(Instant::now());
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies 5.0 topic aliases and returns the message's topic.
+    fn resolve_topic(&mut self, p: &mut Publish) -> Result<Arc<str>, Close> {
+        let Some(alias) = p.properties.topic_alias else {
+            if p.topic.is_empty() {
+                return Err(Close::Protocol(
+                    ReasonCode::TOPIC_NAME_INVALID,
+                    "empty topic".into(),
+                ));
+            }
+            return Ok(p.topic.clone());
+        };
+        let max = self.limits.topic_alias_maximum;
+        if alias == 0 || alias > max {
+            return Err(Close::Protocol(
+                ReasonCode::TOPIC_ALIAS_INVALID,
+                format!("topic alias {alias} out of range"),
+            ));
+        }
+        if p.topic.is_empty() {
+            match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
+                Some(topic) => Ok(topic.clone()),
+                None => Err(Close::Protocol(
+                    ReasonCode::PROTOCOL_ERROR,
+                    format!("unknown topic alias {alias}"),
+                )),
+            }
+        } else {
+            let topic = p.topic.clone();
+            self.aliases
+                .get_or_insert_with(Box::default)
+                .inbound
+                .insert(alias, topic.clone());
+            Ok(topic)
+        }
+    }
+
+    fn on_pubrel(&mut self, r: PubResponse) {
+        let reason = match self.session.finish_inbound_qos2(r.packet_id) {
+            Acked::Applied(record) => {
+                self.broker.persist_nowait(record.into_iter().collect());
+                ReasonCode::SUCCESS
+            }
+            Acked::Unknown if self.version.is_v5() => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+            Acked::Unknown => ReasonCode::SUCCESS,
+        };
+        self.send(&Packet::Pubcomp(PubResponse::new(r.packet_id, reason)));
+    }
+
+    async fn on_pubrec(&mut self, r: PubResponse) -> Result<(), Close> {
+        if r.reason.is_error() {
+            // 5.0: the receiver refused the message; the exchange is over.
+            self.on_complete(r.packet_id, QoS::ExactlyOnce);
+            return Ok(());
+        }
+        let reason = match self.session.release_delivery(r.packet_id) {
+            Acked::Applied(record) => {
+                // Stored before the PUBREL goes out: once the client has
+                // seen a PUBREL, a restarted broker must send the PUBREL
+                // again, never the PUBLISH ([MQTT-4.4.0-1]).
+                if let Some(record) = record {
+                    self.persist(vec![record]).await?;
+                }
+                ReasonCode::SUCCESS
+            }
+            Acked::Unknown if self.version.is_v5() => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+            Acked::Unknown => ReasonCode::SUCCESS,
+        };
+        self.send(&Packet::Pubrel(PubResponse::new(r.packet_id, reason)));
+        Ok(())
+    }
+
+    /// PUBACK or PUBCOMP: the outbound delivery is done.
+    fn on_complete(&mut self, packet_id: u16, expected: QoS) {
+        if let Acked::Applied(Some(record)) = self.session.complete_delivery(packet_id, expected) {
+            self.broker.persist_nowait(vec![record]);
+        }
+    }
+
+    async fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
+        let identifier = s.properties.subscription_identifier;
+        let mut reasons = Vec::with_capacity(s.filters.len());
+        let mut records = Vec::new();
+        let mut retained_for = Vec::new();
+        for (filter, options) in &s.filters {
+            let shared = match topic::SharedFilter::parse(filter) {
+                Ok(shared) => shared,
+                Err(_) => {
+                    reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
+                    continue;
+                }
+            };
+            let inner = shared.as_ref().map_or(filter.as_str(), |s| s.filter);
+            if !topic::valid_topic_filter(inner) {
+                reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            if shared.is_some() && options.no_local {
+                return Err(protocol_error("no local on a shared subscription"));
+            }
+            if !self.client_acl().can_subscribe(filter) {
+                self.broker
+                    .metrics
+                    .acl_denials
+                    .with_label_values(&["subscribe"])
+                    .inc();
+                reasons.push(ReasonCode::NOT_AUTHORIZED);
+                continue;
+            }
+            if let Some(max) = self.max_subscriptions {
+                if !self.session.subscription_fits(filter, max) {
+                    self.broker
+                        .metrics
+                        .quota_refusals
+                        .with_label_values(&["subscriptions"])
+                        .inc();
+                    reasons.push(ReasonCode::QUOTA_EXCEEDED);
+                    continue;
+                }
+            }
+            let is_new =
+                self.broker
+                    .subscribe(&self.session, filter, *options, identifier, &mut records);
+            reasons.push(ReasonCode(options.qos.as_u8()));
+            let send_retained = shared.is_none()
+                && match options.retain_handling {
+                    0 => true,
+                    1 => is_new,
+                    _ => false,
+                };
+            if send_retained {
+                retained_for.push((filter.clone(), options.qos));
+            }
+        }
+        self.persist(records).await?;
+        self.send(&Packet::Suback(Suback {
+            packet_id: s.packet_id,
+            reasons,
+            properties: Properties::default(),
+        }));
+        // Retained messages follow the SUBACK.
+        let mut records = Vec::new();
+        let limits = QueueLimits::from_limits(&self.limits);
+        for (filter, qos) in retained_for {
+            for (_, msg) in self.broker.retained.matching(&filter) {
+                if msg.is_expired(Instant::now()) {
+                    continue;
+                }
+                self.broker.enqueue(
+                    &self.session,
+                    &msg,
+                    msg.qos.min(qos),
+                    true,
+                    identifier.into_iter().collect(),
+                    &limits,
+                    None,
+                    &mut records,
+                );
+            }
+        }
+        self.persist(records).await
+    }
+
+    async fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
+        let mut records = Vec::new();
+        let reasons = u
+            .filters
+            .iter()
+            .map(|filter| {
+                if self.broker.unsubscribe(&self.session, filter, &mut records) {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
+        self.persist(records).await?;
+        self.send(&Packet::Unsuback(Unsuback {
+            packet_id: u.packet_id,
+            reasons,
+            properties: Properties::default(),
+        }));
+        Ok(())
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Close> {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            if self.connect_expiry == 0 && expiry != 0 {
+                return Err(protocol_error(
+                    "session expiry set on DISCONNECT after 0 at CONNECT",
+                ));
+            }
+            self.session
+                .set_expiry_interval(expiry.min(self.limits.max_session_expiry));
+        }
+        Err(Close::ClientDisconnect {
+            with_will: d.reason == ReasonCode::DISCONNECT_WITH_WILL,
+        })
+    }
+
+    /// Stores `records` before the caller answers the client; a store that
+    /// fails ends the connection (5.0: 0x80), since the broker cannot keep
+    /// what it would acknowledge.
+    async fn persist(&mut self, records: Vec<Record>) -> Result<(), Close> {
+        self.broker.persist(records).await.map_err(|e| {
+            self.broker.logger.error(&format!("Error persisting: {e}."));
+            Close::Server(ReasonCode::UNSPECIFIED_ERROR)
+        })
+    }
+}
+
+/// Whether a packet read while paused is handled at once rather than held:
+/// acknowledgements (they drain queues, perhaps the very ones the pause
+/// waits for) and PINGREQ.
+fn handled_while_paused(packet: &Packet) -> bool {
+    matches!(
+        packet,
+        Packet::Puback(_)
+            | Packet::Pubrec(_)
+            | Packet::Pubrel(_)
+            | Packet::Pubcomp(_)
+            | Packet::Pingreq
+    )
+}
