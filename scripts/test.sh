@@ -95,6 +95,10 @@ install_dependencies() {
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
     # e2e/run.sh is checked with shellcheck by the chart tests.
     command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+    # The bridge's sink tests run these servers (bridge/tests).
+    [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
+    [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
+    [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
     if [ "${#missing[@]}" -gt 0 ]; then
         apt_install "${missing[@]}"
     fi

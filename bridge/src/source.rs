@@ -243,6 +243,11 @@ async fn poll(
                 if inbound.send(Inbound::Connected(epoch)).await.is_err() {
                     return;
                 }
+                if filters.is_empty() {
+                    // A bridge with commands only.
+                    metrics.set_connected(true);
+                    continue;
+                }
                 // The session may hold the subscriptions already; asking
                 // again is harmless and covers an expired session.
                 if let Err(e) = client.subscribe_many(filters.clone()).await {

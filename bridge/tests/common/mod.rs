@@ -233,6 +233,7 @@ impl SourceBroker {
 /// The bridge binary running a configuration.
 pub struct Bridge {
     pub http_port: u16,
+    hostname: String,
     config: PathBuf,
     process: Option<Process>,
 }
@@ -241,8 +242,13 @@ impl Bridge {
     /// Writes the configuration (`[http]` added) and starts the bridge;
     /// waits until it is ready (subscribed).
     pub fn start(dir: &Path, config: &str) -> Bridge {
+        Bridge::start_as(dir, config, "bridge-0")
+    }
+
+    /// [`Bridge::start`] as the pod `hostname` (its client id).
+    pub fn start_as(dir: &Path, config: &str, hostname: &str) -> Bridge {
         let http_port = free_port();
-        let path = dir.join("bridge.toml");
+        let path = dir.join(format!("{hostname}.toml"));
         let text = format!("{config}\n[http]\nbind = \"127.0.0.1:{http_port}\"\n");
         // `[http]` must come before the arrays of tables.
         let (head, tail) = match text.find("\n[[") {
@@ -253,6 +259,7 @@ impl Bridge {
         std::fs::write(&path, format!("{head}{http}\n{tail}\n")).expect("config written");
         let mut bridge = Bridge {
             http_port,
+            hostname: hostname.to_owned(),
             config: path,
             process: None,
         };
@@ -268,7 +275,7 @@ impl Bridge {
                 .arg("-c")
                 .arg(&self.config)
                 // A stable client id, as a StatefulSet pod's name is.
-                .env("HOSTNAME", "bridge-0")
+                .env("HOSTNAME", &self.hostname)
                 .env("RUST_LOG", "info,kubemqtt_bridge=debug"),
         );
         self.process = Some(process);
@@ -400,10 +407,13 @@ pub fn head(broker_port: u16) -> String {
     )
 }
 
+/// A message a [`Collector`] received: topic, payload, user properties.
+pub type Received = (String, Bytes, Vec<(String, String)>);
+
 /// Messages on an MQTT broker, collected by a persistent-session
 /// subscriber that reconnects when the broker restarts.
 pub struct Collector {
-    pub messages: Arc<Mutex<Vec<(String, Bytes, Vec<(String, String)>)>>>,
+    pub messages: Arc<Mutex<Vec<Received>>>,
     task: tokio::task::JoinHandle<()>,
 }
 

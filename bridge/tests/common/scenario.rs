@@ -231,8 +231,8 @@ pub async fn bridge_kill(mut probe: impl Probe) {
     check_duplicates(&probe, &rows, &harness);
 }
 
-/// 4. Poison messages go to the dead-letter destination; the stream goes
-/// on.
+/// 4. Poison messages go to the dead-letter destination; the stream
+///    goes on.
 pub async fn poison(mut probe: impl Probe) {
     let harness = Harness::start(&probe).await;
     let device = device(harness.broker.port);
