@@ -99,14 +99,14 @@ async fn require_token(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let Some(path) = &broker.config.http.admin_token_file else {
+    let Some(path) = broker.config().http.admin_token_file.clone() else {
         return (
             StatusCode::NOT_FOUND,
             "admin API disabled: no admin_token_file",
         )
             .into_response();
     };
-    let expected = match std::fs::read_to_string(path) {
+    let expected = match std::fs::read_to_string(&path) {
         Ok(token) if !token.trim().is_empty() => token.trim().to_owned(),
         _ => {
             broker.logger.error(&format!(
@@ -234,7 +234,7 @@ async fn stats(State(broker): Shared) -> Json<Value> {
             )
         })
         .collect();
-    Json(json!({ "node": broker.config.node_name, "stats": values }))
+    Json(json!({ "node": broker.config().node_name, "stats": values }))
 }
 
 async fn reload(State(broker): Shared) -> Response {

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use parking_lot::RwLock;
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -37,7 +38,10 @@ const SHARDS: usize = 64;
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Broker {
-    pub config: Config,
+    /// The configuration in force: [`Broker::config`] reads it, a reload
+    /// (SIGHUP, `POST /api/v1/reload`) replaces it ([`crate::reload`] says
+    /// which keys take effect without a restart).
+    config: ArcSwap<Config>,
     pub logger: Logger,
     pub router: SubscriptionTable<ClientKey>,
     pub retained: RetainedStore<Arc<Message>>,
@@ -92,7 +96,7 @@ impl Broker {
     pub fn new(config: Config, logger: Logger, store: Option<Store>, access: Access) -> Broker {
         let budget = usize::try_from(config.limits.memory_budget_bytes).unwrap_or(usize::MAX);
         Broker {
-            config,
+            config: ArcSwap::from_pointee(config),
             logger,
             router: SubscriptionTable::new(),
             retained: RetainedStore::new(),
@@ -110,6 +114,16 @@ impl Broker {
             next_connection_id: AtomicU64::new(1),
             next_will_token: AtomicU64::new(1),
         }
+    }
+
+    /// The configuration in force. Cheap; do not hold it across an await.
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// Puts a reloaded configuration in force ([`crate::reload`]).
+    pub fn replace_config(&self, config: Config) {
+        self.config.store(Arc::new(config));
     }
 
     fn shard(&self, client_id: &str) -> usize {
@@ -136,7 +150,7 @@ impl Broker {
     }
 
     pub fn queue_limits(&self) -> QueueLimits {
-        QueueLimits::from_limits(&self.config.limits)
+        QueueLimits::from_limits(&self.config().limits)
     }
 
     // ----- publishing -------------------------------------------------------
@@ -724,13 +738,15 @@ impl Broker {
         event: &str,
         reason: &str,
     ) {
-        if !self.config.presence_events {
+        let config = self.config();
+        if !config.presence_events {
             return;
         }
         let topic = format!(
             "$SYS/brokers/{}/clients/{client_id}/{event}",
-            self.config.node_name
+            config.node_name
         );
+        drop(config);
         let payload = serde_json::json!({
             "clientid": client_id,
             "username": info.username.as_deref(),

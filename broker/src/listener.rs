@@ -269,7 +269,7 @@ async fn connect_ws<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let max_packet = broker.config.limits.max_packet_size as usize;
+    let max_packet = peer.limits.max_packet_size as usize;
     let path = &listener.config.path;
     let ws = upgrade(&broker, &peer, stream, path, max_packet).await?;
     connection::connect(broker, ws, peer, shutdown).await

@@ -77,7 +77,7 @@ impl RunningBroker {
         let broker = self.broker.clone();
         broker.draining.store(true, Ordering::SeqCst);
         let _ = self.stop_accepting.send(true);
-        let deadline = Duration::from_secs(broker.config.drain.deadline_secs);
+        let deadline = Duration::from_secs(broker.config().drain.deadline_secs);
         let drained = tokio::time::timeout(deadline, drain(&broker)).await;
         let _ = self.close_all.send(true);
         if drained.is_err() {
@@ -108,7 +108,7 @@ impl RunningBroker {
 /// Disconnects every client, `rate_per_sec` a second, and waits until
 /// they are gone.
 async fn drain(broker: &Arc<Broker>) {
-    let rate = broker.config.drain.rate_per_sec;
+    let rate = broker.config().drain.rate_per_sec;
     let pause = (rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(rate)));
     for (session, _) in broker.connected_clients() {
         if session.send_control(Control::Shutdown) {
@@ -220,7 +220,7 @@ pub async fn start(mut config: Config, logger: Logger) -> Result<RunningBroker, 
         ));
     }
     let mut background = JoinSet::new();
-    if broker.config.sys.interval_secs > 0 {
+    if broker.config().sys.interval_secs > 0 {
         background.spawn(sys::run(broker.clone(), close_rx.clone()));
     }
     background.spawn(reload_loop(broker.clone(), tls));
@@ -242,7 +242,7 @@ pub async fn start(mut config: Config, logger: Logger) -> Result<RunningBroker, 
 /// Re-reads certificates and auth files when they change on disk, and
 /// everything on request (SIGHUP, admin API).
 async fn reload_loop(broker: Arc<Broker>, tls: Vec<(Arc<str>, Arc<TlsReloader>)>) {
-    let period = Duration::from_secs(broker.config.auth.reload_interval_secs.max(1));
+    let period = Duration::from_secs(broker.config().auth.reload_interval_secs.max(1));
     loop {
         let forced = tokio::select! {
             _ = tokio::time::sleep(period) => false,

@@ -14,7 +14,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Publishes the `$SYS` tree every `sys.interval_secs` until shutdown.
 pub async fn run(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
-    let period = Duration::from_secs(broker.config.sys.interval_secs.max(1));
+    let period = Duration::from_secs(broker.config().sys.interval_secs.max(1));
     let mut ticker = tokio::time::interval(period);
     publish(
         &broker,

@@ -564,7 +564,7 @@ fn authenticate(
     connect: &Connect,
 ) -> Result<(), (ReasonCode, &'static str)> {
     let Some(name) = username else {
-        return if broker.config.allow_anonymous {
+        return if broker.config().allow_anonymous {
             Ok(())
         } else {
             Err((ReasonCode::NOT_AUTHORIZED, "anonymous"))
@@ -573,7 +573,7 @@ fn authenticate(
     if !broker.access.has_user_files() {
         // No users are configured: a user name means nothing, and the
         // client counts as anonymous.
-        return if broker.config.allow_anonymous {
+        return if broker.config().allow_anonymous {
             Ok(())
         } else {
             Err((ReasonCode::NOT_AUTHORIZED, "no_users"))
