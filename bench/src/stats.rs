@@ -203,6 +203,9 @@ impl Percentiles {
 /// The outcome of one run, printed as text or JSON.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
+    /// The client library that generated the load: `kubemqtt-bench` or
+    /// `rumqttc`.
+    pub generator: String,
     /// `conn`, `pub`, `sub`, `p2p`, `fanout` or `fanin`.
     pub scenario: String,
     /// The broker address used.
@@ -241,6 +244,13 @@ pub struct Report {
     pub loss: Option<i64>,
     /// `100 * delivered / expected`.
     pub delivered_pct: Option<f64>,
+    /// Deliveries of a message the same subscriber (or the same shared
+    /// group) had already received; absent when payloads are too short to
+    /// carry message identities.
+    pub duplicates: Option<u64>,
+    /// QoS 1/2 runs: acknowledged PUBLISHes that did not reach a subscriber
+    /// online the whole run, see [`acked_not_delivered`].
+    pub acked_not_delivered: Option<u64>,
     /// End-to-end latency from the send time stamped in each payload.
     pub latency: Option<Percentiles>,
     /// Received PUBLISHes too short to carry a time stamp.
@@ -308,7 +318,16 @@ impl Report {
                     "; expected {expected}, loss {loss} ({pct:.2} % delivered)"
                 );
             }
+            if let Some(duplicates) = self.duplicates.filter(|&d| d > 0) {
+                let _ = write!(out, "; {duplicates} duplicates");
+            }
             out.push('\n');
+        }
+        if let Some(missing) = self.acked_not_delivered {
+            let _ = writeln!(
+                out,
+                "acked, not delivered  {missing} (acknowledged to the publishers, never received by a subscriber)"
+            );
         }
         if let Some(p) = &self.latency {
             let _ = writeln!(out, "latency      {}", p.render());
@@ -326,6 +345,20 @@ impl Report {
         }
         out
     }
+}
+
+/// Acknowledged PUBLISHes that never reached their subscribers: each
+/// acknowledged message should reach `fan_out` subscribers, so this is
+/// `acked × fan_out − (delivered − duplicates)`, never negative.
+///
+/// It counts deliveries, not which message each one was: a message that
+/// was delivered but whose acknowledgement was still outstanding when the
+/// run ended makes up for one that was acknowledged and lost. The drain
+/// after publishing (waiting for every acknowledgement) makes that rare.
+pub fn acked_not_delivered(acked: u64, fan_out: u64, delivered: u64, duplicates: u64) -> u64 {
+    acked
+        .saturating_mul(fan_out)
+        .saturating_sub(delivered.saturating_sub(duplicates))
 }
 
 /// `1234` -> `1.23 ms`, `950` -> `950 µs`, `2_500_000` -> `2.50 s`.
@@ -354,6 +387,7 @@ mod tests {
 
     fn sample_report() -> Report {
         Report {
+            generator: "kubemqtt-bench".into(),
             scenario: "p2p".into(),
             broker: "127.0.0.1:1883".into(),
             qos: Some(1),
@@ -372,6 +406,8 @@ mod tests {
             expected: Some(200),
             loss: Some(2),
             delivered_pct: Some(99.0),
+            duplicates: Some(0),
+            acked_not_delivered: Some(2),
             latency: None,
             unstamped: 0,
             errors: 1,
@@ -433,6 +469,21 @@ mod tests {
     }
 
     #[test]
+    fn acked_not_delivered_counts_each_subscriber_a_message_should_reach() {
+        // p2p: 100 acknowledged, 98 delivered.
+        assert_eq!(acked_not_delivered(100, 1, 98, 0), 2);
+        // Fan-out to 10: 100 acknowledged should make 1,000 deliveries.
+        assert_eq!(acked_not_delivered(100, 10, 990, 0), 10);
+        assert_eq!(acked_not_delivered(100, 10, 1_000, 0), 0);
+        // Duplicates do not make up for a missing message.
+        assert_eq!(acked_not_delivered(100, 1, 100, 3), 3);
+        // Unacknowledged messages delivered (sent > acked): never negative.
+        assert_eq!(acked_not_delivered(100, 1, 120, 0), 0);
+        assert_eq!(acked_not_delivered(0, 1, 0, 5), 0);
+        assert_eq!(acked_not_delivered(u64::MAX, 10, 0, 0), u64::MAX);
+    }
+
+    #[test]
     fn durations_and_rates_are_formatted_with_units() {
         assert_eq!(format_us(950), "950 µs");
         assert_eq!(format_us(1_234), "1.23 ms");
@@ -460,6 +511,12 @@ mod tests {
         assert!(
             text.contains("delivered    198 = 99 msg/s; expected 200, loss 2 (99.00 % delivered)")
         );
+        assert!(text.contains("acked, not delivered  2 (acknowledged"));
+        assert!(!text.contains("duplicates"), "none to report");
+        report.duplicates = Some(3);
+        assert!(report
+            .to_text()
+            .contains("(99.00 % delivered); 3 duplicates\n"));
         assert!(text.contains("latency      p50 250 µs  p90 900 µs  p99 1.50 ms  p99.9 2.00 ms"));
         assert!(text.contains("errors       1\n  publisher 1: connection closed by the broker\n"));
     }
@@ -471,6 +528,9 @@ mod tests {
         assert_eq!(value["sent_per_sec"], 100.0);
         assert_eq!(value["delivered"], 198);
         assert_eq!(value["loss"], 2);
+        assert_eq!(value["generator"], "kubemqtt-bench");
+        assert_eq!(value["acked_not_delivered"], 2);
+        assert_eq!(value["duplicates"], 0);
         assert_eq!(value["latency"], serde_json::Value::Null);
         assert_eq!(
             value["error_samples"][0],

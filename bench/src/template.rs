@@ -59,6 +59,12 @@ impl TopicTemplate {
     pub fn has_index(&self) -> bool {
         self.parts.contains(&Part::Index)
     }
+
+    /// Whether this is a shared-subscription filter (`$share/<group>/...`),
+    /// whose subscribers split the messages between them.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.parts.first(), Some(Part::Literal(text)) if text.starts_with("$share/"))
+    }
 }
 
 impl FromStr for TopicTemplate {
@@ -131,6 +137,10 @@ mod tests {
         let t = parse("$share/g/100%%/+/%i#");
         assert_eq!(t.render(3, "x", "run"), "$share/g/100%/+/3#");
         assert!(!parse("a%%i").has_index(), "%%i is a literal %i");
+        assert!(parse("$share/g/100%%/+/%i#").is_shared());
+        assert!(parse("$share/bench/bench/%p/fanin/+").is_shared());
+        assert!(!parse("bench/$share/x").is_shared());
+        assert!(!parse("%p/$share/x").is_shared());
         assert_eq!(parse("a%%i").render(1, "x", "run"), "a%i");
     }
 

@@ -1,8 +1,11 @@
-//! End-to-end runs of the `kubemqtt-bench` binary against our broker,
-//! started in this test process on a free loopback port.
+//! End-to-end runs of the `kubemqtt-bench` and `kubemqtt-bench-rumqttc`
+//! binaries against our broker, started in this test process on a free
+//! loopback port.
 //!
-//! Runs are bounded by `--count` so their totals are exact, and by a short
-//! `--duration` and `--drain` so each takes about a second.
+//! Most runs are bounded by `--count` so their totals are exact, and by a
+//! short `--duration` and `--drain` so each takes about a second. The
+//! flat-out runs check what must hold whatever the speed: nothing
+//! acknowledged goes undelivered, the counts are coherent.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,10 +29,22 @@ async fn start_broker() -> (RunningBroker, SocketAddr) {
     (broker, addr)
 }
 
-/// Runs the bench with `args` plus the broker address and `--json`, and
-/// returns its report.
+/// The built-in generator.
+const BUILTIN: &str = env!("CARGO_BIN_EXE_kubemqtt-bench");
+
+/// The generator on rumqttc.
+const RUMQTTC: &str = env!("CARGO_BIN_EXE_kubemqtt-bench-rumqttc");
+
+/// Runs the built-in generator with `args` plus the broker address and
+/// `--json`, and returns its report.
 async fn bench(addr: SocketAddr, args: &[&str]) -> Value {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubemqtt-bench"))
+    run_generator(BUILTIN, addr, args).await
+}
+
+/// Runs `generator` with `args` plus the broker address and `--json`, and
+/// returns its report.
+async fn run_generator(generator: &str, addr: SocketAddr, args: &[&str]) -> Value {
+    let run = tokio::process::Command::new(generator)
         .args(args)
         .args(["-b", &addr.to_string(), "--json", "--quiet"])
         .kill_on_drop(true)
@@ -65,6 +80,9 @@ async fn p2p_qos1_delivers_everything_it_sends() {
     assert_eq!(report["expected"], 300);
     assert_eq!(report["delivered"], report["sent"]);
     assert_eq!(report["loss"], 0);
+    assert_eq!(report["acked_not_delivered"], 0);
+    assert_eq!(report["duplicates"], 0);
+    assert_eq!(report["generator"], "kubemqtt-bench");
     assert_eq!(
         report["latency"]["count"], 300,
         "every payload carried its send time"
@@ -107,6 +125,10 @@ async fn fanin_shared_subscription_delivers_each_message_once() {
     assert_eq!(report["errors"], 0, "{report}");
     assert_eq!(report["sent"], 200);
     assert_eq!(report["delivered"], 200, "{report}");
+    assert_eq!(
+        report["duplicates"], 0,
+        "no message reached two members of the group"
+    );
     broker.shutdown().await;
 }
 
@@ -144,4 +166,170 @@ async fn unreachable_broker_is_reported_as_connect_failures() {
     assert!(report["error_samples"][0]
         .as_str()
         .is_some_and(|e| e.contains("refused")));
+}
+
+/// What must hold in any report of a publish/subscribe run: the counts
+/// are coherent with each other.
+fn assert_coherent(report: &Value) {
+    let n = |field: &str| {
+        report[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{field} missing: {report}"))
+    };
+    assert!(n("delivered") <= n("expected"), "{report}");
+    let fan_out = if report["scenario"] == "fanout" {
+        n("subscribers")
+    } else {
+        1
+    };
+    assert_eq!(n("expected"), n("sent") * fan_out, "{report}");
+    assert!(n("acked") <= n("sent"), "{report}");
+    assert!(report["sent_per_sec"].as_f64().is_some_and(|r| r >= 0.0));
+    assert!(report["delivered_per_sec"]
+        .as_f64()
+        .is_some_and(|r| r >= 0.0));
+    assert!(report["delivered_pct"].as_f64().is_some_and(|p| p <= 100.0));
+    if n("delivered") > 0 {
+        let p50 = report["latency"]["p50_us"].as_u64().unwrap_or(0);
+        let p99 = report["latency"]["p99_us"].as_u64().unwrap_or(0);
+        assert!(0 < p50 && p50 <= p99, "{report}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flat_out_qos1_p2p_delivers_everything_acknowledged_with_both_generators() {
+    let (broker, addr) = start_broker().await;
+    for generator in [BUILTIN, RUMQTTC] {
+        let report = run_generator(
+            generator,
+            addr,
+            &["p2p", "-n", "2", "-q", "1", "-d", "1", "--drain", "5"],
+        )
+        .await;
+        assert_eq!(report["errors"], 0, "{report}");
+        assert_coherent(&report);
+        assert!(report["sent"].as_u64().is_some_and(|s| s > 0), "{report}");
+        assert_eq!(
+            report["acked"], report["sent"],
+            "every PUBLISH acknowledged: {report}"
+        );
+        assert_eq!(report["acked_not_delivered"], 0, "{report}");
+        assert_eq!(report["duplicates"], 0, "{report}");
+        assert_eq!(report["delivered"], report["expected"], "{report}");
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rumqttc_p2p_qos1_counts_exactly() {
+    let (broker, addr) = start_broker().await;
+    let report = run_generator(
+        RUMQTTC,
+        addr,
+        &[
+            "p2p", "-n", "3", "-q", "1", "-r", "500", "--count", "100", "-d", "5", "--drain", "5",
+        ],
+    )
+    .await;
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["generator"], "rumqttc");
+    assert_eq!(report["scenario"], "p2p");
+    assert_eq!(report["qos"], 1);
+    assert_eq!(report["publishers"], 3);
+    assert_eq!(report["subscribers"], 3);
+    assert_eq!(report["connections"], 6);
+    assert_eq!(report["sent"], 300);
+    assert_eq!(report["acked"], 300);
+    assert_eq!(report["expected"], 300);
+    assert_eq!(report["delivered"], 300);
+    assert_eq!(report["acked_not_delivered"], 0);
+    assert_eq!(report["duplicates"], 0);
+    assert_eq!(report["latency"]["count"], 300);
+    assert_coherent(&report);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rumqttc_fanout_qos2_reaches_every_subscriber() {
+    let (broker, addr) = start_broker().await;
+    let report = run_generator(
+        RUMQTTC,
+        addr,
+        &[
+            "fanout", "-n", "4", "-q", "2", "-r", "500", "--count", "50", "-s", "100", "-d", "5",
+        ],
+    )
+    .await;
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["sent"], 50);
+    assert_eq!(report["acked"], 50, "PUBCOMPs counted");
+    assert_eq!(report["expected"], 200);
+    assert_eq!(report["delivered"], 200);
+    assert_eq!(report["acked_not_delivered"], 0);
+    assert_eq!(report["payload_bytes"], 100);
+    assert_coherent(&report);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rumqttc_fanin_shared_subscription_delivers_each_message_once() {
+    let (broker, addr) = start_broker().await;
+    let report = run_generator(
+        RUMQTTC,
+        addr,
+        &[
+            "fanin", "-n", "4", "-m", "2", "-q", "1", "-r", "500", "--count", "50", "-d", "5",
+        ],
+    )
+    .await;
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["sent"], 200);
+    assert_eq!(report["delivered"], 200, "{report}");
+    assert_eq!(report["duplicates"], 0);
+    assert_eq!(report["acked_not_delivered"], 0);
+    assert_coherent(&report);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rumqttc_qos0_has_no_acknowledgements_to_account_for() {
+    let (broker, addr) = start_broker().await;
+    let report = run_generator(
+        RUMQTTC,
+        addr,
+        &[
+            "p2p", "-n", "1", "-q", "0", "--count", "1000", "-d", "1", "--drain", "2",
+        ],
+    )
+    .await;
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["sent"], 1000);
+    assert_eq!(report["acked"], 0);
+    assert_eq!(report["acked_not_delivered"], Value::Null);
+    assert_coherent(&report);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn rumqttc_unreachable_broker_is_reported_as_connect_failures() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let report = run_generator(
+        RUMQTTC,
+        addr,
+        &["fanout", "-n", "2", "-d", "0.2", "--connect-timeout", "2"],
+    )
+    .await;
+    assert_eq!(report["connections"], 0);
+    assert_eq!(report["connect_failures"], 3);
+    assert_eq!(report["sent"], 0);
+    assert!(
+        report["error_samples"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("refused")),
+        "{report}"
+    );
 }
