@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::ratelimit::TokenBucket;
 
 use parking_lot::Mutex;
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -24,6 +25,9 @@ use crate::client::Control;
 use crate::config::{ListenerConfig, ListenerProtocol};
 use crate::connection::{self, Peer};
 use crate::transport::{proxy, tls::TlsReloader, ws};
+
+/// Backlog of a listening socket (tokio's `TcpListener::bind` uses the same).
+const BACKLOG: i32 = 1024;
 
 /// How long PROXY header, TLS handshake and WebSocket upgrade may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,6 +40,39 @@ pub struct Listener {
     pub tls: Option<Arc<TlsReloader>>,
     /// Broker-wide limits with this listener's overrides.
     pub limits: Arc<crate::config::Limits>,
+}
+
+/// Binds the socket of `listeners[index]`.
+///
+/// Linux makes a `[::]` socket dual-stack: it takes the IPv4 port too, so
+/// `0.0.0.0:1883` plus `[::]:1883` (what mosquitto users write) would fail
+/// with "Address already in use". An IPv6 listener whose port an IPv4
+/// listener also binds is therefore made IPv6-only (`IPV6_V6ONLY`); a `[::]`
+/// listener alone stays dual-stack and accepts both families.
+pub fn bind(listeners: &[ListenerConfig], index: usize) -> std::io::Result<TcpListener> {
+    let addr = listeners[index].bind;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if ipv6_only(listeners, index) {
+        socket.set_only_v6(true)?;
+    }
+    // As tokio's `TcpListener::bind`: a restarted broker can bind at once
+    // while connections of the previous process are in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Whether `listeners[index]` is an IPv6 listener whose port an IPv4
+/// listener also binds (port 0 is never shared).
+fn ipv6_only(listeners: &[ListenerConfig], index: usize) -> bool {
+    let addr = listeners[index].bind;
+    addr.is_ipv6()
+        && addr.port() != 0
+        && listeners
+            .iter()
+            .any(|other| other.bind.is_ipv4() && other.bind.port() == addr.port())
 }
 
 /// The connections of one listener: how many are open, and a wake-up when
@@ -337,6 +374,25 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_listener_is_ipv6_only_when_an_ipv4_one_shares_its_port() {
+        let listeners: Vec<ListenerConfig> = [
+            "0.0.0.0:1883",
+            "[::]:1883",
+            "[::]:8883",
+            "[::1]:1883",
+            "[::]:0",
+            "127.0.0.1:0",
+        ]
+        .iter()
+        .map(|bind| ListenerConfig::tcp(bind.parse().unwrap()))
+        .collect();
+        let only: Vec<bool> = (0..listeners.len())
+            .map(|i| ipv6_only(&listeners, i))
+            .collect();
+        assert_eq!(only, [false, true, false, true, false, false]);
+    }
 
     #[test]
     fn a_connection_task_fits_tokios_smallest_task_cell() {

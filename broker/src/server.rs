@@ -158,7 +158,7 @@ pub async fn start(mut config: Config, logger: Logger) -> Result<RunningBroker, 
 
     let mut listeners = Vec::new();
     let global_limits = config.limits.clone();
-    for l in &config.listeners {
+    for (index, l) in config.listeners.iter().enumerate() {
         let tls = match &l.tls {
             Some(tls) => Some(Arc::new(TlsReloader::load(tls).map_err(|source| {
                 StartError::Tls {
@@ -168,12 +168,10 @@ pub async fn start(mut config: Config, logger: Logger) -> Result<RunningBroker, 
             })?)),
             None => None,
         };
-        let tcp = TcpListener::bind(l.bind)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: l.bind,
-                source,
-            })?;
+        let tcp = listener::bind(&config.listeners, index).map_err(|source| StartError::Bind {
+            addr: l.bind,
+            source,
+        })?;
         let addr = tcp.local_addr().map_err(|source| StartError::Bind {
             addr: l.bind,
             source,
