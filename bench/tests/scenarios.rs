@@ -35,11 +35,8 @@ const BUILTIN: &str = env!("CARGO_BIN_EXE_kubemqtt-bench");
 /// The generator on rumqttc.
 const RUMQTTC: &str = env!("CARGO_BIN_EXE_kubemqtt-bench-rumqttc");
 
-/// Runs the built-in generator with `args` plus the broker address and
-/// `--json`, and returns its report.
-async fn bench(addr: SocketAddr, args: &[&str]) -> Value {
-    run_generator(BUILTIN, addr, args).await
-}
+/// Both generators, each run by the tests that apply to both.
+const GENERATORS: [&str; 2] = [BUILTIN, RUMQTTC];
 
 /// Runs `generator` with `args` plus the broker address and `--json`, and
 /// returns its report.
@@ -61,111 +58,6 @@ async fn run_generator(generator: &str, addr: SocketAddr, args: &[&str]) -> Valu
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {stdout}"))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn p2p_qos1_delivers_everything_it_sends() {
-    let (broker, addr) = start_broker().await;
-    let report = bench(
-        addr,
-        &[
-            "p2p", "-n", "3", "-q", "1", "-r", "500", "--count", "100", "-d", "5", "--drain", "5",
-        ],
-    )
-    .await;
-    assert_eq!(report["errors"], 0, "{report}");
-    assert_eq!(report["connections"], 6);
-    assert_eq!(report["sent"], 300);
-    assert_eq!(report["acked"], 300);
-    assert_eq!(report["expected"], 300);
-    assert_eq!(report["delivered"], report["sent"]);
-    assert_eq!(report["loss"], 0);
-    assert_eq!(report["acked_not_delivered"], 0);
-    assert_eq!(report["duplicates"], 0);
-    assert_eq!(report["generator"], "kubemqtt-bench");
-    assert_eq!(
-        report["latency"]["count"], 300,
-        "every payload carried its send time"
-    );
-    assert!(report["latency"]["p50_us"]
-        .as_u64()
-        .is_some_and(|us| us > 0));
-    broker.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fanout_qos2_reaches_every_subscriber() {
-    let (broker, addr) = start_broker().await;
-    let report = bench(
-        addr,
-        &[
-            "fanout", "-n", "4", "-q", "2", "-r", "500", "--count", "50", "-s", "100", "-d", "5",
-        ],
-    )
-    .await;
-    assert_eq!(report["errors"], 0, "{report}");
-    assert_eq!(report["sent"], 50);
-    assert_eq!(report["acked"], 50, "PUBREC/PUBREL/PUBCOMP completed");
-    assert_eq!(report["expected"], 200);
-    assert_eq!(report["delivered"], 200);
-    assert_eq!(report["payload_bytes"], 100);
-    broker.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fanin_shared_subscription_delivers_each_message_once() {
-    let (broker, addr) = start_broker().await;
-    let report = bench(
-        addr,
-        &[
-            "fanin", "-n", "4", "-m", "2", "-q", "1", "-r", "500", "--count", "50", "-d", "5",
-        ],
-    )
-    .await;
-    assert_eq!(report["errors"], 0, "{report}");
-    assert_eq!(report["sent"], 200);
-    assert_eq!(report["delivered"], 200, "{report}");
-    assert_eq!(
-        report["duplicates"], 0,
-        "no message reached two members of the group"
-    );
-    broker.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conn_opens_and_holds_every_connection() {
-    let (broker, addr) = start_broker().await;
-    let report = bench(
-        addr,
-        &["conn", "-n", "50", "--conn-rate", "500", "--hold", "0.5"],
-    )
-    .await;
-    assert_eq!(report["connections"], 50, "{report}");
-    assert_eq!(report["connect_failures"], 0);
-    assert_eq!(report["errors"], 0);
-    assert_eq!(report["connect_latency"]["count"], 50);
-    broker.shutdown().await;
-}
-
-#[tokio::test]
-async fn unreachable_broker_is_reported_as_connect_failures() {
-    // Bind then drop a listener to get a port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let report = bench(
-        addr,
-        &["p2p", "-n", "2", "-d", "0.2", "--connect-timeout", "2"],
-    )
-    .await;
-    assert_eq!(report["connections"], 0);
-    assert_eq!(report["connect_failures"], 4);
-    assert_eq!(report["sent"], 0);
-    assert!(report["error_samples"][0]
-        .as_str()
-        .is_some_and(|e| e.contains("refused")));
 }
 
 /// What must hold in any report of a publish/subscribe run: the counts
@@ -196,16 +88,93 @@ fn assert_coherent(report: &Value) {
     }
 }
 
+/// The name each generator writes into its reports.
+fn name(generator: &str) -> &'static str {
+    if generator == RUMQTTC {
+        "rumqttc"
+    } else {
+        "kubemqtt-bench"
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flat_out_qos1_p2p_delivers_everything_acknowledged_with_both_generators() {
+async fn p2p_qos1_delivers_everything_it_sends() {
     let (broker, addr) = start_broker().await;
-    for generator in [BUILTIN, RUMQTTC] {
-        let report = run_generator(
-            generator,
-            addr,
-            &["p2p", "-n", "2", "-q", "1", "-d", "1", "--drain", "5"],
-        )
-        .await;
+    for generator in GENERATORS {
+        let args = [
+            "p2p", "-n", "3", "-q", "1", "-r", "500", "--count", "100", "-d", "5", "--drain", "5",
+        ];
+        let report = run_generator(generator, addr, &args).await;
+        assert_eq!(report["errors"], 0, "{report}");
+        assert_eq!(report["generator"], name(generator));
+        assert_eq!(report["scenario"], "p2p");
+        assert_eq!(report["qos"], 1);
+        assert_eq!(report["publishers"], 3);
+        assert_eq!(report["subscribers"], 3);
+        assert_eq!(report["connections"], 6);
+        assert_eq!(report["sent"], 300);
+        assert_eq!(report["acked"], 300);
+        assert_eq!(report["expected"], 300);
+        assert_eq!(report["delivered"], report["sent"]);
+        assert_eq!(report["loss"], 0);
+        assert_eq!(report["acked_not_delivered"], 0);
+        assert_eq!(report["duplicates"], 0);
+        assert_eq!(
+            report["latency"]["count"], 300,
+            "every payload carried its send time"
+        );
+        assert_coherent(&report);
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_qos2_reaches_every_subscriber() {
+    let (broker, addr) = start_broker().await;
+    for generator in GENERATORS {
+        let args = [
+            "fanout", "-n", "4", "-q", "2", "-r", "500", "--count", "50", "-s", "100", "-d", "5",
+        ];
+        let report = run_generator(generator, addr, &args).await;
+        assert_eq!(report["errors"], 0, "{report}");
+        assert_eq!(report["sent"], 50);
+        assert_eq!(report["acked"], 50, "PUBREC/PUBREL/PUBCOMP completed");
+        assert_eq!(report["expected"], 200);
+        assert_eq!(report["delivered"], 200);
+        assert_eq!(report["acked_not_delivered"], 0);
+        assert_eq!(report["payload_bytes"], 100);
+        assert_coherent(&report);
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanin_shared_subscription_delivers_each_message_once() {
+    let (broker, addr) = start_broker().await;
+    for generator in GENERATORS {
+        let args = [
+            "fanin", "-n", "4", "-m", "2", "-q", "1", "-r", "500", "--count", "50", "-d", "5",
+        ];
+        let report = run_generator(generator, addr, &args).await;
+        assert_eq!(report["errors"], 0, "{report}");
+        assert_eq!(report["sent"], 200);
+        assert_eq!(report["delivered"], 200, "{report}");
+        assert_eq!(
+            report["duplicates"], 0,
+            "no message reached two members of the group"
+        );
+        assert_eq!(report["acked_not_delivered"], 0);
+        assert_coherent(&report);
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flat_out_qos1_p2p_delivers_everything_acknowledged() {
+    let (broker, addr) = start_broker().await;
+    for generator in GENERATORS {
+        let args = ["p2p", "-n", "2", "-q", "1", "-d", "1", "--drain", "5"];
+        let report = run_generator(generator, addr, &args).await;
         assert_eq!(report["errors"], 0, "{report}");
         assert_coherent(&report);
         assert!(report["sent"].as_u64().is_some_and(|s| s > 0), "{report}");
@@ -221,115 +190,57 @@ async fn flat_out_qos1_p2p_delivers_everything_acknowledged_with_both_generators
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rumqttc_p2p_qos1_counts_exactly() {
+async fn qos0_has_no_acknowledgements_to_account_for() {
     let (broker, addr) = start_broker().await;
-    let report = run_generator(
-        RUMQTTC,
-        addr,
-        &[
-            "p2p", "-n", "3", "-q", "1", "-r", "500", "--count", "100", "-d", "5", "--drain", "5",
-        ],
-    )
-    .await;
-    assert_eq!(report["errors"], 0, "{report}");
-    assert_eq!(report["generator"], "rumqttc");
-    assert_eq!(report["scenario"], "p2p");
-    assert_eq!(report["qos"], 1);
-    assert_eq!(report["publishers"], 3);
-    assert_eq!(report["subscribers"], 3);
-    assert_eq!(report["connections"], 6);
-    assert_eq!(report["sent"], 300);
-    assert_eq!(report["acked"], 300);
-    assert_eq!(report["expected"], 300);
-    assert_eq!(report["delivered"], 300);
-    assert_eq!(report["acked_not_delivered"], 0);
-    assert_eq!(report["duplicates"], 0);
-    assert_eq!(report["latency"]["count"], 300);
-    assert_coherent(&report);
-    broker.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rumqttc_fanout_qos2_reaches_every_subscriber() {
-    let (broker, addr) = start_broker().await;
-    let report = run_generator(
-        RUMQTTC,
-        addr,
-        &[
-            "fanout", "-n", "4", "-q", "2", "-r", "500", "--count", "50", "-s", "100", "-d", "5",
-        ],
-    )
-    .await;
-    assert_eq!(report["errors"], 0, "{report}");
-    assert_eq!(report["sent"], 50);
-    assert_eq!(report["acked"], 50, "PUBCOMPs counted");
-    assert_eq!(report["expected"], 200);
-    assert_eq!(report["delivered"], 200);
-    assert_eq!(report["acked_not_delivered"], 0);
-    assert_eq!(report["payload_bytes"], 100);
-    assert_coherent(&report);
-    broker.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rumqttc_fanin_shared_subscription_delivers_each_message_once() {
-    let (broker, addr) = start_broker().await;
-    let report = run_generator(
-        RUMQTTC,
-        addr,
-        &[
-            "fanin", "-n", "4", "-m", "2", "-q", "1", "-r", "500", "--count", "50", "-d", "5",
-        ],
-    )
-    .await;
-    assert_eq!(report["errors"], 0, "{report}");
-    assert_eq!(report["sent"], 200);
-    assert_eq!(report["delivered"], 200, "{report}");
-    assert_eq!(report["duplicates"], 0);
-    assert_eq!(report["acked_not_delivered"], 0);
-    assert_coherent(&report);
-    broker.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rumqttc_qos0_has_no_acknowledgements_to_account_for() {
-    let (broker, addr) = start_broker().await;
-    let report = run_generator(
-        RUMQTTC,
-        addr,
-        &[
+    for generator in GENERATORS {
+        let args = [
             "p2p", "-n", "1", "-q", "0", "--count", "1000", "-d", "1", "--drain", "2",
-        ],
+        ];
+        let report = run_generator(generator, addr, &args).await;
+        assert_eq!(report["errors"], 0, "{report}");
+        assert_eq!(report["sent"], 1000);
+        assert_eq!(report["acked"], 0);
+        assert_eq!(report["acked_not_delivered"], Value::Null);
+        assert_coherent(&report);
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conn_opens_and_holds_every_connection() {
+    let (broker, addr) = start_broker().await;
+    let report = run_generator(
+        BUILTIN,
+        addr,
+        &["conn", "-n", "50", "--conn-rate", "500", "--hold", "0.5"],
     )
     .await;
-    assert_eq!(report["errors"], 0, "{report}");
-    assert_eq!(report["sent"], 1000);
-    assert_eq!(report["acked"], 0);
-    assert_eq!(report["acked_not_delivered"], Value::Null);
-    assert_coherent(&report);
+    assert_eq!(report["connections"], 50, "{report}");
+    assert_eq!(report["connect_failures"], 0);
+    assert_eq!(report["errors"], 0);
+    assert_eq!(report["connect_latency"]["count"], 50);
     broker.shutdown().await;
 }
 
 #[tokio::test]
-async fn rumqttc_unreachable_broker_is_reported_as_connect_failures() {
+async fn unreachable_broker_is_reported_as_connect_failures() {
+    // Bind then drop a listener to get a port nobody listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let report = run_generator(
-        RUMQTTC,
-        addr,
-        &["fanout", "-n", "2", "-d", "0.2", "--connect-timeout", "2"],
-    )
-    .await;
-    assert_eq!(report["connections"], 0);
-    assert_eq!(report["connect_failures"], 3);
-    assert_eq!(report["sent"], 0);
-    assert!(
-        report["error_samples"][0]
-            .as_str()
-            .is_some_and(|e| e.contains("refused")),
-        "{report}"
-    );
+    for generator in GENERATORS {
+        let args = ["p2p", "-n", "2", "-d", "0.2", "--connect-timeout", "2"];
+        let report = run_generator(generator, addr, &args).await;
+        assert_eq!(report["connections"], 0);
+        assert_eq!(report["connect_failures"], 4);
+        assert_eq!(report["sent"], 0);
+        assert!(
+            report["error_samples"][0]
+                .as_str()
+                .is_some_and(|e| e.contains("refused")),
+            "{report}"
+        );
+    }
 }

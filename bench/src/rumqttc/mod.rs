@@ -20,7 +20,7 @@ use ::rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet};
 
 use crate::cli::MAX_PACKET_SIZE;
 use crate::codec::QoS;
-use crate::run::{Driver, PublisherJob, Settings, Shared, SubscriberJob, Workload};
+use crate::run::{sleep_until, ClientJob, Driver, PublisherJob, Settings, SubscriberJob, Workload};
 
 /// Name of this generator in reports.
 pub const GENERATOR: &str = "rumqttc";
@@ -87,33 +87,25 @@ fn client(
     (client, eventloop)
 }
 
-/// Connects: polls the event loop for CONNACK within the connect timeout,
-/// counting the outcome. False if the connection failed.
-async fn connect(
-    shared: &Shared,
-    settings: &Settings,
-    eventloop: &mut EventLoop,
-    who: &str,
-) -> bool {
+/// Waits for the client's slot, then connects: polls the event loop for
+/// CONNACK within the connect timeout, counting the outcome. A client whose
+/// connection failed is done with its setup (settled).
+async fn connect(c: &ClientJob, capacity: usize) -> Option<(AsyncClient, EventLoop)> {
+    sleep_until(c.slot).await;
+    let (client, mut eventloop) = client(&c.settings, &c.workload, &c.client_id, capacity);
     let begun = Instant::now();
-    match tokio::time::timeout(settings.client.timeout, eventloop.poll()).await {
+    let failure = match tokio::time::timeout(c.settings.client.timeout, eventloop.poll()).await {
         Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
-            shared.connected(begun.elapsed());
-            true
+            c.shared.connected(begun.elapsed());
+            return Some((client, eventloop));
         }
-        Ok(Ok(other)) => {
-            shared.connect_failed(who, format!("expected CONNACK, got {other:?}"));
-            false
-        }
-        Ok(Err(e)) => {
-            shared.connect_failed(who, e);
-            false
-        }
-        Err(_) => {
-            shared.connect_failed(who, "timed out waiting for CONNACK");
-            false
-        }
-    }
+        Ok(Ok(other)) => format!("expected CONNACK, got {other:?}"),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out waiting for CONNACK".to_string(),
+    };
+    c.shared.connect_failed(&c.who, failure);
+    c.shared.settle();
+    None
 }
 
 /// rumqttc's QoS for ours.

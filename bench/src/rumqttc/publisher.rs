@@ -15,24 +15,19 @@ use std::time::Instant;
 
 use ::rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet};
 
-use super::{client, connect, disconnect, qos};
+use super::{connect, disconnect, qos};
 use crate::codec::QoS;
 use crate::payload::{self, MessageId};
-use crate::run::{connect_span, sleep_until, PublisherJob, Workload};
+use crate::run::{sleep_until, PublisherJob, Workload};
 
 /// Runs one publisher of the run.
 pub async fn run(mut job: PublisherJob, capacity: usize) {
-    sleep_until(job.slot).await;
-    let shared = job.shared.clone();
-    let client_id = job.client_id();
-    let who = job.who();
-    let (client, mut eventloop) = client(&job.settings, &job.workload, &client_id, capacity);
-    if !connect(&shared, &job.settings, &mut eventloop, &who).await {
-        shared.settle();
+    let Some((client, mut eventloop)) = connect(&job.common, capacity).await else {
         return;
-    }
+    };
+    let (shared, who) = (job.common.shared.clone(), job.common.who.clone());
     shared.settle();
-    let topic = job.topic(&client_id);
+    let topic = job.topic();
     if topic.contains(['+', '#']) {
         shared
             .errors
@@ -59,11 +54,7 @@ async fn wait_for_start(
     job: &mut PublisherJob,
     eventloop: &mut EventLoop,
 ) -> Result<Option<Instant>, String> {
-    // Bound: everyone else connecting, plus one timeout.
-    let deadline = Instant::now()
-        + connect_span(job.workload.publishers, &job.settings)
-        + job.settings.client.timeout;
-    let mut timeout = pin!(sleep_until(deadline));
+    let mut timeout = pin!(sleep_until(Instant::now() + job.start_timeout()));
     loop {
         if let Some(start) = *job.start.borrow_and_update() {
             return Ok(Some(start));
@@ -86,11 +77,11 @@ async fn wait_for_start(
 /// reached, then the UNSUBSCRIBE that marks the end. Stops early, quietly,
 /// if the event loop is gone (the driver reports why).
 async fn produce(job: &PublisherJob, client: AsyncClient, topic: String, start: Instant) {
-    let w = &job.workload;
+    let w = &job.common.workload;
     let end = start + w.duration;
     let limit = w.count.unwrap_or(u64::MAX);
     let interval = w.interval();
-    let publisher = u32::try_from(job.index).unwrap_or(u32::MAX);
+    let publisher = u32::try_from(job.common.index).unwrap_or(u32::MAX);
     let qos = qos(w.pub_qos);
     let mut sent = 0u64;
     sleep_until(start).await;
@@ -140,8 +131,8 @@ async fn drive(
     mut eventloop: EventLoop,
     start: Instant,
 ) -> Result<(), String> {
-    let shared = &job.shared;
-    let qos = job.workload.pub_qos;
+    let shared = &job.common.shared;
+    let qos = job.common.workload.pub_qos;
     let mut deadline = pin!(sleep_until(job.ack_deadline(start)));
     let mut all_written = false;
     let mut disconnecting = false;

@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use ::rumqttc::{AsyncClient, Event, EventLoop, Packet, SubscribeReasonCode};
 
-use super::{client, connect, disconnect, qos};
+use super::{connect, disconnect, qos};
 use crate::payload;
-use crate::run::{sleep_until, SubscriberJob};
+use crate::run::SubscriberJob;
 use crate::seen::Seen;
 
 /// Latencies recorded under one lock.
@@ -18,18 +18,13 @@ const LATENCY_BATCH: usize = 64;
 
 /// Runs one subscriber of the run.
 pub async fn run(mut job: SubscriberJob, capacity: usize) {
-    sleep_until(job.slot).await;
-    let shared = job.shared.clone();
-    let client_id = job.client_id();
-    let who = job.who();
-    let (client, mut eventloop) = client(&job.settings, &job.workload, &client_id, capacity);
-    if !connect(&shared, &job.settings, &mut eventloop, &who).await {
-        shared.settle();
+    let Some((client, mut eventloop)) = connect(&job.common, capacity).await else {
         return;
-    }
-    let filter = job.filter(&client_id);
+    };
+    let (shared, who) = (job.common.shared.clone(), job.common.who.clone());
+    let filter = job.filter();
     let mut subscribed = false;
-    let mut seen = Seen::new(job.workload.publishers);
+    let mut seen = Seen::new(job.common.workload.publishers);
     let result = receive(
         &mut job,
         &client,
@@ -59,12 +54,12 @@ async fn receive(
     subscribed: &mut bool,
     seen: &mut Seen,
 ) -> Result<(), String> {
-    let shared = &job.shared;
+    let (shared, settings) = (&job.common.shared, &job.common.settings);
     client
-        .subscribe(filter, qos(job.workload.sub_qos))
+        .subscribe(filter, qos(job.common.workload.sub_qos))
         .await
         .map_err(|e| format!("cannot queue SUBSCRIBE: {e}"))?;
-    let suback_deadline = Instant::now() + job.settings.client.timeout;
+    let suback_deadline = Instant::now() + settings.client.timeout;
     let mut wake = pin!(tokio::time::sleep_until(
         suback_deadline.min(job.deadline).into()
     ));

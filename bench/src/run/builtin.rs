@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use crate::client::{ClientError, ClientOptions, Connection, PacketIds};
 use crate::codec::{self, Ack, Packet, QoS};
 use crate::payload::{self, MessageId};
-use crate::run::{connect_span, sleep_until, Driver, PublisherJob, Shared, SubscriberJob};
+use crate::run::{sleep_until, ClientJob, Driver, PublisherJob, Shared, SubscriberJob};
 use crate::seen::Seen;
 
 /// Name of this generator in reports.
@@ -42,13 +42,16 @@ impl Driver for Builtin {
     }
 }
 
-/// Opens a connection, counting the outcome.
-pub async fn open(
+/// Waits for `slot`, then opens a connection, counting the outcome; a
+/// client whose connection failed is done with its setup (settled).
+pub async fn open_at(
+    slot: Instant,
     shared: &Shared,
     options: &ClientOptions,
     client_id: &str,
     who: &str,
 ) -> Option<Connection> {
+    sleep_until(slot).await;
     match Connection::open(options, client_id).await {
         Ok((connection, took)) => {
             shared.connected(took);
@@ -56,9 +59,15 @@ pub async fn open(
         }
         Err(e) => {
             shared.connect_failed(who, e);
+            shared.settle();
             None
         }
     }
+}
+
+/// Opens the connection of a client of a run, see [`open_at`].
+async fn open(c: &ClientJob) -> Option<Connection> {
+    open_at(c.slot, &c.shared, &c.settings.client, &c.client_id, &c.who).await
 }
 
 /// One subscribing client.
@@ -68,18 +77,13 @@ struct Subscriber {
 
 impl Subscriber {
     async fn run(mut self) {
-        sleep_until(self.job.slot).await;
-        let shared = self.job.shared.clone();
-        let client_id = self.job.client_id();
-        let who = self.job.who();
-        let Some(mut connection) = open(&shared, &self.job.settings.client, &client_id, &who).await
-        else {
-            shared.settle();
+        let Some(mut connection) = open(&self.job.common).await else {
             return;
         };
-        let filter = self.job.filter(&client_id);
+        let (shared, who) = (self.job.common.shared.clone(), self.job.common.who.clone());
+        let filter = self.job.filter();
         let mut subscribed = false;
-        let mut seen = Seen::new(self.job.workload.publishers);
+        let mut seen = Seen::new(self.job.common.workload.publishers);
         let result = self
             .receive(&mut connection, &filter, &mut subscribed, &mut seen)
             .await;
@@ -103,12 +107,17 @@ impl Subscriber {
         seen: &mut Seen,
     ) -> Result<(), ClientError> {
         let job = &mut self.job;
-        let shared = &job.shared;
-        let keep_alive = job.settings.client.keep_alive;
+        let (shared, settings) = (&job.common.shared, &job.common.settings);
+        let keep_alive = settings.client.keep_alive;
         let deadline = job.deadline;
-        codec::encode_subscribe(&mut connection.writer.buf, 1, filter, job.workload.sub_qos)?;
+        codec::encode_subscribe(
+            &mut connection.writer.buf,
+            1,
+            filter,
+            job.common.workload.sub_qos,
+        )?;
         connection.writer.flush().await?;
-        let suback_deadline = Instant::now() + job.settings.client.timeout;
+        let suback_deadline = Instant::now() + settings.client.timeout;
         let mut latencies = Vec::with_capacity(MAX_BATCH as usize);
         loop {
             let mut wake = connection.writer.ping_at(keep_alive).unwrap_or(deadline);
@@ -190,17 +199,12 @@ struct Publisher {
 
 impl Publisher {
     async fn run(mut self) {
-        sleep_until(self.job.slot).await;
-        let shared = self.job.shared.clone();
-        let client_id = self.job.client_id();
-        let who = self.job.who();
-        let Some(mut connection) = open(&shared, &self.job.settings.client, &client_id, &who).await
-        else {
-            shared.settle();
+        let Some(mut connection) = open(&self.job.common).await else {
             return;
         };
+        let (shared, who) = (self.job.common.shared.clone(), self.job.common.who.clone());
         shared.settle();
-        let topic = self.job.topic(&client_id);
+        let topic = self.job.topic();
         let result = match self.wait_for_start(&mut connection).await {
             Ok(Some(start)) => self.publish(&mut connection, &topic, start).await,
             Ok(None) => Ok(()),
@@ -218,12 +222,8 @@ impl Publisher {
         &mut self,
         connection: &mut Connection,
     ) -> Result<Option<Instant>, ClientError> {
-        let settings = &self.job.settings;
-        let keep_alive = settings.client.keep_alive;
-        // Bound: everyone else connecting, plus one timeout.
-        let deadline = Instant::now()
-            + connect_span(self.job.workload.publishers, settings)
-            + settings.client.timeout;
+        let keep_alive = self.job.common.settings.client.keep_alive;
+        let deadline = Instant::now() + self.job.start_timeout();
         let start: &mut watch::Receiver<Option<Instant>> = &mut self.job.start;
         loop {
             if let Some(start) = *start.borrow_and_update() {
@@ -260,15 +260,15 @@ impl Publisher {
         topic: &str,
         start: Instant,
     ) -> Result<(), ClientError> {
-        let w = &self.job.workload;
-        let counters = &self.job.shared.counters;
-        let keep_alive = self.job.settings.client.keep_alive;
+        let c = &self.job.common;
+        let (w, counters) = (&c.workload, &c.shared.counters);
+        let keep_alive = c.settings.client.keep_alive;
         let qos = w.pub_qos;
         let end = start + w.duration;
         let ack_deadline = self.job.ack_deadline(start);
         let limit = w.count.unwrap_or(u64::MAX);
         let interval = w.interval();
-        let publisher = u32::try_from(self.job.index).unwrap_or(u32::MAX);
+        let publisher = u32::try_from(c.index).unwrap_or(u32::MAX);
         let mut ids = PacketIds::default();
         let mut sent = 0u64;
         sleep_until(start).await;
@@ -345,7 +345,7 @@ impl Publisher {
         connection: &mut Connection,
         ids: &mut PacketIds,
     ) -> Result<(), ClientError> {
-        let qos = self.job.workload.pub_qos;
+        let qos = self.job.common.workload.pub_qos;
         let mut completed = 0;
         while let Some(packet) = connection.reader.next_packet()? {
             match packet {
@@ -367,7 +367,7 @@ impl Publisher {
                 }
             }
         }
-        self.job.shared.acked(completed);
+        self.job.common.shared.acked(completed);
         Ok(())
     }
 }

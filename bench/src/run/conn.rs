@@ -32,13 +32,12 @@ pub async fn run_conn(settings: Arc<Settings>, connections: usize, hold: Duratio
         let stop = stop_rx.clone();
         let slot = connect_slot(origin, index, settings.conn_rate);
         tasks.spawn(async move {
-            sleep_until(slot).await;
             let client_id = format!("{}-c{index}", settings.client_prefix);
             let who = format!("connection {index}");
+            let options = &settings.client;
             let Some(mut connection) =
-                builtin::open(&shared, &settings.client, &client_id, &who).await
+                builtin::open_at(slot, &shared, options, &client_id, &who).await
             else {
-                shared.settle();
                 return;
             };
             shared.settle();

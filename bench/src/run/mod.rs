@@ -113,18 +113,62 @@ impl Workload {
     }
 }
 
-/// One subscribing client of a run, handed to the [`Driver`].
-pub struct SubscriberJob {
+/// What every client of a run has: the run's state and settings, its
+/// place in the run, and when it connects.
+pub struct ClientJob {
     /// Counters, histograms and errors of the run.
     pub shared: Arc<Shared>,
     /// How to connect.
     pub settings: Arc<Settings>,
     /// What the run does.
     pub workload: Arc<Workload>,
-    /// Index among the subscribers.
+    /// Index among the subscribers or among the publishers (stamped into
+    /// a publisher's payloads).
     pub index: usize,
     /// When to connect.
     pub slot: Instant,
+    /// Client identifier: `<prefix>-s<index>` or `<prefix>-p<index>`.
+    pub client_id: String,
+    /// Name in error messages: `subscriber <index>` or `publisher <index>`.
+    pub who: String,
+}
+
+/// Whether a client subscribes or publishes.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Subscriber,
+    Publisher,
+}
+
+impl ClientJob {
+    fn new(
+        role: Role,
+        index: usize,
+        slot: Instant,
+        shared: &Arc<Shared>,
+        settings: &Arc<Settings>,
+        workload: &Arc<Workload>,
+    ) -> ClientJob {
+        let (letter, kind) = match role {
+            Role::Subscriber => ('s', "subscriber"),
+            Role::Publisher => ('p', "publisher"),
+        };
+        ClientJob {
+            shared: shared.clone(),
+            settings: settings.clone(),
+            workload: workload.clone(),
+            index,
+            slot,
+            client_id: format!("{}-{letter}{index}", settings.client_prefix),
+            who: format!("{kind} {index}"),
+        }
+    }
+}
+
+/// One subscribing client of a run, handed to the [`Driver`].
+pub struct SubscriberJob {
+    /// Who it is and when it connects.
+    pub common: ClientJob,
     /// Becomes `true` when the run is over.
     pub stop: watch::Receiver<bool>,
     /// Stop at the latest then, whatever happens.
@@ -132,63 +176,44 @@ pub struct SubscriberJob {
 }
 
 impl SubscriberJob {
-    /// Client identifier, `<prefix>-s<index>`.
-    pub fn client_id(&self) -> String {
-        format!("{}-s{}", self.settings.client_prefix, self.index)
-    }
-
-    /// Name in error messages.
-    pub fn who(&self) -> String {
-        format!("subscriber {}", self.index)
-    }
-
     /// The filter this subscriber subscribes to.
-    pub fn filter(&self, client_id: &str) -> String {
-        self.workload
+    pub fn filter(&self) -> String {
+        let c = &self.common;
+        c.workload
             .filter
-            .render(self.index, client_id, &self.settings.client_prefix)
+            .render(c.index, &c.client_id, &c.settings.client_prefix)
     }
 }
 
 /// One publishing client of a run, handed to the [`Driver`].
 pub struct PublisherJob {
-    /// Counters, histograms and errors of the run.
-    pub shared: Arc<Shared>,
-    /// How to connect.
-    pub settings: Arc<Settings>,
-    /// What the run does.
-    pub workload: Arc<Workload>,
-    /// Index among the publishers (stamped into each payload).
-    pub index: usize,
-    /// When to connect.
-    pub slot: Instant,
+    /// Who it is and when it connects.
+    pub common: ClientJob,
     /// The common start time once everyone is connected; the sender is
     /// dropped without one if the run ends before it starts.
     pub start: watch::Receiver<Option<Instant>>,
 }
 
 impl PublisherJob {
-    /// Client identifier, `<prefix>-p<index>`.
-    pub fn client_id(&self) -> String {
-        format!("{}-p{}", self.settings.client_prefix, self.index)
-    }
-
-    /// Name in error messages.
-    pub fn who(&self) -> String {
-        format!("publisher {}", self.index)
-    }
-
     /// The topic this publisher publishes to.
-    pub fn topic(&self, client_id: &str) -> String {
-        self.workload
+    pub fn topic(&self) -> String {
+        let c = &self.common;
+        c.workload
             .topic
-            .render(self.index, client_id, &self.settings.client_prefix)
+            .render(c.index, &c.client_id, &c.settings.client_prefix)
     }
 
     /// The last moment to wait for acknowledgements: the end of
     /// publishing plus the drain time.
     pub fn ack_deadline(&self, start: Instant) -> Instant {
-        start + self.workload.duration + self.workload.drain
+        start + self.common.workload.duration + self.common.workload.drain
+    }
+
+    /// How long to wait for the start at most: everyone else connecting,
+    /// plus one timeout.
+    pub fn start_timeout(&self) -> Duration {
+        let c = &self.common;
+        connect_span(c.workload.publishers, &c.settings) + c.settings.client.timeout
     }
 }
 
@@ -348,12 +373,9 @@ pub async fn run_load<D: Driver>(
 
     let mut subscribers = JoinSet::new();
     for index in 0..w.subscribers {
+        let slot = connect_slot(origin, index, settings.conn_rate);
         subscribers.spawn(driver.subscriber(SubscriberJob {
-            shared: shared.clone(),
-            settings: settings.clone(),
-            workload: workload.clone(),
-            index,
-            slot: connect_slot(origin, index, settings.conn_rate),
+            common: ClientJob::new(Role::Subscriber, index, slot, &shared, &settings, w),
             stop: stop_rx.clone(),
             deadline: hard_deadline,
         }));
@@ -367,12 +389,9 @@ pub async fn run_load<D: Driver>(
     let pub_origin = Instant::now();
     let mut publishers = JoinSet::new();
     for index in 0..w.publishers {
+        let slot = connect_slot(pub_origin, index, settings.conn_rate);
         publishers.spawn(driver.publisher(PublisherJob {
-            shared: shared.clone(),
-            settings: settings.clone(),
-            workload: workload.clone(),
-            index,
-            slot: connect_slot(pub_origin, index, settings.conn_rate),
+            common: ClientJob::new(Role::Publisher, index, slot, &shared, &settings, w),
             start: start_rx.clone(),
         }));
     }
