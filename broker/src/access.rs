@@ -59,7 +59,9 @@ impl AclCache {
 }
 
 pub struct Access {
-    config: AuthConfig,
+    /// The `[auth]` settings in force (a configuration reload may change
+    /// them, see [`Access::reconfigure`]).
+    config: ArcSwap<AuthConfig>,
     authenticator: ArcSwap<Authenticator>,
     acl: ArcSwap<Acl>,
     /// Incremented on every successful reload; holders of a resolved
@@ -122,7 +124,7 @@ impl Access {
         let (authenticator, acl) = load_files(config, &mut credentials)?;
         Ok(Access {
             stamps: Mutex::new(file_stamps(config)),
-            config: config.clone(),
+            config: ArcSwap::from_pointee(config.clone()),
             authenticator: ArcSwap::from_pointee(authenticator),
             acl: ArcSwap::from_pointee(acl),
             generation: AtomicU64::new(1),
@@ -134,15 +136,16 @@ impl Access {
     /// Whether any users are defined: a password or credentials file, or
     /// pushed credentials.
     pub fn has_user_files(&self) -> bool {
-        self.config.password_file.is_some()
-            || self.config.credentials_file.is_some()
+        let config = self.config.load();
+        config.password_file.is_some()
+            || config.credentials_file.is_some()
             || self.credentials.lock().pushed.is_some()
     }
 
     /// Whether a client that logged in with a certificate naming
     /// `username` may stay (see `auth.certificate_users`).
     pub fn certificate_user_allowed(&self, username: &str) -> bool {
-        match self.config.certificate_users {
+        match self.config.load().certificate_users {
             CertificateUsers::Any => true,
             CertificateUsers::Known => self.authenticator().has_user(username),
         }
@@ -167,10 +170,11 @@ impl Access {
 
     /// Re-reads every file. On error nothing changes.
     pub fn reload(&self) -> Result<(), AuthFileError> {
-        *self.stamps.lock() = file_stamps(&self.config);
+        let config = self.config.load_full();
+        *self.stamps.lock() = file_stamps(&config);
         let mut credentials = self.credentials.lock();
         let mut next = credentials.clone();
-        let (authenticator, acl) = load_files(&self.config, &mut next)?;
+        let (authenticator, acl) = load_files(&config, &mut next)?;
         self.swap(authenticator, acl);
         *credentials = next;
         Ok(())
@@ -178,10 +182,23 @@ impl Access {
 
     /// Reloads when a file changed since the last look.
     pub fn reload_if_changed(&self) -> Option<Result<(), AuthFileError>> {
-        if *self.stamps.lock() == file_stamps(&self.config) {
+        if *self.stamps.lock() == file_stamps(&self.config.load()) {
             return None;
         }
         Some(self.reload())
+    }
+
+    /// Puts new `[auth]` settings in force (a configuration reload): the
+    /// files they name are read at once. On error nothing changes.
+    pub fn reconfigure(&self, config: &AuthConfig) -> Result<(), AuthFileError> {
+        let mut credentials = self.credentials.lock();
+        let mut next = credentials.clone();
+        let (authenticator, acl) = load_files(config, &mut next)?;
+        *self.stamps.lock() = file_stamps(config);
+        self.config.store(Arc::new(config.clone()));
+        self.swap(authenticator, acl);
+        *credentials = next;
+        Ok(())
     }
 
     /// Puts the credentials file `text` (which must have a `revision`) in
@@ -215,7 +232,7 @@ impl Access {
             },
             revision,
         });
-        let (authenticator, acl) = load_files(&self.config, &mut next)?;
+        let (authenticator, acl) = load_files(&self.config.load(), &mut next)?;
         self.swap(authenticator, acl);
         *credentials = next;
         Ok(PushOutcome::Applied { revision })
@@ -402,6 +419,31 @@ mod tests {
         access.push_credentials(creds(1, &["u"])).unwrap();
         assert!(access.has_user_files());
         assert!(access.authenticator().has_user("u"));
+    }
+
+    #[test]
+    fn reconfigure_reads_the_new_files_or_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("acl-1");
+        let second = dir.path().join("acl-2");
+        std::fs::write(&first, "topic read a/#\n").unwrap();
+        std::fs::write(&second, "topic read b/#\n").unwrap();
+        let config = |acl: &std::path::Path| AuthConfig {
+            acl_file: Some(acl.to_owned()),
+            ..AuthConfig::default()
+        };
+        let access = Access::load(&config(&first)).unwrap();
+        access.reconfigure(&config(&second)).unwrap();
+        assert!(access.acl().client(None, "c").can_receive("b/c"));
+        assert!(!access.acl().client(None, "c").can_receive("a/b"));
+        // Later changes of the new file are picked up, not of the old one.
+        std::fs::write(&first, "topic read x/#\n# longer now\n").unwrap();
+        assert!(access.reload_if_changed().is_none());
+
+        let missing = dir.path().join("missing");
+        assert!(access.reconfigure(&config(&missing)).is_err());
+        assert!(access.acl().client(None, "c").can_receive("b/c"));
+        assert!(access.reload_if_changed().is_none());
     }
 
     #[test]

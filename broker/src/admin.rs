@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -19,6 +19,7 @@ use crate::access::PushOutcome;
 use crate::broker::Broker;
 use crate::client::ClientInfo;
 use crate::codec::ReasonCode;
+use crate::reload::Reloader;
 use crate::session::Session;
 
 type Shared = State<Arc<Broker>>;
@@ -28,20 +29,20 @@ type Shared = State<Arc<Broker>>;
 const CREDENTIALS_BODY_LIMIT: usize = 64 << 20;
 
 /// Serves HTTP until the task is aborted.
-pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
-    if let Err(e) = axum::serve(listener, router(broker.clone())).await {
+pub async fn serve(broker: Arc<Broker>, reloader: Arc<Reloader>, listener: TcpListener) {
+    if let Err(e) = axum::serve(listener, router(broker.clone(), reloader)).await {
         broker.logger.error(&format!("HTTP server stopped: {e}."));
     }
 }
 
-pub fn router(broker: Arc<Broker>) -> Router {
+pub fn router(broker: Arc<Broker>, reloader: Arc<Reloader>) -> Router {
     let api = Router::new()
         .route("/clients", get(list_clients))
         .route("/clients/{id}", get(get_client).delete(disconnect_client))
         .route("/subscriptions", get(list_subscriptions))
         .route("/retained", get(list_retained))
         .route("/stats", get(stats))
-        .route("/reload", post(reload))
+        .route("/reload", post(reload).layer(Extension(reloader)))
         .route(
             "/credentials",
             put(push_credentials).layer(DefaultBodyLimit::max(CREDENTIALS_BODY_LIMIT)),
@@ -108,12 +109,27 @@ async fn require_token(
     };
     let expected = match std::fs::read_to_string(&path) {
         Ok(token) if !token.trim().is_empty() => token.trim().to_owned(),
-        _ => {
+        Ok(_) => {
             broker.logger.error(&format!(
-                "Cannot read the admin token file {}.",
+                "The admin token file {} is empty: the admin API refuses every request until it holds a token.",
                 path.display()
             ));
-            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the admin token file is empty",
+            )
+                .into_response();
+        }
+        Err(e) => {
+            broker.logger.error(&format!(
+                "Cannot read the admin token file {}: {e}.",
+                path.display()
+            ));
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the admin token file cannot be read",
+            )
+                .into_response();
         }
     };
     let given = headers
@@ -237,18 +253,40 @@ async fn stats(State(broker): Shared) -> Json<Value> {
     Json(json!({ "node": broker.config().node_name, "stats": values }))
 }
 
-async fn reload(State(broker): Shared) -> Response {
-    match broker.access.reload() {
-        Ok(()) => {
-            let kicked = broker.disconnect_removed_users();
-            broker.reload_requested.notify_one();
-            Json(json!({ "reloaded": true, "disconnected": kicked })).into_response()
+/// `POST /api/v1/reload`: what SIGHUP does (`broker.toml`, then the auth
+/// and TLS files), answered with what changed. 422 when a file was
+/// refused (what it held stays in force).
+async fn reload(State(broker): Shared, Extension(reloader): Extension<Arc<Reloader>>) -> Response {
+    broker
+        .logger
+        .info("Reload requested through the admin API.");
+    let reloading = broker.clone();
+    let report = match tokio::task::spawn_blocking(move || reloader.reload(&reloading)).await {
+        Ok(report) => report,
+        Err(e) => {
+            broker.logger.error(&format!("The reload failed: {e}."));
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
-        Err(e) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({ "reloaded": false, "error": e.to_string() })),
-        )
-            .into_response(),
+    };
+    let error = [report.config_error.as_deref(), report.auth_error.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut body = json!({
+        "reloaded": report.ok(),
+        "applied": report.changes.applied,
+        "restart_required": report.changes.need_restart,
+        "disconnected": report.disconnected,
+    });
+    if !error.is_empty() {
+        body["error"] = Value::String(error);
+    }
+    let body = Json(body);
+    if report.ok() {
+        body.into_response()
+    } else {
+        (StatusCode::UNPROCESSABLE_ENTITY, body).into_response()
     }
 }
 

@@ -22,6 +22,7 @@
 //! - [`transport`]: PROXY protocol, TLS and WebSocket.
 //! - [`listener`]: accepting connections with per-listener limits.
 //! - [`access`]: the current authenticator and ACL, reloaded on change.
+//! - [`reload`]: re-reading the configuration at run time (SIGHUP, admin API).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: health, readiness, metrics and the admin API over HTTP.
 //! - [`trace_log`]: `tracing` events from the store and libraries into the log.
@@ -45,6 +46,7 @@ pub mod message;
 pub mod metrics;
 pub mod queue;
 pub mod ratelimit;
+pub mod reload;
 pub mod retained;
 pub mod router;
 pub mod server;

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use crate::ratelimit::TokenBucket;
 
-use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -24,6 +23,7 @@ use crate::broker::Broker;
 use crate::client::Control;
 use crate::config::{ListenerConfig, ListenerProtocol};
 use crate::connection::{self, Peer};
+use crate::reload::SharedListenerSettings;
 use crate::transport::{proxy, tls::TlsReloader, ws};
 
 /// Backlog of a listening socket (tokio's `TcpListener::bind` uses the same).
@@ -38,8 +38,9 @@ pub struct Listener {
     pub name: Arc<str>,
     pub tcp: TcpListener,
     pub tls: Option<Arc<TlsReloader>>,
-    /// Broker-wide limits with this listener's overrides.
-    pub limits: Arc<crate::config::Limits>,
+    /// Limits and connection caps, which a configuration reload may change
+    /// (`config` holds their values at start).
+    pub settings: SharedListenerSettings,
 }
 
 /// Binds the socket of `listeners[index]`.
@@ -129,14 +130,14 @@ pub async fn run(
 ) {
     let listener = Arc::new(listener);
     let connections = Arc::new(Connections::default());
-    let rate = listener.config.max_connection_rate;
-    let limiter = (rate > 0).then(|| Mutex::new(TokenBucket::new(rate, rate, Instant::now())));
+    let mut limiter = RateLimiter::default();
     let port = listener.config.bind.port();
     loop {
         tokio::select! {
             accepted = listener.tcp.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let max = listener.config.max_connections;
+                    let settings = listener.settings.load();
+                    let max = settings.max_connections;
                     if max > 0 && connections.active.load(Ordering::Relaxed) >= max {
                         broker.metrics.refused(&listener.name, "max_connections");
                         broker.logger.warning(&format!(
@@ -145,7 +146,7 @@ pub async fn run(
                         ));
                         continue;
                     }
-                    if limiter.as_ref().is_some_and(|l| l.lock().try_take(Instant::now()).is_err()) {
+                    if !limiter.admit(settings.max_connection_rate) {
                         broker.metrics.refused(&listener.name, "connection_rate");
                         continue;
                     }
@@ -189,6 +190,29 @@ pub async fn run(
                 close_connections(&broker, &name);
             }
         }
+    }
+}
+
+/// `max_connection_rate`: a token bucket with a burst of the rate, made
+/// anew when a reload changes the rate.
+#[derive(Default)]
+struct RateLimiter {
+    bucket: Option<(u32, TokenBucket)>,
+}
+
+impl RateLimiter {
+    /// Whether a new connection is within `rate` per second (0: no limit).
+    fn admit(&mut self, rate: u32) -> bool {
+        if rate == 0 {
+            self.bucket = None;
+            return true;
+        }
+        let now = Instant::now();
+        let bucket = match &mut self.bucket {
+            Some((r, bucket)) if *r == rate => bucket,
+            slot => &mut slot.insert((rate, TokenBucket::new(rate, rate, now))).1,
+        };
+        bucket.try_take(now).is_ok()
     }
 }
 
@@ -276,7 +300,7 @@ async fn handshake_and_connect(accepted: Accepted) -> Option<connection::Running
         local_port: listener.config.bind.port(),
         listener: listener.name.clone(),
         cert_username: None,
-        limits: listener.limits.clone(),
+        limits: listener.settings.load().limits.clone(),
     };
     // Plain TCP is handled inline; the other transports are boxed so that
     // their larger handshake state is not part of every connection's.

@@ -27,6 +27,7 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -48,20 +49,45 @@ const UNKNOWN_CLIENT: &str = "<unknown>";
 
 /// Writes the broker's log lines. Cheap to clone and shareable between
 /// tasks; each line is written to stderr with one write while holding the
-/// stderr lock, and write errors are ignored.
+/// stderr lock, and write errors are ignored. Every clone shares the
+/// settings, which a configuration reload changes ([`Logger::apply`]).
 #[derive(Debug, Clone)]
 pub struct Logger {
-    /// Least severe level written.
-    threshold: LogLevel,
-    /// Whether debug (per-packet) lines are written; same as
-    /// `threshold == Debug`, kept as a flag so the packet hooks cost one
-    /// branch.
-    verbose: bool,
-    format: LogFormat,
-    timestamps: bool,
+    settings: Arc<Settings>,
     sink: Sink,
     /// Source of the time stamps; fixed in tests.
     clock: fn() -> SystemTime,
+}
+
+/// Level and format, shared by every clone of a logger and changed in
+/// place by a reload (atomics: the packet hooks read `verbose` on every
+/// packet).
+#[derive(Debug, Default)]
+struct Settings {
+    /// Least severe level written (`LogLevel as u8`).
+    threshold: AtomicU8,
+    /// Whether debug (per-packet) lines are written; same as
+    /// `threshold == Debug`, kept as a flag so the packet hooks cost one
+    /// load.
+    verbose: AtomicBool,
+    json: AtomicBool,
+    timestamps: AtomicBool,
+}
+
+impl Settings {
+    fn set(&self, config: &LogConfig) {
+        let verbose = config.verbose || config.level == LogLevel::Debug;
+        let threshold = if verbose {
+            LogLevel::Debug
+        } else {
+            config.level
+        };
+        self.threshold.store(threshold as u8, Ordering::Relaxed);
+        self.verbose.store(verbose, Ordering::Relaxed);
+        self.json
+            .store(config.format == LogFormat::Json, Ordering::Relaxed);
+        self.timestamps.store(config.timestamps, Ordering::Relaxed);
+    }
 }
 
 /// Where lines go.
@@ -87,24 +113,24 @@ impl Logger {
     }
 
     fn with_sink(config: &LogConfig, sink: Sink) -> Logger {
-        let verbose = config.verbose || config.level == LogLevel::Debug;
+        let settings = Settings::default();
+        settings.set(config);
         Logger {
-            threshold: if verbose {
-                LogLevel::Debug
-            } else {
-                config.level
-            },
-            verbose,
-            format: config.format,
-            timestamps: config.timestamps,
+            settings: Arc::new(settings),
             sink,
             clock: SystemTime::now,
         }
     }
 
+    /// Changes level and format of this logger and every clone of it (a
+    /// configuration reload).
+    pub fn apply(&self, config: &LogConfig) {
+        self.settings.set(config);
+    }
+
     /// Whether per-packet (debug) lines are written.
     pub fn verbose(&self) -> bool {
-        self.verbose
+        self.settings.verbose.load(Ordering::Relaxed)
     }
 
     /// `kubemqtt-broker version 0.1.0 starting` (info).
@@ -158,6 +184,26 @@ impl Logger {
                 Event::new(LogLevel::Info, "listening", message)
                     .field("address", local.ip().to_string())
                     .field("port", local.port()),
+            );
+        }
+    }
+
+    /// `HTTP server listening on 0.0.0.0:8080 (/healthz, /readyz, /metrics,
+    /// /api/v1).` (info); without an admin token file the admin API is
+    /// named as off.
+    pub fn http_listening(&self, local: SocketAddr, admin_api: bool) {
+        if self.enabled(LogLevel::Info) {
+            let paths = if admin_api {
+                "/healthz, /readyz, /metrics, /api/v1"
+            } else {
+                "/healthz, /readyz, /metrics; admin API off: no http.admin_token_file"
+            };
+            let message = format!("HTTP server listening on {local} ({paths}).");
+            self.emit(
+                Event::new(LogLevel::Info, "http_listening", message)
+                    .field("address", local.ip().to_string())
+                    .field("port", local.port())
+                    .field("admin_api", admin_api),
             );
         }
     }
@@ -413,7 +459,7 @@ impl Logger {
     /// resolution, so that the topic is shown.
     #[inline]
     pub fn received(&self, client_id: &str, packet: &Packet) {
-        if self.verbose {
+        if self.verbose() {
             self.log_received(client_id, packet);
         }
     }
@@ -425,7 +471,7 @@ impl Logger {
     /// MQTT 5.0 codes whatever the protocol version.
     #[inline]
     pub fn sending(&self, client_id: &str, packet: &Packet) {
-        if self.verbose {
+        if self.verbose() {
             self.log_sending(client_id, packet);
         }
     }
@@ -593,27 +639,31 @@ impl Logger {
     }
 
     fn enabled(&self, level: LogLevel) -> bool {
-        level <= self.threshold
+        level as u8 <= self.settings.threshold.load(Ordering::Relaxed)
     }
 
     /// Formats `event` and writes it with a single write.
     fn emit(&self, event: Event) {
         let now = (self.clock)();
-        let lines = match self.format {
-            LogFormat::Text => {
-                let prefix = if self.timestamps {
-                    let seconds = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-                    format!("{}: ", seconds.as_secs())
-                } else {
-                    String::new()
-                };
-                let detail = if self.verbose { &event.detail[..] } else { &[] };
-                std::iter::once(&event.message)
-                    .chain(detail)
-                    .map(|line| format!("{prefix}{line}"))
-                    .collect()
-            }
-            LogFormat::Json => vec![event.to_json(now)],
+        let settings = &self.settings;
+        let lines = if settings.json.load(Ordering::Relaxed) {
+            vec![event.to_json(now)]
+        } else {
+            let prefix = if settings.timestamps.load(Ordering::Relaxed) {
+                let seconds = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+                format!("{}: ", seconds.as_secs())
+            } else {
+                String::new()
+            };
+            let detail = if self.verbose() {
+                &event.detail[..]
+            } else {
+                &[]
+            };
+            std::iter::once(&event.message)
+                .chain(detail)
+                .map(|line| format!("{prefix}{line}"))
+                .collect()
         };
         match &self.sink {
             Sink::Stderr => {
@@ -1154,6 +1204,28 @@ mod tests {
         let connect = connect(ProtocolVersion::V311, None, None);
         log.received("dev-1", &Packet::Connect(Box::new(connect)));
         assert!(take(&lines).is_empty());
+    }
+
+    #[test]
+    fn apply_changes_level_and_format_of_every_clone() {
+        let (log, lines) = text(LogLevel::Info, false);
+        let clone = log.clone();
+        clone.received("dev-1", &Packet::Pingreq);
+        assert!(take(&lines).is_empty());
+        log.apply(&LogConfig {
+            level: LogLevel::Debug,
+            format: LogFormat::Json,
+            verbose: false,
+            timestamps: false,
+        });
+        assert!(clone.verbose());
+        clone.received("dev-1", &Packet::Pingreq);
+        let lines = take(&lines);
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].contains("\"event\":\"packet_received\""),
+            "{lines:?}"
+        );
     }
 
     #[test]

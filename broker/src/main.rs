@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
-use kubemqtt_broker::config::{Config, LogFormat};
+use kubemqtt_broker::config::LogFormat;
 use kubemqtt_broker::log::Logger;
+use kubemqtt_broker::reload::{ConfigSource, Overrides};
 use kubemqtt_broker::{server, trace_log};
 
 /// mimalloc rather than the system allocator: idle connections are many
@@ -38,6 +39,19 @@ struct Args {
     #[arg(long = "log-format", value_name = "FORMAT", value_parser = ["text", "json"])]
     log_format: Option<String>,
 
+    /// Let clients connect without a user name, whatever the file says
+    /// (the container image's default configuration has it off).
+    #[arg(
+        long = "allow-anonymous",
+        env = "KUBEMQTT_ALLOW_ANONYMOUS",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value = "false",
+        value_name = "BOOL"
+    )]
+    allow_anonymous: bool,
+
     /// Check the configuration file and exit: 0 when valid.
     #[arg(long = "check-config", requires = "config")]
     check_config: bool,
@@ -45,15 +59,24 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut config = match &args.config {
-        Some(path) => match Config::load(path) {
-            Ok(config) => config,
-            Err(e) => {
-                eprintln!("Error: {e}");
-                return ExitCode::from(3);
-            }
+    let source = ConfigSource {
+        path: args.config.clone(),
+        overrides: Overrides {
+            verbose: args.verbose,
+            log_format: match args.log_format.as_deref() {
+                Some("json") => Some(LogFormat::Json),
+                Some("text") => Some(LogFormat::Text),
+                _ => None,
+            },
+            allow_anonymous: args.allow_anonymous,
         },
-        None => Config::local_default(),
+    };
+    let config = match source.load() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::from(3);
+        }
     };
     if args.check_config {
         println!(
@@ -61,14 +84,6 @@ fn main() -> ExitCode {
             args.config.unwrap_or_default().display()
         );
         return ExitCode::SUCCESS;
-    }
-    if args.verbose {
-        config.log.verbose = true;
-    }
-    match args.log_format.as_deref() {
-        Some("json") => config.log.format = LogFormat::Json,
-        Some("text") => config.log.format = LogFormat::Text,
-        _ => {}
     }
     let logger = Logger::new(&config.log);
     // The store reports fsync and compaction failures through `tracing`.
@@ -88,7 +103,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let running = match server::start(config, logger.clone()).await {
+        let running = match server::start_from(config, source, logger.clone()).await {
             Ok(running) => running,
             Err(e) => {
                 logger.error(&format!("Error: {e}."));
@@ -103,7 +118,7 @@ fn main() -> ExitCode {
             while hup.recv().await.is_some() {
                 broker
                     .logger
-                    .info("Received SIGHUP: reloading the auth and TLS files.");
+                    .info("Received SIGHUP: reloading the configuration, auth and TLS files.");
                 broker.reload_requested.notify_one();
             }
         });

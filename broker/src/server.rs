@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -17,6 +18,7 @@ use crate::client::Control;
 use crate::config::{Config, FsyncMode};
 use crate::listener::{self, Listener};
 use crate::log::Logger;
+use crate::reload::{self, ConfigSource, ListenerSettings, Reloader};
 use crate::store::{FsyncPolicy, Store};
 use crate::transport::tls::TlsReloader;
 use crate::{admin, sys};
@@ -124,15 +126,21 @@ async fn drain(broker: &Arc<Broker>) {
 
 /// Opens the store, restores state, loads the auth files and TLS
 /// certificates, binds every listener and starts serving. Nothing is
-/// served if any of it fails.
-pub async fn start(mut config: Config, logger: Logger) -> Result<RunningBroker, StartError> {
-    if config.limits.memory_budget_bytes == 0 {
-        let (bytes, why) = crate::budget::default_limit();
-        config.limits.memory_budget_bytes = bytes as u64;
-        logger.info(&format!(
-            "Queued messages may take up to {} MiB ({why}).",
-            bytes / (1024 * 1024)
-        ));
+/// served if any of it fails. A reload re-reads only the auth and TLS
+/// files (the configuration was not read from a file).
+pub async fn start(config: Config, logger: Logger) -> Result<RunningBroker, StartError> {
+    start_from(config, ConfigSource::default(), logger).await
+}
+
+/// As [`start`], for a configuration read from `source`, which a reload
+/// (SIGHUP, `POST /api/v1/reload`) reads again.
+pub async fn start_from(
+    mut config: Config,
+    source: ConfigSource,
+    logger: Logger,
+) -> Result<RunningBroker, StartError> {
+    if let Some(line) = reload::resolve_defaults(&mut config) {
+        logger.info(&line);
     }
     let (store, recovered) = if config.persistence.enabled {
         let p = &config.persistence;
@@ -157,7 +165,6 @@ pub async fn start(mut config: Config, logger: Logger) -> Result<RunningBroker, 
     let access = Access::load(&config.auth)?;
 
     let mut listeners = Vec::new();
-    let global_limits = config.limits.clone();
     for (index, l) in config.listeners.iter().enumerate() {
         let tls = match &l.tls {
             Some(tls) => Some(Arc::new(TlsReloader::load(tls).map_err(|source| {
@@ -177,12 +184,13 @@ pub async fn start(mut config: Config, logger: Logger) -> Result<RunningBroker, 
             source,
         })?;
         logger.listening(addr);
-        let mut config = l.clone();
-        config.bind = addr;
+        let settings = ListenerSettings::new(l, &config.limits);
+        let mut bound = l.clone();
+        bound.bind = addr;
         listeners.push(Listener {
-            limits: Arc::new(l.limits.apply(&global_limits)),
+            settings: Arc::new(ArcSwap::from_pointee(settings)),
             name: Arc::from(l.display_name()),
-            config,
+            config: bound,
             tcp,
             tls,
         });
@@ -196,6 +204,9 @@ pub async fn start(mut config: Config, logger: Logger) -> Result<RunningBroker, 
         None => None,
     };
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(addr) = http_addr {
+        logger.http_listening(addr, config.http.admin_token_file.is_some());
+    }
 
     let broker = Arc::new(Broker::new(config, logger, store, access));
     if let Some(recovered) = recovered {
@@ -204,10 +215,12 @@ pub async fn start(mut config: Config, logger: Logger) -> Result<RunningBroker, 
     let (stop_accepting, stop_rx) = watch::channel(false);
     let (close_all, close_rx) = watch::channel(false);
     let local_addrs = listeners.iter().map(|l| l.config.bind).collect();
-    let tls: Vec<(Arc<str>, Arc<TlsReloader>)> = listeners
+    let tls = listeners
         .iter()
         .filter_map(|l| l.tls.clone().map(|t| (l.name.clone(), t)))
         .collect();
+    let settings = listeners.iter().map(|l| l.settings.clone()).collect();
+    let reloader = Arc::new(Reloader::new(source, settings, tls));
     let mut listener_tasks = JoinSet::new();
     for listener in listeners {
         listener_tasks.spawn(listener::run(
@@ -221,9 +234,9 @@ pub async fn start(mut config: Config, logger: Logger) -> Result<RunningBroker, 
     if broker.config().sys.interval_secs > 0 {
         background.spawn(sys::run(broker.clone(), close_rx.clone()));
     }
-    background.spawn(reload_loop(broker.clone(), tls));
+    background.spawn(reload::run(broker.clone(), reloader.clone()));
     if let Some(http) = http {
-        background.spawn(admin::serve(broker.clone(), http));
+        background.spawn(admin::serve(broker.clone(), reloader, http));
     }
     broker.logger.running();
     Ok(RunningBroker {
@@ -235,44 +248,4 @@ pub async fn start(mut config: Config, logger: Logger) -> Result<RunningBroker, 
         listeners: listener_tasks,
         background,
     })
-}
-
-/// Re-reads certificates and auth files when they change on disk, and
-/// everything on request (SIGHUP, admin API).
-async fn reload_loop(broker: Arc<Broker>, tls: Vec<(Arc<str>, Arc<TlsReloader>)>) {
-    let period = Duration::from_secs(broker.config().auth.reload_interval_secs.max(1));
-    loop {
-        let forced = tokio::select! {
-            _ = tokio::time::sleep(period) => false,
-            _ = broker.reload_requested.notified() => true,
-        };
-        for (name, reloader) in &tls {
-            match reloader.reload_if_changed() {
-                None => {}
-                Some(Ok(())) => broker
-                    .logger
-                    .info(&format!("Reloaded the TLS certificate of listener {name}.")),
-                Some(Err(e)) => broker.logger.error(&format!(
-                    "Refused the new TLS certificate of listener {name}, keeping the old one: {e}."
-                )),
-            }
-        }
-        let result = if forced {
-            Some(broker.access.reload())
-        } else {
-            broker.access.reload_if_changed()
-        };
-        match result {
-            None => {}
-            Some(Ok(())) => {
-                broker
-                    .logger
-                    .info("Reloaded the password, credentials and ACL files.");
-                broker.disconnect_removed_users();
-            }
-            Some(Err(e)) => broker.logger.error(&format!(
-                "Refused the changed auth files, keeping the previous ones: {e}."
-            )),
-        }
-    }
 }

@@ -401,7 +401,12 @@ async fn reload_through_the_api() {
     assert_eq!(reloaded.status, 200, "{reloaded:?}");
     assert_eq!(
         reloaded.json(),
-        serde_json::json!({ "reloaded": true, "disconnected": 1 })
+        serde_json::json!({
+            "reloaded": true,
+            "applied": [],
+            "restart_required": [],
+            "disconnected": 1
+        })
     );
     assert_eq!(old.expect_closed().await.map(|d| d.reason), Some(0x87));
     let (mut new, _) = Raw::connect(&broker, &new).await;
