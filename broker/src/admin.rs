@@ -62,6 +62,10 @@ pub fn router(broker: Arc<Broker>, reloader: Arc<Reloader>) -> Router {
 async fn readyz(State(broker): Shared) -> Response {
     if broker.draining.load(Ordering::SeqCst) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else if broker.cluster().is_some_and(|c| !c.is_ready()) {
+        // New clients should go to a node that can reach the cluster;
+        // connected ones stay.
+        (StatusCode::SERVICE_UNAVAILABLE, "cluster unavailable").into_response()
     } else {
         "ready".into_response()
     }

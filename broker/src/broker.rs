@@ -17,6 +17,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use crate::access::{Access, AclCache};
 use crate::budget::MemoryBudget;
 use crate::client::{ClientHandle, ClientInfo, Control};
+use crate::cluster::{Cluster, ClusterError};
 use crate::codec::{QoS, ReasonCode, SubscriptionOptions, Will};
 use crate::config::{Config, SlowSubscriberAction};
 use crate::keepalive::KeepAliveWheel;
@@ -57,6 +58,8 @@ pub struct Broker {
     pub keep_alive: KeepAliveWheel,
     /// The bytes queued in every session, against the memory budget.
     pub budget: MemoryBudget,
+    /// This node's part in a cluster (`[cluster]`), once started.
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
     sessions: Vec<RwLock<HashMap<ClientKey, Arc<Session>>>>,
     /// Serialises CONNECT handling per shard of client ids, so that two
     /// connections racing for one client id take over in order.
@@ -84,6 +87,26 @@ pub struct Routed {
     pub congested: Vec<Arc<Session>>,
 }
 
+/// Where a message being routed comes from.
+#[derive(Clone, Copy)]
+enum Origin<'a> {
+    /// A client of this node, or the broker itself.
+    Here,
+    /// Another node, for the given shared groups here.
+    Routed(&'a [String]),
+    /// A NATS client, on a device-data subject.
+    Imported,
+}
+
+/// Why a message could not be taken on.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
+}
+
 /// Result of attaching a connection to a session.
 pub struct Attached {
     pub session: Arc<Session>,
@@ -108,6 +131,7 @@ impl Broker {
             reload_requested: tokio::sync::Notify::new(),
             keep_alive: KeepAliveWheel::default(),
             budget: MemoryBudget::new(budget),
+            cluster: std::sync::OnceLock::new(),
             sessions: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             connect_locks: (0..SHARDS).map(|_| AsyncMutex::new(())).collect(),
             hasher: ahash::RandomState::new(),
@@ -124,6 +148,16 @@ impl Broker {
     /// Puts a reloaded configuration in force ([`crate::reload`]).
     pub fn replace_config(&self, config: Config) {
         self.config.store(Arc::new(config));
+    }
+
+    /// This node's part in a cluster, when there is one.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Joins the cluster (at start, before sessions are restored).
+    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
     }
 
     fn shard(&self, client_id: &str) -> usize {
@@ -155,18 +189,79 @@ impl Broker {
 
     // ----- publishing -------------------------------------------------------
 
-    /// Routes a message to every matching session and updates the retained
-    /// store. Resolves once everything that must be durable is in the store,
-    /// so the caller may acknowledge the publisher afterwards.
+    /// Routes a message to every matching session, here and on the other
+    /// nodes of the cluster, and updates the retained messages. Resolves
+    /// once everything that must be durable is stored (here, and in the
+    /// other nodes' route streams for QoS 1/2), so the caller may
+    /// acknowledge the publisher afterwards.
     pub async fn publish(
         &self,
         msg: Arc<Message>,
         publisher: Option<Publisher<'_>>,
-    ) -> Result<Routed, StoreError> {
-        let mut records = Vec::new();
-        if msg.retain {
-            self.update_retained(&msg, &mut records);
+    ) -> Result<Routed, PublishError> {
+        self.route_message(msg, publisher, Origin::Here).await
+    }
+
+    /// Delivers a message another node routed here to this node's
+    /// sessions: its ordinary subscriptions, and the shared ones of
+    /// `groups`.
+    pub async fn deliver_routed(
+        &self,
+        msg: Arc<Message>,
+        groups: &[String],
+    ) -> Result<Routed, PublishError> {
+        self.route_message(msg, None, Origin::Routed(groups)).await
+    }
+
+    /// Routes a message a NATS client published on a device-data subject,
+    /// in the whole cluster (it is not exported back to NATS).
+    pub async fn publish_imported(&self, msg: Arc<Message>) {
+        if let Err(e) = self.route_message(msg, None, Origin::Imported).await {
+            self.logger
+                .warning(&format!("A message from NATS was not delivered: {e}."));
         }
+    }
+
+    async fn route_message(
+        &self,
+        msg: Arc<Message>,
+        publisher: Option<Publisher<'_>>,
+        origin: Origin<'_>,
+    ) -> Result<Routed, PublishError> {
+        // Messages routed here from another node go no further.
+        let cluster = match origin {
+            Origin::Routed(_) => None,
+            _ => self.cluster(),
+        };
+        let plan = cluster.map(|c| c.plan(&msg.topic)).unwrap_or_default();
+        if let Some(cluster) = cluster {
+            if msg.qos != QoS::AtMostOnce {
+                // Acknowledged means stored: the other nodes' streams have
+                // it before anything is delivered here.
+                cluster.send(&msg, &plan).await?;
+            }
+        }
+        let mut records = Vec::new();
+        if msg.retain && !matches!(origin, Origin::Routed(_)) {
+            self.update_retained(&msg, &mut records);
+            if let Some(cluster) = cluster.filter(|_| !msg.topic.starts_with('$')) {
+                if let Err(e) = cluster.retain(&msg).await {
+                    if msg.qos != QoS::AtMostOnce {
+                        return Err(e.into());
+                    }
+                    self.logger.warning(&format!(
+                        "The retained message of {} is not in the cluster: {e}.",
+                        msg.topic
+                    ));
+                }
+            }
+        }
+        // Shared subscriptions served elsewhere this time are left out.
+        let local_groups: Option<&[String]> = match origin {
+            Origin::Routed(groups) => Some(groups),
+            _ if cluster.is_some() => Some(&plan.local_groups),
+            _ => None,
+        };
         let mut routes = Vec::new();
         let eligible = |k: &ClientKey| self.session(k).is_some_and(|s| s.is_online());
         self.router.route(
@@ -175,8 +270,16 @@ impl Broker {
             &eligible,
             &mut routes,
         );
+        if let Some(groups) = local_groups {
+            routes.retain(|route| {
+                route
+                    .shared_group
+                    .as_ref()
+                    .is_none_or(|group| groups.iter().any(|g| **g == **group))
+            });
+        }
         let mut routed = Routed {
-            matched: routes.len(),
+            matched: routes.len() + plan.remote.len(),
             congested: Vec::new(),
         };
         let limits = self.queue_limits();
@@ -204,6 +307,20 @@ impl Broker {
         if !records.is_empty() {
             if let Some(store) = &self.store {
                 store.append(records).await?;
+            }
+        }
+        if let Some(cluster) = cluster {
+            if msg.qos == QoS::AtMostOnce {
+                if let Err(e) = cluster.send(&msg, &plan).await {
+                    self.metrics.cluster_send_failures.inc();
+                    self.logger.message(
+                        crate::config::LogLevel::Debug,
+                        &format!("A QoS 0 message was not sent to the other nodes: {e}."),
+                    );
+                }
+            }
+            if !matches!(origin, Origin::Imported) {
+                cluster.export(&msg).await;
             }
         }
         Ok(routed)
@@ -402,6 +519,11 @@ impl Broker {
                 identifier,
             },
         );
+        if is_new {
+            if let Some(cluster) = self.cluster() {
+                cluster.interest().add_local(filter);
+            }
+        }
         let mut state = session.state.lock();
         state.subscriptions.insert(
             filter.to_string(),
@@ -421,6 +543,11 @@ impl Broker {
 
     pub fn unsubscribe(&self, session: &Session, filter: &str, records: &mut Vec<Record>) -> bool {
         let existed = self.router.unsubscribe(&session.client_id, filter);
+        if existed {
+            if let Some(cluster) = self.cluster() {
+                cluster.interest().remove_local(filter);
+            }
+        }
         let mut state = session.state.lock();
         let had = state.subscriptions.remove(filter).is_some();
         if had && state.persistent {
@@ -563,6 +690,11 @@ impl Broker {
         let epoch = state.epoch;
         let persistent = state.persistent;
         drop(state);
+        if let Some(cluster) = self.cluster().filter(|_| ours) {
+            let cluster = cluster.clone();
+            let client_id = session.client_id.clone();
+            tokio::spawn(async move { cluster.release(&client_id).await });
+        }
 
         if let Some(will) = will {
             let delay = will.delay_interval.unwrap_or(0).min(expiry);
@@ -642,7 +774,65 @@ impl Broker {
             if let Err(e) = broker.publish(msg, None).await {
                 broker
                     .logger
-                    .error(&format!("Error persisting will message: {e}."));
+                    .error(&format!("Error publishing a will message: {e}."));
+            }
+        });
+    }
+
+    // ----- the cluster --------------------------------------------------------
+
+    /// Tells the cluster that this node holds `client_id` now, with its
+    /// will; another node that held it connected closes that connection
+    /// first (within a second). Nothing to do without a cluster.
+    pub async fn claim_in_cluster(&self, client_id: &str, will: Option<&Will>, expiry: u32) {
+        let Some(cluster) = self.cluster() else {
+            return;
+        };
+        let will = will.map(|w| crate::cluster::clients::StoredWill {
+            message: Message::from_will(w.clone()).to_stored(),
+            delay_secs: w.delay_interval.unwrap_or(0).min(expiry),
+        });
+        cluster.claim(client_id, will).await;
+    }
+
+    /// Another node accepted a CONNECT for `client_id`: the connection
+    /// here closes (5.0: DISCONNECT 0x8E), and the session here ends; it
+    /// lives on the other node now.
+    pub async fn taken_over_elsewhere(self: &Arc<Self>, client_id: &str) {
+        let Some(session) = self.session(client_id) else {
+            return;
+        };
+        let attached = session.state.lock().attachment.clone();
+        if let Some(old) = attached {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if old.client.mailbox.send(Control::TakenOver(tx)) {
+                let _ = tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await;
+            }
+        }
+        self.logger.info(&format!(
+            "Client {client_id} connected to another node; its session here ends."
+        ));
+        let mut records = Vec::new();
+        self.remove_session(&session, &mut records);
+        self.persist_nowait(records);
+    }
+
+    /// A node died with `client_id` connected: its will is published here,
+    /// after its delay.
+    pub fn publish_will_of_lost_client(
+        self: &Arc<Self>,
+        client_id: &str,
+        msg: Message,
+        delay: Duration,
+    ) {
+        let broker = self.clone();
+        let client_id = client_id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Err(e) = broker.publish(Arc::new(msg), None).await {
+                broker.logger.error(&format!(
+                    "Error publishing the will of client {client_id} of a lost node: {e}."
+                ));
             }
         });
     }
@@ -671,7 +861,11 @@ impl Broker {
             (filters, state.persistent)
         };
         for filter in &filters {
-            self.router.unsubscribe(&session.client_id, filter);
+            if self.router.unsubscribe(&session.client_id, filter) {
+                if let Some(cluster) = self.cluster() {
+                    cluster.interest().remove_local(filter);
+                }
+            }
         }
         if persistent {
             records.push(Record::SessionDelete {
@@ -790,7 +984,7 @@ impl Broker {
                         retain_as_published: sub.retain_as_published,
                         retain_handling: sub.retain_handling,
                     };
-                    self.router.subscribe(
+                    let is_new = self.router.subscribe(
                         client_id.clone(),
                         &sub.filter,
                         Subscription {
@@ -798,6 +992,9 @@ impl Broker {
                             identifier: sub.identifier,
                         },
                     );
+                    if let Some(cluster) = self.cluster().filter(|_| is_new) {
+                        cluster.interest().add_local(&sub.filter);
+                    }
                     state.subscriptions.insert(
                         sub.filter.clone(),
                         SessionSubscription {

@@ -73,6 +73,10 @@ pub struct Config {
     /// and `.../disconnected` when clients come and go. Default: true.
     #[serde(default = "default_true")]
     pub presence_events: bool,
+    /// Several replicas of this broker sharing one NATS with JetStream
+    /// (see docs/clustering.md). Absent: the broker runs alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Authentication and authorization files (`[auth]`). Each file is
@@ -777,6 +781,7 @@ impl Config {
             http: HttpConfig::default(),
             drain: DrainConfig::default(),
             presence_events: true,
+            cluster: None,
         }
     }
 
@@ -833,6 +838,11 @@ impl Config {
             ));
         }
         self.validate_listeners()?;
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .check(&self.node_name)
+                .map_err(|(key, message)| ConfigError::rule(key, message))?;
+        }
 
         let limits = &self.limits;
         if !(MIN_PACKET_SIZE..=MAX_PACKET_SIZE).contains(&limits.max_packet_size) {
@@ -1367,6 +1377,12 @@ interval_secs = 10
                 deadline_secs: 60,
             },
             presence_events: false,
+            cluster: Some(
+                toml::from_str(
+                    "servers = [\"nats://nats-0:4222\"]\nname = \"b1\"\nreplicas = 1\nexport = false",
+                )
+                .unwrap(),
+            ),
         };
         let text = toml::to_string(&config).unwrap();
         assert!(text.contains("queue_full = \"drop_oldest\""), "{text}");

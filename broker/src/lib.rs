@@ -12,6 +12,7 @@
 //! - [`session`]: per-client state that outlives connections.
 //! - [`queue`]: a session's queue of deliveries, its limits and back-pressure.
 //! - [`client`]: a connected client's identity and its connection's mailbox.
+//! - [`cluster`]: several replicas sharing one NATS with JetStream.
 //! - [`inflight`]: a session's window of sent, unacknowledged deliveries.
 //! - [`budget`]: the broker-wide budget of queued bytes.
 //! - [`broker`]: shared state; publish, attach/detach, expiry, wills, recovery.
@@ -34,6 +35,7 @@ pub mod auth;
 pub mod broker;
 pub mod budget;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod connection;

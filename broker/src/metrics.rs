@@ -36,6 +36,12 @@ pub struct Metrics {
     pub slow_subscribers: IntCounterVec,
     pub publishers_paused: IntGauge,
     pub publisher_pauses: IntCounter,
+    pub cluster_connected: IntGauge,
+    pub cluster_nodes: IntGauge,
+    pub cluster_received: IntCounter,
+    pub cluster_imported: IntCounter,
+    pub cluster_bad_messages: IntCounter,
+    pub cluster_send_failures: IntCounter,
 }
 
 fn by_qos(vec: IntCounterVec) -> [IntCounter; 3] {
@@ -176,6 +182,32 @@ impl Metrics {
                 r,
                 "publisher_pauses_total",
                 "Times a publisher was paused for its subscribers",
+            ),
+            cluster_connected: gauge(
+                r,
+                "cluster_connected",
+                "1 while connected to the cluster's NATS (0 without [cluster], or when lost)",
+            ),
+            cluster_nodes: gauge(r, "cluster_nodes", "Nodes of the cluster seen alive"),
+            cluster_received: counter(
+                r,
+                "cluster_received_total",
+                "Messages routed here from other nodes",
+            ),
+            cluster_imported: counter(
+                r,
+                "cluster_imported_total",
+                "Messages NATS clients published on device-data subjects, routed here",
+            ),
+            cluster_bad_messages: counter(
+                r,
+                "cluster_bad_messages_total",
+                "Routed messages that could not be read (dropped)",
+            ),
+            cluster_send_failures: counter(
+                r,
+                "cluster_send_failures_total",
+                "QoS 0 messages that could not be sent to other nodes",
             ),
             registry,
         }

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use crate::access::Access;
 use crate::broker::Broker;
 use crate::client::Control;
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::{Config, FsyncMode};
 use crate::listener::{self, Listener};
 use crate::log::Logger;
@@ -43,6 +44,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     AuthFile(#[from] crate::auth::AuthFileError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
 }
 
 /// A started broker. Dropping it does not stop it; call [`shutdown`].
@@ -208,7 +211,15 @@ pub async fn start_from(
         logger.http_listening(addr, config.http.admin_token_file.is_some());
     }
 
+    let cluster_config = config.cluster.clone();
     let broker = Arc::new(Broker::new(config, logger, store, access));
+    if let Some(cluster_config) = &cluster_config {
+        // Before the sessions are restored: their filters are the node's
+        // interest in the cluster.
+        let node = broker.config().node_name.clone();
+        let cluster = Cluster::start(cluster_config, &node, &broker).await?;
+        broker.set_cluster(cluster);
+    }
     if let Some(recovered) = recovered {
         broker.restore(recovered);
     }

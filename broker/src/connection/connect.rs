@@ -441,6 +441,10 @@ async fn negotiate(broker: &Broker, peer: &Peer, connect: &Connect) -> Result<Ac
     if attached.took_over {
         broker.logger.already_connected(&client_id);
     }
+    // One client id, one connection, cluster-wide.
+    broker
+        .claim_in_cluster(&client_id, connect.will.as_ref(), expiry)
+        .await;
 
     let mut properties = Properties::default();
     if version.is_v5() {

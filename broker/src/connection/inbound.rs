@@ -7,7 +7,7 @@ use bytes::Buf;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::auth::ClientAcl;
-use crate::broker::Publisher;
+use crate::broker::{PublishError, Publisher};
 use crate::codec::{
     self, Disconnect, Packet, Properties, PubResponse, Publish, QoS, ReasonCode, Suback, Subscribe,
     Unsuback, Unsubscribe,
@@ -156,10 +156,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                     self.pause(routed);
                     ReasonCode::SUCCESS
                 }
+                Err(PublishError::Cluster(e)) if self.version.is_v5() => {
+                    // Refused, not lost: the client may send it again.
+                    self.broker.logger.warning(&format!(
+                        "Message from {} refused: {e}.",
+                        self.session.client_id
+                    ));
+                    ReasonCode::UNSPECIFIED_ERROR
+                }
                 Err(e) => {
                     self.broker
                         .logger
                         .error(&format!("Error persisting message: {e}."));
+                    // 3.x cannot refuse a PUBLISH: the client sends it again
+                    // after reconnecting.
                     return Err(Close::Server(ReasonCode::UNSPECIFIED_ERROR));
                 }
             }

@@ -2497,3 +2497,5 @@ pub fn run_mosquitto_passwd(tool: &Path, args: &[&str]) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+pub mod cluster;

@@ -15,9 +15,11 @@ use kubemqtt_broker::config::{
     ListenerProtocol, TlsConfig,
 };
 
-use super::secrets::{ADMIN_TOKEN_KEY, CREDENTIALS_KEY, TLS_CERT_KEY, TLS_PRIVATE_KEY_KEY};
+use super::secrets::{ADMIN_TOKEN_KEY, CREDENTIALS_KEY};
+use super::tls::{TLS_CERT_KEY, TLS_PRIVATE_KEY_KEY};
 use super::{
-    Context, Listener, ListenerKind, PlanError, AUTH_DIR, CONFIG_DIR, DATA_DIR, HTTP_PORT, TLS_DIR,
+    Context, Listener, ListenerKind, PlanError, AUTH_DIR, CONFIG_DIR, DATA_DIR,
+    HTTP_PORT, TLS_DIR,
 };
 use crate::api::{LogFormat, LogLevel, MqttBrokerSpec, QueueFullPolicy, RateLimitAction};
 
@@ -32,12 +34,13 @@ pub const CLIENTS_CA_KEY: &str = "clients-ca.crt";
 /// SIGTERM. The pods' termination grace period is a little longer.
 pub const DRAIN_DEADLINE_SECONDS: u64 = 25;
 
+
 /// Keys of the broker's configuration that the spec's own fields set, and
 /// where to set them instead; `spec.config` may not contain them.
 const OWNED_KEYS: &[(&str, &str)] = &[
     ("node_name", "each pod's name, set by the broker itself"),
     ("allow_anonymous", "spec.auth.anonymous"),
-    ("listeners", "spec.listeners and spec.service.proxyProtocol"),
+    ("listeners", "spec.listeners"),
     ("limits", "spec.limits"),
     ("persistence.enabled", "spec.persistence.enabled"),
     ("persistence.dir", "the operator (the volume's mount path)"),
@@ -72,12 +75,7 @@ pub(super) fn broker_config(ctx: &Context<'_>) -> Result<String, PlanError> {
             "every listener is disabled: enable at least one",
         ));
     }
-    let proxy_protocol = ctx.spec.service.proxy_protocol;
-    let listeners = ctx
-        .listeners
-        .iter()
-        .map(|listener| listener_config(listener, proxy_protocol))
-        .collect();
+    let listeners = ctx.listeners.iter().flat_map(listener_configs).collect();
     let config = typed_config(ctx.spec, listeners)?;
     let mut table = toml::Table::try_from(&config)
         .map_err(|e| PlanError::BrokerConfig(format!("cannot serialize: {e}")))?;
@@ -115,14 +113,33 @@ pub(super) fn config_map(
     }
 }
 
-/// The broker listener of an enabled listener: on every address, with the
-/// mounted certificate for the TLS ones.
-fn listener_config(listener: &Listener, proxy_protocol: bool) -> ListenerConfig {
+/// The broker listeners of an enabled listener: on every address, with
+/// the mounted certificate for the TLS ones; and a second one on its PROXY
+/// protocol port when the external path sends PROXY headers.
+fn listener_configs(listener: &Listener) -> Vec<ListenerConfig> {
+    let mut configs = vec![listener_config(listener, listener.kind.name(), listener.port, false)];
+    if let Some(proxy_port) = listener.proxy_port {
+        configs.push(listener_config(
+            listener,
+            listener.kind.proxy_port_name(),
+            proxy_port,
+            true,
+        ));
+    }
+    configs
+}
+
+fn listener_config(
+    listener: &Listener,
+    name: &str,
+    port: i32,
+    proxy_protocol: bool,
+) -> ListenerConfig {
     let protocol = broker_protocol(listener.kind);
     // `resolve_listeners` only lets through ports 1..=65535.
-    let port = u16::try_from(listener.port).unwrap_or_default();
+    let port = u16::try_from(port).unwrap_or_default();
     ListenerConfig {
-        name: Some(listener.kind.name().to_owned()),
+        name: Some(name.to_owned()),
         protocol,
         proxy_protocol,
         tls: protocol.is_tls().then(|| {
@@ -169,6 +186,7 @@ fn typed_config(
     .map_err(|e| PlanError::BrokerConfig(describe(e)))?;
     let limits = &spec.limits;
     let defaults = file_defaults.limits;
+
     Ok(Config {
         node_name: file_defaults.node_name,
         allow_anonymous: spec.auth.anonymous,
@@ -207,6 +225,9 @@ fn typed_config(
             max_subscriptions: limits
                 .max_subscriptions
                 .unwrap_or(defaults.max_subscriptions),
+            // Back-pressure and the memory budget: the broker's defaults
+            // (the budget follows the pod's memory limit).
+            ..defaults
         },
         persistence: broker::PersistenceConfig {
             enabled: spec.persistence.enabled,
@@ -244,6 +265,8 @@ fn typed_config(
             ..file_defaults.drain
         },
         presence_events: file_defaults.presence_events,
+        // A broker of one replica; clustering comes with spec.cluster.
+        cluster: None,
     })
 }
 
@@ -426,11 +449,10 @@ mod tests {
             r#"
 auth: {anonymous: true}
 listeners:
-  mqtt: {port: 11883}
+  mqtt: {port: 11883, external: true, proxyProtocol: true}
   mqtts: {enabled: false}
   ws: {enabled: true}
-  wss: {enabled: true, port: 9443}
-service: {proxyProtocol: true}
+  wss: {enabled: true, port: 9443, proxyProtocol: true}
 persistence: {enabled: true, size: 5Gi}
 logging: {level: debug, format: json}
 limits:
@@ -463,12 +485,16 @@ limits:
                 )
             })
             .collect();
+        // A PROXY protocol listener twice: for the external path, and
+        // without PROXY for the cluster.
         assert_eq!(
             listeners,
             [
-                ("mqtt", ListenerProtocol::Tcp, 11883, true, false),
-                ("ws", ListenerProtocol::Ws, 8083, true, false),
-                ("wss", ListenerProtocol::Wss, 9443, true, true),
+                ("mqtt", ListenerProtocol::Tcp, 11883, false, false),
+                ("mqtt-proxy", ListenerProtocol::Tcp, 21883, true, false),
+                ("ws", ListenerProtocol::Ws, 8083, false, false),
+                ("wss", ListenerProtocol::Wss, 9443, false, true),
+                ("wss-proxy", ListenerProtocol::Wss, 19443, true, true),
             ]
         );
         assert!(config.persistence.enabled);
@@ -491,6 +517,7 @@ limits:
                 publish_rate: 50,
                 publish_rate_action: broker::RateLimitAction::Throttle,
                 max_subscriptions: 100,
+                ..broker::Limits::default()
             }
         );
     }

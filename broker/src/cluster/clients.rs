@@ -1,0 +1,196 @@
+//! One client id, one connection, cluster-wide.
+//!
+//! The clients bucket says which node holds each client id (key: the
+//! encoded client id), whether it is connected, and its will. A node that
+//! accepts a CONNECT writes the key; when the key named another live node
+//! with the client connected, it asks that node to let the client go
+//! (`_KMQ.<name>.takeover.<node>`), which closes the connection (5.0:
+//! DISCONNECT 0x8E) and answers once it has. When a node dies, the first
+//! survivor to rewrite each of its connected clients' keys publishes that
+//! client's will.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::broker::Broker;
+use crate::message::Message;
+use crate::store::StoredMessage;
+
+use super::names::{decode_key, encode_key};
+use super::Cluster;
+
+/// How long a node waits for another to let a client go.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A client id's entry in the clients bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    /// The node that holds (or last held) the client.
+    pub node: String,
+    pub connected: bool,
+    /// The will of the connection, published by a survivor if the node
+    /// dies with the client connected.
+    pub will: Option<StoredWill>,
+}
+
+/// A will as the clients bucket keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredWill {
+    pub message: StoredMessage,
+    /// Seconds to wait before publishing (5.0 Will Delay Interval, capped
+    /// by the session expiry).
+    pub delay_secs: u32,
+}
+
+impl ClientRecord {
+    fn encode(&self) -> Bytes {
+        Bytes::from(postcard::to_allocvec(self).unwrap_or_default())
+    }
+
+    fn decode(bytes: &[u8]) -> Option<ClientRecord> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
+impl Cluster {
+    /// A CONNECT for `client_id` was accepted here: records it, and has the
+    /// node that held it connected let it go first. Without NATS the client
+    /// is let in all the same (this node's clients keep being served).
+    pub async fn claim(&self, client_id: &str, will: Option<StoredWill>) {
+        let Ok(buckets) = self.buckets() else { return };
+        let key = encode_key(client_id);
+        let previous = match buckets.clients.entry(key.clone()).await {
+            Ok(entry) => entry.and_then(|e| ClientRecord::decode(&e.value)),
+            Err(e) => {
+                self.logger
+                    .warning(&format!("Cluster: cannot look up client {client_id}: {e}."));
+                None
+            }
+        };
+        let record = ClientRecord {
+            node: self.node.to_string(),
+            connected: true,
+            will,
+        };
+        if let Err(e) = buckets.clients.put(key, record.encode()).await {
+            self.logger
+                .warning(&format!("Cluster: cannot record client {client_id}: {e}."));
+        }
+        let Some(previous) = previous else { return };
+        // A node that is gone answers nothing: NATS says so at once.
+        if previous.node == *self.node || !previous.connected {
+            return;
+        }
+        let subject = self.names.takeover(&previous.node);
+        let request = self
+            .client
+            .request(subject, Bytes::copy_from_slice(client_id.as_bytes()));
+        if tokio::time::timeout(TAKEOVER_TIMEOUT, request)
+            .await
+            .is_err()
+        {
+            self.logger.warning(&format!(
+                "Cluster: node {} did not let client {client_id} go within {TAKEOVER_TIMEOUT:?}.",
+                previous.node
+            ));
+        }
+    }
+
+    /// The client left this node: its entry says so (unless another node
+    /// has claimed it since).
+    pub async fn release(&self, client_id: &str) {
+        let Ok(buckets) = self.buckets() else { return };
+        let key = encode_key(client_id);
+        let Ok(Some(entry)) = buckets.clients.entry(key.clone()).await else {
+            return;
+        };
+        match ClientRecord::decode(&entry.value) {
+            Some(record) if record.node == *self.node && record.connected => {}
+            _ => return,
+        }
+        let record = ClientRecord {
+            node: self.node.to_string(),
+            connected: false,
+            will: None,
+        };
+        // Compare-and-set: a claim by another node in between wins.
+        let _ = buckets
+            .clients
+            .update(key, record.encode(), entry.revision)
+            .await;
+    }
+
+    /// Answers other nodes' take-over requests: the client's connection
+    /// here is closed (5.0: 0x8E), then the answer goes back.
+    pub(super) async fn serve_takeovers(self: Arc<Self>, broker: Arc<Broker>) {
+        let mut requests = match self.client.subscribe(self.names.takeover(&self.node)).await {
+            Ok(subscriber) => subscriber,
+            Err(e) => {
+                self.logger
+                    .error(&format!("Cluster: cannot serve take-overs: {e}."));
+                return;
+            }
+        };
+        while let Some(request) = requests.next().await {
+            let client_id = String::from_utf8_lossy(&request.payload).to_string();
+            broker.taken_over_elsewhere(&client_id).await;
+            if let Some(reply) = request.reply {
+                let _ = self.client.publish(reply, Bytes::from_static(b"ok")).await;
+            }
+        }
+    }
+
+    /// A node died: the wills of its connected clients are published (by
+    /// whichever survivor rewrites each entry first), and its filters
+    /// leave the interest bucket.
+    pub(super) async fn node_gone(&self, broker: &Arc<Broker>, node: &str) {
+        let Ok(buckets) = self.buckets() else { return };
+        let mut wills = 0;
+        if let Ok(mut keys) = buckets.clients.keys().await {
+            while let Some(Ok(key)) = keys.next().await {
+                let Ok(Some(entry)) = buckets.clients.entry(key.clone()).await else {
+                    continue;
+                };
+                let Some(record) = ClientRecord::decode(&entry.value) else {
+                    continue;
+                };
+                if record.node != node || !record.connected {
+                    continue;
+                }
+                let released = ClientRecord {
+                    node: node.to_string(),
+                    connected: false,
+                    will: None,
+                };
+                // Only the survivor whose rewrite wins publishes the will.
+                if buckets
+                    .clients
+                    .update(key.clone(), released.encode(), entry.revision)
+                    .await
+                    .is_err()
+                {
+                    continue;
+                }
+                if let Some(will) = record.will {
+                    wills += 1;
+                    let client_id = decode_key(&key).unwrap_or(key);
+                    broker.publish_will_of_lost_client(
+                        &client_id,
+                        Message::from_stored(will.message),
+                        Duration::from_secs(u64::from(will.delay_secs)),
+                    );
+                }
+            }
+        }
+        if wills > 0 {
+            self.logger.info(&format!(
+                "Cluster: published {wills} will(s) of clients of node {node}."
+            ));
+        }
+        self.forget_node_interest(node).await;
+    }
+}

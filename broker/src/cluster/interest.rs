@@ -1,0 +1,327 @@
+//! Who wants what, cluster-wide: each node's filters, in the interest
+//! bucket (`<node>.<filter key>`), mirrored into a subscription table of
+//! nodes that a publish is routed through.
+//!
+//! A node counts its own sessions' subscriptions per filter and writes
+//! the bucket only when a filter gets its first or loses its last
+//! subscriber; the writes go through one task, in order. Every node watches
+//! the bucket and keeps the others' ordinary filters in its table; shared
+//! subscriptions (`$share/group/filter`) are kept for every node, this one
+//! included, so that one node is chosen per message cluster-wide.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::codec::{QoS, SubscriptionOptions};
+use crate::router::{Route, Subscription, SubscriptionTable};
+use crate::topic::SharedFilter;
+
+/// A change of this node's interest, to write to the bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Added(String),
+    Removed(String),
+}
+
+/// This node's filters (counted) and every node's, as far as known.
+pub struct Interest {
+    node: Arc<str>,
+    /// Subscriptions of this node's sessions, per filter.
+    local: Mutex<HashMap<String, usize>>,
+    /// Other nodes' ordinary filters, and every node's shared ones.
+    table: SubscriptionTable<Arc<str>>,
+    /// Bucket writes, in order.
+    changes: mpsc::UnboundedSender<Change>,
+}
+
+/// Where one message goes in the cluster.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Other nodes, each with the shared groups it serves with this message.
+    pub remote: Vec<(Arc<str>, Vec<String>)>,
+    /// The shared groups this node serves (the others are served elsewhere).
+    pub local_groups: Vec<String>,
+}
+
+/// Every node's subscription looks the same in the table: the receiving
+/// node routes precisely with its own.
+fn node_subscription() -> Subscription {
+    Subscription {
+        options: SubscriptionOptions {
+            qos: QoS::ExactlyOnce,
+            no_local: false,
+            retain_as_published: true,
+            retain_handling: 0,
+        },
+        identifier: None,
+    }
+}
+
+impl Interest {
+    pub fn new(node: Arc<str>) -> (Interest, mpsc::UnboundedReceiver<Change>) {
+        let (changes, rx) = mpsc::unbounded_channel();
+        let interest = Interest {
+            node,
+            local: Mutex::new(HashMap::new()),
+            table: SubscriptionTable::new(),
+            changes,
+        };
+        (interest, rx)
+    }
+
+    /// A session of this node subscribed to `filter`.
+    pub fn add_local(&self, filter: &str) {
+        let mut local = self.local.lock();
+        let count = local.entry(filter.to_string()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            if is_shared(filter) {
+                self.table
+                    .subscribe(self.node.clone(), filter, node_subscription());
+            }
+            let _ = self.changes.send(Change::Added(filter.to_string()));
+        }
+    }
+
+    /// A session of this node no longer subscribes to `filter`.
+    pub fn remove_local(&self, filter: &str) {
+        let mut local = self.local.lock();
+        let Some(count) = local.get_mut(filter) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            local.remove(filter);
+            if is_shared(filter) {
+                self.table.unsubscribe(&self.node, filter);
+            }
+            let _ = self.changes.send(Change::Removed(filter.to_string()));
+        }
+    }
+
+    /// This node's filters now (to write them all again after the bucket
+    /// was lost or this node's keys were cleared).
+    pub fn local_filters(&self) -> Vec<String> {
+        self.local.lock().keys().cloned().collect()
+    }
+
+    /// A node's filter appeared in the bucket.
+    pub fn remote_added(&self, node: &str, filter: &str) {
+        if node == &*self.node && !is_shared(filter) {
+            return;
+        }
+        self.table
+            .subscribe(Arc::from(node), filter, node_subscription());
+    }
+
+    /// A node's filter left the bucket.
+    pub fn remote_removed(&self, node: &str, filter: &str) {
+        if node == &*self.node && !is_shared(filter) {
+            return;
+        }
+        self.table.unsubscribe(&Arc::from(node), filter);
+    }
+
+    /// Whether any other node wants anything (the fast path's check).
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Where a message on `topic` goes. `alive` tells the nodes that may
+    /// be chosen for a shared subscription.
+    pub fn plan(&self, topic: &str, alive: &dyn Fn(&Arc<str>) -> bool) -> Plan {
+        let mut routes: Vec<Route<Arc<str>>> = Vec::new();
+        self.table.route(topic, None, alive, &mut routes);
+        let mut plan = Plan::default();
+        for route in routes {
+            let groups: Vec<String> = route.shared_group.iter().map(|g| g.to_string()).collect();
+            if route.subscriber == self.node {
+                plan.local_groups.extend(groups);
+                continue;
+            }
+            match plan.remote.iter_mut().find(|(n, _)| *n == route.subscriber) {
+                Some((_, existing)) => existing.extend(groups),
+                None => plan.remote.push((route.subscriber, groups)),
+            }
+        }
+        plan
+    }
+}
+
+/// Keeping the interest bucket and the table in step.
+impl super::Cluster {
+    /// Writes this node's interest changes to the bucket, in order. First
+    /// removes what an earlier run of this node left there.
+    pub(super) async fn write_interest(
+        self: Arc<Self>,
+        mut changes: mpsc::UnboundedReceiver<Change>,
+    ) {
+        self.clear_stale_interest().await;
+        while let Some(change) = changes.recv().await {
+            let mut delay = std::time::Duration::from_millis(50);
+            while let Ok(buckets) = self.buckets() {
+                let result = match &change {
+                    Change::Added(filter) => buckets
+                        .interest
+                        .put(self.names.interest_key(filter), filter.clone().into())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Change::Removed(filter) => buckets
+                        .interest
+                        .delete(self.names.interest_key(filter))
+                        .await
+                        .map_err(|e| e.to_string()),
+                };
+                match result {
+                    Ok(()) => break,
+                    Err(e) => {
+                        if self.is_connected() {
+                            self.logger
+                                .warning(&format!("Cluster: cannot record interest: {e}."));
+                        }
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deletes this node's keys that its current filters do not account
+    /// for (left by a run that was killed), and writes the current ones.
+    async fn clear_stale_interest(&self) {
+        let Ok(buckets) = self.buckets() else { return };
+        let prefix = self.names.own_interest_prefix();
+        let current: std::collections::HashSet<String> = self
+            .interest
+            .local_filters()
+            .iter()
+            .map(|f| self.names.interest_key(f))
+            .collect();
+        if let Ok(mut keys) = buckets.interest.keys().await {
+            use futures_util::StreamExt;
+            while let Some(Ok(key)) = keys.next().await {
+                if key.starts_with(&prefix) && !current.contains(&key) {
+                    let _ = buckets.interest.delete(key).await;
+                }
+            }
+        }
+    }
+
+    /// Mirrors the bucket into the table: every key now, then each change.
+    pub(super) async fn watch_interest(self: Arc<Self>) {
+        use async_nats::jetstream::kv::Operation;
+        use futures_util::StreamExt;
+        loop {
+            let Ok(buckets) = self.buckets() else { return };
+            let mut watch = match buckets.interest.watch_with_history(">").await {
+                Ok(watch) => watch,
+                Err(e) => {
+                    self.logger
+                        .warning(&format!("Cluster: cannot watch interest: {e}."));
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            while let Some(entry) = watch.next().await {
+                let Ok(entry) = entry else { break };
+                let Some((node, filter)) = super::names::split_interest_key(&entry.key) else {
+                    continue;
+                };
+                match entry.operation {
+                    Operation::Put => self.interest.remote_added(node, &filter),
+                    Operation::Delete | Operation::Purge => {
+                        self.interest.remote_removed(node, &filter)
+                    }
+                }
+            }
+            // The watch ended (NATS went away): start over.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+
+    /// A dead node's filters leave the bucket (it writes them again if it
+    /// comes back).
+    pub(super) async fn forget_node_interest(&self, node: &str) {
+        let Ok(buckets) = self.buckets() else { return };
+        let prefix = format!("{node}.");
+        if let Ok(mut keys) = buckets.interest.keys().await {
+            use futures_util::StreamExt;
+            while let Some(Ok(key)) = keys.next().await {
+                if key.starts_with(&prefix) {
+                    let _ = buckets.interest.delete(key).await;
+                }
+            }
+        }
+    }
+}
+
+fn is_shared(filter: &str) -> bool {
+    matches!(SharedFilter::parse(filter), Ok(Some(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_alive(_: &Arc<str>) -> bool {
+        true
+    }
+
+    #[test]
+    fn the_bucket_is_written_on_the_first_and_last_subscriber_only() {
+        let (interest, mut changes) = Interest::new(Arc::from("a"));
+        interest.add_local("t/+");
+        interest.add_local("t/+");
+        interest.remove_local("t/+");
+        interest.remove_local("t/+");
+        interest.remove_local("t/+");
+        assert_eq!(changes.try_recv(), Ok(Change::Added("t/+".into())));
+        assert_eq!(changes.try_recv(), Ok(Change::Removed("t/+".into())));
+        assert!(changes.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_message_goes_once_to_each_interested_node() {
+        let (interest, _changes) = Interest::new(Arc::from("a"));
+        interest.remote_added("b", "t/#");
+        interest.remote_added("b", "t/+");
+        interest.remote_added("c", "other");
+        // This node's own ordinary filters are not routed through the table.
+        interest.remote_added("a", "t/1");
+        let plan = interest.plan("t/1", &all_alive);
+        assert_eq!(plan.remote, vec![(Arc::from("b"), vec![])]);
+        assert!(plan.local_groups.is_empty());
+        assert_eq!(interest.plan("nothing", &all_alive), Plan::default());
+    }
+
+    #[test]
+    fn a_shared_subscription_is_served_by_one_node_per_message_in_turn() {
+        let (interest, _changes) = Interest::new(Arc::from("a"));
+        interest.add_local("$share/g/t/#");
+        interest.remote_added("b", "$share/g/t/#");
+        let mut local = 0;
+        let mut remote = 0;
+        for _ in 0..10 {
+            let plan = interest.plan("t/x", &all_alive);
+            match (plan.local_groups.len(), plan.remote.len()) {
+                (1, 0) => local += 1,
+                (0, 1) => {
+                    assert_eq!(plan.remote[0], (Arc::from("b"), vec!["g".to_string()]));
+                    remote += 1;
+                }
+                other => panic!("one node per message, got {other:?}"),
+            }
+        }
+        assert_eq!((local, remote), (5, 5));
+        // A node that is not alive is not chosen.
+        let only_a = |n: &Arc<str>| &**n == "a";
+        for _ in 0..4 {
+            assert_eq!(interest.plan("t/x", &only_a).local_groups, vec!["g"]);
+        }
+    }
+}

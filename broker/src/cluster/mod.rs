@@ -1,0 +1,373 @@
+//! Several replicas of one broker, sharing one NATS with JetStream.
+//!
+//! What lives where (docs/clustering.md has the whole picture):
+//! - [`interest`]: each node's filters, in a key-value bucket every node
+//!   mirrors; a publish is routed to the nodes that want it, not broadcast;
+//! - [`routing`]: the messages themselves, node to node: core NATS for
+//!   QoS 0, a JetStream work queue per node for QoS 1/2 (the publisher is
+//!   acknowledged once the stream has the message), and the device-data
+//!   subjects NATS clients read and write ([`subject`]);
+//! - [`retained`]: retained messages, in a bucket every node mirrors;
+//! - [`clients`]: which node holds which client id, and take-over of a
+//!   client that connects to another node;
+//! - [`nodes`]: which nodes are alive.
+//!
+//! A broker without `[cluster]` has none of this: [`crate::broker::Broker`]
+//! holds no `Cluster`, and publishing never looks at NATS.
+
+pub mod clients;
+mod config;
+pub mod envelope;
+pub mod interest;
+pub mod names;
+pub mod nodes;
+pub mod retained;
+pub mod routing;
+pub mod subject;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::jetstream::kv;
+
+use crate::broker::Broker;
+use crate::log::Logger;
+
+pub use self::config::{valid_token, ClusterConfig, ClusterTlsConfig};
+use self::interest::Interest;
+pub use self::interest::Plan;
+use self::names::Names;
+use self::nodes::Nodes;
+
+/// How long a JetStream or key-value request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the cluster cannot do something.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot read {what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("the cluster is not connected to NATS")]
+    Unavailable,
+}
+
+impl ClusterError {
+    fn nats(e: impl std::fmt::Display) -> ClusterError {
+        ClusterError::Nats(e.to_string())
+    }
+}
+
+/// The buckets every node keeps.
+struct Buckets {
+    interest: kv::Store,
+    retained: kv::Store,
+    clients: kv::Store,
+    nodes: kv::Store,
+}
+
+/// This node's part in the cluster.
+pub struct Cluster {
+    config: ClusterConfig,
+    names: Names,
+    node: Arc<str>,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    /// Set once the streams and buckets exist and the watchers run.
+    buckets: tokio::sync::OnceCell<Buckets>,
+    interest: Interest,
+    nodes: Nodes,
+    /// Connected to NATS now (as the client last reported).
+    connected: AtomicBool,
+    logger: Logger,
+}
+
+impl Cluster {
+    /// Connects to NATS (in the background: the broker serves its own
+    /// clients meanwhile) and starts the cluster's tasks. Fails only on
+    /// configuration that cannot work (an unreadable credentials file).
+    pub async fn start(
+        config: &ClusterConfig,
+        node: &str,
+        broker: &Arc<Broker>,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        let logger = broker.logger.clone();
+        let names = Names::new(&config.name, node);
+        let node: Arc<str> = Arc::from(node);
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let options = connect_options(config, node.clone())
+            .await?
+            .event_callback(move |event| {
+                let events_tx = events_tx.clone();
+                async move {
+                    let _ = events_tx.send(event);
+                }
+            });
+        let client = options
+            .connect(config.servers.clone())
+            .await
+            .map_err(ClusterError::nats)?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(REQUEST_TIMEOUT)
+            .build(client.clone());
+        let (interest, changes) = Interest::new(node.clone());
+        let cluster = Arc::new(Cluster {
+            config: config.clone(),
+            names,
+            node,
+            client,
+            js,
+            buckets: tokio::sync::OnceCell::new(),
+            interest,
+            nodes: Nodes::default(),
+            connected: AtomicBool::new(false),
+            logger,
+        });
+        tokio::spawn(cluster.clone().watch_connection(events_rx, broker.clone()));
+        tokio::spawn(cluster.clone().set_up(broker.clone(), changes));
+        Ok(cluster)
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &Arc<str> {
+        &self.node
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Connected to NATS, with the streams and buckets in place.
+    pub fn is_ready(&self) -> bool {
+        self.connected.load(Ordering::Acquire) && self.buckets.initialized()
+    }
+
+    /// Connected to NATS now.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Nodes known to be alive, this one included.
+    pub fn alive_nodes(&self) -> usize {
+        self.nodes.alive_count()
+    }
+
+    /// This node's interest and every node's, as far as known.
+    pub fn interest(&self) -> &Interest {
+        &self.interest
+    }
+
+    /// Where a message on `topic` goes.
+    pub fn plan(&self, topic: &str) -> Plan {
+        if self.interest.is_empty() {
+            return Plan::default();
+        }
+        let nodes = &self.nodes;
+        let me = &self.node;
+        self.interest
+            .plan(topic, &|node: &Arc<str>| node == me || nodes.is_alive(node))
+    }
+
+    fn buckets(&self) -> Result<&Buckets, ClusterError> {
+        self.buckets.get().ok_or(ClusterError::Unavailable)
+    }
+
+    /// Logs connection changes and keeps the connected flag.
+    async fn watch_connection(
+        self: Arc<Self>,
+        mut events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
+        broker: Arc<Broker>,
+    ) {
+        while let Some(event) = events.recv().await {
+            match event {
+                async_nats::Event::Connected => {
+                    self.connected.store(true, Ordering::Release);
+                    broker.metrics.cluster_connected.set(1);
+                    self.logger.info("Cluster: connected to NATS.");
+                }
+                async_nats::Event::Disconnected => {
+                    self.connected.store(false, Ordering::Release);
+                    broker.metrics.cluster_connected.set(0);
+                    self.logger.warning(
+                        "Cluster: lost NATS; serving local clients only until it is back.",
+                    );
+                }
+                other => self.logger.warning(&format!("Cluster: NATS {other}.")),
+            }
+        }
+    }
+
+    /// Creates (or finds) the streams and buckets, retrying until NATS
+    /// answers, then starts the watchers and receivers.
+    async fn set_up(
+        self: Arc<Self>,
+        broker: Arc<Broker>,
+        changes: tokio::sync::mpsc::UnboundedReceiver<interest::Change>,
+    ) {
+        let mut delay = Duration::from_millis(100);
+        let buckets = loop {
+            match self.create_buckets().await {
+                Ok(buckets) => break buckets,
+                Err(e) => {
+                    self.logger.warning(&format!(
+                        "Cluster: cannot set up the streams and buckets yet: {e}."
+                    ));
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        if self.buckets.set(buckets).is_err() {
+            return;
+        }
+        // The connection event may have come before the callback was in
+        // place.
+        if self.client.connection_state() == async_nats::connection::State::Connected {
+            self.connected.store(true, Ordering::Release);
+            broker.metrics.cluster_connected.set(1);
+        }
+        tokio::spawn(self.clone().write_interest(changes));
+        tokio::spawn(self.clone().watch_interest());
+        tokio::spawn(self.clone().watch_retained(broker.clone()));
+        tokio::spawn(self.clone().heartbeat());
+        tokio::spawn(self.clone().watch_nodes(broker.clone()));
+        tokio::spawn(self.clone().receive_core(broker.clone()));
+        tokio::spawn(self.clone().receive_stream(broker.clone()));
+        tokio::spawn(self.clone().serve_takeovers(broker.clone()));
+        if self.config.import_subjects {
+            tokio::spawn(self.clone().import(broker.clone()));
+        }
+        self.logger.info(&format!(
+            "Cluster: node {} of cluster {} is ready.",
+            self.node, self.names.cluster
+        ));
+    }
+
+    async fn create_buckets(&self) -> Result<Buckets, ClusterError> {
+        let node_ttl = Duration::from_secs(self.config.node_timeout_secs);
+        let interest = self
+            .bucket(self.names.interest_bucket(), Duration::ZERO)
+            .await?;
+        let retained = self
+            .bucket(self.names.retained_bucket(), Duration::ZERO)
+            .await?;
+        let clients = self
+            .bucket(self.names.clients_bucket(), Duration::ZERO)
+            .await?;
+        let nodes = self.bucket(self.names.nodes_bucket(), node_ttl).await?;
+        self.js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: self.names.route_stream(),
+                subjects: vec![self.names.route_stream_subjects()],
+                retention: jetstream::stream::RetentionPolicy::WorkQueue,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: self.config.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(ClusterError::nats)?;
+        Ok(Buckets {
+            interest,
+            retained,
+            clients,
+            nodes,
+        })
+    }
+
+    /// A key-value bucket (history 1), created if missing. Its stream is
+    /// created here, as the key-value layer does it, because the client's
+    /// own bucket creation first asks for account information in a form
+    /// nats-server 2.9 does not answer.
+    async fn bucket(&self, bucket: String, max_age: Duration) -> Result<kv::Store, ClusterError> {
+        if let Ok(store) = self.js.get_key_value(bucket.clone()).await {
+            return Ok(store);
+        }
+        self.js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: format!("KV_{bucket}"),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
+                max_age,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: self.config.replicas,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: jetstream::stream::DiscardPolicy::New,
+                duplicate_window: if max_age.is_zero() {
+                    Duration::from_secs(120)
+                } else {
+                    max_age.min(Duration::from_secs(120))
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(ClusterError::nats)?;
+        self.js
+            .get_key_value(bucket)
+            .await
+            .map_err(ClusterError::nats)
+    }
+}
+
+/// The connection options from the configuration: credentials and TLS
+/// files are read here, so a missing file fails the start.
+async fn connect_options(
+    config: &ClusterConfig,
+    node: Arc<str>,
+) -> Result<async_nats::ConnectOptions, ClusterError> {
+    let read = |what: &'static str, path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .map(|text| text.trim().to_string())
+            .map_err(|source| ClusterError::File {
+                what,
+                path: path.display().to_string(),
+                source,
+            })
+    };
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("kubemqtt {} {node}", config.name))
+        // Our own publishes are routed by us: never echo them back.
+        .no_echo()
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(REQUEST_TIMEOUT))
+        .subscription_capacity(64 * 1024);
+    if let (Some(user), Some(path)) = (&config.user, &config.password_file) {
+        options = options.user_and_password(user.clone(), read("the NATS password file", path)?);
+    }
+    if let Some(path) = &config.token_file {
+        options = options.token(read("the NATS token file", path)?);
+    }
+    if let Some(path) = &config.nkey_seed_file {
+        options = options.nkey(read("the NATS NKey seed file", path)?);
+    }
+    if let Some(path) = &config.credentials_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|source| ClusterError::File {
+                what: "the NATS credentials file",
+                path: path.display().to_string(),
+                source,
+            })?;
+    }
+    if let Some(tls) = &config.tls {
+        options = options.require_tls(true);
+        if let Some(ca) = &tls.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    Ok(options)
+}

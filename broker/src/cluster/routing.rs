@@ -1,0 +1,233 @@
+//! Messages between nodes, and between the cluster and NATS clients.
+//!
+//! A message for other nodes goes once to each node that wants it, in an
+//! [`Envelope`]: QoS 0 over core NATS (`_KMQ.<name>.c.<node>`), QoS 1/2
+//! into the route stream (`_KMQ.<name>.r.<node>`), where the node's
+//! durable consumer takes it; the publisher is acknowledged once the
+//! stream has stored it, so a node that dies with it unread loses nothing
+//! (it reads it when it comes back). The receiving node delivers to its
+//! own sessions only, and acknowledges the stream message after that.
+//!
+//! Device data is also published, as it arrives, on its NATS subject
+//! (`<name>.<topic as subject>`, [`super::subject`]) for NATS clients; and
+//! what NATS clients publish there is delivered to MQTT subscribers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::broker::Broker;
+use crate::codec::QoS;
+use crate::message::Message;
+
+use super::envelope::Envelope;
+use super::interest::Plan;
+use super::subject;
+use super::{Cluster, ClusterError};
+
+/// Header on what this cluster exports to NATS clients: the cluster and
+/// node it comes from (so importing nodes skip it).
+const ORIGIN_HEADER: &str = "Kmq-Origin";
+/// Routed QoS 1/2 messages a node may hold unacknowledged.
+const MAX_ACK_PENDING: i64 = 10_000;
+
+impl Cluster {
+    /// Sends `msg` to the other nodes of `plan`. For QoS 1/2, resolves once
+    /// every target node's stream has stored it.
+    pub async fn send(&self, msg: &Message, plan: &Plan) -> Result<(), ClusterError> {
+        if plan.remote.is_empty() {
+            return Ok(());
+        }
+        if !self.is_connected() {
+            return Err(ClusterError::Unavailable);
+        }
+        let stored = msg.to_stored();
+        let mut acks = Vec::new();
+        for (node, groups) in &plan.remote {
+            let envelope = Envelope {
+                origin: self.node.to_string(),
+                shared_groups: groups.clone(),
+                message: stored.clone(),
+            };
+            let bytes = Bytes::from(envelope.encode().map_err(ClusterError::nats)?);
+            if msg.qos == QoS::AtMostOnce {
+                self.client
+                    .publish(self.names.core_route(node), bytes)
+                    .await
+                    .map_err(ClusterError::nats)?;
+            } else {
+                acks.push(
+                    self.js
+                        .publish(self.names.stream_route(node), bytes)
+                        .await
+                        .map_err(ClusterError::nats)?,
+                );
+            }
+        }
+        for ack in acks {
+            ack.await.map_err(ClusterError::nats)?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `msg` on its NATS subject, for NATS clients (when
+    /// `export` is on and the topic has a subject). Does not wait.
+    pub async fn export(&self, msg: &Message) {
+        if !self.config.export || msg.topic.starts_with('$') || !self.is_connected() {
+            return;
+        }
+        let Ok(mapped) = subject::topic_to_subject(&msg.topic) else {
+            return;
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            ORIGIN_HEADER,
+            format!("{}/{}", self.names.cluster, self.node).as_str(),
+        );
+        let _ = self
+            .client
+            .publish_with_headers(
+                self.names.data_subject(&mapped),
+                headers,
+                msg.payload.clone(),
+            )
+            .await;
+    }
+
+    /// Delivers QoS 0 messages routed to this node.
+    pub(super) async fn receive_core(self: Arc<Self>, broker: Arc<Broker>) {
+        let mut messages = match self
+            .client
+            .subscribe(self.names.core_route(&self.node))
+            .await
+        {
+            Ok(subscriber) => subscriber,
+            Err(e) => {
+                self.logger
+                    .error(&format!("Cluster: cannot receive routed messages: {e}."));
+                return;
+            }
+        };
+        while let Some(message) = messages.next().await {
+            self.deliver(&broker, &message.payload).await;
+        }
+    }
+
+    /// Delivers QoS 1/2 messages routed to this node, acknowledging each
+    /// to the stream once delivered here.
+    pub(super) async fn receive_stream(self: Arc<Self>, broker: Arc<Broker>) {
+        loop {
+            if let Err(e) = self.consume_route_stream(&broker).await {
+                if self.is_connected() {
+                    self.logger.warning(&format!(
+                        "Cluster: reading routed messages failed ({e}); trying again."
+                    ));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn consume_route_stream(&self, broker: &Arc<Broker>) -> Result<(), ClusterError> {
+        let stream = self
+            .js
+            .get_stream(self.names.route_stream())
+            .await
+            .map_err(ClusterError::nats)?;
+        let name = self.names.route_consumer(&self.node);
+        let consumer = stream
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: self.names.stream_route(&self.node),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    max_ack_pending: MAX_ACK_PENDING,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(ClusterError::nats)?;
+        let mut messages = consumer.messages().await.map_err(ClusterError::nats)?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(ClusterError::nats)?;
+            self.deliver(broker, &message.payload).await;
+            // Delivered here (and stored, for durable sessions): the stream
+            // may forget it.
+            if let Err(e) = message.ack().await {
+                self.logger.warning(&format!(
+                    "Cluster: cannot acknowledge a routed message: {e}."
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn deliver(&self, broker: &Arc<Broker>, bytes: &[u8]) {
+        let envelope = match Envelope::decode(bytes) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                broker.metrics.cluster_bad_messages.inc();
+                self.logger.warning(&format!(
+                    "Cluster: an unreadable routed message was dropped: {e}."
+                ));
+                return;
+            }
+        };
+        let msg = Arc::new(Message::from_stored(envelope.message));
+        broker.metrics.cluster_received.inc();
+        if let Err(e) = broker.deliver_routed(msg, &envelope.shared_groups).await {
+            self.logger
+                .error(&format!("Error persisting a routed message: {e}."));
+        }
+    }
+
+    /// Delivers what NATS clients publish on `<name>.>` to MQTT
+    /// subscribers, as QoS 0 messages; each goes to one node of the
+    /// cluster (a queue group), which routes it like its own.
+    pub(super) async fn import(self: Arc<Self>, broker: Arc<Broker>) {
+        let group = format!("{}-import", self.names.cluster);
+        let mut messages = match self
+            .client
+            .queue_subscribe(self.names.data_wildcard(), group)
+            .await
+        {
+            Ok(subscriber) => subscriber,
+            Err(e) => {
+                self.logger
+                    .error(&format!("Cluster: cannot import from NATS: {e}."));
+                return;
+            }
+        };
+        while let Some(message) = messages.next().await {
+            let from_this_cluster = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(ORIGIN_HEADER))
+                .is_some_and(|origin| {
+                    origin
+                        .as_str()
+                        .split_once('/')
+                        .is_some_and(|(cluster, _)| cluster == self.names.cluster)
+                });
+            if from_this_cluster {
+                continue;
+            }
+            let Some(mapped) = self.names.strip_data_prefix(message.subject.as_str()) else {
+                continue;
+            };
+            let topic = subject::subject_to_topic(mapped);
+            if topic.is_empty() || topic.contains(['+', '#']) || topic.starts_with('$') {
+                continue;
+            }
+            broker.metrics.cluster_imported.inc();
+            let msg = Arc::new(Message::internal(&topic, message.payload, false));
+            broker.publish_imported(msg).await;
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! Several replicas, one broker: each test runs a 3-server NATS JetStream
+//! cluster and several brokers on it (tests/common/cluster.rs), and drives
+//! them with real clients.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{BrokerCluster, ClusterOpts, NatsCluster};
+use common::*;
+
+/// 5.0 DISCONNECT reason: Session taken over.
+const SESSION_TAKEN_OVER: u8 = 0x8E;
+
+/// Waits until a message published on `from` reaches `subs` (routes take a
+/// moment to spread): publishes QoS 0 probes on `topic` until each
+/// subscriber got one, then drains further probes.
+async fn await_routes(from: &mut Raw, topic: &str, subs: &mut [&mut Raw]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut reached = vec![false; subs.len()];
+    while reached.iter().any(|r| !r) {
+        assert!(
+            Instant::now() < deadline,
+            "routes never reached {reached:?}"
+        );
+        from.send_publish(&Pub::new(topic, b"probe")).await;
+        for (i, sub) in subs.iter_mut().enumerate() {
+            while let Recv::Packet(Pkt::Publish(p)) =
+                sub.recv_within(Duration::from_millis(50)).await
+            {
+                if p.topic == topic {
+                    reached[i] = true;
+                }
+                if p.qos > 0 {
+                    sub.send(&ack(kind::PUBACK, p.pid, sub.v5, 0)).await;
+                }
+            }
+        }
+    }
+    for sub in subs.iter_mut() {
+        while let Recv::Packet(_) = sub.recv_within(Duration::from_millis(100)).await {}
+    }
+}
+
+/// Receives `n` PUBLISHes, acknowledging QoS 1 and completing QoS 2.
+async fn receive(sub: &mut Raw, n: usize) -> Vec<Publish> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match sub.recv().await {
+            Pkt::Publish(p) => {
+                match p.qos {
+                    1 => sub.send(&ack(kind::PUBACK, p.pid, sub.v5, 0)).await,
+                    2 => sub.send(&ack(kind::PUBREC, p.pid, sub.v5, 0)).await,
+                    _ => {}
+                }
+                got.push(p);
+            }
+            Pkt::PubRel(r) => sub.send(&ack(kind::PUBCOMP, r.pid, sub.v5, 0)).await,
+            other => panic!(
+                "expected PUBLISH, got {other:?} after {} messages",
+                got.len()
+            ),
+        }
+    }
+    got
+}
+
+fn payloads(got: &[Publish]) -> Vec<String> {
+    got.iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).to_string())
+        .collect()
+}
+
+/// Publishes QoS 1 messages `prefix-0..n` on `topic` one by one.
+async fn publish_qos1(publisher: &mut Raw, topic: &str, prefix: &str, n: u16) {
+    for i in 0..n {
+        let body = format!("{prefix}-{i}");
+        publisher
+            .send_publish(&Pub::new(topic, body.as_bytes()).qos(1, i + 1))
+            .await;
+        let ack = publisher.expect_puback().await;
+        assert_eq!(ack.reason, 0, "PUBACK of {body}: {ack:?}");
+    }
+}
+
+#[tokio::test]
+async fn messages_reach_subscribers_on_every_node_at_each_qos_in_order() {
+    let nats = NatsCluster::start(3).await;
+    let cluster = BrokerCluster::start(&nats, 3, ClusterOpts::default()).await;
+    let (mut sub1, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("sub-1")).await;
+    sub1.subscribe(1, &[("r/#", 2)]).await;
+    let (mut sub2, _) = Raw::connect(&cluster.nodes[2], &Connect::v5("sub-2")).await;
+    // QoS 1 subscription: QoS 2 messages are downgraded for it.
+    sub2.subscribe(1, &[("r/+", 1)]).await;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("pub")).await;
+    await_routes(&mut publisher, "r/probe", &mut [&mut sub1, &mut sub2]).await;
+
+    publish_qos1(&mut publisher, "r/one", "q1", 50).await;
+    let expected: Vec<String> = (0..50).map(|i| format!("q1-{i}")).collect();
+    for sub in [&mut sub1, &mut sub2] {
+        let got = receive(sub, 50).await;
+        assert_eq!(payloads(&got), expected, "in publish order, once each");
+        assert!(got.iter().all(|p| p.qos == 1));
+    }
+
+    // QoS 2 end to end: sub-1 gets QoS 2, sub-2 its subscription's QoS 1.
+    publisher
+        .send_publish(&Pub::new("r/two", b"exactly-once").qos(2, 100))
+        .await;
+    let rec = publisher.expect_pubrec().await;
+    assert_eq!(rec.reason, 0);
+    publisher.send(&ack(kind::PUBREL, 100, true, 0)).await;
+    publisher.expect_pubcomp().await;
+    let got = receive(&mut sub1, 1).await;
+    assert_eq!((got[0].qos, &got[0].payload[..]), (2, &b"exactly-once"[..]));
+    sub1.expect_pubrel().await;
+    sub1.send(&ack(kind::PUBCOMP, got[0].pid, true, 0)).await;
+    let got = receive(&mut sub2, 1).await;
+    assert_eq!(got[0].qos, 1);
+
+    // QoS 0 goes too.
+    publisher.send_publish(&Pub::new("r/zero", b"fast")).await;
+    assert_eq!(receive(&mut sub1, 1).await[0].payload, b"fast");
+    assert_eq!(receive(&mut sub2, 1).await[0].payload, b"fast");
+}
+
+#[tokio::test]
+async fn overlapping_subscriptions_on_another_node_get_one_copy_with_every_identifier() {
+    let nats = NatsCluster::start(3).await;
+    let cluster = BrokerCluster::start(&nats, 3, ClusterOpts::default()).await;
+    let (mut sub, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("overlap")).await;
+    let id = |n| Props::new().varint(prop::SUBSCRIPTION_IDENTIFIER, n);
+    sub.subscribe_props(1, &id(1), &[("o/#", 1)]).await;
+    sub.subscribe_props(2, &id(2), &[("o/+", 1)]).await;
+    // A node with no subscriber of these topics.
+    let idle = 2;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("pub")).await;
+    await_routes(&mut publisher, "o/probe", &mut [&mut sub]).await;
+    let received_before = cluster
+        .metric(idle, "kubemqtt_cluster_received_total")
+        .await;
+
+    publish_qos1(&mut publisher, "o/x", "m", 1).await;
+    let got = receive(&mut sub, 1).await;
+    let mut ids = got[0].props.all_nums(prop::SUBSCRIPTION_IDENTIFIER);
+    ids.sort_unstable();
+    assert_eq!(ids, vec![1, 2]);
+    sub.expect_nothing(QUIET).await;
+    // Interest is routed, not broadcast: the node nobody on it wants the
+    // topic received nothing.
+    assert_eq!(
+        cluster
+            .metric(idle, "kubemqtt_cluster_received_total")
+            .await,
+        received_before
+    );
+}
+
+#[tokio::test]
+async fn retained_messages_are_the_same_on_every_node_and_outlive_the_node_that_set_them() {
+    let nats = NatsCluster::start(3).await;
+    let mut cluster = BrokerCluster::start(&nats, 3, ClusterOpts::default()).await;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[0], &Connect::v4("pub")).await;
+    publisher
+        .send_publish(&Pub::new("state/lamp", b"on").qos(1, 1).retain())
+        .await;
+    publisher.expect_puback().await;
+    publisher
+        .send_publish(&Pub::new("state/door", b"shut").qos(1, 2).retain())
+        .await;
+    publisher.expect_puback().await;
+    drop(publisher);
+    // Cleared on another node.
+    let (mut clearer, _) = Raw::connect(&cluster.nodes[1], &Connect::v4("clearer")).await;
+    clearer
+        .send_publish(&Pub::new("state/door", b"").qos(1, 1).retain())
+        .await;
+    clearer.expect_puback().await;
+
+    // The node that set them dies; a new subscriber elsewhere gets them.
+    cluster.nodes[0].kill9();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    while got.is_empty() {
+        assert!(Instant::now() < deadline, "no retained message on node-2");
+        let (mut sub, _) = Raw::connect(&cluster.nodes[2], &Connect::v4("late")).await;
+        sub.subscribe(1, &[("state/#", 1)]).await;
+        while let Recv::Packet(Pkt::Publish(p)) = sub.recv_within(Duration::from_millis(300)).await
+        {
+            got.push((p.topic.clone(), p.payload.clone(), p.retain));
+        }
+    }
+    assert_eq!(got, vec![("state/lamp".to_string(), b"on".to_vec(), true)]);
+}
+
+#[tokio::test]
+async fn one_client_id_one_connection_cluster_wide() {
+    let nats = NatsCluster::start(3).await;
+    let cluster = BrokerCluster::start(&nats, 2, ClusterOpts::default()).await;
+    let (mut first, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("dev-7")).await;
+    let connected = Instant::now();
+    let (mut second, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("dev-7")).await;
+    let d = first
+        .expect_closed_within(Duration::from_secs(2))
+        .await
+        .expect("DISCONNECT before the close");
+    assert_eq!(d.reason, SESSION_TAKEN_OVER);
+    assert!(connected.elapsed() < Duration::from_secs(1) + QUIET);
+    // The new connection stays.
+    second.ping().await;
+}
+
+#[tokio::test]
+async fn nats_clients_read_device_data_and_reach_devices() {
+    let nats = NatsCluster::start(3).await;
+    let cluster = BrokerCluster::start(&nats, 2, ClusterOpts::default()).await;
+    let client = async_nats::connect(nats.urls()[1].as_str())
+        .await
+        .expect("connect to NATS");
+    let mut data = client
+        .subscribe(format!("{}.>", cluster.name))
+        .await
+        .expect("subscribe");
+    client.flush().await.unwrap();
+    let (mut device, _) = Raw::connect(&cluster.nodes[0], &Connect::v4("dev-1")).await;
+    device.subscribe(1, &[("cmd/dev-1", 1)]).await;
+    device
+        .send_publish(&Pub::new("sensors/kitchen.1/temp", b"21.5").qos(1, 1))
+        .await;
+    device.expect_puback().await;
+    let message = tokio::time::timeout(TIMEOUT, futures_util::StreamExt::next(&mut data))
+        .await
+        .expect("device data on NATS")
+        .unwrap();
+    // nats-server's MQTT mapping: `/` is `.`, a `.` inside a level `//`.
+    assert_eq!(
+        message.subject.as_str(),
+        format!("{}.sensors.kitchen//1.temp", cluster.name)
+    );
+    assert_eq!(&message.payload[..], b"21.5");
+
+    // A NATS publish on a mapped subject reaches the MQTT subscriber.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        client
+            .publish(format!("{}.cmd.dev-1", cluster.name), "reboot".into())
+            .await
+            .unwrap();
+        if let Recv::Packet(Pkt::Publish(p)) = device.recv_within(Duration::from_millis(200)).await
+        {
+            assert_eq!(
+                (p.topic.as_str(), &p.payload[..]),
+                ("cmd/dev-1", &b"reboot"[..])
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "NATS publish never reached the device"
+        );
+    }
+}
+
+#[tokio::test]
+async fn credentials_and_acls_are_the_same_on_every_node() {
+    let nats = NatsCluster::start(3).await;
+    let files = tempfile::tempdir().unwrap();
+    let hash = kubemqtt_broker::auth::hash_password("pw").unwrap();
+    let passwd = write_file(files.path(), "passwd", &format!("alice:{hash}\n"));
+    let acl = write_file(
+        files.path(),
+        "acl",
+        "user alice\ntopic write alice/#\ntopic read alice/#\n",
+    );
+    let cluster = BrokerCluster::start(
+        &nats,
+        3,
+        ClusterOpts {
+            extra_tables: format!(
+                "[auth]\npassword_file = \"{}\"\nacl_file = \"{}\"\n",
+                passwd.display(),
+                acl.display()
+            ),
+            ..ClusterOpts::default()
+        },
+    )
+    .await;
+    for node in &cluster.nodes {
+        let mut refused = Raw::open(node).await;
+        let ack = refused
+            .handshake(&Connect::v5("x").login("alice", "wrong"))
+            .await;
+        assert_eq!(ack.code, 0x86, "bad password refused on every node");
+        let (mut alice, _) = Raw::connect(node, &Connect::v5("alice-1").login("alice", "pw")).await;
+        alice
+            .send_publish(&Pub::new("alice/t", b"ok").qos(1, 1))
+            .await;
+        assert_eq!(
+            alice.expect_puback().await.reason,
+            0x10,
+            "allowed, no subscriber"
+        );
+        alice
+            .send_publish(&Pub::new("bob/t", b"no").qos(1, 2))
+            .await;
+        assert_eq!(
+            alice.expect_puback().await.reason,
+            0x87,
+            "denied on every node"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_wills_of_a_dead_nodes_clients_are_published_by_the_others() {
+    let nats = NatsCluster::start(3).await;
+    let mut cluster = BrokerCluster::start(&nats, 3, ClusterOpts::default()).await;
+    let (mut watcher, _) = Raw::connect(&cluster.nodes[0], &Connect::v4("watcher")).await;
+    watcher.subscribe(1, &[("status/#", 1)]).await;
+    let (_doomed, _) = Raw::connect(
+        &cluster.nodes[2],
+        &Connect::v4("doomed").will(Will::new("status/doomed", b"offline")),
+    )
+    .await;
+    // Let the will reach the clients bucket and the interest spread.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = Instant::now();
+    cluster.nodes[2].kill9();
+    match watcher.recv_within(Duration::from_secs(15)).await {
+        Recv::Packet(Pkt::Publish(p)) => {
+            assert_eq!(
+                (p.topic.as_str(), &p.payload[..]),
+                ("status/doomed", &b"offline"[..])
+            );
+        }
+        other => panic!("no will from the dead node's client: {other:?}"),
+    }
+    // Node timeout 3 s, checked every second.
+    assert!(
+        killed.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        killed.elapsed()
+    );
+    watcher.expect_nothing(QUIET).await;
+}
+
+#[tokio::test]
+async fn a_node_that_loses_nats_says_so_serves_its_own_clients_and_recovers() {
+    let mut nats = NatsCluster::start(3).await;
+    let cluster = BrokerCluster::start(&nats, 2, ClusterOpts::default()).await;
+    let (mut sub, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("local-sub")).await;
+    sub.subscribe(1, &[("local/#", 1)]).await;
+    let (mut remote, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("remote-sub")).await;
+    remote.subscribe(1, &[("shared/#", 1)]).await;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("pub")).await;
+    await_routes(&mut publisher, "shared/probe", &mut [&mut remote]).await;
+
+    for i in 0..3 {
+        nats.kill(i);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ready = cluster.nodes[0].http("GET", "/readyz", None).await;
+        if ready.status == 503 {
+            assert_eq!(ready.body, "cluster unavailable");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still ready without NATS");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(cluster.metric(0, "kubemqtt_cluster_connected").await, 0.0);
+    assert!(
+        cluster.nodes[0]
+            .wait_for_log("Cluster: lost NATS", TIMEOUT)
+            .await
+    );
+    // Its own clients are still served.
+    publisher
+        .send_publish(&Pub::new("local/a", b"here").qos(1, 1))
+        .await;
+    assert_eq!(publisher.expect_puback().await.reason, 0);
+    assert_eq!(receive(&mut sub, 1).await[0].payload, b"here");
+    // What must reach another node cannot be kept: refused, not lost.
+    publisher
+        .send_publish(&Pub::new("shared/a", b"there").qos(1, 2))
+        .await;
+    assert_eq!(publisher.expect_puback().await.reason, 0x80);
+
+    for i in 0..3 {
+        nats.restart(i).await;
+    }
+    cluster.wait_ready(0).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        publisher
+            .send_publish(&Pub::new("shared/a", b"again").qos(1, 3))
+            .await;
+        if publisher.expect_puback().await.reason == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The other node's consumer comes back once JetStream has recovered.
+    match remote.recv_within(Duration::from_secs(30)).await {
+        Recv::Packet(Pkt::Publish(p)) => assert_eq!(p.payload, b"again"),
+        other => panic!("the message never reached the other node: {other:?}"),
+    }
+}

@@ -1,0 +1,264 @@
+//! A broker cluster on one machine, for the cluster tests: real
+//! `nats-server` processes (Debian's, JetStream on, clustered over
+//! loopback routes, each with its own store directory) and several
+//! `kubemqtt-broker` processes sharing them.
+//!
+//! `nats-server` must be installed (`scripts/test.sh` installs it): a
+//! missing binary fails the test, it is never skipped.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{capture_lines, free_port, BrokerOpts, OpsBroker, TIMEOUT};
+
+/// Where Debian installs nats-server.
+const NATS_SERVER: &str = "/usr/sbin/nats-server";
+/// How long a JetStream cluster may take to elect its leaders.
+const NATS_READY: Duration = Duration::from_secs(30);
+
+/// One nats-server of a [`NatsCluster`].
+pub struct NatsServer {
+    pub name: String,
+    pub client_port: u16,
+    route_port: u16,
+    http_port: u16,
+    config: PathBuf,
+    child: Option<Child>,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// A cluster of nats-servers with JetStream, killed on drop.
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Starts `n` clustered servers and waits until JetStream is up on each.
+    pub async fn start(n: usize) -> NatsCluster {
+        assert!(
+            std::path::Path::new(NATS_SERVER).exists(),
+            "{NATS_SERVER} is missing: install Debian's nats-server (scripts/test.sh does)"
+        );
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let mut servers: Vec<NatsServer> = (0..n)
+            .map(|i| NatsServer {
+                name: format!("nats-{i}"),
+                client_port: free_port(),
+                route_port: free_port(),
+                http_port: free_port(),
+                config: dir.path().join(format!("nats-{i}.conf")),
+                child: None,
+                logs: Arc::new(Mutex::new(Vec::new())),
+            })
+            .collect();
+        let routes: Vec<String> = servers
+            .iter()
+            .map(|s| format!("nats-route://127.0.0.1:{}", s.route_port))
+            .collect();
+        for server in &servers {
+            let mut text = String::new();
+            let store = dir.path().join(format!("{}-store", server.name));
+            let _ = writeln!(text, "server_name: {}", server.name);
+            let _ = writeln!(text, "listen: 127.0.0.1:{}", server.client_port);
+            let _ = writeln!(text, "http: 127.0.0.1:{}", server.http_port);
+            let _ = writeln!(text, "jetstream {{ store_dir: \"{}\" }}", store.display());
+            if n > 1 {
+                let _ = writeln!(
+                    text,
+                    "cluster {{ name: kmqtest, listen: 127.0.0.1:{}, routes: [{}] }}",
+                    server.route_port,
+                    routes.join(", ")
+                );
+            }
+            std::fs::write(&server.config, text).expect("write nats config");
+        }
+        for server in &mut servers {
+            server.spawn();
+        }
+        let cluster = NatsCluster { servers, _dir: dir };
+        for i in 0..n {
+            cluster.wait_ready(i).await;
+        }
+        cluster
+    }
+
+    /// `nats://127.0.0.1:<port>` of every server.
+    pub fn urls(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .map(|s| format!("nats://127.0.0.1:{}", s.client_port))
+            .collect()
+    }
+
+    /// Kills server `i` with SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.servers[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts server `i` again (same ports and store) and waits for it.
+    pub async fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.servers[i].spawn();
+        self.wait_ready(i).await;
+    }
+
+    async fn wait_ready(&self, i: usize) {
+        let server = &self.servers[i];
+        let addr = SocketAddr::from(([127, 0, 0, 1], server.http_port));
+        let deadline = Instant::now() + NATS_READY;
+        loop {
+            let ready = http_ok(addr, "/healthz?js-enabled-only=true").await;
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {} not ready:\n{}",
+                server.name,
+                server.logs.lock().map(|l| l.join("\n")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl NatsServer {
+    fn spawn(&mut self) {
+        let mut child = Command::new(NATS_SERVER)
+            .arg("-c")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nats-server");
+        if let Some(out) = child.stdout.take() {
+            capture_lines(out, Arc::clone(&self.logs));
+        }
+        if let Some(err) = child.stderr.take() {
+            capture_lines(err, Arc::clone(&self.logs));
+        }
+        self.child = Some(child);
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Options of the brokers of a [`BrokerCluster`].
+#[derive(Clone, Default)]
+pub struct ClusterOpts {
+    /// Lines appended to every broker's `[cluster]` table.
+    pub cluster_toml: String,
+    /// Lines for every broker's `[limits]` table.
+    pub limits: String,
+    /// Tables appended to every broker's configuration (`[auth]`...).
+    pub extra_tables: String,
+    /// Durable storage on every broker.
+    pub persistence: bool,
+}
+
+/// Several brokers (`node-0`, `node-1`...) in one cluster on `nats`.
+pub struct BrokerCluster {
+    pub nodes: Vec<OpsBroker>,
+    pub name: String,
+}
+
+impl BrokerCluster {
+    /// Starts `n` brokers sharing `nats` and waits until each is ready
+    /// (`/readyz`: connected, streams and buckets in place).
+    pub async fn start(nats: &NatsCluster, n: usize, opts: ClusterOpts) -> BrokerCluster {
+        let name = format!("kmq{}", free_port());
+        let servers: Vec<String> = nats.urls().iter().map(|u| format!("\"{u}\"")).collect();
+        let replicas = nats.servers.len().min(3);
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let extra_toml = format!(
+                "node_name = \"node-{i}\"\n\
+                 [http]\nbind = \"127.0.0.1:{{port:http}}\"\n\
+                 [limits]\n{}\n\
+                 [cluster]\nservers = [{}]\nname = \"{name}\"\nreplicas = {replicas}\nnode_timeout_secs = 3\n{}\n{}",
+                opts.limits,
+                servers.join(", "),
+                opts.cluster_toml,
+                opts.extra_tables,
+            );
+            let broker = OpsBroker::start(BrokerOpts {
+                persistence: opts.persistence,
+                extra_toml,
+                ..BrokerOpts::default()
+            })
+            .await
+            .expect("the cluster tests run against kubemqtt only");
+            nodes.push(broker);
+        }
+        let cluster = BrokerCluster { nodes, name };
+        for i in 0..n {
+            cluster.wait_ready(i).await;
+        }
+        cluster
+    }
+
+    /// Waits until node `i` answers `/readyz` with 200.
+    pub async fn wait_ready(&self, i: usize) {
+        let deadline = Instant::now() + NATS_READY;
+        loop {
+            let response = self.nodes[i].http("GET", "/readyz", None).await;
+            if response.status == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node-{i} not ready: {response:?}\n{}",
+                self.nodes[i].logs().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Node `i`'s counter or gauge `name` (0 when absent).
+    pub async fn metric(&self, i: usize, name: &str) -> f64 {
+        self.nodes[i].metrics().await.value(name, &[])
+    }
+}
+
+/// Waits until `check` holds, up to [`TIMEOUT`] (or panics with `what`).
+pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether `GET path` on `addr` answers 200 (false while nothing listens).
+async fn http_ok(addr: SocketAddr, path: &str) -> bool {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.ok()?;
+        Some(head.ends_with(b"200"))
+    };
+    tokio::time::timeout(Duration::from_secs(1), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
