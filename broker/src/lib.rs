@@ -7,6 +7,7 @@
 //! - [`retained`]: retained messages, looked up by filter.
 //! - [`store`]: durable storage of retained messages and persistent sessions.
 //! - [`config`]: the TOML configuration file.
+//! - [`check`]: `--check-config`'s reading of every file the configuration names.
 //! - [`log`]: mosquitto-style event and packet log lines (text or JSON).
 //! - [`message`]: an application message as the broker shares it.
 //! - [`session`]: per-client state that outlives connections.
@@ -34,6 +35,7 @@ pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod budget;
+pub mod check;
 pub mod client;
 pub mod cluster;
 pub mod codec;

@@ -9,7 +9,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use kubemqtt_broker::config::LogFormat;
 use kubemqtt_broker::log::Logger;
 use kubemqtt_broker::reload::{ConfigSource, Overrides};
-use kubemqtt_broker::{server, trace_log};
+use kubemqtt_broker::server::StartError;
+use kubemqtt_broker::{check, server, trace_log};
 
 /// mimalloc rather than the system allocator: idle connections are many
 /// small allocations, and mimalloc packs them tighter than glibc's malloc
@@ -25,7 +26,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// docs/configuration.md); anonymous access is then off unless the file
 /// turns it on.
 #[derive(Debug, Parser)]
-#[command(name = "kubemqtt-broker", version)]
+#[command(name = "kubemqtt-broker", version, after_help = EXIT_STATUS_HELP)]
 struct Args {
     /// TOML configuration file.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
@@ -52,10 +53,25 @@ struct Args {
     )]
     allow_anonymous: bool,
 
-    /// Check the configuration file and exit: 0 when valid.
+    /// Check the configuration file and every file it names (certificates,
+    /// keys, CA bundles, password, credentials, ACL and admin token files),
+    /// print each problem with its file and line, and exit: 0 when all is
+    /// well, 3 otherwise.
     #[arg(long = "check-config", requires = "config")]
     check_config: bool,
 }
+
+/// `--help`'s closing words.
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  stopped by SIGTERM or SIGINT after draining; or --check-config found nothing wrong
+  1  could not start (a port in use, the persistence store) or failed while running
+  2  a command-line mistake
+  3  the configuration file, or a file it names (certificate, key, CA bundle,
+     password, credentials, ACL or admin token file), is invalid or unreadable";
+
+/// Exit status 3: a configuration problem (see [`EXIT_STATUS_HELP`]).
+const EXIT_CONFIG: u8 = 3;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -75,15 +91,25 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => {
             eprintln!("Error: {e}");
-            return ExitCode::from(3);
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     if args.check_config {
-        println!(
-            "{}: configuration OK",
-            args.config.unwrap_or_default().display()
+        let file = args.config.unwrap_or_default();
+        let problems = check::check_files(&config);
+        if problems.is_empty() {
+            println!("{}: configuration OK", file.display());
+            return ExitCode::SUCCESS;
+        }
+        for problem in &problems {
+            eprintln!("Error: {problem}");
+        }
+        eprintln!(
+            "{}: {} problem(s) in the files it names",
+            file.display(),
+            problems.len()
         );
-        return ExitCode::SUCCESS;
+        return ExitCode::from(EXIT_CONFIG);
     }
     let logger = Logger::new(&config.log);
     // The store reports fsync and compaction failures through `tracing`.
@@ -107,7 +133,10 @@ fn main() -> ExitCode {
             Ok(running) => running,
             Err(e) => {
                 logger.error(&format!("Error: {e}."));
-                return ExitCode::FAILURE;
+                return match e {
+                    StartError::Tls { .. } | StartError::AuthFile(_) => ExitCode::from(EXIT_CONFIG),
+                    _ => ExitCode::FAILURE,
+                };
             }
         };
         let broker = running.broker.clone();
