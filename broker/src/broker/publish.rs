@@ -1,0 +1,334 @@
+//! Publishing: routing a message to sessions here and on other nodes,
+//! queueing deliveries, retained messages, and what is dropped.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::access::AclCache;
+use crate::client::{ClientHandle, Control};
+use crate::codec::{QoS, ReasonCode};
+use crate::config::SlowSubscriberAction;
+use crate::message::Message;
+use crate::queue::{DropReason, Enqueued, QueueLimits, Stall};
+use crate::session::SessionState;
+use crate::session::{Delivery, Session};
+use crate::store::{Record, StoreError};
+
+use super::{Broker, ClientKey, Origin, PublishError, Publisher, Routed};
+
+impl Broker {
+    /// Routes a message to every matching session, here and on the other
+    /// nodes of the cluster, and updates the retained messages. Resolves
+    /// once everything that must be durable is stored (here, and in the
+    /// other nodes' route streams for QoS 1/2), so the caller may
+    /// acknowledge the publisher afterwards.
+    pub async fn publish(
+        &self,
+        msg: Arc<Message>,
+        publisher: Option<Publisher<'_>>,
+    ) -> Result<Routed, PublishError> {
+        self.route_message(msg, publisher, Origin::Here).await
+    }
+
+    /// Delivers a message another node routed here to this node's
+    /// sessions: its ordinary subscriptions, and the shared ones of
+    /// `groups`.
+    pub async fn deliver_routed(
+        &self,
+        msg: Arc<Message>,
+        groups: &[String],
+    ) -> Result<Routed, PublishError> {
+        self.route_message(msg, None, Origin::Routed(groups)).await
+    }
+
+    /// Routes a message a NATS client published on a device-data subject,
+    /// in the whole cluster (it is not exported back to NATS).
+    pub async fn publish_imported(&self, msg: Arc<Message>) {
+        if let Err(e) = self.route_message(msg, None, Origin::Imported).await {
+            self.logger
+                .warning(&format!("A message from NATS was not delivered: {e}."));
+        }
+    }
+
+    pub(super) async fn route_message(
+        &self,
+        msg: Arc<Message>,
+        publisher: Option<Publisher<'_>>,
+        origin: Origin<'_>,
+    ) -> Result<Routed, PublishError> {
+        // Messages routed here from another node go no further.
+        let cluster = match origin {
+            Origin::Routed(_) => None,
+            _ => self.cluster(),
+        };
+        let plan = cluster.map(|c| c.plan(&msg.topic)).unwrap_or_default();
+        if let Some(cluster) = cluster {
+            if msg.qos != QoS::AtMostOnce {
+                // Acknowledged means stored: the other nodes' streams have
+                // it before anything is delivered here.
+                cluster.send(&msg, &plan).await?;
+            }
+        }
+        let mut records = Vec::new();
+        if msg.retain && !matches!(origin, Origin::Routed(_)) {
+            self.update_retained(&msg, &mut records);
+            if let Some(cluster) = cluster.filter(|_| !msg.topic.starts_with('$')) {
+                if let Err(e) = cluster.retain(&msg).await {
+                    if msg.qos != QoS::AtMostOnce {
+                        return Err(e.into());
+                    }
+                    self.logger.warning(&format!(
+                        "The retained message of {} is not in the cluster: {e}.",
+                        msg.topic
+                    ));
+                }
+            }
+        }
+        // Shared subscriptions served elsewhere this time are left out.
+        let local_groups: Option<&[String]> = match origin {
+            Origin::Routed(groups) => Some(groups),
+            _ if cluster.is_some() => Some(&plan.local_groups),
+            _ => None,
+        };
+        let mut routes = Vec::new();
+        let eligible = |k: &ClientKey| self.session(k).is_some_and(|s| s.is_online());
+        self.router.route(
+            &msg.topic,
+            publisher.as_ref().map(|p| p.client_id),
+            &eligible,
+            &mut routes,
+        );
+        if let Some(groups) = local_groups {
+            routes.retain(|route| {
+                route
+                    .shared_group
+                    .as_ref()
+                    .is_none_or(|group| groups.iter().any(|g| **g == **group))
+            });
+        }
+        let mut routed = Routed {
+            matched: routes.len() + plan.remote.len(),
+            congested: Vec::new(),
+        };
+        let limits = self.queue_limits();
+        let client = publisher.as_ref().map(|p| p.client);
+        for route in routes {
+            let Some(session) = self.session(&route.subscriber) else {
+                continue;
+            };
+            let qos = msg.qos.min(route.qos);
+            let retain = msg.retain && route.retain_as_published;
+            let outcome = self.enqueue(
+                &session,
+                &msg,
+                qos,
+                retain,
+                route.subscription_identifiers,
+                &limits,
+                client,
+                &mut records,
+            );
+            if outcome == Some(Enqueued::QueuedPause) {
+                routed.congested.push(session);
+            }
+        }
+        if !records.is_empty() {
+            if let Some(store) = &self.store {
+                store.append(records).await?;
+            }
+        }
+        if let Some(cluster) = cluster {
+            if msg.qos == QoS::AtMostOnce {
+                if let Err(e) = cluster.send(&msg, &plan).await {
+                    self.metrics.cluster_send_failures.inc();
+                    self.logger.message(
+                        crate::config::LogLevel::Debug,
+                        &format!("A QoS 0 message was not sent to the other nodes: {e}."),
+                    );
+                }
+            }
+            if !matches!(origin, Origin::Imported) {
+                cluster.export(&msg).await;
+            }
+        }
+        Ok(routed)
+    }
+
+    pub(super) fn update_retained(&self, msg: &Arc<Message>, records: &mut Vec<Record>) {
+        let durable = !msg.topic.starts_with('$');
+        if msg.payload.is_empty() {
+            if self.retained.remove(&msg.topic).is_some() && durable {
+                records.push(Record::RetainClear {
+                    topic: msg.topic.to_string(),
+                });
+            }
+        } else {
+            self.retained.set(&msg.topic, msg.clone());
+            if durable && self.store.is_some() {
+                let msg_id = self.ensure_stored(msg, records);
+                records.push(Record::RetainSet {
+                    topic: msg.topic.to_string(),
+                    msg_id,
+                });
+            }
+        }
+    }
+
+    /// Writes the message body to the store once, however many sessions
+    /// reference it.
+    pub(super) fn ensure_stored(&self, msg: &Arc<Message>, records: &mut Vec<Record>) -> u64 {
+        if let Some(id) = msg.store_id.get() {
+            return *id;
+        }
+        let Some(store) = &self.store else { return 0 };
+        let id = *msg.store_id.get_or_init(|| store.next_message_id());
+        records.push(Record::Message {
+            id,
+            msg: msg.to_stored(),
+        });
+        id
+    }
+
+    /// Queues one delivery for a session (also used for retained messages on
+    /// subscribe) and records it in the store when the session is durable.
+    /// `publisher` is the client whose PUBLISH this is, to pause when the
+    /// session's client falls behind. Returns what the queue did (None:
+    /// refused by the ACL).
+    #[allow(clippy::too_many_arguments)]
+    pub fn enqueue(
+        &self,
+        session: &Session,
+        msg: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_identifiers: Vec<u32>,
+        limits: &QueueLimits,
+        publisher: Option<&Arc<ClientHandle>>,
+        records: &mut Vec<Record>,
+    ) -> Option<Enqueued> {
+        let mut state = session.state.lock();
+        if !self.can_receive(&mut state, &session.client_id, &msg.topic) {
+            drop(state);
+            self.metrics
+                .acl_denials
+                .with_label_values(&["receive"])
+                .inc();
+            return None;
+        }
+        let durable = state.persistent && qos != QoS::AtMostOnce && self.store.is_some();
+        let seq = if durable { state.take_seq() } else { 0 };
+        let delivery = Delivery {
+            msg: msg.clone(),
+            qos,
+            retain,
+            subscription_identifiers,
+            seq,
+        };
+        let limits = state.queue_limits.unwrap_or(*limits);
+        let outcome = state.enqueue(delivery, &limits, publisher, &self.budget);
+        match &outcome {
+            Enqueued::Dropped(reason) => {
+                let log_due = state.queue.note_drop(Instant::now(), &limits);
+                drop(state);
+                self.dropped(&session.client_id, *reason, log_due);
+                return Some(outcome);
+            }
+            Enqueued::QueuedDroppedOldest(old_seq) => {
+                let log_due = state.queue.note_drop(Instant::now(), &limits);
+                drop(state);
+                self.dropped(&session.client_id, DropReason::QueueFull, log_due);
+                if *old_seq != 0 {
+                    records.push(Record::Dequeue {
+                        client_id: session.client_id.to_string(),
+                        seq: *old_seq,
+                    });
+                }
+            }
+            Enqueued::Queued | Enqueued::QueuedPause => drop(state),
+        }
+        if durable {
+            let msg_id = self.ensure_stored(msg, records);
+            records.push(Record::Enqueue {
+                client_id: session.client_id.to_string(),
+                seq,
+                msg_id,
+                qos: qos.as_u8(),
+            });
+        }
+        session.notify.notify_one();
+        Some(outcome)
+    }
+
+    /// Counts a dropped delivery, and logs it when `log_due` carries the
+    /// session's count (mosquitto's line, once per client per interval).
+    pub fn dropped(&self, client_id: &str, reason: DropReason, log_due: Option<u64>) {
+        self.metrics.drop(reason.label());
+        if let Some(count) = log_due {
+            self.logger
+                .dropping_messages(client_id, reason.label(), count);
+        }
+    }
+
+    /// Whether the session's client may receive a message on `topic`,
+    /// re-resolving its rules after an ACL reload.
+    pub(super) fn can_receive(
+        &self,
+        state: &mut SessionState,
+        client_id: &str,
+        topic: &str,
+    ) -> bool {
+        let Some(client) = &state.last_client else {
+            return true;
+        };
+        let username = client.info.username.as_deref();
+        // Not cloned: without an ACL every client shares one `ClientAcl`,
+        // and a reference count touched by every delivery would be contended.
+        let cache = state
+            .acl
+            .get_or_insert_with(|| AclCache::resolve(&self.access, username, client_id));
+        cache
+            .current(&self.access, username, client_id)
+            .can_receive(topic)
+    }
+
+    /// Records for the store without waiting (acknowledgement bookkeeping,
+    /// whose loss on a crash only means a harmless re-delivery).
+    pub fn persist_nowait(&self, records: Vec<Record>) {
+        if let Some(store) = &self.store {
+            if !records.is_empty() {
+                store.append_nowait(records);
+            }
+        }
+    }
+
+    pub async fn persist(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        match &self.store {
+            Some(store) if !records.is_empty() => store.append(records).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// A connected subscriber above its mark took nothing for its stall
+    /// timeout (found by a publisher waiting for it, once per stall):
+    /// counted, logged, and disconnected (5.0: 0x97 Quota exceeded) or left
+    /// connected with its further messages dropped.
+    pub fn slow_subscriber(&self, session: &Session, stall: Stall) {
+        let action = match stall.action {
+            SlowSubscriberAction::Disconnect => "disconnect",
+            SlowSubscriberAction::Drop => "drop",
+        };
+        self.metrics
+            .slow_subscribers
+            .with_label_values(&[action])
+            .inc();
+        self.logger.slow_subscriber(
+            &session.client_id,
+            stall.idle.as_secs_f64(),
+            stall.queued,
+            action,
+        );
+        if stall.action == SlowSubscriberAction::Disconnect {
+            session.send_control(Control::Disconnect(ReasonCode::QUOTA_EXCEEDED));
+        }
+    }
+}

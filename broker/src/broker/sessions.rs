@@ -1,0 +1,423 @@
+//! Sessions: subscriptions, attaching and detaching connections, expiry,
+//! wills, and the admin operations on connected clients.
+
+use std::collections::hash_map::Entry;
+use std::num::NonZeroU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::client::{ClientHandle, ClientInfo, Control};
+use crate::codec::{ReasonCode, SubscriptionOptions, Will};
+use crate::message::{now_ms, Message};
+use crate::queue::QueueLimits;
+use crate::router::Subscription;
+use crate::session::{Attachment, Session, SessionSubscription};
+use crate::store::{Record, StoreError};
+
+use super::{stored_subscription, Attached, Broker, ClientKey, TAKEOVER_TIMEOUT};
+
+impl Broker {
+    /// Adds a subscription to a session and the router. Returns whether it
+    /// is new (for Retain Handling 1).
+    pub fn subscribe(
+        &self,
+        session: &Session,
+        filter: &str,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+        records: &mut Vec<Record>,
+    ) -> bool {
+        let is_new = self.router.subscribe(
+            session.client_id.clone(),
+            filter,
+            Subscription {
+                options,
+                identifier,
+            },
+        );
+        if is_new {
+            if let Some(cluster) = self.cluster() {
+                cluster.interest().add_local(filter);
+            }
+        }
+        let mut state = session.state.lock();
+        state.subscriptions.insert(
+            filter.to_string(),
+            SessionSubscription {
+                options,
+                identifier,
+            },
+        );
+        if state.persistent {
+            records.push(Record::Subscribe {
+                client_id: session.client_id.to_string(),
+                sub: stored_subscription(filter, options, identifier),
+            });
+        }
+        is_new
+    }
+
+    pub fn unsubscribe(&self, session: &Session, filter: &str, records: &mut Vec<Record>) -> bool {
+        let existed = self.router.unsubscribe(&session.client_id, filter);
+        if existed {
+            if let Some(cluster) = self.cluster() {
+                cluster.interest().remove_local(filter);
+            }
+        }
+        let mut state = session.state.lock();
+        let had = state.subscriptions.remove(filter).is_some();
+        if had && state.persistent {
+            records.push(Record::Unsubscribe {
+                client_id: session.client_id.to_string(),
+                filter: filter.to_string(),
+            });
+        }
+        existed || had
+    }
+
+    /// Attaches a new connection to the session of `client_id`, taking over
+    /// from a connection that holds it and starting fresh when asked.
+    /// `queue_limits` are those of the connection's listener.
+    pub async fn attach(
+        &self,
+        client_id: &ClientKey,
+        clean_start: bool,
+        expiry_interval: u32,
+        attachment: Attachment,
+        queue_limits: QueueLimits,
+    ) -> Result<Attached, StoreError> {
+        let shard = self.shard(client_id);
+        let _serial = self.connect_locks[shard].lock().await;
+        let mut took_over = false;
+        if let Some(existing) = self.session(client_id) {
+            let control = existing.state.lock().attachment.clone();
+            if let Some(old) = control {
+                took_over = true;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if old.client.mailbox.send(Control::TakenOver(tx)) {
+                    // The old connection detaches itself, then confirms.
+                    let _ = tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await;
+                }
+                // Whatever happened, it no longer owns the session.
+                let mut state = existing.state.lock();
+                if state
+                    .attachment
+                    .as_ref()
+                    .is_some_and(|a| a.connection_id == old.connection_id)
+                {
+                    state.attachment = None;
+                    old.client.mailbox.send(Control::Detached);
+                }
+            }
+        }
+        let persistent = expiry_interval > 0 && self.store.is_some();
+        let mut records = Vec::new();
+        let existing = self.session(client_id);
+        let (session, session_present) = match existing {
+            Some(session) if !clean_start => {
+                let mut state = session.state.lock();
+                if persistent && !state.persistent {
+                    records.push(Record::SessionOpen {
+                        client_id: client_id.to_string(),
+                        expiry_interval,
+                    });
+                    for (filter, sub) in &state.subscriptions {
+                        records.push(Record::Subscribe {
+                            client_id: client_id.to_string(),
+                            sub: stored_subscription(filter, sub.options, sub.identifier),
+                        });
+                    }
+                } else if !persistent && state.persistent {
+                    records.push(Record::SessionDelete {
+                        client_id: client_id.to_string(),
+                    });
+                } else if persistent {
+                    records.push(Record::SessionResume {
+                        client_id: client_id.to_string(),
+                        expiry_interval,
+                    });
+                }
+                state.persistent = persistent;
+                drop(state);
+                (session, true)
+            }
+            other => {
+                if let Some(old) = other {
+                    self.remove_session(&old, &mut records);
+                }
+                // The connection's copy of the client id is shared.
+                let session =
+                    Arc::new(Session::new(client_id.clone(), expiry_interval, persistent));
+                self.sessions[shard]
+                    .write()
+                    .insert(session.client_id.clone(), session.clone());
+                if persistent {
+                    records.push(Record::SessionOpen {
+                        client_id: client_id.to_string(),
+                        expiry_interval,
+                    });
+                }
+                (session, false)
+            }
+        };
+        {
+            let mut state = session.state.lock();
+            state.last_client = Some(attachment.client.clone());
+            state.queue_limits = Some(queue_limits);
+            state.acl = None;
+            state.attachment = Some(attachment);
+            state.queue.release_publishers();
+            state.expiry_interval = expiry_interval;
+            state.disconnected_at = None;
+            state.pending_will = None;
+            state.epoch += 1;
+        }
+        self.persist(records).await?;
+        Ok(Attached {
+            session,
+            session_present,
+            took_over,
+        })
+    }
+
+    /// Detaches a connection from its session when the connection ends.
+    /// `will` is published (possibly after its delay) when given.
+    pub fn detach(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        connection_id: u64,
+        will: Option<Will>,
+    ) {
+        let mut state = session.state.lock();
+        let ours = state
+            .attachment
+            .as_ref()
+            .is_some_and(|a| a.connection_id == connection_id);
+        let expiry = state.expiry_interval;
+        if ours {
+            state.attachment = None;
+            // Offline queues hold no publisher back.
+            state.queue.release_publishers();
+            state.disconnected_at = Some(Instant::now());
+            state.epoch += 1;
+        }
+        let epoch = state.epoch;
+        let persistent = state.persistent;
+        drop(state);
+        if let Some(cluster) = self.cluster().filter(|_| ours) {
+            let cluster = cluster.clone();
+            let client_id = session.client_id.clone();
+            tokio::spawn(async move { cluster.release(&client_id).await });
+        }
+
+        if let Some(will) = will {
+            let delay = will.delay_interval.unwrap_or(0).min(expiry);
+            if delay == 0 || !ours {
+                self.publish_will(will);
+            } else {
+                // Tokens start at 1 and a u64 does not wrap in practice.
+                let token = NonZeroU64::new(self.next_will_token.fetch_add(1, Ordering::Relaxed))
+                    .unwrap_or(NonZeroU64::MIN);
+                session.state.lock().pending_will = Some(token);
+                let broker = self.clone();
+                let session = session.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+                    let due = {
+                        let mut state = session.state.lock();
+                        if state.pending_will == Some(token) {
+                            state.pending_will = None;
+                            true
+                        } else {
+                            false
+                        }
+                    };
+                    if due {
+                        broker.publish_will(will);
+                    }
+                });
+            }
+        }
+
+        if !ours {
+            return;
+        }
+        if expiry == 0 {
+            let mut records = Vec::new();
+            self.remove_session(session, &mut records);
+            self.persist_nowait(records);
+            return;
+        }
+        if persistent {
+            self.persist_nowait(vec![Record::SessionDisconnected {
+                client_id: session.client_id.to_string(),
+                expiry_interval: expiry,
+                at_ms: now_ms(),
+            }]);
+        }
+        self.schedule_expiry(
+            session.clone(),
+            epoch,
+            Duration::from_secs(u64::from(expiry)),
+        );
+    }
+
+    pub(super) fn schedule_expiry(
+        self: &Arc<Self>,
+        session: Arc<Session>,
+        epoch: u64,
+        after: Duration,
+    ) {
+        if after.as_secs() >= u64::from(u32::MAX) {
+            return; // never expires
+        }
+        let broker = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let expired = {
+                let state = session.state.lock();
+                state.epoch == epoch && state.attachment.is_none()
+            };
+            if expired {
+                let mut records = Vec::new();
+                broker.remove_session(&session, &mut records);
+                broker.persist_nowait(records);
+            }
+        });
+    }
+
+    pub(super) fn publish_will(self: &Arc<Self>, will: Will) {
+        let msg = Arc::new(Message::from_will(will));
+        let broker = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = broker.publish(msg, None).await {
+                broker
+                    .logger
+                    .error(&format!("Error publishing a will message: {e}."));
+            }
+        });
+    }
+
+    /// Ends a session: its subscriptions leave the router, its queue is
+    /// dropped, a pending delayed will is published now.
+    pub(super) fn remove_session(&self, session: &Arc<Session>, records: &mut Vec<Record>) {
+        let shard = self.shard(&session.client_id);
+        {
+            let mut map = self.sessions[shard].write();
+            if let Entry::Occupied(e) = map.entry(session.client_id.clone()) {
+                if Arc::ptr_eq(e.get(), session) {
+                    e.remove();
+                }
+            }
+        }
+        // Never hold a session lock while calling into the router: routing
+        // calls back into sessions under the router's locks.
+        let (filters, persistent) = {
+            let mut state = session.state.lock();
+            let filters: Vec<String> = std::mem::take(&mut state.subscriptions)
+                .into_keys()
+                .collect();
+            state.clear_messages(&self.budget);
+            state.epoch += 1;
+            (filters, state.persistent)
+        };
+        for filter in &filters {
+            if self.router.unsubscribe(&session.client_id, filter) {
+                if let Some(cluster) = self.cluster() {
+                    cluster.interest().remove_local(filter);
+                }
+            }
+        }
+        if persistent {
+            records.push(Record::SessionDelete {
+                client_id: session.client_id.to_string(),
+            });
+        }
+    }
+
+    /// Asks the connection attached to `client_id` to disconnect.
+    pub fn kick(&self, client_id: &str, reason: ReasonCode) -> bool {
+        let Some(session) = self.session(client_id) else {
+            return false;
+        };
+        session.send_control(Control::Disconnect(reason))
+    }
+
+    /// Connected clients, with who they are.
+    pub fn connected_clients(&self) -> Vec<(Arc<Session>, Arc<ClientHandle>)> {
+        self.sessions()
+            .into_iter()
+            .filter_map(|s| s.attached_client().map(|client| (s, client)))
+            .collect()
+    }
+
+    /// After the credentials changed: disconnects clients whose user no
+    /// longer exists (5.0 reason 0x87). Clients authenticated by a client
+    /// certificate and anonymous clients are left alone. Returns how many.
+    pub fn disconnect_removed_users(&self) -> usize {
+        if !self.access.has_user_files() {
+            return 0;
+        }
+        let auth = self.access.authenticator();
+        let mut kicked = 0;
+        for (session, client) in self.connected_clients() {
+            let info = &client.info;
+            let Some(username) = &info.username else {
+                continue;
+            };
+            let allowed = if info.cert_authenticated {
+                self.access.certificate_user_allowed(username)
+            } else {
+                auth.has_user(username)
+            };
+            if allowed {
+                continue;
+            }
+            self.logger.info(&format!(
+                "Client {} disconnected: user {username} was removed.",
+                session.client_id
+            ));
+            if self.kick(&session.client_id, ReasonCode::NOT_AUTHORIZED) {
+                kicked += 1;
+            }
+        }
+        kicked
+    }
+
+    /// Publishes a presence event (`connected` / `disconnected`) for
+    /// backends, as JSON under `$SYS/brokers/{node}/clients/{clientid}/`.
+    pub fn presence(
+        self: &Arc<Self>,
+        client_id: &str,
+        info: &ClientInfo,
+        event: &str,
+        reason: &str,
+    ) {
+        let config = self.config();
+        if !config.presence_events {
+            return;
+        }
+        let topic = format!(
+            "$SYS/brokers/{}/clients/{client_id}/{event}",
+            config.node_name
+        );
+        drop(config);
+        let payload = serde_json::json!({
+            "clientid": client_id,
+            "username": info.username.as_deref(),
+            "ipaddress": info.address.ip().to_string(),
+            "port": info.address.port(),
+            "protocol": info.protocol.level(),
+            "keepalive": info.keep_alive,
+            "listener": &*info.listener,
+            "reason": reason,
+            "timestamp": crate::message::now_ms(),
+        });
+        let msg = Arc::new(Message::internal(&topic, payload.to_string(), false));
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let _ = broker.publish(msg, None).await;
+        });
+    }
+}
