@@ -92,6 +92,8 @@ install_dependencies() {
     [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
     { command -v mosquitto_pub && command -v mosquitto_sub; } >/dev/null 2>&1 || missing+=(mosquitto-clients)
     command -v stdbuf >/dev/null 2>&1 || missing+=(coreutils)
+    # broker/tests/certs.rs makes an X.509 v1 certificate as users do.
+    [ -x /usr/bin/openssl ] || missing+=(openssl)
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
     # e2e/run.sh is checked with shellcheck by the chart tests.
     command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)

@@ -8,6 +8,7 @@
 //! - [`store`]: durable storage of retained messages and persistent sessions.
 //! - [`config`]: the TOML configuration file.
 //! - [`check`]: `--check-config`'s reading of every file the configuration names.
+//! - [`certs`]: `kubemqtt-broker certs`, certificates for a local TLS listener.
 //! - [`log`]: mosquitto-style event and packet log lines (text or JSON).
 //! - [`message`]: an application message as the broker shares it.
 //! - [`session`]: per-client state that outlives connections.
@@ -35,6 +36,7 @@ pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod budget;
+pub mod certs;
 pub mod check;
 pub mod client;
 pub mod cluster;

@@ -350,8 +350,9 @@ async fn connect_tls(
         Ok(Err(e)) => {
             broker.metrics.tls_handshake_failed(&listener.name);
             broker.logger.warning(&format!(
-                "Client connection from {} failed: TLS handshake error: {e}.",
-                peer.addr
+                "Client connection from {} failed: TLS handshake error: {}.",
+                peer.addr,
+                crate::transport::tls::describe_handshake_error(&e)
             ));
             return None;
         }

@@ -1,11 +1,13 @@
 //! `kubemqtt-broker`: run the broker.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
 
+use kubemqtt_broker::certs::CertsRequest;
 use kubemqtt_broker::config::LogFormat;
 use kubemqtt_broker::log::Logger;
 use kubemqtt_broker::reload::{ConfigSource, Overrides};
@@ -26,8 +28,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// docs/configuration.md); anonymous access is then off unless the file
 /// turns it on.
 #[derive(Debug, Parser)]
-#[command(name = "kubemqtt-broker", version, after_help = EXIT_STATUS_HELP)]
+#[command(
+    name = "kubemqtt-broker",
+    version,
+    after_help = EXIT_STATUS_HELP,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// TOML configuration file.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -61,6 +71,62 @@ struct Args {
     check_config: bool,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a CA, a server certificate and client certificates (all X.509
+    /// v3) for a local TLS listener, and print the listener to add to
+    /// broker.toml. A CA already in the directory is reused, so run it again
+    /// to add clients.
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CertsArgs {
+    /// Directory of the files (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "certs")]
+    dir: PathBuf,
+
+    /// A DNS name of the server certificate; repeat for more. Without
+    /// `--dns` and `--ip`: localhost, 127.0.0.1 and ::1 (a server
+    /// certificate already in the directory is then kept).
+    #[arg(long = "dns", value_name = "NAME")]
+    dns: Vec<String>,
+
+    /// An IP address of the server certificate; repeat for more.
+    #[arg(long = "ip", value_name = "ADDRESS")]
+    ips: Vec<IpAddr>,
+
+    /// Write NAME.crt and NAME.key, a client certificate whose subject CN
+    /// is NAME (the user name with `username_from = "cn"`); repeat for more.
+    #[arg(long = "client", value_name = "NAME")]
+    clients: Vec<String>,
+
+    /// Days the server and client certificates are valid (the CA: ten years).
+    #[arg(long, value_name = "DAYS", default_value_t = 365)]
+    days: u32,
+}
+
+/// `kubemqtt-broker certs`.
+fn certs(args: CertsArgs) -> ExitCode {
+    let request = CertsRequest {
+        dir: args.dir,
+        dns: args.dns,
+        ips: args.ips,
+        clients: args.clients,
+        days: args.days,
+    };
+    match kubemqtt_broker::certs::run(&request) {
+        Ok(written) => {
+            print!("{}", kubemqtt_broker::certs::summary(&request, &written));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `--help`'s closing words.
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -75,6 +141,9 @@ const EXIT_CONFIG: u8 = 3;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Certs(certs_args)) = args.command {
+        return certs(certs_args);
+    }
     let source = ConfigSource {
         path: args.config.clone(),
         overrides: Overrides {

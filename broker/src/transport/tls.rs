@@ -133,6 +133,41 @@ pub fn build_server_config(config: &TlsConfig) -> Result<ServerConfig, TlsError>
     Ok(builder.with_single_cert(certs, key)?)
 }
 
+/// A failed TLS handshake in words that say what to do, for the log:
+/// `TLS handshake error: client certificate is X.509 v1; certificates need
+/// v3 extensions` rather than rustls' `UnsupportedCertVersion`.
+pub fn describe_handshake_error(error: &std::io::Error) -> String {
+    use rustls::{CertificateError, Error};
+    let rustls_error = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Error>());
+    let hint = match rustls_error {
+        Some(Error::InvalidCertificate(CertificateError::Other(other))) => {
+            match other.0.downcast_ref::<webpki::Error>() {
+                Some(webpki::Error::UnsupportedCertVersion) => Some(
+                    "client certificate is X.509 v1; certificates need v3 extensions \
+                     (sign it with an extensions file, or make one with `kubemqtt-broker certs`)",
+                ),
+                _ => None,
+            }
+        }
+        Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
+            Some("client certificate is not signed by the listener's ca_file")
+        }
+        Some(Error::InvalidCertificate(CertificateError::Expired)) => {
+            Some("client certificate has expired")
+        }
+        Some(Error::NoCertificatesPresented) => {
+            Some("the client sent no certificate and the listener requires one")
+        }
+        _ => None,
+    };
+    match hint {
+        Some(hint) => format!("{hint} ({error})"),
+        None => error.to_string(),
+    }
+}
+
 /// The user name a client certificate carries: its subject CN, or its
 /// first DNS / e-mail subject alternative name.
 pub fn username_from_certificate(cert: &CertificateDer<'_>, from: CertUsername) -> Option<String> {
