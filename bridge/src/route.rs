@@ -30,6 +30,12 @@ pub enum DeadLetter {
     Table(String),
 }
 
+/// A batch is also written once no message came for this long: the
+/// broker sends at most its in-flight window of unacknowledged messages
+/// (`limits.max_inflight`), so a batch that stops growing is as full as it
+/// gets, and waiting out the linger would only add latency.
+pub const IDLE_FLUSH: Duration = Duration::from_millis(2);
+
 /// Exponential backoff.
 struct Backoff {
     next: Duration,
@@ -80,13 +86,14 @@ impl Route {
         let mut records: Vec<Record> = Vec::new();
         let mut tokens: Vec<Arc<AckToken>> = Vec::new();
         let mut deadline = Instant::now();
+        let mut idle_until = Instant::now();
         loop {
             let delivery = if records.is_empty() {
                 deliveries.recv().await
             } else {
                 tokio::select! {
                     delivery = deliveries.recv() => delivery,
-                    () = tokio::time::sleep_until(deadline) => {
+                    () = tokio::time::sleep_until(deadline.min(idle_until)) => {
                         self.flush(&mut records, &mut tokens).await;
                         continue;
                     }
@@ -103,6 +110,7 @@ impl Route {
                     }
                     records.push(record);
                     tokens.push(token);
+                    idle_until = Instant::now() + IDLE_FLUSH;
                     if records.len() >= self.batch.max_messages {
                         self.flush(&mut records, &mut tokens).await;
                     }
