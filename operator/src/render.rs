@@ -58,6 +58,7 @@ pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         ("mqttbroker.yaml", MqttBroker::crd()),
         ("mqttuser.yaml", MqttUser::crd()),
+        ("mqttbridge.yaml", crate::api::MqttBridge::crd()),
     ]
 }
 

@@ -174,10 +174,13 @@ const COMBINATIONS: [Combination; 5] = [
 /// README lists the same rules.
 fn operator_rules() -> Value {
     json!([
-        {"apiGroups": ["kubemqtt.io"], "resources": ["mqttbrokers", "mqttusers"],
+        {"apiGroups": ["kubemqtt.io"], "resources": ["mqttbrokers", "mqttusers", "mqttbridges"],
          "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["kubemqtt.io"], "resources": ["mqttbrokers/status", "mqttusers/status"],
+        {"apiGroups": ["kubemqtt.io"],
+         "resources": ["mqttbrokers/status", "mqttusers/status", "mqttbridges/status"],
          "verbs": ["patch"]},
+        // The bridge controller's MqttUser for each bridge.
+        {"apiGroups": ["kubemqtt.io"], "resources": ["mqttusers"], "verbs": ["create", "patch"]},
         {"apiGroups": [""], "resources": ["configmaps", "secrets", "services"],
          "verbs": ["get", "list", "watch", "create", "patch"]},
         {"apiGroups": ["apps"], "resources": ["statefulsets"],
@@ -410,6 +413,7 @@ fn dockerfiles_build_the_workspace_binaries_and_run_them_as_non_root() {
     for (file, member, ports) in [
         ("Dockerfile.broker", "broker", "1883 8883 8083 8084 8080"),
         ("Dockerfile.operator", "operator", "8080"),
+        ("Dockerfile.bridge", "bridge", "9090"),
     ] {
         let binary = format!("kubemqtt-{member}");
         assert!(

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-const FILES: [&str; 2] = ["mqttbroker.yaml", "mqttuser.yaml"];
+const FILES: [&str; 3] = ["mqttbridge.yaml", "mqttbroker.yaml", "mqttuser.yaml"];
 
 fn generated(args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_kubemqtt-operator"))
@@ -52,7 +52,12 @@ fn all_crds_at_once_and_unknown_names_refused() {
     let all = generated(&[]);
     assert_eq!(
         all,
-        format!("{}---\n{}", generated(&[FILES[0]]), generated(&[FILES[1]]))
+        format!(
+            "{}---\n{}---\n{}",
+            generated(&["mqttbroker.yaml"]),
+            generated(&["mqttuser.yaml"]),
+            generated(&["mqttbridge.yaml"])
+        )
     );
     let output = Command::new(env!("CARGO_BIN_EXE_kubemqtt-operator"))
         .args(["crd", "nope.yaml"])

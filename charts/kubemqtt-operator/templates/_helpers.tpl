@@ -69,11 +69,14 @@ operator/tests/chart.rs hold the same list: change all three together.
 */}}
 {{- define "kubemqtt-operator.rules" -}}
 - apiGroups: [kubemqtt.io]
-  resources: [mqttbrokers, mqttusers]
+  resources: [mqttbrokers, mqttusers, mqttbridges]
   verbs: [get, list, watch]
 - apiGroups: [kubemqtt.io]
-  resources: [mqttbrokers/status, mqttusers/status]
+  resources: [mqttbrokers/status, mqttusers/status, mqttbridges/status]
   verbs: [patch]
+- apiGroups: [kubemqtt.io]
+  resources: [mqttusers]
+  verbs: [create, patch]
 - apiGroups: [""]
   resources: [configmaps, secrets, services]
   verbs: [get, list, watch, create, patch]

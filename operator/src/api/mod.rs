@@ -6,10 +6,12 @@
 //! in the CRD, so `kubectl explain mqttbroker.spec...` shows it: keep them
 //! written for users.
 
+pub mod bridge;
 pub mod spec;
 pub mod status;
 pub mod user;
 
+pub use bridge::{MqttBridge, MqttBridgeSpec, MqttBridgeStatus};
 pub use spec::*;
 pub use status::*;
 pub use user::*;

@@ -24,6 +24,7 @@
 //!    sooner, through the watches.
 
 pub mod apply;
+pub mod bridge;
 pub mod events;
 pub mod observe;
 pub mod push;

@@ -248,7 +248,10 @@ async fn controllers(client: &Client, namespaces: &[String], ctx: Arc<Context>) 
                 }),
         )
     });
-    let runs: Vec<_> = brokers.chain(users).collect();
+    let bridges = scopes
+        .iter()
+        .map(|&scope| -> Run<'_> { Box::pin(super::bridge::controller(client, scope)) });
+    let runs: Vec<_> = brokers.chain(users).chain(bridges).collect();
     futures::future::join_all(runs).await;
 }
 

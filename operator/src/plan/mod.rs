@@ -13,6 +13,7 @@
 //! broker's credentials file from its `MqttUser`s; [`user_secret`] plans
 //! one `MqttUser`'s own Secret (the user controller's planner).
 
+pub mod bridge;
 pub mod configmap;
 pub mod pdb;
 pub mod secrets;
