@@ -1,42 +1,55 @@
 #!/usr/bin/env bash
-# Benchmarks kubemqtt-broker against mosquitto and rumqttd with kubemqtt-bench.
+# Benchmarks kubemqtt-broker against mosquitto and rumqttd with two load
+# generators: kubemqtt-bench (its own client) and kubemqtt-bench-rumqttc (the
+# rumqttc library), so that no figure depends on one client's speed.
 #
 # Each broker runs alone, pinned to CPU 0, on a free loopback port; the
 # generator is pinned to CPU 1. The brokers take turns in RUNS rounds (each
-# round: every broker, one after the other, every throughput scenario once;
-# then the fixed-rate latency scenarios with the brokers alternating run by
-# run), and the median of each figure over the rounds is reported. The result is a markdown page:
+# round: every broker, one after the other, every throughput scenario once
+# with each generator; then the fixed-rate latency scenarios with the brokers
+# alternating run by run), and the median of each figure over the rounds is
+# reported, with the goals of issue 12 checked. The result is a markdown page:
 # docs/benchmarks.md for a full run, target/bench-vs-peers/benchmarks-quick.md
 # for --quick.
 #
-# Usage: scripts/bench-vs-peers.sh [--quick] [--out FILE] [--brokers "kubemqtt mosquitto rumqttd"]
+# Usage: scripts/bench-vs-peers.sh [--quick] [--out FILE]
+#          [--brokers "kubemqtt mosquitto rumqttd"] [--generators "kubemqtt rumqttc"]
 #
 # All traffic goes to 127.0.0.1. Every load is bounded by the generator's
 # --duration/--drain/--hold and by `timeout` around each generator run.
+# Binaries are built into $CARGO_TARGET_DIR (default target/); rumqttd is
+# installed once into .tools/ with `cargo install` (see RUMQTTD below).
 
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK="$ROOT/target/bench-vs-peers"
-BENCH="$ROOT/target/release/kubemqtt-bench"
-OUR_BROKER="$ROOT/target/release/kubemqtt-broker"
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+[[ $TARGET_DIR == /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR" # cargo runs in $ROOT below
+RELEASE="$TARGET_DIR/release"
+OUR_BROKER="$RELEASE/kubemqtt-broker"
+# The generators, by the names --generators takes.
+declare -A GEN_BIN=([kubemqtt]="$RELEASE/kubemqtt-bench" [rumqttc]="$RELEASE/kubemqtt-bench-rumqttc")
+declare -A GEN_NAME=([kubemqtt]=kubemqtt-bench [rumqttc]=kubemqtt-bench-rumqttc)
 MOSQUITTO=/usr/sbin/mosquitto
 RUMQTTD="$ROOT/.tools/bin/rumqttd"
 BROKER_CPU=0
 GEN_CPU=1
 
 usage() {
-    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 QUICK=0
 OUT=""
 BROKERS="kubemqtt mosquitto rumqttd"
+GENERATORS="kubemqtt rumqttc"
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --out) OUT="${2:?--out needs a file}"; shift ;;
         --brokers) BROKERS="${2:?--brokers needs a list}"; shift ;;
+        --generators) GENERATORS="${2:?--generators needs a list}"; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -67,12 +80,16 @@ for b in $BROKERS; do
         *) die "unknown broker $b (kubemqtt, mosquitto, rumqttd)" ;;
     esac
 done
+for g in $GENERATORS; do
+    [ -n "${GEN_BIN[$g]:-}" ] || die "unknown generator $g (kubemqtt, rumqttc)"
+done
 
 # ---------------------------------------------------------------- build
 
-log "building kubemqtt-broker and kubemqtt-bench (release)"
+log "building kubemqtt-broker and the generators (release, into $RELEASE)"
 (cd "$ROOT" && cargo build --release -p kubemqtt-broker -p kubemqtt-bench)
 if [[ " $BROKERS " == *" rumqttd "* ]] && [ ! -x "$RUMQTTD" ]; then
+    # Once per checkout (.tools/ is not in git; a few minutes of compiling).
     # Without --locked: rumqttd 0.20.0's lock file pins metrics 0.22.1, which
     # no longer compiles with current rustc; the newest compatible patch
     # releases do.
@@ -229,15 +246,16 @@ times_secs() {
     awk '{ s = 0; for (i = 1; i <= 2; i++) { split($i, p, "m"); sub("s", "", p[2]); s += p[1] * 60 + p[2] } print s }'
 }
 
-# Runs one generator command against the broker. Prints its JSON report,
-# a tab, the broker CPU and a tab, the generator CPU, both in % of one core
-# over the run. Fails if the generator fails.
+# Runs generator $1 (kubemqtt or rumqttc) with the remaining arguments
+# against the broker on port $2. Prints its JSON report, a tab, the broker
+# CPU and a tab, the generator CPU, both in % of one core over the run. Fails
+# if the generator fails.
 bench_run() {
-    local port=$1; shift
+    local bin=${GEN_BIN[$1]} port=$2; shift 2
     local out="$WORK/raw/current.json" t0 t1 c0 c1 gen
     c0=$(cpu_ticks "$BROKER_PID"); t0=$(now)
     # The subshell's `times` gives the CPU time of the generator it waited for.
-    gen=$( (timeout 600 taskset -c "$GEN_CPU" "$BENCH" "$@" -b "127.0.0.1:$port" --json --quiet >"$out" \
+    gen=$( (timeout 600 taskset -c "$GEN_CPU" "$bin" "$@" -b "127.0.0.1:$port" --json --quiet >"$out" \
         || echo failed; times) | tail -1 | times_secs)
     c1=$(cpu_ticks "$BROKER_PID"); t1=$(now)
     jq -e . "$out" >/dev/null 2>&1 || return 1
@@ -256,6 +274,7 @@ SCENARIOS=(
     "p2p-10-q1|p2p 10→10, flat out|1|p2p -n 10 -q 1"
     "fanout-10-q0|fanout 1→10, flat out|0|fanout -n 10 -q 0"
     "fanout-10-q1|fanout 1→10, flat out|1|fanout -n 10 -q 1"
+    "fanin-10-2-q0|fanin 10→2 shared, flat out|0|fanin -n 10 -m 2 -q 0"
     "fanin-10-2-q1|fanin 10→2 shared, flat out|1|fanin -n 10 -m 2 -q 1"
     "lat-1k-q1|latency p2p 10→10 at 1k msg/s|1|p2p -n 10 -q 1 -r 100"
     "lat-10k-q1|latency p2p 10→10 at 10k msg/s|1|p2p -n 10 -q 1 -r 1000"
@@ -278,7 +297,7 @@ conn_run() {
     sleep 1
     rest=$(rss_kb "$BROKER_PID"); fds=$(fd_count "$BROKER_PID")
     c0=$(cpu_ticks "$BROKER_PID"); t0=$(now)
-    timeout 600 taskset -c "$GEN_CPU" "$BENCH" conn -n "$CONNS" --conn-rate "$CONN_RATE" \
+    timeout 600 taskset -c "$GEN_CPU" "${GEN_BIN[kubemqtt]}" conn -n "$CONNS" --conn-rate "$CONN_RATE" \
         --hold "$HOLD" -b "127.0.0.1:$port" --json --quiet >"$out" &
     gen=$!
     # Sample the memory once (almost) all connections are open.
@@ -303,33 +322,39 @@ conn_run() {
     fi
 }
 
-# Runs scenario $4 (an entry of SCENARIOS) against the running broker and
-# records the result.
+# Runs scenario $5 (an entry of SCENARIOS) with generator $4 against the
+# running broker and records the result: one row of RESULTS, columns
+#  1 broker  2 generator  3 scenario id  4 run  5 sent/s  6 delivered/s
+#  7 delivered %  8 p50 µs  9 p99 µs  10 broker CPU %  11 errors
+#  12 generator CPU %  13 acked but not delivered  14 duplicates
+# (-1: not applicable, e.g. acked-not-delivered at QoS 0).
 scenario_run() {
-    local broker=$1 port=$2 run=$3 entry=$4 id label qos args line json cpu gen_cpu
+    local broker=$1 port=$2 run=$3 gen=$4 entry=$5 id label qos args line json cpu gen_cpu
     IFS='|' read -r id label qos args <<<"$entry"
     kill -0 "$BROKER_PID" 2>/dev/null || die "$broker died; log: $WORK/brokers/$broker.log"
     wait_idle
     # shellcheck disable=SC2086 # arguments are split on purpose
-    if ! line=$(bench_run "$port" $args $COMMON); then
-        log "warning: $broker $id run $run failed"
-        NOTES+=("$broker: $label QoS $qos run $run failed")
+    if ! line=$(bench_run "$gen" "$port" $args $COMMON); then
+        log "warning: $broker $id with ${GEN_NAME[$gen]} run $run failed"
+        NOTES+=("$broker: $label QoS $qos with ${GEN_NAME[$gen]}, run $run failed")
         return
     fi
     IFS=$'\t' read -r json cpu gen_cpu <<<"$line"
-    echo "$json" >"$WORK/raw/$broker-$id-$run.json"
-    jq -r --arg b "$broker" --arg id "$id" --arg r "$run" --arg cpu "$cpu" --arg gen "$gen_cpu" \
-        '[$b, $id, $r, .sent_per_sec, (.delivered_per_sec // 0), (.delivered_pct // 0),
-          (.latency.p50_us // -1), (.latency.p99_us // -1), $cpu, .errors, $gen] | @tsv' \
+    echo "$json" >"$WORK/raw/$broker-$gen-$id-$run.json"
+    jq -r --arg b "$broker" --arg g "$gen" --arg id "$id" --arg r "$run" --arg cpu "$cpu" --arg gen "$gen_cpu" \
+        '[$b, $g, $id, $r, .sent_per_sec, (.delivered_per_sec // 0), (.delivered_pct // 0),
+          (.latency.p50_us // -1), (.latency.p99_us // -1), $cpu, .errors, $gen,
+          (.acked_not_delivered // -1), (.duplicates // -1)] | @tsv' \
         <<<"$json" >>"$RESULTS"
-    log "$broker $id run $run: $(jq -r '"sent \(.sent_per_sec|floor)/s delivered \(.delivered_per_sec|floor)/s (\(.delivered_pct*100|floor/100) %) p99 \(.latency.p99_us // "-") us"' <<<"$json"), CPU broker $cpu % generator $gen_cpu %"
+    log "$broker $id ${GEN_NAME[$gen]} run $run: $(jq -r '"sent \(.sent_per_sec|floor)/s delivered \(.delivered_per_sec|floor)/s (\(.delivered_pct*100|floor/100) %) acked-not-delivered \(.acked_not_delivered // "-") p99 \(.latency.p99_us // "-") us errors \(.errors)"' <<<"$json"), CPU broker $cpu % generator $gen_cpu %"
 }
 
 is_latency() { [[ $1 == lat-* ]]; }
 
-# Every throughput scenario once against a freshly started broker.
+# Every throughput scenario once with each generator against a freshly
+# started broker.
 scenario_round() {
-    local broker=$1 port=$2 run=$3 entry
+    local broker=$1 port=$2 run=$3 entry gen
     start_broker "$broker" "$port"
     for entry in "${SCENARIOS[@]}"; do
         is_latency "$entry" && continue
@@ -337,7 +362,9 @@ scenario_round() {
             [ "$run" = 1 ] && NOTES+=("$broker: fanin skipped (no shared subscriptions)")
             continue
         fi
-        scenario_run "$broker" "$port" "$run" "$entry"
+        for gen in $GENERATORS; do
+            scenario_run "$broker" "$port" "$run" "$gen" "$entry"
+        done
     done
     stop_broker
 }
@@ -346,13 +373,15 @@ scenario_round() {
 # how the machine's state drifts over minutes, so the brokers alternate
 # run by run (each started fresh), not round by round.
 latency_round() {
-    local run=$1 entry broker
+    local run=$1 entry broker gen
     for entry in "${SCENARIOS[@]}"; do
         is_latency "$entry" || continue
-        for broker in $BROKERS; do
-            start_broker "$broker" "${PORT[$broker]}"
-            scenario_run "$broker" "${PORT[$broker]}" "$run" "$entry"
-            stop_broker
+        for gen in $GENERATORS; do
+            for broker in $BROKERS; do
+                start_broker "$broker" "${PORT[$broker]}"
+                scenario_run "$broker" "${PORT[$broker]}" "$run" "$gen" "$entry"
+                stop_broker
+            done
         done
     done
 }
@@ -380,13 +409,20 @@ elapsed=$(( $(date +%s) - started ))
 
 # ---------------------------------------------------------------- report
 
-# Median of column $3 of the rows of file $4 whose first two columns are $1, $2.
-median() {
-    awk -F'\t' -v k1="$1" -v k2="$2" -v c="$3" '$1 == k1 && $2 == k2 {print $c}' "$4" | sort -g |
-        awk '{v[NR] = $1} END {if (NR == 0) print "n/a"; else print v[int((NR + 1) / 2)]}'
+# Values of column $4 over the runs of broker $1, generator $2, scenario $3.
+values() {
+    awk -F'\t' -v b="$1" -v g="$2" -v id="$3" -v c="$4" \
+        '$1 == b && $2 == g && $3 == id {print $c}' "$RESULTS" | sort -g
 }
+# Median of those values (n/a without a run).
+median() { values "$@" | awk '{v[NR] = $1} END {if (NR == 0) print "n/a"; else print v[int((NR + 1) / 2)]}'; }
+# Largest of those values (n/a without a run).
+maximum() { values "$@" | awk '{v = $1} END {if (NR == 0) print "n/a"; else print v}'; }
+
 fmt_rate() { awk -v v="$1" 'BEGIN {if (v == "n/a") print "n/a"; else printf "%.0f", v}'; }
 fmt_pct() { awk -v v="$1" 'BEGIN {if (v == "n/a") print "n/a"; else printf "%.1f %%", v}'; }
+# A count, "–" where it does not apply (-1).
+fmt_count() { awk -v v="$1" 'BEGIN {if (v == "n/a") print "n/a"; else if (v < 0) print "–"; else printf "%d", v}'; }
 fmt_us() {
     awk -v v="$1" 'BEGIN {
         if (v == "n/a" || v < 0) print "n/a";
@@ -395,6 +431,56 @@ fmt_us() {
         else printf "%.2f s", v / 1000000 }'
 }
 fmt_mib() { awk -v v="$1" 'BEGIN {if (v == "n/a") print "n/a"; else printf "%.1f MiB", v / 1024}'; }
+# $1 ÷ $2 with two decimals, n/a when either is missing.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "n/a" || b == "n/a" || a < 0 || b <= 0) print "n/a"; else printf "%.2f", a / b}'; }
+# "ok" if ratio $1 is at least (ge) or at most (le) $3, "FAIL" if not, n/a if unknown.
+check() {
+    awk -v r="$1" -v op="$2" -v goal="$3" 'BEGIN {
+        if (r == "n/a") print "n/a";
+        else if ((op == "ge" && r + 0 >= goal) || (op == "le" && r + 0 <= goal)) print "ok";
+        else print "FAIL" }'
+}
+
+# A goals-table cell: value $1, then its check $2 if there is one (n/a
+# needs saying once).
+cell() { if [ -n "$2" ] && [ "$2" != n/a ]; then echo "$1 $2"; else echo "$1"; fi; }
+
+# One row of the goals table for scenario $2 (an entry of SCENARIOS) and
+# generator $1; bumps GOALS_PASS / GOALS_FAIL / GOALS_OPEN.
+goal_row() {
+    local gen=$1 entry=$2 id label qos rate p99 lost r_mosq r_rumq r_p99 c_mosq c_rumq c_lost c_p99 verdict
+    IFS='|' read -r id label qos _ <<<"$entry"
+    rate=$(median kubemqtt "$gen" "$id" 6)
+    lost=$(maximum kubemqtt "$gen" "$id" 13)
+    if is_latency "$entry"; then
+        r_mosq="–"; r_rumq="–"; c_mosq=""; c_rumq=""
+        p99=$(median kubemqtt "$gen" "$id" 9)
+        r_p99=$(ratio "$p99" "$(median mosquitto "$gen" "$id" 9)")
+        c_p99=$(check "$r_p99" le 1)
+    else
+        r_mosq=$(ratio "$rate" "$(median mosquitto "$gen" "$id" 6)")
+        r_rumq=$(ratio "$rate" "$(median rumqttd "$gen" "$id" 6)")
+        c_mosq=$(check "$r_mosq" ge 1.5)
+        c_rumq=$(check "$r_rumq" ge 1)
+        r_p99="–"; c_p99=""
+    fi
+    if [ "$qos" -ge 1 ]; then
+        c_lost=$(awk -v v="$lost" 'BEGIN {if (v == "n/a") print "n/a"; else if (v == 0) print "ok"; else print "FAIL"}')
+    else
+        c_lost=""
+    fi
+    if [[ " $c_mosq $c_rumq $c_lost $c_p99 " == *" FAIL "* ]]; then
+        verdict="**FAIL**"; GOALS_FAIL=$((GOALS_FAIL + 1))
+    elif [[ " $c_mosq $c_rumq $c_lost $c_p99 " == *" n/a "* ]]; then
+        verdict="incomplete"; GOALS_OPEN=$((GOALS_OPEN + 1))
+    else
+        verdict="PASS"; GOALS_PASS=$((GOALS_PASS + 1))
+    fi
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" "$qos" "${GEN_NAME[$gen]}" \
+        "$(fmt_rate "$rate")" "$(cell "$r_mosq" "$c_mosq")" "$(cell "$r_rumq" "$c_rumq")" \
+        "$(cell "$([ "$qos" -ge 1 ] && fmt_count "$lost" || echo "–")" "$c_lost")" \
+        "$(cell "$r_p99" "$c_p99")" "$verdict"
+}
 
 cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 mem_total=$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
@@ -402,59 +488,94 @@ mem_total=$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
 os_name=$(. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-unknown}")
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 mode=$([ "$QUICK" = 1 ] && echo "quick smoke run (not for comparison)" || echo "full run")
+GOALS_PASS=0; GOALS_FAIL=0; GOALS_OPEN=0
 
 mkdir -p "$(dirname "$OUT")"
 {
     echo "# Benchmarks: kubemqtt-broker vs mosquitto vs rumqttd"
     echo
     echo "Generated by \`scripts/bench-vs-peers.sh$([ "$QUICK" = 1 ] && echo " --quick")\` on $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "($mode, $RUNS run(s) per scenario, medians quoted, ${elapsed} s in all). Do not edit the numbers by hand: rerun the script."
+    echo "($mode, $RUNS run(s) per scenario and generator, medians quoted, ${elapsed} s in all). Do not edit the numbers by hand: rerun the script."
     echo
     echo "## Machine"
     echo
     echo "- CPUs: $(nproc) × $cpu_model; memory $mem_total; $os_name, Linux $(uname -r)"
-    echo "- Broker pinned to CPU $BROKER_CPU, generator (\`kubemqtt-bench\`) pinned to CPU $GEN_CPU (\`taskset\`); all traffic over 127.0.0.1"
+    echo "- Broker pinned to CPU $BROKER_CPU, generator pinned to CPU $GEN_CPU (\`taskset\`); all traffic over 127.0.0.1"
+    echo "- Generators: $(for g in $GENERATORS; do printf '\x60%s\x60 ' "${GEN_NAME[$g]}"; done)(see *The generators* below)"
     echo "- $(rustc --version); kubemqtt commit $commit"
     echo "- load average (1, 5, 15 min) at the start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews the figures)"
     for b in $BROKERS; do echo "- $b: ${VERSION[$b]}"; done
     echo
+    if [[ " $BROKERS " == *" kubemqtt "* ]]; then
+        echo "## Goals"
+        echo
+        echo "From issue 12, per scenario and generator, in this run: kubemqtt delivers at least 1.5× mosquitto's"
+        echo "messages per second and at least rumqttd's (ratios of the medians); at QoS 1 no message is acknowledged"
+        echo "to a publisher without reaching its subscribers (the most in any run must be 0); at the fixed rates, p99"
+        echo "latency is no worse than mosquitto's. n/a: a figure is missing (broker not in this run, or a run failed)."
+        echo
+        echo "| scenario | QoS | generator | kubemqtt msg/s | ÷ mosquitto (≥ 1.5) | ÷ rumqttd (≥ 1) | acked, not delivered (= 0) | p99 ÷ mosquitto (≤ 1) | result |"
+        echo "|---|---|---|---:|---:|---:|---:|---:|---|"
+        for entry in "${SCENARIOS[@]}"; do
+            for gen in $GENERATORS; do goal_row "$gen" "$entry"; done
+        done
+        echo
+        echo "**$GOALS_PASS of $((GOALS_PASS + GOALS_FAIL + GOALS_OPEN)) rows meet every goal; $GOALS_FAIL fail, $GOALS_OPEN incomplete.**"
+        echo "A row where the generator's CPU is near 100 % (see *Details*) measures the generator as much as the brokers."
+        echo
+    fi
     echo "## Throughput and latency"
     echo
-    echo "Delivered messages per second and end-to-end p99 latency (median of $RUNS runs)."
-    echo
-    printf '| scenario | QoS |'; for b in $BROKERS; do printf ' %s msg/s |' "$b"; done
-    for b in $BROKERS; do printf ' %s p99 |' "$b"; done; echo
-    printf '|---|---|'; for _ in $BROKERS $BROKERS; do printf -- '---:|'; done; echo
-    for entry in "${SCENARIOS[@]}"; do
-        IFS='|' read -r id label qos _ <<<"$entry"
-        printf '| %s | %s |' "$label" "$qos"
-        for b in $BROKERS; do printf ' %s |' "$(fmt_rate "$(median "$b" "$id" 5 "$RESULTS")")"; done
-        for b in $BROKERS; do printf ' %s |' "$(fmt_us "$(median "$b" "$id" 8 "$RESULTS")")"; done
+    echo "Per generator: delivered messages per second and end-to-end p99 latency (medians of $RUNS runs), and at QoS 1"
+    echo "the messages acknowledged to the publishers but never delivered to the subscribers, which stayed connected"
+    echo "the whole run (the most in any run)."
+    for gen in $GENERATORS; do
         echo
+        echo "### ${GEN_NAME[$gen]}"
+        echo
+        printf '| scenario | QoS |'; for b in $BROKERS; do printf ' %s msg/s |' "$b"; done
+        for b in $BROKERS; do printf ' %s acked, not delivered |' "$b"; done
+        for b in $BROKERS; do printf ' %s p99 |' "$b"; done; echo
+        printf '|---|---|'; for _ in $BROKERS $BROKERS $BROKERS; do printf -- '---:|'; done; echo
+        for entry in "${SCENARIOS[@]}"; do
+            IFS='|' read -r id label qos _ <<<"$entry"
+            printf '| %s | %s |' "$label" "$qos"
+            for b in $BROKERS; do printf ' %s |' "$(fmt_rate "$(median "$b" "$gen" "$id" 6)")"; done
+            for b in $BROKERS; do printf ' %s |' "$(fmt_count "$(maximum "$b" "$gen" "$id" 13)")"; done
+            for b in $BROKERS; do printf ' %s |' "$(fmt_us "$(median "$b" "$gen" "$id" 9)")"; done
+            echo
+        done
     done
     echo
     echo "### Details"
     echo
-    echo "| scenario | QoS | broker | sent msg/s | delivered msg/s | delivered | p50 | p99 | broker CPU | generator CPU | errors |"
-    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "Medians of $RUNS runs; acked-not-delivered and duplicates: the most in any run."
+    echo
+    echo "| scenario | QoS | generator | broker | sent msg/s | delivered msg/s | delivered | acked, not delivered | duplicates | p50 | p99 | broker CPU | generator CPU | errors |"
+    echo "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for entry in "${SCENARIOS[@]}"; do
         IFS='|' read -r id label qos _ <<<"$entry"
-        for b in $BROKERS; do
-            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s %% | %s %% | %s |\n' "$label" "$qos" "$b" \
-                "$(fmt_rate "$(median "$b" "$id" 4 "$RESULTS")")" \
-                "$(fmt_rate "$(median "$b" "$id" 5 "$RESULTS")")" \
-                "$(fmt_pct "$(median "$b" "$id" 6 "$RESULTS")")" \
-                "$(fmt_us "$(median "$b" "$id" 7 "$RESULTS")")" \
-                "$(fmt_us "$(median "$b" "$id" 8 "$RESULTS")")" \
-                "$(median "$b" "$id" 9 "$RESULTS")" \
-                "$(median "$b" "$id" 11 "$RESULTS")" \
-                "$(median "$b" "$id" 10 "$RESULTS")"
+        for gen in $GENERATORS; do
+            for b in $BROKERS; do
+                printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s %% | %s %% | %s |\n' \
+                    "$label" "$qos" "${GEN_NAME[$gen]}" "$b" \
+                    "$(fmt_rate "$(median "$b" "$gen" "$id" 5)")" \
+                    "$(fmt_rate "$(median "$b" "$gen" "$id" 6)")" \
+                    "$(fmt_pct "$(median "$b" "$gen" "$id" 7)")" \
+                    "$(fmt_count "$(maximum "$b" "$gen" "$id" 13)")" \
+                    "$(fmt_count "$(maximum "$b" "$gen" "$id" 14)")" \
+                    "$(fmt_us "$(median "$b" "$gen" "$id" 8)")" \
+                    "$(fmt_us "$(median "$b" "$gen" "$id" 9)")" \
+                    "$(median "$b" "$gen" "$id" 10)" \
+                    "$(median "$b" "$gen" "$id" 12)" \
+                    "$(median "$b" "$gen" "$id" 11)"
+            done
         done
     done
     echo
     echo "## Connections and memory"
     echo
-    echo "$CONNS idle connections opened at $CONN_RATE/s and held ${HOLD} s, each run on a freshly started broker"
+    echo "$CONNS idle connections opened at $CONN_RATE/s by \`kubemqtt-bench conn\` and held ${HOLD} s, each run on a freshly started broker"
     echo "(median of $RUNS runs). RSS is VmRSS from /proc/PID/status: at rest 1 s after the start, and with the connections"
     echo "1 s after (almost) all of them were open. Broker CPU is over the whole run, in % of one core."
     echo
@@ -476,13 +597,23 @@ mkdir -p "$(dirname "$OUT")"
         echo
     fi
     cat <<EOF
-## The generator
+## The generators
 
-\`kubemqtt-bench\` (crate \`bench/\`) is a purpose-built MQTT 3.1.1 client on tokio: raw TCP, a minimal
-codec, several PUBLISHes per write. Publishers stamp the send time into the first 8 bytes of each payload;
-subscribers compute the end-to-end latency (HDR histogram). Subcommands: \`conn\`, \`pub\`, \`sub\`, \`p2p\`,
-\`fanout\`, \`fanin\`; see \`kubemqtt-bench <command> --help\`. Every run is bounded by \`--duration\` (or
-\`--count\`), \`--drain\` and \`--hold\`, and contacts only the \`--broker\` address. TLS is not implemented yet.
+Two generators (crate \`bench/\`) run the same scenarios with the same options and write the same JSON report,
+so that no comparison rests on one client's speed or on one client's reading of the protocol:
+
+- \`kubemqtt-bench\` is a purpose-built MQTT 3.1.1 client on tokio: raw TCP, a minimal codec, several PUBLISHes
+  per write. It is cheap per message, so it can saturate a broker from one core. Subcommands: \`conn\`, \`pub\`,
+  \`sub\`, \`p2p\`, \`fanout\`, \`fanin\`.
+- \`kubemqtt-bench-rumqttc\` drives the same \`p2p\`, \`fanout\` and \`fanin\` scenarios through
+  [rumqttc](https://crates.io/crates/rumqttc) 0.25, a widely used Rust client: one event loop per connection,
+  one flush per packet, one tokio task per client. It is slower per message, so its flat-out figures show what
+  a typical application client gets, and on one core it may saturate before the broker does.
+
+Publishers stamp the send time (and, from 16 bytes on, the publisher and sequence number) into each payload;
+subscribers compute the end-to-end latency (HDR histogram) and tell duplicates from first deliveries. Every run
+is bounded by \`--duration\` (or \`--count\`), \`--drain\` and \`--hold\`, and contacts only the \`--broker\`
+address. TLS is not implemented yet.
 
 ## How to read it
 
@@ -490,14 +621,23 @@ subscribers compute the end-to-end latency (HDR histogram). Subcommands: \`conn\
   time from the first publish to the last delivery. "Flat out" publishers send
   as fast as the broker accepts (QoS 1: at most 64 unacknowledged each), so
   these rows measure saturation: their latency is mostly queueing, and a
-  broker that accepts faster than it delivers drops or queues the difference
-  (see *delivered*).
+  broker that accepts faster than it delivers queues or drops the difference
+  (see *delivered* and *acked, not delivered*).
 - **delivered**: delivered ÷ expected, where expected = sent × the subscribers
   each message reaches. Below 100 % means messages were dropped (queue limits,
   QoS 0 overload) or still queued when the drain time (${DRAIN} s) ran out.
+- **acked, not delivered** (QoS 1): PUBACKs the publishers received × the
+  subscribers each message should reach − distinct messages the subscribers
+  received, never below 0. The subscribers are connected the whole run, so
+  anything above 0 is a message the broker acknowledged and then lost (or had
+  not delivered by the end of the drain).
+- **duplicates**: deliveries of a message the same subscriber (or, for the
+  shared subscription, the same group) had already received.
 - **latency**: each payload carries its send time; the subscriber computes
   receive − send. The fixed-rate rows (1k and 10k msg/s in total over 10
-  pairs) are the ones to read for latency.
+  pairs) are the ones to read for latency. \`kubemqtt-bench-rumqttc\` stamps
+  a payload when it queues it for rumqttc, so its latency includes the wait in
+  rumqttc's request channel.
 - **broker CPU**, **generator CPU**: user + system time over the whole
   generator run (connect, publish and drain), in % of one core. Each is pinned
   to one core, so 100 % is the ceiling; a row where the generator is near
@@ -509,9 +649,9 @@ subscribers compute the end-to-end latency (HDR histogram). Subcommands: \`conn\
 ## Exact commands
 
 Brokers (each alone, taking turns over $RUNS round(s); in each round a broker is started fresh for the
-idle-connection run, then once more for the throughput scenarios; the two fixed-rate latency scenarios
-follow each round with the brokers alternating run by run, each started fresh; configurations written by the
-script):
+idle-connection run, then once more for the throughput scenarios, each run with every generator in turn; the
+two fixed-rate latency scenarios follow each round with the brokers alternating run by run, each started fresh;
+configurations written by the script):
 
 \`\`\`sh
 EOF
@@ -529,10 +669,12 @@ EOF
     echo "taskset -c $GEN_CPU target/release/kubemqtt-bench conn -n $CONNS --conn-rate $CONN_RATE --hold $HOLD -b 127.0.0.1:PORT --json --quiet"
     for entry in "${SCENARIOS[@]}"; do
         IFS='|' read -r _ _ _ args <<<"$entry"
-        echo "taskset -c $GEN_CPU target/release/kubemqtt-bench $args $COMMON -b 127.0.0.1:PORT --json --quiet"
+        for gen in $GENERATORS; do
+            echo "taskset -c $GEN_CPU target/release/${GEN_NAME[$gen]} $args $COMMON -b 127.0.0.1:PORT --json --quiet"
+        done
     done
     echo '```'
     echo
-    echo "Reproduce: \`scripts/bench-vs-peers.sh\` (about $(( (elapsed + 59) / 60 )) minutes on this machine; \`--quick\` for a one-minute smoke run)."
+    echo "Reproduce: \`scripts/bench-vs-peers.sh\` (about $(( (elapsed + 59) / 60 )) minutes on this machine; \`--quick\` for a short smoke run)."
 } >"$OUT"
 log "wrote $OUT (raw reports in $WORK/raw)"

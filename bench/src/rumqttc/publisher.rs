@@ -141,10 +141,15 @@ async fn drive(
             biased;
             event = eventloop.poll() => event.map_err(|e| e.to_string())?,
             _ = &mut deadline => {
-                return Err(format!(
-                    "timed out waiting for acknowledgements (drain time over, {} in flight)",
-                    eventloop.state.inflight()
-                ));
+                return Err(if all_written {
+                    format!(
+                        "timed out waiting for acknowledgements (drain time over, {} in flight)",
+                        eventloop.state.inflight()
+                    )
+                } else {
+                    "timed out writing PUBLISHes (drain time over): the broker stopped reading them"
+                        .to_string()
+                });
             }
         };
         match event {
