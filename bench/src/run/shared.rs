@@ -171,3 +171,121 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::client::ClientOptions;
+    use crate::payload::MessageId;
+
+    fn settings() -> Settings {
+        Settings {
+            client: ClientOptions {
+                addr: SocketAddr::from(([127, 0, 0, 1], 1883)),
+                keep_alive: 60,
+                clean_session: true,
+                username: None,
+                password: None,
+                timeout: Duration::from_secs(1),
+                max_packet_size: 1 << 20,
+            },
+            conn_rate: 0.0,
+            client_prefix: "t".into(),
+            progress: false,
+        }
+    }
+
+    fn workload(scenario: &'static str, filter: &str, qos: QoS, payload_size: usize) -> Workload {
+        Workload {
+            scenario,
+            publishers: 2,
+            subscribers: 2,
+            topic: "t/%i".parse().unwrap(),
+            filter: filter.parse().unwrap(),
+            pub_qos: qos,
+            sub_qos: qos,
+            payload_size,
+            rate: 0.0,
+            count: None,
+            duration: Duration::from_secs(1),
+            inflight: 8,
+            drain: Duration::ZERO,
+            fan_out: Some(1),
+        }
+    }
+
+    /// A run in which both publishers sent and had acknowledged messages
+    /// 0..5, and the subscribers received `received` (subscriber, publisher,
+    /// sequence number).
+    fn run(received: &[(usize, u32, u32)]) -> Shared {
+        let origin = Instant::now();
+        let shared = Shared::new(origin);
+        shared.counters.add_sent(10);
+        shared.acked(10);
+        let mut seen = [Seen::new(2), Seen::new(2)];
+        for &(subscriber, publisher, seq) in received {
+            seen[subscriber].record(MessageId { publisher, seq });
+        }
+        shared.counters.add_delivered(received.len() as u64);
+        for s in seen {
+            shared.deposit(s);
+        }
+        shared
+    }
+
+    fn report(shared: &Shared, w: &Workload) -> Report {
+        let origin = Instant::now();
+        shared.report("test", &settings(), w, origin, origin)
+    }
+
+    #[test]
+    fn a_message_delivered_twice_does_not_hide_one_never_delivered() {
+        // p2p: subscriber i receives publisher i; publisher 1's message 4
+        // never arrives, its message 3 arrives twice.
+        let mut received: Vec<_> = (0..5).map(|seq| (0, 0, seq)).collect();
+        received.extend([(1, 1, 0), (1, 1, 1), (1, 1, 2), (1, 1, 3), (1, 1, 3)]);
+        let shared = run(&received);
+        let r = report(&shared, &workload("p2p", "t/%i", QoS::AtLeastOnce, 16));
+        assert_eq!((r.sent, r.acked, r.delivered), (10, 10, Some(10)));
+        assert_eq!(r.loss, Some(0), "the plain count sees nothing wrong");
+        assert_eq!(r.duplicates, Some(1));
+        assert_eq!(r.acked_not_delivered, Some(1));
+    }
+
+    #[test]
+    fn a_message_reaching_two_members_of_a_shared_group_is_a_duplicate() {
+        // fan-in: the group as a whole must receive each message once;
+        // publisher 0's message 2 reaches both members, its message 4 none.
+        let mut received = vec![(0, 0, 0), (0, 0, 1), (0, 0, 2), (1, 0, 2), (1, 0, 3)];
+        received.extend((0..5).map(|seq| (1, 1, seq)));
+        let shared = run(&received);
+        let shared_group = workload("fanin", "$share/g/t/+", QoS::AtLeastOnce, 16);
+        let r = report(&shared, &shared_group);
+        assert_eq!(r.duplicates, Some(1));
+        assert_eq!(r.acked_not_delivered, Some(1));
+        // The same deliveries to two independent subscribers: no duplicate,
+        // and the formula counts deliveries only.
+        let r = report(&shared, &workload("fanin", "t/+", QoS::AtLeastOnce, 16));
+        assert_eq!(r.duplicates, Some(0));
+        assert_eq!(r.acked_not_delivered, Some(0));
+    }
+
+    #[test]
+    fn figures_that_do_not_apply_are_absent() {
+        let shared = run(&[(0, 0, 0)]);
+        let r = report(&shared, &workload("p2p", "t/%i", QoS::AtMostOnce, 16));
+        assert_eq!(r.acked_not_delivered, None, "QoS 0 has no acknowledgements");
+        let r = report(&shared, &workload("p2p", "t/%i", QoS::AtLeastOnce, 15));
+        assert_eq!(r.duplicates, None, "payloads too short for message ids");
+        assert_eq!(r.acked_not_delivered, Some(9));
+        let mut publish_only = workload("pub", "t/%i", QoS::AtLeastOnce, 16);
+        publish_only.subscribers = 0;
+        let r = report(&shared, &publish_only);
+        assert_eq!(
+            (r.duplicates, r.acked_not_delivered, r.expected),
+            (None, None, None)
+        );
+    }
+}
