@@ -19,6 +19,7 @@
 # --duration/--drain/--hold and by `timeout` around each generator run.
 # Binaries are built into $CARGO_TARGET_DIR (default target/); rumqttd is
 # installed once into .tools/ with `cargo install` (see RUMQTTD below).
+# Whatever follows the "Written by hand" line in an existing page is kept.
 
 set -euo pipefail
 
@@ -490,6 +491,14 @@ commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 mode=$([ "$QUICK" = 1 ] && echo "quick smoke run (not for comparison)" || echo "full run")
 GOALS_PASS=0; GOALS_FAIL=0; GOALS_OPEN=0
 
+# Sections written by hand (analysis, before/after rows) go below this line
+# in the page; the script keeps them when it rewrites the page.
+KEEP_MARK='<!-- Written by hand: everything below this line is kept when scripts/bench-vs-peers.sh rewrites the page. -->'
+KEPT=""
+if [ -f "$OUT" ]; then
+    KEPT=$(awk -v m="$KEEP_MARK" 'found || $0 == m {found = 1; print}' "$OUT")
+fi
+
 mkdir -p "$(dirname "$OUT")"
 {
     echo "# Benchmarks: kubemqtt-broker vs mosquitto vs rumqttd"
@@ -676,5 +685,7 @@ EOF
     echo '```'
     echo
     echo "Reproduce: \`scripts/bench-vs-peers.sh\` (about $(( (elapsed + 59) / 60 )) minutes on this machine; \`--quick\` for a short smoke run)."
+    echo
+    if [ -n "$KEPT" ]; then echo "$KEPT"; else echo "$KEEP_MARK"; fi
 } >"$OUT"
 log "wrote $OUT (raw reports in $WORK/raw)"
