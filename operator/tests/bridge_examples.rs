@@ -34,8 +34,8 @@ fn plans() -> Vec<(PathBuf, MqttBridge, BridgePlan)> {
         .into_iter()
         .map(|file| {
             let text = std::fs::read_to_string(&file).expect("readable");
-            let mut bridge: MqttBridge = serde_saphyr::from_str(&text)
-                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let mut bridge: MqttBridge =
+                serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
             bridge.metadata.namespace = Some("iot".into());
             bridge.metadata.uid = Some("00000000-0000-0000-0000-000000000001".into());
             let plan =
@@ -86,7 +86,11 @@ fn rendered_objects_pass_kubernetes_validate() {
             object["kind"] = json!(kind);
         }
         let rendered = dir.path().join(file.file_name().expect("name"));
-        std::fs::write(&rendered, serde_saphyr::to_string_multiple(&objects).unwrap()).unwrap();
+        std::fs::write(
+            &rendered,
+            serde_saphyr::to_string_multiple(&objects).unwrap(),
+        )
+        .unwrap();
         files.push(rendered);
     }
     let output = std::process::Command::new(&validate)

@@ -613,7 +613,10 @@ mod tests {
     fn names_columns_and_documentation() {
         let crd = crd();
         assert_eq!(crd["metadata"]["name"], "mqttbridges.kubemqtt.io");
-        assert_eq!(crd["spec"]["names"]["shortNames"], serde_json::json!(["mqbr"]));
+        assert_eq!(
+            crd["spec"]["names"]["shortNames"],
+            serde_json::json!(["mqbr"])
+        );
         let version = &crd["spec"]["versions"][0];
         let columns: Vec<&str> = version["additionalPrinterColumns"]
             .as_array()
@@ -621,7 +624,10 @@ mod tests {
             .iter()
             .map(|c| c["name"].as_str().unwrap())
             .collect();
-        assert_eq!(columns, ["Broker", "Ready", "Forwarded", "Dead", "Lag", "Age"]);
+        assert_eq!(
+            columns,
+            ["Broker", "Ready", "Forwarded", "Dead", "Lag", "Age"]
+        );
         let mut missing = Vec::new();
         undocumented(&version["schema"]["openAPIV3Schema"], "", &mut missing);
         assert_eq!(missing, Vec::<String>::new());

@@ -128,7 +128,10 @@ pub fn controller(
     namespace: Option<&str>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let (bridges, sets): (Api<MqttBridge>, Api<StatefulSet>) = match namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let context = Arc::new(BridgeContext::new(client.clone(), None));
@@ -154,7 +157,10 @@ pub fn error_policy(_: Arc<MqttBridge>, error: &BridgeError, _: Arc<BridgeContex
 }
 
 /// Reconciles one bridge (see the module documentation).
-pub async fn reconcile(bridge: Arc<MqttBridge>, ctx: Arc<BridgeContext>) -> Result<Action, BridgeError> {
+pub async fn reconcile(
+    bridge: Arc<MqttBridge>,
+    ctx: Arc<BridgeContext>,
+) -> Result<Action, BridgeError> {
     let namespace = bridge.namespace().unwrap_or_default();
     let old = bridge.status.clone().unwrap_or_default();
     let plan = match plan_bridge(&bridge, ctx.image.as_deref()) {
@@ -203,14 +209,23 @@ pub async fn reconcile(bridge: Arc<MqttBridge>, ctx: Arc<BridgeContext>) -> Resu
             &format!("{connected} of {replicas} pods connected to the broker"),
         );
     } else {
-        set_ready(&mut status, true, "Running", &format!("{replicas} pods subscribed"));
+        set_ready(
+            &mut status,
+            true,
+            "Running",
+            &format!("{replicas} pods subscribed"),
+        );
     }
     publish_status(&bridge, &ctx, &old, status).await?;
     Ok(Action::requeue(REFRESH))
 }
 
 /// Applies the plan's objects; returns the StatefulSet's ready pods.
-async fn apply_plan(client: &Client, namespace: &str, plan: &BridgePlan) -> Result<i32, BridgeError> {
+async fn apply_plan(
+    client: &Client,
+    namespace: &str,
+    plan: &BridgePlan,
+) -> Result<i32, BridgeError> {
     apply(client, namespace, &plan.user).await?;
     apply(client, namespace, &plan.config_map).await?;
     apply(client, namespace, &plan.service).await?;
@@ -278,7 +293,9 @@ fn set_ready(status: &mut MqttBridgeStatus, ready: bool, reason: &str, message: 
         Some(c) if c.status == value => c.last_transition_time.clone(),
         _ => Time(Timestamp::now()),
     };
-    status.conditions.retain(|c| c.type_ != CONDITION_BRIDGE_READY);
+    status
+        .conditions
+        .retain(|c| c.type_ != CONDITION_BRIDGE_READY);
     status.conditions.push(Condition {
         type_: CONDITION_BRIDGE_READY.to_owned(),
         status: value.to_owned(),
@@ -307,30 +324,50 @@ async fn publish_status(
     if &status == old {
         return Ok(());
     }
-    let api: Api<MqttBridge> = Api::namespaced(ctx.client.clone(), &bridge.namespace().unwrap_or_default());
+    let api: Api<MqttBridge> =
+        Api::namespaced(ctx.client.clone(), &bridge.namespace().unwrap_or_default());
     let patch = serde_json::json!({ "status": status });
-    api.patch_status(&bridge.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|source| BridgeError::Api {
-            action: "write the status".into(),
-            source,
-        })?;
+    api.patch_status(
+        &bridge.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|source| BridgeError::Api {
+        action: "write the status".into(),
+        source,
+    })?;
     let mut events = Vec::new();
     if ready_of(&status) != ready_of(old) {
-        if let Some(condition) = status.conditions.iter().find(|c| c.type_ == CONDITION_BRIDGE_READY) {
+        if let Some(condition) = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_BRIDGE_READY)
+        {
             let ready = condition.status == "True";
             events.push(Event {
-                type_: if ready { EventType::Normal } else { EventType::Warning },
+                type_: if ready {
+                    EventType::Normal
+                } else {
+                    EventType::Warning
+                },
                 reason: condition.reason.clone(),
                 note: Some(condition.message.clone()),
-                action: if ready { "Ready".into() } else { "NotReady".into() },
+                action: if ready {
+                    "Ready".into()
+                } else {
+                    "NotReady".into()
+                },
                 secondary: None,
             });
         }
     }
     if status.last_error != old.last_error {
         if let Some(error) = &status.last_error {
-            let note: String = format!("{}: {}", error.route, error.message).chars().take(1000).collect();
+            let note: String = format!("{}: {}", error.route, error.message)
+                .chars()
+                .take(1000)
+                .collect();
             events.push(Event {
                 type_: EventType::Warning,
                 reason: "BridgeError".into(),

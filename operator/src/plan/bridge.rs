@@ -217,7 +217,11 @@ fn sink(spec: &SinkSpec, mounts: &mut Mounts) -> Option<bridge::SinkConfig> {
     })
 }
 
-fn route(index: usize, spec: &RouteSpec, mounts: &mut Mounts) -> Result<bridge::RouteConfig, BridgePlanError> {
+fn route(
+    index: usize,
+    spec: &RouteSpec,
+    mounts: &mut Mounts,
+) -> Result<bridge::RouteConfig, BridgePlanError> {
     let sink = sink(&spec.sink, mounts).ok_or_else(|| BridgePlanError::Invalid {
         field: format!("routes[{index}].sink"),
         message: "set exactly one sink".into(),
@@ -252,7 +256,11 @@ fn route(index: usize, spec: &RouteSpec, mounts: &mut Mounts) -> Result<bridge::
     })
 }
 
-fn command(index: usize, spec: &CommandSpec, mounts: &mut Mounts) -> Result<bridge::CommandConfig, BridgePlanError> {
+fn command(
+    index: usize,
+    spec: &CommandSpec,
+    mounts: &mut Mounts,
+) -> Result<bridge::CommandConfig, BridgePlanError> {
     let from = if let Some(http) = &spec.http {
         bridge::CommandSource::Http {
             token_file: mounts.file(&http.token_secret_ref),
@@ -287,7 +295,10 @@ fn command(index: usize, spec: &CommandSpec, mounts: &mut Mounts) -> Result<brid
 }
 
 /// The bridge's configuration file content, and the Secrets it reads.
-fn render_config(bridge_resource: &MqttBridge, namespace: &str) -> Result<(bridge::BridgeConfig, BTreeSet<String>), BridgePlanError> {
+fn render_config(
+    bridge_resource: &MqttBridge,
+    namespace: &str,
+) -> Result<(bridge::BridgeConfig, BTreeSet<String>), BridgePlanError> {
     let spec = &bridge_resource.spec;
     let mut mounts = Mounts {
         secrets: BTreeSet::new(),
@@ -381,7 +392,11 @@ fn user(bridge_resource: &MqttBridge, names: &BridgeNames, meta: ObjectMeta) -> 
         for filter in &route.filters {
             push(AclAction::Subscribe, filter);
         }
-        if let Some(topic) = route.dead_letter.as_ref().and_then(|d| d.mqtt_topic.as_deref()) {
+        if let Some(topic) = route
+            .dead_letter
+            .as_ref()
+            .and_then(|d| d.mqtt_topic.as_deref())
+        {
             push(AclAction::Publish, topic);
         }
     }
@@ -411,7 +426,10 @@ fn user(bridge_resource: &MqttBridge, names: &BridgeNames, meta: ObjectMeta) -> 
 }
 
 /// Plans the bridge's objects.
-pub fn plan_bridge(bridge_resource: &MqttBridge, image: Option<&str>) -> Result<BridgePlan, BridgePlanError> {
+pub fn plan_bridge(
+    bridge_resource: &MqttBridge,
+    image: Option<&str>,
+) -> Result<BridgePlan, BridgePlanError> {
     let name = bridge_resource.name_any();
     let namespace = bridge_resource
         .namespace()
@@ -434,14 +452,20 @@ pub fn plan_bridge(bridge_resource: &MqttBridge, image: Option<&str>) -> Result<
     };
     let config_map = ConfigMap {
         metadata: meta(&names.config_map),
-        data: Some(BTreeMap::from([(BRIDGE_CONFIG_KEY.to_owned(), toml.clone())])),
+        data: Some(BTreeMap::from([(
+            BRIDGE_CONFIG_KEY.to_owned(),
+            toml.clone(),
+        )])),
         ..ConfigMap::default()
     };
     // A new configuration rolls the pods.
     let config_hash = {
         use sha2::{Digest, Sha256};
         let digest = Sha256::digest(toml.as_bytes());
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect::<String>()
+        digest[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     };
     let http_port = ServicePort {
         name: Some("http".into()),
@@ -469,7 +493,14 @@ pub fn plan_bridge(bridge_resource: &MqttBridge, image: Option<&str>) -> Result<
         }),
         ..Service::default()
     };
-    let stateful_set = stateful_set(bridge_resource, &names, meta(&names.workload), &secrets, image, &config_hash);
+    let stateful_set = stateful_set(
+        bridge_resource,
+        &names,
+        meta(&names.workload),
+        &secrets,
+        image,
+        &config_hash,
+    );
     Ok(BridgePlan {
         user: user(bridge_resource, &names, meta(&names.workload)),
         config_map,

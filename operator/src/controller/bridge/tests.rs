@@ -30,7 +30,10 @@ fn api_server(ready: i32) -> (Client, Seen) {
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            record.lock().unwrap().push((format!("{method} {path}"), body.clone()));
+            record
+                .lock()
+                .unwrap()
+                .push((format!("{method} {path}"), body.clone()));
             let mut answer = body;
             if method == Method::PATCH && path.contains("/statefulsets/") {
                 answer["status"] = json!({"replicas": ready, "readyReplicas": ready});
@@ -109,7 +112,11 @@ fn bridge(status: Option<MqttBridgeStatus>) -> Arc<MqttBridge> {
 }
 
 fn lines(seen: &Seen) -> Vec<String> {
-    seen.lock().unwrap().iter().map(|(line, _)| line.clone()).collect()
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|(line, _)| line.clone())
+        .collect()
 }
 
 const APPLIES: [&str; 5] = [
@@ -124,24 +131,46 @@ const APPLIES: [&str; 5] = [
 async fn a_running_bridge_reports_its_pods_counters_then_stays_quiet() {
     let (client, seen) = api_server(2);
     let pods = vec![
-        pod(100, 3, Some(("PostgreSQL: connection refused", "2026-01-01T00:00:01.000Z"))),
-        pod(50, 4, Some(("PostgreSQL: timeout", "2026-01-01T00:00:09.000Z"))),
+        pod(
+            100,
+            3,
+            Some(("PostgreSQL: connection refused", "2026-01-01T00:00:01.000Z")),
+        ),
+        pod(
+            50,
+            4,
+            Some(("PostgreSQL: timeout", "2026-01-01T00:00:09.000Z")),
+        ),
     ];
     let ctx = context(client, pods);
     let action = reconcile(bridge(None), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::requeue(REFRESH));
     let requests = lines(&seen);
     assert_eq!(&requests[..5], APPLIES);
-    assert_eq!(requests[5], "PATCH /apis/kubemqtt.io/v1alpha1/namespaces/iot/mqttbridges/plant/status");
+    assert_eq!(
+        requests[5],
+        "PATCH /apis/kubemqtt.io/v1alpha1/namespaces/iot/mqttbridges/plant/status"
+    );
     let events: Vec<&String> = requests[6..].iter().collect();
     assert!(events.iter().all(|r| r.contains("/events")), "{requests:?}");
     assert_eq!(events.len(), 2, "Ready and the error: {requests:?}");
 
     let status_body = seen.lock().unwrap()[5].1.clone();
     let status: MqttBridgeStatus = serde_json::from_value(status_body["status"].clone()).unwrap();
-    assert_eq!((status.forwarded, status.failed, status.dead_lettered, status.lag), (150, 2, 4, 7));
+    assert_eq!(
+        (
+            status.forwarded,
+            status.failed,
+            status.dead_lettered,
+            status.lag
+        ),
+        (150, 2, 4, 7)
+    );
     assert_eq!((status.replicas, status.ready_replicas), (2, 2));
-    assert_eq!(status.last_error.as_ref().unwrap().message, "PostgreSQL: timeout");
+    assert_eq!(
+        status.last_error.as_ref().unwrap().message,
+        "PostgreSQL: timeout"
+    );
     assert_eq!(status.observed_generation, Some(3));
     assert_eq!(ready_of(&status), Some(("True", "Running")));
     let applied_user = seen.lock().unwrap()[0].1.clone();
@@ -157,7 +186,9 @@ async fn a_running_bridge_reports_its_pods_counters_then_stays_quiet() {
 #[tokio::test]
 async fn pods_not_ready_or_not_connected_are_not_ready() {
     let (client, seen) = api_server(1);
-    reconcile(bridge(None), context(client, vec![pod(1, 0, None)])).await.unwrap();
+    reconcile(bridge(None), context(client, vec![pod(1, 0, None)]))
+        .await
+        .unwrap();
     let body = seen.lock().unwrap()[5].1.clone();
     let status: MqttBridgeStatus = serde_json::from_value(body["status"].clone()).unwrap();
     assert_eq!(ready_of(&status), Some(("False", "Starting")));
@@ -165,7 +196,9 @@ async fn pods_not_ready_or_not_connected_are_not_ready() {
     let (client, seen) = api_server(2);
     let mut away = pod(1, 0, None);
     away["connected"] = json!(false);
-    reconcile(bridge(None), context(client, vec![pod(1, 0, None), away])).await.unwrap();
+    reconcile(bridge(None), context(client, vec![pod(1, 0, None), away]))
+        .await
+        .unwrap();
     let body = seen.lock().unwrap()[5].1.clone();
     let status: MqttBridgeStatus = serde_json::from_value(body["status"].clone()).unwrap();
     assert_eq!(ready_of(&status), Some(("False", "NotConnected")));
@@ -185,10 +218,18 @@ async fn an_invalid_expression_applies_nothing_and_says_where() {
     let (client, seen) = api_server(0);
     let mut invalid = (*bridge(None)).clone();
     invalid.spec.routes[0].where_ = Some("payload.temp >".into());
-    reconcile(Arc::new(invalid), context(client, vec![])).await.unwrap();
+    reconcile(Arc::new(invalid), context(client, vec![]))
+        .await
+        .unwrap();
     let requests = lines(&seen);
-    assert_eq!(requests[0], "PATCH /apis/kubemqtt.io/v1alpha1/namespaces/iot/mqttbridges/plant/status");
-    assert!(requests[1..].iter().all(|r| r.contains("/events")), "{requests:?}");
+    assert_eq!(
+        requests[0],
+        "PATCH /apis/kubemqtt.io/v1alpha1/namespaces/iot/mqttbridges/plant/status"
+    );
+    assert!(
+        requests[1..].iter().all(|r| r.contains("/events")),
+        "{requests:?}"
+    );
     let body = seen.lock().unwrap()[0].1.clone();
     let condition = &body["status"]["conditions"][0];
     assert_eq!(condition["reason"], "InvalidSpec");

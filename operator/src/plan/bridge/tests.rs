@@ -49,25 +49,45 @@ fn the_config_map_holds_what_the_bridge_reads() {
     assert_eq!(config.broker.host, "mq.iot.svc");
     assert_eq!(config.broker.port, 8883);
     let tls = config.broker.tls.as_ref().unwrap();
-    assert_eq!(tls.ca_file.as_deref(), Some(std::path::Path::new("/var/run/kubemqtt-bridge/mqtt/ca.crt")));
+    assert_eq!(
+        tls.ca_file.as_deref(),
+        Some(std::path::Path::new("/var/run/kubemqtt-bridge/mqtt/ca.crt"))
+    );
     assert_eq!(config.routes[0].batch.max_messages, 500);
     assert_eq!(
         config.routes[0].dead_letter,
         Some(DeadLetterConfig::MqttTopic("bridge/dead/readings".into()))
     );
-    let SinkConfig::Postgres(pg) = &config.routes[0].sink else { panic!("postgres") };
+    let SinkConfig::Postgres(pg) = &config.routes[0].sink else {
+        panic!("postgres")
+    };
     assert_eq!(
         pg.connection.password_file.as_deref(),
-        Some(std::path::Path::new("/var/run/kubemqtt-bridge/secrets/db/password"))
+        Some(std::path::Path::new(
+            "/var/run/kubemqtt-bridge/secrets/db/password"
+        ))
     );
-    let CommandSource::Http { token_file } = &config.commands[0].from else { panic!("http") };
-    assert_eq!(token_file, std::path::Path::new("/var/run/kubemqtt-bridge/secrets/api/token"));
+    let CommandSource::Http { token_file } = &config.commands[0].from else {
+        panic!("http")
+    };
+    assert_eq!(
+        token_file,
+        std::path::Path::new("/var/run/kubemqtt-bridge/secrets/api/token")
+    );
 }
 
 #[test]
 fn every_secret_file_the_config_names_is_mounted() {
     let plan = plan_bridge(&bridge(SPEC), None).unwrap();
-    let pod = plan.stateful_set.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let pod = plan
+        .stateful_set
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
     let mounts: Vec<String> = pod.containers[0]
         .volume_mounts
         .as_ref()
@@ -78,13 +98,18 @@ fn every_secret_file_the_config_names_is_mounted() {
     let toml = &plan.config_map.data.as_ref().unwrap()[BRIDGE_CONFIG_KEY];
     let files: Vec<&str> = toml
         .lines()
-        .filter_map(|line| line.split_once(" = \"/").map(|(_, path)| path.trim_end_matches('"')))
+        .filter_map(|line| {
+            line.split_once(" = \"/")
+                .map(|(_, path)| path.trim_end_matches('"'))
+        })
         .collect();
     assert!(files.len() >= 7, "{toml}");
     for file in files {
         let file = format!("/{file}");
         assert!(
-            mounts.iter().any(|mount| file.starts_with(&format!("{mount}/"))),
+            mounts
+                .iter()
+                .any(|mount| file.starts_with(&format!("{mount}/"))),
             "{file} is not under a mount: {mounts:?}"
         );
     }
@@ -95,7 +120,16 @@ fn every_secret_file_the_config_names_is_mounted() {
         .iter()
         .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
         .collect();
-    assert_eq!(secrets, ["plant-bridge-mqtt-credentials", "api", "db", "db-ca", "hook"]);
+    assert_eq!(
+        secrets,
+        [
+            "plant-bridge-mqtt-credentials",
+            "api",
+            "db",
+            "db-ca",
+            "hook"
+        ]
+    );
 }
 
 #[test]
@@ -132,7 +166,10 @@ fn objects_are_owned_labelled_and_named() {
         &plan.pods_service.metadata,
     ] {
         let owner = &meta.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("MqttBridge", "uid-1"));
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("MqttBridge", "uid-1")
+        );
         assert_eq!(meta.namespace.as_deref(), Some("iot"));
         assert_eq!(meta.labels.as_ref().unwrap()[INSTANCE_LABEL], "plant");
     }
@@ -141,15 +178,29 @@ fn objects_are_owned_labelled_and_named() {
     assert_eq!(spec.service_name.as_deref(), Some("plant-bridge-pods"));
     let container = &spec.template.spec.as_ref().unwrap().containers[0];
     assert_eq!(container.image.as_deref(), Some("registry.local/bridge:1"));
-    assert_eq!(plan.pods_service.spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"));
+    assert_eq!(
+        plan.pods_service
+            .spec
+            .as_ref()
+            .unwrap()
+            .cluster_ip
+            .as_deref(),
+        Some("None")
+    );
 }
 
 #[test]
 fn a_changed_config_rolls_the_pods() {
     let hash = |spec: &str| {
         let plan = plan_bridge(&bridge(spec), None).unwrap();
-        plan.stateful_set.spec.unwrap().template.metadata.unwrap().annotations.unwrap()
-            ["kubemqtt.io/config-hash"]
+        plan.stateful_set
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()["kubemqtt.io/config-hash"]
             .clone()
     };
     assert_eq!(hash(SPEC), hash(SPEC));
@@ -159,14 +210,29 @@ fn a_changed_config_rolls_the_pods() {
 #[test]
 fn invalid_expressions_name_the_spec_field() {
     let cases = [
-        (SPEC.replace("payload.temp > -50", "payload.temp >"), "spec.routes[0].where"),
-        (SPEC.replace("segment(topic, 1)", "segmnt(topic, 1)"), "spec.routes[0].map.device"),
-        (SPEC.replace("alerts/#", "alerts/#/x"), "spec.routes[1].filters"),
-        (SPEC.replace("devices/+/commands", "devices/#/commands"), "spec.commands[0].allowedTopics"),
+        (
+            SPEC.replace("payload.temp > -50", "payload.temp >"),
+            "spec.routes[0].where",
+        ),
+        (
+            SPEC.replace("segment(topic, 1)", "segmnt(topic, 1)"),
+            "spec.routes[0].map.device",
+        ),
+        (
+            SPEC.replace("alerts/#", "alerts/#/x"),
+            "spec.routes[1].filters",
+        ),
+        (
+            SPEC.replace("devices/+/commands", "devices/#/commands"),
+            "spec.commands[0].allowedTopics",
+        ),
     ];
     for (spec, field) in cases {
         match plan_bridge(&bridge(&spec), None) {
-            Err(BridgePlanError::Invalid { field: got, message }) => {
+            Err(BridgePlanError::Invalid {
+                field: got,
+                message,
+            }) => {
                 assert_eq!(got, field, "{message}");
                 assert!(!message.is_empty());
             }
