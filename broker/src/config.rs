@@ -842,6 +842,13 @@ impl Config {
             cluster
                 .check(&self.node_name)
                 .map_err(|(key, message)| ConfigError::rule(key, message))?;
+            if self.persistence.enabled {
+                return Err(ConfigError::rule(
+                    "persistence.enabled",
+                    "with [cluster], sessions and retained messages are kept in NATS JetStream: \
+                     turn local persistence off",
+                ));
+            }
         }
 
         let limits = &self.limits;

@@ -26,6 +26,9 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// Id in the durable store, once written there.
     pub store_id: std::sync::OnceLock<u64>,
+    /// Id across the nodes of a cluster, once sent to another node or an
+    /// offline session (the same message is then delivered once).
+    pub route_id: std::sync::OnceLock<u64>,
     /// When the broker received it (for the delivery latency histogram).
     pub received_at: Instant,
 }
@@ -48,6 +51,7 @@ impl Message {
             properties,
             expires_at,
             store_id: std::sync::OnceLock::new(),
+            route_id: std::sync::OnceLock::new(),
             received_at: Instant::now(),
         }
     }
@@ -76,6 +80,7 @@ impl Message {
             properties: PublishProperties::default(),
             expires_at: None,
             store_id: std::sync::OnceLock::new(),
+            route_id: std::sync::OnceLock::new(),
             received_at: Instant::now(),
         }
     }
@@ -140,6 +145,7 @@ impl Message {
             },
             expires_at,
             store_id: std::sync::OnceLock::new(),
+            route_id: std::sync::OnceLock::new(),
             received_at: Instant::now(),
         }
     }

@@ -390,7 +390,9 @@ async fn a_node_that_loses_nats_says_so_serves_its_own_clients_and_recovers() {
         nats.restart(i).await;
     }
     cluster.wait_ready(0).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // JetStream elects its leaders again first: give it time on a busy
+    // machine.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         publisher
             .send_publish(&Pub::new("shared/a", b"again").qos(1, 3))
@@ -402,8 +404,91 @@ async fn a_node_that_loses_nats_says_so_serves_its_own_clients_and_recovers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The other node's consumer comes back once JetStream has recovered.
-    match remote.recv_within(Duration::from_secs(30)).await {
+    match remote.recv_within(Duration::from_secs(60)).await {
         Recv::Packet(Pkt::Publish(p)) => assert_eq!(p.payload, b"again"),
         other => panic!("the message never reached the other node: {other:?}"),
     }
+}
+
+/// A 5.0 CONNECT that resumes a session kept for an hour.
+fn persistent(client_id: &str) -> Connect {
+    Connect::v5(client_id)
+        .clean(false)
+        .props(Props::new().four(prop::SESSION_EXPIRY_INTERVAL, 3600))
+}
+
+#[tokio::test]
+async fn a_persistent_session_moves_with_what_was_published_while_away_whatever_dies() {
+    let mut nats = NatsCluster::start(3).await;
+    let mut cluster = BrokerCluster::start(&nats, 3, ClusterOpts::default()).await;
+    let (mut mover, ack) = Raw::connect(&cluster.nodes[0], &persistent("mover")).await;
+    assert!(!ack.session_present);
+    mover.subscribe(1, &[("m/#", 1)]).await;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[2], &Connect::v5("pub")).await;
+    await_routes(&mut publisher, "m/probe", &mut [&mut mover]).await;
+    mover.send(&disconnect(true, 0, &Props::new())).await;
+    drop(mover);
+    assert!(
+        cluster.nodes[0]
+            .wait_for_log("Session of mover handed to the cluster", TIMEOUT)
+            .await
+    );
+
+    publish_qos1(&mut publisher, "m/x", "away", 20).await;
+    // The node it left, and one NATS server, die.
+    cluster.nodes[0].kill9();
+    nats.kill(1);
+
+    // While JetStream elects new leaders the node answers 0x88 (server
+    // unavailable) rather than lose the session; a client tries again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut mover, ack) = loop {
+        let mut raw = Raw::open(&cluster.nodes[1]).await;
+        raw.send_connect(&persistent("mover")).await;
+        let ack = match raw.recv_within(Duration::from_secs(20)).await {
+            Recv::Packet(Pkt::ConnAck(ack)) => ack,
+            other => panic!("expected CONNACK, got {other:?}"),
+        };
+        if ack.code == 0 {
+            break (raw, ack);
+        }
+        assert_eq!(ack.code, 0x88, "{ack:?}");
+        assert!(Instant::now() < deadline, "the session never came back");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(ack.session_present, "the session moved");
+    let got = receive(&mut mover, 20).await;
+    let expected: Vec<String> = (0..20).map(|i| format!("away-{i}")).collect();
+    assert_eq!(payloads(&got), expected, "everything, in order, once");
+    mover.expect_nothing(QUIET).await;
+    // Its subscription came along: new messages arrive here.
+    publish_qos1(&mut publisher, "m/y", "back", 1).await;
+    assert_eq!(payloads(&receive(&mut mover, 1).await), vec!["back-0"]);
+}
+
+#[tokio::test]
+async fn a_session_taken_over_on_another_node_brings_its_unacknowledged_messages() {
+    let nats = NatsCluster::start(3).await;
+    let cluster = BrokerCluster::start(&nats, 2, ClusterOpts::default()).await;
+    let (mut first, _) = Raw::connect(&cluster.nodes[0], &persistent("phone")).await;
+    first.subscribe(1, &[("p/#", 1)]).await;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("pub")).await;
+    publish_qos1(&mut publisher, "p/x", "unacked", 5).await;
+    // Received but never acknowledged.
+    for _ in 0..5 {
+        first.expect_publish().await;
+    }
+    let (mut second, ack) = Raw::connect(&cluster.nodes[1], &persistent("phone")).await;
+    assert!(ack.session_present);
+    let d = first
+        .expect_closed_within(Duration::from_secs(2))
+        .await
+        .expect("DISCONNECT before the close");
+    assert_eq!(d.reason, SESSION_TAKEN_OVER);
+    let got = receive(&mut second, 5).await;
+    assert_eq!(
+        payloads(&got),
+        (0..5).map(|i| format!("unacked-{i}")).collect::<Vec<_>>()
+    );
+    assert!(got.iter().all(|p| p.dup), "sent again, marked DUP");
 }

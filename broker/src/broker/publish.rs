@@ -61,7 +61,7 @@ impl Broker {
             Origin::Routed(_) => None,
             _ => self.cluster(),
         };
-        let plan = cluster.map(|c| c.plan(&msg.topic)).unwrap_or_default();
+        let mut plan = cluster.map(|c| c.plan(&msg.topic)).unwrap_or_default();
         if let Some(cluster) = cluster {
             if msg.qos != QoS::AtMostOnce {
                 // Acknowledged means stored: the other nodes' streams have
@@ -112,7 +112,16 @@ impl Broker {
         };
         let limits = self.queue_limits();
         let client = publisher.as_ref().map(|p| p.client);
+        // Offline sessions kept in the cluster take QoS 1/2 messages in
+        // their queue subjects: those the cluster's session interest names,
+        // and those this node handed off a moment ago.
+        let mut offline = std::mem::take(&mut plan.offline);
+        let following = self.cluster();
         for route in routes {
+            if following.is_some_and(|c| c.is_forwarding(&route.subscriber)) {
+                offline.push(route.subscriber);
+                continue;
+            }
             let Some(session) = self.session(&route.subscriber) else {
                 continue;
             };
@@ -136,6 +145,12 @@ impl Broker {
             if let Some(store) = &self.store {
                 store.append(records).await?;
             }
+        }
+        if let Some(cluster) = following.filter(|_| msg.qos != QoS::AtMostOnce) {
+            offline.sort_unstable();
+            offline.dedup();
+            routed.matched += offline.len();
+            cluster.queue_for_offline(&msg, &offline).await?;
         }
         if let Some(cluster) = cluster {
             if msg.qos == QoS::AtMostOnce {

@@ -1,20 +1,27 @@
-//! What this node does for the cluster: claiming client ids, letting
-//! them go, and the wills of another node's clients.
+//! What this node does for the cluster: claiming client ids and letting
+//! them go, handing persistent sessions to the cluster and loading them
+//! back, and the wills of another node's clients ([`crate::cluster`]).
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::client::Control;
-use crate::codec::Will;
-use crate::message::Message;
+use crate::cluster::sessions::{QueueEntry, SentState, SessionRecord, HANDOVER_GRACE};
+use crate::codec::{QoS, SubscriptionOptions, Will};
+use crate::message::{now_ms, Message};
+use crate::queue::QueueLimits;
+use crate::router::{Route, Subscription, SubscriptionTable};
+use crate::session::{Delivery, Session, SessionSubscription};
 
-use super::{Broker, TAKEOVER_TIMEOUT};
+use super::{stored_subscription, Broker, PublishError, TAKEOVER_TIMEOUT};
 
 impl Broker {
     /// Tells the cluster that this node holds `client_id` now, with its
     /// will; another node that held it connected closes that connection
-    /// first (within a second). Nothing to do without a cluster.
-    pub async fn claim_in_cluster(&self, client_id: &str, will: Option<&Will>, expiry: u32) {
+    /// (and hands its session over) first, within a second. Nothing to do
+    /// without a cluster.
+    pub(super) async fn claim_in_cluster(&self, client_id: &str, will: Option<&Will>, expiry: u32) {
         let Some(cluster) = self.cluster() else {
             return;
         };
@@ -26,8 +33,9 @@ impl Broker {
     }
 
     /// Another node accepted a CONNECT for `client_id`: the connection
-    /// here closes (5.0: DISCONNECT 0x8E), and the session here ends; it
-    /// lives on the other node now.
+    /// here closes (5.0: DISCONNECT 0x8E); a persistent session is handed
+    /// to the cluster (the other node loads it), any other ends here.
+    /// Resolves once that is done.
     pub async fn taken_over_elsewhere(self: &Arc<Self>, client_id: &str) {
         let Some(session) = self.session(client_id) else {
             return;
@@ -40,11 +48,243 @@ impl Broker {
             }
         }
         self.logger.info(&format!(
-            "Client {client_id} connected to another node; its session here ends."
+            "Client {client_id} connected to another node; its session moves there."
         ));
+        if !self.hand_off_session(&session).await {
+            let mut records = Vec::new();
+            self.remove_session(&session, &mut records);
+            self.persist_nowait(records);
+        }
+    }
+
+    /// Hands an offline persistent session to the cluster: its record, its
+    /// messages (in flight first, then queued) and its filters. Messages
+    /// routed here to it meanwhile follow it for a moment
+    /// ([`HANDOVER_GRACE`]); then it is forgotten here. Returns false when
+    /// there is nothing to hand off (or it could not be: it then stays
+    /// here, with its expiry).
+    pub(super) async fn hand_off_session(self: &Arc<Self>, session: &Arc<Session>) -> bool {
+        let Some(cluster) = self.cluster().cloned() else {
+            return false;
+        };
+        let shard = self.shard(&session.client_id);
+        let _serial = self.connect_locks[shard].lock().await;
+        if cluster.is_forwarding(&session.client_id) {
+            return true;
+        }
+        let (record, entries) = {
+            let state = session.state.lock();
+            let current = self
+                .session(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(&s, session));
+            if state.attachment.is_some() || !state.persistent || !current {
+                return false;
+            }
+            let record =
+                session_record(&state.subscriptions, state.expiry_interval, Some(now_ms()));
+            let mut entries: Vec<QueueEntry> = state
+                .inflight
+                .in_send_order()
+                .into_iter()
+                .map(|(packet_id, inflight)| QueueEntry {
+                    id: cluster.message_id(&inflight.delivery.msg),
+                    message: inflight.delivery.msg.to_stored(),
+                    sent: Some(SentState {
+                        packet_id,
+                        qos: inflight.delivery.qos.as_u8(),
+                        retain: inflight.delivery.retain,
+                        subscription_identifiers: inflight
+                            .delivery
+                            .subscription_identifiers
+                            .clone(),
+                        released: inflight.released,
+                    }),
+                })
+                .collect();
+            entries.extend(state.queue.iter().map(|delivery| QueueEntry {
+                id: cluster.message_id(&delivery.msg),
+                message: delivery.msg.to_stored(),
+                sent: None,
+            }));
+            (record, entries)
+        };
+        let count = entries.len();
+        if let Err(e) = cluster.hand_off(&session.client_id, &record, entries).await {
+            self.logger.warning(&format!(
+                "The session of {} stays on this node: cannot hand it to the cluster: {e}.",
+                session.client_id
+            ));
+            return false;
+        }
+        self.logger.info(&format!(
+            "Session of {} handed to the cluster with {count} message(s).",
+            session.client_id
+        ));
+        cluster.start_forwarding(session.client_id.clone());
+        let broker = self.clone();
+        let session = session.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(HANDOVER_GRACE * 2).await;
+            let shard = broker.shard(&session.client_id);
+            let _serial = broker.connect_locks[shard].lock().await;
+            broker.forget_handed_off(&session);
+        });
+        true
+    }
+
+    /// The session of `client_id` here, when it was handed off and is
+    /// only being followed.
+    pub(super) fn handed_off_session(&self, client_id: &str) -> Option<Arc<Session>> {
+        let cluster = self.cluster()?;
+        if !cluster.is_forwarding(client_id) {
+            return None;
+        }
+        self.session(client_id)
+    }
+
+    /// Forgets a handed-off session here (its state is in the cluster).
+    pub(super) fn forget_handed_off(&self, session: &Arc<Session>) {
+        let Some(cluster) = self.cluster() else {
+            return;
+        };
+        if !cluster.is_forwarding(&session.client_id) {
+            return;
+        }
+        cluster.stop_forwarding(&session.client_id);
         let mut records = Vec::new();
-        self.remove_session(&session, &mut records);
-        self.persist_nowait(records);
+        self.remove_session(session, &mut records);
+    }
+
+    /// Loads a persistent session from the cluster into `session` (new and
+    /// empty): subscriptions, then its messages in order. Returns whether
+    /// the cluster had it. Messages other nodes still write for it during
+    /// [`HANDOVER_GRACE`] follow.
+    pub(super) async fn load_from_cluster(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        limits: QueueLimits,
+    ) -> Result<bool, PublishError> {
+        let Some(cluster) = self.cluster().cloned() else {
+            return Ok(false);
+        };
+        if !cluster.is_ready() {
+            // Its session may be there: refuse rather than start it afresh.
+            return Err(crate::cluster::ClusterError::Unavailable.into());
+        }
+        let loaded = cluster.load_session(&session.client_id).await?;
+        let Some(record) = loaded.record else {
+            return Ok(false);
+        };
+        let matcher = SubscriptionTable::new();
+        for sub in &record.subscriptions {
+            let options = SubscriptionOptions {
+                qos: QoS::from_u8(sub.qos).unwrap_or(QoS::AtMostOnce),
+                no_local: sub.no_local,
+                retain_as_published: sub.retain_as_published,
+                retain_handling: sub.retain_handling,
+            };
+            let mut ignored = Vec::new();
+            self.subscribe(session, &sub.filter, options, sub.identifier, &mut ignored);
+            matcher.subscribe(
+                0u8,
+                &sub.filter,
+                Subscription {
+                    options,
+                    identifier: sub.identifier,
+                },
+            );
+        }
+        let ids: HashSet<u64> = loaded.entries.iter().map(|e| e.id).collect();
+        let count = loaded.entries.len();
+        self.restore_entries(session, &matcher, loaded.entries, &limits);
+        self.logger.info(&format!(
+            "Session of {} loaded from the cluster with {count} message(s).",
+            session.client_id
+        ));
+        // Stragglers: what other nodes wrote before they saw this node's
+        // interest.
+        let broker = self.clone();
+        let session = session.clone();
+        tokio::spawn(async move {
+            let late = cluster
+                .finish_loading(&session.client_id, ids, loaded.last_seq)
+                .await;
+            if !late.is_empty() {
+                broker.restore_entries(&session, &matcher, late, &limits);
+            }
+        });
+        Ok(true)
+    }
+
+    /// Puts queue entries read from the cluster into `session`: in-flight
+    /// ones with their packet ids, the others after, with the QoS and
+    /// flags the session's subscriptions give them.
+    fn restore_entries(
+        &self,
+        session: &Session,
+        matcher: &SubscriptionTable<u8>,
+        entries: Vec<QueueEntry>,
+        limits: &QueueLimits,
+    ) {
+        let mut state = session.state.lock();
+        for entry in entries {
+            let msg = Message::from_stored(entry.message);
+            let _ = msg.route_id.set(entry.id);
+            let msg = Arc::new(msg);
+            if msg.is_expired(Instant::now()) {
+                continue;
+            }
+            match entry.sent {
+                Some(sent) => {
+                    let delivery = Delivery {
+                        qos: QoS::from_u8(sent.qos).unwrap_or(QoS::AtLeastOnce),
+                        retain: sent.retain,
+                        subscription_identifiers: sent.subscription_identifiers,
+                        msg,
+                        seq: 0,
+                    };
+                    state.restore_inflight(sent.packet_id, delivery, sent.released);
+                }
+                None => {
+                    let mut routes: Vec<Route<u8>> = Vec::new();
+                    matcher.route(&msg.topic, None, &|_| true, &mut routes);
+                    let Some(route) = routes.into_iter().next() else {
+                        continue;
+                    };
+                    let qos = msg.qos.min(route.qos);
+                    if qos == QoS::AtMostOnce {
+                        continue;
+                    }
+                    let delivery = Delivery {
+                        qos,
+                        retain: msg.retain && route.retain_as_published,
+                        subscription_identifiers: route.subscription_identifiers,
+                        msg,
+                        seq: 0,
+                    };
+                    let _ = state.enqueue(delivery, limits, None, &self.budget);
+                }
+            }
+        }
+        drop(state);
+        session.notify.notify_one();
+    }
+
+    /// Writes a persistent session's record to the cluster (in the
+    /// background, in order): what a survivor needs to keep it if this
+    /// node dies with the client connected.
+    pub(super) fn save_session_in_cluster(&self, session: &Session) {
+        let Some(cluster) = self.cluster() else {
+            return;
+        };
+        let record = {
+            let state = session.state.lock();
+            if !state.persistent {
+                return;
+            }
+            session_record(&state.subscriptions, state.expiry_interval, None)
+        };
+        cluster.save_session_later(session.client_id.clone(), record);
     }
 
     /// A node died with `client_id` connected: its will is published here,
@@ -65,5 +305,22 @@ impl Broker {
                 ));
             }
         });
+    }
+}
+
+/// A session's record: its subscriptions and expiry, and when it went
+/// offline (`None`: connected).
+fn session_record(
+    subscriptions: &std::collections::BTreeMap<String, SessionSubscription>,
+    expiry_interval: u32,
+    disconnected_at_ms: Option<u64>,
+) -> SessionRecord {
+    SessionRecord {
+        expiry_interval,
+        subscriptions: subscriptions
+            .iter()
+            .map(|(filter, sub)| stored_subscription(filter, sub.options, sub.identifier))
+            .collect(),
+        disconnected_at_ms,
     }
 }

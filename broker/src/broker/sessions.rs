@@ -13,9 +13,9 @@ use crate::message::{now_ms, Message};
 use crate::queue::QueueLimits;
 use crate::router::Subscription;
 use crate::session::{Attachment, Session, SessionSubscription};
-use crate::store::{Record, StoreError};
+use crate::store::Record;
 
-use super::{stored_subscription, Attached, Broker, ClientKey, TAKEOVER_TIMEOUT};
+use super::{stored_subscription, Attached, Broker, ClientKey, PublishError, TAKEOVER_TIMEOUT};
 
 impl Broker {
     /// Adds a subscription to a session and the router. Returns whether it
@@ -55,6 +55,8 @@ impl Broker {
                 sub: stored_subscription(filter, options, identifier),
             });
         }
+        drop(state);
+        self.save_session_in_cluster(session);
         is_new
     }
 
@@ -73,6 +75,10 @@ impl Broker {
                 filter: filter.to_string(),
             });
         }
+        drop(state);
+        if had {
+            self.save_session_in_cluster(session);
+        }
         existed || had
     }
 
@@ -80,15 +86,25 @@ impl Broker {
     /// from a connection that holds it and starting fresh when asked.
     /// `queue_limits` are those of the connection's listener.
     pub async fn attach(
-        &self,
+        self: &Arc<Self>,
         client_id: &ClientKey,
         clean_start: bool,
         expiry_interval: u32,
         attachment: Attachment,
         queue_limits: QueueLimits,
-    ) -> Result<Attached, StoreError> {
+        will: Option<&Will>,
+    ) -> Result<Attached, PublishError> {
         let shard = self.shard(client_id);
         let _serial = self.connect_locks[shard].lock().await;
+        // One client id, one connection, cluster-wide: the node that held
+        // the client lets it go (and hands its session to the cluster)
+        // first.
+        self.claim_in_cluster(client_id, will, expiry_interval)
+            .await;
+        if let Some(handed_off) = self.handed_off_session(client_id) {
+            // Its state is in the cluster now: it is loaded from there.
+            self.forget_handed_off(&handed_off);
+        }
         let mut took_over = false;
         if let Some(existing) = self.session(client_id) {
             let control = existing.state.lock().attachment.clone();
@@ -111,7 +127,7 @@ impl Broker {
                 }
             }
         }
-        let persistent = expiry_interval > 0 && self.store.is_some();
+        let persistent = expiry_interval > 0 && (self.store.is_some() || self.cluster().is_some());
         let mut records = Vec::new();
         let existing = self.session(client_id);
         let (session, session_present) = match existing {
@@ -158,7 +174,25 @@ impl Broker {
                         expiry_interval,
                     });
                 }
-                (session, false)
+                let present = match self.cluster() {
+                    Some(cluster) if clean_start => {
+                        cluster.delete_session(client_id).await;
+                        false
+                    }
+                    Some(_) if persistent => {
+                        match self.load_from_cluster(&session, queue_limits).await {
+                            Ok(present) => present,
+                            Err(e) => {
+                                // Not half-loaded: the next attempt starts over.
+                                let mut ignored = Vec::new();
+                                self.remove_session(&session, &mut ignored);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    _ => false,
+                };
+                (session, present)
             }
         };
         {
@@ -174,6 +208,9 @@ impl Broker {
             state.epoch += 1;
         }
         self.persist(records).await?;
+        if persistent {
+            self.save_session_in_cluster(&session);
+        }
         Ok(Attached {
             session,
             session_present,
@@ -207,8 +244,16 @@ impl Broker {
         drop(state);
         if let Some(cluster) = self.cluster().filter(|_| ours) {
             let cluster = cluster.clone();
-            let client_id = session.client_id.clone();
-            tokio::spawn(async move { cluster.release(&client_id).await });
+            let broker = self.clone();
+            let session = session.clone();
+            tokio::spawn(async move {
+                cluster.release(&session.client_id).await;
+                // A persistent session goes to the cluster: the client may
+                // come back on any node, and this one may die meanwhile.
+                if persistent {
+                    broker.hand_off_session(&session).await;
+                }
+            });
         }
 
         if let Some(will) = will {

@@ -31,6 +31,9 @@ const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct ClientRecord {
     /// The node that holds (or last held) the client.
     pub node: String,
+    /// Which run of that node (a node that restarts does not hold its
+    /// earlier run's clients).
+    pub run: u64,
     pub connected: bool,
     /// The will of the connection, published by a survivor if the node
     /// dies with the client connected.
@@ -73,6 +76,7 @@ impl Cluster {
         };
         let record = ClientRecord {
             node: self.node.to_string(),
+            run: self.run,
             connected: true,
             will,
         };
@@ -109,11 +113,13 @@ impl Cluster {
             return;
         };
         match ClientRecord::decode(&entry.value) {
-            Some(record) if record.node == *self.node && record.connected => {}
+            Some(record)
+                if record.node == *self.node && record.run == self.run && record.connected => {}
             _ => return,
         }
         let record = ClientRecord {
             node: self.node.to_string(),
+            run: self.run,
             connected: false,
             will: None,
         };
@@ -144,10 +150,24 @@ impl Cluster {
         }
     }
 
-    /// A node died: the wills of its connected clients are published (by
-    /// whichever survivor rewrites each entry first), and its filters
-    /// leave the interest bucket.
+    /// A node died: its connected clients are taken over (see
+    /// [`Cluster::take_over_clients_of`]), and its filters leave the
+    /// interest bucket.
     pub(super) async fn node_gone(&self, broker: &Arc<Broker>, node: &str) {
+        self.take_over_clients_of(broker, node, None).await;
+        self.forget_node_interest(node).await;
+    }
+
+    /// The clients `node` held connected (other than those of its run
+    /// `except_run`, when it is this node restarted): whichever node
+    /// rewrites each one's entry first publishes its will (after its
+    /// delay) and keeps its persistent session in the cluster.
+    pub(super) async fn take_over_clients_of(
+        &self,
+        broker: &Arc<Broker>,
+        node: &str,
+        except_run: Option<u64>,
+    ) {
         let Ok(buckets) = self.buckets() else { return };
         let mut wills = 0;
         if let Ok(mut keys) = buckets.clients.keys().await {
@@ -158,11 +178,12 @@ impl Cluster {
                 let Some(record) = ClientRecord::decode(&entry.value) else {
                     continue;
                 };
-                if record.node != node || !record.connected {
+                if record.node != node || !record.connected || Some(record.run) == except_run {
                     continue;
                 }
                 let released = ClientRecord {
                     node: node.to_string(),
+                    run: record.run,
                     connected: false,
                     will: None,
                 };
@@ -175,9 +196,10 @@ impl Cluster {
                 {
                     continue;
                 }
+                let client_id = decode_key(&key).unwrap_or(key);
+                self.adopt_session(&client_id).await;
                 if let Some(will) = record.will {
                     wills += 1;
-                    let client_id = decode_key(&key).unwrap_or(key);
                     broker.publish_will_of_lost_client(
                         &client_id,
                         Message::from_stored(will.message),
@@ -191,6 +213,5 @@ impl Cluster {
                 "Cluster: published {wills} will(s) of clients of node {node}."
             ));
         }
-        self.forget_node_interest(node).await;
     }
 }

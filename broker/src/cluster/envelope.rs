@@ -11,6 +11,8 @@ use crate::store::StoredMessage;
 pub struct Envelope {
     /// The node the message was published on.
     pub origin: String,
+    /// The message's cluster id.
+    pub id: u64,
     /// The shared subscriptions (by share name) this node delivers the
     /// message to; its ordinary subscriptions always get it.
     pub shared_groups: Vec<String>,
@@ -37,6 +39,7 @@ mod tests {
     fn an_envelope_round_trips() {
         let envelope = Envelope {
             origin: "broker-0".into(),
+            id: 7,
             shared_groups: vec!["workers".into()],
             message: StoredMessage {
                 topic: "a/b".into(),

@@ -19,6 +19,8 @@ use crate::codec::{QoS, SubscriptionOptions};
 use crate::router::{Route, Subscription, SubscriptionTable};
 use crate::topic::SharedFilter;
 
+use super::names::InterestKey;
+
 /// A change of this node's interest, to write to the bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -33,6 +35,9 @@ pub struct Interest {
     local: Mutex<HashMap<String, usize>>,
     /// Other nodes' ordinary filters, and every node's shared ones.
     table: SubscriptionTable<Arc<str>>,
+    /// Offline sessions' filters, by client id: their QoS 1/2 messages go
+    /// straight to their queue subjects.
+    offline: SubscriptionTable<Arc<str>>,
     /// Bucket writes, in order.
     changes: mpsc::UnboundedSender<Change>,
 }
@@ -44,6 +49,8 @@ pub struct Plan {
     pub remote: Vec<(Arc<str>, Vec<String>)>,
     /// The shared groups this node serves (the others are served elsewhere).
     pub local_groups: Vec<String>,
+    /// Offline sessions (client ids) whose queues take the message.
+    pub offline: Vec<Arc<str>>,
 }
 
 /// Every node's subscription looks the same in the table: the receiving
@@ -67,6 +74,7 @@ impl Interest {
             node,
             local: Mutex::new(HashMap::new()),
             table: SubscriptionTable::new(),
+            offline: SubscriptionTable::new(),
             changes,
         };
         (interest, rx)
@@ -125,9 +133,21 @@ impl Interest {
         self.table.unsubscribe(&Arc::from(node), filter);
     }
 
-    /// Whether any other node wants anything (the fast path's check).
+    /// An offline session's filter appeared in the bucket.
+    pub fn offline_added(&self, client_id: &str, filter: &str) {
+        self.offline
+            .subscribe(Arc::from(client_id), filter, node_subscription());
+    }
+
+    /// An offline session's filter left the bucket.
+    pub fn offline_removed(&self, client_id: &str, filter: &str) {
+        self.offline.unsubscribe(&Arc::from(client_id), filter);
+    }
+
+    /// Whether any other node or offline session wants anything (the
+    /// fast path's check).
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.table.is_empty() && self.offline.is_empty()
     }
 
     /// Where a message on `topic` goes. `alive` tells the nodes that may
@@ -136,6 +156,15 @@ impl Interest {
         let mut routes: Vec<Route<Arc<str>>> = Vec::new();
         self.table.route(topic, None, alive, &mut routes);
         let mut plan = Plan::default();
+        let mut offline: Vec<Route<Arc<str>>> = Vec::new();
+        // Shared subscriptions of offline sessions are not served: their
+        // groups' connected members are.
+        self.offline.route(topic, None, &|_| true, &mut offline);
+        plan.offline = offline
+            .into_iter()
+            .filter(|r| r.shared_group.is_none())
+            .map(|r| r.subscriber)
+            .collect();
         for route in routes {
             let groups: Vec<String> = route.shared_group.iter().map(|g| g.to_string()).collect();
             if route.subscriber == self.node {
@@ -229,14 +258,21 @@ impl super::Cluster {
             };
             while let Some(entry) = watch.next().await {
                 let Ok(entry) = entry else { break };
-                let Some((node, filter)) = super::names::split_interest_key(&entry.key) else {
-                    continue;
-                };
-                match entry.operation {
-                    Operation::Put => self.interest.remote_added(node, &filter),
-                    Operation::Delete | Operation::Purge => {
-                        self.interest.remote_removed(node, &filter)
+                let removed = matches!(entry.operation, Operation::Delete | Operation::Purge);
+                match super::names::split_interest_key(&entry.key) {
+                    Some(InterestKey::Node(node, filter)) if removed => {
+                        self.interest.remote_removed(&node, &filter)
                     }
+                    Some(InterestKey::Node(node, filter)) => {
+                        self.interest.remote_added(&node, &filter)
+                    }
+                    Some(InterestKey::Session(client, filter)) if removed => {
+                        self.interest.offline_removed(&client, &filter)
+                    }
+                    Some(InterestKey::Session(client, filter)) => {
+                        self.interest.offline_added(&client, &filter)
+                    }
+                    None => {}
                 }
             }
             // The watch ended (NATS went away): start over.

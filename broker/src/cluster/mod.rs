@@ -23,6 +23,7 @@ pub mod names;
 pub mod nodes;
 pub mod retained;
 pub mod routing;
+pub mod sessions;
 pub mod subject;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,6 +72,7 @@ struct Buckets {
     retained: kv::Store,
     clients: kv::Store,
     nodes: kv::Store,
+    sessions: kv::Store,
 }
 
 /// This node's part in the cluster.
@@ -86,6 +88,18 @@ pub struct Cluster {
     nodes: Nodes,
     /// Connected to NATS now (as the client last reported).
     connected: AtomicBool,
+    /// This run of the node (random).
+    run: u64,
+    /// The next cluster id of a message (from a random start).
+    next_message_id: std::sync::atomic::AtomicU64,
+    /// Largest queue of an offline session in NATS.
+    max_queued_messages: i64,
+    /// Sessions this node handed off but still routes to for a moment:
+    /// their messages go to their queue subjects.
+    forwarding: parking_lot::Mutex<std::collections::HashSet<Arc<str>>>,
+    forwarding_count: std::sync::atomic::AtomicUsize,
+    /// Session records to write, in order.
+    session_writes: tokio::sync::mpsc::UnboundedSender<(Arc<str>, sessions::SessionRecord)>,
     logger: Logger,
 }
 
@@ -118,6 +132,7 @@ impl Cluster {
             .timeout(REQUEST_TIMEOUT)
             .build(client.clone());
         let (interest, changes) = Interest::new(node.clone());
+        let (session_writes, session_writes_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
             config: config.clone(),
             names,
@@ -128,10 +143,17 @@ impl Cluster {
             interest,
             nodes: Nodes::default(),
             connected: AtomicBool::new(false),
+            run: random_u64(),
+            next_message_id: std::sync::atomic::AtomicU64::new(random_u64()),
+            max_queued_messages: i64::from(broker.config().limits.max_queued_messages),
+            forwarding: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            forwarding_count: std::sync::atomic::AtomicUsize::new(0),
+            session_writes,
             logger,
         });
         tokio::spawn(cluster.clone().watch_connection(events_rx, broker.clone()));
         tokio::spawn(cluster.clone().set_up(broker.clone(), changes));
+        tokio::spawn(cluster.clone().write_sessions(session_writes_rx));
         Ok(cluster)
     }
 
@@ -241,6 +263,11 @@ impl Cluster {
         tokio::spawn(self.clone().receive_core(broker.clone()));
         tokio::spawn(self.clone().receive_stream(broker.clone()));
         tokio::spawn(self.clone().serve_takeovers(broker.clone()));
+        tokio::spawn(self.clone().expire_sessions());
+        // Clients this node held before it restarted are gone: their wills
+        // are due and their sessions are kept in the cluster.
+        self.take_over_clients_of(&broker, &self.node.clone(), Some(self.run))
+            .await;
         if self.config.import_subjects {
             tokio::spawn(self.clone().import(broker.clone()));
         }
@@ -262,6 +289,18 @@ impl Cluster {
             .bucket(self.names.clients_bucket(), Duration::ZERO)
             .await?;
         let nodes = self.bucket(self.names.nodes_bucket(), node_ttl).await?;
+        let sessions = self
+            .bucket(self.names.sessions_bucket(), Duration::ZERO)
+            .await?;
+        self.js
+            .get_or_create_stream(sessions::queue_stream_config(
+                self.names.queue_stream(),
+                self.names.queue_stream_subjects(),
+                self.config.replicas,
+                self.max_queued_messages,
+            ))
+            .await
+            .map_err(ClusterError::nats)?;
         self.js
             .get_or_create_stream(jetstream::stream::Config {
                 name: self.names.route_stream(),
@@ -278,6 +317,7 @@ impl Cluster {
             retained,
             clients,
             nodes,
+            sessions,
         })
     }
 
@@ -315,6 +355,15 @@ impl Cluster {
             .await
             .map_err(ClusterError::nats)
     }
+}
+
+/// A random 64-bit number (message ids start there on each run).
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        return crate::message::now_ms() << 20;
+    }
+    u64::from_le_bytes(bytes)
 }
 
 /// The connection options from the configuration: credentials and TLS

@@ -11,6 +11,9 @@
 //! | retained messages | bucket `KMQ_<name>_retained` |
 //! | which node holds which client | bucket `KMQ_<name>_clients` |
 //! | which nodes are alive | bucket `KMQ_<name>_nodes` |
+//! | persistent sessions' records | bucket `KMQ_<name>_sessions` |
+//! | offline sessions' messages | `_KMQ.<name>.q.<client>`, stream `KMQ_<name>_QUEUES` |
+//! | offline sessions' filters | `=s.<client>.<filter>` in the interest bucket |
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -91,6 +94,20 @@ impl Names {
         format!("KMQ_{}_clients", self.cluster)
     }
 
+    pub fn sessions_bucket(&self) -> String {
+        format!("KMQ_{}_sessions", self.cluster)
+    }
+
+    /// The stream of offline sessions' queues.
+    pub fn queue_stream(&self) -> String {
+        format!("KMQ_{}_QUEUES", self.cluster)
+    }
+
+    /// The subjects of the queue stream.
+    pub fn queue_stream_subjects(&self) -> String {
+        format!("_KMQ.{}.q.*", self.cluster)
+    }
+
     pub fn nodes_bucket(&self) -> String {
         format!("KMQ_{}_nodes", self.cluster)
     }
@@ -118,10 +135,26 @@ pub fn decode_key(key: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// Splits an interest-bucket key into the node and the filter.
-pub fn split_interest_key(key: &str) -> Option<(&str, String)> {
+/// What an interest-bucket key stands for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InterestKey {
+    /// A node's filter (`<node>.<filter>`).
+    Node(String, String),
+    /// An offline session's filter (`=s.<client>.<filter>`).
+    Session(String, String),
+}
+
+/// Splits an interest-bucket key.
+pub fn split_interest_key(key: &str) -> Option<InterestKey> {
+    if let Some(rest) = key.strip_prefix("=s.") {
+        let (client, filter) = rest.split_once('.')?;
+        return Some(InterestKey::Session(
+            decode_key(client)?,
+            decode_key(filter)?,
+        ));
+    }
     let (node, encoded) = key.split_once('.')?;
-    Some((node, decode_key(encoded)?))
+    Some(InterestKey::Node(node.to_string(), decode_key(encoded)?))
 }
 
 #[cfg(test)]
@@ -150,7 +183,12 @@ mod tests {
                 .all(|b| b.is_ascii_alphanumeric() || b"-_=./".contains(&b)));
             assert_eq!(
                 split_interest_key(&key),
-                Some(("broker-1", filter.to_string()))
+                Some(InterestKey::Node("broker-1".into(), filter.to_string()))
+            );
+            let session_key = format!("=s.{}.{}", encode_key("dev/1"), encode_key(filter));
+            assert_eq!(
+                split_interest_key(&session_key),
+                Some(InterestKey::Session("dev/1".into(), filter.to_string()))
             );
         }
     }

@@ -19,6 +19,9 @@ use super::Cluster;
 #[derive(Debug, Default)]
 pub struct Nodes {
     alive: RwLock<HashSet<Arc<str>>>,
+    /// When this node's own key was last written (unix milliseconds): a
+    /// node that cannot write its own key cannot judge the others.
+    own_beat_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Nodes {
@@ -52,11 +55,17 @@ impl Cluster {
             let Ok(buckets) = self.buckets() else {
                 continue;
             };
-            let stamp = crate::message::now_ms().to_string();
-            if let Err(e) = buckets.nodes.put(&*self.node, stamp.into()).await {
-                if self.is_connected() {
-                    self.logger
-                        .warning(&format!("Cluster: cannot renew this node's liveness: {e}."));
+            let now = crate::message::now_ms();
+            match buckets.nodes.put(&*self.node, now.to_string().into()).await {
+                Ok(_) => self
+                    .nodes
+                    .own_beat_ms
+                    .store(now, std::sync::atomic::Ordering::Relaxed),
+                Err(e) => {
+                    if self.is_connected() {
+                        self.logger
+                            .warning(&format!("Cluster: cannot renew this node's liveness: {e}."));
+                    }
                 }
             }
         }
@@ -79,6 +88,18 @@ impl Cluster {
                 .collect()
                 .await;
             broker.metrics.cluster_nodes.set(now.len() as i64);
+            // Only a node whose own key is fresh judges the others: while
+            // NATS cannot take writes (a leader election, a partition),
+            // every key ages alike, and nobody is dead.
+            let own = self
+                .nodes
+                .own_beat_ms
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let fresh =
+                crate::message::now_ms().saturating_sub(own) < self.beat().as_millis() as u64 * 2;
+            if !now.contains(&self.node) || !fresh {
+                continue;
+            }
             for node in self.nodes.update(now) {
                 if node == self.node {
                     continue;

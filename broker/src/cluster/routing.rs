@@ -46,10 +46,12 @@ impl Cluster {
             return Err(ClusterError::Unavailable);
         }
         let stored = msg.to_stored();
+        let id = self.message_id(msg);
         let mut acks = Vec::new();
         for (node, groups) in &plan.remote {
             let envelope = Envelope {
                 origin: self.node.to_string(),
+                id,
                 shared_groups: groups.clone(),
                 message: stored.clone(),
             };
@@ -179,7 +181,9 @@ impl Cluster {
                 return;
             }
         };
-        let msg = Arc::new(Message::from_stored(envelope.message));
+        let msg = Message::from_stored(envelope.message);
+        let _ = msg.route_id.set(envelope.id);
+        let msg = Arc::new(msg);
         broker.metrics.cluster_received.inc();
         if let Err(e) = broker.deliver_routed(msg, &envelope.shared_groups).await {
             self.logger

@@ -285,7 +285,11 @@ where
 /// Decides whether the client is let in: authentication, quotas, client
 /// id, keep-alive, then the session. Nothing is attached unless every
 /// check passed.
-async fn negotiate(broker: &Broker, peer: &Peer, connect: &Connect) -> Result<Accepted, Refusal> {
+async fn negotiate(
+    broker: &Arc<Broker>,
+    peer: &Peer,
+    connect: &Connect,
+) -> Result<Accepted, Refusal> {
     let version = connect.protocol;
     let limits = &peer.limits;
 
@@ -426,6 +430,7 @@ async fn negotiate(broker: &Broker, peer: &Peer, connect: &Connect) -> Result<Ac
             expiry,
             attachment,
             QueueLimits::from_limits(limits).with_quotas(&quotas),
+            connect.will.as_ref(),
         )
         .await
         .map_err(|e| {
@@ -441,10 +446,6 @@ async fn negotiate(broker: &Broker, peer: &Peer, connect: &Connect) -> Result<Ac
     if attached.took_over {
         broker.logger.already_connected(&client_id);
     }
-    // One client id, one connection, cluster-wide.
-    broker
-        .claim_in_cluster(&client_id, connect.will.as_ref(), expiry)
-        .await;
 
     let mut properties = Properties::default();
     if version.is_v5() {

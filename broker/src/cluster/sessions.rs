@@ -1,0 +1,521 @@
+//! Persistent sessions, cluster-wide.
+//!
+//! A connected client's session lives on the node that holds the
+//! connection, in memory, as on a single node. Its durable part is also in
+//! NATS, so that the client can come back on any node:
+//!
+//! - the sessions bucket keeps each persistent session's record
+//!   (subscriptions, expiry, when it went offline), rewritten whenever its
+//!   subscriptions change;
+//! - when the client leaves, its node *hands the session off*: what was
+//!   queued or in flight goes into the session's queue subject
+//!   (`_KMQ.<name>.q.<client>`, stream `KMQ_<name>_QUEUES`), and its filters
+//!   become *session interest* (`=s.<client>.<filter>` in the interest
+//!   bucket): from then on every node writes QoS 1/2 messages for it straight
+//!   into that subject, before acknowledging their publisher, whatever node
+//!   lives or dies;
+//! - the node the client comes back to loads the record, replays the
+//!   subject (in order, each message once: entries carry the message's
+//!   cluster id), turns the session interest back into node interest, and
+//!   after a short grace period picks up what was written meanwhile and
+//!   empties the subject.
+//!
+//! When a node dies, the survivor that takes over each of its connected
+//! clients also turns that client's session record into session interest,
+//! so messages published from then on are kept for it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::message::Message;
+use crate::store::{StoredMessage, StoredSubscription};
+
+use super::names::encode_key;
+use super::{Cluster, ClusterError};
+
+/// How long the node a client came back to keeps picking up messages
+/// that other nodes still wrote for the offline session.
+pub const HANDOVER_GRACE: Duration = Duration::from_secs(2);
+
+/// A persistent session's durable part, in the sessions bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub expiry_interval: u32,
+    pub subscriptions: Vec<StoredSubscription>,
+    /// When the client left (unix milliseconds); `None` while connected.
+    pub disconnected_at_ms: Option<u64>,
+}
+
+/// One entry of an offline session's queue subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    /// The message's cluster id: the same message written twice (by its
+    /// publisher's node and by the node handing the session off) is
+    /// delivered once.
+    pub id: u64,
+    pub message: StoredMessage,
+    /// Set when the message was already sent to the client (in flight at
+    /// hand-off): it is sent again with DUP and the same packet id.
+    pub sent: Option<SentState>,
+}
+
+/// How an in-flight message was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentState {
+    pub packet_id: u16,
+    pub qos: u8,
+    pub retain: bool,
+    pub subscription_identifiers: Vec<u32>,
+    /// QoS 2: PUBREC received, PUBREL sent.
+    pub released: bool,
+}
+
+/// A session read back from NATS.
+#[derive(Debug, Default)]
+pub struct LoadedSession {
+    pub record: Option<SessionRecord>,
+    /// Queue entries in order, each message once.
+    pub entries: Vec<QueueEntry>,
+    /// The last stream sequence read (0: none).
+    pub last_seq: u64,
+}
+
+impl Cluster {
+    /// Queues a write of a session's record (written in order, by one task).
+    pub fn save_session_later(&self, client_id: Arc<str>, record: SessionRecord) {
+        let _ = self.session_writes.send((client_id, record));
+    }
+
+    pub(super) async fn write_sessions(
+        self: Arc<Self>,
+        mut writes: tokio::sync::mpsc::UnboundedReceiver<(Arc<str>, SessionRecord)>,
+    ) {
+        while let Some((client_id, record)) = writes.recv().await {
+            let mut delay = Duration::from_millis(50);
+            loop {
+                match self.save_session(&client_id, &record).await {
+                    Ok(()) => break,
+                    Err(ClusterError::Unavailable) if !self.is_ready() => {
+                        tokio::time::sleep(delay).await;
+                    }
+                    Err(e) => {
+                        self.logger.warning(&format!(
+                            "Cluster: cannot record the session of {client_id}: {e}."
+                        ));
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+
+    /// Whether this node still routes to `client_id`'s handed-off session.
+    pub fn is_forwarding(&self, client_id: &str) -> bool {
+        self.forwarding_count
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+            && self.forwarding.lock().contains(client_id)
+    }
+
+    /// `client_id`'s session was handed off; messages still routed to it
+    /// here go to its queue subject.
+    pub fn start_forwarding(&self, client_id: Arc<str>) {
+        if self.forwarding.lock().insert(client_id) {
+            self.forwarding_count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    pub fn stop_forwarding(&self, client_id: &str) {
+        if self.forwarding.lock().remove(client_id) {
+            self.forwarding_count
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn queue_subject(&self, client_id: &str) -> String {
+        format!("_KMQ.{}.q.{}", self.names.cluster, encode_key(client_id))
+    }
+
+    fn session_interest_prefix(&self, client_id: &str) -> String {
+        format!("=s.{}.", encode_key(client_id))
+    }
+
+    /// Writes a session's record (connected, or offline since `at`).
+    pub async fn save_session(
+        &self,
+        client_id: &str,
+        record: &SessionRecord,
+    ) -> Result<(), ClusterError> {
+        let buckets = self.buckets()?;
+        let bytes = postcard::to_allocvec(record).map_err(ClusterError::nats)?;
+        buckets
+            .sessions
+            .put(encode_key(client_id), Bytes::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(ClusterError::nats)
+    }
+
+    /// Hands an offline session to the cluster: its record, its messages
+    /// (in order: in flight first, then queued) into its queue subject, and
+    /// its filters as session interest. Resolves once all of it is stored.
+    pub async fn hand_off(
+        &self,
+        client_id: &str,
+        record: &SessionRecord,
+        entries: Vec<QueueEntry>,
+    ) -> Result<(), ClusterError> {
+        self.save_session(client_id, record).await?;
+        let subject = self.queue_subject(client_id);
+        let mut acks = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let bytes = postcard::to_allocvec(entry).map_err(ClusterError::nats)?;
+            acks.push(
+                self.js
+                    .publish(subject.clone(), Bytes::from(bytes))
+                    .await
+                    .map_err(ClusterError::nats)?,
+            );
+        }
+        for ack in acks {
+            ack.await.map_err(ClusterError::nats)?;
+        }
+        let buckets = self.buckets()?;
+        let prefix = self.session_interest_prefix(client_id);
+        for sub in &record.subscriptions {
+            buckets
+                .interest
+                .put(
+                    format!("{prefix}{}", encode_key(&sub.filter)),
+                    sub.filter.clone().into(),
+                )
+                .await
+                .map_err(ClusterError::nats)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `msg` into the queue subjects of offline `clients`; resolves
+    /// once stored.
+    pub async fn queue_for_offline(
+        &self,
+        msg: &Message,
+        clients: &[Arc<str>],
+    ) -> Result<(), ClusterError> {
+        if clients.is_empty() {
+            return Ok(());
+        }
+        if !self.is_connected() {
+            return Err(ClusterError::Unavailable);
+        }
+        let entry = QueueEntry {
+            id: self.message_id(msg),
+            message: msg.to_stored(),
+            sent: None,
+        };
+        let bytes = Bytes::from(postcard::to_allocvec(&entry).map_err(ClusterError::nats)?);
+        let mut acks = Vec::with_capacity(clients.len());
+        for client in clients {
+            acks.push(
+                self.js
+                    .publish(self.queue_subject(client), bytes.clone())
+                    .await
+                    .map_err(ClusterError::nats)?,
+            );
+        }
+        for ack in acks {
+            ack.await.map_err(ClusterError::nats)?;
+        }
+        Ok(())
+    }
+
+    /// A message's cluster id, given on first use.
+    pub fn message_id(&self, msg: &Message) -> u64 {
+        *msg.route_id.get_or_init(|| {
+            self.next_message_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
+    /// Reads a session back: its record and every queued entry, each
+    /// message once, in order.
+    pub async fn load_session(&self, client_id: &str) -> Result<LoadedSession, ClusterError> {
+        let buckets = self.buckets()?;
+        let record = buckets
+            .sessions
+            .get(encode_key(client_id))
+            .await
+            .map_err(ClusterError::nats)?
+            .and_then(|bytes| postcard::from_bytes::<SessionRecord>(&bytes).ok());
+        let mut loaded = LoadedSession {
+            record,
+            ..LoadedSession::default()
+        };
+        let mut seen = HashSet::new();
+        self.read_queue(client_id, 1, &mut seen, &mut loaded)
+            .await?;
+        Ok(loaded)
+    }
+
+    /// Appends the entries of `client_id`'s subject from stream sequence
+    /// `from` on, skipping messages in `seen`.
+    async fn read_queue(
+        &self,
+        client_id: &str,
+        from: u64,
+        seen: &mut HashSet<u64>,
+        loaded: &mut LoadedSession,
+    ) -> Result<(), ClusterError> {
+        let stream = self
+            .js
+            .get_stream(self.names.queue_stream())
+            .await
+            .map_err(ClusterError::nats)?;
+        let subject = self.queue_subject(client_id);
+        let pending = stream
+            .get_info()
+            .await
+            .map_err(ClusterError::nats)?
+            .state
+            .messages;
+        if pending == 0 {
+            return Ok(());
+        }
+        let consumer = stream
+            .create_consumer(pull::Config {
+                filter_subject: subject,
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from.max(1),
+                },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(ClusterError::nats)?;
+        loop {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(500)
+                .expires(Duration::from_millis(200))
+                .messages()
+                .await
+                .map_err(ClusterError::nats)?;
+            let mut got = 0;
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(ClusterError::nats)?;
+                got += 1;
+                if let Ok(info) = message.info() {
+                    loaded.last_seq = loaded.last_seq.max(info.stream_sequence);
+                }
+                match postcard::from_bytes::<QueueEntry>(&message.payload) {
+                    Ok(entry) => {
+                        if seen.insert(entry.id) {
+                            loaded.entries.push(entry);
+                        }
+                    }
+                    Err(e) => self.logger.warning(&format!(
+                        "Cluster: an unreadable queued message of {client_id} was skipped: {e}."
+                    )),
+                }
+            }
+            if got == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The client is back on this node: the session interest gives way to
+    /// this node's (already added by the caller), and after the grace
+    /// period, what other nodes still wrote is handed to `late`, then the
+    /// subject is emptied.
+    pub async fn finish_loading(
+        self: &Arc<Self>,
+        client_id: &str,
+        loaded_ids: HashSet<u64>,
+        last_seq: u64,
+    ) -> Vec<QueueEntry> {
+        self.remove_session_interest(client_id).await;
+        tokio::time::sleep(HANDOVER_GRACE).await;
+        let mut seen = loaded_ids;
+        let mut late = LoadedSession::default();
+        if let Err(e) = self
+            .read_queue(client_id, last_seq + 1, &mut seen, &mut late)
+            .await
+        {
+            self.logger.warning(&format!(
+                "Cluster: cannot read the last queued messages of {client_id}: {e}."
+            ));
+        }
+        self.purge_queue(client_id).await;
+        late.entries
+    }
+
+    /// Empties a session's queue subject.
+    pub async fn purge_queue(&self, client_id: &str) {
+        let Ok(stream) = self.js.get_stream(self.names.queue_stream()).await else {
+            return;
+        };
+        if let Err(e) = stream.purge().filter(self.queue_subject(client_id)).await {
+            self.logger.warning(&format!(
+                "Cluster: cannot empty the queue of {client_id}: {e}."
+            ));
+        }
+    }
+
+    /// Deletes `client_id`'s session interest.
+    pub async fn remove_session_interest(&self, client_id: &str) {
+        let Ok(buckets) = self.buckets() else { return };
+        let prefix = self.session_interest_prefix(client_id);
+        if let Ok(mut keys) = buckets.interest.keys().await {
+            while let Some(Ok(key)) = keys.next().await {
+                if key.starts_with(&prefix) {
+                    let _ = buckets.interest.delete(key).await;
+                }
+            }
+        }
+    }
+
+    /// Forgets a session everywhere (clean start, or expiry).
+    pub async fn delete_session(&self, client_id: &str) {
+        let Ok(buckets) = self.buckets() else { return };
+        let _ = buckets.sessions.delete(encode_key(client_id)).await;
+        self.remove_session_interest(client_id).await;
+        self.purge_queue(client_id).await;
+    }
+
+    /// A dead node's connected client: its persistent session, if any,
+    /// becomes offline in the cluster (messages from now on are kept).
+    pub(super) async fn adopt_session(&self, client_id: &str) {
+        let Ok(buckets) = self.buckets() else { return };
+        let Ok(Some(bytes)) = buckets.sessions.get(encode_key(client_id)).await else {
+            return;
+        };
+        let Ok(mut record) = postcard::from_bytes::<SessionRecord>(&bytes) else {
+            return;
+        };
+        record.disconnected_at_ms = Some(crate::message::now_ms());
+        if let Err(e) = self.hand_off(client_id, &record, Vec::new()).await {
+            self.logger.warning(&format!(
+                "Cluster: cannot keep the session of {client_id} of a lost node: {e}."
+            ));
+        }
+    }
+
+    /// Ends offline sessions whose expiry passed (every node looks; the
+    /// first to delete a record also cleans up after it).
+    pub(super) async fn expire_sessions(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let Ok(buckets) = self.buckets() else {
+                continue;
+            };
+            let Ok(mut keys) = buckets.sessions.keys().await else {
+                continue;
+            };
+            let now = crate::message::now_ms();
+            while let Some(Ok(key)) = keys.next().await {
+                let Ok(Some(entry)) = buckets.sessions.entry(key.clone()).await else {
+                    continue;
+                };
+                let Ok(record) = postcard::from_bytes::<SessionRecord>(&entry.value) else {
+                    continue;
+                };
+                let Some(at) = record.disconnected_at_ms else {
+                    continue;
+                };
+                if record.expiry_interval == u32::MAX
+                    || now < at + u64::from(record.expiry_interval) * 1000
+                {
+                    continue;
+                }
+                if buckets
+                    .sessions
+                    .delete_expect_revision(key.clone(), Some(entry.revision))
+                    .await
+                    .is_ok()
+                {
+                    if let Some(client_id) = super::names::decode_key(&key) {
+                        self.remove_session_interest(&client_id).await;
+                        self.purge_queue(&client_id).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Creates the queue stream: one subject per offline session, at most
+/// `max_per_session` messages each (the oldest go first).
+pub(super) fn queue_stream_config(
+    name: String,
+    subjects: String,
+    replicas: usize,
+    max_per_session: i64,
+) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name,
+        subjects: vec![subjects],
+        max_messages_per_subject: max_per_session,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoredProperties;
+
+    #[test]
+    fn records_and_entries_round_trip() {
+        let record = SessionRecord {
+            expiry_interval: 3600,
+            subscriptions: vec![StoredSubscription {
+                filter: "a/#".into(),
+                qos: 1,
+                no_local: false,
+                retain_as_published: true,
+                retain_handling: 0,
+                identifier: Some(7),
+            }],
+            disconnected_at_ms: Some(1),
+        };
+        let bytes = postcard::to_allocvec(&record).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<SessionRecord>(&bytes).unwrap(),
+            record
+        );
+        let entry = QueueEntry {
+            id: 42,
+            message: StoredMessage {
+                topic: "a/b".into(),
+                payload: Bytes::from_static(b"x"),
+                qos: 2,
+                retain: false,
+                properties: StoredProperties::default(),
+                expires_at_ms: None,
+            },
+            sent: Some(SentState {
+                packet_id: 9,
+                qos: 2,
+                retain: false,
+                subscription_identifiers: vec![7],
+                released: true,
+            }),
+        };
+        let bytes = postcard::to_allocvec(&entry).unwrap();
+        assert_eq!(postcard::from_bytes::<QueueEntry>(&bytes).unwrap(), entry);
+    }
+}
