@@ -1384,12 +1384,8 @@ interval_secs = 10
                 deadline_secs: 60,
             },
             presence_events: false,
-            cluster: Some(
-                toml::from_str(
-                    "servers = [\"nats://nats-0:4222\"]\nname = \"b1\"\nreplicas = 1\nexport = false",
-                )
-                .unwrap(),
-            ),
+            // With local persistence on, no [cluster] (see cluster::config).
+            cluster: None,
         };
         let text = toml::to_string(&config).unwrap();
         assert!(text.contains("queue_full = \"drop_oldest\""), "{text}");

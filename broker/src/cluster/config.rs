@@ -162,6 +162,31 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_table_round_trips_inside_a_configuration() {
+        let text = "node_name = \"broker-0\"\n[cluster]\nservers = [\"nats://nats-0:4222\"]\n\
+                    name = \"b1\"\nreplicas = 1\nexport = false\nuser = \"u\"\n\
+                    password_file = \"/p\"\n[cluster.tls]\nca_file = \"/ca.crt\"\n";
+        let config: crate::config::Config = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+        let cluster = config.cluster.clone().unwrap();
+        assert_eq!(
+            (cluster.name.as_str(), cluster.replicas, cluster.export),
+            ("b1", 1, false)
+        );
+        let again: crate::config::Config =
+            toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn local_persistence_is_refused_with_a_cluster() {
+        let text = "[persistence]\nenabled = true\n[cluster]\nservers = [\"nats://n:4222\"]\n";
+        let config: crate::config::Config = toml::from_str(text).unwrap();
+        let error = config.validate().unwrap_err();
+        assert_eq!(error.key(), Some("persistence.enabled"), "{error}");
+    }
+
+    #[test]
     fn names_must_be_tokens() {
         let c = ClusterConfig {
             name: "a.b".into(),
