@@ -22,7 +22,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// KubeMQTT broker: MQTT 3.1, 3.1.1 and 5.0.
 ///
-/// With no configuration file it runs like mosquitto 2.0's local-only mode:
+/// Without a configuration file it runs like mosquitto 2.0's local-only mode:
 /// one listener on 127.0.0.1:1883, anonymous clients allowed, nothing
 /// persisted. With `-c` everything comes from the file (see
 /// docs/configuration.md); anonymous access is then off unless the file
@@ -38,8 +38,14 @@ struct Args {
     #[command(subcommand)]
     command: Option<Command>,
 
-    /// TOML configuration file.
-    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    /// TOML configuration file. The container image sets
+    /// KUBEMQTT_CONFIG=/etc/kubemqtt/broker.toml.
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        env = "KUBEMQTT_CONFIG"
+    )]
     config: Option<PathBuf>,
 
     /// Log every packet received and sent (like `mosquitto -v`).
