@@ -1,6 +1,10 @@
 //! Prometheus metrics. Counters are updated where things happen; gauges
 //! that describe the whole broker (sessions, subscriptions, retained
 //! messages, queue depth) are computed when `/metrics` is scraped.
+//!
+//! Every label value the broker uses is listed here and shown at 0 from the
+//! start ([`Metrics::init_known_labels`]): a counter that is absent until it
+//! first counts cannot be graphed or alerted on.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -8,6 +12,7 @@ use prometheus::{
 };
 
 use crate::codec::QoS;
+use crate::queue::DropReason;
 
 pub struct Metrics {
     registry: Registry,
@@ -43,6 +48,33 @@ pub struct Metrics {
     pub cluster_bad_messages: IntCounter,
     pub cluster_send_failures: IntCounter,
 }
+
+/// `quota_refusals_total{quota}`.
+pub const QUOTAS: [&str; 5] = [
+    "connections",
+    "packet_size",
+    "publish_rate",
+    "receive_maximum",
+    "subscriptions",
+];
+
+/// `auth_failures_total{reason}`.
+pub const AUTH_FAILURE_REASONS: [&str; 5] = [
+    "anonymous",
+    "no_users",
+    "unknown_user",
+    "bad_password",
+    "password_expired",
+];
+
+/// `acl_denials_total{action}`.
+pub const ACL_ACTIONS: [&str; 4] = ["publish", "receive", "subscribe", "will"];
+
+/// `slow_subscribers_total{action}`.
+pub const SLOW_SUBSCRIBER_ACTIONS: [&str; 2] = ["disconnect", "drop"];
+
+/// `connections_refused_total{reason}`, per listener.
+pub const REFUSAL_REASONS: [&str; 2] = ["max_connections", "connection_rate"];
 
 fn by_qos(vec: IntCounterVec) -> [IntCounter; 3] {
     ["0", "1", "2"].map(|qos| vec.with_label_values(&[qos]))
@@ -213,6 +245,32 @@ impl Metrics {
         }
     }
 
+    /// Shows every known label value at 0: the broker-wide ones, and for
+    /// each listener (`name`, whether it is TLS) its connection counters.
+    pub fn init_known_labels<'a>(&self, listeners: impl IntoIterator<Item = (&'a str, bool)>) {
+        let zero = |vec: &IntCounterVec, values: &[&str]| {
+            for value in values {
+                vec.with_label_values(&[value]);
+            }
+        };
+        zero(&self.quota_refusals, &QUOTAS);
+        zero(&self.auth_failures, &AUTH_FAILURE_REASONS);
+        zero(&self.acl_denials, &ACL_ACTIONS);
+        zero(&self.slow_subscribers, &SLOW_SUBSCRIBER_ACTIONS);
+        zero(&self.dropped, &DropReason::ALL.map(DropReason::label));
+        for (listener, tls) in listeners {
+            self.connections.with_label_values(&[listener]);
+            self.connections_total.with_label_values(&[listener]);
+            for reason in REFUSAL_REASONS {
+                self.connections_refused
+                    .with_label_values(&[listener, reason]);
+            }
+            if tls {
+                self.tls_handshake_failures.with_label_values(&[listener]);
+            }
+        }
+    }
+
     pub fn refused(&self, listener: &str, reason: &str) {
         self.connections_refused
             .with_label_values(&[listener, reason])
@@ -282,5 +340,75 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The string literals passed to `.{counter}` ... `with_label_values(&["x"])`
+    /// in the broker's sources.
+    fn labels_in_sources(counter: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut stack = vec![std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src"
+        ))];
+        while let Some(path) = stack.pop() {
+            if path.is_dir() {
+                stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") || path.ends_with("metrics.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (at, _) in text.match_indices(&format!(".{counter}")) {
+                let rest = &text[at..text.len().min(at + 200)];
+                if let Some(start) = rest.find("with_label_values(&[\"") {
+                    let value = &rest[start + "with_label_values(&[\"".len()..];
+                    found.push(value[..value.find('"').unwrap()].to_owned());
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_label_value_in_the_sources_is_known() {
+        for (counter, known) in [
+            ("quota_refusals", &QUOTAS[..]),
+            ("acl_denials", &ACL_ACTIONS[..]),
+        ] {
+            let used = labels_in_sources(counter);
+            assert!(!used.is_empty(), "no {counter} labels found");
+            for value in used {
+                assert!(
+                    known.contains(&value.as_str()),
+                    "{counter}: `{value}` is not listed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn known_labels_show_at_zero() {
+        let metrics = Metrics::new();
+        metrics.init_known_labels([("mqtt", false), ("mqtts", true)]);
+        let text = metrics.render();
+        for line in [
+            "kubemqtt_quota_refusals_total{quota=\"publish_rate\"} 0",
+            "kubemqtt_auth_failures_total{reason=\"no_users\"} 0",
+            "kubemqtt_messages_dropped_total{reason=\"memory_budget\"} 0",
+            "kubemqtt_connections_refused_total{listener=\"mqtt\",reason=\"connection_rate\"} 0",
+            "kubemqtt_tls_handshake_failures_total{listener=\"mqtts\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+        assert!(!text.contains("kubemqtt_tls_handshake_failures_total{listener=\"mqtt\"}"));
     }
 }

@@ -213,6 +213,11 @@ pub async fn start_from(
 
     let cluster_config = config.cluster.clone();
     let broker = Arc::new(Broker::new(config, logger, store, access));
+    broker.metrics.init_known_labels(
+        listeners
+            .iter()
+            .map(|l| (&*l.name, l.config.protocol.is_tls())),
+    );
     if let Some(cluster_config) = &cluster_config {
         // Before the sessions are restored: their filters are the node's
         // interest in the cluster.

@@ -89,10 +89,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 self.disconnect_v5(ReasonCode::SESSION_TAKEN_OVER, None)
             }
             Close::Detached => self.disconnect_v5(ReasonCode::SESSION_TAKEN_OVER, None),
-            Close::Server(reason) => {
-                self.broker.logger.disconnected(&self.session.client_id);
-                self.disconnect_v5(reason, None)
-            }
+            // Whoever closed it logged why (a removed user, the admin
+            // API, a slow subscriber); mosquitto's `Client X disconnected.`
+            // is for a client's own DISCONNECT.
+            Close::Server(reason) => self.disconnect_v5(reason, None),
             Close::Shutdown => {
                 publish_will = false;
                 self.disconnect_v5(ReasonCode::SERVER_SHUTTING_DOWN, None)
