@@ -39,6 +39,7 @@ pub fn router(broker: Arc<Broker>, reloader: Arc<Reloader>) -> Router {
     let api = Router::new()
         .route("/clients", get(list_clients))
         .route("/clients/{id}", get(get_client).delete(disconnect_client))
+        .route("/shed", post(shed))
         .route("/subscriptions", get(list_subscriptions))
         .route("/retained", get(list_retained))
         .route("/stats", get(stats))
@@ -213,6 +214,41 @@ async fn disconnect_client(State(broker): Shared, Path(id): Path<String>) -> Res
     } else {
         (StatusCode::NOT_FOUND, "no such connected client").into_response()
     }
+}
+
+/// `POST /api/v1/shed?count=N&rate=R`: sends N connected clients to other
+/// nodes of the cluster, R a second (5.0: DISCONNECT 0x9C), their
+/// sessions handed to the cluster.
+async fn shed(
+    State(broker): Shared,
+    axum::extract::Query(query): axum::extract::Query<ShedQuery>,
+) -> Response {
+    if broker.cluster().is_none() {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({ "error": "shedding needs a [cluster]: clients would come back here" })),
+        )
+            .into_response();
+    }
+    if query.rate == 0 {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "error": "rate must be at least 1 a second" })),
+        )
+            .into_response();
+    }
+    let shedding = broker.shed(query.count, query.rate);
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "shedding": shedding, "rate": query.rate })),
+    )
+        .into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ShedQuery {
+    count: usize,
+    rate: u32,
 }
 
 async fn list_subscriptions(State(broker): Shared) -> Json<Value> {

@@ -25,6 +25,10 @@ pub enum Control {
     /// The broker is draining: close with 0x8B (5.0), keep the session,
     /// publish no will.
     Shutdown,
+    /// Reconnect to another node of the cluster (draining, shedding
+    /// connections): 5.0 DISCONNECT 0x9C Use another server; the session is
+    /// kept (and handed to the cluster), no will is published.
+    Relocate,
     /// The session was handed to a new connection after this one did not
     /// answer a takeover in time.
     Detached,

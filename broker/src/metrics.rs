@@ -47,6 +47,7 @@ pub struct Metrics {
     pub cluster_imported: IntCounter,
     pub cluster_bad_messages: IntCounter,
     pub cluster_send_failures: IntCounter,
+    pub clients_shed: IntCounter,
 }
 
 /// `quota_refusals_total{quota}`.
@@ -235,6 +236,11 @@ impl Metrics {
                 r,
                 "cluster_bad_messages_total",
                 "Routed messages that could not be read (dropped)",
+            ),
+            clients_shed: counter(
+                r,
+                "clients_shed_total",
+                "Clients sent to other nodes by the admin API's shed",
             ),
             cluster_send_failures: counter(
                 r,

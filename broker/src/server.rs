@@ -83,12 +83,26 @@ impl RunningBroker {
         broker.draining.store(true, Ordering::SeqCst);
         let _ = self.stop_accepting.send(true);
         let deadline = Duration::from_secs(broker.config().drain.deadline_secs);
+        let started = tokio::time::Instant::now();
         let drained = tokio::time::timeout(deadline, drain(&broker)).await;
         let _ = self.close_all.send(true);
         if drained.is_err() {
             broker
                 .logger
                 .warning("Drain deadline reached, closing the remaining connections.");
+        }
+        if let Some(cluster) = broker.cluster() {
+            // The sessions of the clients sent away are in the cluster
+            // before this node leaves it.
+            let left = deadline
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_secs(2));
+            if !cluster.hand_offs_done(left).await {
+                broker
+                    .logger
+                    .warning("Some sessions were not handed to the cluster before the deadline.");
+            }
+            cluster.leave().await;
         }
         let grace = tokio::time::sleep(Duration::from_secs(3));
         tokio::pin!(grace);
@@ -111,12 +125,21 @@ impl RunningBroker {
 }
 
 /// Disconnects every client, `rate_per_sec` a second, and waits until
-/// they are gone.
+/// they are gone. In a cluster they are sent to another node (5.0: 0x9C
+/// Use another server) and their sessions go to the cluster; alone, the
+/// broker is shutting down (0x8B).
 async fn drain(broker: &Arc<Broker>) {
     let rate = broker.config().drain.rate_per_sec;
     let pause = (rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(rate)));
+    let control = || {
+        if broker.cluster().is_some() {
+            Control::Relocate
+        } else {
+            Control::Shutdown
+        }
+    };
     for (session, _) in broker.connected_clients() {
-        if session.send_control(Control::Shutdown) {
+        if session.send_control(control()) {
             if let Some(pause) = pause {
                 tokio::time::sleep(pause).await;
             }

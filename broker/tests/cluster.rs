@@ -492,3 +492,115 @@ async fn a_session_taken_over_on_another_node_brings_its_unacknowledged_messages
     );
     assert!(got.iter().all(|p| p.dup), "sent again, marked DUP");
 }
+
+/// 5.0 DISCONNECT reason: Use another server.
+const USE_ANOTHER_SERVER: u8 = 0x9C;
+
+#[tokio::test]
+async fn sigterm_sends_clients_elsewhere_with_their_sessions_and_loses_nothing() {
+    let nats = NatsCluster::start(3).await;
+    let mut cluster = BrokerCluster::start(&nats, 2, ClusterOpts::default()).await;
+    let (mut sub, _) = Raw::connect(&cluster.nodes[0], &persistent("drained")).await;
+    sub.subscribe(1, &[("d/#", 1)]).await;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("pub")).await;
+    await_routes(&mut publisher, "d/probe", &mut [&mut sub]).await;
+
+    // A steady stream of QoS 1 messages from the other node.
+    let count = 150u16;
+    let publishing = tokio::spawn(async move {
+        for i in 0..count {
+            publisher
+                .send_publish(&Pub::new("d/x", i.to_string().as_bytes()).qos(1, i + 1))
+                .await;
+            assert_eq!(publisher.expect_puback().await.reason, 0);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let mut got = std::collections::BTreeSet::new();
+    let mut order = Vec::new();
+    // Take some, then the node is stopped.
+    while got.len() < 20 {
+        let p = receive(&mut sub, 1).await.remove(0);
+        let n: u16 = String::from_utf8_lossy(&p.payload).parse().unwrap();
+        got.insert(n);
+        order.push(n);
+    }
+    let node0 = &mut cluster.nodes[0];
+    let stopping = async { node0.stop().await };
+    let reading = async {
+        loop {
+            match sub.recv_within(Duration::from_secs(10)).await {
+                Recv::Packet(Pkt::Publish(p)) => {
+                    sub.send(&ack(kind::PUBACK, p.pid, true, 0)).await;
+                    let n: u16 = String::from_utf8_lossy(&p.payload).parse().unwrap();
+                    got.insert(n);
+                    order.push(n);
+                }
+                Recv::Packet(Pkt::Disconnect(d)) => break Some(d.reason),
+                Recv::Closed => break None,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let (stopped, reason) = tokio::join!(stopping, reading);
+    assert!(stopped, "the drained node exited on its own");
+    assert_eq!(reason, Some(USE_ANOTHER_SERVER));
+    // The client reconnects to the other node and goes on.
+    let (mut sub, connack) = Raw::connect(&cluster.nodes[1], &persistent("drained")).await;
+    assert!(connack.session_present);
+    publishing.await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < usize::from(count) {
+        assert!(
+            Instant::now() < deadline,
+            "missing: {:?}",
+            (0..count).filter(|n| !got.contains(n)).collect::<Vec<_>>()
+        );
+        if let Recv::Packet(Pkt::Publish(p)) = sub.recv_within(Duration::from_millis(500)).await {
+            sub.send(&ack(kind::PUBACK, p.pid, true, 0)).await;
+            let n: u16 = String::from_utf8_lossy(&p.payload).parse().unwrap();
+            got.insert(n);
+            order.push(n);
+        }
+    }
+    // Every acknowledged message arrived; the only duplicates are those in
+    // flight at the move (at most the in-flight window).
+    let duplicates = order.len() - got.len();
+    assert!(duplicates <= 32, "{duplicates} duplicates: {order:?}");
+}
+
+#[tokio::test]
+async fn shedding_sends_some_clients_to_other_nodes() {
+    let nats = NatsCluster::start(3).await;
+    let cluster = BrokerCluster::start(
+        &nats,
+        2,
+        ClusterOpts {
+            admin_token: true,
+            ..ClusterOpts::default()
+        },
+    )
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let (raw, _) = Raw::connect(&cluster.nodes[0], &Connect::v5(&format!("c{i}"))).await;
+        clients.push(raw);
+    }
+    let response = cluster.nodes[0]
+        .http("POST", "/api/v1/shed?count=2&rate=50", Some("tok"))
+        .await;
+    assert_eq!(response.status, 202, "{response:?}");
+    let mut sent_away = 0;
+    for client in &mut clients {
+        match client.recv_within(QUIET).await {
+            Recv::Packet(Pkt::Disconnect(d)) => {
+                assert_eq!(d.reason, USE_ANOTHER_SERVER);
+                sent_away += 1;
+            }
+            Recv::Timeout => client.ping().await,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(sent_away, 2);
+    assert_eq!(cluster.metric(0, "kubemqtt_clients_shed_total").await, 2.0);
+}

@@ -287,6 +287,33 @@ impl Broker {
         cluster.save_session_later(session.client_id.clone(), record);
     }
 
+    /// Sends up to `count` connected clients to other nodes, `rate` a
+    /// second (5.0: DISCONNECT 0x9C; sessions handed to the cluster), to
+    /// spread clients after a scale-up. Returns how many will go.
+    pub fn shed(self: &Arc<Self>, count: usize, rate: u32) -> usize {
+        let chosen: Vec<Arc<Session>> = self
+            .connected_clients()
+            .into_iter()
+            .take(count)
+            .map(|(session, _)| session)
+            .collect();
+        let n = chosen.len();
+        self.logger.info(&format!(
+            "Shedding {n} connection(s) at {rate} a second (admin API)."
+        ));
+        let broker = self.clone();
+        let pause = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+        tokio::spawn(async move {
+            for session in chosen {
+                if session.send_control(Control::Relocate) {
+                    broker.metrics.clients_shed.inc();
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        });
+        n
+    }
+
     /// A node died with `client_id` connected: its will is published here,
     /// after its delay.
     pub fn publish_will_of_lost_client(

@@ -246,7 +246,9 @@ impl Broker {
             let cluster = cluster.clone();
             let broker = self.clone();
             let session = session.clone();
+            let guard = persistent.then(|| cluster.hand_off_started());
             tokio::spawn(async move {
+                let _guard = guard;
                 cluster.release(&session.client_id).await;
                 // A persistent session goes to the cluster: the client may
                 // come back on any node, and this one may die meanwhile.

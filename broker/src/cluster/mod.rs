@@ -98,6 +98,8 @@ pub struct Cluster {
     /// their messages go to their queue subjects.
     forwarding: parking_lot::Mutex<std::collections::HashSet<Arc<str>>>,
     forwarding_count: std::sync::atomic::AtomicUsize,
+    /// Sessions being handed to the cluster now (a drain waits for them).
+    pending_hand_offs: std::sync::atomic::AtomicUsize,
     /// Session records to write, in order.
     session_writes: tokio::sync::mpsc::UnboundedSender<(Arc<str>, sessions::SessionRecord)>,
     logger: Logger,
@@ -148,6 +150,7 @@ impl Cluster {
             max_queued_messages: i64::from(broker.config().limits.max_queued_messages),
             forwarding: parking_lot::Mutex::new(std::collections::HashSet::new()),
             forwarding_count: std::sync::atomic::AtomicUsize::new(0),
+            pending_hand_offs: std::sync::atomic::AtomicUsize::new(0),
             session_writes,
             logger,
         });
@@ -195,6 +198,35 @@ impl Cluster {
         let me = &self.node;
         self.interest
             .plan(topic, &|node: &Arc<str>| node == me || nodes.is_alive(node))
+    }
+
+    /// A session hand-off begins; the guard marks its end.
+    pub fn hand_off_started(self: &Arc<Self>) -> HandOffGuard {
+        self.pending_hand_offs.fetch_add(1, Ordering::AcqRel);
+        HandOffGuard(self.clone())
+    }
+
+    /// Waits (at most `limit`) until no session is being handed off.
+    pub async fn hand_offs_done(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.pending_hand_offs.load(Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// This node leaves the cluster for good (end of a drain): its filters
+    /// and its liveness key go, so nothing more is routed to it and nobody
+    /// takes it for dead.
+    pub async fn leave(&self) {
+        self.forget_node_interest(&self.node).await;
+        if let Ok(buckets) = self.buckets() {
+            let _ = buckets.nodes.delete(&*self.node).await;
+        }
+        let _ = self.client.flush().await;
     }
 
     fn buckets(&self) -> Result<&Buckets, ClusterError> {
@@ -354,6 +386,15 @@ impl Cluster {
             .get_key_value(bucket)
             .await
             .map_err(ClusterError::nats)
+    }
+}
+
+/// Marks a session hand-off in progress (see [`Cluster::hand_offs_done`]).
+pub struct HandOffGuard(Arc<Cluster>);
+
+impl Drop for HandOffGuard {
+    fn drop(&mut self) {
+        self.0.pending_hand_offs.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

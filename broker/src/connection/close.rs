@@ -27,6 +27,8 @@ pub(super) enum Close {
     /// Administrative disconnect.
     Server(ReasonCode),
     Shutdown,
+    /// Sent to another node of the cluster.
+    Relocate,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
@@ -97,6 +99,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 publish_will = false;
                 self.disconnect_v5(ReasonCode::SERVER_SHUTTING_DOWN, None)
             }
+            Close::Relocate => {
+                publish_will = false;
+                self.disconnect_v5(ReasonCode::USE_ANOTHER_SERVER, None)
+            }
         };
         let mut will = if publish_will {
             self.will.take().map(|w| *w)
@@ -155,6 +161,7 @@ impl From<Control> for Close {
             Control::TakenOver(ack) => Close::TakenOver(ack),
             Control::Disconnect(reason) => Close::Server(reason),
             Control::Shutdown => Close::Shutdown,
+            Control::Relocate => Close::Relocate,
             Control::Detached => Close::Detached,
         }
     }
@@ -172,6 +179,7 @@ impl Close {
             Close::TakenOver(_) | Close::Detached => "taken_over",
             Close::Server(_) => "kicked",
             Close::Shutdown => "shutdown",
+            Close::Relocate => "relocated",
         }
     }
 }

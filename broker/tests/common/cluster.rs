@@ -171,12 +171,15 @@ pub struct ClusterOpts {
     pub extra_tables: String,
     /// Durable storage on every broker.
     pub persistence: bool,
+    /// An admin API token file (the token is `tok`).
+    pub admin_token: bool,
 }
 
 /// Several brokers (`node-0`, `node-1`...) in one cluster on `nats`.
 pub struct BrokerCluster {
     pub nodes: Vec<OpsBroker>,
     pub name: String,
+    _token_dir: tempfile::TempDir,
 }
 
 impl BrokerCluster {
@@ -187,10 +190,18 @@ impl BrokerCluster {
         let servers: Vec<String> = nats.urls().iter().map(|u| format!("\"{u}\"")).collect();
         let replicas = nats.servers.len().min(3);
         let mut nodes = Vec::new();
+        let token_dir = tempfile::tempdir().expect("create temp dir");
+        let admin = if opts.admin_token {
+            let path = token_dir.path().join("admin-token");
+            std::fs::write(&path, "tok\n").expect("write the admin token");
+            format!("admin_token_file = \"{}\"\n", path.display())
+        } else {
+            String::new()
+        };
         for i in 0..n {
             let extra_toml = format!(
                 "node_name = \"node-{i}\"\n\
-                 [http]\nbind = \"127.0.0.1:{{port:http}}\"\n\
+                 [http]\nbind = \"127.0.0.1:{{port:http}}\"\n{admin}\
                  [limits]\n{}\n\
                  [cluster]\nservers = [{}]\nname = \"{name}\"\nreplicas = {replicas}\nnode_timeout_secs = 3\n{}\n{}",
                 opts.limits,
@@ -207,7 +218,11 @@ impl BrokerCluster {
             .expect("the cluster tests run against kubemqtt only");
             nodes.push(broker);
         }
-        let cluster = BrokerCluster { nodes, name };
+        let cluster = BrokerCluster {
+            nodes,
+            name,
+            _token_dir: token_dir,
+        };
         for i in 0..n {
             cluster.wait_ready(i).await;
         }
