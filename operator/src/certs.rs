@@ -96,8 +96,12 @@ pub enum RenewalReason {
     NamesChanged,
     /// It was not signed by the current CA (the CA was renewed).
     IssuerChanged,
-    /// A user asked for it with the force-renew annotation.
+    /// A user asked for it with an annotation (`kubemqtt.io/force-renew`
+    /// for the server certificate, `kubemqtt.io/rotate-ca` for the CA).
     Forced,
+    /// The CA rotation's overlap ended: the server certificate moves to the
+    /// new CA.
+    CaRotationCompleted,
 }
 
 impl RenewalReason {
@@ -109,7 +113,10 @@ impl RenewalReason {
             RenewalReason::Expiring => "the certificate was about to expire",
             RenewalReason::NamesChanged => "the names to cover changed",
             RenewalReason::IssuerChanged => "the CA was renewed",
-            RenewalReason::Forced => "renewal was requested with the force-renew annotation",
+            RenewalReason::Forced => "renewal was requested with an annotation",
+            RenewalReason::CaRotationCompleted => {
+                "the CA rotation's overlap ended: the new CA signs it"
+            }
         }
     }
 }
@@ -288,6 +295,41 @@ pub fn is_signed_by(cert_pem: &str, ca_cert_pem: &str) -> bool {
     .unwrap_or(false)
 }
 
+/// Whether `cert_pem` is a CA certificate (basic constraints `CA:TRUE`).
+/// Unreadable input is "no".
+pub fn is_ca(cert_pem: &str) -> bool {
+    with_certificate(cert_pem, |cert| Ok(cert.is_ca())).unwrap_or(false)
+}
+
+/// The certificates of a PEM bundle, each as its own PEM text ending in a
+/// newline; anything between them is dropped.
+pub fn pem_certificates(bundle: &str) -> Vec<String> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut certificates = Vec::new();
+    let mut rest = bundle;
+    while let Some(start) = rest.find(BEGIN) {
+        let Some(length) = rest[start..].find(END) else {
+            break;
+        };
+        let end = start + length + END.len();
+        certificates.push(format!("{}\n", &rest[start..end]));
+        rest = &rest[end..];
+    }
+    certificates
+}
+
+/// Whether two PEM certificates are the same certificate (same DER bytes),
+/// whatever their line breaks.
+pub fn same_certificate(a: &str, b: &str) -> bool {
+    let der = |pem: &str| {
+        x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .ok()
+            .map(|(_, pem)| pem.contents)
+    };
+    matches!((der(a), der(b)), (Some(a), Some(b)) if a == b)
+}
+
 /// Whether `key_pem` is the private key of the certificate `cert_pem`.
 /// Unreadable input is "no".
 pub fn key_matches(cert_pem: &str, key_pem: &str) -> bool {
@@ -450,6 +492,31 @@ mod tests {
         assert!(matches!(inspect("nope"), Err(CertError::Parse(_))));
         assert!(!is_signed_by("nope", "nope"));
         assert!(!key_matches("nope", "nope"));
+        assert!(!is_ca("nope"));
+        assert!(!same_certificate("nope", "nope"));
+        assert!(pem_certificates("nope").is_empty());
+    }
+
+    #[test]
+    fn bundles_split_into_certificates() {
+        let a = generate_ca("a", now(), days(10)).unwrap().cert_pem;
+        let b = generate_ca("b", now(), days(10)).unwrap().cert_pem;
+        let bundle = format!("# comment\n{}\n{}", a.trim_end(), b);
+        let split = pem_certificates(&bundle);
+        assert_eq!(split.len(), 2);
+        assert!(same_certificate(&split[0], &a));
+        assert!(same_certificate(&split[1], &b));
+        assert!(!same_certificate(&split[0], &b));
+        assert!(is_ca(&a));
+        let server = issue_server_cert(
+            &generate_ca("c", now(), days(10)).unwrap(),
+            "x",
+            &sans(&["x"]),
+            now(),
+            days(1),
+        )
+        .unwrap();
+        assert!(!is_ca(&server.cert_pem));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use k8s_openapi::jiff::Timestamp;
 
 use kubemqtt_operator::controller::run::{self, RunConfig, RunError};
-use kubemqtt_operator::plan::{self, Observed, Settings};
+use kubemqtt_operator::plan::Settings;
 use kubemqtt_operator::render::{self, RenderError};
 
 /// KubeMQTT operator: runs MQTT brokers described by MqttBroker resources.
@@ -31,19 +31,22 @@ pub enum Command {
         /// `mqttbroker.yaml` or `mqttuser.yaml`; all when left out.
         file: Option<String>,
     },
-    /// Print, as YAML, every object the operator would create for a broker,
-    /// without a cluster (for previews and GitOps). Generated certificates
-    /// and passwords are new on every run.
+    /// Print, as YAML, every object the operator would create for the
+    /// MqttBrokers and MqttUsers of a file, without a cluster (for
+    /// previews and reviews): each broker's objects, each user's
+    /// credentials Secret, and each broker's credentials file as a
+    /// comment. Generated certificates and passwords are new on every run.
     Render(RenderArgs),
 }
 
 /// Options of `render`.
 #[derive(Debug, Args)]
 pub struct RenderArgs {
-    /// The MqttBroker manifest; `-` reads standard input.
+    /// The manifest: MqttBroker and MqttUser documents in any mix; `-`
+    /// reads standard input.
     #[arg(short = 'f', long = "filename", value_name = "FILE")]
     pub file: PathBuf,
-    /// Namespace of a broker whose manifest names none (default: `default`).
+    /// Namespace of the resources that name none (default: `default`).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
     /// The time certificates are issued at, RFC 3339 (default: now).
@@ -53,6 +56,15 @@ pub struct RenderArgs {
     /// operator's version).
     #[arg(long, env = "KUBEMQTT_BROKER_IMAGE", value_name = "IMAGE")]
     pub default_image: Option<String>,
+    /// Pull Secrets of brokers that name none (repeat, or separate with
+    /// commas).
+    #[arg(
+        long = "default-image-pull-secret",
+        env = "KUBEMQTT_BROKER_IMAGE_PULL_SECRETS",
+        value_delimiter = ',',
+        value_name = "SECRET"
+    )]
+    pub default_image_pull_secrets: Vec<String>,
     /// The cluster's DNS domain, for certificate names.
     #[arg(long, env = "KUBEMQTT_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
@@ -93,6 +105,15 @@ pub struct RunArgs {
     /// operator's version).
     #[arg(long, env = "KUBEMQTT_BROKER_IMAGE", value_name = "IMAGE")]
     pub default_image: Option<String>,
+    /// Pull Secrets of brokers that name none (repeat, or separate with
+    /// commas); each must exist in the broker's namespace.
+    #[arg(
+        long = "default-image-pull-secret",
+        env = "KUBEMQTT_BROKER_IMAGE_PULL_SECRETS",
+        value_delimiter = ',',
+        value_name = "SECRET"
+    )]
+    pub default_image_pull_secrets: Vec<String>,
     /// The cluster's DNS domain, for certificate names.
     #[arg(long, env = "KUBEMQTT_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
@@ -140,7 +161,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             init_logging(args.log_format);
             let config = RunConfig {
                 namespaces: args.namespaces,
-                settings: settings(args.default_image, args.cluster_domain),
+                settings: settings(
+                    args.default_image,
+                    args.default_image_pull_secrets,
+                    args.cluster_domain,
+                ),
                 http_address: args.http_address,
                 lease_name: args.lease_name,
                 lease_namespace: args.lease_namespace,
@@ -173,21 +198,31 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Render(args) => {
             let text = read_input(&args.file)?;
-            let broker = render::read_broker(&text, args.namespace.as_deref())?;
-            let settings = settings(args.default_image, args.cluster_domain);
+            let resources = render::read_resources(&text, args.namespace.as_deref())?;
+            let settings = settings(
+                args.default_image,
+                args.default_image_pull_secrets,
+                args.cluster_domain,
+            );
             let now = args.now.unwrap_or_else(Timestamp::now);
-            let plan = plan::plan(&broker, &Observed::default(), &settings, now)
-                .map_err(RenderError::from)?;
-            print!("{}", render::plan_yaml(&plan)?);
+            print!("{}", render::render(&resources, &settings, now)?);
             Ok(())
         }
     }
 }
 
-fn settings(default_image: Option<String>, cluster_domain: String) -> Settings {
+fn settings(
+    default_image: Option<String>,
+    default_image_pull_secrets: Vec<String>,
+    cluster_domain: String,
+) -> Settings {
     let defaults = Settings::default();
     Settings {
         default_image: default_image.unwrap_or(defaults.default_image),
+        default_image_pull_secrets: default_image_pull_secrets
+            .into_iter()
+            .filter(|name| !name.is_empty())
+            .collect(),
         cluster_domain,
     }
 }

@@ -1,14 +1,23 @@
-//! YAML in and out, without a cluster: the CRD, a broker read from a file
-//! (checked against the CRD's CEL rules as the apiserver would), and a plan
-//! written as one multi-document stream.
+//! YAML in and out, without a cluster: the CRDs, brokers and users read
+//! from a file (checked against their CRD's schema and CEL rules as the
+//! apiserver would), and what the operator would create for them, written
+//! as one multi-document stream.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
 use kube::core::TypeMeta;
-use kube::{CustomResourceExt, Resource};
+use kube::{CustomResourceExt, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 use crate::api::{MqttBroker, MqttUser};
-use crate::plan::{Plan, PlanError};
+use crate::plan::configmap::CA_BUNDLE_KEY;
+use crate::plan::secrets::{read_clients_ca, CREDENTIALS_KEY};
+use crate::plan::user_secret::{plan_user, UserObserved, UserPlanError};
+use crate::plan::{self, Observed, Plan, PlanError, Settings};
 
 /// The namespace of a broker that names none, as with `kubectl apply`.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -17,8 +26,41 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     /// The text is not YAML of the right shape.
-    #[error("cannot read the MqttBroker: {0}")]
-    Parse(String),
+    #[error("cannot read the {kind}: {message}")]
+    Parse {
+        /// What was being read.
+        kind: &'static str,
+        /// Why it could not be.
+        message: String,
+    },
+    /// A document of a multi-document file is not one the operator reads.
+    #[error("document {index}: expected an MqttBroker or an MqttUser ({expected_api_version}), found {api_version} {kind}")]
+    UnknownDocument {
+        /// Its position in the file, from 1.
+        index: usize,
+        /// The `apiVersion` the operator serves.
+        expected_api_version: String,
+        /// The document's `apiVersion`.
+        api_version: String,
+        /// The document's `kind`.
+        kind: String,
+    },
+    /// A user names a broker the file does not hold.
+    #[error("MqttUser {user} names MqttBroker {broker}, which is not in the file")]
+    NoSuchBroker {
+        /// The user.
+        user: String,
+        /// The broker it names.
+        broker: String,
+    },
+    /// A user cannot be planned.
+    #[error("MqttUser {user}: {source}")]
+    User {
+        /// The user.
+        user: String,
+        /// Why.
+        source: UserPlanError,
+    },
     /// The document is some other kind of object.
     #[error("expected apiVersion {expected_api_version} and kind MqttBroker, found {api_version} {kind}")]
     NotABroker {
@@ -30,20 +72,30 @@ pub enum RenderError {
         kind: String,
     },
     /// The document and the command line name different namespaces.
-    #[error("the MqttBroker is in namespace {in_file}, but {requested} was requested")]
+    #[error("the resource is in namespace {in_file}, but {requested} was requested")]
     NamespaceMismatch {
         /// `metadata.namespace` of the document.
         in_file: String,
         /// The namespace asked for.
         requested: String,
     },
-    /// The apiserver would reject the broker.
-    #[error("the MqttBroker is invalid: {0}")]
-    Invalid(String),
+    /// The apiserver would reject the resource.
+    #[error("the {kind} is invalid: {message}")]
+    Invalid {
+        /// `MqttBroker` or `MqttUser`.
+        kind: &'static str,
+        /// The broken rules.
+        message: String,
+    },
     /// Fields the CRD does not have (typos, usually): the apiserver would
     /// refuse them with strict field validation, or drop them.
-    #[error("unknown fields in the MqttBroker: {}", .0.join(", "))]
-    UnknownFields(Vec<String>),
+    #[error("unknown fields in the {kind}: {}", .fields.join(", "))]
+    UnknownFields {
+        /// `MqttBroker` or `MqttUser`.
+        kind: &'static str,
+        /// Their paths.
+        fields: Vec<String>,
+    },
     /// The broker cannot be planned.
     #[error(transparent)]
     Plan(#[from] PlanError),
@@ -72,8 +124,10 @@ pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, RenderError> {
 /// refused. The broker is checked as the apiserver would: no fields the
 /// CRD lacks, and the CRD's validation rules.
 pub fn read_broker(yaml: &str, namespace: Option<&str>) -> Result<MqttBroker, RenderError> {
-    let types: TypeMeta =
-        serde_saphyr::from_str(yaml).map_err(|e| RenderError::Parse(e.to_string()))?;
+    let types: TypeMeta = serde_saphyr::from_str(yaml).map_err(|e| RenderError::Parse {
+        kind: "MqttBroker",
+        message: e.to_string(),
+    })?;
     let expected_api_version = MqttBroker::api_version(&()).into_owned();
     if types.api_version != expected_api_version || types.kind != MqttBroker::kind(&()) {
         return Err(RenderError::NotABroker {
@@ -83,14 +137,79 @@ pub fn read_broker(yaml: &str, namespace: Option<&str>) -> Result<MqttBroker, Re
         });
     }
     let document: serde_json::Value =
-        serde_saphyr::from_str(yaml).map_err(|e| RenderError::Parse(e.to_string()))?;
-    let unknown = unknown_spec_fields(&document)?;
-    if !unknown.is_empty() {
-        return Err(RenderError::UnknownFields(unknown));
+        serde_saphyr::from_str(yaml).map_err(|e| RenderError::Parse {
+            kind: "MqttBroker",
+            message: e.to_string(),
+        })?;
+    read_resource(document, "MqttBroker", namespace)
+}
+
+/// The resources of a (multi-document) YAML text.
+#[derive(Debug, Clone, Default)]
+pub struct Resources {
+    /// The `MqttBroker`s, in file order.
+    pub brokers: Vec<MqttBroker>,
+    /// The `MqttUser`s, in file order.
+    pub users: Vec<MqttUser>,
+}
+
+/// Reads every document of `yaml`: each must be an `MqttBroker` or an
+/// `MqttUser`, checked as [`read_broker`] checks a broker.
+pub fn read_resources(yaml: &str, namespace: Option<&str>) -> Result<Resources, RenderError> {
+    let documents: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(yaml).map_err(|e| RenderError::Parse {
+            kind: "resources",
+            message: e.to_string(),
+        })?;
+    let expected_api_version = MqttBroker::api_version(&()).into_owned();
+    let mut resources = Resources::default();
+    for (index, document) in documents.into_iter().filter(|d| !d.is_null()).enumerate() {
+        let field = |key: &str| document[key].as_str().unwrap_or_default().to_owned();
+        let (api_version, kind) = (field("apiVersion"), field("kind"));
+        match (api_version == expected_api_version, kind.as_str()) {
+            (true, "MqttBroker") => {
+                resources
+                    .brokers
+                    .push(read_resource(document, "MqttBroker", namespace)?)
+            }
+            (true, "MqttUser") => resources
+                .users
+                .push(read_resource(document, "MqttUser", namespace)?),
+            _ => {
+                return Err(RenderError::UnknownDocument {
+                    index: index + 1,
+                    expected_api_version,
+                    api_version,
+                    kind,
+                })
+            }
+        }
     }
-    let mut broker: MqttBroker =
-        serde_saphyr::from_str(yaml).map_err(|e| RenderError::Parse(e.to_string()))?;
-    match (&broker.metadata.namespace, namespace) {
+    Ok(resources)
+}
+
+/// A custom resource from its JSON form, checked as the apiserver would.
+fn read_resource<K>(
+    document: serde_json::Value,
+    kind: &'static str,
+    namespace: Option<&str>,
+) -> Result<K, RenderError>
+where
+    K: CustomResourceExt + Resource + DeserializeOwned + CelChecked,
+{
+    let unknown = unknown_spec_fields(&document, K::crd())?;
+    if !unknown.is_empty() {
+        return Err(RenderError::UnknownFields {
+            kind,
+            fields: unknown,
+        });
+    }
+    let mut resource: K = serde_json::from_value(document).map_err(|e| RenderError::Parse {
+        kind,
+        message: e.to_string(),
+    })?;
+    let meta = resource.meta_mut();
+    match (&meta.namespace, namespace) {
         (Some(in_file), Some(requested)) if in_file != requested => {
             return Err(RenderError::NamespaceMismatch {
                 in_file: in_file.clone(),
@@ -99,27 +218,47 @@ pub fn read_broker(yaml: &str, namespace: Option<&str>) -> Result<MqttBroker, Re
         }
         (Some(_), _) => {}
         (None, requested) => {
-            broker.metadata.namespace = Some(requested.unwrap_or(DEFAULT_NAMESPACE).to_owned())
+            meta.namespace = Some(requested.unwrap_or(DEFAULT_NAMESPACE).to_owned())
         }
     }
-    broker.validate_cel().map_err(|errors| {
-        RenderError::Invalid(
-            errors
-                .as_slice()
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
-    })?;
-    Ok(broker)
+    resource
+        .check_cel()
+        .map_err(|message| RenderError::Invalid { kind, message })?;
+    Ok(resource)
 }
 
-/// The paths of the fields under `spec` of `document` that the CRD's
-/// schema does not have.
-fn unknown_spec_fields(document: &serde_json::Value) -> Result<Vec<String>, RenderError> {
-    let crd = serde_json::to_value(MqttBroker::crd())
-        .map_err(|e| RenderError::Serialize(e.to_string()))?;
+/// A resource whose CRD's CEL rules can be checked offline.
+pub trait CelChecked {
+    /// The broken rules, joined.
+    fn check_cel(&self) -> Result<(), String>;
+}
+
+macro_rules! cel_checked {
+    ($kind:ty) => {
+        impl CelChecked for $kind {
+            fn check_cel(&self) -> Result<(), String> {
+                self.validate_cel().map_err(|errors| {
+                    errors
+                        .as_slice()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+            }
+        }
+    };
+}
+cel_checked!(MqttBroker);
+cel_checked!(MqttUser);
+
+/// The paths of the fields under `spec` of `document` that the schema of
+/// `crd` does not have.
+fn unknown_spec_fields(
+    document: &serde_json::Value,
+    crd: CustomResourceDefinition,
+) -> Result<Vec<String>, RenderError> {
+    let crd = serde_json::to_value(crd).map_err(|e| RenderError::Serialize(e.to_string()))?;
     let spec_schema = crd
         .pointer("/spec/versions/0/schema/openAPIV3Schema/properties/spec")
         .unwrap_or(&serde_json::Value::Null);
@@ -174,6 +313,113 @@ pub fn plan_yaml(plan: &Plan) -> Result<String, RenderError> {
     serde_saphyr::to_string_multiple(&objects).map_err(|e| RenderError::Serialize(e.to_string()))
 }
 
+/// What the operator would create for `resources` at `now`, as its
+/// controllers would get there: each broker's objects (its credentials
+/// file holding its users from the file), each user's credentials Secret,
+/// and, as a closing comment per broker, its credentials file in clear.
+pub fn render(
+    resources: &Resources,
+    settings: &Settings,
+    now: Timestamp,
+) -> Result<String, RenderError> {
+    for user in &resources.users {
+        let found = resources.brokers.iter().any(|broker| {
+            broker.name_any() == user.spec.broker_ref.name && broker.namespace() == user.namespace()
+        });
+        if !found {
+            return Err(RenderError::NoSuchBroker {
+                user: user.name_any(),
+                broker: user.spec.broker_ref.name.clone(),
+            });
+        }
+    }
+    let mut out = String::new();
+    for broker in &resources.brokers {
+        let users: Vec<&MqttUser> = resources
+            .users
+            .iter()
+            .filter(|user| {
+                user.spec.broker_ref.name == broker.name_any()
+                    && user.namespace() == broker.namespace()
+            })
+            .collect();
+        // The broker first (its CA), then its users, then the broker again
+        // with its users in its credentials file.
+        let first = plan::plan(broker, &Observed::default(), settings, now)?;
+        let bundle = first
+            .config_map
+            .data
+            .as_ref()
+            .and_then(|data| data.get(CA_BUNDLE_KEY))
+            .cloned();
+        let clients_ca = read_clients_ca(Some(&first.clients_ca_secret));
+        let siblings: Vec<MqttUser> = users.iter().map(|u| (*u).clone()).collect();
+        let mut secrets: BTreeMap<String, Secret> = BTreeMap::new();
+        for user in &users {
+            let observed = UserObserved {
+                broker: Some(broker),
+                siblings: &siblings,
+                secret: None,
+                password_source: None,
+                trust_bundle: bundle.as_deref(),
+                clients_ca: clients_ca.as_ref(),
+            };
+            let plan =
+                plan_user(user, &observed, settings, now).map_err(|source| RenderError::User {
+                    user: user.name_any(),
+                    source,
+                })?;
+            secrets.insert(user.name_any(), plan.secret);
+        }
+        let observed = Observed {
+            config_map: Some(first.config_map.clone()),
+            ca_secret: first.ca_secret.clone(),
+            server_secret: first.server_secret.clone(),
+            clients_ca_secret: Some(first.clients_ca_secret.clone()),
+            users: users
+                .iter()
+                .map(|user| ((*user).clone(), secrets.get(&user.name_any()).cloned()))
+                .collect(),
+            ..Observed::default()
+        };
+        let plan = plan::plan(broker, &observed, settings, now)?;
+        let mut objects = plan
+            .objects()
+            .map_err(|e| RenderError::Serialize(e.to_string()))?;
+        for secret in secrets.values() {
+            let mut object =
+                serde_json::to_value(secret).map_err(|e| RenderError::Serialize(e.to_string()))?;
+            object["apiVersion"] = "v1".into();
+            object["kind"] = "Secret".into();
+            objects.push(object);
+        }
+        if !out.is_empty() {
+            out.push_str("---\n");
+        }
+        out.push_str(
+            &serde_saphyr::to_string_multiple(&objects)
+                .map_err(|e| RenderError::Serialize(e.to_string()))?,
+        );
+        let file = plan
+            .auth_secret
+            .data
+            .as_ref()
+            .and_then(|data| data.get(CREDENTIALS_KEY))
+            .map(|value| String::from_utf8_lossy(&value.0).into_owned())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "# The credentials file of MqttBroker {}/{} (Secret {}, key {CREDENTIALS_KEY}):\n",
+            broker.namespace().unwrap_or_default(),
+            broker.name_any(),
+            plan.auth_secret.name_any()
+        ));
+        for line in file.lines() {
+            out.push_str(&format!("#   {line}\n").replace("#   \n", "#\n"));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,7 +438,7 @@ mod tests {
 
     fn invalid(spec: &str) -> String {
         match read(&format!("{HEADER}spec:\n{spec}")) {
-            Err(RenderError::Invalid(message)) => message,
+            Err(RenderError::Invalid { message, .. }) => message,
             other => panic!("expected a validation error for {spec:?}, got {other:?}"),
         }
     }
@@ -233,7 +479,7 @@ mod tests {
 
     #[test]
     fn spec_is_required_as_in_the_crd() {
-        assert!(matches!(read(HEADER), Err(RenderError::Parse(_))));
+        assert!(matches!(read(HEADER), Err(RenderError::Parse { .. })));
     }
 
     #[test]
@@ -244,7 +490,7 @@ mod tests {
              config: {{whatever: {{deep: 1}}}}\n  affinity: {{nodeAffinity: {{}}}}\n"
         );
         match read(&yaml) {
-            Err(RenderError::UnknownFields(fields)) => assert_eq!(
+            Err(RenderError::UnknownFields { fields, .. }) => assert_eq!(
                 fields,
                 [
                     "spec.listners",
@@ -263,7 +509,7 @@ mod tests {
             error.to_string(),
             "expected apiVersion kubemqtt.io/v1alpha1 and kind MqttBroker, found v1 ConfigMap"
         );
-        assert!(matches!(read("[1, 2"), Err(RenderError::Parse(_))));
+        assert!(matches!(read("[1, 2"), Err(RenderError::Parse { .. })));
     }
 
     #[test]
@@ -297,20 +543,14 @@ mod tests {
     }
 
     #[test]
-    fn persistence_cannot_change_after_creation() {
+    fn persistence_can_change_after_creation() {
         let old = read(MINIMAL).unwrap();
         let new = read(&format!(
             "{HEADER}spec:\n  persistence: {{enabled: true}}\n"
         ))
         .unwrap();
-        let errors = new.validate_cel_update(&old).unwrap_err();
-        assert!(
-            errors
-                .to_string()
-                .contains("persistence cannot be changed after creation"),
-            "{errors}"
-        );
-        assert!(new.validate_cel_update(&new).is_ok());
+        assert!(new.validate_cel_update(&old).is_ok());
+        assert!(old.validate_cel_update(&new).is_ok());
     }
 
     #[test]
@@ -326,8 +566,11 @@ mod tests {
     fn the_crds_round_trip() {
         let crds = crds();
         let names: Vec<&str> = crds.iter().map(|(file, _)| *file).collect();
-        assert_eq!(names, ["mqttbroker.yaml", "mqttuser.yaml"]);
-        for ((_, crd), short) in crds.iter().zip(["mqb", "mqu"]) {
+        assert_eq!(
+            names,
+            ["mqttbroker.yaml", "mqttuser.yaml", "mqttbridge.yaml"]
+        );
+        for ((_, crd), short) in crds.iter().zip(["mqb", "mqu", "mqbr"]) {
             let yaml = crd_yaml(crd).unwrap();
             let parsed: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
             assert_eq!(parsed, serde_json::to_value(crd).unwrap());

@@ -123,6 +123,7 @@ fn examples_render_every_object() {
                 "Secret",
                 "Service",
                 "Service",
+                "Service",
                 "StatefulSet",
                 "PodDisruptionBudget"
             ],

@@ -28,6 +28,19 @@ pub const PAUSED_ANNOTATION: &str = "kubemqtt.io/paused";
 /// is recorded on the server certificate Secret under the same key.
 pub const FORCE_RENEW_ANNOTATION: &str = "kubemqtt.io/force-renew";
 
+/// Annotation on an `MqttBroker`: setting it to a new value starts a
+/// rotation of the operator's CA at once (as when the CA nears its
+/// expiry): the new CA joins the trust bundle now and signs the server
+/// certificate once `spec.tls.ca.overlapDays` have passed. The value last
+/// acted on is recorded on the CA Secret under the same key.
+pub const ROTATE_CA_ANNOTATION: &str = "kubemqtt.io/rotate-ca";
+
+/// Label the operator puts on Secrets it reads but does not own (a user's
+/// password Secret, a team's CA or certificate), so that its watch of
+/// Secrets can be limited to those: a change of one is then acted on at
+/// once. Teams may set it themselves.
+pub const REFERENCED_LABEL: &str = "kubemqtt.io/referenced";
+
 /// Schema checks shared by the resources' tests.
 #[cfg(test)]
 pub(crate) mod schema_checks {

@@ -10,7 +10,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+    Affinity, Container, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
+    TopologySpreadConstraint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{CustomResource, KubeSchema};
@@ -73,11 +74,24 @@ pods would silently stop seeing each other's messages";
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MqttBrokerSpec {
-    /// Container image of the broker. Default: the broker image released
-    /// with this version of the operator (chosen when the operator is
-    /// installed).
+    /// Container image of the broker. Default: the operator's broker image
+    /// (the chart's `operator.brokerImage`, else the image released with
+    /// this version of the operator): set either to use a mirror.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+
+    /// Secrets for pulling the broker image from a private registry or
+    /// mirror. Default: the operator's (the chart's
+    /// `operator.brokerImagePullSecrets`); when set here, these replace
+    /// them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// The ServiceAccount the broker pods run as. The broker never calls
+    /// the Kubernetes API, so its token is not mounted. Default: the
+    /// namespace's `default` ServiceAccount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
 
     /// Number of broker pods: 1 runs the broker, 0 stops it (its volume is
     /// kept). Values above 1 are rejected until brokers can share
@@ -89,9 +103,26 @@ pub struct MqttBrokerSpec {
     pub replicas: i32,
 
     /// CPU and memory of the broker container. Default: requests of 100m
-    /// CPU and 128Mi memory, and a 512Mi memory limit.
+    /// CPU and 256Mi memory, and a 1Gi memory limit. Keep a memory limit:
+    /// the broker bounds the messages queued in all sessions together to
+    /// half of it (its memory budget), so a limit is what keeps many full
+    /// queues from getting the pod killed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// Extra environment variables of the broker container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+
+    /// Extra containers in the broker pods, next to the broker (a log
+    /// shipper, a proxy). Their names may not be `broker`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sidecars: Vec<Container>,
+
+    /// Timing of the broker container's startup, liveness and readiness
+    /// probes. Unset fields keep the defaults shown for each probe.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub probes: ProbesSpec,
 
     /// Node labels a node must have to run the broker pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -146,13 +177,12 @@ pub struct MqttBrokerSpec {
     pub limits: LimitsSpec,
 
     /// Durable storage of retained messages and persistent sessions: one
-    /// PersistentVolumeClaim per pod. Cannot be changed after creation (a
-    /// StatefulSet's volume claims are immutable).
-    #[x_kube(validation = Rule::new("self == oldSelf").message(
-        "persistence cannot be changed after creation: the broker's volume claims are immutable"
-    ))]
-    // Always present (the schema defaults it), so that the rule above also
-    // holds when the first version of the broker left it out.
+    /// PersistentVolumeClaim per pod. It can be turned on or off, and its
+    /// size raised, on a running broker: the operator replaces the
+    /// StatefulSet without deleting its pods, resizes the existing claims
+    /// (their StorageClass must allow volume expansion) and rolls the pods.
+    /// A size can not shrink, and the StorageClass can not change while
+    /// claims exist.
     #[serde(default)]
     pub persistence: PersistenceSpec,
 
@@ -175,8 +205,13 @@ impl Default for MqttBrokerSpec {
     fn default() -> Self {
         MqttBrokerSpec {
             image: None,
+            image_pull_secrets: Vec::new(),
+            service_account_name: None,
             replicas: default_replicas(),
             resources: None,
+            env: Vec::new(),
+            sidecars: Vec::new(),
+            probes: ProbesSpec::default(),
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
             affinity: None,
@@ -198,7 +233,9 @@ impl Default for MqttBrokerSpec {
 
 /// The four listeners. Each one has a standard port and can be turned on
 /// or off; two may not share a port, and port 8080 is the broker's HTTP
-/// port (health, metrics, admin API).
+/// port (health, metrics, admin API). Every enabled listener is on the
+/// in-cluster Service `<name>`; only the TLS ones (mqtts, wss) are on the
+/// external Service `<name>-external` unless a listener says otherwise.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ListenersSpec {
@@ -230,9 +267,27 @@ pub struct ListenerSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
+    /// Whether the listener is also on the external Service (the load
+    /// balancer, with `service.type` LoadBalancer). Default: true for the
+    /// TLS listeners (mqtts, wss), false for the plain-text ones (mqtt,
+    /// ws), whose passwords would cross the internet in clear.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external: Option<bool>,
+    /// Whether connections through the external Service start with a
+    /// PROXY protocol (v1 or v2) header carrying the client's address, as
+    /// load balancers configured for it send. Only the external path
+    /// expects it: the broker listens for it on a second port (this port
+    /// plus 10000) that only the external Service targets, so in-cluster
+    /// clients of `<name>` are unaffected. Turning it on here does not
+    /// configure the load balancer: see docs/exposure.md for each cloud's
+    /// annotation. Default: false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<bool>,
 }
 
-/// The client Service.
+/// The external Service (`<name>-external`), which exposes the listeners
+/// marked external outside the cluster. In-cluster clients use the
+/// ClusterIP Service `<name>`, which has every listener.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(
@@ -241,15 +296,17 @@ pub struct ListenerSpec {
 #[x_kube(validation = Rule::new("self.type != 'ClusterIP' || !has(self.externalTrafficPolicy)")
     .message("externalTrafficPolicy needs type NodePort or LoadBalancer"))]
 pub struct ServiceSpec {
-    /// How the Service is exposed. Default: LoadBalancer.
+    /// How the broker is exposed outside the cluster: LoadBalancer (the
+    /// default), NodePort, or ClusterIP for no external Service at all.
     #[serde(default, rename = "type")]
     pub type_: ServiceType,
-    /// Annotations on the client Service, e.g. for the cloud's load
-    /// balancer controller.
+    /// Annotations on the external Service, e.g. for the cloud's load
+    /// balancer controller (docs/exposure.md has a table per cloud).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
     /// CIDR ranges allowed to reach the load balancer (type LoadBalancer
-    /// only). Default: any address.
+    /// only). Default: any address; the operator posts a Warning Event when
+    /// a plain-text listener is then open to the world.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub load_balancer_source_ranges: Vec<String>,
     /// Whether external traffic is routed to node-local pods only (Local,
@@ -262,20 +319,12 @@ pub struct ServiceSpec {
     /// Default: the cluster's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer_class: Option<String>,
-    /// Whether the broker expects a PROXY protocol (v1 or v2) header at the
-    /// start of every connection, as load balancers send to pass on the
-    /// client's address. Every listener then requires it, also from
-    /// clients inside the cluster. Turning it on here does not configure
-    /// the load balancer: use the annotations your cloud documents.
-    /// Default: false.
-    #[serde(default)]
-    pub proxy_protocol: bool,
 }
 
 /// How a Service is exposed.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum ServiceType {
-    /// Reachable inside the cluster only.
+    /// Reachable inside the cluster only: no external Service.
     ClusterIP,
     /// Reachable on a port of every node.
     NodePort,
@@ -314,14 +363,24 @@ impl ExternalTrafficPolicy {
     }
 }
 
-/// The broker's TLS certificate.
+/// The broker's TLS certificate, and the CA clients trust.
+///
+/// By default the operator keeps its own CA (`<name>-ca`) and issues the
+/// server certificate from it. `ca.secretName` makes it issue from a CA
+/// you provide instead, `certManager` has cert-manager issue it, and
+/// `secretName` serves a certificate you manage yourself.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!(has(self.generated) && has(self.secretName))")
     .message("set either tls.generated or tls.secretName, not both"))]
+#[x_kube(validation = Rule::new("!(has(self.certManager) && has(self.secretName))")
+    .message("set either tls.certManager or tls.secretName, not both"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.ca) || !has(self.ca.secretName) || !(has(self.secretName) || has(self.certManager))"
+).message("tls.ca.secretName issues the server certificate: it cannot go with tls.secretName or tls.certManager"))]
 pub struct TlsSpec {
-    /// Settings of the certificate the operator generates, from its own
-    /// CA, when `secretName` is not set.
+    /// Settings of the server certificate the operator has issued (by its
+    /// own CA, by `ca.secretName`, or by cert-manager).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generated: Option<GeneratedTlsSpec>,
     /// Name of a `kubernetes.io/tls` Secret in the broker's namespace that
@@ -329,9 +388,90 @@ pub struct TlsSpec {
     /// CA bundle in `ca.crt`). You renew it; the broker reloads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    /// The CA that issues the server certificate, and how long a replaced
+    /// CA stays trusted.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub ca: CaSpec,
+    /// Have cert-manager issue the server certificate: the operator
+    /// creates a cert-manager `Certificate` (`<name>-tls`) and the pods
+    /// serve the Secret cert-manager writes. Needs cert-manager in the
+    /// cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_manager: Option<CertManagerSpec>,
 }
 
-/// A certificate the operator generates and renews.
+/// The CA behind the server certificate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CaSpec {
+    /// A Secret of yours holding the CA that issues the server
+    /// certificate: `tls.crt` and `tls.key` (as cert-manager writes a CA),
+    /// or `ca.crt` and `ca.key`. The operator only reads it. Replace its
+    /// content to rotate the CA: the certificate it issued keeps being
+    /// served for `overlapDays` (or until it needs renewing), while the
+    /// trust bundle holds both CAs. Default: the operator's own CA, in
+    /// `<name>-ca`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+    /// How long, in days, both the outgoing and the incoming CA are in the
+    /// trust bundle (`ca.crt` of the ConfigMap and of every user's Secret)
+    /// when the CA changes, before the server certificate moves to the new
+    /// CA. Devices that fetch their CA bundle within that time keep
+    /// connecting. Default: 30.
+    #[schemars(range(min = 0, max = 365))]
+    pub overlap_days: i32,
+    /// Whether the CA Secrets the operator generates (`<name>-ca` and
+    /// `<name>-clients-ca`) are deleted with the MqttBroker. By default
+    /// they stay, so that a broker created again with the same name adopts
+    /// them and devices that pinned its CA keep connecting; delete them
+    /// with `kubectl delete secret <name>-ca <name>-clients-ca`.
+    pub delete_with_broker: bool,
+}
+
+impl Default for CaSpec {
+    fn default() -> Self {
+        CaSpec {
+            secret_name: None,
+            overlap_days: default_overlap_days(),
+            delete_with_broker: false,
+        }
+    }
+}
+
+/// A server certificate issued by cert-manager.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertManagerSpec {
+    /// The cert-manager Issuer or ClusterIssuer that signs the
+    /// certificate.
+    pub issuer_ref: IssuerReference,
+    /// Whether the certificate names only `generated.extraSANs` and the
+    /// load balancer's address, leaving out the Services' in-cluster DNS
+    /// names: for issuers that refuse names they cannot verify, such as
+    /// ACME (Let's Encrypt). In-cluster clients then connect by one of the
+    /// public names. Default: false.
+    #[serde(default)]
+    pub public_names_only: bool,
+}
+
+/// A cert-manager issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerReference {
+    /// The issuer's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `Issuer` (in the broker's namespace) or `ClusterIssuer`. Default:
+    /// Issuer.
+    #[serde(default = "default_issuer_kind")]
+    pub kind: String,
+    /// The issuer's API group. Default: cert-manager.io.
+    #[serde(default = "default_issuer_group")]
+    pub group: String,
+}
+
+/// A certificate the operator has issued and renews.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.renewBeforeDays < self.validityDays")
@@ -347,7 +487,9 @@ pub struct GeneratedTlsSpec {
     pub renew_before_days: i32,
     /// Extra names (DNS names, `*.` wildcards or IP addresses) the
     /// certificate covers, besides the Services' DNS names and the load
-    /// balancer's address, which it always covers.
+    /// balancer's address, which it always covers. The first DNS name
+    /// without a wildcard is what users' Secrets give as `external-host`:
+    /// point it at the load balancer.
     #[serde(default, rename = "extraSANs", skip_serializing_if = "Vec::is_empty")]
     pub extra_sans: Vec<String>,
 }
@@ -510,8 +652,61 @@ pub enum LogFormat {
     Json,
 }
 
+/// Timing of the broker container's probes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProbesSpec {
+    /// The startup probe (`/readyz`). Default: every 2 seconds, 60
+    /// failures allowed (two minutes, for replaying a large persistence
+    /// log), 1-second timeout.
+    #[serde(skip_serializing_if = "is_default")]
+    pub startup: ProbeSpec,
+    /// The liveness probe (`/healthz`). Default: every 10 seconds, 3
+    /// failures, 1-second timeout.
+    #[serde(skip_serializing_if = "is_default")]
+    pub liveness: ProbeSpec,
+    /// The readiness probe (`/readyz`). Default: every 5 seconds, 2
+    /// failures, 1-second timeout.
+    #[serde(skip_serializing_if = "is_default")]
+    pub readiness: ProbeSpec,
+}
+
+/// One probe's timing; unset fields keep the probe's default.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProbeSpec {
+    /// Seconds after the container starts before the first probe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub initial_delay_seconds: Option<i32>,
+    /// Seconds between probes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub period_seconds: Option<i32>,
+    /// Seconds a probe may take.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub timeout_seconds: Option<i32>,
+    /// Consecutive failures before the probe fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub failure_threshold: Option<i32>,
+}
+
 fn default_replicas() -> i32 {
     1
+}
+
+fn default_overlap_days() -> i32 {
+    30
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".to_owned()
+}
+
+fn default_issuer_group() -> String {
+    "cert-manager.io".to_owned()
 }
 
 fn default_validity_days() -> i32 {

@@ -5,7 +5,9 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Condition type: the broker accepts connections on its endpoints.
+/// Condition type: every listener is reachable at its advertised address:
+/// the load balancer has an address, the pods are ready, and every pod has
+/// the current credentials.
 pub const CONDITION_READY: &str = "Ready";
 /// Condition type: at least one broker pod is ready.
 pub const CONDITION_AVAILABLE: &str = "Available";
@@ -44,35 +46,95 @@ pub struct MqttBrokerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
 
-    /// Where clients connect: the load balancer's address when it has
-    /// one, else the Service's in-cluster DNS name.
+    /// Where clients connect, as a URL with scheme and port
+    /// (`mqtts://203.0.113.7:8883`): the external address of the first
+    /// external listener (mqtts preferred) when the broker is exposed, else
+    /// the in-cluster address. Unset while the load balancer has no
+    /// address yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
 
-    /// The broker's addresses inside and outside the cluster.
+    /// The broker's host names inside and outside the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<EndpointsStatus>,
 
-    /// The TLS certificate the broker serves.
+    /// Each enabled listener and where it is reachable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<ListenerStatus>,
+
+    /// The TLS certificate the broker serves and the CAs behind it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateStatus>,
+
+    /// The credentials file (the MqttUsers) and how far it reached the
+    /// pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsStatus>,
 }
 
-/// The broker's addresses.
+/// The broker's host names.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointsStatus {
-    /// The client Service's DNS name inside the cluster.
+    /// The in-cluster Service's DNS name.
     pub internal: String,
     /// The load balancer's IP address or host name, once it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external: Option<String>,
 }
 
+/// One listener and where it is reachable.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerStatus {
+    /// `mqtt`, `mqtts`, `ws` or `wss`.
+    pub name: String,
+    /// Its URL inside the cluster, through the Service `<name>`.
+    pub internal: String,
+    /// Its URL outside the cluster, through the external Service's load
+    /// balancer, once that has an address. Unset for a listener that is
+    /// not external.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<String>,
+    /// The node port of the external Service (type NodePort).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<i32>,
+    /// Whether the external path expects a PROXY protocol header.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
 /// The TLS certificate the broker serves.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateStatus {
-    /// When the certificate expires.
+    /// When the served certificate expires.
     pub not_after: Time,
+    /// When the CA that issued the served certificate expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_not_after: Option<Time>,
+    /// During a CA rotation: when the incoming CA (already in the trust
+    /// bundle) expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_ca_not_after: Option<Time>,
+    /// During a CA rotation: when the server certificate moves to the
+    /// incoming CA and the outgoing one leaves the trust bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_rotation_completes_at: Option<Time>,
+}
+
+/// The credentials file and its propagation.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsStatus {
+    /// The revision of the credentials file in the Secret `<name>-auth`.
+    pub revision: i64,
+    /// The newest revision every broker pod has confirmed having in
+    /// force. An MqttUser is Ready once this reaches the revision that
+    /// holds its credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_revision: Option<i64>,
+    /// Broker pods that have `revision` in force.
+    #[serde(default)]
+    pub pods_confirmed: i32,
 }

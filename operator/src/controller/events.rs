@@ -5,18 +5,18 @@
 //! The builders here are pure; [`Events::publish`] sends one through
 //! kube's [`Recorder`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 
-use super::apply::{AppliedObject, FIELD_MANAGER};
+use super::apply::FIELD_MANAGER;
 use super::ObjectKey;
 use crate::api::PAUSED_ANNOTATION;
 use crate::certs::RenewalReason;
-use crate::plan::{CertificateKind, Renewal};
+use crate::plan::{CertificateKind, CertificatePlan, ExposureWarning};
 
 /// The API server refuses Event notes longer than this (bytes).
 const MAX_NOTE: usize = 1024;
@@ -55,62 +55,97 @@ impl BrokerEvent {
 }
 
 /// The Events after applying: one `Created` listing the objects that did
-/// not exist in `before`, one `Updated` listing those whose resource
-/// version changed. Nothing when nothing changed.
-pub fn changes(
-    before: &BTreeMap<ObjectKey, String>,
-    applied: &[AppliedObject],
-) -> Vec<BrokerEvent> {
-    let mut created = Vec::new();
-    let mut updated = Vec::new();
-    for object in applied {
-        match before.get(&object.key) {
-            None => created.push(object.key.to_string()),
-            Some(version) if object.object.metadata.resource_version.as_ref() != Some(version) => {
-                updated.push(object.key.to_string())
-            }
-            Some(_) => {}
-        }
-    }
+/// not exist, one `Updated` listing those whose content changed. Nothing
+/// when nothing changed.
+pub fn changes(created: &[ObjectKey], updated: &[ObjectKey]) -> Vec<BrokerEvent> {
+    let list = |keys: &[ObjectKey]| {
+        keys.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let mut events = Vec::new();
     if !created.is_empty() {
         events.push(BrokerEvent::normal(
             "Created",
             "Apply",
-            format!("created {}", created.join(", ")),
+            format!("created {}", list(created)),
         ));
     }
     if !updated.is_empty() {
         events.push(BrokerEvent::normal(
             "Updated",
             "Apply",
-            format!("updated {}", updated.join(", ")),
+            format!("updated {}", list(updated)),
         ));
     }
     events
 }
 
+/// The Event when the StatefulSet was replaced for new volume claims.
+pub fn replaced_stateful_set() -> BrokerEvent {
+    BrokerEvent::normal(
+        "StatefulSetReplaced",
+        "Apply",
+        "replaced the StatefulSet for its new volume claims (spec.persistence); its pods kept \
+         running and roll onto the new template"
+            .to_owned(),
+    )
+}
+
 /// One Event per certificate a plan issued: `CertificateIssued` for a
-/// first certificate, `CertificateRenewed` with the reason otherwise.
-pub fn renewals(renewals: &[Renewal]) -> Vec<BrokerEvent> {
-    renewals
+/// first certificate, `CaRotationStarted` and `CaRotationCompleted` for the
+/// two steps of a CA rotation, `CertificateRenewed` with the reason
+/// otherwise.
+pub fn renewals(certificate: &CertificatePlan) -> Vec<BrokerEvent> {
+    certificate
+        .renewals
         .iter()
         .map(|renewal| {
             let which = match renewal.certificate {
                 CertificateKind::Ca => "the CA certificate",
                 CertificateKind::Server => "the server certificate",
             };
-            let reason = match renewal.reason {
-                RenewalReason::Missing => "CertificateIssued",
-                _ => "CertificateRenewed",
-            };
-            BrokerEvent::normal(
-                reason,
-                "IssueCertificate",
-                format!("issued {which}: {}", renewal.reason.describe()),
-            )
+            let why = renewal.reason.describe();
+            match (
+                renewal.certificate,
+                renewal.reason,
+                certificate.ca_rotation_completes_at,
+            ) {
+                (_, RenewalReason::Missing, _) => BrokerEvent::normal(
+                    "CertificateIssued",
+                    "IssueCertificate",
+                    format!("issued {which}: {why}"),
+                ),
+                (CertificateKind::Ca, _, Some(at)) => BrokerEvent::normal(
+                    "CaRotationStarted",
+                    "IssueCertificate",
+                    format!(
+                        "issued a new CA ({why}): clients trust it from now on (ca.crt of the \
+                         ConfigMap and of every user's Secret holds both CAs), and it signs \
+                         the server certificate from {at}"
+                    ),
+                ),
+                (CertificateKind::Server, RenewalReason::CaRotationCompleted, _) => {
+                    BrokerEvent::normal(
+                        "CaRotationCompleted",
+                        "IssueCertificate",
+                        format!("issued {which}: {why}; the old CA left the trust bundle"),
+                    )
+                }
+                _ => BrokerEvent::normal(
+                    "CertificateRenewed",
+                    "IssueCertificate",
+                    format!("issued {which}: {why}"),
+                ),
+            }
         })
         .collect()
+}
+
+/// The Warning about an exposure choice.
+pub fn exposure(warning: &ExposureWarning) -> BrokerEvent {
+    BrokerEvent::warning(warning.reason(), "Expose", warning.message())
 }
 
 /// The Warning for a spec that cannot be applied (`reason` from the
@@ -242,37 +277,19 @@ fn truncate(text: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use kube::api::DynamicObject;
+    use k8s_openapi::jiff::Timestamp;
 
     use super::*;
-
-    fn applied(kind: &str, name: &str, version: &str) -> AppliedObject {
-        let mut object: DynamicObject = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": kind,
-            "metadata": {"name": name, "resourceVersion": version},
-        }))
-        .unwrap();
-        object.metadata.resource_version = Some(version.to_owned());
-        AppliedObject {
-            key: ObjectKey::new(kind, name),
-            object,
-        }
-    }
+    use crate::plan::{ListenerKind, Renewal};
 
     #[test]
     fn created_and_updated_objects_are_listed() {
-        let before = BTreeMap::from([
-            (ObjectKey::new("ConfigMap", "mq-config"), "10".to_owned()),
-            (ObjectKey::new("Secret", "mq-auth"), "11".to_owned()),
-        ]);
-        let after = [
-            applied("ConfigMap", "mq-config", "12"),
-            applied("Secret", "mq-auth", "11"),
-            applied("Service", "mq", "13"),
-            applied("StatefulSet", "mq", "14"),
-        ];
+        let key = ObjectKey::new;
         assert_eq!(
-            changes(&before, &after),
+            changes(
+                &[key("Service", "mq"), key("StatefulSet", "mq")],
+                &[key("ConfigMap", "mq-config")]
+            ),
             [
                 BrokerEvent::normal(
                     "Created",
@@ -282,22 +299,39 @@ mod tests {
                 BrokerEvent::normal("Updated", "Apply", "updated ConfigMap mq-config".into()),
             ]
         );
-        let unchanged = [applied("Secret", "mq-auth", "11")];
-        assert_eq!(changes(&before, &unchanged), []);
+        assert_eq!(changes(&[], &[]), []);
+    }
+
+    fn plan(
+        renewals: &[(CertificateKind, RenewalReason)],
+        completes: Option<Timestamp>,
+    ) -> CertificatePlan {
+        let at: Timestamp = "2025-06-01T12:00:00Z".parse().unwrap();
+        CertificatePlan {
+            not_after: at,
+            ca_not_after: at,
+            next_ca_not_after: None,
+            ca_rotation_completes_at: completes,
+            renewals: renewals
+                .iter()
+                .map(|(certificate, reason)| Renewal {
+                    certificate: *certificate,
+                    reason: *reason,
+                })
+                .collect(),
+            recheck_at: at,
+        }
     }
 
     #[test]
     fn renewals_say_which_certificate_and_why() {
-        let events = renewals(&[
-            Renewal {
-                certificate: CertificateKind::Ca,
-                reason: RenewalReason::Missing,
-            },
-            Renewal {
-                certificate: CertificateKind::Server,
-                reason: RenewalReason::NamesChanged,
-            },
-        ]);
+        let events = renewals(&plan(
+            &[
+                (CertificateKind::Ca, RenewalReason::Missing),
+                (CertificateKind::Server, RenewalReason::NamesChanged),
+            ],
+            None,
+        ));
         assert_eq!(
             events,
             [
@@ -316,13 +350,40 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_warnings() {
+    fn the_two_steps_of_a_ca_rotation_are_told() {
+        let completes: Timestamp = "2025-07-01T12:00:00Z".parse().unwrap();
+        let started = renewals(&plan(
+            &[(CertificateKind::Ca, RenewalReason::Forced)],
+            Some(completes),
+        ));
+        assert_eq!(started[0].reason, "CaRotationStarted");
+        assert!(
+            started[0]
+                .note
+                .contains("signs the server certificate from 2025-07-01T12:00:00Z"),
+            "{}",
+            started[0].note
+        );
+        let completed = renewals(&plan(
+            &[(CertificateKind::Server, RenewalReason::CaRotationCompleted)],
+            None,
+        ));
+        assert_eq!(completed[0].reason, "CaRotationCompleted");
+    }
+
+    #[test]
+    fn failures_and_exposure_are_warnings() {
         let event = invalid("InvalidSpec", "spec.labels: bad");
         assert!(event.warning);
         assert_eq!(event.reason, "InvalidSpec");
         assert_eq!(event.note, "nothing was applied: spec.labels: bad");
         assert!(apply_failed("cannot apply Secret mq-tls").warning);
         assert!(!paused().warning);
+        let exposed = exposure(&ExposureWarning::PlainTextOpenToTheWorld {
+            listener: ListenerKind::Mqtt,
+        });
+        assert!(exposed.warning);
+        assert_eq!(exposed.reason, "PlainTextExposed");
     }
 
     #[test]

@@ -1,14 +1,15 @@
-//! A fake API server for the controller's tests, behind kube's mock
-//! service (`tower-test`), after the `controller-rs` fixtures.
+//! A fake API server for the controller's tests and the request-counting
+//! benchmark, behind kube's mock service (`tower-test`), after the
+//! `controller-rs` fixtures.
 //!
 //! Instead of a script of canned answers, it answers from an in-memory
 //! store of objects the way the real API server does for what the
-//! controller asks (get, server-side apply with and without dry run,
-//! status apply, Event creation), and records every request. Tests then
-//! assert the exact sequence of requests and look into their bodies.
-//! Tests play the rest of the cluster by writing to the store (a load
-//! balancer's address, a StatefulSet's ready pods) and can make one
-//! request fail.
+//! controller asks (get, list by label, server-side apply with and without
+//! dry run, under several field managers, status apply, delete, Event
+//! creation), and records every request. Tests then assert the exact
+//! sequence of requests and look into their bodies. Tests play the rest of
+//! the cluster by writing to the store (a load balancer's address, a
+//! StatefulSet's ready pods) and can make one request fail.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -23,6 +24,10 @@ use tower_test::mock;
 
 use super::push::{CredentialsPusher, PushError, PushReply};
 use crate::api::MqttBroker;
+
+/// The field manager whose applies replace whole objects; the others'
+/// apply only metadata (labels and annotations), which the main one keeps.
+const MAIN_MANAGER: &str = "kubemqtt-operator";
 
 /// One request the controller sent.
 #[derive(Debug, Clone)]
@@ -43,12 +48,41 @@ impl Recorded {
         self.query.contains("dryRun=All")
     }
 
-    /// `METHOD path`, with ` (dry run)` for dry runs: for sequence
-    /// assertions.
+    /// The field manager of an apply.
+    pub fn field_manager(&self) -> Option<String> {
+        query_value(&self.query, "fieldManager")
+    }
+
+    /// `METHOD path`, with `?labelSelector` for lists, ` (dry run)` for
+    /// dry runs and ` by <manager>` for applies of another field manager:
+    /// for sequence assertions.
     pub fn line(&self) -> String {
         let dry_run = if self.is_dry_run() { " (dry run)" } else { "" };
-        format!("{} {}{dry_run}", self.method, self.path)
+        let selector = query_value(&self.query, "labelSelector")
+            .map(|selector| format!("?{selector}"))
+            .unwrap_or_default();
+        let manager = match self.field_manager() {
+            Some(manager) if manager != MAIN_MANAGER && self.method == Method::PATCH => {
+                format!(" by {manager}")
+            }
+            _ => String::new(),
+        };
+        format!("{} {}{selector}{dry_run}{manager}", self.method, self.path)
     }
+}
+
+/// The decoded value of `key` in a query string.
+fn query_value(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let value = pair.strip_prefix(key)?.strip_prefix('=')?;
+        Some(
+            value
+                .replace("%3D", "=")
+                .replace("%2F", "/")
+                .replace("%2C", ",")
+                .replace("%3A", ":"),
+        )
+    })
 }
 
 /// A failure to answer instead of the real response, once.
@@ -64,7 +98,12 @@ struct Fault {
 struct State {
     /// Objects by their URL path.
     objects: BTreeMap<String, Value>,
+    /// Labels and annotations applied by other field managers, by path:
+    /// the main manager's applies keep them.
+    foreign: BTreeMap<String, Value>,
     requests: Vec<Recorded>,
+    /// Bytes of every response body sent.
+    response_bytes: usize,
     faults: Vec<Fault>,
     revision: u64,
 }
@@ -96,9 +135,11 @@ impl ApiServer {
                     body,
                 };
                 let (code, answer) = answering.answer(recorded);
+                let bytes = serde_json::to_vec(&answer).expect("JSON");
+                answering.lock().response_bytes += bytes.len();
                 let response = Response::builder()
                     .status(code)
-                    .body(Body::from(serde_json::to_vec(&answer).expect("JSON")))
+                    .body(Body::from(bytes))
                     .expect("response");
                 send.send_response(response);
             }
@@ -171,6 +212,20 @@ impl ApiServer {
         std::mem::take(&mut self.lock().requests)
     }
 
+    /// The bytes of response bodies sent since the last call.
+    pub fn take_response_bytes(&self) -> usize {
+        std::mem::take(&mut self.lock().response_bytes)
+    }
+
+    /// The objects stored directly under the collection `path` (a list
+    /// without a selector).
+    pub fn list(&self, path: &str) -> Vec<Value> {
+        self.lock().list(path, "")["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     fn answer(&self, request: Recorded) -> (u16, Value) {
         let mut state = self.lock();
         state.requests.push(request.clone());
@@ -194,9 +249,25 @@ impl ApiServer {
             },
             // Events: created, or a series updated.
             Method::POST | Method::PATCH if path.contains("/events") => (201, request.body),
-            Method::PATCH => match path.strip_suffix("/status") {
-                Some(object_path) => state.apply_status(object_path, &request.body),
-                None => state.apply(path, request.body, dry_run),
+            Method::PATCH => {
+                let manager = request.field_manager();
+                let is_apply = request.query.contains("fieldManager=");
+                match path.strip_suffix("/status") {
+                    Some(object_path) => state.apply_status(object_path, &request.body),
+                    None if !is_apply => state.merge_patch(path, &request.body),
+                    None if manager.as_deref() == Some(MAIN_MANAGER) => {
+                        state.apply(path, request.body, dry_run)
+                    }
+                    None => state.apply_metadata(path, &request.body, dry_run),
+                }
+            }
+            Method::DELETE => match state.objects.remove(path) {
+                Some(object) => {
+                    state.foreign.remove(path);
+                    state.revision += 1;
+                    (200, object)
+                }
+                None => (404, failure(404, "NotFound", "not found")),
             },
             _ => (405, failure(405, "MethodNotAllowed", "not supported")),
         }
@@ -207,10 +278,7 @@ impl State {
     /// A list of the objects directly under the collection `path`, with
     /// an equality `labelSelector` (`key=value`) applied.
     fn list(&self, path: &str, query: &str) -> Value {
-        let selector = query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("labelSelector="))
-            .map(|s| s.replace("%3D", "=").replace("%2F", "/"));
+        let selector = query_value(query, "labelSelector");
         let prefix = format!("{path}/");
         let items: Vec<Value> = self
             .objects
@@ -223,7 +291,8 @@ impl State {
                 selector.as_deref().is_none_or(|selector| {
                     selector.split(',').all(|term| match term.split_once('=') {
                         Some((key, value)) => object["metadata"]["labels"][key] == value,
-                        None => false,
+                        // `key`: the label exists.
+                        None => object["metadata"]["labels"].get(term).is_some(),
                     })
                 })
             })
@@ -242,6 +311,33 @@ impl State {
     /// generation move only when the content changes.
     fn apply(&mut self, path: &str, mut object: Value, dry_run: bool) -> (u16, Value) {
         let existing = self.objects.get(path);
+        // A StatefulSet's volume claim templates cannot change.
+        if let Some(old) = existing.filter(|_| path.contains("/statefulsets/")) {
+            let claims = |o: &Value| o["spec"]["volumeClaimTemplates"].clone();
+            if claims(old) != claims(&object) {
+                return (
+                    422,
+                    failure(
+                        422,
+                        "Invalid",
+                        "StatefulSet.apps is invalid: spec: Forbidden: updates to statefulset \
+                         spec for fields other than 'replicas', 'ordinals', 'template', \
+                         'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and \
+                         'minReadySeconds' are forbidden",
+                    ),
+                );
+            }
+        }
+        if let Some(foreign) = self.foreign.get(path) {
+            for key in ["labels", "annotations"] {
+                for (name, value) in foreign[key].as_object().into_iter().flatten() {
+                    if !object["metadata"][key].is_object() {
+                        object["metadata"][key] = json!({});
+                    }
+                    object["metadata"][key][name] = value.clone();
+                }
+            }
+        }
         if let Some(old) = existing {
             for key in ["status"] {
                 if let Some(value) = old.get(key) {
@@ -254,7 +350,12 @@ impl State {
                 }
             }
         }
-        let changed = existing.is_none_or(|old| old.get("spec") != object.get("spec"));
+        // Only the objects of API groups keep a generation (StatefulSets,
+        // custom resources); core ones (ConfigMaps, Secrets, Services) do
+        // not.
+        let has_generation = path.starts_with("/apis/");
+        let changed =
+            has_generation && existing.is_none_or(|old| old.get("spec") != object.get("spec"));
         let content_changed = existing.is_none_or(|old| content(old) != content(&object));
         if changed {
             let generation = object["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
@@ -268,6 +369,61 @@ impl State {
             self.objects.insert(path.to_owned(), object.clone());
         }
         (200, object)
+    }
+
+    /// Server-side apply of labels and annotations by another field
+    /// manager, on an object that exists.
+    fn apply_metadata(&mut self, path: &str, patch: &Value, dry_run: bool) -> (u16, Value) {
+        let Some(mut object) = self.objects.get(path).cloned() else {
+            return (404, failure(404, "NotFound", "not found"));
+        };
+        let mut changed = false;
+        for key in ["labels", "annotations"] {
+            for (name, value) in patch["metadata"][key].as_object().into_iter().flatten() {
+                if !object["metadata"][key].is_object() {
+                    object["metadata"][key] = json!({});
+                }
+                changed |= object["metadata"][key][name] != *value;
+                object["metadata"][key][name] = value.clone();
+                if !dry_run {
+                    let foreign = self
+                        .foreign
+                        .entry(path.to_owned())
+                        .or_insert_with(|| json!({}));
+                    if !foreign[key].is_object() {
+                        foreign[key] = json!({});
+                    }
+                    foreign[key][name] = value.clone();
+                }
+            }
+        }
+        if changed && !dry_run {
+            self.revision += 1;
+            object["metadata"]["resourceVersion"] = json!(self.revision.to_string());
+            self.objects.insert(path.to_owned(), object.clone());
+        }
+        (200, object)
+    }
+
+    /// A JSON merge patch of an object that exists.
+    fn merge_patch(&mut self, path: &str, patch: &Value) -> (u16, Value) {
+        fn merge(target: &mut Value, patch: &Value) {
+            match (target.as_object_mut(), patch.as_object()) {
+                (Some(target), Some(patch)) => {
+                    for (key, value) in patch {
+                        merge(target.entry(key.clone()).or_insert(Value::Null), value);
+                    }
+                }
+                _ => *target = patch.clone(),
+            }
+        }
+        let Some(object) = self.objects.get_mut(path) else {
+            return (404, failure(404, "NotFound", "not found"));
+        };
+        merge(object, patch);
+        self.revision += 1;
+        object["metadata"]["resourceVersion"] = json!(self.revision.to_string());
+        (200, object.clone())
     }
 
     /// Server-side apply of the status subresource.
@@ -369,5 +525,34 @@ impl CredentialsPusher for RecordingPusher {
                 Ok(PushReply::Applied)
             }
         })
+    }
+}
+
+/// Keeps a [`UserIndex`](super::index::UserIndex) store in step with the
+/// fake API server's `MqttUser`s, as the watch would.
+pub struct UserCache {
+    writer: Mutex<kube::runtime::reflector::store::Writer<crate::api::MqttUser>>,
+}
+
+impl UserCache {
+    /// A cache feeding `index`.
+    pub fn new(index: &super::index::UserIndex) -> UserCache {
+        let (store, writer) = kube::runtime::reflector::store();
+        index.add(store);
+        UserCache {
+            writer: Mutex::new(writer),
+        }
+    }
+
+    /// Lists the users under `collection` again, as a watch restart does.
+    pub fn sync(&self, server: &ApiServer, collection: &str) {
+        use kube::runtime::watcher::Event;
+        let mut writer = self.writer.lock().expect("user cache");
+        writer.apply_watcher_event(&Event::Init);
+        for object in server.list(collection) {
+            let user: crate::api::MqttUser = serde_json::from_value(object).expect("a user");
+            writer.apply_watcher_event(&Event::InitApply(user));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
     }
 }

@@ -1,46 +1,62 @@
-//! Reading what exists: each of a broker's objects, once per reconcile.
+//! Reading what exists, in few requests: a broker's Secrets and Services
+//! each in one list (by the broker's labels), its ConfigMap, StatefulSet
+//! and PodDisruptionBudget, its pods, its users' Secrets in one list, and
+//! its users from the operator's cache ([`UserIndex`]), not from the API.
 //!
-//! The Secrets and the client Service's load balancer addresses feed the
-//! planner ([`Observed`]); the resource versions tell which objects an
-//! apply created or changed (for Events); the StatefulSet and the Service
-//! feed the status when nothing is applied; the user's certificate Secret
-//! (`spec.tls.secretName`) gives the status its expiry.
+//! The Secrets and the external Service's load balancer addresses feed the
+//! planner ([`Observed`]); what was [`Seen`] of each object tells the apply
+//! which objects changed; the StatefulSet, the Services and the pods feed
+//! the status; a certificate the operator does not issue (a team's, or
+//! cert-manager's) gives the status its expiry.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::ListParams;
+use kube::api::{DynamicObject, ListParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use super::ObjectKey;
+use super::apply::{certificate_resource, Seen};
+use super::index::UserIndex;
+use super::{Error, ObjectKey};
 use crate::api::{MqttBroker, MqttUser};
 use crate::certs::{self, CertInfo};
-use crate::plan::secrets::TLS_CERT_KEY;
+use crate::plan::tls::TLS_CERT_KEY;
 use crate::plan::user_secret::{self, BROKER_LABEL};
-use crate::plan::{Names, Observed};
+use crate::plan::{
+    Names, Observed, APP_NAME, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, NAME_LABEL,
+};
 
 /// What one reconcile saw of a broker's objects.
 #[derive(Debug, Clone, Default)]
 pub struct Observation {
-    /// The planner's input: the Secrets and the load balancer addresses.
+    /// The planner's input.
     pub planner: Observed,
-    /// The `resourceVersion` of each of the broker's objects that exists.
-    pub resource_versions: BTreeMap<ObjectKey, String>,
+    /// What was seen of each of the broker's objects that exists.
+    pub seen: BTreeMap<ObjectKey, Seen>,
     /// The StatefulSet, if it exists.
     pub stateful_set: Option<StatefulSet>,
-    /// The client Service, if it exists.
-    pub client_service: Option<Service>,
-    /// The certificate in the user's Secret, when `spec.tls.secretName`
-    /// names one.
+    /// The in-cluster Service, if it exists.
+    pub internal_service: Option<Service>,
+    /// The external Service, if it exists.
+    pub external_service: Option<Service>,
+    /// The cert-manager `Certificate`, with `spec.tls.certManager`.
+    pub certificate_object: Option<DynamicObject>,
+    /// The served certificate when the operator does not issue it (a
+    /// team's Secret, or cert-manager's).
     pub user_certificate: Option<UserCertificate>,
+    /// The broker's pods.
+    pub pods: Vec<Pod>,
+    /// Secrets the broker reads but does not own, as read (to label them
+    /// for the operator's watch).
+    pub referenced: Vec<Secret>,
 }
 
-/// The certificate in the Secret named by `spec.tls.secretName`.
+/// A certificate the operator does not issue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserCertificate {
     /// The Secret does not exist.
@@ -81,79 +97,144 @@ pub struct ObserveError {
     pub source: kube::Error,
 }
 
-/// Reads every object of `broker` (in `namespace`), in the order they are
-/// applied.
+/// The label selector of every object the operator made for the broker
+/// `name`.
+pub fn owned_selector(name: &str) -> String {
+    format!("{INSTANCE_LABEL}={name},{MANAGED_BY_LABEL}={MANAGER}")
+}
+
+/// The label selector of the broker `name`'s pods.
+pub fn pod_selector(name: &str) -> String {
+    format!("{NAME_LABEL}={APP_NAME},{INSTANCE_LABEL}={name}")
+}
+
+/// Reads every object of `broker` (in `namespace`).
 pub async fn observe(
     client: &Client,
+    index: &UserIndex,
     broker: &MqttBroker,
     namespace: &str,
     names: &Names,
-) -> Result<Observation, ObserveError> {
+) -> Result<Observation, Error> {
     let mut observation = Observation::default();
-    let versions = &mut observation.resource_versions;
-    get::<ConfigMap>(client, namespace, &names.config_map, versions).await?;
-    let ca_secret = get::<Secret>(client, namespace, &names.ca_secret, versions).await?;
-    let server_secret = get::<Secret>(client, namespace, &names.server_secret, versions).await?;
-    let clients_ca_secret =
-        get::<Secret>(client, namespace, &names.clients_ca_secret, versions).await?;
-    let auth_secret = get::<Secret>(client, namespace, &names.auth_secret, versions).await?;
-    get::<Service>(client, namespace, &names.headless_service, versions).await?;
-    let client_service = get::<Service>(client, namespace, &names.broker, versions).await?;
-    let stateful_set = get::<StatefulSet>(client, namespace, &names.broker, versions).await?;
-    get::<PodDisruptionBudget>(client, namespace, &names.broker, versions).await?;
-    if let Some(secret_name) = &broker.spec.tls.secret_name {
-        let user_secret =
-            get::<Secret>(client, namespace, secret_name, &mut BTreeMap::new()).await?;
-        observation.user_certificate = Some(UserCertificate::read(user_secret.as_ref()));
+    let owned = owned_selector(&names.broker);
+    let mut secrets = list::<Secret>(client, namespace, &owned).await?;
+    let mut services = list::<Service>(client, namespace, &owned).await?;
+    let config_map = get::<ConfigMap>(client, namespace, &names.config_map).await?;
+    let stateful_set = get::<StatefulSet>(client, namespace, &names.broker).await?;
+    let pdb = get::<PodDisruptionBudget>(client, namespace, &names.broker).await?;
+    let seen = &mut observation.seen;
+    let mut take_secret = |name: &str| {
+        let secret = secrets.remove(name)?;
+        seen.insert(ObjectKey::new("Secret", name), Seen::of(&secret.metadata));
+        Some(secret)
+    };
+    let ca_secret = take_secret(&names.ca_secret);
+    let server_secret = take_secret(&names.server_secret);
+    let clients_ca_secret = take_secret(&names.clients_ca_secret);
+    let auth_secret = take_secret(&names.auth_secret);
+    let mut take_service = |name: &str| {
+        let service = services.remove(name)?;
+        seen.insert(ObjectKey::new("Service", name), Seen::of(&service.metadata));
+        Some(service)
+    };
+    take_service(&names.headless_service);
+    let internal_service = take_service(&names.broker);
+    let external_service = take_service(&names.external_service);
+    for (kind, name, meta) in [
+        (
+            "ConfigMap",
+            &names.config_map,
+            config_map.as_ref().map(|o| &o.metadata),
+        ),
+        (
+            "StatefulSet",
+            &names.broker,
+            stateful_set.as_ref().map(|o| &o.metadata),
+        ),
+        (
+            "PodDisruptionBudget",
+            &names.broker,
+            pdb.as_ref().map(|o| &o.metadata),
+        ),
+    ] {
+        if let Some(meta) = meta {
+            seen.insert(ObjectKey::new(kind, name), Seen::of(meta));
+        }
     }
-    let users = users(client, namespace, &names.broker).await?;
+
+    let tls = &broker.spec.tls;
+    if tls.cert_manager.is_some() {
+        let certificates: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), namespace, &certificate_resource());
+        let key = ObjectKey::new("Certificate", &names.server_secret);
+        // Without cert-manager there is no such resource: nothing exists.
+        let certificate = match certificates.get_opt(&names.server_secret).await {
+            Ok(certificate) => certificate,
+            Err(kube::Error::Api(status)) if status.code == 404 => None,
+            Err(source) => {
+                return Err(ObserveError {
+                    object: key,
+                    source,
+                }
+                .into())
+            }
+        };
+        if let Some(certificate) = &certificate {
+            seen.insert(key, Seen::of(&certificate.metadata));
+        }
+        observation.certificate_object = certificate;
+        observation.user_certificate = Some(UserCertificate::read(server_secret.as_ref()));
+    }
+    if let Some(name) = &tls.secret_name {
+        let secret = get::<Secret>(client, namespace, name).await?;
+        observation.user_certificate = Some(UserCertificate::read(secret.as_ref()));
+        observation.referenced.extend(secret);
+    }
+    let mut ca_source = None;
+    if let Some(name) = &tls.ca.secret_name {
+        ca_source = get::<Secret>(client, namespace, name).await?;
+        observation.referenced.extend(ca_source.clone());
+    }
+
+    let users = users(client, index, namespace, &names.broker).await?;
+    observation.pods = list::<Pod>(client, namespace, &pod_selector(&names.broker))
+        .await?
+        .into_values()
+        .collect();
     observation.planner = Observed {
+        config_map,
         ca_secret,
+        ca_source,
         server_secret,
         auth_secret,
         clients_ca_secret,
         users,
-        load_balancer_ingress: load_balancer_ingress(client_service.as_ref()),
+        load_balancer_ingress: load_balancer_ingress(external_service.as_ref()),
+        stateful_set: stateful_set.clone(),
     };
-    observation.client_service = client_service;
+    observation.internal_service = internal_service;
+    observation.external_service = external_service;
     observation.stateful_set = stateful_set;
     Ok(observation)
 }
 
-/// The `MqttUser`s of the broker `broker`, each with its credentials
-/// Secret if it exists: two list calls.
+/// The `MqttUser`s of the broker `broker` (from the cache), each with its
+/// credentials Secret if it exists (one list).
 pub async fn users(
     client: &Client,
+    index: &UserIndex,
     namespace: &str,
     broker: &str,
-) -> Result<Vec<(MqttUser, Option<Secret>)>, ObserveError> {
-    let all = Api::<MqttUser>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| ObserveError {
-            object: ObjectKey::new("MqttUser", "*"),
-            source,
-        })?;
-    let selector = format!("{BROKER_LABEL}={broker}");
-    let mut secrets: BTreeMap<String, Secret> =
-        Api::<Secret>::namespaced(client.clone(), namespace)
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|source| ObserveError {
-                object: ObjectKey::new("Secret", &selector),
-                source,
-            })?
-            .items
-            .into_iter()
-            .map(|secret| (secret.name_any(), secret))
-            .collect();
-    Ok(all
-        .items
+) -> Result<Vec<(MqttUser, Option<Secret>)>, Error> {
+    let users = index.users_of(namespace, broker).await?;
+    let mut secrets =
+        list::<Secret>(client, namespace, &format!("{BROKER_LABEL}={broker}")).await?;
+    Ok(users
         .into_iter()
-        .filter(|user| user.spec.broker_ref.name == broker)
         .map(|user| {
             let secret = secrets.remove(&user_secret::secret_name(&user.name_any()));
-            (user, secret)
+            (user.as_ref().clone(), secret)
         })
         .collect())
 }
@@ -169,35 +250,46 @@ pub fn load_balancer_ingress(
         .unwrap_or_default()
 }
 
-/// Reads one object; `None` when it does not exist. Records its resource
-/// version in `versions`.
-async fn get<K>(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    versions: &mut BTreeMap<ObjectKey, String>,
-) -> Result<Option<K>, ObserveError>
+/// Reads one object; `None` when it does not exist.
+pub async fn get<K>(client: &Client, namespace: &str, name: &str) -> Result<Option<K>, ObserveError>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
         + DeserializeOwned
         + Debug,
 {
-    let key = ObjectKey::new(&K::kind(&()), name);
-    let object = Api::<K>::namespaced(client.clone(), namespace)
+    Api::<K>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await
         .map_err(|source| ObserveError {
-            object: key.clone(),
+            object: ObjectKey::new(&K::kind(&()), name),
             source,
-        })?;
-    if let Some(version) = object
-        .as_ref()
-        .and_then(|o| o.meta().resource_version.clone())
-    {
-        versions.insert(key, version);
-    }
-    Ok(object)
+        })
+}
+
+/// Lists the objects matching `selector`, by name.
+pub async fn list<K>(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+) -> Result<BTreeMap<String, K>, ObserveError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    Ok(Api::<K>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|source| ObserveError {
+            object: ObjectKey::new(&K::kind(&()), selector),
+            source,
+        })?
+        .items
+        .into_iter()
+        .map(|object| (object.name_any(), object))
+        .collect())
 }
 
 #[cfg(test)]
@@ -225,6 +317,18 @@ mod tests {
             ..Service::default()
         };
         assert_eq!(load_balancer_ingress(Some(&service)), ingress);
+    }
+
+    #[test]
+    fn selectors_name_the_broker_and_the_operator() {
+        assert_eq!(
+            owned_selector("mq"),
+            "app.kubernetes.io/instance=mq,app.kubernetes.io/managed-by=kubemqtt-operator"
+        );
+        assert_eq!(
+            pod_selector("mq"),
+            "app.kubernetes.io/name=kubemqtt-broker,app.kubernetes.io/instance=mq"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::core::v1::Pod;
 
 /// How long one push may take.
 pub const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -133,46 +135,69 @@ impl CredentialsPusher for HttpPusher {
     }
 }
 
-/// The admin API URL of each pod of a broker, through the headless
-/// Service's per-pod DNS names.
-pub fn pod_urls(
-    broker: &str,
-    headless_service: &str,
-    namespace: &str,
-    cluster_domain: &str,
-    replicas: i32,
-    port: u16,
-) -> Vec<String> {
-    (0..replicas.max(0))
-        .map(|index| {
-            format!(
-                "http://{broker}-{index}.{headless_service}.{namespace}.svc.{cluster_domain}:{port}/api/v1/credentials"
-            )
-        })
-        .collect()
+/// A broker pod to push to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodTarget {
+    /// The pod's name.
+    pub name: String,
+    /// Who holds what was pushed: the pod's UID and the broker
+    /// container's restarts (a restarted broker forgets a push and reads
+    /// the file the kubelet mounted).
+    pub key: String,
+    /// The pod's admin API URL; `None` while it has no IP address.
+    pub url: Option<String>,
 }
 
-/// The revision each pod URL last confirmed, so that a reconcile that
-/// changed nothing sends nothing.
+/// The pods to push to: every broker pod that is not being deleted.
+pub fn targets(pods: &[Pod], container: &str, port: u16) -> Vec<PodTarget> {
+    let mut targets: Vec<PodTarget> = pods
+        .iter()
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .map(|pod| {
+            let status = pod.status.as_ref();
+            let restarts = status
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|statuses| statuses.iter().find(|c| c.name == container))
+                .map_or(0, |c| c.restart_count);
+            let url = status
+                .and_then(|s| s.pod_ip.as_deref())
+                .and_then(|ip| ip.parse::<IpAddr>().ok())
+                .map(|ip| format!("http://{}/api/v1/credentials", SocketAddr::new(ip, port)));
+            PodTarget {
+                name: pod.metadata.name.clone().unwrap_or_default(),
+                key: format!(
+                    "{}/{restarts}",
+                    pod.metadata.uid.as_deref().unwrap_or_default()
+                ),
+                url,
+            }
+        })
+        .collect();
+    targets.sort_by(|a, b| a.name.cmp(&b.name));
+    targets
+}
+
+/// The revision each pod (by [`PodTarget::key`]) last confirmed, so that
+/// a reconcile that changed nothing sends nothing.
 #[derive(Debug, Default)]
 pub struct PushedRevisions {
     confirmed: Mutex<HashMap<String, u64>>,
 }
 
 impl PushedRevisions {
-    /// Whether `url` already confirmed `revision` or a newer one.
-    pub fn is_current(&self, url: &str, revision: u64) -> bool {
-        self.lock().get(url).is_some_and(|&seen| seen >= revision)
+    /// Whether `pod` already confirmed `revision` or a newer one.
+    pub fn is_current(&self, pod: &str, revision: u64) -> bool {
+        self.lock().get(pod).is_some_and(|&seen| seen >= revision)
     }
 
-    /// Records that `url` has `revision` in force.
-    pub fn confirm(&self, url: &str, revision: u64) {
-        self.lock().insert(url.to_owned(), revision);
+    /// Records that `pod` has `revision` in force.
+    pub fn confirm(&self, pod: &str, revision: u64) {
+        self.lock().insert(pod.to_owned(), revision);
     }
 
-    /// Forgets `url` (its pod may have restarted).
-    pub fn forget(&self, url: &str) {
-        self.lock().remove(url);
+    /// Forgets `pod`.
+    pub fn forget(&self, pod: &str) {
+        self.lock().remove(pod);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
@@ -184,13 +209,57 @@ impl PushedRevisions {
 mod tests {
     use super::*;
 
+    fn pod(name: &str, ip: Option<&str>, restarts: i32) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "uid": format!("uid-{name}")},
+            "status": {
+                "podIP": ip,
+                "containerStatuses": [
+                    {"name": "sidecar", "restartCount": 9, "image": "x", "imageID": "", "ready": true},
+                    {"name": "broker", "restartCount": restarts, "image": "x", "imageID": "", "ready": true},
+                ],
+            },
+        }))
+        .unwrap()
+    }
+
     #[test]
-    fn one_url_per_pod_through_the_headless_service() {
-        assert_eq!(
-            pod_urls("mq", "mq-headless", "iot", "cluster.local", 1, 8080),
-            vec!["http://mq-0.mq-headless.iot.svc.cluster.local:8080/api/v1/credentials"]
+    fn one_target_per_pod_by_its_address_and_incarnation() {
+        let mut leaving = pod("mq-2", Some("10.0.0.9"), 0);
+        leaving.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2025-06-01T12:00:00Z".parse().unwrap(),
+            ));
+        let targets = targets(
+            &[
+                pod("mq-1", Some("fd00::7"), 0),
+                pod("mq-0", Some("10.0.0.7"), 2),
+                leaving,
+                pod("mq-3", None, 0),
+            ],
+            "broker",
+            8080,
         );
-        assert!(pod_urls("mq", "mq-headless", "iot", "cluster.local", 0, 8080).is_empty());
+        assert_eq!(
+            targets,
+            [
+                PodTarget {
+                    name: "mq-0".into(),
+                    key: "uid-mq-0/2".into(),
+                    url: Some("http://10.0.0.7:8080/api/v1/credentials".into()),
+                },
+                PodTarget {
+                    name: "mq-1".into(),
+                    key: "uid-mq-1/0".into(),
+                    url: Some("http://[fd00::7]:8080/api/v1/credentials".into()),
+                },
+                PodTarget {
+                    name: "mq-3".into(),
+                    key: "uid-mq-3/0".into(),
+                    url: None,
+                },
+            ]
+        );
     }
 
     #[test]

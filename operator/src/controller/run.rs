@@ -18,19 +18,18 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{watcher, Controller, WatchStreamExt};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
+use kube::{Api, Client, Resource};
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tracing::{debug, error, info, warn};
 
-use super::{error_policy, reconcile, user, Context};
-use crate::api::{MqttBroker, MqttUser};
+use super::{error_policy, reconcile, user, watch, Context};
+use crate::api::{MqttBroker, MqttUser, REFERENCED_LABEL};
 use crate::http::{self, Readiness};
 use crate::metrics::Metrics;
-use crate::plan::user_secret::BROKER_LABEL;
+use crate::plan::user_secret::USER_LABEL;
 use crate::plan::{Settings, MANAGED_BY_LABEL, MANAGER};
 
 /// Seconds a Lease stays held without renewal.
@@ -164,41 +163,102 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
     result
 }
 
-/// Runs one controller per watched namespace (one for all when
-/// `namespaces` is empty) until they shut down on a signal.
+/// How many watch events a shared stream buffers for a slow subscriber.
+const SHARED_BUFFER: usize = 256;
+
+/// Runs the broker and user controllers of each watched namespace (of all
+/// of them when `namespaces` is empty) until they shut down on a signal.
+///
+/// Per scope, one watch of `MqttBroker`s and one of `MqttUser`s, each
+/// feeding a cache (the users' is [`Context::index`]) and both
+/// controllers, filtered by [`watch`]: a status write wakes nothing up.
+/// The operator's own objects are watched by their `managed-by` label, its
+/// users' credentials Secrets by their user label, and the Secrets it only
+/// reads by [`REFERENCED_LABEL`] (metadata only: no Secret's data is
+/// watched).
 async fn controllers(client: &Client, namespaces: &[String], ctx: Arc<Context>) {
     let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
         vec![None]
     } else {
         namespaces.iter().map(|ns| Some(ns.as_str())).collect()
     };
-    // Only the operator's own objects are watched (and cached).
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
-    let brokers = scopes.iter().map(|&scope| -> Run<'_> {
-        Box::pin(
-            Controller::new(
+    let referenced = watcher::Config::default().labels(REFERENCED_LABEL);
+    let mut roots: Vec<Run<'_>> = Vec::new();
+    let mut runs: Vec<Run<'_>> = Vec::new();
+    for scope in scopes {
+        runs.push(Box::pin(super::bridge::controller(client, scope)));
+        let (users, user_writer) = reflector::store_shared::<MqttUser>(SHARED_BUFFER);
+        let (brokers, broker_writer) = reflector::store_shared::<MqttBroker>(SHARED_BUFFER);
+        let (Some(users_for_users), Some(users_for_brokers)) =
+            (user_writer.subscribe(), user_writer.subscribe())
+        else {
+            error!("cannot subscribe to the MqttUser watch");
+            return;
+        };
+        let (Some(brokers_for_brokers), Some(brokers_for_users)) =
+            (broker_writer.subscribe(), broker_writer.subscribe())
+        else {
+            error!("cannot subscribe to the MqttBroker watch");
+            return;
+        };
+        ctx.index.add(users.clone());
+        roots.push(Box::pin(
+            watcher(
+                scoped::<MqttUser>(client, scope),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .reflect_shared(user_writer)
+            .for_each(|event| async move {
+                if let Err(error) = event {
+                    warn!(%error, "MqttUser watch");
+                }
+            }),
+        ));
+        roots.push(Box::pin(
+            watcher(
                 scoped::<MqttBroker>(client, scope),
                 watcher::Config::default(),
             )
+            .default_backoff()
+            .reflect_shared(broker_writer)
+            .for_each(|event| async move {
+                if let Err(error) = event {
+                    warn!(%error, "MqttBroker watch");
+                }
+            }),
+        ));
+
+        let broker_secrets = watch::changed_or_deleted(
+            watcher(
+                scoped::<PartialObjectMeta<Secret>>(client, scope),
+                owned.clone(),
+            )
+            .default_backoff(),
+            watch::secret_fingerprint,
+        );
+        let users_of_brokers = watch::changed(users_for_brokers, watch::user_spec_fingerprint);
+        let referencing = brokers.clone();
+        runs.push(Box::pin(
+            Controller::for_shared_stream(
+                watch::changed(brokers_for_brokers, watch::broker_fingerprint),
+                brokers.clone(),
+            )
             .owns(scoped::<StatefulSet>(client, scope), owned.clone())
             .owns(scoped::<Service>(client, scope), owned.clone())
-            .owns(scoped::<Secret>(client, scope), owned.clone())
             .owns(scoped::<ConfigMap>(client, scope), owned.clone())
             .owns(scoped::<PodDisruptionBudget>(client, scope), owned.clone())
-            // A user, or its credentials Secret, changed: rebuild its broker's
-            // credentials file.
-            .watches(
-                scoped::<MqttUser>(client, scope),
-                watcher::Config::default(),
-                |user| broker_of_user(&user),
-            )
-            .watches(
-                scoped::<Secret>(client, scope),
-                watcher::Config::default().labels(BROKER_LABEL),
-                |secret| {
-                    let broker = secret.labels().get(BROKER_LABEL)?;
-                    Some(ObjectRef::<MqttBroker>::new(broker).within(&secret.namespace()?))
-                },
+            .watches_stream(broker_secrets, |secret| watch::broker_of_secret(&secret))
+            .watches_shared_stream(users_of_brokers, |user| watch::broker_of_user(&user))
+            .watches_stream(
+                watcher(
+                    scoped::<PartialObjectMeta<Secret>>(client, scope),
+                    referenced.clone(),
+                )
+                .default_backoff()
+                .touched_objects(),
+                move |secret| watch::brokers_referencing(&referencing.state(), &secret),
             )
             .shutdown_on_signal()
             .run(reconcile, error_policy, ctx.clone())
@@ -210,87 +270,58 @@ async fn controllers(client: &Client, namespaces: &[String], ctx: Arc<Context>) 
                     Err(error) => warn!(%error, "controller error"),
                 }
             }),
-        )
-    });
-    let users = scopes.iter().map(|&scope| -> Run<'_> {
-        let controller = Controller::new(
-            scoped::<MqttUser>(client, scope),
-            watcher::Config::default(),
-        );
-        let by_broker = controller.store();
-        let by_password_secret = controller.store();
-        // Only the metadata of Secrets: enough to notice that a user's
-        // password Secret changed, without caching every Secret's data.
-        let secrets = watcher(
-            scoped::<PartialObjectMeta<Secret>>(client, scope),
-            watcher::Config::default(),
-        )
-        .touched_objects();
-        Box::pin(
-            controller
-                .owns(scoped::<Secret>(client, scope), owned.clone())
-                .watches(
-                    scoped::<MqttBroker>(client, scope),
-                    watcher::Config::default(),
-                    move |broker| users_of_broker(&by_broker.state(), &broker),
+        ));
+
+        let by_broker = users.clone();
+        let by_password_secret = users.clone();
+        let users_to_update = watch::UsersToUpdate::default();
+        let user_secrets = watcher::Config::default().labels(USER_LABEL);
+        runs.push(Box::pin(
+            Controller::for_shared_stream(
+                watch::changed(users_for_users, watch::user_fingerprint),
+                users.clone(),
+            )
+            .owns_stream(
+                watcher(
+                    scoped::<PartialObjectMeta<Secret>>(client, scope),
+                    user_secrets,
                 )
-                .watches_stream(secrets, move |secret| {
-                    users_of_password_secret(&by_password_secret.state(), &secret)
-                })
-                .shutdown_on_signal()
-                .run(user::reconcile, user::error_policy, ctx.clone())
-                .for_each(|result| async move {
-                    match result {
-                        Ok((user, _)) => debug!(user = %user, "reconciled"),
-                        Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
-                        Err(error) => warn!(%error, "user controller error"),
-                    }
-                }),
-        )
-    });
-    let bridges = scopes
-        .iter()
-        .map(|&scope| -> Run<'_> { Box::pin(super::bridge::controller(client, scope)) });
-    let runs: Vec<_> = brokers.chain(users).chain(bridges).collect();
-    futures::future::join_all(runs).await;
+                .default_backoff()
+                .touched_objects(),
+            )
+            .watches_shared_stream(
+                watch::changed(brokers_for_users, watch::broker_credentials_fingerprint),
+                move |broker| users_to_update.of(&by_broker.state(), &broker),
+            )
+            .watches_stream(
+                watcher(
+                    scoped::<PartialObjectMeta<Secret>>(client, scope),
+                    referenced.clone(),
+                )
+                .default_backoff()
+                .touched_objects(),
+                move |secret| watch::users_of_password_secret(&by_password_secret.state(), &secret),
+            )
+            .shutdown_on_signal()
+            .run(user::reconcile, user::error_policy, ctx.clone())
+            .for_each(|result| async move {
+                match result {
+                    Ok((user, _)) => debug!(user = %user, "reconciled"),
+                    Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                    Err(error) => warn!(%error, "user controller error"),
+                }
+            }),
+        ));
+    }
+    // The watches feed the controllers; they stop when the controllers do.
+    tokio::select! {
+        _ = futures::future::join_all(runs) => {}
+        _ = futures::future::join_all(roots) => warn!("the watches stopped"),
+    }
 }
 
-/// One running controller.
+/// One running controller or watch.
 type Run<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
-
-/// The broker a user belongs to.
-fn broker_of_user(user: &MqttUser) -> Option<ObjectRef<MqttBroker>> {
-    Some(ObjectRef::new(&user.spec.broker_ref.name).within(&user.namespace()?))
-}
-
-/// The users of `broker` (their Secrets carry its address and CA).
-pub fn users_of_broker(users: &[Arc<MqttUser>], broker: &MqttBroker) -> Vec<ObjectRef<MqttUser>> {
-    users
-        .iter()
-        .filter(|user| {
-            user.spec.broker_ref.name == broker.name_any() && user.namespace() == broker.namespace()
-        })
-        .map(|user| ObjectRef::from_obj(user.as_ref()))
-        .collect()
-}
-
-/// The users whose password comes from the Secret `secret`.
-pub fn users_of_password_secret<K: Resource>(
-    users: &[Arc<MqttUser>],
-    secret: &K,
-) -> Vec<ObjectRef<MqttUser>> {
-    let name = secret.meta().name.as_deref();
-    let namespace = secret.meta().namespace.as_deref();
-    users
-        .iter()
-        .filter(|user| {
-            let from = user.spec.authentication.password.value_from.as_ref();
-            from.is_some_and(|from| Some(from.secret_key_ref.name.as_str()) == name)
-                && user.namespace().as_deref() == namespace
-        })
-        .map(|user| ObjectRef::from_obj(user.as_ref()))
-        .collect()
-}
 
 /// An API for `K` in `namespace`, or in all namespaces.
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>

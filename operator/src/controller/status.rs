@@ -3,36 +3,42 @@
 //!
 //! | condition | `True` when |
 //! |---|---|
-//! | `Ready` | nothing is degraded, the certificate is ready, and every wanted pod is ready |
+//! | `Ready` | nothing is degraded, the certificate is ready, every wanted pod is ready, the load balancer has an address (when there is one), and every pod confirmed the current credentials |
 //! | `Available` | at least one broker pod is ready |
 //! | `Progressing` | the StatefulSet is still rolling out (or scaling to) the applied spec |
 //! | `Degraded` | the spec cannot be applied (reason from the planner or the API server), or applying failed |
 //! | `CertificatesReady` | the server certificate exists and has not expired |
 //!
 //! A condition keeps its `lastTransitionTime` while its status stays the
-//! same, so writing the same status twice changes nothing.
+//! same, so writing the same status twice changes nothing. Where each
+//! listener is reachable comes from [`endpoints`](super::endpoints).
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use kube::api::DynamicObject;
 
-use super::observe::{load_balancer_ingress, UserCertificate};
+use super::endpoints::Exposure;
+use super::observe::UserCertificate;
 use crate::api::{
-    CertificateStatus, EndpointsStatus, MqttBroker, MqttBrokerStatus, CONDITION_AVAILABLE,
-    CONDITION_CERTIFICATES_READY, CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY,
-    PAUSED_ANNOTATION,
+    CertificateStatus, CredentialsStatus, EndpointsStatus, MqttBroker, MqttBrokerStatus,
+    CONDITION_AVAILABLE, CONDITION_CERTIFICATES_READY, CONDITION_DEGRADED, CONDITION_PROGRESSING,
+    CONDITION_READY, PAUSED_ANNOTATION,
 };
+use crate::plan::cert_manager::ready_condition;
 use crate::plan::{selector_labels, CertificatePlan};
 
 /// What the reconcile did.
 #[derive(Debug, Clone, Copy)]
 pub enum Outcome<'a> {
-    /// Every object was applied. `certificate` describes the generated
-    /// certificate (`None` when the user provides it).
+    /// Every object was applied. `certificate` describes the issued
+    /// certificate (`None` when cert-manager or the team provides it).
     Applied {
-        /// The generated certificate after the apply.
+        /// The issued certificate after the apply.
         certificate: Option<&'a CertificatePlan>,
+        /// How far the credentials file reached the pods.
+        credentials: Option<Propagation>,
     },
     /// The spec cannot be applied, and nothing was.
     Invalid {
@@ -49,16 +55,29 @@ pub enum Outcome<'a> {
     },
 }
 
+/// How far a credentials file reached the broker pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Propagation {
+    /// The file's revision.
+    pub revision: i64,
+    /// Pods that confirmed having it in force.
+    pub pods_confirmed: i32,
+    /// Whether every wanted pod exists and confirmed it.
+    pub everywhere: bool,
+}
+
 /// What the reconcile saw of the broker's objects: after the apply when it
 /// applied, before otherwise.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Seen<'a> {
     /// The StatefulSet.
     pub stateful_set: Option<&'a StatefulSet>,
-    /// The client Service.
-    pub client_service: Option<&'a Service>,
-    /// The user's certificate, with `spec.tls.secretName`.
+    /// The external Service.
+    pub external_service: Option<&'a Service>,
+    /// The served certificate when the operator does not issue it.
     pub user_certificate: Option<&'a UserCertificate>,
+    /// The cert-manager `Certificate`.
+    pub certificate_object: Option<&'a DynamicObject>,
 }
 
 /// Reason of the `Degraded` and `Ready` conditions after an API error.
@@ -75,14 +94,9 @@ pub fn status(
 ) -> MqttBrokerStatus {
     let previous = broker.status.clone().unwrap_or_default();
     let name = broker.metadata.name.as_deref().unwrap_or_default();
-    let namespace = broker.metadata.namespace.as_deref().unwrap_or_default();
     let generation = broker.metadata.generation;
     let pods = Pods::new(broker.spec.replicas, seen.stateful_set);
-
-    let internal = format!("{name}.{namespace}.svc");
-    let external = load_balancer_ingress(seen.client_service)
-        .into_iter()
-        .find_map(|ingress| ingress.ip.or(ingress.hostname));
+    let exposure = Exposure::new(broker, seen.external_service);
 
     let (certificate, certificate_status) = certificate(broker, outcome, seen, &previous, now);
     let degraded = match outcome {
@@ -90,6 +104,30 @@ pub fn status(
         Outcome::Invalid { reason, message } => Some((reason, message)),
         Outcome::ApplyFailed { message } => Some((REASON_APPLY_FAILED, message)),
     };
+    let credentials = match outcome {
+        Outcome::Applied {
+            credentials: Some(propagation),
+            ..
+        } => Some(CredentialsStatus {
+            revision: propagation.revision,
+            confirmed_revision: if propagation.everywhere {
+                Some(propagation.revision)
+            } else {
+                previous
+                    .credentials
+                    .as_ref()
+                    .and_then(|c| c.confirmed_revision)
+            },
+            pods_confirmed: propagation.pods_confirmed,
+        }),
+        _ => previous.credentials.clone(),
+    };
+    // Every pod must have the file in force now (a restarted broker must
+    // confirm it again).
+    let unconfirmed = credentials
+        .as_ref()
+        .filter(|c| c.confirmed_revision != Some(c.revision) || c.pods_confirmed < pods.desired);
+    let endpoint = exposure.endpoint();
 
     let ready = match degraded {
         Some((reason, message)) => Verdict::no(reason, message),
@@ -98,11 +136,30 @@ pub fn status(
         }
         None if pods.desired == 0 => Verdict::no("ScaledToZero", "spec.replicas is 0"),
         None if pods.ready < pods.desired => Verdict::no("PodsNotReady", &pods.ready_message()),
+        None if exposure.load_balancer_pending() => Verdict::no(
+            "LoadBalancerPending",
+            &format!(
+                "the load balancer of Service {name}-external has no address yet; see its \
+                 Events (kubectl describe service {name}-external)"
+            ),
+        ),
+        None if unconfirmed.is_some() => {
+            let c = unconfirmed
+                .map(|c| (c.pods_confirmed, c.revision))
+                .unwrap_or_default();
+            Verdict::no(
+                "CredentialsNotPushed",
+                &format!(
+                    "{} of {} broker pods confirmed credentials revision {}; retrying",
+                    c.0, pods.desired, c.1
+                ),
+            )
+        }
         None => Verdict::yes(
             "Ready",
             &format!(
                 "the broker accepts connections at {}",
-                external.as_deref().unwrap_or(&internal)
+                endpoint.as_deref().unwrap_or(&exposure.internal_host)
             ),
         ),
     };
@@ -145,9 +202,14 @@ pub fn status(
                 .collect::<Vec<_>>()
                 .join(","),
         ),
-        endpoint: Some(external.clone().unwrap_or_else(|| internal.clone())),
-        endpoints: Some(EndpointsStatus { internal, external }),
+        endpoint,
+        endpoints: Some(EndpointsStatus {
+            internal: exposure.internal_host.clone(),
+            external: exposure.external_host.clone(),
+        }),
+        listeners: exposure.listeners(),
         certificate: certificate_status,
+        credentials,
     }
 }
 
@@ -187,46 +249,68 @@ fn certificate(
     let expiry = |not_after: Timestamp| {
         Some(CertificateStatus {
             not_after: Time(not_after),
+            ca_not_after: None,
+            next_ca_not_after: None,
+            ca_rotation_completes_at: None,
         })
     };
-    if let Some(secret_name) = &broker.spec.tls.secret_name {
-        return match seen.user_certificate {
-            Some(UserCertificate::Valid(info)) if info.not_after <= now => (
+    let tls = &broker.spec.tls;
+    let provided = match (&tls.secret_name, &tls.cert_manager) {
+        (Some(secret_name), _) => Some((
+            format!("Secret {secret_name}"),
+            "UserProvided",
+            "renewed outside the operator",
+        )),
+        (None, Some(_)) => Some((
+            format!(
+                "Secret {}-tls",
+                broker.metadata.name.as_deref().unwrap_or_default()
+            ),
+            "IssuedByCertManager",
+            "renewed by cert-manager",
+        )),
+        (None, None) => None,
+    };
+    if let Some((secret, reason, renewal)) = provided {
+        let pending = seen
+            .certificate_object
+            .and_then(|certificate| ready_condition(&serde_json::to_value(certificate).ok()?))
+            .filter(|(ready, _)| !ready)
+            .map(|(_, message)| message);
+        return match (seen.user_certificate, pending) {
+            (Some(UserCertificate::Valid(info)), _) if info.not_after <= now => (
                 Verdict::no(
                     "Expired",
-                    &format!(
-                        "the certificate in Secret {secret_name} expired at {}",
-                        info.not_after
-                    ),
+                    &format!("the certificate in {secret} expired at {}", info.not_after),
                 ),
                 expiry(info.not_after),
             ),
-            Some(UserCertificate::Valid(info)) => (
+            (Some(UserCertificate::Valid(info)), _) => (
                 Verdict::yes(
-                    "UserProvided",
+                    reason,
                     &format!(
-                        "the certificate in Secret {secret_name} is valid until {}; it is \
-                         renewed outside the operator",
+                        "the certificate in {secret} is valid until {}; it is {renewal}",
                         info.not_after
                     ),
                 ),
                 expiry(info.not_after),
             ),
-            Some(UserCertificate::Unreadable(why)) => (
+            (Some(_), Some(message)) => (
                 Verdict::no(
-                    "InvalidCertificate",
-                    &format!("Secret {secret_name}: {why}"),
+                    "CertificatePending",
+                    &format!("cert-manager has not issued the certificate yet: {message}"),
                 ),
                 None,
             ),
-            Some(UserCertificate::Missing) => (
-                Verdict::no(
-                    "SecretNotFound",
-                    &format!("Secret {secret_name} does not exist"),
-                ),
+            (Some(UserCertificate::Unreadable(why)), None) => (
+                Verdict::no("InvalidCertificate", &format!("{secret}: {why}")),
                 None,
             ),
-            None => (
+            (Some(UserCertificate::Missing), None) => (
+                Verdict::no("SecretNotFound", &format!("{secret} does not exist")),
+                None,
+            ),
+            (None, _) => (
                 Verdict::unknown("NotChecked", "the certificate was not read"),
                 None,
             ),
@@ -235,18 +319,33 @@ fn certificate(
     match outcome {
         Outcome::Applied {
             certificate: Some(plan),
-        } => (
-            Verdict::yes(
-                "Issued",
-                &format!(
-                    "the server certificate is valid until {}; it is renewed automatically",
-                    plan.not_after
+            ..
+        } => {
+            let rotation = match plan.ca_rotation_completes_at {
+                Some(at) => format!(
+                    "; the CA is being replaced: both CAs are trusted, and the new one signs \
+                     from {at}"
                 ),
-            ),
-            expiry(plan.not_after),
-        ),
+                None => String::new(),
+            };
+            (
+                Verdict::yes(
+                    "Issued",
+                    &format!(
+                        "the server certificate is valid until {}; it is renewed automatically{rotation}",
+                        plan.not_after
+                    ),
+                ),
+                Some(CertificateStatus {
+                    not_after: Time(plan.not_after),
+                    ca_not_after: Some(Time(plan.ca_not_after)),
+                    next_ca_not_after: plan.next_ca_not_after.map(Time),
+                    ca_rotation_completes_at: plan.ca_rotation_completes_at.map(Time),
+                }),
+            )
+        }
         Outcome::Invalid {
-            reason: reason @ "CertificateError",
+            reason: reason @ ("CertificateError" | "CaSecretInvalid"),
             message,
         } => (Verdict::no(reason, message), previous.certificate.clone()),
         // Nothing about the certificate is known: keep what was said.
@@ -386,7 +485,7 @@ mod tests {
     use k8s_openapi::jiff::SignedDuration;
 
     use super::*;
-    use crate::api::MqttBrokerSpec;
+    use crate::api::{CredentialsStatus, MqttBrokerSpec};
     use crate::certs::CertInfo;
     use crate::plan::testing::{broker, broker_yaml, now};
 
@@ -419,6 +518,7 @@ mod tests {
 
     fn load_balancer(ip: &str) -> Service {
         Service {
+            metadata: Default::default(),
             status: Some(ServiceStatus {
                 load_balancer: Some(LoadBalancerStatus {
                     ingress: Some(vec![LoadBalancerIngress {
@@ -435,9 +535,21 @@ mod tests {
     fn certificate_plan() -> CertificatePlan {
         CertificatePlan {
             not_after: now() + SignedDuration::from_hours(24 * 365),
+            ca_not_after: now() + SignedDuration::from_hours(24 * 3650),
+            next_ca_not_after: None,
+            ca_rotation_completes_at: None,
             renewals: Vec::new(),
             recheck_at: now() + SignedDuration::from_hours(24 * 335),
         }
+    }
+
+    /// The credentials, in force on every pod.
+    fn pushed() -> Option<Propagation> {
+        Some(Propagation {
+            revision: 1,
+            pods_confirmed: 1,
+            everywhere: true,
+        })
     }
 
     fn with_generation(mut broker: MqttBroker, generation: i64) -> MqttBroker {
@@ -470,11 +582,12 @@ mod tests {
             &broker,
             Outcome::Applied {
                 certificate: Some(&plan),
+                credentials: pushed(),
             },
             Seen {
                 stateful_set: Some(&sts),
-                client_service: Some(&service),
-                user_certificate: None,
+                external_service: Some(&service),
+                ..Seen::default()
             },
             now(),
         );
@@ -495,10 +608,18 @@ mod tests {
             .all(|c| c.observed_generation == Some(3) && c.last_transition_time == Time(now())));
         assert_eq!(
             status.conditions[0].message,
-            "the broker accepts connections at 203.0.113.7"
+            "the broker accepts connections at mqtts://203.0.113.7:8883"
         );
         assert_eq!((status.replicas, status.ready_replicas), (1, 1));
-        assert_eq!(status.endpoint.as_deref(), Some("203.0.113.7"));
+        assert_eq!(status.endpoint.as_deref(), Some("mqtts://203.0.113.7:8883"));
+        assert_eq!(
+            status.credentials,
+            Some(CredentialsStatus {
+                revision: 1,
+                confirmed_revision: Some(1),
+                pods_confirmed: 1,
+            })
+        );
         assert_eq!(
             status.endpoints,
             Some(EndpointsStatus {
@@ -519,6 +640,7 @@ mod tests {
         let plan = certificate_plan();
         let applied = Outcome::Applied {
             certificate: Some(&plan),
+            credentials: pushed(),
         };
         let fresh = sts(1, StatefulSetStatus::default());
         let status = status(
@@ -540,10 +662,11 @@ mod tests {
                 ("CertificatesReady", "True", "Issued"),
             ])
         );
-        assert_eq!(status.endpoint.as_deref(), Some("mq.iot.svc"));
+        assert_eq!(status.endpoint, None, "no load balancer address yet");
         assert_eq!(status.endpoints.unwrap().external, None);
 
         // A new template: the pod is still ready on the old revision.
+        let service = load_balancer("203.0.113.7");
         let mut rolling = rolled_out(1);
         if let Some(s) = rolling.status.as_mut() {
             s.update_revision = Some("mq-2".to_owned());
@@ -554,6 +677,7 @@ mod tests {
             applied,
             Seen {
                 stateful_set: Some(&rolling),
+                external_service: Some(&service),
                 ..Seen::default()
             },
             now(),
@@ -577,14 +701,17 @@ mod tests {
         let plan = certificate_plan();
         let broker = broker(MqttBrokerSpec::default());
         let sts = rolled_out(1);
+        let service = load_balancer("203.0.113.7");
         let seen = Seen {
             stateful_set: Some(&sts),
+            external_service: Some(&service),
             ..Seen::default()
         };
         let before = status(
             &broker,
             Outcome::Applied {
                 certificate: Some(&plan),
+                credentials: pushed(),
             },
             seen,
             now(),
@@ -671,14 +798,19 @@ mod tests {
     fn user_certificates_are_judged_by_their_expiry() {
         let broker = broker_yaml("tls: {secretName: my-cert}\n");
         let sts = rolled_out(1);
+        let service = load_balancer("203.0.113.7");
         let judge = |certificate: UserCertificate| {
             let status = status(
                 &broker,
-                Outcome::Applied { certificate: None },
+                Outcome::Applied {
+                    certificate: None,
+                    credentials: pushed(),
+                },
                 Seen {
                     stateful_set: Some(&sts),
-                    client_service: None,
+                    external_service: Some(&service),
                     user_certificate: Some(&certificate),
+                    certificate_object: None,
                 },
                 now(),
             );
@@ -750,6 +882,7 @@ mod tests {
             &broker,
             Outcome::Applied {
                 certificate: Some(&plan),
+                credentials: pushed(),
             },
             Seen {
                 stateful_set: Some(&stopped),
@@ -772,13 +905,16 @@ mod tests {
         let plan = certificate_plan();
         let mut broker = broker(MqttBrokerSpec::default());
         let sts = rolled_out(1);
+        let service = load_balancer("203.0.113.7");
         let before = status(
             &broker,
             Outcome::Applied {
                 certificate: Some(&plan),
+                credentials: pushed(),
             },
             Seen {
                 stateful_set: Some(&sts),
+                external_service: Some(&service),
                 ..Seen::default()
             },
             now(),

@@ -1,12 +1,14 @@
 //! The `MqttUser` controller: one user's credentials Secret and status.
 //!
-//! Each reconcile reads the user's broker, the broker's other users (for
-//! user name conflicts), the user's Secret, the Secret its password comes
-//! from (if any), the broker's CA bundle and clients CA; plans with
-//! [`plan_user`]; applies the Secret; writes the status; and tells what
-//! changed in Events. The broker controller, which watches users and their
-//! Secrets, then puts the change in force on the broker (its credentials
-//! file and a push to the pods).
+//! Each reconcile reads the user's broker, the user's Secret, the Secret
+//! its password comes from (if any), the broker's CA bundle and clients CA,
+//! and takes the broker's other users (for user name conflicts) from the
+//! cache; plans with [`plan_user`]; applies the Secret if it changed;
+//! writes the status if it changed; and tells what changed in Events. The
+//! broker controller, which watches users and their Secrets, then puts the
+//! change in force on the broker (its credentials file and a push to the
+//! pods) and records on the user's Secret which revision of the file holds
+//! it: the user is Ready once every broker pod confirmed that revision.
 //!
 //! A user that cannot be planned (unknown broker, taken user name, invalid
 //! topic rule, missing password Secret) gets `Ready=False` with the reason
@@ -18,18 +20,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use tracing::{info, warn, Instrument};
 
-use super::apply;
+use super::apply::{self, Seen};
 use super::events::BrokerEvent;
 use super::status::Verdict;
-use super::{write_status, Context, Error, MAX_REQUEUE};
+use super::{backoff, failure_key, write_status, Context, Error, ObjectKey, MAX_REQUEUE};
 use crate::api::{
     AuthenticationType, MqttBroker, MqttUser, MqttUserStatus, CONDITION_ROTATING,
     CONDITION_USER_READY,
@@ -40,14 +43,16 @@ use crate::plan::secrets::read_clients_ca;
 use crate::plan::user_secret::{
     self, plan_user, CredentialChange, UserObserved, UserPlan, UserPlanError,
 };
+use crate::plan::users::{self, BrokerUser};
 use crate::plan::Names;
 
-/// How soon a user waiting for its broker (clients CA, listener) is
-/// looked at again.
-pub const WAITING_REQUEUE: Duration = Duration::from_secs(10);
 /// How soon a refused user is looked at again without a change (watches
 /// bring changes sooner).
 pub const REFUSED_REQUEUE: Duration = Duration::from_secs(300);
+
+/// Reason of a user's `Ready=False` while its broker's pods do not all
+/// have its credentials yet.
+pub const REASON_PROPAGATING: &str = "Propagating";
 
 /// Reconciles one user (see the module documentation).
 pub async fn reconcile(user: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -67,6 +72,9 @@ pub async fn reconcile(user: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action,
             ReconcileResult::Error
         }
     };
+    if matches!(outcome, ReconcileResult::Applied) {
+        ctx.clear_failures(&failure_key(user.as_ref()));
+    }
     ctx.metrics.reconciled_user(outcome);
     tracing::debug!(took = ?started.elapsed(), "user reconciled");
     result.map(|(_, action)| action)
@@ -74,14 +82,18 @@ pub async fn reconcile(user: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action,
 
 /// What to do after a failed reconcile: retry with the same backoff as
 /// brokers (per user).
-pub fn error_policy(user: Arc<MqttUser>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(user: Arc<MqttUser>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.record_failure(&failure_key(user.as_ref()));
+    let delay = backoff(failures);
     warn!(
         namespace = user.namespace().unwrap_or_default(),
         user = user.name_any(),
         %error,
+        failures,
+        retry_in_seconds = delay.as_secs(),
         "user reconcile failed"
     );
-    Action::requeue(super::FIRST_RETRY)
+    Action::requeue(delay)
 }
 
 async fn reconcile_user(
@@ -94,6 +106,7 @@ async fn reconcile_user(
         return Ok((ReconcileResult::Deleting, Action::await_change()));
     }
     let observed = observe(ctx, user, &namespace).await?;
+    apply::mark_referenced(&ctx.client, &namespace, observed.password_source.as_slice()).await;
     let clients_ca = observed
         .clients_ca
         .as_ref()
@@ -126,27 +139,41 @@ async fn reconcile_user(
                 )
                 .await;
             let requeue = match error {
-                UserPlanError::WaitingForBroker(_) => WAITING_REQUEUE,
+                // Backs off while the broker is not there yet; its watch
+                // brings the change sooner.
+                UserPlanError::WaitingForBroker(_) => {
+                    backoff(ctx.record_failure(&failure_key(user)))
+                }
                 _ => REFUSED_REQUEUE,
             };
             return Ok((ReconcileResult::Invalid, Action::requeue(requeue)));
         }
     };
 
-    let object = serde_json::to_value(&plan.secret)?;
-    let object = with_type_meta(object);
-    apply::apply_all(&ctx.client, &namespace, &[object])
+    let object = with_type_meta(serde_json::to_value(&plan.secret)?);
+    let seen: BTreeMap<ObjectKey, Seen> = observed
+        .secret
+        .iter()
+        .map(|secret| {
+            (
+                ObjectKey::new("Secret", &secret.name_any()),
+                Seen::of(&secret.metadata),
+            )
+        })
+        .collect();
+    apply::apply_changed(&ctx.client, &namespace, vec![object], &seen, &ctx.applied)
         .await
         .map_err(Error::Apply)?;
     if let Some(event) = change_event(&plan) {
         info!(reason = %event.reason, "{}", event.note);
         ctx.events.publish(user, event).await;
     }
+    let in_force = in_force(user, &plan, &observed, now);
     write_status(
         &users,
         user,
         user.status.as_ref(),
-        &ready_status(user, &plan, now),
+        &ready_status(user, &plan, &in_force, now),
     )
     .await?;
 
@@ -160,13 +187,19 @@ async fn reconcile_user(
 
 /// What one user reconcile reads.
 #[derive(Debug, Default)]
-struct UserObservation {
-    broker: Option<MqttBroker>,
-    siblings: Vec<MqttUser>,
-    secret: Option<Secret>,
-    password_source: Option<Secret>,
-    trust_bundle: Option<String>,
-    clients_ca: Option<Secret>,
+pub struct UserObservation {
+    /// The user's broker.
+    pub broker: Option<MqttBroker>,
+    /// The broker's users.
+    pub siblings: Vec<MqttUser>,
+    /// The user's credentials Secret.
+    pub secret: Option<Secret>,
+    /// The Secret its password comes from.
+    pub password_source: Option<Secret>,
+    /// The broker's CA bundle.
+    pub trust_bundle: Option<String>,
+    /// The broker's clients CA.
+    pub clients_ca: Option<Secret>,
 }
 
 async fn observe(
@@ -197,13 +230,12 @@ async fn observe(
             .map_err(read)?;
     }
     if broker.is_some() {
-        observation.siblings = Api::<MqttUser>::namespaced(client.clone(), namespace)
-            .list(&ListParams::default())
-            .await
-            .map_err(read)?
-            .items
-            .into_iter()
-            .filter(|other| other.spec.broker_ref.name == *broker_name)
+        observation.siblings = ctx
+            .index
+            .users_of(namespace, broker_name)
+            .await?
+            .iter()
+            .map(|other| other.as_ref().clone())
             .collect();
         observation.trust_bundle = Api::<ConfigMap>::namespaced(client.clone(), namespace)
             .get_opt(&names.config_map)
@@ -264,8 +296,68 @@ pub fn change_event(plan: &UserPlan) -> Option<BrokerEvent> {
     Some(BrokerEvent::normal(reason, "Reconcile", note))
 }
 
+/// Whether the user's current credentials are in force on every pod of its
+/// broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InForce {
+    /// Every pod confirmed the revision that holds them.
+    Everywhere {
+        /// That revision.
+        revision: i64,
+    },
+    /// Not yet: why.
+    Pending(String),
+}
+
+/// Compares the entry the broker controller recorded on the user's Secret
+/// (and the revision every broker pod confirmed) with the credentials this
+/// plan holds.
+pub fn in_force(
+    user: &MqttUser,
+    plan: &UserPlan,
+    observed: &UserObservation,
+    now: Timestamp,
+) -> InForce {
+    let broker = &user.spec.broker_ref.name;
+    let wanted = users::entry_digest(
+        &BrokerUser {
+            user,
+            secret: Some(&plan.secret),
+        },
+        now,
+    );
+    let recorded = observed.secret.as_ref().and_then(users::recorded_entry);
+    let confirmed = observed
+        .broker
+        .as_ref()
+        .and_then(|b| b.status.as_ref())
+        .and_then(|s| s.credentials.as_ref())
+        .and_then(|c| c.confirmed_revision);
+    match (recorded, wanted, confirmed) {
+        (Some((revision, digest)), Some(wanted), Some(confirmed))
+            if digest == wanted && confirmed >= revision =>
+        {
+            InForce::Everywhere { revision }
+        }
+        (Some((revision, digest)), Some(wanted), _) if digest == wanted => {
+            InForce::Pending(format!(
+                "the credentials are in revision {revision} of MqttBroker {broker}'s credentials \
+             file; not every broker pod has confirmed it yet"
+            ))
+        }
+        _ => InForce::Pending(format!(
+            "waiting for MqttBroker {broker} to take the new credentials into its credentials file"
+        )),
+    }
+}
+
 /// The status of a user whose credentials were applied.
-pub fn ready_status(user: &MqttUser, plan: &UserPlan, now: Timestamp) -> MqttUserStatus {
+pub fn ready_status(
+    user: &MqttUser,
+    plan: &UserPlan,
+    in_force: &InForce,
+    now: Timestamp,
+) -> MqttUserStatus {
     let previous = user
         .status
         .as_ref()
@@ -273,13 +365,17 @@ pub fn ready_status(user: &MqttUser, plan: &UserPlan, now: Timestamp) -> MqttUse
         .unwrap_or_default();
     let generation = user.metadata.generation;
     let secret = plan.secret.name_any();
-    let ready = Verdict::yes(
-        "CredentialsReady",
-        &format!(
-            "user `{}` is in Secret {secret} and in the credentials of MqttBroker {}",
-            plan.username, user.spec.broker_ref.name
+    let ready = match in_force {
+        InForce::Everywhere { revision } => Verdict::yes(
+            "CredentialsInForce",
+            &format!(
+                "user `{}` is in Secret {secret}, and every pod of MqttBroker {} has it in force \
+                 (credentials revision {revision})",
+                plan.username, user.spec.broker_ref.name
+            ),
         ),
-    );
+        InForce::Pending(why) => Verdict::no(REASON_PROPAGATING, why),
+    };
     let rotating = match plan.previous_password_valid_until {
         Some(until) => Verdict::yes(
             "GraceWindowOpen",

@@ -18,8 +18,7 @@ use kubemqtt_broker::config::{
 use super::secrets::{ADMIN_TOKEN_KEY, CREDENTIALS_KEY};
 use super::tls::{TLS_CERT_KEY, TLS_PRIVATE_KEY_KEY};
 use super::{
-    Context, Listener, ListenerKind, PlanError, AUTH_DIR, CONFIG_DIR, DATA_DIR,
-    HTTP_PORT, TLS_DIR,
+    Context, Listener, ListenerKind, PlanError, AUTH_DIR, CONFIG_DIR, DATA_DIR, HTTP_PORT, TLS_DIR,
 };
 use crate::api::{LogFormat, LogLevel, MqttBrokerSpec, QueueFullPolicy, RateLimitAction};
 
@@ -33,7 +32,6 @@ pub const CLIENTS_CA_KEY: &str = "clients-ca.crt";
 /// The broker's drain deadline: it exits at the latest this long after
 /// SIGTERM. The pods' termination grace period is a little longer.
 pub const DRAIN_DEADLINE_SECONDS: u64 = 25;
-
 
 /// Keys of the broker's configuration that the spec's own fields set, and
 /// where to set them instead; `spec.config` may not contain them.
@@ -117,7 +115,12 @@ pub(super) fn config_map(
 /// the mounted certificate for the TLS ones; and a second one on its PROXY
 /// protocol port when the external path sends PROXY headers.
 fn listener_configs(listener: &Listener) -> Vec<ListenerConfig> {
-    let mut configs = vec![listener_config(listener, listener.kind.name(), listener.port, false)];
+    let mut configs = vec![listener_config(
+        listener,
+        listener.kind.name(),
+        listener.port,
+        false,
+    )];
     if let Some(proxy_port) = listener.proxy_port {
         configs.push(listener_config(
             listener,

@@ -7,18 +7,24 @@
 //! the same input it returns the same objects, except for key material and
 //! passwords, which it generates only when [`Observed`] has none to keep.
 //!
-//! One module per object: [`configmap`], [`secrets`], [`statefulset`],
-//! [`service`], [`pdb`]. This module resolves what they share: names,
-//! labels, owner references and the listeners. [`users`] builds the
-//! broker's credentials file from its `MqttUser`s; [`user_secret`] plans
-//! one `MqttUser`'s own Secret (the user controller's planner).
+//! One module per object: [`configmap`], [`tls`] (the server certificate
+//! and its CA) with [`cert_manager`], [`secrets`] (the clients CA and the
+//! credentials), [`statefulset`] with [`persistence`], [`service`],
+//! [`pdb`]. This module resolves what they share: names, labels, owner
+//! references and the listeners. [`users`] builds the broker's credentials
+//! file from its `MqttUser`s; [`user_secret`] plans one `MqttUser`'s own
+//! Secret (the user controller's planner).
 
 pub mod bridge;
+pub mod cert_manager;
 pub mod configmap;
 pub mod pdb;
+pub mod persistence;
+pub mod quantity;
 pub mod secrets;
 pub mod service;
 pub mod statefulset;
+pub mod tls;
 pub mod user_secret;
 pub mod users;
 
@@ -67,15 +73,19 @@ pub const HTTP_PORT: u16 = 8080;
 pub struct Settings {
     /// Image of brokers whose spec names none.
     pub default_image: String,
+    /// Pull Secrets of brokers whose spec names none.
+    pub default_image_pull_secrets: Vec<String>,
     /// The cluster's DNS domain, for the certificate's names.
     pub cluster_domain: String,
 }
 
 impl Default for Settings {
-    /// The broker image of this operator's version, and `cluster.local`.
+    /// The broker image of this operator's version, no pull Secrets, and
+    /// `cluster.local`.
     fn default() -> Self {
         Settings {
             default_image: format!("{DEFAULT_IMAGE_REPOSITORY}:{}", env!("CARGO_PKG_VERSION")),
+            default_image_pull_secrets: Vec::new(),
             cluster_domain: "cluster.local".to_owned(),
         }
     }
@@ -85,9 +95,16 @@ impl Default for Settings {
 /// already exists instead of regenerating it on every reconcile.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
+    /// The ConfigMap (`<name>-config`), if it exists: the trust bundle it
+    /// last gave clients.
+    pub config_map: Option<ConfigMap>,
     /// The CA Secret (`<name>-ca`), if it exists.
     pub ca_secret: Option<Secret>,
-    /// The server certificate Secret (`<name>-tls`), if it exists.
+    /// The team's CA Secret named by `spec.tls.ca.secretName`, if it
+    /// exists.
+    pub ca_source: Option<Secret>,
+    /// The server certificate Secret (`<name>-tls`), if it exists (with
+    /// cert-manager, the one it writes).
     pub server_secret: Option<Secret>,
     /// The auth Secret (`<name>-auth`), if it exists.
     pub auth_secret: Option<Secret>,
@@ -96,9 +113,12 @@ pub struct Observed {
     /// The broker's `MqttUser`s, each with its credentials Secret if it
     /// exists: they make up the credentials file.
     pub users: Vec<(MqttUser, Option<Secret>)>,
-    /// `status.loadBalancer.ingress` of the client Service: the
+    /// `status.loadBalancer.ingress` of the external Service: the
     /// certificate covers these addresses too.
     pub load_balancer_ingress: Vec<LoadBalancerIngress>,
+    /// The StatefulSet, if it exists: its volume claim template tells
+    /// whether persistence changes.
+    pub stateful_set: Option<StatefulSet>,
 }
 
 /// Every object of one broker, ready to apply.
@@ -106,10 +126,14 @@ pub struct Observed {
 pub struct Plan {
     /// The broker's configuration file and the CA bundle for clients.
     pub config_map: ConfigMap,
-    /// The operator's CA; `None` when the user provides the certificate.
+    /// The operator's CA; `None` with a team's CA, cert-manager or a
+    /// team's certificate.
     pub ca_secret: Option<Secret>,
-    /// The server certificate; `None` when the user provides it.
+    /// The server certificate; `None` with cert-manager or a team's
+    /// certificate.
     pub server_secret: Option<Secret>,
+    /// The cert-manager `Certificate`, with `spec.tls.certManager`.
+    pub certificate_object: Option<serde_json::Value>,
     /// The credentials file (admin and `MqttUser`s) and admin token.
     pub auth_secret: Secret,
     /// The CA that signs `tls` users' certificates.
@@ -118,12 +142,21 @@ pub struct Plan {
     pub stateful_set: StatefulSet,
     /// The headless Service that gives each pod a DNS name.
     pub headless_service: Service,
-    /// The Service clients connect to.
-    pub client_service: Service,
+    /// The in-cluster Service (`<name>`): every listener.
+    pub internal_service: Service,
+    /// The external Service (`<name>-external`): the external listeners;
+    /// `None` with `service.type` ClusterIP.
+    pub external_service: Option<Service>,
     /// Limits voluntary evictions of broker pods.
     pub pod_disruption_budget: PodDisruptionBudget,
-    /// The generated certificate's state; `None` when the user provides it.
+    /// The issued certificate's state; `None` with cert-manager or a
+    /// team's certificate.
     pub certificate: Option<CertificatePlan>,
+    /// When the plan next differs because of time alone.
+    pub recheck_at: Option<Timestamp>,
+    /// What the spec exposes that a platform team should know about, for
+    /// Warning Events.
+    pub warnings: Vec<ExposureWarning>,
 }
 
 impl Plan {
@@ -134,27 +167,70 @@ impl Plan {
         for secret in [&self.ca_secret, &self.server_secret].into_iter().flatten() {
             objects.push(serde_json::to_value(secret)?);
         }
+        objects.extend(self.certificate_object.clone());
         objects.push(serde_json::to_value(&self.clients_ca_secret)?);
         objects.push(serde_json::to_value(&self.auth_secret)?);
         objects.push(serde_json::to_value(&self.headless_service)?);
-        objects.push(serde_json::to_value(&self.client_service)?);
+        objects.push(serde_json::to_value(&self.internal_service)?);
+        if let Some(service) = &self.external_service {
+            objects.push(serde_json::to_value(service)?);
+        }
         objects.push(serde_json::to_value(&self.stateful_set)?);
         objects.push(serde_json::to_value(&self.pod_disruption_budget)?);
         Ok(objects)
     }
 }
 
-/// The generated certificates after this plan.
+/// The issued server certificate and its CA after this plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertificatePlan {
-    /// When the server certificate expires (for the status).
+    /// When the server certificate expires.
     pub not_after: Timestamp,
+    /// When the CA that issued it expires.
+    pub ca_not_after: Timestamp,
+    /// During a CA rotation, when the other CA in the bundle expires.
+    pub next_ca_not_after: Option<Timestamp>,
+    /// During a CA rotation, when the server certificate moves to the new
+    /// CA.
+    pub ca_rotation_completes_at: Option<Timestamp>,
     /// Certificates this plan (re-)issues, for Events.
     pub renewals: Vec<Renewal>,
-    /// When the plan will next differ because of time alone (a renewal
-    /// comes due, or the previous CA leaves the trust bundle): the
-    /// controller should reconcile again by then.
+    /// When the certificates next change because of time alone.
     pub recheck_at: Timestamp,
+}
+
+/// Something the spec exposes on purpose that deserves a warning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExposureWarning {
+    /// A plain-text listener is on the external Service and any address
+    /// may reach it.
+    PlainTextOpenToTheWorld {
+        /// The listener.
+        listener: ListenerKind,
+    },
+}
+
+impl ExposureWarning {
+    /// A CamelCase reason for the Event.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ExposureWarning::PlainTextOpenToTheWorld { .. } => "PlainTextExposed",
+        }
+    }
+
+    /// What the Event says.
+    pub fn message(&self) -> String {
+        match self {
+            ExposureWarning::PlainTextOpenToTheWorld { listener } => format!(
+                "listener {} carries MQTT without TLS on the external Service and any address \
+                 may reach it: passwords cross the network in clear. Restrict \
+                 spec.service.loadBalancerSourceRanges, or set \
+                 spec.listeners.{}.external: false",
+                listener.name(),
+                listener.name()
+            ),
+        }
+    }
 }
 
 /// One certificate (re-)issued by a plan.
@@ -204,6 +280,14 @@ pub enum PlanError {
     /// A certificate could not be generated or read.
     #[error("certificate: {0}")]
     Certificate(#[from] CertError),
+    /// The CA Secret named by `spec.tls.ca.secretName` cannot be used.
+    #[error("spec.tls.ca.secretName: Secret {secret}: {message}")]
+    CaSecret {
+        /// The Secret.
+        secret: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The system's random number generator failed.
     #[error("cannot generate a secret: {0}")]
     Random(String),
@@ -218,11 +302,12 @@ impl PlanError {
             | PlanError::InvalidSpec { .. } => "InvalidSpec",
             PlanError::BrokerConfig(_) => "InvalidConfig",
             PlanError::Certificate(_) => "CertificateError",
+            PlanError::CaSecret { .. } => "CaSecretInvalid",
             PlanError::Random(_) => "InternalError",
         }
     }
 
-    fn invalid(field: impl Into<String>, message: impl Into<String>) -> PlanError {
+    pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> PlanError {
         PlanError::InvalidSpec {
             field: field.into(),
             message: message.into(),
@@ -241,43 +326,55 @@ pub fn plan(
     now: Timestamp,
 ) -> Result<Plan, PlanError> {
     let ctx = Context::new(broker, settings)?;
-    let tls = secrets::tls(&ctx, observed, now)?;
+    let tls = tls::tls(&ctx, observed, now)?;
     let broker_config = configmap::broker_config(&ctx)?;
     let (clients_ca_secret, clients_ca) = secrets::clients_ca(&ctx, observed, now)?;
-    let config_map = configmap::config_map(
+    let mut config_map = configmap::config_map(
         &ctx,
         &broker_config,
         tls.ca_bundle.as_deref(),
         &clients_ca.cert_pem,
     );
+    if !tls.config_map_annotations.is_empty() {
+        config_map.metadata.annotations = Some(tls.config_map_annotations);
+    }
     let auth_secret = secrets::auth_secret(&ctx, observed, now)?;
+    let stateful_set = statefulset::stateful_set(&ctx, &broker_config);
+    persistence::check_change(&ctx, observed.stateful_set.as_ref())?;
     Ok(Plan {
-        stateful_set: statefulset::stateful_set(&ctx, &broker_config),
+        stateful_set,
         headless_service: service::headless_service(&ctx),
-        client_service: service::client_service(&ctx),
+        internal_service: service::internal_service(&ctx),
+        external_service: service::external_service(&ctx),
         pod_disruption_budget: pdb::pod_disruption_budget(&ctx),
+        warnings: service::warnings(&ctx),
         config_map,
         ca_secret: tls.ca_secret,
         server_secret: tls.server_secret,
+        certificate_object: tls.certificate_object,
         auth_secret,
         clients_ca_secret,
         certificate: tls.certificate,
+        recheck_at: tls.recheck_at,
     })
 }
 
 /// The names of a broker's objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
-    /// The StatefulSet, the client Service and the PodDisruptionBudget:
-    /// the broker's own name.
+    /// The StatefulSet, the in-cluster Service and the
+    /// PodDisruptionBudget: the broker's own name.
     pub broker: String,
     /// The headless Service: `<name>-headless`.
     pub headless_service: String,
+    /// The external Service: `<name>-external`.
+    pub external_service: String,
     /// The ConfigMap: `<name>-config`.
     pub config_map: String,
     /// The CA Secret: `<name>-ca`.
     pub ca_secret: String,
-    /// The server certificate Secret: `<name>-tls`.
+    /// The server certificate Secret (and cert-manager `Certificate`):
+    /// `<name>-tls`.
     pub server_secret: String,
     /// The auth Secret: `<name>-auth`.
     pub auth_secret: String,
@@ -291,6 +388,7 @@ impl Names {
         Names {
             broker: name.to_owned(),
             headless_service: format!("{name}-headless"),
+            external_service: format!("{name}-external"),
             config_map: format!("{name}-config"),
             ca_secret: format!("{name}-ca"),
             server_secret: format!("{name}-tls"),
@@ -363,6 +461,34 @@ impl ListenerKind {
         matches!(self, ListenerKind::Mqtt | ListenerKind::Mqtts)
     }
 
+    /// Whether the listener carries TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::Mqtts | ListenerKind::Wss)
+    }
+
+    /// The URL scheme of the listener.
+    pub fn scheme(self) -> &'static str {
+        self.name()
+    }
+
+    /// The URL path clients use (WebSocket listeners serve `/mqtt`).
+    pub fn path(self) -> &'static str {
+        match self {
+            ListenerKind::Ws | ListenerKind::Wss => "/mqtt",
+            ListenerKind::Mqtt | ListenerKind::Mqtts => "",
+        }
+    }
+
+    /// The name of the pod port that expects PROXY protocol headers.
+    pub fn proxy_port_name(self) -> &'static str {
+        match self {
+            ListenerKind::Mqtt => "mqtt-proxy",
+            ListenerKind::Mqtts => "mqtts-proxy",
+            ListenerKind::Ws => "ws-proxy",
+            ListenerKind::Wss => "wss-proxy",
+        }
+    }
+
     fn spec(self, listeners: &ListenersSpec) -> &ListenerSpec {
         match self {
             ListenerKind::Mqtt => &listeners.mqtt,
@@ -373,6 +499,9 @@ impl ListenerKind {
     }
 }
 
+/// How far the PROXY protocol port of a listener is from its port.
+pub const PROXY_PORT_OFFSET: i32 = 10000;
+
 /// A listener the spec turns on, with its port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listener {
@@ -380,6 +509,21 @@ pub struct Listener {
     pub kind: ListenerKind,
     /// Its port on the pod and the Services.
     pub port: i32,
+    /// Whether it is on the external Service.
+    pub external: bool,
+    /// The pod port expecting PROXY protocol headers, which the external
+    /// Service targets, when the spec asks for it.
+    pub proxy_port: Option<i32>,
+}
+
+impl Listener {
+    /// The pod port the external Service targets, by name.
+    pub fn external_target(&self) -> &'static str {
+        match self.proxy_port {
+            Some(_) => self.kind.proxy_port_name(),
+            None => self.kind.name(),
+        }
+    }
 }
 
 /// What every builder needs: the broker, its names and resolved settings.
@@ -411,6 +555,14 @@ impl<'a> Context<'a> {
                 return Err(PlanError::invalid(
                     "labels",
                     format!("`{key}` is set by the operator"),
+                ));
+            }
+        }
+        for (index, sidecar) in spec.sidecars.iter().enumerate() {
+            if sidecar.name == statefulset::CONTAINER_NAME {
+                return Err(PlanError::invalid(
+                    format!("sidecars[{index}].name"),
+                    format!("`{}` is the broker's container", sidecar.name),
                 ));
             }
         }
@@ -454,37 +606,70 @@ fn valid_broker_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-/// The enabled listeners with their ports; two may not share a port.
+/// The enabled listeners with their ports and exposure; no two ports (a
+/// listener's, its PROXY protocol port, the HTTP port) may be the same.
 pub(crate) fn resolve_listeners(spec: &ListenersSpec) -> Result<Vec<Listener>, PlanError> {
     let mut listeners: Vec<Listener> = Vec::new();
+    // Every port taken so far, and by what.
+    let mut taken: Vec<(i32, String)> =
+        vec![(i32::from(HTTP_PORT), "the broker's HTTP port".to_owned())];
     for kind in ListenerKind::ALL {
         let listener = kind.spec(spec);
         if !listener.enabled.unwrap_or(kind.enabled_by_default()) {
             continue;
         }
+        let field = |name: &str| format!("listeners.{}.{name}", kind.name());
         let port = listener.port.unwrap_or(kind.default_port());
         if !(1..=65535).contains(&port) {
             return Err(PlanError::invalid(
-                format!("listeners.{}.port", kind.name()),
+                field("port"),
                 format!("{port} is not a port number"),
             ));
         }
-        if port == i32::from(HTTP_PORT) {
+        let external = listener.external.unwrap_or(kind.is_tls());
+        let proxy = listener.proxy_protocol.unwrap_or(false);
+        if proxy && !external {
             return Err(PlanError::invalid(
-                format!("listeners.{}.port", kind.name()),
-                format!("port {port} is the broker's HTTP port"),
+                field("proxyProtocol"),
+                "PROXY protocol applies to the external path only: set external: true too",
             ));
         }
-        if let Some(other) = listeners.iter().find(|other| other.port == port) {
+        let proxy_port = proxy.then_some(port + PROXY_PORT_OFFSET);
+        if proxy_port.is_some_and(|p| p > 65535) {
             return Err(PlanError::invalid(
-                format!("listeners.{}.port", kind.name()),
+                field("proxyProtocol"),
                 format!(
-                    "port {port} is already used by listeners.{}",
-                    other.kind.name()
+                    "the PROXY protocol port would be {port} + {PROXY_PORT_OFFSET}, above \
+                     65535: use a port below {}",
+                    65536 - PROXY_PORT_OFFSET
                 ),
             ));
         }
-        listeners.push(Listener { kind, port });
+        let mut claim = |number: i32, what: String, field_name: &str| {
+            if let Some((_, owner)) = taken.iter().find(|(other, _)| *other == number) {
+                let message = match owner.as_str() {
+                    "the broker's HTTP port" => format!("port {number} is the broker's HTTP port"),
+                    owner => format!("port {number} is already used by {owner}"),
+                };
+                return Err(PlanError::invalid(field(field_name), message));
+            }
+            taken.push((number, what));
+            Ok(())
+        };
+        claim(port, format!("listeners.{}", kind.name()), "port")?;
+        if let Some(proxy_port) = proxy_port {
+            claim(
+                proxy_port,
+                format!("the PROXY protocol port of listeners.{}", kind.name()),
+                "proxyProtocol",
+            )?;
+        }
+        listeners.push(Listener {
+            kind,
+            port,
+            external,
+            proxy_port,
+        });
     }
     Ok(listeners)
 }
@@ -575,8 +760,8 @@ mod tests {
         let metadata = all_metadata(&plan);
         assert_eq!(
             metadata.len(),
-            9,
-            "config, ca, tls, clients ca, auth, 2 services, sts, pdb"
+            10,
+            "config, ca, tls, clients ca, auth, 3 services, sts, pdb"
         );
         for meta in metadata {
             let name = meta.name.clone().unwrap();
@@ -585,6 +770,11 @@ mod tests {
             assert_eq!(labels[NAME_LABEL], "kubemqtt-broker", "{name}");
             assert_eq!(labels[INSTANCE_LABEL], "mq", "{name}");
             assert_eq!(labels[MANAGED_BY_LABEL], "kubemqtt-operator", "{name}");
+            if ["mq-ca", "mq-clients-ca"].contains(&name.as_str()) {
+                // The CAs outlive the broker (tls.ca.deleteWithBroker).
+                assert!(meta.owner_references.is_none(), "{name}");
+                continue;
+            }
             let owners = meta.owner_references.unwrap();
             assert_eq!(owners.len(), 1, "{name}");
             let owner = &owners[0];
@@ -618,6 +808,7 @@ mod tests {
             ("Secret", "mq-auth"),
             ("Service", "mq-headless"),
             ("Service", "mq"),
+            ("Service", "mq-external"),
             ("StatefulSet", "mq"),
             ("PodDisruptionBudget", "mq"),
         ];

@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    LocalObjectReference, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::configmap::{CONFIG_FILE, DRAIN_DEADLINE_SECONDS};
 use super::{Context, AUTH_DIR, CONFIG_DIR, DATA_DIR, HTTP_PORT, TLS_DIR};
+use crate::api::{MqttBrokerSpec, ProbeSpec};
 
 /// Pod template annotation: SHA-256 of the broker's configuration file.
 pub const CONFIG_CHECKSUM_ANNOTATION: &str = "kubemqtt.io/config-checksum";
@@ -38,6 +39,8 @@ pub const HTTP_PORT_NAME: &str = "http";
 pub const TERMINATION_GRACE_PERIOD_SECONDS: i64 = DRAIN_DEADLINE_SECONDS as i64 + 5;
 /// The user and group the broker runs as (the distroless "nonroot" user).
 pub const RUN_AS_USER: i64 = 65532;
+/// The memory limit of a broker whose spec sets no resources.
+pub const DEFAULT_MEMORY_LIMIT: &str = "1Gi";
 
 /// The broker pods of `ctx`'s broker, configured by `broker_config`.
 pub(super) fn stateful_set(ctx: &Context<'_>, broker_config: &str) -> StatefulSet {
@@ -88,8 +91,21 @@ pub fn config_checksum(broker_config: &str) -> String {
 fn pod_spec(ctx: &Context<'_>) -> PodSpec {
     let spec = ctx.spec;
     let non_empty = |map: &BTreeMap<String, String>| (!map.is_empty()).then(|| map.clone());
+    let mut containers = vec![container(ctx)];
+    containers.extend(spec.sidecars.iter().cloned());
+    let pull_secrets: Vec<LocalObjectReference> = if spec.image_pull_secrets.is_empty() {
+        ctx.settings
+            .default_image_pull_secrets
+            .iter()
+            .map(|name| LocalObjectReference { name: name.clone() })
+            .collect()
+    } else {
+        spec.image_pull_secrets.clone()
+    };
     PodSpec {
-        containers: vec![container(ctx)],
+        containers,
+        image_pull_secrets: (!pull_secrets.is_empty()).then_some(pull_secrets),
+        service_account_name: spec.service_account_name.clone(),
         volumes: Some(volumes(ctx)),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
@@ -134,7 +150,12 @@ fn container(ctx: &Context<'_>) -> Container {
             ..mount(DATA_VOLUME, DATA_DIR)
         });
     }
-    let (startup, liveness, readiness) = probes();
+    let (startup, liveness, readiness) = probes(ctx.spec);
+    let proxy_ports = ctx.listeners.iter().filter_map(|listener| {
+        listener
+            .proxy_port
+            .map(|port| (listener.kind.proxy_port_name(), port))
+    });
     Container {
         name: CONTAINER_NAME.to_owned(),
         image: Some(image),
@@ -142,10 +163,12 @@ fn container(ctx: &Context<'_>) -> Container {
             "--config".to_owned(),
             format!("{CONFIG_DIR}/{CONFIG_FILE}"),
         ]),
+        env: (!spec.env.is_empty()).then(|| spec.env.clone()),
         ports: Some(
             ctx.listeners
                 .iter()
                 .map(|listener| (listener.kind.name(), listener.port))
+                .chain(proxy_ports)
                 .chain([(HTTP_PORT_NAME, i32::from(HTTP_PORT))])
                 .map(|(name, port)| ContainerPort {
                     name: Some(name.to_owned()),
@@ -176,35 +199,40 @@ fn container(ctx: &Context<'_>) -> Container {
 
 /// Startup, liveness and readiness probes on the broker's HTTP port:
 /// `/healthz` answers while the process runs, `/readyz` until it starts
-/// draining.
-fn probes() -> (Probe, Probe, Probe) {
-    let probe = |path: &str, period_seconds: i32, failure_threshold: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.to_owned()),
-            port: IntOrString::String(HTTP_PORT_NAME.to_owned()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period_seconds),
-        failure_threshold: Some(failure_threshold),
-        ..Probe::default()
-    };
+/// draining. `spec.probes` tunes their timing.
+fn probes(spec: &MqttBrokerSpec) -> (Probe, Probe, Probe) {
+    let probe =
+        |path: &str, tuning: &ProbeSpec, period_seconds: i32, failure_threshold: i32| Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some(path.to_owned()),
+                port: IntOrString::String(HTTP_PORT_NAME.to_owned()),
+                ..HTTPGetAction::default()
+            }),
+            initial_delay_seconds: tuning.initial_delay_seconds,
+            period_seconds: Some(tuning.period_seconds.unwrap_or(period_seconds)),
+            timeout_seconds: tuning.timeout_seconds,
+            failure_threshold: Some(tuning.failure_threshold.unwrap_or(failure_threshold)),
+            ..Probe::default()
+        };
+    let tuning = &spec.probes;
     (
         // Startup may replay a large persistence log: allow two minutes.
-        probe("/readyz", 2, 60),
-        probe("/healthz", 10, 3),
-        probe("/readyz", 5, 2),
+        probe("/readyz", &tuning.startup, 2, 60),
+        probe("/healthz", &tuning.liveness, 10, 3),
+        probe("/readyz", &tuning.readiness, 5, 2),
     )
 }
 
+/// The broker container's resources when the spec sets none.
 fn default_resources() -> ResourceRequirements {
     ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_owned(), Quantity("100m".to_owned())),
-            ("memory".to_owned(), Quantity("128Mi".to_owned())),
+            ("memory".to_owned(), Quantity("256Mi".to_owned())),
         ])),
         limits: Some(BTreeMap::from([(
             "memory".to_owned(),
-            Quantity("512Mi".to_owned()),
+            Quantity(DEFAULT_MEMORY_LIMIT.to_owned()),
         )])),
         ..ResourceRequirements::default()
     }

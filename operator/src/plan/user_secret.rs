@@ -321,11 +321,7 @@ fn connection_details(
         settings.cluster_domain
     );
     let mut data = BTreeMap::new();
-    let external = broker
-        .status
-        .as_ref()
-        .and_then(|status| status.endpoints.as_ref())
-        .and_then(|endpoints| endpoints.external.clone());
+    let external = public_host(broker);
     let uri = match (port_of(ListenerKind::Mqtts), port_of(ListenerKind::Mqtt)) {
         (Some(port), _) => Some(format!("mqtts://{host}:{port}")),
         (None, Some(port)) => Some(format!("mqtt://{host}:{port}")),
@@ -345,6 +341,30 @@ fn connection_details(
     }
     data.insert(HOST_KEY, host);
     Ok(data)
+}
+
+/// The broker's address outside the cluster: the first DNS name (not a
+/// wildcard) of `spec.tls.generated.extraSANs`, which a team points at the
+/// load balancer and which survives a new load balancer address; else the
+/// load balancer's address, once it has one.
+pub fn public_host(broker: &MqttBroker) -> Option<String> {
+    let named = broker
+        .spec
+        .tls
+        .generated
+        .iter()
+        .flat_map(|generated| &generated.extra_sans)
+        .find_map(|name| match certs::San::parse(name) {
+            Ok(certs::San::Dns(dns)) if !dns.starts_with("*.") => Some(dns),
+            _ => None,
+        });
+    named.or_else(|| {
+        broker
+            .status
+            .as_ref()
+            .and_then(|status| status.endpoints.as_ref())
+            .and_then(|endpoints| endpoints.external.clone())
+    })
 }
 
 fn broker_listens_on_tls(broker: &MqttBroker) -> Result<bool, UserPlanError> {

@@ -170,6 +170,56 @@ pub fn credentials_file(
     })
 }
 
+/// Annotation on a user's credentials Secret, written by the broker
+/// controller: the revision of the broker's credentials file that holds
+/// the user's current entry.
+pub const CREDENTIALS_REVISION_ANNOTATION: &str = "kubemqtt.io/credentials-revision";
+/// Annotation on a user's credentials Secret, written with
+/// [`CREDENTIALS_REVISION_ANNOTATION`]: the digest of that entry, so that
+/// the user controller can tell it is the entry of the credentials it
+/// holds now.
+pub const CREDENTIALS_DIGEST_ANNOTATION: &str = "kubemqtt.io/credentials-digest";
+
+/// A digest of the credentials-file entry of `user` at `now` (SHA-256 of
+/// its TOML, hex, 16 bytes); `None` while it has none.
+pub fn entry_digest(user: &BrokerUser<'_>, now: Timestamp) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let entry = user_entry(user, now)?;
+    let text = toml::to_string(&entry).ok()?;
+    Some(
+        Sha256::digest(text.as_bytes())[..16]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect(),
+    )
+}
+
+/// The revision and digest the broker controller recorded on a user's
+/// credentials Secret.
+pub fn recorded_entry(secret: &Secret) -> Option<(i64, String)> {
+    let annotations = secret.metadata.annotations.as_ref()?;
+    let revision = annotations
+        .get(CREDENTIALS_REVISION_ANNOTATION)?
+        .parse()
+        .ok()?;
+    let digest = annotations.get(CREDENTIALS_DIGEST_ANNOTATION)?.clone();
+    Some((revision, digest))
+}
+
+/// The admitted users of `users` whose entries are in the credentials
+/// file, with their digests, by user name.
+pub fn admitted_digests<'a>(
+    users: &[BrokerUser<'a>],
+    now: Timestamp,
+) -> Vec<(BrokerUser<'a>, String)> {
+    let siblings: Vec<MqttUser> = users.iter().map(|u| u.user.clone()).collect();
+    users
+        .iter()
+        .filter(|user| admission(user.user, &siblings).is_ok())
+        .filter_map(|user| Some((*user, entry_digest(user, now)?)))
+        .collect()
+}
+
 /// The operator's own user: every topic, and `$SYS` to read, whatever
 /// rules the other users have.
 fn admin_entry(hash: &str) -> toml::Value {
