@@ -151,10 +151,13 @@ pub struct Resources {
     pub brokers: Vec<MqttBroker>,
     /// The `MqttUser`s, in file order.
     pub users: Vec<MqttUser>,
+    /// Secrets the brokers and users read (a team's CA, a password).
+    pub secrets: Vec<Secret>,
 }
 
 /// Reads every document of `yaml`: each must be an `MqttBroker` or an
-/// `MqttUser`, checked as [`read_broker`] checks a broker.
+/// `MqttUser`, checked as [`read_broker`] checks a broker, or a `v1`
+/// Secret one of them reads (a team's CA, a user's password).
 pub fn read_resources(yaml: &str, namespace: Option<&str>) -> Result<Resources, RenderError> {
     let documents: Vec<serde_json::Value> =
         serde_saphyr::from_multiple(yaml).map_err(|e| RenderError::Parse {
@@ -166,6 +169,25 @@ pub fn read_resources(yaml: &str, namespace: Option<&str>) -> Result<Resources, 
     for (index, document) in documents.into_iter().filter(|d| !d.is_null()).enumerate() {
         let field = |key: &str| document[key].as_str().unwrap_or_default().to_owned();
         let (api_version, kind) = (field("apiVersion"), field("kind"));
+        if api_version == "v1" && kind == "Secret" {
+            let mut secret: Secret =
+                serde_json::from_value(document).map_err(|e| RenderError::Parse {
+                    kind: "Secret",
+                    message: e.to_string(),
+                })?;
+            // As the apiserver stores it.
+            for (key, value) in secret.string_data.take().unwrap_or_default() {
+                secret
+                    .data
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(key, k8s_openapi::ByteString(value.into_bytes()));
+            }
+            if secret.metadata.namespace.is_none() {
+                secret.metadata.namespace = Some(namespace.unwrap_or(DEFAULT_NAMESPACE).to_owned());
+            }
+            resources.secrets.push(secret);
+            continue;
+        }
         match (api_version == expected_api_version, kind.as_str()) {
             (true, "MqttBroker") => {
                 resources
@@ -343,9 +365,25 @@ pub fn render(
                     && user.namespace() == broker.namespace()
             })
             .collect();
+        let secret = |name: &str| {
+            resources
+                .secrets
+                .iter()
+                .find(|s| s.name_any() == name && s.namespace() == broker.namespace())
+                .cloned()
+        };
+        let ca_source = broker.spec.tls.ca.secret_name.as_deref().and_then(secret);
         // The broker first (its CA), then its users, then the broker again
         // with its users in its credentials file.
-        let first = plan::plan(broker, &Observed::default(), settings, now)?;
+        let first = plan::plan(
+            broker,
+            &Observed {
+                ca_source: ca_source.clone(),
+                ..Observed::default()
+            },
+            settings,
+            now,
+        )?;
         let bundle = first
             .config_map
             .data
@@ -356,11 +394,18 @@ pub fn render(
         let siblings: Vec<MqttUser> = users.iter().map(|u| (*u).clone()).collect();
         let mut secrets: BTreeMap<String, Secret> = BTreeMap::new();
         for user in &users {
+            let password_source = user
+                .spec
+                .authentication
+                .password
+                .value_from
+                .as_ref()
+                .and_then(|from| secret(&from.secret_key_ref.name));
             let observed = UserObserved {
                 broker: Some(broker),
                 siblings: &siblings,
                 secret: None,
-                password_source: None,
+                password_source: password_source.as_ref(),
                 trust_bundle: bundle.as_deref(),
                 clients_ca: clients_ca.as_ref(),
             };
@@ -373,6 +418,7 @@ pub fn render(
         }
         let observed = Observed {
             config_map: Some(first.config_map.clone()),
+            ca_source,
             ca_secret: first.ca_secret.clone(),
             server_secret: first.server_secret.clone(),
             clients_ca_secret: Some(first.clients_ca_secret.clone()),
@@ -560,6 +606,80 @@ mod tests {
         let yaml = plan_yaml(&plan).unwrap();
         let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&yaml).unwrap();
         assert_eq!(documents, plan.objects().unwrap());
+    }
+
+    #[test]
+    fn brokers_users_and_their_secrets_render_together() {
+        let yaml = format!(
+            "{MINIMAL}---\napiVersion: kubemqtt.io/v1alpha1\nkind: MqttUser\nmetadata: {{name: dev}}\n\
+             spec: {{brokerRef: {{name: broker}}}}\n---\napiVersion: kubemqtt.io/v1alpha1\n\
+             kind: MqttUser\nmetadata: {{name: app}}\nspec:\n  brokerRef: {{name: broker}}\n  \
+             authentication: {{password: {{valueFrom: {{secretKeyRef: {{name: app-pw, key: pw}}}}}}}}\n\
+             ---\napiVersion: v1\nkind: Secret\nmetadata: {{name: app-pw}}\nstringData: {{pw: a-long-password}}\n"
+        );
+        let resources = read_resources(&yaml, None).unwrap();
+        assert_eq!(
+            (
+                resources.brokers.len(),
+                resources.users.len(),
+                resources.secrets.len()
+            ),
+            (1, 2, 1)
+        );
+        let out = render(&resources, &Settings::default(), now()).unwrap();
+        let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&out).unwrap();
+        let names: Vec<&str> = documents
+            .iter()
+            .filter(|d| d["kind"] == "Secret")
+            .map(|d| d["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"dev-mqtt-credentials"), "{names:?}");
+        assert!(names.contains(&"app-mqtt-credentials"), "{names:?}");
+        // The credentials file, in clear, holds both users.
+        let comment: String = out
+            .lines()
+            .filter(|line| line.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            comment.contains(
+                "# The credentials file of MqttBroker default/broker (Secret broker-auth"
+            ),
+            "{comment}"
+        );
+        assert!(comment.contains("username = \"dev\""), "{comment}");
+        assert!(comment.contains("username = \"app\""), "{comment}");
+        let app = documents
+            .iter()
+            .find(|d| d["metadata"]["name"] == "app-mqtt-credentials")
+            .unwrap();
+        assert_eq!(
+            app["data"]["password"], "YS1sb25nLXBhc3N3b3Jk",
+            "the Secret's password"
+        );
+    }
+
+    #[test]
+    fn what_render_cannot_take_is_named() {
+        let orphan = "apiVersion: kubemqtt.io/v1alpha1\nkind: MqttUser\nmetadata: {name: dev}\nspec: {brokerRef: {name: nope}}\n";
+        let resources = read_resources(orphan, None).unwrap();
+        assert_eq!(
+            render(&resources, &Settings::default(), now())
+                .unwrap_err()
+                .to_string(),
+            "MqttUser dev names MqttBroker nope, which is not in the file"
+        );
+        let other =
+            format!("{MINIMAL}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: x}}\n");
+        assert_eq!(
+            read_resources(&other, None).unwrap_err().to_string(),
+            "document 2: expected an MqttBroker or an MqttUser (kubemqtt.io/v1alpha1), found v1 ConfigMap"
+        );
+        let typo = "apiVersion: kubemqtt.io/v1alpha1\nkind: MqttUser\nmetadata: {name: dev}\nspec: {brokerRef: {name: b}, usrname: x}\n";
+        assert_eq!(
+            read_resources(typo, None).unwrap_err().to_string(),
+            "unknown fields in the MqttUser: spec.usrname"
+        );
     }
 
     #[test]

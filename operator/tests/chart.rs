@@ -136,6 +136,7 @@ image:
 imagePullSecrets: [{name: regcred}]
 operator:
   brokerImage: registry.example.com/mqtt/broker:1.2.3
+  brokerImagePullSecrets: [mirror-pull, other-pull]
   clusterDomain: k8s.example.internal
   logLevel: debug,kube=info
   logFormat: text
@@ -183,8 +184,17 @@ fn operator_rules() -> Value {
         {"apiGroups": ["kubemqtt.io"], "resources": ["mqttusers"], "verbs": ["create", "patch"]},
         {"apiGroups": [""], "resources": ["configmaps", "secrets", "services"],
          "verbs": ["get", "list", "watch", "create", "patch"]},
+        // `delete`: a StatefulSet is replaced (without its pods) when its
+        // volume claims change.
         {"apiGroups": ["apps"], "resources": ["statefulsets"],
-         "verbs": ["get", "list", "watch", "create", "patch"]},
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+        // A broker's pods: where to push credentials, and who confirmed them.
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        // Grown when `persistence.size` grows.
+        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["list", "patch"]},
+        // With `tls.certManager`.
+        {"apiGroups": ["cert-manager.io"], "resources": ["certificates"],
+         "verbs": ["get", "create", "patch"]},
         {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"],
          "verbs": ["get", "list", "watch", "create", "patch"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
@@ -783,6 +793,7 @@ fn the_deployment_is_locked_down_and_probed() {
     assert_eq!(env(&documents, "RUST_LOG").as_deref(), Some("info"));
     // The operator's own default broker image applies.
     assert_eq!(env(&documents, "KUBEMQTT_BROKER_IMAGE"), None);
+    assert_eq!(env(&documents, "KUBEMQTT_BROKER_IMAGE_PULL_SECRETS"), None);
     assert!(of_kind(&documents, "PodDisruptionBudget").is_empty());
     assert!(of_kind(&documents, "ServiceMonitor").is_empty());
 
@@ -881,6 +892,10 @@ fn custom_values_reach_the_objects() {
             "KUBEMQTT_BROKER_IMAGE",
             "registry.example.com/mqtt/broker:1.2.3",
         ),
+        (
+            "KUBEMQTT_BROKER_IMAGE_PULL_SECRETS",
+            "mirror-pull,other-pull",
+        ),
         ("KUBEMQTT_CLUSTER_DOMAIN", "k8s.example.internal"),
         ("KUBEMQTT_HTTP_ADDRESS", "0.0.0.0:9090"),
         ("KUBEMQTT_LOG_FORMAT", "text"),
@@ -920,6 +935,10 @@ fn bad_values_are_refused() {
             "/operator/watchNamespaces",
         ),
         ("operator: {logFormat: xml}\n", "/operator/logFormat"),
+        (
+            "operator: {brokerImagePullSecrets: [Not_A_Name]}\n",
+            "/operator/brokerImagePullSecrets/0",
+        ),
         ("operator: {httpPort: 70000}\n", "/operator/httpPort"),
         (
             "resources: {requests: {cpu: lots}}\n",
@@ -996,7 +1015,8 @@ fn notes_tell_the_next_three_commands() {
         "export NS=default",
         "kubectl -n \"$NS\" wait --for=condition=Ready mqttbroker/broker",
         "kubectl -n \"$NS\" get mqttbroker broker",
-        "kubectl -n \"$NS\" get service broker -o jsonpath='{.status.loadBalancer.ingress[0]}",
+        "kubectl -n \"$NS\" get mqttbroker broker -o jsonpath='{.status.endpoint}",
+        "stays False (reason LoadBalancerPending)",
         "kubectl -n \"$NS\" get secret device-1-mqtt-credentials -o jsonpath='{.data.password}' | base64 -d",
         "username, password, ca.crt, host, port, tls-port, uri, and\n   external-host",
     ] {

@@ -63,8 +63,12 @@ their status (server-side apply of the status subresource); it reads
 (observe.rs), watches (run.rs) and server-side applies (apply.rs: `patch`,
 and `create` for an apply that creates) the objects it runs a broker with;
 it posts events.k8s.io Events (events.rs: kube's Recorder creates them and
-patches a series). Its owner references do not set blockOwnerDeletion, so
-no `update` on the owners' finalizers is needed. README.md and
+patches a series). It lists a broker's pods (to push credentials to each
+and know which have them), deletes a StatefulSet without its pods and
+grows its PersistentVolumeClaims when `spec.persistence` changes
+(broker.rs), and applies cert-manager Certificates with
+`spec.tls.certManager`. Its owner references do not set
+blockOwnerDeletion, so no `update` on the owners' finalizers is needed. README.md and
 operator/tests/chart.rs hold the same list: change all three together.
 */}}
 {{- define "kubemqtt-operator.rules" -}}
@@ -82,7 +86,16 @@ operator/tests/chart.rs hold the same list: change all three together.
   verbs: [get, list, watch, create, patch]
 - apiGroups: [apps]
   resources: [statefulsets]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [list, patch]
+- apiGroups: [cert-manager.io]
+  resources: [certificates]
+  verbs: [get, create, patch]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch]
