@@ -130,6 +130,7 @@ mod tests {
                 qos: QoS::AtLeastOnce,
                 retain: false,
                 subscription_identifiers: vec![],
+                shared_group: None,
                 seq: 0,
             },
             released: false,

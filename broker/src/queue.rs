@@ -400,6 +400,28 @@ impl DeliveryQueue {
         self.release_publishers();
     }
 
+    /// Takes out, in order, the deliveries `take` selects.
+    pub fn take_where(
+        &mut self,
+        take: impl Fn(&Delivery) -> bool,
+        budget: &MemoryBudget,
+    ) -> Vec<Delivery> {
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.items.len());
+        for delivery in self.items.drain(..) {
+            if take(&delivery) {
+                let size = size_of(&delivery);
+                self.bytes -= size;
+                budget.remove(size);
+                taken.push(delivery);
+            } else {
+                kept.push_back(delivery);
+            }
+        }
+        self.items = kept;
+        taken
+    }
+
     /// The connection changed (attached or gone): no publisher waits for
     /// this queue any more, and a new connection starts unjudged.
     pub fn release_publishers(&mut self) {
@@ -480,6 +502,7 @@ mod tests {
             qos,
             retain: false,
             subscription_identifiers: vec![],
+            shared_group: None,
             seq: 0,
         }
     }

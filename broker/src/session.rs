@@ -31,8 +31,23 @@ pub struct Delivery {
     /// RETAIN flag as it will be sent.
     pub retain: bool,
     pub subscription_identifiers: Vec<u32>,
+    /// The shared subscription (share name) it was given through: if the
+    /// client leaves without acknowledging it, another member gets it.
+    pub shared_group: Option<Arc<str>>,
     /// Sequence number in the durable store; 0 when not persisted.
     pub seq: u64,
+}
+
+/// What one subscription makes of a message it delivers.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFlags {
+    /// min(published QoS, subscription QoS).
+    pub qos: QoS,
+    /// The RETAIN flag as it will be sent.
+    pub retain: bool,
+    pub subscription_identifiers: Vec<u32>,
+    /// The shared subscription it comes through, if any.
+    pub shared_group: Option<Arc<str>>,
 }
 
 /// What a session's subscription remembers (the router holds the same data
@@ -361,6 +376,27 @@ impl SessionState {
         Some(entry.delivery.seq)
     }
 
+    /// Takes out what came through shared subscriptions and the client did
+    /// not acknowledge (in flight, not yet released, then queued), in
+    /// order: another member of the group gets it.
+    pub fn take_shared_unacknowledged(&mut self, budget: &MemoryBudget) -> Vec<Delivery> {
+        let mut taken = Vec::new();
+        let in_flight: Vec<u16> = self
+            .inflight
+            .in_send_order()
+            .into_iter()
+            .filter(|(_, i)| i.delivery.shared_group.is_some() && !i.released)
+            .map(|(id, _)| id)
+            .collect();
+        for id in in_flight {
+            if let Some(entry) = self.inflight.remove(id) {
+                taken.push(entry.delivery);
+            }
+        }
+        taken.extend(self.queue.take_where(|d| d.shared_group.is_some(), budget));
+        taken
+    }
+
     /// Forgets every message (clean start on an existing session).
     pub fn clear_messages(&mut self, budget: &MemoryBudget) {
         self.queue.clear(budget);
@@ -388,6 +424,7 @@ mod tests {
             qos,
             retain: false,
             subscription_identifiers: vec![],
+            shared_group: None,
             seq: 0,
         }
     }
@@ -496,6 +533,7 @@ mod tests {
             qos: QoS::AtLeastOnce,
             retain: false,
             subscription_identifiers: vec![],
+            shared_group: None,
             seq: 7,
         };
         offer(&mut s, d, &b);

@@ -604,3 +604,36 @@ async fn shedding_sends_some_clients_to_other_nodes() {
     assert_eq!(sent_away, 2);
     assert_eq!(cluster.metric(0, "kubemqtt_clients_shed_total").await, 2.0);
 }
+
+#[tokio::test]
+async fn shared_subscriptions_spread_over_nodes_and_a_leaver_hands_its_messages_on() {
+    let nats = NatsCluster::start(3).await;
+    let cluster = BrokerCluster::start(&nats, 2, ClusterOpts::default()).await;
+    let (mut leaver, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("leaver")).await;
+    leaver.subscribe(1, &[("$share/w/jobs/+", 1)]).await;
+    let (mut stayer, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("stayer")).await;
+    stayer.subscribe(1, &[("$share/w/jobs/+", 1)]).await;
+    // Let the group's members on both nodes be known everywhere.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("pub")).await;
+    publish_qos1(&mut publisher, "jobs/a", "j", 20).await;
+    let mut leaver_got = 0;
+    while let Recv::Packet(Pkt::Publish(_)) = leaver.recv_within(QUIET).await {
+        leaver_got += 1;
+    }
+    assert!(
+        (1..20).contains(&leaver_got),
+        "each message to one member, spread over both nodes: {leaver_got} of 20 here"
+    );
+    drop(leaver);
+    let mut got = std::collections::BTreeSet::new();
+    while let Recv::Packet(Pkt::Publish(p)) = stayer.recv_within(Duration::from_secs(3)).await {
+        stayer.send(&ack(kind::PUBACK, p.pid, true, 0)).await;
+        got.insert(String::from_utf8_lossy(&p.payload).to_string());
+    }
+    assert_eq!(
+        got.len(),
+        20,
+        "the leaver's unacknowledged messages came over: {got:?}"
+    );
+}

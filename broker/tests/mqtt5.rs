@@ -538,6 +538,41 @@ async fn shared_subscription_balances_across_the_group() {
 }
 
 #[tokio::test]
+async fn a_shared_member_that_leaves_without_acknowledging_hands_its_messages_on() {
+    if skip_on_mosquitto("mosquitto 2.0.11 does not give them to another member") {
+        return;
+    }
+    let broker = TestBroker::start_default().await;
+    let mut leaver = raw_subscriber5(&broker, "leaver", "$share/w/tasks/+", 1).await;
+    let mut stayer = raw_subscriber5(&broker, "stayer", "$share/w/tasks/+", 1).await;
+    let (mut publisher, _) = Raw::connect(&broker, &Connect::v5("pub")).await;
+    for pid in 1..=10u16 {
+        publisher
+            .publish_qos1(&Pub::new("tasks/a", format!("{pid}").as_bytes()).qos(1, pid))
+            .await;
+    }
+    // The leaver takes its share and acknowledges none of it.
+    let mut unacked = 0;
+    while let Recv::Packet(Pkt::Publish(_)) = leaver.recv_within(QUIET).await {
+        unacked += 1;
+    }
+    assert!(unacked > 0, "the group shares the work");
+    drop(leaver);
+    let mut got = Vec::new();
+    while let Recv::Packet(Pkt::Publish(m)) = stayer.recv_within(Duration::from_secs(2)).await {
+        stayer.ack_publish(&m).await;
+        got.push(String::from_utf8_lossy(&m.payload).parse::<u32>().unwrap());
+    }
+    got.sort_unstable();
+    got.dedup();
+    assert_eq!(
+        got,
+        (1..=10).collect::<Vec<_>>(),
+        "every message reached a member"
+    );
+}
+
+#[tokio::test]
 async fn shared_subscription_gets_no_retained_messages() {
     let broker = TestBroker::start_default().await;
     let (mut publisher, _) = Raw::connect(&broker, &Connect::v5("pub")).await;

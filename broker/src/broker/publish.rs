@@ -11,7 +11,7 @@ use crate::config::SlowSubscriberAction;
 use crate::message::Message;
 use crate::queue::{DropReason, Enqueued, QueueLimits, Stall};
 use crate::session::SessionState;
-use crate::session::{Delivery, Session};
+use crate::session::{Delivery, DeliveryFlags, Session};
 use crate::store::{Record, StoreError};
 
 use super::{Broker, ClientKey, Origin, PublishError, Publisher, Routed};
@@ -125,18 +125,13 @@ impl Broker {
             let Some(session) = self.session(&route.subscriber) else {
                 continue;
             };
-            let qos = msg.qos.min(route.qos);
-            let retain = msg.retain && route.retain_as_published;
-            let outcome = self.enqueue(
-                &session,
-                &msg,
-                qos,
-                retain,
-                route.subscription_identifiers,
-                &limits,
-                client,
-                &mut records,
-            );
+            let flags = DeliveryFlags {
+                qos: msg.qos.min(route.qos),
+                retain: msg.retain && route.retain_as_published,
+                subscription_identifiers: route.subscription_identifiers,
+                shared_group: route.shared_group,
+            };
+            let outcome = self.enqueue(&session, &msg, flags, &limits, client, &mut records);
             if outcome == Some(Enqueued::QueuedPause) {
                 routed.congested.push(session);
             }
@@ -209,18 +204,16 @@ impl Broker {
     /// `publisher` is the client whose PUBLISH this is, to pause when the
     /// session's client falls behind. Returns what the queue did (None:
     /// refused by the ACL).
-    #[allow(clippy::too_many_arguments)]
     pub fn enqueue(
         &self,
         session: &Session,
         msg: &Arc<Message>,
-        qos: QoS,
-        retain: bool,
-        subscription_identifiers: Vec<u32>,
+        flags: DeliveryFlags,
         limits: &QueueLimits,
         publisher: Option<&Arc<ClientHandle>>,
         records: &mut Vec<Record>,
     ) -> Option<Enqueued> {
+        let qos = flags.qos;
         let mut state = session.state.lock();
         if !self.can_receive(&mut state, &session.client_id, &msg.topic) {
             drop(state);
@@ -235,8 +228,9 @@ impl Broker {
         let delivery = Delivery {
             msg: msg.clone(),
             qos,
-            retain,
-            subscription_identifiers,
+            retain: flags.retain,
+            subscription_identifiers: flags.subscription_identifiers,
+            shared_group: flags.shared_group,
             seq,
         };
         let limits = state.queue_limits.unwrap_or(*limits);
@@ -272,6 +266,74 @@ impl Broker {
         }
         session.notify.notify_one();
         Some(outcome)
+    }
+
+    /// Gives the shared-subscription messages a client left without
+    /// acknowledging to another member of each one's group: here, or on
+    /// another node. Without another member, a persistent session keeps
+    /// them for its client's return; otherwise they are dropped (counted).
+    pub(super) async fn redeliver_shared(&self, leaving: &Arc<Session>, deliveries: Vec<Delivery>) {
+        let limits = self.queue_limits();
+        let now = Instant::now();
+        let mut records = Vec::new();
+        let mut redelivered = 0;
+        for delivery in deliveries {
+            let (Some(group), msg) = (delivery.shared_group.clone(), delivery.msg.clone()) else {
+                continue;
+            };
+            if msg.is_expired(now) {
+                continue;
+            }
+            let others = |k: &ClientKey| {
+                *k != leaving.client_id && self.session(k).is_some_and(|s| s.is_online())
+            };
+            let mut routes = Vec::new();
+            self.router.route(&msg.topic, None, &others, &mut routes);
+            let member = routes
+                .into_iter()
+                .find(|r| r.shared_group.as_deref() == Some(&*group) && others(&r.subscriber));
+            if let Some(route) = member {
+                if let Some(session) = self.session(&route.subscriber) {
+                    let flags = DeliveryFlags {
+                        qos: msg.qos.min(route.qos),
+                        retain: msg.retain && route.retain_as_published,
+                        subscription_identifiers: route.subscription_identifiers,
+                        shared_group: Some(group),
+                    };
+                    self.enqueue(&session, &msg, flags, &limits, None, &mut records);
+                    redelivered += 1;
+                    continue;
+                }
+            }
+            if let Some(cluster) = self.cluster() {
+                if let Some(node) = cluster.other_node_serving(&msg.topic, &group) {
+                    let plan = crate::cluster::Plan {
+                        remote: vec![(node, vec![group.to_string()])],
+                        ..Default::default()
+                    };
+                    if cluster.send(&msg, &plan).await.is_ok() {
+                        redelivered += 1;
+                        continue;
+                    }
+                }
+            }
+            let mut state = leaving.state.lock();
+            if state.persistent {
+                state.queue.restore(delivery, &self.budget);
+            } else {
+                drop(state);
+                self.metrics.drop(DropReason::Offline.label());
+            }
+        }
+        if let Err(e) = self.persist(records).await {
+            self.logger.error(&format!("Error persisting: {e}."));
+        }
+        if redelivered > 0 {
+            self.logger.info(&format!(
+                "{redelivered} unacknowledged shared-subscription message(s) of {} went to other members.",
+                leaving.client_id
+            ));
+        }
     }
 
     /// Counts a dropped delivery, and logs it when `log_due` carries the

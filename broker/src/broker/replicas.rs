@@ -241,6 +241,7 @@ impl Broker {
                         retain: sent.retain,
                         subscription_identifiers: sent.subscription_identifiers,
                         msg,
+                        shared_group: None,
                         seq: 0,
                     };
                     state.restore_inflight(sent.packet_id, delivery, sent.released);
@@ -260,6 +261,7 @@ impl Broker {
                         retain: msg.retain && route.retain_as_published,
                         subscription_identifiers: route.subscription_identifiers,
                         msg,
+                        shared_group: None,
                         seq: 0,
                     };
                     let _ = state.enqueue(delivery, limits, None, &self.budget);

@@ -63,6 +63,7 @@ impl Broker {
                         qos: QoS::from_u8(entry.qos).unwrap_or(QoS::AtLeastOnce),
                         retain,
                         subscription_identifiers: Vec::new(),
+                        shared_group: None,
                         seq: entry.seq,
                     };
                     match entry.packet_id {

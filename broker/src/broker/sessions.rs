@@ -232,16 +232,30 @@ impl Broker {
             .as_ref()
             .is_some_and(|a| a.connection_id == connection_id);
         let expiry = state.expiry_interval;
+        // What came through shared subscriptions and was not acknowledged
+        // goes to another member of the group.
+        let mut shared = Vec::new();
         if ours {
             state.attachment = None;
             // Offline queues hold no publisher back.
             state.queue.release_publishers();
             state.disconnected_at = Some(Instant::now());
             state.epoch += 1;
+            shared = state.take_shared_unacknowledged(&self.budget);
         }
         let epoch = state.epoch;
         let persistent = state.persistent;
         drop(state);
+        if !shared.is_empty() {
+            let records = shared
+                .iter()
+                .filter_map(|d| session.dequeue_record(d.seq))
+                .collect();
+            self.persist_nowait(records);
+            let broker = self.clone();
+            let session = session.clone();
+            tokio::spawn(async move { broker.redeliver_shared(&session, shared).await });
+        }
         if let Some(cluster) = self.cluster().filter(|_| ours) {
             let cluster = cluster.clone();
             let broker = self.clone();

@@ -296,6 +296,25 @@ impl super::Cluster {
     }
 }
 
+impl Interest {
+    /// A node other than this one with a member of shared group `group`
+    /// matching `topic`, alive, if any.
+    pub fn other_node_serving(
+        &self,
+        topic: &str,
+        group: &str,
+        alive: &dyn Fn(&Arc<str>) -> bool,
+    ) -> Option<Arc<str>> {
+        let others = |n: &Arc<str>| *n != self.node && alive(n);
+        let mut routes: Vec<Route<Arc<str>>> = Vec::new();
+        self.table.route(topic, None, &others, &mut routes);
+        routes
+            .into_iter()
+            .find(|r| r.shared_group.as_deref() == Some(group) && others(&r.subscriber))
+            .map(|r| r.subscriber)
+    }
+}
+
 fn is_shared(filter: &str) -> bool {
     matches!(SharedFilter::parse(filter), Ok(Some(_)))
 }

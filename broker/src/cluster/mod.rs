@@ -229,6 +229,14 @@ impl Cluster {
         let _ = self.client.flush().await;
     }
 
+    /// Another live node with a member of shared group `group` for
+    /// `topic`.
+    pub fn other_node_serving(&self, topic: &str, group: &str) -> Option<Arc<str>> {
+        let nodes = &self.nodes;
+        self.interest
+            .other_node_serving(topic, group, &|n: &Arc<str>| nodes.is_alive(n))
+    }
+
     fn buckets(&self) -> Result<&Buckets, ClusterError> {
         self.buckets.get().ok_or(ClusterError::Unavailable)
     }

@@ -15,7 +15,7 @@ use crate::codec::{
 use crate::config::RateLimitAction;
 use crate::message::Message;
 use crate::queue::QueueLimits;
-use crate::session::{Acked, InboundQos2};
+use crate::session::{Acked, DeliveryFlags, InboundQos2};
 use crate::store::Record;
 use crate::topic;
 
@@ -380,16 +380,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 if msg.is_expired(Instant::now()) {
                     continue;
                 }
-                self.broker.enqueue(
-                    &self.session,
-                    &msg,
-                    msg.qos.min(qos),
-                    true,
-                    identifier.into_iter().collect(),
-                    &limits,
-                    None,
-                    &mut records,
-                );
+                let flags = DeliveryFlags {
+                    qos: msg.qos.min(qos),
+                    retain: true,
+                    subscription_identifiers: identifier.into_iter().collect(),
+                    shared_group: None,
+                };
+                self.broker
+                    .enqueue(&self.session, &msg, flags, &limits, None, &mut records);
             }
         }
         self.persist(records).await
