@@ -167,6 +167,24 @@ impl Operator {
     pub fn secret(&self, user: &str, key: &str) -> String {
         secret_text(&self.secrets[user], key)
     }
+
+    /// Sets an annotation on the broker, as `kubectl annotate` would.
+    pub fn annotate_broker(&mut self, key: &str, value: &str) {
+        self.broker
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.to_owned(), value.to_owned());
+    }
+
+    /// The CA Secret as the next reconcile sees it, to change it as time
+    /// would (the end of a CA rotation's overlap).
+    pub fn stored_ca_secret(&mut self) -> &mut Secret {
+        self.observed
+            .ca_secret
+            .as_mut()
+            .expect("the operator's CA Secret")
+    }
 }
 
 /// The running broker and where to reach it.
@@ -206,6 +224,21 @@ impl Pod {
             http_port,
             files: pod,
             _root: root,
+        }
+    }
+
+    /// What the kubelet does when the server certificate Secret changes:
+    /// the files of the pod's `tls` volume are replaced (the broker
+    /// reloads them).
+    pub fn update_certificate(&self, plan: &Plan) {
+        let secret = plan.server_secret.as_ref().expect("the server certificate");
+        let dir = self.files.path(kubemqtt_operator::plan::TLS_DIR);
+        for (key, value) in secret.data.iter().flatten() {
+            let path = dir.join(key);
+            // Written aside and renamed, as the kubelet's atomic writer does.
+            let staged = dir.join(format!(".{key}.new"));
+            std::fs::write(&staged, &value.0).expect("write the certificate file");
+            std::fs::rename(&staged, &path).expect("replace the certificate file");
         }
     }
 
