@@ -2,11 +2,13 @@
 # End-to-end test of KubeMQTT on a real cluster (see e2e/README.md):
 #
 #   build both images -> load them -> helm install the chart -> apply
-#   examples/broker.yaml and examples/user-device.yaml (and a listener user
-#   of its own) -> wait for Ready -> the device publishes over TLS with its
-#   Secret's credentials and the listener receives it -> rotate the device's
-#   password (old and new work during the grace window, only the new one
-#   after it) -> delete everything and check nothing is left.
+#   e2e/broker.yaml (examples/broker.yaml without a load balancer) and
+#   examples/user-device.yaml (and a listener user of its own) -> wait for
+#   Ready -> the device publishes over TLS with its Secret's credentials and
+#   the listener receives it -> rotate the device's password (old and new
+#   work during the grace window, only the new one after it) -> delete
+#   everything: the broker's CA Secrets stay until deleted, then nothing is
+#   left.
 #
 # Usage: e2e/run.sh            (uses the cluster KUBECONFIG points at)
 #        E2E_CREATE_CLUSTER=kind e2e/run.sh   (or k3d: makes a throwaway one)
@@ -31,7 +33,7 @@ WATCH="${E2E_WATCH:-namespace}"                      # namespace (Roles) or all 
 IMAGE_TAG="${E2E_IMAGE_TAG:-e2e}"
 IMAGE_REGISTRY="${E2E_IMAGE_REGISTRY:-}"             # push there instead of loading
 BUILD="${E2E_BUILD:-1}"                              # 0: the images already exist
-BROKER_FILE="${E2E_BROKER_FILE:-$ROOT/examples/broker.yaml}"
+BROKER_FILE="${E2E_BROKER_FILE:-$ROOT/e2e/broker.yaml}"
 USER_FILE="${E2E_USER_FILE:-$ROOT/examples/user-device.yaml}"
 TOPIC="${E2E_TOPIC:-}"                               # default: devices/<user>/e2e
 LISTENER="${E2E_LISTENER:-e2e-listener}"             # MqttUser subscribing to devices/#
@@ -360,6 +362,12 @@ nothing_managed_left() {
     [ -z "$left" ]
 }
 
+only_ca_secrets_left() {
+    local left
+    left="$(kubectl get "$OWNED_KINDS" -A -l "$MANAGED_BY" -o name | sort)" || return 1
+    [ "$left" = "$(printf 'secret/%s\nsecret/%s' "$BROKER-ca" "$BROKER-clients-ca" | sort)" ]
+}
+
 release_objects_left() {
     kubectl get clusterroles,clusterrolebindings -l "app.kubernetes.io/instance=$RELEASE" -o name
     kubectl get roles,rolebindings,deployments,services,serviceaccounts -A \
@@ -398,10 +406,11 @@ main() {
     for key in username password ca.crt host port tls-port uri; do
         grep -qx "$key" <<<"$keys" || fail "Secret $USER_NAME-mqtt-credentials has no '$key'"
     done
-    if [ -n "$(kubectl -n "$NAMESPACE" get "service/$BROKER" -o jsonpath='{.status.loadBalancer.ingress}')" ]; then
+    if [ -n "$(kubectl -n "$NAMESPACE" get "service/$BROKER-external" --ignore-not-found \
+        -o jsonpath='{.status.loadBalancer.ingress}')" ]; then
         wait_until 120 "the Secret has external-host" external_host_known
     else
-        say "note: service/$BROKER has no load balancer address, so the Secret has no external-host yet"
+        say "note: no load balancer address (service/$BROKER-external), so the Secret has no external-host"
     fi
     username="$(secret_key "$USER_NAME" username)"
     OLD_PASSWORD="$(secret_key "$USER_NAME" password)"
@@ -453,6 +462,10 @@ main() {
     say "deleting the user, the broker and the release"
     kubectl -n "$NAMESPACE" delete "mqttuser/$LISTENER" --wait --timeout "${TIMEOUT}s"
     kubectl -n "$NAMESPACE" delete -f "$USER_FILE" -f "$BROKER_FILE" --wait --timeout "${TIMEOUT}s"
+    # The CAs devices trust outlive the broker (spec.tls.ca.deleteWithBroker
+    # is false); deleting them is the documented way to let them go.
+    wait_until "$TIMEOUT" "only the broker's CA Secrets are left" only_ca_secrets_left
+    kubectl -n "$NAMESPACE" delete secret "$BROKER-ca" "$BROKER-clients-ca" --wait --timeout "${TIMEOUT}s"
     wait_until "$TIMEOUT" "no object labelled $MANAGED_BY is left" nothing_managed_left
     helm uninstall "$RELEASE" --namespace "$OPERATOR_NAMESPACE" --wait --timeout "${TIMEOUT}s"
     if [ "$INSTALLED_CRDS" = "1" ]; then
