@@ -222,7 +222,7 @@ def measure_bridge(name, work, broker_port, sink, batch, count, log, check=None)
     while status(http_port)["forwarded"] < count:
         if time.time() > deadline:
             sys.exit(f"{name}: only {status(http_port)['forwarded']} of {count} forwarded")
-        time.sleep(0.01)
+        time.sleep(0.02)
     took = time.time() - started
     cpu = proc_cpu_seconds(process.pid) - cpu_before
     rss = proc_peak_rss_mib(process.pid)
@@ -331,6 +331,7 @@ def main():
                os.path.join(work, "nats")], log)
         wait_port(nats_port, "nats-server")
         rabbit_port, rabbitctl = rabbit(work, log)
+        ThreadingHTTPServer.request_queue_size = 256
         hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
         threading.Thread(target=hook.serve_forever, daemon=True).start()
 

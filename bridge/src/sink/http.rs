@@ -1,5 +1,5 @@
-//! HTTP webhook: a POST per record (`single`) or per batch (`batch`, a
-//! JSON array), signed with HMAC-SHA256 when a key is configured. 2xx
+//! HTTP webhook: a POST per record (`single`, up to 16 at a time) or per
+//! batch (`batch`, a JSON array), signed with HMAC-SHA256 when a key is configured. 2xx
 //! commits; 5xx, 408, 429, timeouts and connection errors are retried;
 //! other 4xx are permanent refusals.
 
@@ -18,6 +18,9 @@ use crate::secrets;
 pub const SIGNATURE_HEADER: &str = "X-KubeMQTT-Signature";
 /// The idempotency key header (of the record, or a hash of the batch's).
 pub const KEY_HEADER: &str = "Idempotency-Key";
+
+/// Requests in flight at once in `single` mode.
+pub const SINGLE_CONCURRENCY: usize = 16;
 
 /// A webhook sink.
 pub struct HttpSink {
@@ -110,14 +113,27 @@ impl HttpSink {
             }
             HttpMode::Single => {
                 let this = &*self;
-                let posts = batch.iter().map(|record| {
-                    let body = match &record.fields {
-                        Some(_) => record.body(),
-                        None => Bytes::from(serde_json::to_vec(&record.json()).unwrap_or_default()),
-                    };
-                    async move { this.post(body, &record.key).await.map(|()| false) }
-                });
-                prefix_outcome(futures::future::join_all(posts).await)
+                let mut outcomes = Vec::with_capacity(batch.len());
+                // In order, SINGLE_CONCURRENCY at a time, up to the first
+                // failure: what follows it is sent again with the rest.
+                for chunk in batch.chunks(SINGLE_CONCURRENCY) {
+                    let posts = chunk.iter().map(|record| {
+                        let body = match &record.fields {
+                            Some(_) => record.body(),
+                            None => {
+                                Bytes::from(serde_json::to_vec(&record.json()).unwrap_or_default())
+                            }
+                        };
+                        async move { this.post(body, &record.key).await.map(|()| false) }
+                    });
+                    let results = futures::future::join_all(posts).await;
+                    let failed = results.iter().any(Result::is_err);
+                    outcomes.extend(results);
+                    if failed {
+                        break;
+                    }
+                }
+                prefix_outcome(outcomes)
             }
         }
     }
