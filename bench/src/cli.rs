@@ -27,7 +27,8 @@ const SPARE_FDS: u64 = 64;
 /// How clients connect.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Broker address (host:port); the only address contacted.
+    /// Broker address (host:port); the only address contacted, except for
+    /// the subscribers of a run with --sub-broker.
     #[arg(short = 'b', long, default_value = "127.0.0.1:1883")]
     broker: String,
 
@@ -66,6 +67,20 @@ pub struct ClientArgs {
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
+
+    /// The subscribers' broker, for the commands that take `--sub-broker`.
+    #[arg(skip)]
+    sub_broker: Option<String>,
+}
+
+/// Where the subscribers connect, for runs across the nodes of a cluster.
+#[derive(Debug, Args)]
+pub struct SubBrokerArg {
+    /// Broker address (host:port) of the subscribers; the publishers use
+    /// --broker. For a cluster: publishers on one node, subscribers on
+    /// another [default: --broker].
+    #[arg(long, value_name = "ADDR")]
+    sub_broker: Option<String>,
 }
 
 /// What publishers send and for how long.
@@ -177,6 +192,9 @@ pub struct P2pCmd {
     load: LoadArgs,
 
     #[command(flatten)]
+    sub_broker: SubBrokerArg,
+
+    #[command(flatten)]
     client: ClientArgs,
 }
 
@@ -193,6 +211,9 @@ pub struct FanoutCmd {
 
     #[command(flatten)]
     load: LoadArgs,
+
+    #[command(flatten)]
+    sub_broker: SubBrokerArg,
 
     #[command(flatten)]
     client: ClientArgs,
@@ -219,6 +240,9 @@ pub struct FaninCmd {
 
     #[command(flatten)]
     load: LoadArgs,
+
+    #[command(flatten)]
+    sub_broker: SubBrokerArg,
 
     #[command(flatten)]
     client: ClientArgs,
@@ -340,7 +364,7 @@ impl P2pCmd {
             self.topic,
             Some(1),
         );
-        Ok((w, self.client))
+        Ok((w, self.client.with_sub_broker(self.sub_broker)))
     }
 }
 
@@ -356,7 +380,7 @@ impl FanoutCmd {
             self.topic,
             fan_out,
         );
-        (w, self.client)
+        (w, self.client.with_sub_broker(self.sub_broker))
     }
 }
 
@@ -371,7 +395,7 @@ impl FaninCmd {
             self.filter,
             Some(1),
         );
-        (w, self.client)
+        (w, self.client.with_sub_broker(self.sub_broker))
     }
 }
 
@@ -385,9 +409,21 @@ async fn resolve(broker: &str) -> Result<SocketAddr, String> {
 }
 
 impl ClientArgs {
-    /// The run settings: resolves the broker address.
+    /// These options with the subscribers' broker of `arg`.
+    fn with_sub_broker(self, arg: SubBrokerArg) -> ClientArgs {
+        ClientArgs {
+            sub_broker: arg.sub_broker,
+            ..self
+        }
+    }
+
+    /// The run settings: resolves the broker addresses.
     pub async fn settings(self) -> Result<Arc<Settings>, String> {
         let addr = resolve(&self.broker).await?;
+        let sub_addr = match &self.sub_broker {
+            Some(sub_broker) => resolve(sub_broker).await?,
+            None => addr,
+        };
         Ok(Arc::new(Settings {
             client: ClientOptions {
                 addr,
@@ -398,6 +434,7 @@ impl ClientArgs {
                 timeout: Duration::from_secs_f64(self.connect_timeout),
                 max_packet_size: MAX_PACKET_SIZE,
             },
+            sub_addr,
             conn_rate: self.conn_rate,
             client_prefix: self
                 .client_prefix
@@ -459,4 +496,59 @@ pub fn run_and_print(
         print!("{}", report.to_text());
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Parser, Subcommand};
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct TestCli {
+        #[command(subcommand)]
+        command: TestCommand,
+    }
+
+    #[derive(Debug, Subcommand)]
+    enum TestCommand {
+        P2p(P2pCmd),
+        Fanout(FanoutCmd),
+        Fanin(FaninCmd),
+    }
+
+    fn plan(args: &[&str]) -> Planned {
+        let cli = TestCli::try_parse_from([&["test"], args].concat()).expect("valid arguments");
+        match cli.command {
+            TestCommand::P2p(c) => c.plan().expect("a p2p plan"),
+            TestCommand::Fanout(c) => c.plan(),
+            TestCommand::Fanin(c) => c.plan(),
+        }
+    }
+
+    #[tokio::test]
+    async fn sub_broker_moves_only_the_subscribers() {
+        for command in ["p2p", "fanout", "fanin"] {
+            let (_, args) = plan(&[
+                command,
+                "-b",
+                "127.0.0.1:1001",
+                "--sub-broker",
+                "127.0.0.1:1002",
+            ]);
+            let settings = args.settings().await.expect("settings");
+            assert_eq!(settings.client.addr.port(), 1001, "{command}");
+            assert_eq!(settings.sub_addr.port(), 1002, "{command}");
+        }
+        let (_, args) = plan(&["p2p", "-b", "127.0.0.1:1001"]);
+        let settings = args.settings().await.expect("settings");
+        assert_eq!(settings.sub_addr, settings.client.addr, "default: --broker");
+    }
+
+    #[tokio::test]
+    async fn a_sub_broker_that_does_not_resolve_is_an_error() {
+        let (_, args) = plan(&["fanout", "--sub-broker", "no-port-here"]);
+        let error = args.settings().await.expect_err("unresolvable");
+        assert!(error.contains("no-port-here"), "{error}");
+    }
 }

@@ -13,7 +13,8 @@ use kubemqtt_bench::run::{self, builtin::Builtin};
 /// Load generator and benchmark for MQTT 3.1.1 brokers.
 ///
 /// Publishers stamp their send time into each payload, so subscribers
-/// measure end-to-end latency. Only the broker address given is contacted.
+/// measure end-to-end latency. Only the broker addresses given are
+/// contacted.
 /// A progress line goes to standard error every second; the report goes to
 /// standard output, as text or (with --json) as one JSON object.
 ///

@@ -208,8 +208,12 @@ pub struct Report {
     pub generator: String,
     /// `conn`, `pub`, `sub`, `p2p`, `fanout` or `fanin`.
     pub scenario: String,
-    /// The broker address used.
+    /// The broker address used (by the publishers, when `sub_broker` is
+    /// given).
     pub broker: String,
+    /// The subscribers' broker address, when it is not `broker`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub_broker: Option<String>,
     /// QoS of the PUBLISHes (absent for `conn`).
     pub qos: Option<u8>,
     /// Publishing clients.
@@ -269,15 +273,14 @@ impl Report {
             let _ = writeln!(out, "{} against {}", self.scenario, self.broker);
         } else {
             let qos = self.qos.map(|q| format!("  QoS {q}")).unwrap_or_default();
+            let brokers = match &self.sub_broker {
+                Some(sub) => format!("{} (subscribers on {sub})", self.broker),
+                None => self.broker.clone(),
+            };
             let _ = writeln!(
                 out,
                 "{} against {}{}  {} publishers -> {} subscribers  payload {} B",
-                self.scenario,
-                self.broker,
-                qos,
-                self.publishers,
-                self.subscribers,
-                self.payload_bytes
+                self.scenario, brokers, qos, self.publishers, self.subscribers, self.payload_bytes
             );
         }
         let _ = write!(
@@ -390,6 +393,7 @@ mod tests {
             generator: "kubemqtt-bench".into(),
             scenario: "p2p".into(),
             broker: "127.0.0.1:1883".into(),
+            sub_broker: None,
             qos: Some(1),
             publishers: 2,
             subscribers: 2,

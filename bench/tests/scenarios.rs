@@ -244,3 +244,44 @@ async fn unreachable_broker_is_reported_as_connect_failures() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_broker_is_where_the_subscribers_connect() {
+    let (broker, addr) = start_broker().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let nobody = format!("127.0.0.1:{port}");
+    let args = ["p2p", "-n", "2", "-d", "0.2", "--connect-timeout", "2"];
+    for generator in GENERATORS {
+        // Subscribers sent to a port nobody listens on: only they fail.
+        let mut with_sub = args.to_vec();
+        with_sub.extend(["--sub-broker", &nobody]);
+        let report = run_generator(generator, addr, &with_sub).await;
+        assert_eq!(report["connections"], 2, "the publishers: {report}");
+        assert_eq!(report["connect_failures"], 2, "the subscribers: {report}");
+        assert_eq!(report["sub_broker"], nobody.as_str());
+        assert!(report["sent"].as_u64().is_some_and(|n| n > 0), "{report}");
+        assert_eq!(report["delivered"], 0);
+    }
+    // The other way round: publishers nowhere, subscribers on the broker.
+    let addr_text = addr.to_string();
+    let mut args = args.to_vec();
+    args.extend(["--sub-broker", &addr_text]);
+    let port: SocketAddr = nobody.parse().expect("address");
+    let report = run_generator(BUILTIN, port, &args).await;
+    assert_eq!(report["connections"], 2, "the subscribers: {report}");
+    assert_eq!(report["connect_failures"], 2, "the publishers: {report}");
+    assert_eq!(report["sent"], 0);
+    // Without --sub-broker the report names one broker.
+    let report = run_generator(
+        BUILTIN,
+        addr,
+        &["p2p", "-n", "1", "--count", "5", "-q", "1"],
+    )
+    .await;
+    assert!(report.get("sub_broker").is_none(), "{report}");
+    assert_eq!(report["delivered"], 5);
+    broker.shutdown().await;
+}

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use ::rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet};
 
 use crate::cli::MAX_PACKET_SIZE;
+use crate::client::ClientOptions;
 use crate::codec::QoS;
-use crate::run::{sleep_until, ClientJob, Driver, PublisherJob, Settings, SubscriberJob, Workload};
+use crate::run::{sleep_until, ClientJob, Driver, PublisherJob, SubscriberJob, Workload};
 
 /// Name of this generator in reports.
 pub const GENERATOR: &str = "rumqttc";
@@ -60,12 +61,11 @@ impl Driver for Rumqttc {
 /// A client and its event loop for `client_id` in a run of `workload`, not
 /// connected yet.
 fn client(
-    settings: &Settings,
+    c: &ClientOptions,
     workload: &Workload,
     client_id: &str,
     capacity: usize,
 ) -> (AsyncClient, EventLoop) {
-    let c = &settings.client;
     let mut options = MqttOptions::new(client_id, c.addr.ip().to_string(), c.addr.port());
     options
         .set_keep_alive(Duration::from_secs(u64::from(c.keep_alive)))
@@ -92,7 +92,7 @@ fn client(
 /// connection failed is done with its setup (settled).
 async fn connect(c: &ClientJob, capacity: usize) -> Option<(AsyncClient, EventLoop)> {
     sleep_until(c.slot).await;
-    let (client, mut eventloop) = client(&c.settings, &c.workload, &c.client_id, capacity);
+    let (client, mut eventloop) = client(&c.options, &c.workload, &c.client_id, capacity);
     let begun = Instant::now();
     let failure = match tokio::time::timeout(c.settings.client.timeout, eventloop.poll()).await {
         Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {

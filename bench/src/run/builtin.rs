@@ -67,7 +67,7 @@ pub async fn open_at(
 
 /// Opens the connection of a client of a run, see [`open_at`].
 async fn open(c: &ClientJob) -> Option<Connection> {
-    open_at(c.slot, &c.shared, &c.settings.client, &c.client_id, &c.who).await
+    open_at(c.slot, &c.shared, &c.options, &c.client_id, &c.who).await
 }
 
 /// One subscribing client.

@@ -65,6 +65,7 @@ pub async fn run_conn(settings: Arc<Settings>, connections: usize, hold: Duratio
         generator: GENERATOR.to_string(),
         scenario: "conn".to_string(),
         broker: settings.client.addr.to_string(),
+        sub_broker: None,
         qos: None,
         publishers: 0,
         subscribers: 0,

@@ -16,6 +16,7 @@ mod shared;
 
 use std::fmt::Write as _;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,8 +49,11 @@ pub async fn sleep_until(at: Instant) {
 /// Settings shared by every scenario.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// How each client connects.
+    /// How each client connects; `client.addr` is the publishers' broker.
     pub client: ClientOptions,
+    /// The subscribers' broker: `client.addr` unless the run puts them on
+    /// another node of a cluster (`--sub-broker`).
+    pub sub_addr: SocketAddr,
     /// New connections per second; 0 opens them all at once.
     pub conn_rate: f64,
     /// Client identifiers are `<prefix>-p<i>`, `<prefix>-s<i>`, `<prefix>-c<i>`.
@@ -131,6 +135,9 @@ pub struct ClientJob {
     pub client_id: String,
     /// Name in error messages: `subscriber <index>` or `publisher <index>`.
     pub who: String,
+    /// How this client connects: the run's options, with the subscribers'
+    /// broker address for a subscriber.
+    pub options: ClientOptions,
 }
 
 /// Whether a client subscribes or publishes.
@@ -149,9 +156,9 @@ impl ClientJob {
         settings: &Arc<Settings>,
         workload: &Arc<Workload>,
     ) -> ClientJob {
-        let (letter, kind) = match role {
-            Role::Subscriber => ('s', "subscriber"),
-            Role::Publisher => ('p', "publisher"),
+        let (letter, kind, addr) = match role {
+            Role::Subscriber => ('s', "subscriber", settings.sub_addr),
+            Role::Publisher => ('p', "publisher", settings.client.addr),
         };
         ClientJob {
             shared: shared.clone(),
@@ -161,6 +168,10 @@ impl ClientJob {
             slot,
             client_id: format!("{}-{letter}{index}", settings.client_prefix),
             who: format!("{kind} {index}"),
+            options: ClientOptions {
+                addr,
+                ..settings.client.clone()
+            },
         }
     }
 }
@@ -455,6 +466,55 @@ mod tests {
             origin + Duration::from_millis(500)
         );
         assert_eq!(connect_slot(origin, 1000, 0.0), origin, "rate 0: no pacing");
+    }
+
+    #[test]
+    fn subscribers_connect_to_the_subscribers_broker() {
+        let publishers = SocketAddr::from(([127, 0, 0, 1], 1883));
+        let subscribers = SocketAddr::from(([127, 0, 0, 2], 1884));
+        let settings = Arc::new(Settings {
+            client: ClientOptions {
+                addr: publishers,
+                keep_alive: 30,
+                clean_session: false,
+                username: Some("u".into()),
+                password: None,
+                timeout: Duration::from_secs(1),
+                max_packet_size: 1024,
+            },
+            sub_addr: subscribers,
+            conn_rate: 0.0,
+            client_prefix: "t".into(),
+            progress: false,
+        });
+        let workload = Arc::new(Workload {
+            scenario: "p2p",
+            publishers: 1,
+            subscribers: 1,
+            topic: "t/%i".parse().expect("template"),
+            filter: "t/%i".parse().expect("template"),
+            pub_qos: QoS::AtLeastOnce,
+            sub_qos: QoS::AtLeastOnce,
+            payload_size: 16,
+            rate: 0.0,
+            count: None,
+            duration: Duration::from_secs(1),
+            inflight: 1,
+            drain: Duration::ZERO,
+            fan_out: Some(1),
+        });
+        let shared = Arc::new(Shared::new(Instant::now()));
+        let now = Instant::now();
+        let job = |role| ClientJob::new(role, 0, now, &shared, &settings, &workload);
+        let (sub, publ) = (job(Role::Subscriber), job(Role::Publisher));
+        assert_eq!(sub.options.addr, subscribers);
+        assert_eq!(publ.options.addr, publishers);
+        // Everything else is the run's.
+        assert_eq!(
+            (sub.options.keep_alive, sub.options.clean_session),
+            (30, false)
+        );
+        assert_eq!(sub.options.username.as_deref(), Some("u"));
     }
 
     #[test]

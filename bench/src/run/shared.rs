@@ -140,6 +140,8 @@ impl Shared {
             generator: generator.to_string(),
             scenario: w.scenario.to_string(),
             broker: settings.client.addr.to_string(),
+            sub_broker: (settings.sub_addr != settings.client.addr)
+                .then(|| settings.sub_addr.to_string()),
             qos: Some(w.pub_qos as u8),
             publishers: w.publishers,
             subscribers: w.subscribers,
@@ -191,6 +193,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 max_packet_size: 1 << 20,
             },
+            sub_addr: SocketAddr::from(([127, 0, 0, 1], 1883)),
             conn_rate: 0.0,
             client_prefix: "t".into(),
             progress: false,
