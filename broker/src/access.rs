@@ -17,7 +17,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
+use crate::auth::fleet::{ExpiryWatch, FleetDevice, Fleets, TopicAction};
 use crate::auth::{self, Acl, AuthFileError, AuthText, Authenticator, ClientAcl};
+use crate::client::ClientInfo;
 use crate::config::{AuthConfig, CertificateUsers};
 use crate::filewatch::{self, FileStamp};
 
@@ -32,26 +34,21 @@ pub struct AclCache {
 }
 
 impl AclCache {
-    /// Resolves the rules of `username` / `client_id` now.
-    pub fn resolve(access: &Access, username: Option<&str>, client_id: &str) -> AclCache {
+    /// Resolves the rules of the client `info` / `client_id` now.
+    pub fn resolve(access: &Access, info: &ClientInfo, client_id: &str) -> AclCache {
         AclCache {
             generation: access.generation(),
-            acl: access.acl().client(username, client_id),
+            acl: access.client_acl(info, client_id),
         }
     }
 
     /// The rules, resolved again when the ACL changed since the last call.
-    pub fn current(
-        &mut self,
-        access: &Access,
-        username: Option<&str>,
-        client_id: &str,
-    ) -> &ClientAcl {
+    pub fn current(&mut self, access: &Access, info: &ClientInfo, client_id: &str) -> &ClientAcl {
         let generation = access.generation();
         if self.generation != generation {
             *self = AclCache {
                 generation,
-                acl: access.acl().client(username, client_id),
+                acl: access.client_acl(info, client_id),
             };
         }
         &self.acl
@@ -70,8 +67,14 @@ pub struct Access {
     stamps: Mutex<Vec<Option<FileStamp>>>,
     /// The credentials in force: from the file or from the last push.
     credentials: Mutex<Credentials>,
-    /// Open connections per user name, for the `connections` quota.
+    /// Open connections per user name (and per fleet device), for the
+    /// `connections` quota.
     user_connections: Arc<Mutex<HashMap<String, u32>>>,
+    /// The device fleets, reloaded when their files change.
+    fleets: ArcSwap<Fleets>,
+    fleet_stamps: Mutex<Vec<Option<FileStamp>>>,
+    /// Devices to disconnect when their token expires.
+    expiry: ExpiryWatch,
 }
 
 /// Where the credentials in force come from.
@@ -104,10 +107,15 @@ pub enum PushOutcome {
 pub struct UserSlot {
     username: String,
     counts: Arc<Mutex<HashMap<String, u32>>>,
+    /// A fleet device's: its fleet's devices-online gauge.
+    online: Option<prometheus::IntGauge>,
 }
 
 impl Drop for UserSlot {
     fn drop(&mut self) {
+        if let Some(online) = &self.online {
+            online.dec();
+        }
         let mut counts = self.counts.lock();
         if let Some(n) = counts.get_mut(&self.username) {
             *n -= 1;
@@ -122,6 +130,7 @@ impl Access {
     pub fn load(config: &AuthConfig) -> Result<Access, AuthFileError> {
         let mut credentials = Credentials::default();
         let (authenticator, acl) = load_files(config, &mut credentials)?;
+        let fleets = Fleets::load(&config.fleets, None)?;
         Ok(Access {
             stamps: Mutex::new(file_stamps(config)),
             config: ArcSwap::from_pointee(config.clone()),
@@ -130,7 +139,52 @@ impl Access {
             generation: AtomicU64::new(1),
             credentials: Mutex::new(credentials),
             user_connections: Arc::default(),
+            fleet_stamps: Mutex::new(fleet_stamps(config)),
+            fleets: ArcSwap::from_pointee(fleets),
+            expiry: ExpiryWatch::default(),
         })
+    }
+
+    /// The device fleets in force.
+    pub fn fleets(&self) -> Arc<Fleets> {
+        self.fleets.load_full()
+    }
+
+    /// Whether a client certificate may make a fleet login.
+    pub fn has_certificate_fleets(&self) -> bool {
+        self.fleets.load().has_certificate_fleets()
+    }
+
+    /// Devices disconnected when their token expires.
+    pub fn expiry(&self) -> &ExpiryWatch {
+        &self.expiry
+    }
+
+    /// The topic rules of a client: a fleet device's from its fleet, any
+    /// other's from the ACL.
+    pub fn client_acl(&self, info: &ClientInfo, client_id: &str) -> Arc<ClientAcl> {
+        match &info.fleet {
+            Some(device) => self.fleets().client_acl(device, client_id),
+            None => self.acl().client(info.username.as_deref(), client_id),
+        }
+    }
+
+    /// Whether a hook fleet's registry lets the device use the topic
+    /// (always true for other clients and fleets).
+    pub async fn fleet_allows(
+        &self,
+        device: Option<&FleetDevice>,
+        client_id: &str,
+        action: TopicAction,
+        topic: &str,
+    ) -> bool {
+        match device {
+            None => true,
+            Some(device) => {
+                let fleets = self.fleets();
+                fleets.allows(device, client_id, action, topic).await
+            }
+        }
     }
 
     /// Whether any users are defined: a password or credentials file, or
@@ -168,8 +222,15 @@ impl Access {
         self.credentials.lock().revision
     }
 
-    /// Re-reads every file. On error nothing changes.
+    /// Re-reads every file. On error nothing changes (of the files in
+    /// error: the auth files and the fleets' are loaded apart).
     pub fn reload(&self) -> Result<(), AuthFileError> {
+        let auth = self.reload_auth_files();
+        let fleets = self.reload_fleets();
+        auth.and(fleets)
+    }
+
+    fn reload_auth_files(&self) -> Result<(), AuthFileError> {
         let config = self.config.load_full();
         *self.stamps.lock() = file_stamps(&config);
         let mut credentials = self.credentials.lock();
@@ -180,12 +241,29 @@ impl Access {
         Ok(())
     }
 
-    /// Reloads when a file changed since the last look.
+    /// Re-reads the fleets' files (revocation lists, CAs, secrets, keys).
+    fn reload_fleets(&self) -> Result<(), AuthFileError> {
+        let config = self.config.load_full();
+        *self.fleet_stamps.lock() = fleet_stamps(&config);
+        let fleets = Fleets::load(&config.fleets, Some(&self.fleets.load()))?;
+        self.fleets.store(Arc::new(fleets));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Reloads the files that changed since the last look.
     pub fn reload_if_changed(&self) -> Option<Result<(), AuthFileError>> {
-        if *self.stamps.lock() == file_stamps(&self.config.load()) {
-            return None;
+        let config = self.config.load();
+        let auth = *self.stamps.lock() != file_stamps(&config);
+        let fleets = *self.fleet_stamps.lock() != fleet_stamps(&config);
+        drop(config);
+        let auth = auth.then(|| self.reload_auth_files());
+        let fleets = fleets.then(|| self.reload_fleets());
+        match (auth, fleets) {
+            (None, None) => None,
+            (Some(a), Some(f)) => Some(a.and(f)),
+            (Some(one), None) | (None, Some(one)) => Some(one),
         }
-        Some(self.reload())
     }
 
     /// Puts new `[auth]` settings in force (a configuration reload): the
@@ -194,8 +272,17 @@ impl Access {
         let mut credentials = self.credentials.lock();
         let mut next = credentials.clone();
         let (authenticator, acl) = load_files(config, &mut next)?;
+        let fleets = if config.fleets != self.config.load().fleets {
+            Some(Fleets::load(&config.fleets, Some(&self.fleets.load()))?)
+        } else {
+            None
+        };
         *self.stamps.lock() = file_stamps(config);
+        *self.fleet_stamps.lock() = fleet_stamps(config);
         self.config.store(Arc::new(config.clone()));
+        if let Some(fleets) = fleets {
+            self.fleets.store(Arc::new(fleets));
+        }
         self.swap(authenticator, acl);
         *credentials = next;
         Ok(())
@@ -258,7 +345,24 @@ impl Access {
         Some(UserSlot {
             username: username.to_owned(),
             counts: self.user_connections.clone(),
+            online: None,
         })
+    }
+
+    /// Takes a connection slot of a fleet device (counted per fleet and
+    /// device id, apart from users of the same name), unless it already
+    /// holds `max`; counts the device online in `online` while held.
+    pub fn acquire_device_slot(
+        &self,
+        device: &FleetDevice,
+        max: Option<u32>,
+        online: prometheus::IntGauge,
+    ) -> Option<UserSlot> {
+        let key = format!("\0{}\0{}", device.fleet, device.device_id);
+        let mut slot = self.acquire_user_slot(&key, max)?;
+        online.inc();
+        slot.online = Some(online);
+        Some(slot)
     }
 }
 
@@ -292,6 +396,10 @@ fn load_files(
     let built = auth::build(passwd.as_ref(), creds, acl.as_ref())?;
     credentials.revision = revision;
     Ok(built)
+}
+
+fn fleet_stamps(config: &AuthConfig) -> Vec<Option<FileStamp>> {
+    filewatch::stamps(config.fleets.iter().flat_map(|fleet| fleet.files()))
 }
 
 fn file_stamps(config: &AuthConfig) -> Vec<Option<FileStamp>> {

@@ -46,6 +46,9 @@ pub struct ClientInfo {
     pub keep_alive: u16,
     pub listener: Arc<str>,
     pub connected_at: SystemTime,
+    /// The device and its fleet, for a device of a fleet
+    /// ([`crate::auth::fleet`]).
+    pub fleet: Option<Arc<crate::auth::fleet::FleetDevice>>,
 }
 
 /// Wakes the one task that waits on it, and remembers a wake-up that
@@ -192,6 +195,7 @@ impl ClientHandle {
             keep_alive: 60,
             listener: Arc::from("tcp-1883"),
             connected_at: SystemTime::now(),
+            fleet: None,
         })
     }
 }

@@ -108,6 +108,11 @@ pub struct AuthConfig {
     /// removing the user revokes the certificate too.
     #[serde(default)]
     pub certificate_users: CertificateUsers,
+    /// Device fleets (`[[auth.fleets]]`): devices that log in with a
+    /// fleet's certificates, derived passwords, JWTs or HTTP hook, with
+    /// nothing stored per device. See docs/fleets.md.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fleets: Vec<crate::auth::fleet::FleetConfig>,
 }
 
 impl Default for AuthConfig {
@@ -118,6 +123,7 @@ impl Default for AuthConfig {
             acl_file: None,
             reload_interval_secs: default_reload_interval_secs(),
             certificate_users: CertificateUsers::Any,
+            fleets: Vec::new(),
         }
     }
 }
@@ -838,6 +844,8 @@ impl Config {
             ));
         }
         self.validate_listeners()?;
+        crate::auth::fleet::config::validate(&self.auth.fleets)
+            .map_err(|(key, message)| ConfigError::rule(key, message))?;
         if let Some(cluster) = &self.cluster {
             cluster
                 .check(&self.node_name)
@@ -1015,6 +1023,19 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
             table.clone()
         } else if let Some(rest) = line.strip_prefix('[') {
             table = rest.split(']').next().unwrap_or_default().trim().to_owned();
+            // A sub-table of an array of tables (`[auth.fleets.derived]`
+            // after `[[auth.fleets]]`) belongs to its last element.
+            let array = array_lengths
+                .iter()
+                .filter(|(name, _)| {
+                    table
+                        .strip_prefix(name.as_str())
+                        .is_some_and(|rest| rest.starts_with('.'))
+                })
+                .max_by_key(|(name, _)| name.len());
+            if let Some((name, length)) = array {
+                table = format!("{name}[{}]{}", length - 1, &table[name.len()..]);
+            }
             table.clone()
         } else if let Some((name, _)) = line.split_once('=').filter(|_| !line.starts_with('#')) {
             let name = name.trim().trim_matches('"');
@@ -1374,6 +1395,7 @@ interval_secs = 10
                 acl_file: Some(PathBuf::from("/auth/acl")),
                 reload_interval_secs: 5,
                 certificate_users: CertificateUsers::Known,
+                fleets: Vec::new(),
             },
             http: HttpConfig {
                 bind: Some("0.0.0.0:8080".parse().unwrap()),

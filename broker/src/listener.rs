@@ -300,6 +300,7 @@ async fn handshake_and_connect(accepted: Accepted) -> Option<connection::Running
         local_port: listener.config.bind.port(),
         listener: listener.name.clone(),
         cert_username: None,
+        client_certificates: None,
         limits: listener.settings.load().limits.clone(),
     };
     // Plain TCP is handled inline; the other transports are boxed so that
@@ -358,14 +359,15 @@ async fn connect_tls(
         }
         Err(_) => return None,
     };
-    peer.cert_username = stream
-        .get_ref()
-        .1
-        .peer_certificates()
+    let certificates = stream.get_ref().1.peer_certificates();
+    peer.cert_username = certificates
         .and_then(|certs| certs.first())
         .and_then(|cert| {
             crate::transport::tls::username_from_certificate(cert, tls.username_from())
         });
+    if broker.access.has_certificate_fleets() {
+        peer.client_certificates = certificates.map(Arc::from);
+    }
     if listener.config.protocol == ListenerProtocol::Wss {
         connect_ws(broker, listener, stream, peer, shutdown).await
     } else {

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub cluster_bad_messages: IntCounter,
     pub cluster_send_failures: IntCounter,
     pub clients_shed: IntCounter,
+    /// Device fleets: logins, devices online, disconnects.
+    pub fleets: crate::auth::fleet::FleetMetrics,
 }
 
 /// `quota_refusals_total{quota}`.
@@ -242,6 +244,7 @@ impl Metrics {
                 "clients_shed_total",
                 "Clients sent to other nodes by the admin API's shed",
             ),
+            fleets: crate::auth::fleet::FleetMetrics::register(r),
             cluster_send_failures: counter(
                 r,
                 "cluster_send_failures_total",

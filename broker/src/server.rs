@@ -241,6 +241,7 @@ pub async fn start_from(
             .iter()
             .map(|l| (&*l.name, l.config.protocol.is_tls())),
     );
+    broker.metrics.fleets.init(broker.access.fleets().names());
     if let Some(cluster_config) = &cluster_config {
         // Before the sessions are restored: their filters are the node's
         // interest in the cluster.

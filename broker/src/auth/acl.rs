@@ -89,10 +89,39 @@ impl Acl {
         let groups = [own, rules.patterns.as_slice()]
             .into_iter()
             .filter(|group| !group.is_empty())
-            .map(|group| Group::resolve(group, username, client_id))
+            .map(|group| Group::resolve(group, username, client_id, None))
             .collect();
         Arc::new(ClientAcl {
             groups: Some(groups),
+        })
+    }
+
+    /// The rules of a fleet device: its own rules (a token's), then its
+    /// fleet's template, with `%d` the device id. Without any rule the
+    /// device may use every topic (as without an ACL).
+    pub(crate) fn fleet_client(
+        groups: [&[Rule]; 2],
+        username: &str,
+        client_id: &str,
+        device_id: &str,
+    ) -> Arc<ClientAcl> {
+        if groups.iter().all(|group| group.is_empty()) {
+            return Acl::allow_all().client(None, client_id);
+        }
+        let groups = groups
+            .into_iter()
+            .filter(|group| !group.is_empty())
+            .map(|group| Group::resolve(group, Some(username), client_id, Some(device_id)))
+            .collect();
+        Arc::new(ClientAcl {
+            groups: Some(groups),
+        })
+    }
+
+    /// Rules that refuse everything.
+    pub(crate) fn deny_all() -> Arc<ClientAcl> {
+        Arc::new(ClientAcl {
+            groups: Some(Vec::new()),
         })
     }
 }
@@ -173,8 +202,13 @@ struct Resolved {
 }
 
 impl Group {
-    fn resolve(rules: &[Rule], username: Option<&str>, client_id: &str) -> Group {
-        let unsafe_ids = [username.unwrap_or(""), client_id]
+    fn resolve(
+        rules: &[Rule],
+        username: Option<&str>,
+        client_id: &str,
+        device_id: Option<&str>,
+    ) -> Group {
+        let unsafe_ids = [username.unwrap_or(""), client_id, device_id.unwrap_or("")]
             .iter()
             .any(|id| id.contains(['+', '#']));
         let mut group = Group {
@@ -188,7 +222,7 @@ impl Group {
         for rule in rules {
             let filter = if rule.substitute {
                 // A `%u` rule cannot apply to a client without a user name.
-                match substitute(&rule.filter, username, client_id) {
+                match substitute(&rule.filter, username, client_id, device_id) {
                     Some(filter) => filter,
                     None => continue,
                 }
@@ -210,9 +244,15 @@ impl Group {
 }
 
 /// Replaces `%c` by the client identifier and `%u` by the user name, as
-/// mosquitto does (anywhere in the filter). `None` when the filter uses `%u`
-/// and there is no user name.
-fn substitute(filter: &str, username: Option<&str>, client_id: &str) -> Option<String> {
+/// mosquitto does (anywhere in the filter), and `%d` by the device id of a
+/// fleet device (elsewhere `%d` stays as it is). `None` when the filter
+/// uses `%u` and there is no user name.
+fn substitute(
+    filter: &str,
+    username: Option<&str>,
+    client_id: &str,
+    device_id: Option<&str>,
+) -> Option<String> {
     let mut out = String::with_capacity(filter.len());
     let mut rest = filter;
     while let Some((before, after)) = rest.split_once('%') {
@@ -222,6 +262,9 @@ fn substitute(filter: &str, username: Option<&str>, client_id: &str) -> Option<S
             rest = tail;
         } else if let Some(tail) = after.strip_prefix('u') {
             out.push_str(username?);
+            rest = tail;
+        } else if let Some((tail, device)) = after.strip_prefix('d').zip(device_id) {
+            out.push_str(device);
             rest = tail;
         } else {
             out.push('%');
@@ -567,10 +610,42 @@ mod tests {
 
     #[test]
     fn substitution() {
-        assert_eq!(substitute("a/%u/%c/x", Some("u"), "c").unwrap(), "a/u/c/x");
-        assert_eq!(substitute("%c-%c/%", None, "id").unwrap(), "id-id/%");
-        assert_eq!(substitute("a/%x/b", None, "id").unwrap(), "a/%x/b");
-        assert_eq!(substitute("a/%u", None, "id"), None);
+        assert_eq!(
+            substitute("a/%u/%c/x", Some("u"), "c", None).unwrap(),
+            "a/u/c/x"
+        );
+        assert_eq!(substitute("%c-%c/%", None, "id", None).unwrap(), "id-id/%");
+        assert_eq!(substitute("a/%x/b", None, "id", None).unwrap(), "a/%x/b");
+        assert_eq!(substitute("a/%u", None, "id", None), None);
+        assert_eq!(substitute("a/%d", None, "id", None).unwrap(), "a/%d");
+        assert_eq!(
+            substitute("a/%d/%u", Some("u"), "c", Some("dev")).unwrap(),
+            "a/dev/u"
+        );
+    }
+
+    #[test]
+    fn fleet_devices_get_their_own_rules_then_the_template() {
+        let template = parse_acl_file(
+            "pattern write sensors/%d/#\npattern read cmd/%d\npattern deny sensors/%d/secret\n",
+            "t",
+        )
+        .unwrap()
+        .patterns;
+        let own = parse_acl_file("pattern write extra/%c\n", "o")
+            .unwrap()
+            .patterns;
+        let dev = Acl::fleet_client([&own, &template], "dev-1@s", "c1", "dev-1");
+        assert!(dev.can_publish("sensors/dev-1/temp"));
+        assert!(!dev.can_publish("sensors/dev-2/temp"));
+        assert!(!dev.can_publish("sensors/dev-1/secret"));
+        assert!(dev.can_subscribe("cmd/dev-1"));
+        assert!(dev.can_publish("extra/c1"));
+        let sneaky = Acl::fleet_client([&own, &template], "u", "c1", "#");
+        assert!(!sneaky.can_publish("sensors/#/x"), "unsafe device id");
+        let open = Acl::fleet_client([&[], &[]], "u", "c", "d");
+        assert!(open.can_publish("any") && open.can_subscribe("#"));
+        assert!(!Acl::deny_all().can_publish("any"));
     }
 
     #[test]

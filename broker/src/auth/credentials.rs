@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::time::SystemTime;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use toml::Spanned;
@@ -38,7 +38,7 @@ use crate::topic;
 
 /// Per-user limits (`[users.quotas]`). An absent field sets no per-user
 /// limit; the broker-wide `[limits]` still apply.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserQuotas {
     /// Connections this user may hold open at once.

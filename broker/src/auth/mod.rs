@@ -6,11 +6,15 @@
 //!   receive, from mosquitto's `acl_file` and/or the per-user rules of the
 //!   credentials file.
 //!
+//! - [`fleet`]: device fleets (certificates, derived passwords, JWT, an
+//!   HTTP hook), which decide the logins of their devices.
+//!
 //! Both are immutable: to reload, load new ones and swap them in. The file
 //! formats are documented for operators in `docs/auth.md`.
 
 mod acl;
 mod credentials;
+pub mod fleet;
 mod hash;
 mod passwd;
 

@@ -414,16 +414,41 @@ impl Broker {
     }
 
     /// After the credentials changed: disconnects clients whose user no
-    /// longer exists (5.0 reason 0x87). Clients authenticated by a client
-    /// certificate and anonymous clients are left alone. Returns how many.
+    /// longer exists, and fleet devices now revoked or whose fleet is gone
+    /// (5.0 reason 0x87). Clients authenticated by a client certificate and
+    /// anonymous clients are left alone. Returns how many.
     pub fn disconnect_removed_users(&self) -> usize {
-        if !self.access.has_user_files() {
-            return 0;
-        }
+        let fleets = self.access.fleets();
+        self.metrics.fleets.init(fleets.names());
+        let users = self.access.has_user_files();
         let auth = self.access.authenticator();
         let mut kicked = 0;
         for (session, client) in self.connected_clients() {
             let info = &client.info;
+            if let Some(device) = &info.fleet {
+                let Err(why) = fleets.check_connected(device) else {
+                    continue;
+                };
+                self.logger.info(&format!(
+                    "Client {} disconnected: device {} of fleet {} ({}).",
+                    session.client_id,
+                    device.device_id,
+                    device.fleet,
+                    why.replace('_', " ")
+                ));
+                if self.kick(&session.client_id, ReasonCode::NOT_AUTHORIZED) {
+                    self.metrics
+                        .fleets
+                        .disconnects
+                        .with_label_values(&[&device.fleet, why])
+                        .inc();
+                    kicked += 1;
+                }
+                continue;
+            }
+            if !users {
+                continue;
+            }
             let Some(username) = &info.username else {
                 continue;
             };

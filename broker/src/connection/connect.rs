@@ -12,6 +12,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::access::{AclCache, UserSlot};
+use crate::auth::fleet::{
+    FleetDevice, FleetLogin, LoginRefused, LoginRequest, Refused, TopicAction,
+};
 use crate::auth::{LoginError, UserQuotas};
 use crate::broker::{Attached, Broker, ClientKey};
 use crate::client::{ClientHandle, ClientInfo};
@@ -301,13 +304,18 @@ async fn negotiate(
         ));
     }
 
-    // Who is this? A verified client certificate names the user when
-    // the listener says so; otherwise CONNECT's user name and password.
-    let (username, cert_authenticated) = match &peer.cert_username {
-        Some(name) => (Some(name.clone()), true),
-        None => (connect.username.clone(), false),
+    // Who is this? A device of a fleet, when a fleet claims its
+    // certificate or user name (the fleet then decides); else a verified
+    // client certificate names the user when the listener says so;
+    // otherwise CONNECT's user name and password.
+    let device = fleet_login(broker, peer, connect).await?;
+    let (username, cert_authenticated) = match (&device, &peer.cert_username) {
+        (Some(device), _) => (Some(device.username.to_string()), device.by_certificate),
+        (None, Some(name)) => (Some(name.clone()), true),
+        (None, None) => (connect.username.clone(), false),
     };
     let checked = match (&username, cert_authenticated) {
+        _ if device.is_some() => Ok(()),
         (Some(name), true) if !broker.access.certificate_user_allowed(name) => {
             Err((ReasonCode::NOT_AUTHORIZED, "unknown_user"))
         }
@@ -329,14 +337,28 @@ async fn negotiate(
         }
         return Err(Refusal::not_authorised(reason, ""));
     }
-    let quotas = username
-        .as_deref()
-        .and_then(|name| broker.access.authenticator().quotas(name).copied())
-        .unwrap_or_default();
+    let quotas = match &device {
+        Some(device) => broker.access.fleets().quotas(device),
+        None => username
+            .as_deref()
+            .and_then(|name| broker.access.authenticator().quotas(name).copied())
+            .unwrap_or_default(),
+    };
     let user_slot = match &username {
         Some(name) => {
             let max = quotas.connections.map(|n| n.get());
-            match broker.access.acquire_user_slot(name, max) {
+            let slot = match &device {
+                Some(device) => {
+                    let online = broker
+                        .metrics
+                        .fleets
+                        .online
+                        .with_label_values(&[&device.fleet]);
+                    broker.access.acquire_device_slot(device, max, online)
+                }
+                None => broker.access.acquire_user_slot(name, max),
+            };
+            match slot {
                 Some(slot) => Some(slot),
                 None => {
                     broker
@@ -344,6 +366,14 @@ async fn negotiate(
                         .quota_refusals
                         .with_label_values(&["connections"])
                         .inc();
+                    if let Some(device) = &device {
+                        broker
+                            .metrics
+                            .fleets
+                            .logins
+                            .with_label_values(&[&device.fleet, "quota"])
+                            .inc();
+                    }
                     return Err(Refusal::not_authorised(
                         ReasonCode::QUOTA_EXCEEDED,
                         "connection quota of this user reached",
@@ -417,6 +447,7 @@ async fn negotiate(
         keep_alive,
         listener: peer.listener.clone(),
         connected_at: SystemTime::now(),
+        fleet: device.map(Arc::new),
     }));
     let connection_id = broker.next_connection_id();
     let attachment = Attachment {
@@ -445,6 +476,17 @@ async fn negotiate(
         })?;
     if attached.took_over {
         broker.logger.already_connected(&client_id);
+    }
+    if let Some(device) = &client.info.fleet {
+        broker.metrics.fleets.accepted(&device.fleet);
+        if let Some(at) = device.expires_at.filter(|_| device.disconnect_at_expiry) {
+            let expired = broker
+                .metrics
+                .fleets
+                .disconnects
+                .with_label_values(&[&device.fleet, "token_expired"]);
+            broker.access.expiry().watch(at, &client, expired);
+        }
     }
 
     let mut properties = Properties::default();
@@ -529,7 +571,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             problem_info: connect.properties.request_problem_information != Some(0),
             routed: false,
             last_packet: now,
-            acl: AclCache::resolve(&broker.access, username.as_deref(), &client_id),
+            acl: AclCache::resolve(&broker.access, &client.info, &client_id),
             publish_limit: (publish_rate > 0)
                 .then(|| Box::new(TokenBucket::new(publish_rate, publish_rate, now))),
             max_inbound_packet,
@@ -597,6 +639,58 @@ fn authenticate(
             };
             (ReasonCode::BAD_USER_NAME_OR_PASSWORD, label)
         })
+}
+
+/// Asks the fleets whether the client is one of their devices and, if so,
+/// whether it is let in (a device of a hook fleet needs its will's topic
+/// allowed too). Ok(None): not a fleet device. A refusal is counted per
+/// fleet and reason, and logged with what went wrong.
+async fn fleet_login(
+    broker: &Broker,
+    peer: &Peer,
+    connect: &Connect,
+) -> Result<Option<FleetDevice>, Refusal> {
+    let fleets = broker.access.fleets();
+    let request = LoginRequest {
+        certificates: peer.client_certificates.as_deref(),
+        username: connect.username.as_deref(),
+        password: connect.password.as_deref(),
+        client_id: &connect.client_id,
+        peer: peer.addr,
+    };
+    let refused = match fleets.login(&request).await {
+        FleetLogin::NotAFleetDevice => return Ok(None),
+        FleetLogin::Accepted(device) => {
+            let Some(will) = &connect.will else {
+                return Ok(Some(device));
+            };
+            let action = TopicAction::Publish;
+            if fleets
+                .allows(&device, &connect.client_id, action, &will.topic)
+                .await
+            {
+                return Ok(Some(device));
+            }
+            LoginRefused {
+                fleet: device.fleet.clone(),
+                reason: Refused::Denied,
+                detail: format!("the registry does not allow the will topic {}", will.topic),
+            }
+        }
+        FleetLogin::Refused(refused) => refused,
+    };
+    broker
+        .metrics
+        .fleets
+        .refused(&refused.fleet, refused.reason);
+    let detail: String = refused.detail.chars().take(300).collect();
+    broker.logger.info(&format!(
+        "Login refused for fleet {} from {}: {} ({detail}).",
+        refused.fleet,
+        peer.addr,
+        refused.reason.label().replace('_', " "),
+    ));
+    Err(Refusal::not_authorised(refused.reason.reason_code(), ""))
 }
 
 /// Resolves once the broker closes every connection. (A dropped sender is

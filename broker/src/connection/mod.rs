@@ -62,6 +62,9 @@ pub struct Peer {
     pub listener: Arc<str>,
     /// User name taken from a verified client certificate.
     pub cert_username: Option<String>,
+    /// The verified client certificate chain (leaf first), when a fleet
+    /// may claim it ([`crate::auth::fleet`]).
+    pub client_certificates: Option<Arc<[rustls_pki_types::CertificateDer<'static>]>>,
     /// The limits of the listener (broker-wide limits with its overrides).
     pub limits: Arc<Limits>,
 }
