@@ -52,12 +52,20 @@ pub struct RenderArgs {
     /// The time certificates are issued at, RFC 3339 (default: now).
     #[arg(long, value_name = "TIME")]
     pub now: Option<Timestamp>,
+    /// What brokers get when their spec says nothing.
+    #[command(flatten)]
+    pub defaults: BrokerDefaults,
+}
+
+/// Operator-wide settings of the brokers, for `run` and `render`.
+#[derive(Debug, Args)]
+pub struct BrokerDefaults {
     /// Broker image for brokers that name none (default: the image of this
     /// operator's version).
     #[arg(long, env = "KUBEMQTT_BROKER_IMAGE", value_name = "IMAGE")]
     pub default_image: Option<String>,
     /// Pull Secrets of brokers that name none (repeat, or separate with
-    /// commas).
+    /// commas); each must exist in the broker's namespace.
     #[arg(
         long = "default-image-pull-secret",
         env = "KUBEMQTT_BROKER_IMAGE_PULL_SECRETS",
@@ -68,6 +76,22 @@ pub struct RenderArgs {
     /// The cluster's DNS domain, for certificate names.
     #[arg(long, env = "KUBEMQTT_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
+}
+
+impl BrokerDefaults {
+    /// The planner's settings.
+    fn settings(self) -> Settings {
+        let defaults = Settings::default();
+        Settings {
+            default_image: self.default_image.unwrap_or(defaults.default_image),
+            default_image_pull_secrets: self
+                .default_image_pull_secrets
+                .into_iter()
+                .filter(|name| !name.is_empty())
+                .collect(),
+            cluster_domain: self.cluster_domain,
+        }
+    }
 }
 
 /// Options of `run`.
@@ -101,22 +125,9 @@ pub struct RunArgs {
     /// host name, which is the pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    /// Broker image for brokers that name none (default: the image of this
-    /// operator's version).
-    #[arg(long, env = "KUBEMQTT_BROKER_IMAGE", value_name = "IMAGE")]
-    pub default_image: Option<String>,
-    /// Pull Secrets of brokers that name none (repeat, or separate with
-    /// commas); each must exist in the broker's namespace.
-    #[arg(
-        long = "default-image-pull-secret",
-        env = "KUBEMQTT_BROKER_IMAGE_PULL_SECRETS",
-        value_delimiter = ',',
-        value_name = "SECRET"
-    )]
-    pub default_image_pull_secrets: Vec<String>,
-    /// The cluster's DNS domain, for certificate names.
-    #[arg(long, env = "KUBEMQTT_CLUSTER_DOMAIN", default_value = "cluster.local")]
-    pub cluster_domain: String,
+    /// What brokers get when their spec says nothing.
+    #[command(flatten)]
+    pub defaults: BrokerDefaults,
     /// Log format. The level comes from `RUST_LOG` (default: info).
     #[arg(long, env = "KUBEMQTT_LOG_FORMAT", default_value = "json")]
     pub log_format: LogFormat,
@@ -161,11 +172,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             init_logging(args.log_format);
             let config = RunConfig {
                 namespaces: args.namespaces,
-                settings: settings(
-                    args.default_image,
-                    args.default_image_pull_secrets,
-                    args.cluster_domain,
-                ),
+                settings: args.defaults.settings(),
                 http_address: args.http_address,
                 lease_name: args.lease_name,
                 lease_namespace: args.lease_namespace,
@@ -199,31 +206,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Render(args) => {
             let text = read_input(&args.file)?;
             let resources = render::read_resources(&text, args.namespace.as_deref())?;
-            let settings = settings(
-                args.default_image,
-                args.default_image_pull_secrets,
-                args.cluster_domain,
-            );
+            let settings = args.defaults.settings();
             let now = args.now.unwrap_or_else(Timestamp::now);
             print!("{}", render::render(&resources, &settings, now)?);
             Ok(())
         }
-    }
-}
-
-fn settings(
-    default_image: Option<String>,
-    default_image_pull_secrets: Vec<String>,
-    cluster_domain: String,
-) -> Settings {
-    let defaults = Settings::default();
-    Settings {
-        default_image: default_image.unwrap_or(defaults.default_image),
-        default_image_pull_secrets: default_image_pull_secrets
-            .into_iter()
-            .filter(|name| !name.is_empty())
-            .collect(),
-        cluster_domain,
     }
 }
 

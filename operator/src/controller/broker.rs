@@ -350,15 +350,8 @@ async fn propagate(
     plan: &Plan,
     observation: &Observation,
 ) -> Option<PropagationResult> {
-    let text = |key: &str| {
-        plan.auth_secret
-            .data
-            .as_ref()
-            .and_then(|data| data.get(key))
-            .and_then(|value| std::str::from_utf8(&value.0).ok())
-    };
-    let credentials = text(plan::secrets::CREDENTIALS_KEY)?;
-    let token = text(plan::secrets::ADMIN_TOKEN_KEY)?;
+    let credentials = plan::secrets::text(&plan.auth_secret, plan::secrets::CREDENTIALS_KEY)?;
+    let token = plan::secrets::text(&plan.auth_secret, plan::secrets::ADMIN_TOKEN_KEY)?;
     let revision = kubemqtt_broker::auth::credentials_revision(&kubemqtt_broker::auth::AuthText {
         text: credentials.to_owned(),
         origin: plan.auth_secret.name_any(),

@@ -40,6 +40,9 @@ pub struct Recorded {
     pub query: String,
     /// The JSON body (`Null` when there is none).
     pub body: Value,
+    /// Whether only metadata was asked for (`Accept:
+    /// ...;as=PartialObjectMetadataList`).
+    pub metadata_only: bool,
 }
 
 impl Recorded {
@@ -128,11 +131,17 @@ impl ApiServer {
                 let (parts, body) = request.into_parts();
                 let bytes = body.collect_bytes().await.expect("request body");
                 let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let metadata_only = parts
+                    .headers
+                    .get(http::header::ACCEPT)
+                    .and_then(|accept| accept.to_str().ok())
+                    .is_some_and(|accept| accept.contains("as=PartialObjectMetadata"));
                 let recorded = Recorded {
                     method: parts.method,
                     path: parts.uri.path().to_owned(),
                     query: parts.uri.query().unwrap_or_default().to_owned(),
                     body,
+                    metadata_only,
                 };
                 let (code, answer) = answering.answer(recorded);
                 let bytes = serde_json::to_vec(&answer).expect("JSON");
@@ -244,7 +253,22 @@ impl ApiServer {
         match request.method {
             Method::GET => match state.objects.get(path) {
                 Some(object) => (200, object.clone()),
-                None if is_collection(path) => (200, state.list(path, &request.query)),
+                None if is_collection(path) => {
+                    let mut list = state.list(path, &request.query);
+                    if request.metadata_only {
+                        // What a metadata-only list carries.
+                        list["kind"] = json!("PartialObjectMetadataList");
+                        list["apiVersion"] = json!("meta.k8s.io/v1");
+                        for item in list["items"].as_array_mut().into_iter().flatten() {
+                            *item = json!({
+                                "apiVersion": "meta.k8s.io/v1",
+                                "kind": "PartialObjectMetadata",
+                                "metadata": item["metadata"].clone(),
+                            });
+                        }
+                    }
+                    (200, list)
+                }
                 None => (404, failure(404, "NotFound", "not found")),
             },
             // Events: created, or a series updated.

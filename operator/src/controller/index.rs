@@ -38,6 +38,16 @@ impl UserIndex {
             .push(store);
     }
 
+    /// Forgets every store (the controllers are starting again, after a
+    /// lost and regained leadership: the old stores no longer follow the
+    /// cluster).
+    pub fn clear(&self) {
+        self.stores
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// The users of the broker `broker` in `namespace`, once every store
     /// has its first complete list (a partial list would drop users from
     /// the broker's credentials file).
@@ -108,5 +118,10 @@ mod tests {
             .map(|u| u.name_any())
             .collect();
         assert_eq!(names, ["a", "b"]);
+        index.clear();
+        assert!(
+            index.users_of("iot", "mq").await.is_err(),
+            "nothing to read"
+        );
     }
 }

@@ -219,8 +219,10 @@ pub async fn observe(
     Ok(observation)
 }
 
-/// The `MqttUser`s of the broker `broker` (from the cache), each with its
-/// credentials Secret if it exists (one list).
+/// The `MqttUser`s of the broker `broker` (from the cache), each with the
+/// metadata of its credentials Secret if it exists (one list): the
+/// credentials file takes only the password hashes in its annotations,
+/// never a password.
 pub async fn users(
     client: &Client,
     index: &UserIndex,
@@ -228,8 +230,25 @@ pub async fn users(
     broker: &str,
 ) -> Result<Vec<(MqttUser, Option<Secret>)>, Error> {
     let users = index.users_of(namespace, broker).await?;
-    let mut secrets =
-        list::<Secret>(client, namespace, &format!("{BROKER_LABEL}={broker}")).await?;
+    let selector = format!("{BROKER_LABEL}={broker}");
+    let mut secrets: BTreeMap<String, Secret> =
+        Api::<Secret>::namespaced(client.clone(), namespace)
+            .list_metadata(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|source| ObserveError {
+                object: ObjectKey::new("Secret", &selector),
+                source,
+            })?
+            .items
+            .into_iter()
+            .map(|meta| {
+                let secret = Secret {
+                    metadata: meta.metadata,
+                    ..Secret::default()
+                };
+                (secret.name_any(), secret)
+            })
+            .collect();
     Ok(users
         .into_iter()
         .map(|user| {

@@ -186,6 +186,8 @@ async fn controllers(client: &Client, namespaces: &[String], ctx: Arc<Context>) 
     let referenced = watcher::Config::default().labels(REFERENCED_LABEL);
     let mut roots: Vec<Run<'_>> = Vec::new();
     let mut runs: Vec<Run<'_>> = Vec::new();
+    // Stores of an earlier leadership no longer follow the cluster.
+    ctx.index.clear();
     for scope in scopes {
         runs.push(Box::pin(super::bridge::controller(client, scope)));
         let (users, user_writer) = reflector::store_shared::<MqttUser>(SHARED_BUFFER);
@@ -203,31 +205,10 @@ async fn controllers(client: &Client, namespaces: &[String], ctx: Arc<Context>) 
             return;
         };
         ctx.index.add(users.clone());
-        roots.push(Box::pin(
-            watcher(
-                scoped::<MqttUser>(client, scope),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .reflect_shared(user_writer)
-            .for_each(|event| async move {
-                if let Err(error) = event {
-                    warn!(%error, "MqttUser watch");
-                }
-            }),
-        ));
-        roots.push(Box::pin(
-            watcher(
-                scoped::<MqttBroker>(client, scope),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .reflect_shared(broker_writer)
-            .for_each(|event| async move {
-                if let Err(error) = event {
-                    warn!(%error, "MqttBroker watch");
-                }
-            }),
+        roots.push(shared_watch(scoped::<MqttUser>(client, scope), user_writer));
+        roots.push(shared_watch(
+            scoped::<MqttBroker>(client, scope),
+            broker_writer,
         ));
 
         let broker_secrets = watch::changed_or_deleted(
@@ -322,6 +303,30 @@ async fn controllers(client: &Client, namespaces: &[String], ctx: Arc<Context>) 
 
 /// One running controller or watch.
 type Run<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// The watch of every `K` of `api`, feeding `writer`'s store and its
+/// subscribers; errors are logged and the watch backs off and resumes.
+fn shared_watch<'a, K>(api: Api<K>, writer: reflector::store::Writer<K>) -> Run<'a>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    Box::pin(
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .reflect_shared(writer)
+            .for_each(|event| async move {
+                if let Err(error) = event {
+                    warn!(%error, kind = %K::kind(&()), "watch");
+                }
+            }),
+    )
+}
 
 /// An API for `K` in `namespace`, or in all namespaces.
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>

@@ -192,7 +192,7 @@ pub(super) fn secret(
 }
 
 /// The UTF-8 value of `key` in a Secret's data.
-pub(super) fn text<'s>(secret: &'s Secret, key: &str) -> Option<&'s str> {
+pub fn text<'s>(secret: &'s Secret, key: &str) -> Option<&'s str> {
     let bytes = secret.data.as_ref()?.get(key)?;
     std::str::from_utf8(&bytes.0).ok()
 }

@@ -132,12 +132,8 @@ pub fn credentials_file(
     stored: Option<&str>,
     now: Timestamp,
 ) -> Result<String, PlanError> {
-    let siblings: Vec<MqttUser> = users.iter().map(|u| u.user.clone()).collect();
     let mut entries = BTreeMap::new();
-    for user in users {
-        if admission(user.user, &siblings).is_err() {
-            continue;
-        }
+    for user in admitted(users) {
         if let Some(entry) = user_entry(user, now) {
             entries.insert(username(user.user), entry);
         }
@@ -212,11 +208,36 @@ pub fn admitted_digests<'a>(
     users: &[BrokerUser<'a>],
     now: Timestamp,
 ) -> Vec<(BrokerUser<'a>, String)> {
-    let siblings: Vec<MqttUser> = users.iter().map(|u| u.user.clone()).collect();
-    users
-        .iter()
-        .filter(|user| admission(user.user, &siblings).is_ok())
+    admitted(users)
+        .into_iter()
         .filter_map(|user| Some((*user, entry_digest(user, now)?)))
+        .collect()
+}
+
+/// The users of `users` that [`admission`] admits, decided for all of
+/// them at once: each is validated once, and of those claiming one user
+/// name the holder is the oldest (then the smallest name).
+pub fn admitted<'u, 'a>(users: &'u [BrokerUser<'a>]) -> Vec<&'u BrokerUser<'a>> {
+    let valid: Vec<&BrokerUser<'a>> = users.iter().filter(|u| validate(u.user).is_ok()).collect();
+    let mut holders: BTreeMap<String, &BrokerUser<'a>> = BTreeMap::new();
+    for user in &valid {
+        let key = |u: &BrokerUser<'_>| (u.user.creation_timestamp(), u.user.name_any());
+        holders
+            .entry(username(user.user))
+            .and_modify(|holder| {
+                if key(user) < key(holder) {
+                    *holder = user;
+                }
+            })
+            .or_insert(user);
+    }
+    valid
+        .into_iter()
+        .filter(|user| {
+            holders
+                .get(&username(user.user))
+                .is_some_and(|holder| holder.user.name_any() == user.user.name_any())
+        })
         .collect()
 }
 
@@ -377,6 +398,44 @@ mod tests {
         authenticator
             .authenticate(username, password.as_bytes(), at)
             .is_ok()
+    }
+
+    #[test]
+    fn admitting_all_at_once_agrees_with_admitting_one_by_one() {
+        let users = vec![
+            user_at(
+                "b",
+                "brokerRef: {name: mq}\nusername: dev",
+                "2025-02-01T00:00:00Z",
+            ),
+            user_at(
+                "a",
+                "brokerRef: {name: mq}\nusername: dev",
+                "2025-02-01T00:00:00Z",
+            ),
+            user_at(
+                "c",
+                "brokerRef: {name: mq}\nusername: dev",
+                "2025-01-01T00:00:00Z",
+            ),
+            user("bad", "acl: [{action: publish, topic: 'a/#/b'}]"),
+            user("solo", ""),
+        ];
+        let broker_users: Vec<BrokerUser<'_>> = users
+            .iter()
+            .map(|user| BrokerUser { user, secret: None })
+            .collect();
+        let at_once: Vec<String> = admitted(&broker_users)
+            .iter()
+            .map(|u| u.user.name_any())
+            .collect();
+        let one_by_one: Vec<String> = users
+            .iter()
+            .filter(|u| admission(u, &users).is_ok())
+            .map(|u| u.name_any())
+            .collect();
+        assert_eq!(at_once, one_by_one);
+        assert_eq!(at_once, ["c", "solo"]);
     }
 
     #[test]
