@@ -148,8 +148,9 @@ def rabbit(work, log):
                RABBITMQ_PLUGINS_EXPAND_DIR=f"{base}/plugins-expand")
     spawn([f"{RABBIT_BIN}/rabbitmq-server"], log, env=env)
     wait_port(port, "rabbitmq-server")
-    ctl = lambda *args: subprocess.run([f"{RABBIT_BIN}/rabbitmqctl", "-n", node, *args], env=env,
-                                       capture_output=True, check=True)
+    def ctl(*args):
+        return subprocess.run([f"{RABBIT_BIN}/rabbitmqctl", "-n", node, *args], env=env,
+                              capture_output=True, check=True)
     return port, ctl
 
 
@@ -324,6 +325,8 @@ def main():
     os.chmod(work, 0o755)
     log = open(os.path.join(work, "log.txt"), "w")
     results = []
+    pg = rabbitctl = None
+    succeeded = False
     try:
         pg = Postgres(work)
         nats_port = free_port()
@@ -393,13 +396,25 @@ def main():
         broker_process.terminate()
         broker_process.wait()
         report(results, bridge_latency, naive_rate, naive_latency, args)
-        pg.stop()
-        rabbitctl("stop")
+        succeeded = True
     finally:
+        # PostgreSQL and RabbitMQ detach from their launchers: stop them
+        # by their own tools, also when a run fails.
+        if pg is not None:
+            pg.stop()
+        if rabbitctl is not None:
+            try:
+                rabbitctl("stop")
+            except subprocess.CalledProcessError as error:
+                print(f"cannot stop RabbitMQ: {error.stderr}", file=sys.stderr)
         for process in PROCESSES:
             if process.poll() is None:
                 process.kill()
         log.close()
+        if succeeded:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"logs kept in {work}", file=sys.stderr)
 
 
 def declare_sinks(nats_port, rabbitctl, log):
