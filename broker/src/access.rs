@@ -17,7 +17,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-use crate::auth::fleet::{ExpiryWatch, FleetDevice, Fleets, TopicAction};
+use crate::auth::fleet::config as fleet_config;
+use crate::auth::fleet::{ExpiryWatch, FleetDevice, FleetTrust, Fleets, TopicAction};
 use crate::auth::{self, Acl, AuthFileError, AuthText, Authenticator, ClientAcl};
 use crate::client::ClientInfo;
 use crate::config::{AuthConfig, CertificateUsers};
@@ -70,8 +71,9 @@ pub struct Access {
     /// Open connections per user name (and per fleet device), for the
     /// `connections` quota.
     user_connections: Arc<Mutex<HashMap<String, u32>>>,
-    /// The device fleets, reloaded when their files change.
-    fleets: ArcSwap<Fleets>,
+    /// The device fleets, reloaded when their files change (shared with
+    /// the TLS listeners, which trust the certificate fleets' CAs).
+    fleets: FleetTrust,
     fleet_stamps: Mutex<Vec<Option<FileStamp>>>,
     /// Devices to disconnect when their token expires.
     expiry: ExpiryWatch,
@@ -130,7 +132,7 @@ impl Access {
     pub fn load(config: &AuthConfig) -> Result<Access, AuthFileError> {
         let mut credentials = Credentials::default();
         let (authenticator, acl) = load_files(config, &mut credentials)?;
-        let fleets = Fleets::load(&config.fleets, None)?;
+        let fleets = Fleets::load(&configured_fleets(config)?, None)?;
         Ok(Access {
             stamps: Mutex::new(file_stamps(config)),
             config: ArcSwap::from_pointee(config.clone()),
@@ -140,7 +142,7 @@ impl Access {
             credentials: Mutex::new(credentials),
             user_connections: Arc::default(),
             fleet_stamps: Mutex::new(fleet_stamps(config)),
-            fleets: ArcSwap::from_pointee(fleets),
+            fleets: Arc::new(ArcSwap::from_pointee(fleets)),
             expiry: ExpiryWatch::default(),
         })
     }
@@ -148,6 +150,11 @@ impl Access {
     /// The device fleets in force.
     pub fn fleets(&self) -> Arc<Fleets> {
         self.fleets.load_full()
+    }
+
+    /// The fleets as the TLS listeners see them.
+    pub fn fleet_trust(&self) -> FleetTrust {
+        self.fleets.clone()
     }
 
     /// Whether a client certificate may make a fleet login.
@@ -245,7 +252,7 @@ impl Access {
     fn reload_fleets(&self) -> Result<(), AuthFileError> {
         let config = self.config.load_full();
         *self.fleet_stamps.lock() = fleet_stamps(&config);
-        let fleets = Fleets::load(&config.fleets, Some(&self.fleets.load()))?;
+        let fleets = Fleets::load(&configured_fleets(&config)?, Some(&self.fleets.load()))?;
         self.fleets.store(Arc::new(fleets));
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
@@ -272,11 +279,14 @@ impl Access {
         let mut credentials = self.credentials.lock();
         let mut next = credentials.clone();
         let (authenticator, acl) = load_files(config, &mut next)?;
-        let fleets = if config.fleets != self.config.load().fleets {
-            Some(Fleets::load(&config.fleets, Some(&self.fleets.load()))?)
+        let running = self.config.load();
+        let fleets = if config.fleets != running.fleets || config.fleets_dir != running.fleets_dir {
+            let configured = configured_fleets(config)?;
+            Some(Fleets::load(&configured, Some(&self.fleets.load()))?)
         } else {
             None
         };
+        drop(running);
         *self.stamps.lock() = file_stamps(config);
         *self.fleet_stamps.lock() = fleet_stamps(config);
         self.config.store(Arc::new(config.clone()));
@@ -399,7 +409,13 @@ fn load_files(
 }
 
 fn fleet_stamps(config: &AuthConfig) -> Vec<Option<FileStamp>> {
-    filewatch::stamps(config.fleets.iter().flat_map(|fleet| fleet.files()))
+    let files = fleet_config::watched_files(&config.fleets, config.fleets_dir.as_deref());
+    filewatch::stamps(files.iter().map(|path| path.as_path()))
+}
+
+/// The fleets of `[[auth.fleets]]` and of `auth.fleets_dir`.
+fn configured_fleets(config: &AuthConfig) -> Result<Vec<auth::fleet::FleetConfig>, AuthFileError> {
+    fleet_config::all_fleets(&config.fleets, config.fleets_dir.as_deref())
 }
 
 fn file_stamps(config: &AuthConfig) -> Vec<Option<FileStamp>> {

@@ -123,7 +123,7 @@ fn check_tls(listener: &str, config: &TlsConfig, problems: &mut Vec<Problem>) {
         }
     }
     if problems.len() == before {
-        if let Err(e) = tls::build_server_config(config) {
+        if let Err(e) = tls::build_server_config(config, None) {
             problems.push(Problem::new(
                 &config.cert_file,
                 None,
@@ -266,6 +266,14 @@ fn check_auth(config: &Config, problems: &mut Vec<Problem>) {
         if let Err(e) = auth::build(passwd.as_ref(), creds.as_ref(), acl.as_ref()) {
             problems.push(e.into());
         }
+    }
+    // The device fleets: their files (CAs, secrets, keys, revocation
+    // lists) and the fleet files of `auth.fleets_dir`.
+    let fleets =
+        auth::fleet::config::all_fleets(&config.auth.fleets, config.auth.fleets_dir.as_deref())
+            .and_then(|fleets| auth::fleet::Fleets::load(&fleets, None));
+    if let Err(e) = fleets {
+        problems.push(e.into());
     }
 }
 

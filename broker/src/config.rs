@@ -113,6 +113,12 @@ pub struct AuthConfig {
     /// nothing stored per device. See docs/fleets.md.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fleets: Vec<crate::auth::fleet::FleetConfig>,
+    /// A directory of fleet files: each `*.toml` in it holds one fleet (the
+    /// keys of an `[[auth.fleets]]` table), with paths relative to the
+    /// directory. Re-read when its files change; fleets come and go
+    /// without a restart (the operator mounts its fleets Secret here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleets_dir: Option<PathBuf>,
 }
 
 impl Default for AuthConfig {
@@ -124,6 +130,7 @@ impl Default for AuthConfig {
             reload_interval_secs: default_reload_interval_secs(),
             certificate_users: CertificateUsers::Any,
             fleets: Vec::new(),
+            fleets_dir: None,
         }
     }
 }
@@ -1396,6 +1403,7 @@ interval_secs = 10
                 reload_interval_secs: 5,
                 certificate_users: CertificateUsers::Known,
                 fleets: Vec::new(),
+                fleets_dir: None,
             },
             http: HttpConfig {
                 bind: Some("0.0.0.0:8080".parse().unwrap()),

@@ -193,12 +193,14 @@ pub async fn start_from(
     let mut listeners = Vec::new();
     for (index, l) in config.listeners.iter().enumerate() {
         let tls = match &l.tls {
-            Some(tls) => Some(Arc::new(TlsReloader::load(tls).map_err(|source| {
-                StartError::Tls {
-                    listener: l.display_name(),
-                    source,
-                }
-            })?)),
+            Some(tls) => Some(Arc::new(
+                TlsReloader::load(tls, Some(access.fleet_trust())).map_err(|source| {
+                    StartError::Tls {
+                        listener: l.display_name(),
+                        source,
+                    }
+                })?,
+            )),
             None => None,
         };
         let tcp = listener::bind(&config.listeners, index).map_err(|source| StartError::Bind {

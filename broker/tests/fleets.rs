@@ -564,3 +564,81 @@ async fn hook_devices_are_asked_about_and_the_registry_being_down_is_configured(
     assert_eq!(fleet_metric(&broker, "lenient", "registry_down").await, 1.0);
     assert_eq!(fleet_metric(&broker, "lenient", "accepted").await, 2.0);
 }
+
+#[tokio::test]
+async fn fleets_come_and_go_in_a_directory_and_their_cas_are_trusted_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleets = dir.path().join("fleets");
+    std::fs::create_dir(&fleets).unwrap();
+    let ca = TestCa::new("server CA");
+    let users_ca = TestCa::new("users CA");
+    let fleet_ca = TestCa::new("lamps fleet CA");
+    // The listener's ca_file holds only the users' CA: the fleet's CA is
+    // trusted because a certificate fleet names it.
+    let auth = format!("fleets_dir = \"{}\"\n", fleets.display());
+    let Some(broker) = start(broker_toml(dir.path(), &ca, &[&users_ca], &auth)).await else {
+        return;
+    };
+    let lamp = fleet_ca.client_cert("lamp-1", &[]);
+    let refused = tls_mqtt_connect(
+        broker.addr_of("tls"),
+        tls_client_config(&ca.cert_pem, Some(&lamp)),
+        &Connect::v5("lamp-1"),
+    )
+    .await;
+    assert!(refused.is_err(), "no fleet yet: an unknown CA");
+
+    // A fleet file appears (as the operator's Secret would): taken up
+    // without a restart, its CA trusted by the running listener.
+    write_file(&fleets, "lamps.ca.crt", &fleet_ca.cert_pem);
+    write_file(
+        &fleets,
+        "lamps.toml",
+        "name = \"lamps\"\nmode = \"certificate\"\n\
+         [[acl]]\naction = \"publish\"\ntopic = \"lamps/%d\"\n\
+         [certificate]\nca_file = \"lamps.ca.crt\"\n",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (mut device, ack) = loop {
+        if let Ok(connected) = tls_mqtt_connect(
+            broker.addr_of("tls"),
+            tls_client_config(&ca.cert_pem, Some(&lamp)),
+            &Connect::v5("lamp-1"),
+        )
+        .await
+        {
+            break connected;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fleet file not taken up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(ack.code, 0);
+    assert_eq!(
+        device
+            .publish_qos1(&Pub::new("lamps/lamp-1", b"on").qos(1, 1))
+            .await,
+        0x10
+    );
+    assert_eq!(
+        device
+            .publish_qos1(&Pub::new("lamps/lamp-2", b"on").qos(1, 2))
+            .await,
+        0x87
+    );
+
+    // The fleet file goes: its devices are disconnected.
+    std::fs::remove_file(fleets.join("lamps.toml")).unwrap();
+    let disconnect = device.expect_closed_within(Duration::from_secs(10)).await;
+    assert_eq!(disconnect.map(|d| d.reason), Some(0x87));
+    broker
+        .wait_metrics("the disconnect counted", |m| {
+            m.get(
+                "kubemqtt_fleet_disconnects_total",
+                &[("fleet", "lamps"), ("reason", "fleet_removed")],
+            ) == Some(1.0)
+        })
+        .await;
+}

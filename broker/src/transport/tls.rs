@@ -12,6 +12,7 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::auth::fleet::{FleetClientVerifier, FleetTrust};
 use crate::config::{CertUsername, ClientAuth, TlsConfig};
 use crate::filewatch::{self, FileStamp};
 
@@ -36,16 +37,19 @@ pub enum TlsError {
 /// configuration they were accepted with.
 pub struct TlsReloader {
     config: TlsConfig,
+    /// The device fleets whose CAs client certificates may also chain to.
+    fleets: Option<FleetTrust>,
     current: ArcSwap<ServerConfig>,
     stamps: Mutex<Vec<Option<FileStamp>>>,
 }
 
 impl TlsReloader {
-    pub fn load(config: &TlsConfig) -> Result<TlsReloader, TlsError> {
-        let server = build_server_config(config)?;
+    pub fn load(config: &TlsConfig, fleets: Option<FleetTrust>) -> Result<TlsReloader, TlsError> {
+        let server = build_server_config(config, fleets.as_ref())?;
         Ok(TlsReloader {
             stamps: Mutex::new(stamps(config)),
             config: config.clone(),
+            fleets,
             current: ArcSwap::from_pointee(server),
         })
     }
@@ -71,7 +75,10 @@ impl TlsReloader {
         // and retried when it changes again.
         *seen = now;
         drop(seen);
-        Some(build_server_config(&self.config).map(|server| self.current.store(Arc::new(server))))
+        Some(
+            build_server_config(&self.config, self.fleets.as_ref())
+                .map(|server| self.current.store(Arc::new(server))),
+        )
     }
 }
 
@@ -102,8 +109,12 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 /// Builds a rustls server configuration: TLS 1.2 and 1.3, the ring
-/// provider, and client certificate verification as configured.
-pub fn build_server_config(config: &TlsConfig) -> Result<ServerConfig, TlsError> {
+/// provider, and client certificate verification as configured (with
+/// `fleets`, certificates of the certificate fleets' CAs are accepted too).
+pub fn build_server_config(
+    config: &TlsConfig,
+    fleets: Option<&FleetTrust>,
+) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certs(&config.cert_file)?;
     let key = PrivateKeyDer::from_pem_file(&config.key_file).map_err(|source| TlsError::Read {
@@ -125,7 +136,12 @@ pub fn build_server_config(config: &TlsConfig) -> Result<ServerConfig, TlsError>
             } else {
                 verifier.build()?
             };
-            builder.with_client_cert_verifier(verifier)
+            match fleets {
+                Some(fleets) => builder.with_client_cert_verifier(Arc::new(
+                    FleetClientVerifier::new(verifier, fleets.clone()),
+                )),
+                None => builder.with_client_cert_verifier(verifier),
+            }
         }
         _ => builder.with_no_client_auth(),
     };

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::UserQuotas;
+use crate::auth::{AuthFileError, UserQuotas};
 use crate::topic;
 
 use super::username::UsernameTemplate;
@@ -439,6 +439,145 @@ impl FleetConfig {
     }
 }
 
+impl FleetConfig {
+    /// Makes relative paths relative to `dir` (fleet files of a
+    /// `fleets_dir` name their files next to them).
+    fn resolve_paths(&mut self, dir: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = dir.join(&*path);
+            }
+        };
+        let optional = |path: &mut Option<PathBuf>| path.iter_mut().for_each(resolve);
+        optional(&mut self.revocation_file);
+        if let Some(c) = &mut self.certificate {
+            resolve(&mut c.ca_file);
+        }
+        if let Some(d) = &mut self.derived {
+            resolve(&mut d.secret_file);
+            optional(&mut d.previous_secret_file);
+        }
+        if let Some(j) = &mut self.jwt {
+            optional(&mut j.keys_file);
+            optional(&mut j.jwks_ca_file);
+        }
+        if let Some(h) = &mut self.hook {
+            optional(&mut h.token_file);
+            optional(&mut h.ca_file);
+        }
+    }
+}
+
+/// The `*.toml` files of a fleets directory, sorted by name. A missing
+/// directory has none (an optional Secret volume that is not there yet).
+pub fn dir_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.extension().is_some_and(|ext| ext == "toml")
+                && !path
+                    .file_name()
+                    .is_some_and(|name| name.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Parses one fleet file (the keys of an `[[auth.fleets]]` table at the
+/// top level); relative paths in it are relative to its directory.
+pub fn parse_fleet_file(path: &Path) -> Result<FleetConfig, AuthFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AuthFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let origin = path.display().to_string();
+    let mut fleet: FleetConfig = serde_path_to_error::deserialize(toml::Deserializer::new(&text))
+        .map_err(|error| {
+        let key = error.path().to_string();
+        let inner = error.into_inner();
+        let line = inner.span().map(|span| line_at(&text, span.start));
+        let message = inner.message().lines().next().unwrap_or("").to_owned();
+        let message = if key == "." {
+            message
+        } else {
+            format!("key `{key}`: {message}")
+        };
+        AuthFileError::Invalid {
+            file: origin.clone(),
+            line,
+            message,
+        }
+    })?;
+    if let Some(dir) = path.parent() {
+        fleet.resolve_paths(dir);
+    }
+    Ok(fleet)
+}
+
+fn line_at(text: &str, offset: usize) -> usize {
+    let before = text.as_bytes().get(..offset).unwrap_or(text.as_bytes());
+    before.iter().filter(|&&byte| byte == b'\n').count() + 1
+}
+
+/// Every fleet of `[auth]`: the `[[auth.fleets]]` tables, then the files of
+/// `auth.fleets_dir`, checked together (names and user names unique). An
+/// error names the fleet file it is in.
+pub fn all_fleets(
+    tables: &[FleetConfig],
+    dir: Option<&Path>,
+) -> Result<Vec<FleetConfig>, AuthFileError> {
+    let mut fleets = tables.to_vec();
+    let mut origins = vec![None; fleets.len()];
+    for path in dir.map(dir_files).unwrap_or_default() {
+        fleets.push(parse_fleet_file(&path)?);
+        origins.push(Some(path));
+    }
+    validate(&fleets).map_err(|(key, message)| {
+        let index = key
+            .strip_prefix("auth.fleets[")
+            .and_then(|rest| rest.split(']').next())
+            .and_then(|n| n.parse::<usize>().ok());
+        match index.and_then(|i| origins.get(i).cloned().flatten()) {
+            Some(path) => {
+                let field = key.split_once("].").map_or("", |(_, field)| field);
+                AuthFileError::Invalid {
+                    file: path.display().to_string(),
+                    line: None,
+                    message: format!("key `{field}`: {message}"),
+                }
+            }
+            None => AuthFileError::Invalid {
+                file: "broker.toml".to_owned(),
+                line: None,
+                message: format!("key `{key}`: {message}"),
+            },
+        }
+    })?;
+    Ok(fleets)
+}
+
+/// Every file to watch for the fleets of `[auth]`: the tables' files, the
+/// fleet files of the directory and the files they name.
+pub fn watched_files(tables: &[FleetConfig], dir: Option<&Path>) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = tables
+        .iter()
+        .flat_map(|f| f.files())
+        .map(Path::to_owned)
+        .collect();
+    for path in dir.map(dir_files).unwrap_or_default() {
+        if let Ok(fleet) = parse_fleet_file(&path) {
+            files.extend(fleet.files().into_iter().map(Path::to_owned));
+        }
+        files.push(path);
+    }
+    files
+}
+
 fn is_http_url(url: &str) -> bool {
     ["http://", "https://"]
         .iter()
@@ -580,6 +719,54 @@ mod tests {
         );
         let bad_name = fleet(&DERIVED.replace("name = \"s\"", "name = \"a b\""));
         assert_eq!(check(&[bad_name]).unwrap_err().0, "auth.fleets[0].name");
+    }
+
+    #[test]
+    fn a_fleets_directory_adds_fleets_with_paths_next_to_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("b.toml"),
+            DERIVED.replace("\"/x\"", "\"b.secret\""),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("a.toml"),
+            DERIVED
+                .replace("name = \"s\"", "name = \"t\"")
+                .replace("%d@s", "%d@t"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("b.secret"), "not a fleet").unwrap();
+        let fleets = all_fleets(&[], Some(dir.path())).unwrap();
+        let names: Vec<_> = fleets.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["t", "s"], "sorted by file name");
+        assert_eq!(
+            fleets[1].derived.as_ref().unwrap().secret_file,
+            dir.path().join("b.secret")
+        );
+        assert_eq!(
+            fleets[0].derived.as_ref().unwrap().secret_file,
+            Path::new("/x")
+        );
+        let watched = watched_files(&[], Some(dir.path()));
+        assert!(watched.contains(&dir.path().join("b.secret")));
+        assert!(watched.contains(&dir.path().join("a.toml")));
+        assert!(all_fleets(&[], Some(&dir.path().join("missing")))
+            .unwrap()
+            .is_empty());
+
+        // A clash with a table of broker.toml names the file.
+        let error = all_fleets(&[fleet(DERIVED)], Some(dir.path())).unwrap_err();
+        assert!(
+            error.to_string().starts_with(&format!(
+                "{}: key `name`",
+                dir.path().join("b.toml").display()
+            )),
+            "{error}"
+        );
+        std::fs::write(dir.path().join("c.toml"), "name = \"c\"\nmode = 5\n").unwrap();
+        let error = all_fleets(&[], Some(dir.path())).unwrap_err().to_string();
+        assert!(error.contains("c.toml:2: key `mode`"), "{error}");
     }
 
     #[test]

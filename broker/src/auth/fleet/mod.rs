@@ -30,6 +30,7 @@ pub mod hook;
 pub mod jwt;
 mod metrics;
 pub mod revocation;
+pub mod trust;
 mod username;
 
 use std::net::SocketAddr;
@@ -46,6 +47,7 @@ pub use config::{FleetConfig, FleetMode};
 pub use expiry::ExpiryWatch;
 pub use metrics::{FleetMetrics, DISCONNECT_REASONS, LOGIN_RESULTS};
 pub use revocation::Revocations;
+pub use trust::{FleetClientVerifier, FleetTrust};
 
 use certificate::{CertificateProblem, CertificateVerifier};
 use derived::DerivedVerifier;
@@ -278,6 +280,14 @@ impl Fleets {
             }
         }
         FleetLogin::NotAFleetDevice
+    }
+
+    /// Whether a certificate fleet's CA signed the chain (leaf first).
+    pub fn trusts(&self, chain: &[CertificateDer<'static>], now: SystemTime) -> bool {
+        self.fleets.iter().any(|fleet| match &fleet.verifier {
+            Verifier::Certificate(verifier) => verifier.identify(chain, now).is_some(),
+            _ => false,
+        })
     }
 
     /// Why a connected device may no longer stay: its fleet is gone, or
