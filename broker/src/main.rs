@@ -204,6 +204,9 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Before anything else: from here a SIGHUP is a reload (once the
+        // broker runs), not the end of the process, whose default it is.
+        let hangups = signal(SignalKind::hangup());
         let running = match server::start_from(config, source, logger.clone()).await {
             Ok(running) => running,
             Err(e) => {
@@ -215,17 +218,21 @@ fn main() -> ExitCode {
             }
         };
         let broker = running.broker.clone();
-        tokio::spawn(async move {
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                return;
-            };
-            while hup.recv().await.is_some() {
-                broker
-                    .logger
-                    .info("Received SIGHUP: reloading the configuration, auth and TLS files.");
-                broker.reload_requested.notify_one();
+        match hangups {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        broker.logger.info(
+                            "Received SIGHUP: reloading the configuration, auth and TLS files.",
+                        );
+                        broker.reload_requested.notify_one();
+                    }
+                });
             }
-        });
+            Err(e) => logger.warning(&format!(
+                "Cannot handle SIGHUP, reloads need the admin API: {e}."
+            )),
+        }
         wait_for_signal().await;
         running.shutdown().await;
         ExitCode::SUCCESS
