@@ -88,6 +88,10 @@ pub struct Routed {
     /// Connected subscribers above their high-water mark: the publisher
     /// stops reading PUBLISHes until they have room.
     pub congested: Vec<Arc<Session>>,
+    /// In a cluster, with [`Broker::publish_pipelined`]: the message is
+    /// stored in JetStream (for other nodes, offline sessions) once this
+    /// resolves; acknowledge the publisher after.
+    pub stored: Option<crate::cluster::Stored>,
 }
 
 /// Where a message being routed comes from.

@@ -27,6 +27,21 @@ impl Broker {
         msg: Arc<Message>,
         publisher: Option<Publisher<'_>>,
     ) -> Result<Routed, PublishError> {
+        let mut routed = self.route_message(msg, publisher, Origin::Here).await?;
+        if let Some(stored) = routed.stored.take() {
+            stored.wait().await?;
+        }
+        Ok(routed)
+    }
+
+    /// As [`Broker::publish`], without waiting for the cluster to store the
+    /// message: the caller waits on [`Routed::stored`] before acknowledging
+    /// its publisher (a connection waits once for a whole batch).
+    pub async fn publish_pipelined(
+        &self,
+        msg: Arc<Message>,
+        publisher: Option<Publisher<'_>>,
+    ) -> Result<Routed, PublishError> {
         self.route_message(msg, publisher, Origin::Here).await
     }
 
@@ -38,13 +53,26 @@ impl Broker {
         msg: Arc<Message>,
         groups: &[String],
     ) -> Result<Routed, PublishError> {
-        self.route_message(msg, None, Origin::Routed(groups)).await
+        let mut routed = self
+            .route_message(msg, None, Origin::Routed(groups))
+            .await?;
+        if let Some(stored) = routed.stored.take() {
+            stored.wait().await?;
+        }
+        Ok(routed)
     }
 
     /// Routes a message a NATS client published on a device-data subject,
     /// in the whole cluster (it is not exported back to NATS).
     pub async fn publish_imported(&self, msg: Arc<Message>) {
-        if let Err(e) = self.route_message(msg, None, Origin::Imported).await {
+        let result = match self.route_message(msg, None, Origin::Imported).await {
+            Ok(mut routed) => match routed.stored.take() {
+                Some(stored) => stored.wait().await.map_err(PublishError::from),
+                None => Ok(()),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
             self.logger
                 .warning(&format!("A message from NATS was not delivered: {e}."));
         }
@@ -62,11 +90,12 @@ impl Broker {
             _ => self.cluster(),
         };
         let mut plan = cluster.map(|c| c.plan(&msg.topic)).unwrap_or_default();
+        let mut stored = crate::cluster::Stored::default();
         if let Some(cluster) = cluster {
             if msg.qos != QoS::AtMostOnce {
-                // Acknowledged means stored: the other nodes' streams have
-                // it before anything is delivered here.
-                cluster.send(&msg, &plan).await?;
+                // Acknowledged means stored: the publisher is acknowledged
+                // once the other nodes' streams have it (`Routed::stored`).
+                stored.extend(cluster.send(&msg, &plan).await?);
             }
         }
         let mut records = Vec::new();
@@ -109,6 +138,7 @@ impl Broker {
         let mut routed = Routed {
             matched: routes.len() + plan.remote.len(),
             congested: Vec::new(),
+            stored: None,
         };
         let limits = self.queue_limits();
         let client = publisher.as_ref().map(|p| p.client);
@@ -145,11 +175,14 @@ impl Broker {
             offline.sort_unstable();
             offline.dedup();
             routed.matched += offline.len();
-            cluster.queue_for_offline(&msg, &offline).await?;
+            stored.extend(cluster.queue_for_offline(&msg, &offline).await?);
+        }
+        if !stored.is_empty() {
+            routed.stored = Some(stored);
         }
         if let Some(cluster) = cluster {
             if msg.qos == QoS::AtMostOnce {
-                if let Err(e) = cluster.send(&msg, &plan).await {
+                if let Err(e) = cluster.send(&msg, &plan).await.map(drop) {
                     self.metrics.cluster_send_failures.inc();
                     self.logger.message(
                         crate::config::LogLevel::Debug,
@@ -311,7 +344,11 @@ impl Broker {
                         remote: vec![(node, vec![group.to_string()])],
                         ..Default::default()
                     };
-                    if cluster.send(&msg, &plan).await.is_ok() {
+                    let sent = match cluster.send(&msg, &plan).await {
+                        Ok(stored) => stored.wait().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if sent {
                         redelivered += 1;
                         continue;
                     }
@@ -357,14 +394,14 @@ impl Broker {
         let Some(client) = &state.last_client else {
             return true;
         };
-        let info = &client.info;
+        let username = client.info.username.as_deref();
         // Not cloned: without an ACL every client shares one `ClientAcl`,
         // and a reference count touched by every delivery would be contended.
         let cache = state
             .acl
-            .get_or_insert_with(|| AclCache::resolve(&self.access, info, client_id));
+            .get_or_insert_with(|| AclCache::resolve(&self.access, username, client_id));
         cache
-            .current(&self.access, info, client_id)
+            .current(&self.access, username, client_id)
             .can_receive(topic)
     }
 

@@ -109,6 +109,7 @@ impl Broker {
             (record, entries)
         };
         let count = entries.len();
+        let handed: HashSet<u64> = entries.iter().map(|e| e.id).collect();
         if let Err(e) = cluster.hand_off(&session.client_id, &record, entries).await {
             self.logger.warning(&format!(
                 "The session of {} stays on this node: cannot hand it to the cluster: {e}.",
@@ -120,7 +121,30 @@ impl Broker {
             "Session of {} handed to the cluster with {count} message(s).",
             session.client_id
         ));
+        // From now on what is routed here for it follows it; what arrived
+        // while the hand-off was written follows too.
         cluster.start_forwarding(session.client_id.clone());
+        let late: Vec<Arc<Message>> = {
+            let state = session.state.lock();
+            state
+                .inflight
+                .in_send_order()
+                .into_iter()
+                .map(|(_, i)| i.delivery.msg.clone())
+                .chain(state.queue.iter().map(|d| d.msg.clone()))
+                .filter(|msg| !handed.contains(&cluster.message_id(msg)))
+                .collect()
+        };
+        for msg in late {
+            let clients = [session.client_id.clone()];
+            if let Ok(stored) = cluster.queue_for_offline(&msg, &clients).await {
+                let _ = stored.wait().await;
+            }
+        }
+        // The session interest written by the hand-off replaces this node's.
+        for filter in &record.subscriptions {
+            cluster.interest().remove_local(&filter.filter);
+        }
         let broker = self.clone();
         let session = session.clone();
         tokio::spawn(async move {
@@ -151,8 +175,29 @@ impl Broker {
             return;
         }
         cluster.stop_forwarding(&session.client_id);
-        let mut records = Vec::new();
-        self.remove_session(session, &mut records);
+        // As `remove_session`, but this node's interest in its filters was
+        // given up at the hand-off already.
+        let shard = self.shard(&session.client_id);
+        {
+            let mut map = self.sessions[shard].write();
+            if map
+                .get(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+            {
+                map.remove(&session.client_id);
+            }
+        }
+        let filters: Vec<String> = {
+            let mut state = session.state.lock();
+            state.clear_messages(&self.budget);
+            state.epoch += 1;
+            std::mem::take(&mut state.subscriptions)
+                .into_keys()
+                .collect()
+        };
+        for filter in &filters {
+            self.router.unsubscribe(&session.client_id, filter);
+        }
     }
 
     /// Loads a persistent session from the cluster into `session` (new and

@@ -41,6 +41,7 @@ use self::interest::Interest;
 pub use self::interest::Plan;
 use self::names::Names;
 use self::nodes::Nodes;
+pub use self::routing::Stored;
 
 /// How long a JetStream or key-value request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

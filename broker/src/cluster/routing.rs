@@ -35,12 +35,41 @@ const ORIGIN_HEADER: &str = "Kmq-Origin";
 /// Routed QoS 1/2 messages a node may hold unacknowledged.
 const MAX_ACK_PENDING: i64 = 10_000;
 
+/// Messages sent into JetStream whose acknowledgements are still to come:
+/// the publisher is acknowledged once [`Stored::wait`] resolves, so a
+/// connection can send many before waiting once.
+#[must_use = "the messages are stored only once `wait` resolves"]
+#[derive(Default)]
+pub struct Stored(Vec<async_nats::jetstream::context::PublishAckFuture>);
+
+impl Stored {
+    pub(super) fn from_acks(acks: Vec<async_nats::jetstream::context::PublishAckFuture>) -> Stored {
+        Stored(acks)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn extend(&mut self, other: Stored) {
+        self.0.extend(other.0);
+    }
+
+    /// Resolves once JetStream stored every message.
+    pub async fn wait(self) -> Result<(), ClusterError> {
+        for ack in self.0 {
+            ack.await.map_err(ClusterError::nats)?;
+        }
+        Ok(())
+    }
+}
+
 impl Cluster {
-    /// Sends `msg` to the other nodes of `plan`. For QoS 1/2, resolves once
-    /// every target node's stream has stored it.
-    pub async fn send(&self, msg: &Message, plan: &Plan) -> Result<(), ClusterError> {
+    /// Sends `msg` to the other nodes of `plan`. For QoS 1/2, the returned
+    /// [`Stored`] resolves once every target node's stream has it.
+    pub async fn send(&self, msg: &Message, plan: &Plan) -> Result<Stored, ClusterError> {
         if plan.remote.is_empty() {
-            return Ok(());
+            return Ok(Stored::default());
         }
         if !self.is_connected() {
             return Err(ClusterError::Unavailable);
@@ -70,10 +99,7 @@ impl Cluster {
                 );
             }
         }
-        for ack in acks {
-            ack.await.map_err(ClusterError::nats)?;
-        }
-        Ok(())
+        Ok(Stored(acks))
     }
 
     /// Publishes `msg` on its NATS subject, for NATS clients (when

@@ -210,9 +210,9 @@ impl Cluster {
         &self,
         msg: &Message,
         clients: &[Arc<str>],
-    ) -> Result<(), ClusterError> {
+    ) -> Result<super::routing::Stored, ClusterError> {
         if clients.is_empty() {
-            return Ok(());
+            return Ok(Default::default());
         }
         if !self.is_connected() {
             return Err(ClusterError::Unavailable);
@@ -232,10 +232,7 @@ impl Cluster {
                     .map_err(ClusterError::nats)?,
             );
         }
-        for ack in acks {
-            ack.await.map_err(ClusterError::nats)?;
-        }
-        Ok(())
+        Ok(super::routing::Stored::from_acks(acks))
     }
 
     /// A message's cluster id, given on first use.

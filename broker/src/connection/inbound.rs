@@ -6,10 +6,9 @@ use std::time::Instant;
 use bytes::Buf;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::auth::fleet::TopicAction;
 use crate::auth::ClientAcl;
-use crate::broker::{Broker, PublishError, Publisher};
-use crate::client::ClientHandle;
+use crate::broker::{PublishError, Publisher};
+use crate::cluster::Stored;
 use crate::codec::{
     self, Disconnect, Packet, Properties, PubResponse, Publish, QoS, ReasonCode, Suback, Subscribe,
     Unsuback, Unsubscribe,
@@ -25,15 +24,26 @@ use super::close::{protocol_error, Close};
 use super::Connection;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
-    /// Decodes and handles every complete packet in the read buffer.
+    /// Decodes and handles every complete packet in the read buffer. In a
+    /// cluster, the acknowledgements of the batch's PUBLISHes wait until
+    /// JetStream stored them, all together, in order.
     pub(super) async fn handle_input(&mut self) -> Result<(), Close> {
+        let mut acks = Acks::default();
+        let result = self.handle_batch(&mut acks).await;
+        // Acknowledged means stored; a closing connection acknowledges
+        // nothing more (the client sends those messages again).
+        result?;
+        self.send_acks(acks).await
+    }
+
+    async fn handle_batch(&mut self, acks: &mut Acks) -> Result<(), Close> {
         let max = self.max_inbound_packet;
         // One clock read per batch of packets read together.
         let mut stamped = false;
         loop {
             // Packets held while paused go first once the pause is over.
             if let Some(packet) = self.take_held() {
-                self.handle_packet(packet).await?;
+                self.handle_packet(packet, acks).await?;
                 continue;
             }
             // The most frequent packet under QoS 1 load, handled without
@@ -68,13 +78,54 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 self.hold_packet(packet, buffered - self.io.rbuf.len());
                 continue;
             }
-            self.handle_packet(packet).await?;
+            self.handle_packet(packet, acks).await?;
         }
     }
 
-    async fn handle_packet(&mut self, packet: Packet) -> Result<(), Close> {
+    /// Sends the batch's acknowledgements, in order, each once what it
+    /// acknowledges is stored. A message the cluster could not store is
+    /// refused: 5.0 clients get its reason, 3.x connections close.
+    async fn send_acks(&mut self, acks: Acks) -> Result<(), Close> {
+        for (packet, stored) in acks.pending {
+            let refused = match stored {
+                Some(stored) => stored.wait().await.err(),
+                None => None,
+            };
+            let packet = match (refused, packet) {
+                (None, packet) => packet,
+                (Some(e), _) if !self.version.is_v5() => {
+                    self.broker
+                        .logger
+                        .error(&format!("Error persisting message: {e}."));
+                    return Err(Close::Server(ReasonCode::UNSPECIFIED_ERROR));
+                }
+                (Some(e), Packet::Puback(r)) => {
+                    self.refused(&e);
+                    Packet::Puback(PubResponse::new(r.packet_id, ReasonCode::UNSPECIFIED_ERROR))
+                }
+                (Some(e), Packet::Pubrec(r)) => {
+                    self.refused(&e);
+                    // A failed QoS 2 exchange ends here (no PUBREL follows).
+                    self.session.abandon_inbound_qos2(r.packet_id);
+                    Packet::Pubrec(PubResponse::new(r.packet_id, ReasonCode::UNSPECIFIED_ERROR))
+                }
+                (Some(_), packet) => packet,
+            };
+            self.send(&packet);
+        }
+        Ok(())
+    }
+
+    fn refused(&self, e: &impl std::fmt::Display) {
+        self.broker.logger.warning(&format!(
+            "Message from {} refused: {e}.",
+            self.session.client_id
+        ));
+    }
+
+    async fn handle_packet(&mut self, packet: Packet, acks: &mut Acks) -> Result<(), Close> {
         match packet {
-            Packet::Publish(p) => self.on_publish(p).await,
+            Packet::Publish(p) => self.on_publish(p, acks).await,
             Packet::Puback(r) => {
                 self.on_complete(r.packet_id, QoS::AtLeastOnce);
                 Ok(())
@@ -104,7 +155,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
         }
     }
 
-    async fn on_publish(&mut self, mut p: Publish) -> Result<(), Close> {
+    async fn on_publish(&mut self, mut p: Publish, acks: &mut Acks) -> Result<(), Close> {
         self.broker.metrics.received(p.qos);
         self.check_publish_rate().await?;
         let topic = self.resolve_topic(&mut p)?;
@@ -116,10 +167,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 InboundQos2::Duplicate => {
                     // A retransmission of a message we already have:
                     // acknowledge again, route nothing.
-                    self.send(&Packet::Pubrec(PubResponse::new(
-                        packet_id,
-                        ReasonCode::SUCCESS,
-                    )));
+                    acks.push(
+                        self,
+                        Packet::Pubrec(PubResponse::new(packet_id, ReasonCode::SUCCESS)),
+                        None,
+                    );
                     return Ok(());
                 }
                 InboundQos2::OverLimit => {
@@ -136,17 +188,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             }
         }
         let qos = p.qos;
-        let reason = if topic.starts_with("$SYS")
-            || !self.client_acl().can_publish(&topic)
-            || !fleet_allows(
-                &self.broker,
-                &self.client,
-                &self.session.client_id,
-                TopicAction::Publish,
-                &topic,
-            )
-            .await
-        {
+        let mut stored = None;
+        let reason = if topic.starts_with("$SYS") || !self.client_acl().can_publish(&topic) {
             // Only the broker publishes under $SYS.
             self.broker
                 .metrics
@@ -160,11 +203,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 client_id: &self.session.client_id,
                 client: &self.client,
             };
-            match self.broker.publish(msg, Some(publisher)).await {
+            match self.broker.publish_pipelined(msg, Some(publisher)).await {
                 Ok(routed) if routed.matched == 0 => ReasonCode::NO_MATCHING_SUBSCRIBERS,
-                Ok(routed) => {
+                Ok(mut routed) => {
                     // QoS 0 has no acknowledgement to hold back.
                     self.routed |= qos != QoS::AtMostOnce;
+                    stored = routed.stored.take();
                     self.pause(routed);
                     ReasonCode::SUCCESS
                 }
@@ -192,9 +236,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             ReasonCode::SUCCESS
         };
         match qos {
-            QoS::AtMostOnce => {}
+            QoS::AtMostOnce => {
+                // Nothing to acknowledge; stored for others regardless.
+                if let Some(stored) = stored {
+                    let _ = stored.wait().await;
+                }
+            }
             QoS::AtLeastOnce => {
-                self.send(&Packet::Puback(PubResponse::new(packet_id, reason)));
+                acks.push(
+                    self,
+                    Packet::Puback(PubResponse::new(packet_id, reason)),
+                    stored,
+                );
             }
             QoS::ExactlyOnce => {
                 if reason.is_error() {
@@ -203,7 +256,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 } else if let Some(record) = self.session.inbound_qos2_record(packet_id) {
                     self.persist(vec![record]).await?;
                 }
-                self.send(&Packet::Pubrec(PubResponse::new(packet_id, reason)));
+                acks.push(
+                    self,
+                    Packet::Pubrec(PubResponse::new(packet_id, reason)),
+                    stored,
+                );
             }
         }
         Ok(())
@@ -213,7 +270,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     pub(super) fn client_acl(&mut self) -> &ClientAcl {
         self.acl.current(
             &self.broker.access,
-            &self.client.info,
+            self.client.info.username.as_deref(),
             &self.session.client_id,
         )
     }
@@ -344,16 +401,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             if shared.is_some() && options.no_local {
                 return Err(protocol_error("no local on a shared subscription"));
             }
-            if !self.client_acl().can_subscribe(filter)
-                || !fleet_allows(
-                    &self.broker,
-                    &self.client,
-                    &self.session.client_id,
-                    TopicAction::Subscribe,
-                    filter,
-                )
-                .await
-            {
+            if !self.client_acl().can_subscribe(filter) {
                 self.broker
                     .metrics
                     .acl_denials
@@ -462,24 +510,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     }
 }
 
-/// Whether a device of a hook fleet may use the topic, as its registry
-/// says (true at once for every other client).
-async fn fleet_allows(
-    broker: &Broker,
-    client: &ClientHandle,
-    client_id: &str,
-    action: TopicAction,
-    topic: &str,
-) -> bool {
-    let Some(device) = client.info.fleet.as_deref() else {
-        return true;
-    };
-    broker
-        .access
-        .fleet_allows(Some(device), client_id, action, topic)
-        .await
-}
-
 /// Whether a packet read while paused is handled at once rather than held:
 /// acknowledgements (they drain queues, perhaps the very ones the pause
 /// waits for) and PINGREQ.
@@ -492,4 +522,25 @@ fn handled_while_paused(packet: &Packet) -> bool {
             | Packet::Pubcomp(_)
             | Packet::Pingreq
     )
+}
+
+/// The acknowledgements of one batch of PUBLISHes. While none waits for
+/// the cluster, each goes out at once (as on a single node); from the first
+/// that does, they all wait, to keep their order.
+#[derive(Default)]
+struct Acks {
+    pending: Vec<(Packet, Option<Stored>)>,
+}
+
+impl Acks {
+    fn push<S>(&mut self, conn: &mut Connection<S>, packet: Packet, stored: Option<Stored>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        if stored.is_none() && self.pending.is_empty() {
+            conn.send(&packet);
+        } else {
+            self.pending.push((packet, stored));
+        }
+    }
 }
