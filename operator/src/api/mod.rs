@@ -7,11 +7,13 @@
 //! written for users.
 
 pub mod bridge;
+pub mod fleet;
 pub mod spec;
 pub mod status;
 pub mod user;
 
 pub use bridge::{MqttBridge, MqttBridgeSpec, MqttBridgeStatus};
+pub use fleet::{MqttDeviceFleet, MqttDeviceFleetSpec, MqttDeviceFleetStatus};
 pub use spec::*;
 pub use status::*;
 pub use user::*;

@@ -33,6 +33,7 @@ pub mod bridge;
 pub mod broker;
 pub mod endpoints;
 pub mod events;
+pub mod fleet;
 pub mod index;
 pub mod observe;
 pub mod push;

@@ -18,6 +18,7 @@
 pub mod bridge;
 pub mod cert_manager;
 pub mod configmap;
+pub mod fleet;
 pub mod pdb;
 pub mod persistence;
 pub mod quantity;

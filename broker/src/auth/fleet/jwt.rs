@@ -98,6 +98,13 @@ impl Keys {
     }
 }
 
+/// Checks verification keys (a JWKS document or PEM public keys) as the
+/// broker reads them; returns how many there are. `origin` names them in
+/// errors.
+pub fn check_keys(text: &str, origin: &str) -> Result<usize, AuthFileError> {
+    Keys::parse(text, origin).map(|keys| keys.len())
+}
+
 /// The PEM blocks of a text, each with its BEGIN and END lines.
 fn pem_blocks(text: &str) -> Vec<String> {
     let mut blocks = Vec::new();
