@@ -245,8 +245,23 @@ impl super::Cluster {
     pub(super) async fn watch_interest(self: Arc<Self>) {
         use async_nats::jetstream::kv::Operation;
         use futures_util::StreamExt;
+        // The keys applied to the tables, to take out those deleted while
+        // the watch was down (a restarted watch only replays what exists).
+        let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
         loop {
             let Ok(buckets) = self.buckets() else { return };
+            if !known.is_empty() {
+                let Ok(keys) = buckets.interest.keys().await else {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                };
+                let now: std::collections::HashSet<String> =
+                    keys.filter_map(|k| async move { k.ok() }).collect().await;
+                for key in known.iter().filter(|k| !now.contains(*k)) {
+                    self.apply_interest(key, true);
+                }
+                known.retain(|k| now.contains(k));
+            }
             let mut watch = match buckets.interest.watch_with_history(">").await {
                 Ok(watch) => watch,
                 Err(e) => {
@@ -259,24 +274,32 @@ impl super::Cluster {
             while let Some(entry) = watch.next().await {
                 let Ok(entry) = entry else { break };
                 let removed = matches!(entry.operation, Operation::Delete | Operation::Purge);
-                match super::names::split_interest_key(&entry.key) {
-                    Some(InterestKey::Node(node, filter)) if removed => {
-                        self.interest.remote_removed(&node, &filter)
-                    }
-                    Some(InterestKey::Node(node, filter)) => {
-                        self.interest.remote_added(&node, &filter)
-                    }
-                    Some(InterestKey::Session(client, filter)) if removed => {
-                        self.interest.offline_removed(&client, &filter)
-                    }
-                    Some(InterestKey::Session(client, filter)) => {
-                        self.interest.offline_added(&client, &filter)
-                    }
-                    None => {}
+                self.apply_interest(&entry.key, removed);
+                if removed {
+                    known.remove(&entry.key);
+                } else {
+                    known.insert(entry.key);
                 }
             }
             // The watch ended (NATS went away): start over.
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Applies one interest-bucket key to the tables.
+    fn apply_interest(&self, key: &str, removed: bool) {
+        match super::names::split_interest_key(key) {
+            Some(InterestKey::Node(node, filter)) if removed => {
+                self.interest.remote_removed(&node, &filter)
+            }
+            Some(InterestKey::Node(node, filter)) => self.interest.remote_added(&node, &filter),
+            Some(InterestKey::Session(client, filter)) if removed => {
+                self.interest.offline_removed(&client, &filter)
+            }
+            Some(InterestKey::Session(client, filter)) => {
+                self.interest.offline_added(&client, &filter)
+            }
+            None => {}
         }
     }
 

@@ -55,8 +55,25 @@ impl Cluster {
     /// Mirrors the bucket into the broker's retained store: every entry
     /// now, then each change.
     pub(super) async fn watch_retained(self: Arc<Self>, broker: Arc<Broker>) {
+        // Topics set from the bucket, to clear those deleted while the
+        // watch was down (a restarted watch only replays what exists).
+        let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
         loop {
             let Ok(buckets) = self.buckets() else { return };
+            if !known.is_empty() {
+                let Ok(keys) = buckets.retained.keys().await else {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                };
+                let now: std::collections::HashSet<String> =
+                    keys.filter_map(|k| async move { k.ok() }).collect().await;
+                for key in known.iter().filter(|k| !now.contains(*k)) {
+                    if let Some(topic) = decode_key(key) {
+                        broker.retained.remove(&topic);
+                    }
+                }
+                known.retain(|k| now.contains(k));
+            }
             let mut watch = match buckets.retained.watch_with_history(">").await {
                 Ok(watch) => watch,
                 Err(e) => {
@@ -88,9 +105,11 @@ impl Cluster {
                                 .retained
                                 .set(&topic, Arc::new(Message::from_stored(record.message)));
                         }
+                        known.insert(entry.key.clone());
                     }
                     Operation::Delete | Operation::Purge => {
                         broker.retained.remove(&topic);
+                        known.remove(&entry.key);
                     }
                 }
             }
