@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgAction, Args};
+use serde::Serialize;
 
 use crate::client::ClientOptions;
 use crate::codec::QoS;
@@ -248,21 +249,34 @@ pub struct FaninCmd {
     client: ClientArgs,
 }
 
-fn non_negative(s: &str) -> Result<f64, String> {
+pub(crate) fn non_negative(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
         _ => Err(format!("`{s}` is not a number >= 0")),
     }
 }
 
-fn positive(s: &str) -> Result<f64, String> {
+pub(crate) fn positive(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => Err(format!("`{s}` is not a number > 0")),
     }
 }
 
-fn payload_size(s: &str) -> Result<usize, String> {
+/// A payload size that leaves room for the message's identity
+/// ([`payload::ID_END`] bytes at least), for the runs that tell each
+/// message apart.
+pub(crate) fn identified_payload_size(s: &str) -> Result<usize, String> {
+    match payload_size(s)? {
+        size if size >= payload::ID_END => Ok(size),
+        _ => Err(format!(
+            "`{s}`: payload size must be at least {} bytes here (time stamp and message identity)",
+            payload::ID_END
+        )),
+    }
+}
+
+pub(crate) fn payload_size(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(v) if (payload::STAMP_LEN..=MAX_PACKET_SIZE / 2).contains(&v) => Ok(v),
         _ => Err(format!(
@@ -399,7 +413,7 @@ impl FaninCmd {
     }
 }
 
-async fn resolve(broker: &str) -> Result<SocketAddr, String> {
+pub(crate) async fn resolve(broker: &str) -> Result<SocketAddr, String> {
     let mut addrs = tokio::net::lookup_host(broker)
         .await
         .map_err(|e| format!("cannot resolve broker address `{broker}`: {e}"))?;
@@ -415,6 +429,19 @@ impl ClientArgs {
             sub_broker: arg.sub_broker,
             ..self
         }
+    }
+
+    /// The run settings, for `--broker` given as a comma-separated list:
+    /// the first address is `client.addr`, all of them are returned in order.
+    pub async fn settings_with_brokers(
+        mut self,
+    ) -> Result<(Arc<Settings>, Vec<SocketAddr>), String> {
+        let mut addrs = Vec::new();
+        for broker in self.broker.split(',').map(str::trim) {
+            addrs.push(resolve(broker).await?);
+        }
+        self.broker = addrs[0].to_string();
+        Ok((self.settings().await?, addrs))
     }
 
     /// The run settings: resolves the broker addresses.
@@ -457,14 +484,26 @@ fn raise_fd_limit(connections: usize) {
     }
 }
 
+/// A report a command prints: as text, or as one JSON object.
+pub trait Outcome: Serialize {
+    /// Human-readable, one aspect per line.
+    fn to_text(&self) -> String;
+}
+
+impl Outcome for Report {
+    fn to_text(&self) -> String {
+        Report::to_text(self)
+    }
+}
+
 /// Runs `run` on a multi-threaded runtime with enough file descriptors for
 /// `connections`, then prints its report (as JSON with `json`). Exit code 1
 /// if the run could not be carried out, 0 otherwise (errors during the run
 /// are in the report).
-pub fn run_and_print(
+pub fn run_and_print<R: Outcome>(
     connections: usize,
     json: bool,
-    run: impl Future<Output = Result<Report, String>>,
+    run: impl Future<Output = Result<R, String>>,
 ) -> ExitCode {
     raise_fd_limit(connections);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

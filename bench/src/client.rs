@@ -101,7 +101,7 @@ impl Reader {
     }
 
     /// Waits for the next packet. Callers bound the wait.
-    async fn read_packet(&mut self) -> Result<Packet, ClientError> {
+    pub async fn read_packet(&mut self) -> Result<Packet, ClientError> {
         loop {
             if let Some(packet) = self.next_packet()? {
                 return Ok(packet);
@@ -145,6 +145,16 @@ impl Writer {
     }
 }
 
+/// A connection just accepted, see [`Connection::open_session`].
+pub struct Opened {
+    /// The connection.
+    pub connection: Connection,
+    /// TCP connect, CONNECT and CONNACK.
+    pub took: Duration,
+    /// CONNACK's Session Present flag.
+    pub session_present: bool,
+}
+
 /// An accepted MQTT connection.
 pub struct Connection {
     /// Receiving side.
@@ -161,6 +171,16 @@ impl Connection {
         options: &ClientOptions,
         client_id: &str,
     ) -> Result<(Connection, Duration), ClientError> {
+        let opened = Connection::open_session(options, client_id).await?;
+        Ok((opened.connection, opened.took))
+    }
+
+    /// [`Connection::open`], also telling whether the broker had a session
+    /// for the client (CONNACK's Session Present flag).
+    pub async fn open_session(
+        options: &ClientOptions,
+        client_id: &str,
+    ) -> Result<Opened, ClientError> {
         let started = Instant::now();
         let handshake = async {
             let stream = TcpStream::connect(options.addr).await?;
@@ -188,13 +208,20 @@ impl Connection {
             codec::encode_connect(&connect, &mut connection.writer.buf)?;
             connection.writer.flush().await?;
             match connection.reader.read_packet().await? {
-                Packet::ConnAck { return_code: 0, .. } => Ok(connection),
+                Packet::ConnAck {
+                    return_code: 0,
+                    session_present,
+                } => Ok((connection, session_present)),
                 Packet::ConnAck { return_code, .. } => Err(ClientError::Refused(return_code)),
                 _ => Err(ClientError::Unexpected("packet before CONNACK")),
             }
         };
         match tokio::time::timeout(options.timeout, handshake).await {
-            Ok(Ok(connection)) => Ok((connection, started.elapsed())),
+            Ok(Ok((connection, session_present))) => Ok(Opened {
+                connection,
+                took: started.elapsed(),
+                session_present,
+            }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ClientError::Timeout("CONNACK")),
         }

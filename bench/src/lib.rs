@@ -11,10 +11,13 @@
 //!
 //! [`run`] runs a workload with either [`run::Driver`]; [`stats`] holds
 //! the counters and the report, [`payload`] the stamped payloads, [`seen`]
-//! the duplicate tracking.
+//! the duplicate tracking. [`cluster`] holds the scenarios where clients
+//! move between the nodes of a cluster (queued messages caught up on
+//! another node, takeover, load through a rolling restart).
 
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod payload;
 pub mod rumqttc;

@@ -8,6 +8,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use kubemqtt_bench::cli::{self, ConnCmd, FaninCmd, FanoutCmd, P2pCmd, Planned, PubCmd, SubCmd};
+use kubemqtt_bench::cluster::catchup::{self, CatchupCmd};
+use kubemqtt_bench::cluster::rolling::{self, RollingCmd};
+use kubemqtt_bench::cluster::takeover::{self, TakeoverCmd};
 use kubemqtt_bench::run::{self, builtin::Builtin};
 
 /// Load generator and benchmark for MQTT 3.1.1 brokers.
@@ -45,6 +48,18 @@ enum Command {
     Fanout(FanoutCmd),
     /// N publishers to M consumers of one shared subscription.
     Fanin(FaninCmd),
+    /// Messages queued for an offline persistent session, delivered when
+    /// its client comes back (on another node of a cluster with
+    /// --resume-broker).
+    Catchup(CatchupCmd),
+    /// The same client id connecting again (on another node with
+    /// --takeover-broker): time to its CONNACK and until the first
+    /// connection is closed.
+    Takeover(TakeoverCmd),
+    /// QoS 1 pairs with persistent subscribers that reconnect whenever
+    /// their connection is lost, counting what a rolling restart of the
+    /// brokers loses.
+    Rolling(RollingCmd),
 }
 
 fn load(planned: Result<Planned, String>) -> ExitCode {
@@ -78,5 +93,17 @@ fn main() -> ExitCode {
         Command::P2p(c) => load(c.plan()),
         Command::Fanout(c) => load(Ok(c.plan())),
         Command::Fanin(c) => load(Ok(c.plan())),
+        Command::Catchup(c) => {
+            let json = c.client.json;
+            cli::run_and_print(2, json, catchup::run(c))
+        }
+        Command::Takeover(c) => {
+            let json = c.client.json;
+            cli::run_and_print(2, json, takeover::run(c))
+        }
+        Command::Rolling(c) => {
+            let (json, connections) = (c.client.json, 2 * c.pairs as usize);
+            cli::run_and_print(connections, json, rolling::run(c))
+        }
     }
 }

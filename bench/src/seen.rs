@@ -76,6 +76,43 @@ impl Seen {
         self.duplicates += other.duplicates + overlap;
     }
 
+    /// Messages seen here and not in `other`: for the messages a publisher
+    /// had acknowledged, those its subscriber never received.
+    pub fn count_not_in(&self, other: &Seen) -> u64 {
+        let empty = Vec::new();
+        let mut count = 0u64;
+        for (index, mine) in self.bits.iter().enumerate() {
+            let theirs = other.bits.get(index).unwrap_or(&empty);
+            for (word, &bits) in mine.iter().enumerate() {
+                let other_bits = theirs.get(word).copied().unwrap_or(0);
+                count += u64::from((bits & !other_bits).count_ones());
+            }
+        }
+        count
+    }
+
+    /// The first `limit` messages seen here and not in `other` (see
+    /// [`Seen::count_not_in`]), by publisher then sequence number.
+    pub fn first_not_in(&self, other: &Seen, limit: usize) -> Vec<MessageId> {
+        let empty = Vec::new();
+        let mut found = Vec::new();
+        for (index, mine) in self.bits.iter().enumerate() {
+            let theirs = other.bits.get(index).unwrap_or(&empty);
+            for (word, &bits) in mine.iter().enumerate() {
+                let mut only_here = bits & !theirs.get(word).copied().unwrap_or(0);
+                while only_here != 0 && found.len() < limit {
+                    let bit = only_here.trailing_zeros();
+                    only_here &= only_here - 1;
+                    found.push(MessageId {
+                        publisher: index as u32,
+                        seq: word as u32 * 64 + bit,
+                    });
+                }
+            }
+        }
+        found
+    }
+
     /// Distinct messages received.
     pub fn distinct(&self) -> u64 {
         self.distinct
@@ -142,6 +179,24 @@ mod tests {
         // within a, then (0,1) and (1,5) across.
         assert_eq!(a.distinct(), 5);
         assert_eq!(a.duplicates(), 3);
+    }
+
+    #[test]
+    fn count_not_in_finds_what_the_other_lacks() {
+        let acked = seen(2, &[(0, 0), (0, 1), (0, 70), (1, 3), (1, 3)]);
+        let received = seen(2, &[(0, 1), (0, 2), (1, 3)]);
+        // (0,0) and (0,70) were never received; (0,2) was never acked.
+        assert_eq!(acked.count_not_in(&received), 2);
+        assert_eq!(received.count_not_in(&acked), 1);
+        assert_eq!(acked.count_not_in(&acked), 0);
+        // Against nothing received, every message counts, whatever the
+        // other's number of publishers.
+        assert_eq!(acked.count_not_in(&Seen::new(1)), 4);
+        assert_eq!(Seen::new(3).count_not_in(&acked), 0);
+        assert_eq!(acked.first_not_in(&received, 10), [id(0, 0), id(0, 70)]);
+        assert_eq!(acked.first_not_in(&received, 1), [id(0, 0)]);
+        assert_eq!(received.first_not_in(&acked, 10), [id(0, 2)]);
+        assert!(acked.first_not_in(&acked, 10).is_empty());
     }
 
     #[test]
