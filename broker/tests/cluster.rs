@@ -12,6 +12,11 @@ use common::*;
 /// 5.0 DISCONNECT reason: Session taken over.
 const SESSION_TAKEN_OVER: u8 = 0x8E;
 
+/// Upper bound for what crosses NATS: generous, since a busy machine (CI's
+/// two cores running several NATS servers and brokers) slows JetStream
+/// leader elections and watches; a healthy run takes milliseconds.
+const SLOW: Duration = Duration::from_secs(20);
+
 /// Waits until a message published on `from` reaches `subs` (routes take a
 /// moment to spread): publishes QoS 0 probes on `topic` until each
 /// subscriber got one, then drains further probes.
@@ -46,7 +51,14 @@ async fn await_routes(from: &mut Raw, topic: &str, subs: &mut [&mut Raw]) {
 async fn receive(sub: &mut Raw, n: usize) -> Vec<Publish> {
     let mut got = Vec::new();
     while got.len() < n {
-        match sub.recv().await {
+        let packet = match sub.recv_within(SLOW).await {
+            Recv::Packet(packet) => packet,
+            other => panic!(
+                "expected PUBLISH, got {other:?} after {} messages",
+                got.len()
+            ),
+        };
+        match packet {
             Pkt::Publish(p) => {
                 match p.qos {
                     1 => sub.send(&ack(kind::PUBACK, p.pid, sub.v5, 0)).await,
@@ -78,7 +90,10 @@ async fn publish_qos1(publisher: &mut Raw, topic: &str, prefix: &str, n: u16) {
         publisher
             .send_publish(&Pub::new(topic, body.as_bytes()).qos(1, i + 1))
             .await;
-        let ack = publisher.expect_puback().await;
+        let ack = match publisher.recv_within(SLOW).await {
+            Recv::Packet(Pkt::PubAck(ack)) => ack,
+            other => panic!("expected the PUBACK of {body}, got {other:?}"),
+        };
         assert_eq!(ack.reason, 0, "PUBACK of {body}: {ack:?}");
     }
 }
@@ -180,7 +195,7 @@ async fn retained_messages_are_the_same_on_every_node_and_outlive_the_node_that_
     // The node that set them dies; a new subscriber elsewhere gets them.
     cluster.nodes[0].kill9();
     let mut got = Vec::new();
-    let deadline = Instant::now() + TIMEOUT;
+    let deadline = Instant::now() + SLOW;
     while got.is_empty() {
         assert!(Instant::now() < deadline, "no retained message on node-2");
         let (mut sub, _) = Raw::connect(&cluster.nodes[2], &Connect::v4("late")).await;
@@ -201,11 +216,16 @@ async fn one_client_id_one_connection_cluster_wide() {
     let connected = Instant::now();
     let (mut second, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("dev-7")).await;
     let d = first
-        .expect_closed_within(Duration::from_secs(2))
+        .expect_closed_within(Duration::from_secs(5))
         .await
         .expect("DISCONNECT before the close");
     assert_eq!(d.reason, SESSION_TAKEN_OVER);
-    assert!(connected.elapsed() < Duration::from_secs(1) + QUIET);
+    // Within a second on a quiet machine; loosely bounded for busy CI machines.
+    assert!(
+        connected.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        connected.elapsed()
+    );
     // The new connection stays.
     second.ping().await;
 }
@@ -228,7 +248,7 @@ async fn nats_clients_read_device_data_and_reach_devices() {
         .send_publish(&Pub::new("sensors/kitchen.1/temp", b"21.5").qos(1, 1))
         .await;
     device.expect_puback().await;
-    let message = tokio::time::timeout(TIMEOUT, futures_util::StreamExt::next(&mut data))
+    let message = tokio::time::timeout(SLOW, futures_util::StreamExt::next(&mut data))
         .await
         .expect("device data on NATS")
         .unwrap();
@@ -240,7 +260,7 @@ async fn nats_clients_read_device_data_and_reach_devices() {
     assert_eq!(&message.payload[..], b"21.5");
 
     // A NATS publish on a mapped subject reaches the MQTT subscriber.
-    let deadline = Instant::now() + TIMEOUT;
+    let deadline = Instant::now() + SLOW;
     loop {
         client
             .publish(format!("{}.cmd.dev-1", cluster.name), "reboot".into())
@@ -335,9 +355,10 @@ async fn the_wills_of_a_dead_nodes_clients_are_published_by_the_others() {
         }
         other => panic!("no will from the dead node's client: {other:?}"),
     }
-    // Node timeout 3 s, checked every second.
+    // Node timeout 3 s, checked every second (loosely bounded for busy
+    // machines).
     assert!(
-        killed.elapsed() < Duration::from_secs(8),
+        killed.elapsed() < Duration::from_secs(12),
         "{:?}",
         killed.elapsed()
     );
@@ -371,7 +392,7 @@ async fn a_node_that_loses_nats_says_so_serves_its_own_clients_and_recovers() {
     assert_eq!(cluster.metric(0, "kubemqtt_cluster_connected").await, 0.0);
     assert!(
         cluster.nodes[0]
-            .wait_for_log("Cluster: lost NATS", TIMEOUT)
+            .wait_for_log("Cluster: lost NATS", SLOW)
             .await
     );
     // Its own clients are still served.
@@ -430,7 +451,7 @@ async fn a_persistent_session_moves_with_what_was_published_while_away_whatever_
     drop(mover);
     assert!(
         cluster.nodes[0]
-            .wait_for_log("Session of mover handed to the cluster", TIMEOUT)
+            .wait_for_log("Session of mover handed to the cluster", SLOW)
             .await
     );
 
@@ -481,7 +502,7 @@ async fn a_session_taken_over_on_another_node_brings_its_unacknowledged_messages
     let (mut second, ack) = Raw::connect(&cluster.nodes[1], &persistent("phone")).await;
     assert!(ack.session_present);
     let d = first
-        .expect_closed_within(Duration::from_secs(2))
+        .expect_closed_within(Duration::from_secs(5))
         .await
         .expect("DISCONNECT before the close");
     assert_eq!(d.reason, SESSION_TAKEN_OVER);
@@ -590,18 +611,30 @@ async fn shedding_sends_some_clients_to_other_nodes() {
         .http("POST", "/api/v1/shed?count=2&rate=50", Some("tok"))
         .await;
     assert_eq!(response.status, 202, "{response:?}");
+    // Two are sent away (50 a second), the four others stay.
     let mut sent_away = 0;
-    for client in &mut clients {
-        match client.recv_within(QUIET).await {
-            Recv::Packet(Pkt::Disconnect(d)) => {
-                assert_eq!(d.reason, USE_ANOTHER_SERVER);
-                sent_away += 1;
+    let deadline = Instant::now() + SLOW;
+    while sent_away < 2 {
+        assert!(Instant::now() < deadline, "only {sent_away} sent away");
+        for client in &mut clients {
+            match client.recv_within(Duration::from_millis(100)).await {
+                Recv::Packet(Pkt::Disconnect(d)) => {
+                    assert_eq!(d.reason, USE_ANOTHER_SERVER);
+                    sent_away += 1;
+                }
+                Recv::Timeout | Recv::Closed => {}
+                other => panic!("{other:?}"),
             }
-            Recv::Timeout => client.ping().await,
-            other => panic!("{other:?}"),
         }
     }
-    assert_eq!(sent_away, 2);
+    let mut staying = 0;
+    for client in &mut clients {
+        client.send(&pingreq()).await;
+        if let Recv::Packet(Pkt::PingResp) = client.recv_within(Duration::from_secs(5)).await {
+            staying += 1;
+        }
+    }
+    assert_eq!((sent_away, staying), (2, 4));
     assert_eq!(cluster.metric(0, "kubemqtt_clients_shed_total").await, 2.0);
 }
 
@@ -613,12 +646,34 @@ async fn shared_subscriptions_spread_over_nodes_and_a_leaver_hands_its_messages_
     leaver.subscribe(1, &[("$share/w/jobs/+", 1)]).await;
     let (mut stayer, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("stayer")).await;
     stayer.subscribe(1, &[("$share/w/jobs/+", 1)]).await;
-    // Let the group's members on both nodes be known everywhere.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Until the group's members on both nodes are known everywhere: QoS 0
+    // probes until each member got one (each probe goes to one member).
     let (mut publisher, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("pub")).await;
+    let deadline = Instant::now() + SLOW;
+    let (mut leaver_probed, mut stayer_probed) = (false, false);
+    while !(leaver_probed && stayer_probed) {
+        assert!(
+            Instant::now() < deadline,
+            "the group never spread over both nodes"
+        );
+        publisher.send_publish(&Pub::new("jobs/probe", b"p")).await;
+        for (member, probed) in [
+            (&mut leaver, &mut leaver_probed),
+            (&mut stayer, &mut stayer_probed),
+        ] {
+            if let Recv::Packet(Pkt::Publish(_)) =
+                member.recv_within(Duration::from_millis(50)).await
+            {
+                *probed = true;
+            }
+        }
+    }
+    for member in [&mut leaver, &mut stayer] {
+        while let Recv::Packet(_) = member.recv_within(Duration::from_millis(300)).await {}
+    }
     publish_qos1(&mut publisher, "jobs/a", "j", 20).await;
     let mut leaver_got = 0;
-    while let Recv::Packet(Pkt::Publish(_)) = leaver.recv_within(QUIET).await {
+    while let Recv::Packet(Pkt::Publish(_)) = leaver.recv_within(Duration::from_secs(2)).await {
         leaver_got += 1;
     }
     assert!(
@@ -627,9 +682,12 @@ async fn shared_subscriptions_spread_over_nodes_and_a_leaver_hands_its_messages_
     );
     drop(leaver);
     let mut got = std::collections::BTreeSet::new();
-    while let Recv::Packet(Pkt::Publish(p)) = stayer.recv_within(Duration::from_secs(3)).await {
-        stayer.send(&ack(kind::PUBACK, p.pid, true, 0)).await;
-        got.insert(String::from_utf8_lossy(&p.payload).to_string());
+    let deadline = Instant::now() + SLOW;
+    while got.len() < 20 && Instant::now() < deadline {
+        if let Recv::Packet(Pkt::Publish(p)) = stayer.recv_within(Duration::from_secs(1)).await {
+            stayer.send(&ack(kind::PUBACK, p.pid, true, 0)).await;
+            got.insert(String::from_utf8_lossy(&p.payload).to_string());
+        }
     }
     assert_eq!(
         got.len(),

@@ -37,11 +37,18 @@ pub struct NatsServer {
 pub struct NatsCluster {
     pub servers: Vec<NatsServer>,
     _dir: tempfile::TempDir,
+    /// One cluster at a time per test binary: several, each with its NATS
+    /// servers and brokers, would starve each other on a small machine.
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
+
+/// Whose turn it is to run a cluster.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl NatsCluster {
     /// Starts `n` clustered servers and waits until JetStream is up on each.
     pub async fn start(n: usize) -> NatsCluster {
+        let turn = TURN.lock().await;
         assert!(
             std::path::Path::new(NATS_SERVER).exists(),
             "{NATS_SERVER} is missing: install Debian's nats-server (scripts/test.sh does)"
@@ -82,7 +89,11 @@ impl NatsCluster {
         for server in &mut servers {
             server.spawn();
         }
-        let cluster = NatsCluster { servers, _dir: dir };
+        let cluster = NatsCluster {
+            servers,
+            _dir: dir,
+            _turn: turn,
+        };
         for i in 0..n {
             cluster.wait_ready(i).await;
         }
