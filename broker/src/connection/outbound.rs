@@ -50,11 +50,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             };
             if !self.write_delivery(&delivery, packet_id, now) {
                 // Too large for this client: discard as if delivered.
-                if let Some(id) = packet_id {
-                    self.session.state.lock().complete(id);
-                }
+                let log_due = {
+                    let mut state = self.session.state.lock();
+                    if let Some(id) = packet_id {
+                        state.complete(id);
+                    }
+                    let limits = state
+                        .queue_limits
+                        .unwrap_or_else(|| self.broker.queue_limits());
+                    state.queue.note_drop(now, &limits)
+                };
                 self.broker
-                    .dropped(&self.session.client_id, DropReason::TooLarge, None);
+                    .dropped(&self.session.client_id, DropReason::TooLarge, log_due);
                 if delivery.seq != 0 {
                     expired.push(delivery.seq);
                 }
