@@ -211,6 +211,27 @@ pub fn issue_client_cert(
     })
 }
 
+/// Issues a device certificate of a fleet: subject CN `device_id` (and a
+/// DNS subject alternative name `san`, for fleets that read the id from
+/// one), signed by the fleet CA `ca`, for client authentication.
+pub fn issue_device_cert(
+    ca: &CertifiedKeyPem,
+    device_id: &str,
+    san: Option<&str>,
+    now: Timestamp,
+    validity: SignedDuration,
+) -> Result<CertifiedKeyPem, CertError> {
+    let sans = san
+        .map(|san| Ok::<_, rcgen::Error>(vec![SanType::DnsName(san.to_owned().try_into()?)]))
+        .transpose()?
+        .unwrap_or_default();
+    issue(ca, device_id, now, validity, |params| {
+        params.subject_alt_names = sans;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    })
+}
+
 /// Issues a certificate with subject `common_name`, signed by `ca`, valid
 /// from `now` (less [`BACKDATE`]) for `validity` but never past the CA's
 /// own expiry; `purpose` sets its names and usages.

@@ -37,6 +37,11 @@ pub enum Command {
     /// credentials Secret, and each broker's credentials file as a
     /// comment. Generated certificates and passwords are new on every run.
     Render(RenderArgs),
+    /// Device fleets (MqttDeviceFleet), offline: sign a device's
+    /// certificate, or print a device's derived secret, for provisioning
+    /// at the factory.
+    #[command(subcommand)]
+    Fleet(crate::fleet::FleetCommand),
 }
 
 /// Options of `render`.
@@ -160,6 +165,9 @@ pub enum CliError {
     /// The async runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    /// A `fleet` command failed.
+    #[error("{0}")]
+    Fleet(String),
     /// `crd` was asked for a file that does not exist.
     #[error("no CRD file `{file}`; the CRD files are: {known}")]
     UnknownCrd { file: String, known: String },
@@ -201,6 +209,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 }
                 print!("{}", render::crd_yaml(crd)?);
             }
+            Ok(())
+        }
+        Command::Fleet(command) => {
+            print!("{}", crate::fleet::run(command).map_err(CliError::Fleet)?);
             Ok(())
         }
         Command::Render(args) => {

@@ -2,6 +2,7 @@
 //! broker's objects.
 
 mod cli;
+mod fleet;
 
 use std::process::ExitCode;
 

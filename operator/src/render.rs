@@ -111,6 +111,7 @@ pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("mqttbroker.yaml", MqttBroker::crd()),
         ("mqttuser.yaml", MqttUser::crd()),
         ("mqttbridge.yaml", crate::api::MqttBridge::crd()),
+        ("mqttdevicefleet.yaml", crate::api::MqttDeviceFleet::crd()),
     ]
 }
 
@@ -688,9 +689,14 @@ mod tests {
         let names: Vec<&str> = crds.iter().map(|(file, _)| *file).collect();
         assert_eq!(
             names,
-            ["mqttbroker.yaml", "mqttuser.yaml", "mqttbridge.yaml"]
+            [
+                "mqttbroker.yaml",
+                "mqttuser.yaml",
+                "mqttbridge.yaml",
+                "mqttdevicefleet.yaml"
+            ]
         );
-        for ((_, crd), short) in crds.iter().zip(["mqb", "mqu", "mqbr"]) {
+        for ((_, crd), short) in crds.iter().zip(["mqb", "mqu", "mqbr", "mqfleet"]) {
             let yaml = crd_yaml(crd).unwrap();
             let parsed: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
             assert_eq!(parsed, serde_json::to_value(crd).unwrap());

@@ -175,13 +175,20 @@ const COMBINATIONS: [Combination; 5] = [
 /// README lists the same rules.
 fn operator_rules() -> Value {
     json!([
-        {"apiGroups": ["kubemqtt.io"], "resources": ["mqttbrokers", "mqttusers", "mqttbridges"],
+        {"apiGroups": ["kubemqtt.io"],
+         "resources": ["mqttbrokers", "mqttusers", "mqttbridges", "mqttdevicefleets"],
          "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["kubemqtt.io"],
-         "resources": ["mqttbrokers/status", "mqttusers/status", "mqttbridges/status"],
+         "resources": ["mqttbrokers/status", "mqttusers/status", "mqttbridges/status",
+                       "mqttdevicefleets/status"],
          "verbs": ["patch"]},
         // The bridge controller's MqttUser for each bridge.
         {"apiGroups": ["kubemqtt.io"], "resources": ["mqttusers"], "verbs": ["create", "patch"]},
+        // The fleet controller's finalizer (a deleted fleet leaves its
+        // broker first), and the owner references of the fleets' Secrets.
+        {"apiGroups": ["kubemqtt.io"], "resources": ["mqttdevicefleets"], "verbs": ["patch"]},
+        {"apiGroups": ["kubemqtt.io"], "resources": ["mqttdevicefleets/finalizers"],
+         "verbs": ["update"]},
         {"apiGroups": [""], "resources": ["configmaps", "secrets", "services"],
          "verbs": ["get", "list", "watch", "create", "patch"]},
         // `delete`: a StatefulSet is replaced (without its pods) when its

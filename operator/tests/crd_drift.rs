@@ -4,7 +4,12 @@
 use std::path::Path;
 use std::process::Command;
 
-const FILES: [&str; 3] = ["mqttbridge.yaml", "mqttbroker.yaml", "mqttuser.yaml"];
+const FILES: [&str; 4] = [
+    "mqttbridge.yaml",
+    "mqttbroker.yaml",
+    "mqttdevicefleet.yaml",
+    "mqttuser.yaml",
+];
 
 fn generated(args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_kubemqtt-operator"))
@@ -53,10 +58,11 @@ fn all_crds_at_once_and_unknown_names_refused() {
     assert_eq!(
         all,
         format!(
-            "{}---\n{}---\n{}",
+            "{}---\n{}---\n{}---\n{}",
             generated(&["mqttbroker.yaml"]),
             generated(&["mqttuser.yaml"]),
-            generated(&["mqttbridge.yaml"])
+            generated(&["mqttbridge.yaml"]),
+            generated(&["mqttdevicefleet.yaml"])
         )
     );
     let output = Command::new(env!("CARGO_BIN_EXE_kubemqtt-operator"))

@@ -641,6 +641,8 @@ fn example_objects() -> ExampleObjects {
                 "MqttUser" => objects.users.push(typed(document, &file)),
                 // Planned and validated by tests/bridge_examples.rs.
                 "MqttBridge" => {}
+                // Planned and validated by tests/fleet_examples.rs.
+                "MqttDeviceFleet" => {}
                 "Secret" => {
                     let mut secret: Secret = typed(document, &file);
                     let string_data = secret.string_data.take().unwrap_or_default();

@@ -190,6 +190,7 @@ async fn controllers(client: &Client, namespaces: &[String], ctx: Arc<Context>) 
     ctx.index.clear();
     for scope in scopes {
         runs.push(Box::pin(super::bridge::controller(client, scope)));
+        runs.push(Box::pin(super::fleet::controller(client, scope)));
         let (users, user_writer) = reflector::store_shared::<MqttUser>(SHARED_BUFFER);
         let (brokers, broker_writer) = reflector::store_shared::<MqttBroker>(SHARED_BUFFER);
         let (Some(users_for_users), Some(users_for_brokers)) =

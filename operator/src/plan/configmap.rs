@@ -47,6 +47,8 @@ const OWNED_KEYS: &[(&str, &str)] = &[
     ("auth.password_file", "the operator (the auth Secret)"),
     ("auth.credentials_file", "the operator (the auth Secret)"),
     ("auth.acl_file", "the operator (the auth Secret)"),
+    ("auth.fleets_dir", "MqttDeviceFleet resources"),
+    ("auth.fleets", "MqttDeviceFleet resources"),
     ("http", "the operator (the pods' probes use it)"),
     (
         "drain.deadline_secs",
@@ -257,6 +259,8 @@ fn typed_config(
             // A `tls` user's certificate stops working when the user is
             // deleted.
             certificate_users: broker::CertificateUsers::Known,
+            // The MqttDeviceFleets' Secret (see `plan::fleet`).
+            fleets_dir: Some(super::fleet::FLEETS_DIR.into()),
             ..file_defaults.auth
         },
         http: broker::HttpConfig {

@@ -22,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 
 use super::configmap::{CONFIG_FILE, DRAIN_DEADLINE_SECONDS};
-use super::{Context, AUTH_DIR, CONFIG_DIR, DATA_DIR, HTTP_PORT, TLS_DIR};
+use super::{fleet, Context, AUTH_DIR, CONFIG_DIR, DATA_DIR, HTTP_PORT, TLS_DIR};
 use crate::api::{MqttBrokerSpec, ProbeSpec};
 
 /// Pod template annotation: SHA-256 of the broker's configuration file.
@@ -143,6 +143,7 @@ fn container(ctx: &Context<'_>) -> Container {
         mount("config", CONFIG_DIR),
         mount("tls", TLS_DIR),
         mount("auth", AUTH_DIR),
+        mount("fleets", fleet::FLEETS_DIR),
     ];
     if spec.persistence.enabled {
         mounts.push(VolumeMount {
@@ -265,6 +266,18 @@ fn volumes(ctx: &Context<'_>) -> Vec<Volume> {
         },
         secret_volume("tls", tls_secret),
         secret_volume("auth", ctx.names.auth_secret.clone()),
+        // The device fleets (MqttDeviceFleet): optional, so that a broker
+        // without fleets needs no Secret; it fills in when one appears.
+        Volume {
+            name: "fleets".to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(fleet::fleets_secret_name(&ctx.names.broker)),
+                default_mode: Some(0o440),
+                optional: Some(true),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
     ]
 }
 
@@ -375,6 +388,7 @@ mod tests {
                 ("config".into(), Some("mq-config".into()), None),
                 ("tls".into(), None, Some("mq-tls".into())),
                 ("auth".into(), None, Some("mq-auth".into())),
+                ("fleets".into(), None, Some("mq-fleets".into())),
             ]
         );
 
@@ -417,6 +431,7 @@ mod tests {
                 ("config", "/etc/kubemqtt/config", Some(true)),
                 ("tls", "/etc/kubemqtt/tls", Some(true)),
                 ("auth", "/etc/kubemqtt/auth", Some(true)),
+                ("fleets", "/etc/kubemqtt/fleets", Some(true)),
             ]
         );
         let security = container.security_context.as_ref().unwrap();
