@@ -79,7 +79,7 @@ impl UserIndex {
                     && user.namespace().as_deref() == Some(namespace)
             }));
         }
-        users.sort_by_key(|user| user.name_any());
+        users.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         Ok(users)
     }
 }

@@ -190,7 +190,7 @@ async fn reconcile_user(
 pub struct UserObservation {
     /// The user's broker.
     pub broker: Option<MqttBroker>,
-    /// The broker's users.
+    /// The broker's users that claim the same user name.
     pub siblings: Vec<MqttUser>,
     /// The user's credentials Secret.
     pub secret: Option<Secret>,
@@ -230,11 +230,14 @@ async fn observe(
             .map_err(read)?;
     }
     if broker.is_some() {
+        // Only those claiming the same user name matter to admission.
+        let username = users::username(user);
         observation.siblings = ctx
             .index
             .users_of(namespace, broker_name)
             .await?
             .iter()
+            .filter(|other| users::username(other) == username)
             .map(|other| other.as_ref().clone())
             .collect();
         observation.trust_bundle = Api::<ConfigMap>::namespaced(client.clone(), namespace)
