@@ -31,6 +31,7 @@
 # Usage: scripts/bench-cluster.sh [--quick] [--runs N] [--out FILE]
 #          [--systems "single kubemqtt nats"] [--only "throughput catchup takeover rolling"]
 #          [--lb haproxy|client] [--server-cpus LIST] [--gen-cpus LIST] [--no-build]
+#          [--cluster-toml 'export = false']   (lines added to every node's [cluster] table)
 
 set -euo pipefail
 
@@ -49,7 +50,7 @@ END_MARK='<!-- bench-cluster.sh: end -->'
 KEEP_MARK='<!-- Written by hand: everything below this line is kept when scripts/bench-vs-peers.sh rewrites the page. -->'
 
 usage() {
-    sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 QUICK=0
@@ -61,6 +62,7 @@ LB=haproxy
 SERVER_CPUS=""
 GEN_CPUS=""
 BUILD=1
+CLUSTER_TOML=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -72,6 +74,7 @@ while [ $# -gt 0 ]; do
         --server-cpus) SERVER_CPUS="${2:?--server-cpus needs a CPU list}"; shift ;;
         --gen-cpus) GEN_CPUS="${2:?--gen-cpus needs a CPU list}"; shift ;;
         --no-build) BUILD=0 ;;
+        --cluster-toml) CLUSTER_TOML="${2?--cluster-toml needs TOML lines}"; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -247,6 +250,7 @@ EOF
         if [ "$i" != single ]; then
             for j in 0 1 2; do servers+="${servers:+, }\"nats://127.0.0.1:${KNATS_CLIENT[$j]}\""; done
             printf '\n[cluster]\nservers = [%s]\nname = "bench"\nreplicas = 3\n' "$servers"
+            [ -z "$CLUSTER_TOML" ] || printf '%s\n' "$CLUSTER_TOML"
         fi
     } >"$file"
     echo "$file"
@@ -768,6 +772,8 @@ commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 dirty=$(git -C "$ROOT" status --porcelain -- broker bench 2>/dev/null | head -1)
 mode=$([ "$QUICK" = 1 ] && echo "quick smoke run: seconds per scenario, not for comparison" || echo "full run")
 SECTION="$WORK/section.md"
+CLUSTER_NOTE=""
+[ -z "$CLUSTER_TOML" ] || CLUSTER_NOTE=", \`$(paste -sd';' <<<"$CLUSTER_TOML")\`"
 {
     echo "$BEGIN_MARK"
     echo
@@ -782,7 +788,7 @@ SECTION="$WORK/section.md"
     echo "- load average (1, 5, 15 min) at the start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews the figures)"
     echo "- $(rustc --version 2>/dev/null || echo rustc unknown); kubemqtt commit $commit${dirty:+ (with uncommitted changes in broker/ or bench/)}; ${VERSION[kubemqtt]}"
     echo "- ${VERSION[nats]}; ${VERSION[haproxy]}"
-    echo "- systems: **single** = one kubemqtt-broker without \`[cluster]\`; **kubemqtt** = 3 kubemqtt-brokers (\`[cluster]\`, \`replicas = 3\`) on a 3-server nats-server JetStream cluster; **nats** = 3 clustered nats-servers with JetStream and an \`mqtt {}\` block each (MQTT 3.1.1)."
+    echo "- systems: **single** = one kubemqtt-broker without \`[cluster]\`; **kubemqtt** = 3 kubemqtt-brokers (\`[cluster]\`, \`replicas = 3\`$CLUSTER_NOTE, the rest at their defaults) on a 3-server nats-server JetStream cluster; **nats** = 3 clustered nats-servers with JetStream and an \`mqtt {}\` block each (MQTT 3.1.1)."
     echo "  **same**: every client on node A; **cross**: publishers on node A, subscribers on node B (catch-up: subscribed on A, published on C, back on B; takeover: first on A, again on B)."
     echo
     echo "### Goals"
