@@ -394,14 +394,14 @@ impl Broker {
         let Some(client) = &state.last_client else {
             return true;
         };
-        let username = client.info.username.as_deref();
+        let info = &client.info;
         // Not cloned: without an ACL every client shares one `ClientAcl`,
         // and a reference count touched by every delivery would be contended.
         let cache = state
             .acl
-            .get_or_insert_with(|| AclCache::resolve(&self.access, username, client_id));
+            .get_or_insert_with(|| AclCache::resolve(&self.access, info, client_id));
         cache
-            .current(&self.access, username, client_id)
+            .current(&self.access, info, client_id)
             .can_receive(topic)
     }
 

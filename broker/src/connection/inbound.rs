@@ -6,8 +6,10 @@ use std::time::Instant;
 use bytes::Buf;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::auth::fleet::TopicAction;
 use crate::auth::ClientAcl;
-use crate::broker::{PublishError, Publisher};
+use crate::broker::{Broker, PublishError, Publisher};
+use crate::client::ClientHandle;
 use crate::cluster::Stored;
 use crate::codec::{
     self, Disconnect, Packet, Properties, PubResponse, Publish, QoS, ReasonCode, Suback, Subscribe,
@@ -189,7 +191,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
         }
         let qos = p.qos;
         let mut stored = None;
-        let reason = if topic.starts_with("$SYS") || !self.client_acl().can_publish(&topic) {
+        let reason = if topic.starts_with("$SYS")
+            || !self.client_acl().can_publish(&topic)
+            || !fleet_allows(
+                &self.broker,
+                &self.client,
+                &self.session.client_id,
+                TopicAction::Publish,
+                &topic,
+            )
+            .await
+        {
             // Only the broker publishes under $SYS.
             self.broker
                 .metrics
@@ -270,7 +282,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     pub(super) fn client_acl(&mut self) -> &ClientAcl {
         self.acl.current(
             &self.broker.access,
-            self.client.info.username.as_deref(),
+            &self.client.info,
             &self.session.client_id,
         )
     }
@@ -401,7 +413,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             if shared.is_some() && options.no_local {
                 return Err(protocol_error("no local on a shared subscription"));
             }
-            if !self.client_acl().can_subscribe(filter) {
+            if !self.client_acl().can_subscribe(filter)
+                || !fleet_allows(
+                    &self.broker,
+                    &self.client,
+                    &self.session.client_id,
+                    TopicAction::Subscribe,
+                    filter,
+                )
+                .await
+            {
                 self.broker
                     .metrics
                     .acl_denials
@@ -508,6 +529,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             Close::Server(ReasonCode::UNSPECIFIED_ERROR)
         })
     }
+}
+
+/// Whether a device of a hook fleet may use the topic, as its registry
+/// says (true at once for every other client).
+async fn fleet_allows(
+    broker: &Broker,
+    client: &ClientHandle,
+    client_id: &str,
+    action: TopicAction,
+    topic: &str,
+) -> bool {
+    let Some(device) = client.info.fleet.as_deref() else {
+        return true;
+    };
+    broker
+        .access
+        .fleet_allows(Some(device), client_id, action, topic)
+        .await
 }
 
 /// Whether a packet read while paused is handled at once rather than held:
