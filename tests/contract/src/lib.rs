@@ -8,12 +8,19 @@
 //! are moved the same way. [`PodFiles::localize`] then makes the one change
 //! a pod would not need: the configuration file's paths move under the root
 //! too, and the listeners bind loopback ports instead of `0.0.0.0`.
+//!
+//! Secrets that other controllers write (the `<broker>-fleets` Secret of
+//! the `MqttDeviceFleet` controller) are given to
+//! [`PodFiles::lay_out_with`]; an optional Secret volume whose Secret does
+//! not exist is an empty directory, as the kubelet mounts it.
+//! [`PodFiles::update_secret_volume`] changes a mounted Secret the way the
+//! kubelet's atomic writer does (a `..data` symlink swapped at once).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Container, PodSpec, Volume};
+use k8s_openapi::api::core::v1::{Container, PodSpec, Secret, Volume};
 use kubemqtt_broker::config::{Config, ConfigError};
 use kubemqtt_operator::plan::statefulset::CONTAINER_NAME;
 use kubemqtt_operator::plan::Plan;
@@ -69,6 +76,16 @@ impl PodFiles {
     /// `root`; the persistent volume (a claim template) and any volume that
     /// is not a ConfigMap or a Secret become empty directories.
     pub fn lay_out(plan: &Plan, root: &Path) -> Result<PodFiles, LayoutError> {
+        PodFiles::lay_out_with(plan, &[], root)
+    }
+
+    /// Like [`PodFiles::lay_out`], with Secrets the plan does not hold but
+    /// other controllers write (the broker's fleets Secret).
+    pub fn lay_out_with(
+        plan: &Plan,
+        others: &[&Secret],
+        root: &Path,
+    ) -> Result<PodFiles, LayoutError> {
         let stateful_set = plan
             .stateful_set
             .spec
@@ -111,7 +128,7 @@ impl PodFiles {
                 .flatten()
                 .find(|volume| volume.name == mount.name)
                 .ok_or_else(|| LayoutError::NoVolume(mount.name.clone()))?;
-            for (key, bytes) in volume_files(plan, volume)? {
+            for (key, bytes) in volume_files(plan, others, volume)? {
                 let path = dir.join(key);
                 std::fs::write(&path, bytes).map_err(|source| LayoutError::Io { path, source })?;
             }
@@ -122,6 +139,64 @@ impl PodFiles {
     /// Where the pod's `pod_path` is on this machine.
     pub fn path(&self, pod_path: &str) -> PathBuf {
         reroot(&self.root, pod_path)
+    }
+
+    /// What the kubelet does when a mounted Secret changes: the new keys
+    /// are written into a fresh hidden directory, the `..data` symlink is
+    /// swapped to it in one rename, each key is a symlink through
+    /// `..data`, and keys the Secret no longer has go.
+    pub fn update_secret_volume(
+        &self,
+        mount_path: &str,
+        secret: &Secret,
+    ) -> Result<(), LayoutError> {
+        let dir = self.path(mount_path);
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| LayoutError::Io { path, source }
+        };
+        let entries = |dir: &Path| -> Result<Vec<String>, LayoutError> {
+            std::fs::read_dir(dir)
+                .map_err(io(dir))?
+                .map(|entry| {
+                    entry
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .map_err(io(dir))
+                })
+                .collect()
+        };
+        let before = entries(&dir)?;
+        let version = (0..)
+            .map(|n| format!("..version-{n}"))
+            .find(|name| !before.contains(name))
+            .unwrap_or_default();
+        let staged = dir.join(&version);
+        create_dir(&staged)?;
+        let data = secret.data.clone().unwrap_or_default();
+        for (key, value) in &data {
+            let path = staged.join(key);
+            std::fs::write(&path, &value.0).map_err(io(&path))?;
+        }
+        let link = dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &link).map_err(io(&link))?;
+        std::fs::rename(&link, dir.join("..data")).map_err(io(&link))?;
+        for key in data.keys() {
+            let path = dir.join(key);
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                continue;
+            }
+            let _ = std::fs::remove_file(&path);
+            std::os::unix::fs::symlink(format!("..data/{key}"), &path).map_err(io(&path))?;
+        }
+        for name in before {
+            let path = dir.join(&name);
+            if name.starts_with("..version-") {
+                std::fs::remove_dir_all(&path).map_err(io(&path))?;
+            } else if !name.starts_with("..") && !data.contains_key(&name) {
+                std::fs::remove_file(&path).map_err(io(&path))?;
+            }
+        }
+        Ok(())
     }
 
     /// Rewrites the configuration file at the pod path `config_file` for
@@ -152,6 +227,7 @@ impl PodFiles {
             &mut auth.password_file,
             &mut auth.credentials_file,
             &mut auth.acl_file,
+            &mut auth.fleets_dir,
             &mut config.http.admin_token_file,
         ] {
             file.iter_mut().for_each(move_path);
@@ -190,8 +266,13 @@ fn broker_container(pod: &PodSpec) -> Result<&Container, LayoutError> {
 }
 
 /// The files a volume shows: a key each, from the plan's ConfigMap or
-/// Secret; none for other volumes.
-fn volume_files(plan: &Plan, volume: &Volume) -> Result<BTreeMap<String, Vec<u8>>, LayoutError> {
+/// Secret (or one of `others`); none for other volumes, or for an optional
+/// Secret that does not exist.
+fn volume_files(
+    plan: &Plan,
+    others: &[&Secret],
+    volume: &Volume,
+) -> Result<BTreeMap<String, Vec<u8>>, LayoutError> {
     let not_in_plan = |kind, name: &str| LayoutError::NotInPlan {
         volume: volume.name.clone(),
         kind,
@@ -211,12 +292,17 @@ fn volume_files(plan: &Plan, volume: &Volume) -> Result<BTreeMap<String, Vec<u8>
     }
     if let Some(source) = &volume.secret {
         let name = source.secret_name.as_deref().unwrap_or_default();
-        let secret = [&plan.ca_secret, &plan.server_secret]
+        let found = [&plan.ca_secret, &plan.server_secret]
             .into_iter()
             .flatten()
             .chain([&plan.auth_secret])
-            .find(|secret| secret.metadata.name.as_deref() == Some(name))
-            .ok_or_else(|| not_in_plan("Secret", name))?;
+            .chain(others.iter().copied())
+            .find(|secret| secret.metadata.name.as_deref() == Some(name));
+        let secret = match found {
+            Some(secret) => secret,
+            None if source.optional == Some(true) => return Ok(BTreeMap::new()),
+            None => return Err(not_in_plan("Secret", name)),
+        };
         return Ok(secret
             .data
             .iter()
@@ -300,6 +386,78 @@ mod tests {
         // The file on disk is the localized one.
         let reread = Config::load(&pod.path("/etc/kubemqtt/config/broker.toml")).unwrap();
         assert_eq!(reread.listeners, config.listeners);
+    }
+
+    fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
+        Secret {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.to_owned()),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| {
+                        (
+                            (*k).to_owned(),
+                            k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                        )
+                    })
+                    .collect(),
+            ),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn the_fleets_secret_is_optional_and_changes_like_the_kubelet_writes_it() {
+        let plan = plan_of("{}");
+        let root = tempfile::tempdir().unwrap();
+        let pod = PodFiles::lay_out(&plan, root.path()).unwrap();
+        let fleets = root.path().join("etc/kubemqtt/fleets");
+        assert_eq!(
+            std::fs::read_dir(&fleets).unwrap().count(),
+            0,
+            "no Secret yet"
+        );
+        let config = pod
+            .localize("/etc/kubemqtt/config/broker.toml", |_| 1, 2)
+            .unwrap();
+        assert_eq!(config.auth.fleets_dir, Some(fleets.clone()));
+
+        let first = secret("mq-fleets", &[("a.toml", "one")]);
+        let root = tempfile::tempdir().unwrap();
+        let pod = PodFiles::lay_out_with(&plan, &[&first], root.path()).unwrap();
+        let fleets = root.path().join("etc/kubemqtt/fleets");
+        assert_eq!(
+            std::fs::read_to_string(fleets.join("a.toml")).unwrap(),
+            "one"
+        );
+
+        let second = secret("mq-fleets", &[("b.toml", "two"), ("b.secret", "s")]);
+        pod.update_secret_volume("/etc/kubemqtt/fleets", &second)
+            .unwrap();
+        assert!(!fleets.join("a.toml").exists(), "a key that went is gone");
+        assert_eq!(
+            std::fs::read_to_string(fleets.join("b.toml")).unwrap(),
+            "two"
+        );
+        assert!(std::fs::symlink_metadata(fleets.join("b.toml"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let third = secret("mq-fleets", &[("b.toml", "three")]);
+        pod.update_secret_volume("/etc/kubemqtt/fleets", &third)
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(fleets.join("b.toml")).unwrap(),
+            "three"
+        );
+        let mut names: Vec<String> = std::fs::read_dir(&fleets)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["..data", "..version-1", "b.toml"]);
     }
 
     #[test]

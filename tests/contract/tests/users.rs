@@ -18,45 +18,11 @@ mod common;
 use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, QoS,
-    SubscribeReasonCode,
-};
+use rumqttc::{AsyncClient, ConnectReturnCode, EventLoop, Incoming, QoS, SubscribeReasonCode};
 
 use common::cluster::{connect, Operator, Pod};
 use common::*;
 use kubemqtt_operator::controller::push::PushReply;
-
-fn refused(result: Result<(AsyncClient, EventLoop), ConnectionError>) -> ConnectReturnCode {
-    match result {
-        Err(ConnectionError::ConnectionRefused(code)) => code,
-        Err(other) => panic!("expected a refusal, got {other}"),
-        Ok(_) => panic!("expected a refusal, the client got in"),
-    }
-}
-
-/// Subscribes and returns the SUBACK's code.
-async fn subscribe(
-    client: &AsyncClient,
-    events: &mut EventLoop,
-    filter: &str,
-) -> SubscribeReasonCode {
-    client
-        .subscribe(filter, QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        match tokio::time::timeout_at(deadline, events.poll()).await {
-            Ok(Ok(Event::Incoming(Incoming::SubAck(ack)))) => {
-                return *ack.return_codes.first().expect("a return code");
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => panic!("waiting for the SUBACK: {error}"),
-            Err(_) => panic!("no SUBACK within {PATIENCE:?}"),
-        }
-    }
-}
 
 /// Publishes at QoS 1 from `from`, and waits until `to` receives it.
 async fn relay(
@@ -80,18 +46,6 @@ async fn relay(
             if message.topic == topic && message.payload.as_ref() == payload.as_bytes())
     })
     .await;
-}
-
-/// Polls until the connection closes; panics if it stays open.
-async fn expect_disconnected(events: &mut EventLoop) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        match tokio::time::timeout_at(deadline, events.poll()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return,
-            Err(_) => panic!("still connected after {PATIENCE:?}"),
-        }
-    }
 }
 
 #[tokio::test]

@@ -78,6 +78,11 @@ impl Operator {
         self.observed.clients_ca_secret = Some(self.plan.clients_ca_secret.clone());
     }
 
+    /// The broker resource.
+    pub fn broker(&self) -> &MqttBroker {
+        &self.broker
+    }
+
     /// The last plan.
     pub fn plan(&self) -> &Plan {
         &self.plan
@@ -202,8 +207,14 @@ pub struct Pod {
 
 impl Pod {
     pub fn start(plan: &Plan) -> Pod {
+        Pod::start_with(plan, &[])
+    }
+
+    /// Starts the pod with Secrets that other controllers write (the
+    /// broker's fleets Secret) mounted too.
+    pub fn start_with(plan: &Plan, others: &[&Secret]) -> Pod {
         let root = tempfile::tempdir().expect("temporary directory");
-        let pod = PodFiles::lay_out(plan, root.path()).expect("the files lay out");
+        let pod = PodFiles::lay_out_with(plan, others, root.path()).expect("the files lay out");
         let (mqtt_port, mqtts_port, http_port) = (free_port(), free_port(), free_port());
         let config = pod
             .localize(

@@ -13,7 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
-use rumqttc::{Event, EventLoop, Incoming};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, QoS,
+    SubscribeReasonCode,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
@@ -160,6 +163,16 @@ pub fn broker_binary() -> PathBuf {
     profile_dir.join("kubemqtt-broker")
 }
 
+/// The operator binary built next to the broker's (`--workspace --bins`),
+/// or `KUBEMQTT_OPERATOR_BIN`: its offline commands (`fleet sign`, `fleet
+/// secret`) are what a factory runs.
+pub fn operator_binary() -> PathBuf {
+    match std::env::var_os("KUBEMQTT_OPERATOR_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => broker_binary().with_file_name("kubemqtt-operator"),
+    }
+}
+
 /// A TLS client configuration trusting the CA certificates in `bundle`.
 pub fn tls_config(bundle: &str) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
@@ -185,6 +198,50 @@ pub async fn wait_for(events: &mut EventLoop, what: &str, matches: impl Fn(&Inco
             Ok(Ok(_)) => {}
             Ok(Err(error)) => panic!("waiting for {what}: {error}"),
             Err(_) => panic!("no {what} within {PATIENCE:?}"),
+        }
+    }
+}
+
+/// The CONNACK code of a refused login; panics if it was not refused.
+pub fn refused(result: Result<(AsyncClient, EventLoop), ConnectionError>) -> ConnectReturnCode {
+    match result {
+        Err(ConnectionError::ConnectionRefused(code)) => code,
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("expected a refusal, the client got in"),
+    }
+}
+
+/// Subscribes and returns the SUBACK's code.
+pub async fn subscribe(
+    client: &AsyncClient,
+    events: &mut EventLoop,
+    filter: &str,
+) -> SubscribeReasonCode {
+    client
+        .subscribe(filter, QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match tokio::time::timeout_at(deadline, events.poll()).await {
+            Ok(Ok(Event::Incoming(Incoming::SubAck(ack)))) => {
+                return *ack.return_codes.first().expect("a return code");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => panic!("waiting for the SUBACK: {error}"),
+            Err(_) => panic!("no SUBACK within {PATIENCE:?}"),
+        }
+    }
+}
+
+/// Polls until the connection closes; panics if it stays open.
+pub async fn expect_disconnected(events: &mut EventLoop) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match tokio::time::timeout_at(deadline, events.poll()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return,
+            Err(_) => panic!("still connected after {PATIENCE:?}"),
         }
     }
 }

@@ -1,0 +1,782 @@
+//! The contract of `MqttDeviceFleet`s with the real broker.
+//!
+//! Fleets are planned by the operator's fleet planner (the operator's own
+//! CA or fleet secret, and the broker's `<broker>-fleets` Secret), the
+//! broker by the broker planner; the broker binary runs on the pod's files
+//! with the fleets Secret mounted where the StatefulSet mounts it, and
+//! changes reach it the way the kubelet writes a Secret volume.
+//!
+//! Checked, for a device of each mode, over TLS with a real MQTT client:
+//! it logs in with what the factory tools make (`kubemqtt-operator fleet
+//! sign` and `fleet secret`, run as processes), gets its fleet's topics
+//! and no others, and bad logins get their refusal; the JWT fleet's keys
+//! come from the team's Secret; the hook fleet asks a registry over HTTPS
+//! (its CA and bearer token from the team's Secrets). The fleet
+//! controller's reading of `/metrics` (devices online) matches what the
+//! broker writes. Revocations (in the resource and in a ConfigMap) and a
+//! deleted fleet disconnect connected devices; rotating a fleet secret and
+//! a fleet CA keeps old and new devices in during the overlap.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::ByteString;
+use kubemqtt_operator::api::MqttDeviceFleet;
+use kubemqtt_operator::certs::{generate_ca, issue_server_cert, CertifiedKeyPem, San};
+use kubemqtt_operator::controller::fleet::devices_online;
+use kubemqtt_operator::plan::fleet::{
+    plan_own_secret, BrokerFleets, FleetSources, CA_CERT_KEY, CA_KEY_KEY, FLEETS_DIR,
+    FLEET_SECRET_KEY,
+};
+use rumqttc::tokio_rustls::TlsAcceptor;
+use rumqttc::{AsyncClient, ConnectReturnCode, EventLoop, QoS, SubscribeReasonCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::cluster::{connect, Operator, Pod};
+use common::*;
+
+/// The fleets of the broker `mq` as the fleet controller keeps them: the
+/// resources (oldest first), the operator's Secret of each, and the
+/// team's Secrets and ConfigMaps they name.
+struct Fleets {
+    fleets: Vec<MqttDeviceFleet>,
+    own: BTreeMap<String, Secret>,
+    secrets: BTreeMap<String, Secret>,
+    config_maps: BTreeMap<String, ConfigMap>,
+}
+
+impl Fleets {
+    fn new() -> Fleets {
+        Fleets {
+            fleets: Vec::new(),
+            own: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            config_maps: BTreeMap::new(),
+        }
+    }
+
+    /// Creates or changes a fleet, and plans its own Secret (kept when it
+    /// exists), as a reconcile would.
+    fn put(&mut self, name: &str, spec: serde_json::Value) {
+        let mut fleet: MqttDeviceFleet = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubemqtt.io/v1alpha1",
+            "kind": "MqttDeviceFleet",
+            "metadata": {"name": name, "namespace": "iot"},
+            "spec": spec,
+        }))
+        .expect("a fleet");
+        fleet.metadata.uid = Some(format!("f1ee7000-0000-4000-8000-{:0>12}", name.len()));
+        let planned = plan_own_secret(&fleet, self.own.get(name), Timestamp::now())
+            .expect("the fleet's Secret plans");
+        if let Some(secret) = planned {
+            self.own.insert(name.to_owned(), secret);
+        }
+        match self
+            .fleets
+            .iter_mut()
+            .find(|f| f.metadata.name == fleet.metadata.name)
+        {
+            Some(existing) => *existing = fleet,
+            None => self.fleets.push(fleet),
+        }
+    }
+
+    fn delete(&mut self, name: &str) {
+        self.fleets
+            .retain(|f| f.metadata.name.as_deref() != Some(name));
+    }
+
+    fn put_secret(&mut self, name: &str, data: &[(&str, &str)]) {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some("iot".to_owned()),
+                ..ObjectMeta::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        };
+        self.secrets.insert(name.to_owned(), secret);
+    }
+
+    fn put_config_map(&mut self, name: &str, key: &str, value: &str) {
+        let map = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some("iot".to_owned()),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(key.to_owned(), value.to_owned())])),
+            ..ConfigMap::default()
+        };
+        self.config_maps.insert(name.to_owned(), map);
+    }
+
+    /// The operator's Secret of a fleet, one key.
+    fn own_secret(&self, fleet: &str, key: &str) -> String {
+        secret_text(&self.own[fleet], key)
+    }
+
+    /// The broker's fleets Secret; every fleet must be in it.
+    fn broker_secret(&self, operator: &Operator) -> Secret {
+        let sources: Vec<FleetSources<'_>> = self
+            .fleets
+            .iter()
+            .map(|fleet| FleetSources {
+                fleet,
+                own_secret: fleet.metadata.name.as_ref().and_then(|n| self.own.get(n)),
+                secrets: &self.secrets,
+                config_maps: &self.config_maps,
+            })
+            .collect();
+        let built = BrokerFleets::build(&sources);
+        assert!(built.refused.is_empty(), "refused: {:?}", built.refused);
+        built.secret(operator.broker())
+    }
+}
+
+/// Runs the operator binary; returns what it printed.
+fn operator_command(args: &[&str]) -> String {
+    let output = Command::new(operator_binary())
+        .args(args)
+        .output()
+        .expect("the operator binary runs");
+    assert!(
+        output.status.success(),
+        "kubemqtt-operator {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+/// The factory signs a device certificate with a fleet CA: `fleet sign`.
+/// Returns the certificate and key.
+fn factory_sign(dir: &Path, ca: &CertifiedKeyPem, device: &str) -> (String, String) {
+    let (ca_cert, ca_key) = (dir.join("fleet-ca.crt"), dir.join("fleet-ca.key"));
+    std::fs::write(&ca_cert, &ca.cert_pem).expect("write the CA");
+    std::fs::write(&ca_key, &ca.key_pem).expect("write the CA key");
+    operator_command(&[
+        "fleet",
+        "sign",
+        "--ca-cert",
+        &ca_cert.display().to_string(),
+        "--ca-key",
+        &ca_key.display().to_string(),
+        "--device",
+        device,
+        "--out",
+        &dir.display().to_string(),
+    ]);
+    let read = |ext: &str| {
+        std::fs::read_to_string(dir.join(format!("{device}.{ext}"))).expect("the signed files")
+    };
+    (read("crt"), read("key"))
+}
+
+/// The factory derives a device's secret: `fleet secret`; with a client
+/// id, the login password signed at `timestamp` (now when `None`).
+fn factory_password(
+    dir: &Path,
+    fleet_secret: &str,
+    device: &str,
+    client_id: &str,
+    timestamp: Option<u64>,
+) -> String {
+    let file = dir.join("fleet.secret");
+    std::fs::write(&file, fleet_secret).expect("write the fleet secret");
+    let file = file.display().to_string();
+    let mut args = vec![
+        "fleet",
+        "secret",
+        "--secret-file",
+        file.as_str(),
+        "--device",
+        device,
+        "--client-id",
+        client_id,
+    ];
+    let at = timestamp.map(|t| t.to_string());
+    if let Some(at) = &at {
+        args.extend(["--timestamp", at.as_str()]);
+    }
+    let printed = operator_command(&args);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "the device secret and a password: {printed}"
+    );
+    lines[1].to_owned()
+}
+
+fn now_secs() -> u64 {
+    Timestamp::now().as_second() as u64
+}
+
+/// A device of a password fleet logs in over TLS.
+async fn login(
+    pod: &Pod,
+    operator: &Operator,
+    client_id: &str,
+    username: &str,
+    password: &str,
+) -> Result<(AsyncClient, EventLoop), rumqttc::ConnectionError> {
+    pod.connect(operator, client_id, username, password).await
+}
+
+/// A device of a certificate fleet logs in with its certificate only.
+async fn login_with_certificate(
+    pod: &Pod,
+    operator: &Operator,
+    client_id: &str,
+    (cert, key): &(String, String),
+) -> Result<(AsyncClient, EventLoop), rumqttc::ConnectionError> {
+    let tls = tls_config_with_certificate(&operator.trust_bundle(), cert, key);
+    connect(pod.options(client_id, tls)).await
+}
+
+/// The value of `kubemqtt_fleet_logins_total` for a fleet and result.
+fn logins(metrics: &str, fleet: &str, result: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("kubemqtt_fleet_logins_total{"))
+        .find(|line| {
+            line.contains(&format!("fleet=\"{fleet}\""))
+                && line.contains(&format!("result=\"{result}\""))
+        })
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+/// Polls the broker's `/metrics` until `ready` holds.
+fn wait_for_metrics(pod: &Pod, what: &str, ready: impl Fn(&str) -> bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, metrics) = http_get(pod.http_port, "/metrics", None);
+        if ready(&metrics) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {PATIENCE:?}: {what}\n{metrics}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The team's device registry over HTTPS. A login is allowed with the
+/// password `good` and the bearer token; a topic when it is under
+/// `vending/<device>/`. Anything without the token is denied.
+struct Registry {
+    url: String,
+    ca_pem: String,
+    requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Registry {
+    async fn start(token: &'static str) -> Registry {
+        let now = Timestamp::now();
+        let day = SignedDuration::from_hours(24);
+        let ca = generate_ca("registry CA", now, day).expect("a CA");
+        let sans = BTreeSet::from([San::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST))]);
+        let server = issue_server_cert(&ca, "registry", &sans, now, day).expect("a certificate");
+        use rustls::pki_types::pem::PemObject;
+        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(server.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("the chain");
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes())
+            .expect("the key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("a server configuration");
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind");
+        let url = format!("https://{}", listener.local_addr().expect("address"));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = requests.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, count) = (acceptor.clone(), count.clone());
+                connections.spawn(async move {
+                    if let Ok(stream) = acceptor.accept(tcp).await {
+                        serve(stream, token, &count).await;
+                    }
+                });
+            }
+        });
+        Registry {
+            url,
+            ca_pem: ca.cert_pem,
+            requests,
+            task,
+        }
+    }
+}
+
+/// Answers HTTP/1.1 requests on one connection (kept alive).
+async fn serve(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    token: &str,
+    count: &AtomicUsize,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let l = l.to_ascii_lowercase();
+                l.strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        if body.len() < length {
+            continue;
+        }
+        count.fetch_add(1, Ordering::SeqCst);
+        let request: serde_json::Value = serde_json::from_str(&body[..length]).unwrap_or_default();
+        let bearer = format!("bearer {token}");
+        let authorized = head
+            .lines()
+            .any(|l| l.to_ascii_lowercase() == format!("authorization: {bearer}"));
+        let allowed = authorized
+            && match request.get("topic").and_then(|t| t.as_str()) {
+                Some(topic) => {
+                    let device = request["device_id"].as_str().unwrap_or("?");
+                    topic.starts_with(&format!("vending/{device}/"))
+                }
+                None => request["password"] == "good",
+            };
+        let reply = format!(
+            "{{\"result\": \"{}\"}}",
+            if allowed { "allow" } else { "deny" }
+        );
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
+            reply.len()
+        );
+        if stream.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+}
+
+const REGISTRY_TOKEN: &str = "registry-token-of-the-team";
+
+#[tokio::test]
+async fn a_device_of_each_mode_logs_in_to_what_the_operator_planned() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let operator = Operator::new();
+    let registry = Registry::start(REGISTRY_TOKEN).await;
+    let jwt_key = rcgen::KeyPair::generate().expect("a key");
+
+    let mut fleets = Fleets::new();
+    fleets.put(
+        "meters",
+        serde_json::json!({
+            "brokerRef": {"name": "mq"},
+            "mode": "certificate",
+            "acl": [{"action": "all", "topic": "meters/%d/#"}],
+        }),
+    );
+    fleets.put(
+        "sensors",
+        serde_json::json!({
+            "brokerRef": {"name": "mq"},
+            "mode": "derived",
+            "acl": [{"action": "all", "topic": "sensors/%d/#"}],
+            "derived": {"replayWindowSeconds": 120},
+        }),
+    );
+    let public_key = jwt_key.public_key_pem();
+    fleets.put_secret("cars-keys", &[("keys.pem", public_key.as_str())]);
+    fleets.put(
+        "cars",
+        serde_json::json!({
+            "brokerRef": {"name": "mq"},
+            "mode": "jwt",
+            "usernameTemplate": "car",
+            "acl": [{"action": "all", "topic": "cars/%d/#"}],
+            "jwt": {"keysSecretKeyRef": {"name": "cars-keys", "key": "keys.pem"}},
+        }),
+    );
+    fleets.put_secret(
+        "registry",
+        &[
+            ("token", REGISTRY_TOKEN),
+            ("ca.crt", registry.ca_pem.as_str()),
+        ],
+    );
+    fleets.put(
+        "vending",
+        serde_json::json!({
+            "brokerRef": {"name": "mq"},
+            "mode": "hook",
+            "hook": {
+                "url": format!("{}/login", registry.url),
+                "aclUrl": format!("{}/acl", registry.url),
+                "tokenSecretKeyRef": {"name": "registry", "key": "token"},
+                "caSecretKeyRef": {"name": "registry", "key": "ca.crt"},
+                "cacheTtlSeconds": 0,
+            },
+        }),
+    );
+    let pod = Pod::start_with(operator.plan(), &[&fleets.broker_secret(&operator)]);
+
+    // Certificates: signed at the factory with the operator's fleet CA.
+    let fleet_ca = CertifiedKeyPem {
+        cert_pem: fleets.own_secret("meters", CA_CERT_KEY),
+        key_pem: fleets.own_secret("meters", CA_KEY_KEY),
+    };
+    let meter = factory_sign(dir.path(), &fleet_ca, "meter-1");
+    let (meter_client, mut meter_events) = login_with_certificate(&pod, &operator, "m-1", &meter)
+        .await
+        .expect("the meter logs in with its certificate");
+    assert_eq!(
+        subscribe(&meter_client, &mut meter_events, "meters/meter-1/#").await,
+        SubscribeReasonCode::Success(QoS::AtLeastOnce)
+    );
+    assert_eq!(
+        subscribe(&meter_client, &mut meter_events, "meters/meter-2/#").await,
+        SubscribeReasonCode::Failure,
+        "another device's topics"
+    );
+
+    // Derived passwords: the factory's `fleet secret`, the operator's
+    // fleet secret.
+    let fleet_secret = fleets.own_secret("sensors", FLEET_SECRET_KEY);
+    let password = factory_password(dir.path(), &fleet_secret, "sensor-1", "box-1", None);
+    let (sensor, mut sensor_events) =
+        login(&pod, &operator, "box-1", "sensor-1@sensors", &password)
+            .await
+            .expect("the sensor logs in");
+    assert_eq!(
+        subscribe(&sensor, &mut sensor_events, "sensors/sensor-1/#").await,
+        SubscribeReasonCode::Success(QoS::AtLeastOnce)
+    );
+    assert_eq!(
+        subscribe(&sensor, &mut sensor_events, "meters/#").await,
+        SubscribeReasonCode::Failure
+    );
+    let other_client = factory_password(dir.path(), &fleet_secret, "sensor-1", "box-9", None);
+    assert_eq!(
+        refused(login(&pod, &operator, "box-1", "sensor-1@sensors", &other_client).await),
+        ConnectReturnCode::BadUserNamePassword,
+        "signed for another client id"
+    );
+    let old = factory_password(
+        dir.path(),
+        &fleet_secret,
+        "sensor-1",
+        "box-1",
+        Some(now_secs() - 600),
+    );
+    assert_eq!(
+        refused(login(&pod, &operator, "box-1", "sensor-1@sensors", &old).await),
+        ConnectReturnCode::BadUserNamePassword,
+        "replayed after the window"
+    );
+
+    // JWT: signed by the team's issuer, checked with the keys in its Secret.
+    let sign = |claims: serde_json::Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ec_pem(jwt_key.serialize_pem().as_bytes())
+                .expect("an EC key"),
+        )
+        .expect("a token")
+    };
+    let token = sign(serde_json::json!({"sub": "car-1", "exp": now_secs() + 600}));
+    let (car, mut car_events) = login(&pod, &operator, "car-1", "car", &token)
+        .await
+        .expect("the car logs in");
+    assert_eq!(
+        subscribe(&car, &mut car_events, "cars/car-1/#").await,
+        SubscribeReasonCode::Success(QoS::AtLeastOnce)
+    );
+    let expired = sign(serde_json::json!({"sub": "car-2", "exp": now_secs() - 600}));
+    assert_eq!(
+        refused(login(&pod, &operator, "car-2", "car", &expired).await),
+        ConnectReturnCode::BadUserNamePassword
+    );
+
+    // HTTP hook: the registry answers over HTTPS.
+    let (machine, mut machine_events) = login(&pod, &operator, "v-1", "v-1@vending", "good")
+        .await
+        .expect("the vending machine logs in");
+    assert_eq!(
+        subscribe(&machine, &mut machine_events, "vending/v-1/#").await,
+        SubscribeReasonCode::Success(QoS::AtLeastOnce)
+    );
+    assert_eq!(
+        subscribe(&machine, &mut machine_events, "vending/v-2/#").await,
+        SubscribeReasonCode::Failure,
+        "the registry denies another machine's topics"
+    );
+    assert_eq!(
+        refused(login(&pod, &operator, "v-2", "v-2@vending", "bad").await),
+        ConnectReturnCode::NotAuthorized
+    );
+    assert!(registry.requests.load(Ordering::SeqCst) >= 4);
+
+    // Metrics, as the broker writes them and the fleet controller reads
+    // them (status.devicesOnline).
+    let (code, metrics) = http_get(pod.http_port, "/metrics", None);
+    assert_eq!(code, 200);
+    for fleet in ["meters", "sensors", "cars", "vending"] {
+        assert_eq!(devices_online(&metrics, fleet), Some(1), "{fleet}");
+        assert_eq!(logins(&metrics, fleet, "accepted"), Some(1.0), "{fleet}");
+    }
+    assert_eq!(logins(&metrics, "sensors", "bad_signature"), Some(1.0));
+    assert_eq!(logins(&metrics, "sensors", "replayed"), Some(1.0));
+    assert_eq!(logins(&metrics, "cars", "expired"), Some(1.0));
+    assert_eq!(logins(&metrics, "vending", "denied"), Some(1.0));
+}
+
+#[tokio::test]
+async fn revocations_and_deleted_fleets_reach_connected_devices() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let operator = Operator::new();
+    let mut fleets = Fleets::new();
+    let meters = |revoked: &[&str]| {
+        serde_json::json!({
+            "brokerRef": {"name": "mq"},
+            "mode": "certificate",
+            "revocations": {"devices": revoked},
+        })
+    };
+    fleets.put("meters", meters(&[]));
+    let sensors = serde_json::json!({
+        "brokerRef": {"name": "mq"},
+        "mode": "derived",
+        "revocations": {"configMapKeyRef": {"name": "revoked-sensors", "key": "list"}},
+    });
+    fleets.put_config_map("revoked-sensors", "list", "# none yet\n");
+    fleets.put("sensors", sensors);
+    let pod = Pod::start_with(operator.plan(), &[&fleets.broker_secret(&operator)]);
+    let update = |fleets: &Fleets| {
+        pod.files
+            .update_secret_volume(FLEETS_DIR, &fleets.broker_secret(&operator))
+            .expect("the kubelet writes the Secret");
+    };
+
+    let fleet_ca = CertifiedKeyPem {
+        cert_pem: fleets.own_secret("meters", CA_CERT_KEY),
+        key_pem: fleets.own_secret("meters", CA_KEY_KEY),
+    };
+    let meter = factory_sign(dir.path(), &fleet_ca, "meter-1");
+    let (_meter, mut meter_events) = login_with_certificate(&pod, &operator, "m-1", &meter)
+        .await
+        .expect("the meter logs in");
+    let fleet_secret = fleets.own_secret("sensors", FLEET_SECRET_KEY);
+    let password = |device: &str, client: &str| {
+        factory_password(dir.path(), &fleet_secret, device, client, None)
+    };
+    let (_s1, mut s1_events) = login(
+        &pod,
+        &operator,
+        "s-1",
+        "sensor-1@sensors",
+        &password("sensor-1", "s-1"),
+    )
+    .await
+    .expect("sensor-1 logs in");
+    let (_s2, mut s2_events) = login(
+        &pod,
+        &operator,
+        "s-2",
+        "sensor-2@sensors",
+        &password("sensor-2", "s-2"),
+    )
+    .await
+    .expect("sensor-2 logs in");
+
+    // Revoked in the resource (meter-1) and in the team's ConfigMap
+    // (sensor-1): both are disconnected, and refused when they come back.
+    fleets.put("meters", meters(&["meter-1"]));
+    fleets.put_config_map("revoked-sensors", "list", "device sensor-1\n");
+    update(&fleets);
+    expect_disconnected(&mut meter_events).await;
+    expect_disconnected(&mut s1_events).await;
+    assert_eq!(
+        refused(login_with_certificate(&pod, &operator, "m-1", &meter).await),
+        ConnectReturnCode::NotAuthorized,
+        "banned"
+    );
+    assert_eq!(
+        refused(
+            login(
+                &pod,
+                &operator,
+                "s-1",
+                "sensor-1@sensors",
+                &password("sensor-1", "s-1")
+            )
+            .await
+        ),
+        ConnectReturnCode::NotAuthorized
+    );
+    wait_for_metrics(
+        &pod,
+        "sensor-2 alone online, the revoked login counted",
+        |m| {
+            devices_online(m, "sensors") == Some(1)
+                && devices_online(m, "meters") == Some(0)
+                && logins(m, "meters", "revoked") == Some(1.0)
+        },
+    );
+
+    // The sensors fleet is deleted: its devices leave.
+    fleets.delete("sensors");
+    update(&fleets);
+    expect_disconnected(&mut s2_events).await;
+    assert_eq!(
+        refused(
+            login(
+                &pod,
+                &operator,
+                "s-2",
+                "sensor-2@sensors",
+                &password("sensor-2", "s-2")
+            )
+            .await
+        ),
+        ConnectReturnCode::BadUserNamePassword,
+        "an ordinary user name now, and no such user"
+    );
+}
+
+#[tokio::test]
+async fn fleet_secrets_and_cas_rotate_without_a_flag_day() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let operator = Operator::new();
+    let mut fleets = Fleets::new();
+    let now = Timestamp::now();
+    let years = SignedDuration::from_hours(24 * 365);
+    let old_ca = generate_ca("meters CA 2026", now, years).expect("a CA");
+    let new_ca = generate_ca("meters CA 2027", now, years).expect("a CA");
+    // The team brings its CA; during the move both are in the bundle.
+    fleets.put_secret("meters-ca", &[("ca.crt", old_ca.cert_pem.as_str())]);
+    let meters = serde_json::json!({
+        "brokerRef": {"name": "mq"},
+        "mode": "certificate",
+        "certificate": {"ca": {"secretName": "meters-ca"}},
+    });
+    fleets.put("meters", meters.clone());
+    let old_secret = "the sensors fleet secret of 2026, 32 bytes or more";
+    let new_secret = "the sensors fleet secret of 2027, 32 bytes or more";
+    fleets.put_secret("sensors-2026", &[("secret", old_secret)]);
+    fleets.put_secret("sensors-2027", &[("secret", new_secret)]);
+    let sensors = |current: &str, previous: Option<&str>| {
+        let mut derived = serde_json::json!({"secretKeyRef": {"name": current, "key": "secret"}});
+        if let Some(previous) = previous {
+            derived["previousSecretKeyRef"] =
+                serde_json::json!({"name": previous, "key": "secret"});
+        }
+        serde_json::json!({"brokerRef": {"name": "mq"}, "mode": "derived", "derived": derived})
+    };
+    fleets.put("sensors", sensors("sensors-2026", None));
+    let pod = Pod::start_with(operator.plan(), &[&fleets.broker_secret(&operator)]);
+    let update = |fleets: &Fleets| {
+        pod.files
+            .update_secret_volume(FLEETS_DIR, &fleets.broker_secret(&operator))
+            .expect("the kubelet writes the Secret");
+    };
+    let old_meter = factory_sign(dir.path(), &old_ca, "meter-old");
+    let new_meter = factory_sign(dir.path(), &new_ca, "meter-new");
+    let (keeps, mut keeps_events) = login_with_certificate(&pod, &operator, "m-old", &old_meter)
+        .await
+        .expect("a device of the old CA");
+
+    // Overlap: both CAs, both fleet secrets (the new one current).
+    let bundle = format!("{}{}", old_ca.cert_pem, new_ca.cert_pem);
+    fleets.put_secret("meters-ca", &[("ca.crt", bundle.as_str())]);
+    fleets.put("meters", meters);
+    fleets.put("sensors", sensors("sensors-2027", Some("sensors-2026")));
+    update(&fleets);
+    let mut new_meter_in = None;
+    for _ in 0..100 {
+        if let Ok(connected) = login_with_certificate(&pod, &operator, "m-new", &new_meter).await {
+            new_meter_in = Some(connected);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(new_meter_in.is_some(), "the new CA's device is taken up");
+    login_with_certificate(&pod, &operator, "m-old-2", &old_meter)
+        .await
+        .expect("the old CA's devices still log in");
+    for (secret, device) in [(old_secret, "sensor-old"), (new_secret, "sensor-new")] {
+        let password = factory_password(dir.path(), secret, device, device, None);
+        login(
+            &pod,
+            &operator,
+            device,
+            &format!("{device}@sensors"),
+            &password,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{device} logs in during the overlap: {e}"));
+    }
+    // The connected device of the old CA was never dropped.
+    assert_eq!(
+        subscribe(&keeps, &mut keeps_events, "meters/meter-old/#").await,
+        SubscribeReasonCode::Success(QoS::AtLeastOnce),
+        "still connected"
+    );
+
+    // The end of the overlap: the old secret no longer logs in.
+    fleets.put("sensors", sensors("sensors-2027", None));
+    update(&fleets);
+    let stale = factory_password(dir.path(), old_secret, "sensor-old", "sensor-old", None);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match login(&pod, &operator, "sensor-old", "sensor-old@sensors", &stale).await {
+            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                assert_eq!(code, ConnectReturnCode::BadUserNamePassword);
+                break;
+            }
+            _ if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            other => panic!("the old fleet secret still works: {:?}", other.map(|_| ())),
+        }
+    }
+}
