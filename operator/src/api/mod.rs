@@ -8,6 +8,7 @@
 
 pub mod bridge;
 pub mod fleet;
+pub mod rebalance;
 pub mod spec;
 pub mod status;
 pub mod user;

@@ -37,6 +37,9 @@ pub mod fleet;
 pub mod index;
 pub mod observe;
 pub mod push;
+pub mod rebalance;
+pub mod replica_admin;
+pub mod rollout;
 pub mod run;
 pub mod status;
 pub mod user;
@@ -44,6 +47,8 @@ pub mod watch;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
+#[cfg(test)]
+mod replicas_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

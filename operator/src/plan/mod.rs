@@ -22,6 +22,8 @@ pub mod fleet;
 pub mod pdb;
 pub mod persistence;
 pub mod quantity;
+pub mod rebalance;
+pub mod rollout;
 pub mod secrets;
 pub mod service;
 pub mod statefulset;
