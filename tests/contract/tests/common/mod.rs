@@ -4,6 +4,8 @@
 #![allow(dead_code)] // each test file uses its own part
 
 pub mod cluster;
+pub mod fleet;
+pub mod registry;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
