@@ -16,8 +16,13 @@
 //!    changed. A fleet that cannot be used is left out and the others stay.
 //! 5. The status: Ready (or why not), entries revoked, and devices online
 //!    summed from the broker pods' `/metrics`; an Event when Ready changes.
-//! 6. Back in a minute: devices online, and a revocation ConfigMap the
-//!    team's tooling rewrites, are looked at again.
+//! 6. Back in a minute: devices online are looked at again.
+//!
+//! The Secrets and the revocation ConfigMap a fleet names get the
+//! [`REFERENCED_LABEL`] (as a broker's and a user's do), and the controller
+//! watches the labelled ones (metadata only): a revocation list the team's
+//! tooling rewrites, or a CA bundle or key set it rotates, reaches the
+//! broker's fleets Secret at once.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -29,16 +34,18 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ListParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::fleet::CONDITION_FLEET_READY;
-use crate::api::{MqttBroker, MqttDeviceFleet, MqttDeviceFleetStatus};
+use crate::api::{MqttBroker, MqttDeviceFleet, MqttDeviceFleetStatus, REFERENCED_LABEL};
+use crate::controller::apply::{apply_metadata, mark_referenced, REFERENCES_MANAGER};
 use crate::plan::fleet::{
     fleets_secret_name, own_secret_name, plan_own_secret, BrokerFleets, FleetSources,
 };
@@ -153,7 +160,28 @@ pub fn controller(
         None => Api::all(client.clone()),
     };
     let context = Arc::new(FleetContext::new(client.clone()));
-    Controller::new(fleets, watcher::Config::default())
+    let controller = Controller::new(fleets, watcher::Config::default());
+    let (by_secret, by_config_map) = (controller.store(), controller.store());
+    let referenced = watcher::Config::default().labels(REFERENCED_LABEL);
+    controller
+        .watches_stream(
+            watcher(
+                scoped::<PartialObjectMeta<Secret>>(client, namespace),
+                referenced.clone(),
+            )
+            .default_backoff()
+            .touched_objects(),
+            move |secret| fleets_referencing(&by_secret.state(), Referenced::Secret, &secret),
+        )
+        .watches_stream(
+            watcher(
+                scoped::<PartialObjectMeta<ConfigMap>>(client, namespace),
+                referenced,
+            )
+            .default_backoff()
+            .touched_objects(),
+            move |map| fleets_referencing(&by_config_map.state(), Referenced::ConfigMap, &map),
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -162,6 +190,73 @@ pub fn controller(
                 Err(error) => tracing::warn!(%error, "fleet controller"),
             }
         })
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// What kind of object a fleet names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Referenced {
+    Secret,
+    ConfigMap,
+}
+
+/// The fleets that name `object` (a Secret or ConfigMap of their
+/// namespace).
+pub fn fleets_referencing<K: Resource>(
+    fleets: &[Arc<MqttDeviceFleet>],
+    kind: Referenced,
+    object: &K,
+) -> Vec<ObjectRef<MqttDeviceFleet>> {
+    let Some(name) = object.meta().name.as_deref() else {
+        return Vec::new();
+    };
+    let namespace = object.meta().namespace.as_deref();
+    fleets
+        .iter()
+        .filter(|fleet| fleet.namespace().as_deref() == namespace)
+        .filter(|fleet| match kind {
+            Referenced::Secret => referenced_secrets(fleet).iter().any(|s| s == name),
+            Referenced::ConfigMap => fleet
+                .spec
+                .revocations
+                .config_map_key_ref
+                .as_ref()
+                .is_some_and(|r| r.name == name),
+        })
+        .map(|fleet| ObjectRef::from_obj(fleet.as_ref()))
+        .collect()
+}
+
+/// Labels the ConfigMaps of `maps` that lack [`REFERENCED_LABEL`] (see
+/// [`mark_referenced`] for Secrets).
+async fn mark_referenced_config_maps(client: &Client, namespace: &str, maps: &[&ConfigMap]) {
+    for map in maps {
+        let labelled = map
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|labels| labels.contains_key(REFERENCED_LABEL));
+        let Some(name) = map.metadata.name.as_deref().filter(|_| !labelled) else {
+            continue;
+        };
+        let object = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace, "labels": {REFERENCED_LABEL: "true"}},
+        });
+        if let Err(error) = apply_metadata(client, namespace, REFERENCES_MANAGER, object).await {
+            tracing::warn!(%error, config_map = name, "cannot label a referenced ConfigMap");
+        }
+    }
 }
 
 /// Retries a failed reconcile after a while.
@@ -360,6 +455,10 @@ async fn rebuild(
             }
         }
     }
+    let team_secrets: Vec<Secret> = found_secrets.values().cloned().collect();
+    mark_referenced(&ctx.client, &namespace, &team_secrets).await;
+    let team_maps: Vec<&ConfigMap> = found_maps.values().collect();
+    mark_referenced_config_maps(&ctx.client, &namespace, &team_maps).await;
     let sources: Vec<FleetSources<'_>> = members
         .iter()
         .map(|fleet| FleetSources {

@@ -290,3 +290,78 @@ fn devices_online_are_read_from_the_metrics() {
     assert_eq!(devices_online(text, "ab"), Some(2));
     assert_eq!(devices_online(text, "b"), None);
 }
+
+#[tokio::test]
+async fn what_a_fleet_names_is_labelled_for_the_watch_and_maps_back_to_it() {
+    let t = Test::new();
+    let keys = rcgen::KeyPair::generate().unwrap().public_key_pem();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("car-keys".into()),
+            namespace: Some("iot".into()),
+            ..Default::default()
+        },
+        data: Some(
+            [(
+                "keys.pem".to_owned(),
+                k8s_openapi::ByteString(keys.into_bytes()),
+            )]
+            .into(),
+        ),
+        ..Secret::default()
+    };
+    let mut secret = serde_json::to_value(&secret).unwrap();
+    secret["apiVersion"] = json!("v1");
+    secret["kind"] = json!("Secret");
+    t.server.put(&format!("{NS}/secrets/car-keys"), secret);
+    t.server.put(
+        &format!("{NS}/configmaps/revoked-cars"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "revoked-cars", "namespace": "iot"},
+               "data": {"list": "device car-9\n"}}),
+    );
+    t.put_fleet(
+        "cars",
+        json!({"brokerRef": {"name": "mq"}, "mode": "jwt", "usernameTemplate": "car",
+               "jwt": {"keysSecretKeyRef": {"name": "car-keys", "key": "keys.pem"}},
+               "revocations": {"configMapKeyRef": {"name": "revoked-cars", "key": "list"}}}),
+        "2026-12-01T00:00:00Z",
+    );
+    t.reconcile("cars").await;
+    assert_eq!(t.ready("cars"), ("True".into(), "InForce".into()));
+    let label =
+        |path: &str| t.server.get(path).unwrap()["metadata"]["labels"][REFERENCED_LABEL].clone();
+    assert_eq!(label(&format!("{NS}/secrets/car-keys")), "true");
+    assert_eq!(label(&format!("{NS}/configmaps/revoked-cars")), "true");
+    t.server.take_requests();
+    t.reconcile("cars").await;
+    let writes: Vec<String> = lines(&t.server.take_requests())
+        .into_iter()
+        .filter(|line| !line.starts_with("GET"))
+        .collect();
+    assert!(writes.is_empty(), "labelled once: {writes:?}");
+
+    // The watch of labelled objects maps a change back to the fleet.
+    let fleets = [Arc::new(t.fleet("cars"))];
+    let named = |kind, namespace: &str, name: &str| {
+        let object = ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(namespace.into()),
+                ..Default::default()
+            },
+            ..ConfigMap::default()
+        };
+        fleets_referencing(&fleets, kind, &object)
+            .iter()
+            .map(|r| r.name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(named(Referenced::Secret, "iot", "car-keys"), ["cars"]);
+    assert_eq!(
+        named(Referenced::ConfigMap, "iot", "revoked-cars"),
+        ["cars"]
+    );
+    assert!(named(Referenced::ConfigMap, "iot", "car-keys").is_empty());
+    assert!(named(Referenced::Secret, "other", "car-keys").is_empty());
+}
