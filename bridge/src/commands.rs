@@ -193,14 +193,17 @@ async fn consume(source: &CommandSource, commands: &Commands) -> Result<(), Sink
             consumer,
             filter_subject,
             token_file,
+            tls,
         } => {
+            let client =
+                crate::sink::nats::connect(url, None, None, token_file.as_ref(), tls.as_ref())
+                    .await?;
             consume_nats(
                 commands,
-                url,
+                client,
                 stream,
                 consumer,
                 filter_subject.as_deref(),
-                token_file.as_ref(),
             )
             .await
         }
@@ -208,21 +211,24 @@ async fn consume(source: &CommandSource, commands: &Commands) -> Result<(), Sink
             url,
             password_file,
             queue,
-        } => consume_amqp(commands, url, password_file.as_ref(), queue).await,
+            tls,
+        } => {
+            let connection =
+                crate::sink::amqp::connect(url, password_file.as_ref(), tls.as_ref()).await?;
+            consume_amqp(commands, connection, queue).await
+        }
     }
 }
 
 async fn consume_nats(
     commands: &Commands,
-    url: &str,
+    client: async_nats::Client,
     stream: &str,
     consumer: &str,
     filter_subject: Option<&str>,
-    token_file: Option<&std::path::PathBuf>,
 ) -> Result<(), SinkError> {
     use async_nats::jetstream::{self, consumer::pull, AckKind};
     let failed = |e: String| SinkError::transient(format!("NATS: {e}"));
-    let client = crate::sink::nats::connect(url, None, None, token_file, None).await?;
     let context = jetstream::new(client);
     let stream = context
         .get_stream(stream)
@@ -278,8 +284,7 @@ async fn consume_nats(
 
 async fn consume_amqp(
     commands: &Commands,
-    url: &str,
-    password_file: Option<&std::path::PathBuf>,
+    connection: lapin::Connection,
     queue: &str,
 ) -> Result<(), SinkError> {
     use lapin::options::{
@@ -288,7 +293,6 @@ async fn consume_amqp(
     };
     use lapin::types::{AMQPValue, FieldTable};
     let failed = |e: lapin::Error| SinkError::transient(format!("AMQP: {e}"));
-    let connection = crate::sink::amqp::connect(url, password_file, None).await?;
     let channel = connection.create_channel().await.map_err(failed)?;
     channel
         .basic_qos(100, BasicQosOptions::default())

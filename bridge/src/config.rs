@@ -115,12 +115,13 @@ pub struct BrokerConfig {
     pub max_packet_bytes: u32,
 }
 
-/// TLS for a connection the bridge opens.
+/// TLS for a connection the bridge opens. The server's certificate is
+/// always verified: it must chain to a trusted CA and name the server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// PEM CA bundle to trust; absent means the system's web roots are not
-    /// used either, so set it.
+    /// PEM CA bundle to trust (and only it); absent: the system's trust
+    /// store (the image's CA bundle, or `SSL_CERT_FILE`).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate, for servers that require one.
@@ -129,8 +130,8 @@ pub struct TlsConfig {
     /// PEM private key of `cert_file`.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
-    /// Name to verify the server's certificate against, when it differs
-    /// from the host.
+    /// Name the server's certificate must carry, when it differs from the
+    /// host connected to (an IP address, or an alias).
     #[serde(default)]
     pub server_name: Option<String>,
 }
@@ -254,6 +255,17 @@ pub enum SinkConfig {
 }
 
 impl SinkConfig {
+    /// The sink's kind, its URL (for the kinds that have one) and its TLS.
+    pub fn connection(&self) -> (&'static str, Option<&str>, Option<&TlsConfig>) {
+        match self {
+            SinkConfig::Postgres(pg) => ("postgres", None, pg.connection.tls.as_ref()),
+            SinkConfig::Http(http) => ("http", Some(&http.url), http.tls.as_ref()),
+            SinkConfig::Nats(nats) => ("nats", Some(&nats.url), nats.tls.as_ref()),
+            SinkConfig::Amqp(amqp) => ("amqp", Some(&amqp.url), amqp.tls.as_ref()),
+            SinkConfig::Mqtt(mqtt) => ("mqtt", None, mqtt.broker.tls.as_ref()),
+        }
+    }
+
     /// The sink's kind, as in the file.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -276,8 +288,9 @@ pub struct PostgresConnection {
     /// File holding the password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
-    /// TLS (`sslmode=require` semantics: the server certificate is
-    /// verified against `ca_file`).
+    /// TLS, then required (never the plain-text fallback of
+    /// `sslmode=prefer`); the server certificate and its name are verified,
+    /// as with libpq's `sslmode=verify-full`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
 }
@@ -472,6 +485,9 @@ pub enum CommandSource {
         /// File holding a token.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token_file: Option<PathBuf>,
+        /// TLS.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls: Option<TlsConfig>,
     },
     /// A RabbitMQ queue.
     Amqp {
@@ -482,6 +498,9 @@ pub enum CommandSource {
         password_file: Option<PathBuf>,
         /// Queue (declared durable if missing).
         queue: String,
+        /// TLS for `amqps://`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls: Option<TlsConfig>,
     },
 }
 
@@ -644,7 +663,11 @@ impl BridgeConfig {
                     return Err(invalid(at("sink.mqtt.qos"), "must be 1 or 2".into()));
                 }
             }
+            let (kind, url, tls) = route.sink.connection();
+            check_tls(kind, url, tls).map_err(|e| invalid(at(&format!("sink.{kind}.tls")), e))?;
         }
+        check_tls("mqtt", None, self.broker.tls.as_ref())
+            .map_err(|e| invalid("broker.tls".into(), e))?;
         let mut names = std::collections::BTreeSet::new();
         for (i, command) in self.commands.iter().enumerate() {
             let at = |field: &str| format!("commands[{i}].{field}");
@@ -661,6 +684,12 @@ impl BridgeConfig {
             for filter in &command.allowed_topics {
                 topic::check_filter(filter).map_err(|e| invalid(at("allowed_topics"), e))?;
             }
+            let (kind, url, tls) = match &command.from {
+                CommandSource::Http { .. } => ("http", None, None),
+                CommandSource::Nats { url, tls, .. } => ("nats", Some(url.as_str()), tls.as_ref()),
+                CommandSource::Amqp { url, tls, .. } => ("amqp", Some(url.as_str()), tls.as_ref()),
+            };
+            check_tls(kind, url, tls).map_err(|e| invalid(at(&format!("from.{kind}.tls")), e))?;
         }
         let http_commands = self
             .commands
@@ -674,6 +703,31 @@ impl BridgeConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// What the schema cannot say about a `tls` table: a client certificate
+/// comes with its key, and TLS on a URL whose scheme is plain text would
+/// never be used (`https://` and `amqps://` are what turn it on).
+fn check_tls(kind: &str, url: Option<&str>, tls: Option<&TlsConfig>) -> Result<(), String> {
+    let Some(tls) = tls else {
+        return Ok(());
+    };
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        return Err("cert_file and key_file go together".into());
+    }
+    if tls.server_name.as_deref() == Some("") {
+        return Err("server_name must not be empty".into());
+    }
+    let scheme = url.and_then(|url| url.split_once("://")).map(|(s, _)| s);
+    match (kind, scheme) {
+        ("http", Some(scheme)) if scheme != "https" => {
+            Err("TLS needs an https:// URL; this one is plain HTTP".into())
+        }
+        ("amqp", Some(scheme)) if scheme != "amqps" => {
+            Err("TLS needs an amqps:// URL; this one is plain AMQP".into())
+        }
+        _ => Ok(()),
     }
 }
 

@@ -210,10 +210,12 @@ impl Publisher {
     }
 
     fn connect(&self) -> Result<Connection, SinkError> {
-        let options = self
-            .endpoint
-            .options()
-            .map_err(|e| SinkError::transient(e.to_string()))?;
+        let options = self.endpoint.options().map_err(|e| {
+            SinkError::transient(format!(
+                "MQTT {}:{}: {e}",
+                self.endpoint.host, self.endpoint.port
+            ))
+        })?;
         let (client, eventloop) = AsyncClient::new(options, 1024);
         let pending = Arc::new(Mutex::new(Pending::default()));
         tokio::spawn(drive(eventloop, pending.clone(), self.endpoint.clone()));
@@ -280,8 +282,10 @@ async fn drive(mut eventloop: EventLoop, pending: Arc<Mutex<Pending>>, endpoint:
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(host = %endpoint.host, port = endpoint.port, "MQTT publishing connection failed: {e}");
-                state.fail_all(&format!("{}:{}: {e}", endpoint.host, endpoint.port));
+                let what = format!("MQTT {}:{}", endpoint.host, endpoint.port);
+                let error = crate::sink::connect_error(&what, &e, endpoint.tls.as_ref());
+                tracing::warn!("publishing connection failed: {}", error.message);
+                state.fail_all(&error.message);
                 return;
             }
         }

@@ -3,8 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{AlertDescription, CertificateError, DigitallySignedStruct, SignatureScheme};
 
 use crate::config::TlsConfig;
 
@@ -27,6 +30,9 @@ pub enum SecretError {
         /// What is wrong.
         message: String,
     },
+    /// The TLS settings cannot be used (no trusted CA, a bad server name).
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// The file's content without surrounding whitespace (a Secret written by
@@ -52,51 +58,38 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>, SecretError> {
     })
 }
 
-/// The PEM text of the CA bundle, if one is configured.
-pub fn ca_pem(tls: &TlsConfig) -> Result<Option<String>, SecretError> {
-    tls.ca_file
-        .as_ref()
-        .map(|path| {
-            String::from_utf8(read_bytes(path)?).map_err(|_| SecretError::Invalid {
-                path: path.clone(),
-                message: "not PEM text".into(),
-            })
-        })
-        .transpose()
-}
-
-/// A rustls client configuration: the CA bundle as the only roots, and the
-/// client certificate when one is configured.
+/// A rustls client configuration for `tls`: the servers it trusts are
+/// those chaining to `ca_file` (only those), or, without a `ca_file`, to
+/// the system's trust store (the image's CA bundle; `SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` override it). The certificate must name `server_name`
+/// when one is set, else the host connected to. The client certificate is
+/// sent when one is configured.
 pub fn client_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, SecretError> {
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(path) = &tls.ca_file {
-        let pem = read_bytes(path)?;
-        for certificate in CertificateDer::pem_slice_iter(&pem) {
-            let certificate = certificate.map_err(|e| SecretError::Invalid {
-                path: path.clone(),
-                message: format!("bad PEM certificate: {e}"),
+    let roots = match &tls.ca_file {
+        Some(path) => ca_roots(path)?,
+        None => system_roots()?,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| SecretError::Tls(format!("cannot verify servers: {e}")))?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SecretError::Tls(e.to_string()))?;
+    let builder = match &tls.server_name {
+        Some(name) => {
+            let name = ServerName::try_from(name.clone()).map_err(|e| {
+                SecretError::Tls(format!("tls.server_name `{name}` is not a host name: {e}"))
             })?;
-            roots.add(certificate).map_err(|e| SecretError::Invalid {
-                path: path.clone(),
-                message: format!("bad CA certificate: {e}"),
-            })?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ExpectedName {
+                    verifier: webpki,
+                    name,
+                }))
         }
-        if roots.is_empty() {
-            return Err(SecretError::Invalid {
-                path: path.clone(),
-                message: "holds no certificate".into(),
-            });
-        }
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| SecretError::Invalid {
-        path: PathBuf::new(),
-        message: e.to_string(),
-    })?
-    .with_root_certificates(roots);
+        None => builder.with_webpki_verifier(webpki),
+    };
     match (&tls.cert_file, &tls.key_file) {
         (Some(cert), Some(key)) => {
             let chain = CertificateDer::pem_slice_iter(&read_bytes(cert)?)
@@ -105,6 +98,12 @@ pub fn client_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, SecretErro
                     path: cert.clone(),
                     message: format!("bad PEM certificate: {e}"),
                 })?;
+            if chain.is_empty() {
+                return Err(SecretError::Invalid {
+                    path: cert.clone(),
+                    message: "holds no certificate".into(),
+                });
+            }
             let private_key = PrivateKeyDer::from_pem_slice(&read_bytes(key)?).map_err(|e| {
                 SecretError::Invalid {
                     path: key.clone(),
@@ -114,23 +113,204 @@ pub fn client_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, SecretErro
             builder
                 .with_client_auth_cert(chain, private_key)
                 .map_err(|e| SecretError::Invalid {
-                    path: cert.clone(),
-                    message: e.to_string(),
+                    path: key.clone(),
+                    message: format!("not the key of {}: {e}", cert.display()),
                 })
         }
         (None, None) => Ok(builder.with_no_client_auth()),
-        _ => Err(SecretError::Invalid {
-            path: PathBuf::new(),
-            message: "tls.cert_file and tls.key_file go together".into(),
-        }),
+        _ => Err(SecretError::Tls(
+            "tls.cert_file and tls.key_file go together".into(),
+        )),
     }
 }
 
-/// The server name to verify: `server_name` when set, else the host.
-pub fn server_name(tls: &TlsConfig, host: &str) -> Result<ServerName<'static>, SecretError> {
-    let name = tls.server_name.as_deref().unwrap_or(host).to_owned();
-    ServerName::try_from(name).map_err(|e| SecretError::Invalid {
-        path: PathBuf::new(),
-        message: format!("bad TLS server name: {e}"),
-    })
+/// A configuration that trusts no server, for a client that must be given
+/// one but is only meant to speak plain text (the webhook sink on an
+/// `http://` URL).
+pub fn trusting_no_one() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
 }
+
+fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, SecretError> {
+    let pem = read_bytes(path)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(&pem) {
+        let certificate = certificate.map_err(|e| SecretError::Invalid {
+            path: path.to_owned(),
+            message: format!("bad PEM certificate: {e}"),
+        })?;
+        roots.add(certificate).map_err(|e| SecretError::Invalid {
+            path: path.to_owned(),
+            message: format!("bad CA certificate: {e}"),
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(SecretError::Invalid {
+            path: path.to_owned(),
+            message: "holds no certificate".into(),
+        });
+    }
+    Ok(roots)
+}
+
+fn system_roots() -> Result<rustls::RootCertStore, SecretError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(found.certs);
+    if roots.is_empty() {
+        let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        return Err(SecretError::Tls(format!(
+            "no tls.ca_file, and the system trust store holds no CA certificate{}",
+            if errors.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", errors.join("; "))
+            }
+        )));
+    }
+    Ok(roots)
+}
+
+/// Verifies the server's certificate against a configured name rather than
+/// the host connected to (an address, or a name the certificate does not
+/// carry); everything else is the standard verification.
+#[derive(Debug)]
+struct ExpectedName {
+    verifier: Arc<WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for ExpectedName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _host: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.verifier
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.verifier.supported_verify_schemes()
+    }
+}
+
+/// What a failed TLS handshake means, in the terms of the `tls` table:
+/// `Some` when a rustls error is among `error`'s causes (directly or inside
+/// an `io::Error`), else `None` (the failure was not TLS).
+pub fn explain_tls_failure(
+    error: &(dyn std::error::Error + 'static),
+    tls: &TlsConfig,
+) -> Option<String> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        let rustls_error = error.downcast_ref::<rustls::Error>().or_else(|| {
+            error
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls_error) = rustls_error {
+            return Some(explain(rustls_error, tls));
+        }
+        cause = error.source();
+    }
+    // Some clients (reqwest, through hyper) hide the rustls error behind
+    // a boxed cause; its words are still in the message.
+    let text = crate::sink::full_message(error);
+    KNOWN_FAILURES
+        .iter()
+        .find(|known| text.contains(&known.to_string()))
+        .map(|known| explain(known, tls))
+        .or_else(|| {
+            text.contains("certificate not valid for name")
+                .then(|| explain(&CertificateError::NotValidForName.into(), tls))
+        })
+}
+
+/// The rustls errors [`explain`] has words for, to recognise by their text.
+const KNOWN_FAILURES: [rustls::Error; 11] = [
+    rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+    rustls::Error::InvalidCertificate(CertificateError::BadSignature),
+    rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+    rustls::Error::InvalidCertificate(CertificateError::Expired),
+    rustls::Error::InvalidCertificate(CertificateError::NotValidYet),
+    rustls::Error::AlertReceived(AlertDescription::CertificateRequired),
+    rustls::Error::AlertReceived(AlertDescription::HandshakeFailure),
+    rustls::Error::AlertReceived(AlertDescription::BadCertificate),
+    rustls::Error::AlertReceived(AlertDescription::UnknownCA),
+    rustls::Error::AlertReceived(AlertDescription::CertificateUnknown),
+    rustls::Error::AlertReceived(AlertDescription::AccessDenied),
+];
+
+fn explain(error: &rustls::Error, tls: &TlsConfig) -> String {
+    use {AlertDescription as Alert, CertificateError as Cert};
+    let trusted = match &tls.ca_file {
+        Some(path) => format!("tls.ca_file {}", path.display()),
+        None => "the system trust store (no tls.ca_file)".to_owned(),
+    };
+    let name = match &tls.server_name {
+        Some(name) => format!("tls.server_name `{name}`"),
+        None => "the host connected to (set tls.server_name for another name)".to_owned(),
+    };
+    match error {
+        rustls::Error::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature) => {
+            format!("the server's certificate is not signed by a CA in {trusted}")
+        }
+        rustls::Error::InvalidCertificate(Cert::NotValidForName)
+        | rustls::Error::InvalidCertificate(Cert::NotValidForNameContext { .. }) => {
+            format!("the server's certificate does not name {name}")
+        }
+        rustls::Error::InvalidCertificate(
+            Cert::Expired | Cert::ExpiredContext { .. } | Cert::NotValidYet | Cert::NotValidYetContext { .. },
+        ) => "the server's certificate has expired or is not valid yet".to_owned(),
+        rustls::Error::InvalidCertificate(other) => {
+            format!("the server's certificate is refused ({other:?})")
+        }
+        rustls::Error::AlertReceived(
+            alert @ (Alert::CertificateRequired
+            | Alert::HandshakeFailure
+            | Alert::BadCertificate
+            | Alert::UnknownCA
+            | Alert::CertificateUnknown
+            | Alert::AccessDenied),
+        ) => match &tls.cert_file {
+            None => format!(
+                "the server refused the connection ({alert:?}); it may require a client certificate (tls.cert_file and tls.key_file)"
+            ),
+            Some(cert) => format!(
+                "the server refused the connection ({alert:?}); it may not accept the client certificate {}",
+                cert.display()
+            ),
+        },
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -141,6 +141,7 @@ pub async fn run(
         inbound_tx,
         metrics.clone(),
         broker.client_id_property.clone(),
+        broker.tls.clone(),
     ));
 
     let (done_tx, mut done) = mpsc::unbounded_channel::<u64>();
@@ -228,6 +229,7 @@ async fn poll(
     inbound: mpsc::Sender<Inbound>,
     metrics: Arc<Metrics>,
     client_id_property: String,
+    tls: Option<crate::config::TlsConfig>,
 ) {
     let mut epoch = 0u64;
     let mut delay = Duration::from_millis(200);
@@ -320,8 +322,9 @@ async fn poll(
             Ok(_) => {}
             Err(e) => {
                 metrics.set_connected(false);
-                metrics.error("source", format!("broker connection: {e}"));
-                tracing::warn!("broker connection: {e}; reconnecting in {delay:?}");
+                let error = crate::sink::connect_error("broker connection", &e, tls.as_ref());
+                tracing::warn!("{}; reconnecting in {delay:?}", error.message);
+                metrics.error("source", error.message);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }

@@ -1,7 +1,7 @@
-//! YAML in and out, without a cluster: the CRDs, brokers and users read
-//! from a file (checked against their CRD's schema and CEL rules as the
-//! apiserver would), and what the operator would create for them, written
-//! as one multi-document stream.
+//! YAML in and out, without a cluster: the CRDs, brokers, users and
+//! bridges read from a file (checked against their CRD's schema and CEL
+//! rules as the apiserver would), and what the operator would create for
+//! them, written as one multi-document stream.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +13,8 @@ use serde::de::DeserializeOwned;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
-use crate::api::{MqttBroker, MqttUser};
+use crate::api::{MqttBridge, MqttBroker, MqttUser};
+use crate::plan::bridge::{plan_bridge, BridgePlan, BridgePlanError};
 use crate::plan::configmap::CA_BUNDLE_KEY;
 use crate::plan::secrets::{read_clients_ca, CREDENTIALS_KEY};
 use crate::plan::user_secret::{plan_user, UserObserved, UserPlanError};
@@ -34,7 +35,7 @@ pub enum RenderError {
         message: String,
     },
     /// A document of a multi-document file is not one the operator reads.
-    #[error("document {index}: expected an MqttBroker or an MqttUser ({expected_api_version}), found {api_version} {kind}")]
+    #[error("document {index}: expected an MqttBroker, an MqttUser or an MqttBridge ({expected_api_version}), found {api_version} {kind}")]
     UnknownDocument {
         /// Its position in the file, from 1.
         index: usize,
@@ -45,13 +46,23 @@ pub enum RenderError {
         /// The document's `kind`.
         kind: String,
     },
-    /// A user names a broker the file does not hold.
-    #[error("MqttUser {user} names MqttBroker {broker}, which is not in the file")]
+    /// A user or a bridge names a broker the file does not hold.
+    #[error("{kind} {name} names MqttBroker {broker}, which is not in the file")]
     NoSuchBroker {
-        /// The user.
-        user: String,
+        /// `MqttUser` or `MqttBridge`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
         /// The broker it names.
         broker: String,
+    },
+    /// A bridge cannot be planned (an expression that does not parse).
+    #[error("MqttBridge {bridge}: {source}")]
+    Bridge {
+        /// The bridge.
+        bridge: String,
+        /// Why.
+        source: BridgePlanError,
     },
     /// A user cannot be planned.
     #[error("MqttUser {user}: {source}")]
@@ -152,6 +163,8 @@ pub struct Resources {
     pub brokers: Vec<MqttBroker>,
     /// The `MqttUser`s, in file order.
     pub users: Vec<MqttUser>,
+    /// The `MqttBridge`s, in file order.
+    pub bridges: Vec<MqttBridge>,
     /// Secrets the brokers and users read (a team's CA, a password).
     pub secrets: Vec<Secret>,
 }
@@ -198,6 +211,11 @@ pub fn read_resources(yaml: &str, namespace: Option<&str>) -> Result<Resources, 
             (true, "MqttUser") => resources
                 .users
                 .push(read_resource(document, "MqttUser", namespace)?),
+            (true, "MqttBridge") => {
+                resources
+                    .bridges
+                    .push(read_resource(document, "MqttBridge", namespace)?)
+            }
             _ => {
                 return Err(RenderError::UnknownDocument {
                     index: index + 1,
@@ -274,6 +292,7 @@ macro_rules! cel_checked {
 }
 cel_checked!(MqttBroker);
 cel_checked!(MqttUser);
+cel_checked!(MqttBridge);
 
 /// The paths of the fields under `spec` of `document` that the schema of
 /// `crd` does not have.
@@ -345,26 +364,49 @@ pub fn render(
     settings: &Settings,
     now: Timestamp,
 ) -> Result<String, RenderError> {
+    let has_broker = |name: &str, namespace: Option<String>| {
+        resources
+            .brokers
+            .iter()
+            .any(|broker| broker.name_any() == name && broker.namespace() == namespace)
+    };
     for user in &resources.users {
-        let found = resources.brokers.iter().any(|broker| {
-            broker.name_any() == user.spec.broker_ref.name && broker.namespace() == user.namespace()
-        });
-        if !found {
+        if !has_broker(&user.spec.broker_ref.name, user.namespace()) {
             return Err(RenderError::NoSuchBroker {
-                user: user.name_any(),
+                kind: "MqttUser",
+                name: user.name_any(),
                 broker: user.spec.broker_ref.name.clone(),
             });
         }
     }
+    // Each bridge's objects, its MqttUser among them: the broker's users
+    // include it, as they do once the bridge controller created it.
+    let mut bridges: Vec<BridgePlan> = Vec::new();
+    for bridge in &resources.bridges {
+        if !has_broker(&bridge.spec.broker_ref.name, bridge.namespace()) {
+            return Err(RenderError::NoSuchBroker {
+                kind: "MqttBridge",
+                name: bridge.name_any(),
+                broker: bridge.spec.broker_ref.name.clone(),
+            });
+        }
+        bridges.push(
+            plan_bridge(bridge, None).map_err(|source| RenderError::Bridge {
+                bridge: bridge.name_any(),
+                source,
+            })?,
+        );
+    }
     let mut out = String::new();
     for broker in &resources.brokers {
+        let of_broker = |user: &&MqttUser| {
+            user.spec.broker_ref.name == broker.name_any() && user.namespace() == broker.namespace()
+        };
         let users: Vec<&MqttUser> = resources
             .users
             .iter()
-            .filter(|user| {
-                user.spec.broker_ref.name == broker.name_any()
-                    && user.namespace() == broker.namespace()
-            })
+            .chain(bridges.iter().map(|bridge| &bridge.user))
+            .filter(of_broker)
             .collect();
         let secret = |name: &str| {
             resources
@@ -440,6 +482,13 @@ pub fn render(
             object["kind"] = "Secret".into();
             objects.push(object);
         }
+        for bridge in bridges.iter().filter(|bridge| of_broker(&&bridge.user)) {
+            objects.extend(
+                bridge
+                    .objects()
+                    .map_err(|e| RenderError::Serialize(e.to_string()))?,
+            );
+        }
         if !out.is_empty() {
             out.push_str("---\n");
         }
@@ -468,239 +517,4 @@ pub fn render(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::REPLICAS_MESSAGE;
-    use crate::plan::testing::now;
-    use crate::plan::{plan, Observed, Settings};
-
-    fn read(yaml: &str) -> Result<MqttBroker, RenderError> {
-        read_broker(yaml, None)
-    }
-
-    const HEADER: &str =
-        "apiVersion: kubemqtt.io/v1alpha1\nkind: MqttBroker\nmetadata:\n  name: broker\n";
-    const MINIMAL: &str =
-        "apiVersion: kubemqtt.io/v1alpha1\nkind: MqttBroker\nmetadata:\n  name: broker\nspec: {}\n";
-
-    fn invalid(spec: &str) -> String {
-        match read(&format!("{HEADER}spec:\n{spec}")) {
-            Err(RenderError::Invalid { message, .. }) => message,
-            other => panic!("expected a validation error for {spec:?}, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_minimal_broker_reads_with_defaults() {
-        let broker = read(MINIMAL).unwrap();
-        assert_eq!(broker.metadata.name.as_deref(), Some("broker"));
-        assert_eq!(broker.metadata.namespace.as_deref(), Some("default"));
-        assert_eq!(broker.spec, Default::default());
-        assert_eq!(broker.spec.replicas, 1);
-        assert_eq!(
-            read_broker(MINIMAL, Some("iot"))
-                .unwrap()
-                .metadata
-                .namespace
-                .as_deref(),
-            Some("iot")
-        );
-    }
-
-    #[test]
-    fn namespaces_must_agree() {
-        let yaml = MINIMAL.replace("name: broker", "name: broker\n  namespace: a");
-        assert_eq!(
-            read_broker(&yaml, Some("a"))
-                .unwrap()
-                .metadata
-                .namespace
-                .as_deref(),
-            Some("a")
-        );
-        assert!(matches!(
-            read_broker(&yaml, Some("b")),
-            Err(RenderError::NamespaceMismatch { .. })
-        ));
-    }
-
-    #[test]
-    fn spec_is_required_as_in_the_crd() {
-        assert!(matches!(read(HEADER), Err(RenderError::Parse { .. })));
-    }
-
-    #[test]
-    fn unknown_fields_are_refused_with_their_paths() {
-        let yaml = format!(
-            "{HEADER}spec:\n  listners: {{}}\n  persistence: {{enabled: true, sise: 1Gi}}\n  \
-             tolerations: [{{key: a, colour: b}}]\n  labels: {{any: thing}}\n  \
-             config: {{whatever: {{deep: 1}}}}\n  affinity: {{nodeAffinity: {{}}}}\n"
-        );
-        match read(&yaml) {
-            Err(RenderError::UnknownFields { fields, .. }) => assert_eq!(
-                fields,
-                [
-                    "spec.listners",
-                    "spec.persistence.sise",
-                    "spec.tolerations[0].colour"
-                ]
-            ),
-            other => panic!("expected unknown fields, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn other_kinds_are_refused() {
-        let error = read("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n").unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "expected apiVersion kubemqtt.io/v1alpha1 and kind MqttBroker, found v1 ConfigMap"
-        );
-        assert!(matches!(read("[1, 2"), Err(RenderError::Parse { .. })));
-    }
-
-    #[test]
-    fn cel_rules_reject_what_the_apiserver_would() {
-        let message = invalid("  replicas: 2\n");
-        assert!(message.contains(REPLICAS_MESSAGE), "{message}");
-        assert!(read(&format!("{HEADER}spec:\n  replicas: 0\n")).is_ok());
-
-        let message = invalid("  tls: {secretName: x, generated: {}}\n");
-        assert!(
-            message.contains("set either tls.generated or tls.secretName"),
-            "{message}"
-        );
-
-        let message = invalid("  tls: {generated: {validityDays: 30, renewBeforeDays: 30}}\n");
-        assert!(
-            message.contains("renewBeforeDays must be less than validityDays"),
-            "{message}"
-        );
-
-        let message =
-            invalid("  service: {type: ClusterIP, loadBalancerSourceRanges: [10.0.0.0/8]}\n");
-        assert!(message.contains("need type LoadBalancer"), "{message}");
-        let message = invalid("  service: {type: NodePort, loadBalancerClass: x}\n");
-        assert!(message.contains("need type LoadBalancer"), "{message}");
-        let message = invalid("  service: {type: ClusterIP, externalTrafficPolicy: Local}\n");
-        assert!(
-            message.contains("externalTrafficPolicy needs type"),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn persistence_can_change_after_creation() {
-        let old = read(MINIMAL).unwrap();
-        let new = read(&format!(
-            "{HEADER}spec:\n  persistence: {{enabled: true}}\n"
-        ))
-        .unwrap();
-        assert!(new.validate_cel_update(&old).is_ok());
-        assert!(old.validate_cel_update(&new).is_ok());
-    }
-
-    #[test]
-    fn plan_yaml_is_one_document_per_object() {
-        let broker = read(MINIMAL).unwrap();
-        let plan = plan(&broker, &Observed::default(), &Settings::default(), now()).unwrap();
-        let yaml = plan_yaml(&plan).unwrap();
-        let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&yaml).unwrap();
-        assert_eq!(documents, plan.objects().unwrap());
-    }
-
-    #[test]
-    fn brokers_users_and_their_secrets_render_together() {
-        let yaml = format!(
-            "{MINIMAL}---\napiVersion: kubemqtt.io/v1alpha1\nkind: MqttUser\nmetadata: {{name: dev}}\n\
-             spec: {{brokerRef: {{name: broker}}}}\n---\napiVersion: kubemqtt.io/v1alpha1\n\
-             kind: MqttUser\nmetadata: {{name: app}}\nspec:\n  brokerRef: {{name: broker}}\n  \
-             authentication: {{password: {{valueFrom: {{secretKeyRef: {{name: app-pw, key: pw}}}}}}}}\n\
-             ---\napiVersion: v1\nkind: Secret\nmetadata: {{name: app-pw}}\nstringData: {{pw: a-long-password}}\n"
-        );
-        let resources = read_resources(&yaml, None).unwrap();
-        assert_eq!(
-            (
-                resources.brokers.len(),
-                resources.users.len(),
-                resources.secrets.len()
-            ),
-            (1, 2, 1)
-        );
-        let out = render(&resources, &Settings::default(), now()).unwrap();
-        let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&out).unwrap();
-        let names: Vec<&str> = documents
-            .iter()
-            .filter(|d| d["kind"] == "Secret")
-            .map(|d| d["metadata"]["name"].as_str().unwrap())
-            .collect();
-        assert!(names.contains(&"dev-mqtt-credentials"), "{names:?}");
-        assert!(names.contains(&"app-mqtt-credentials"), "{names:?}");
-        // The credentials file, in clear, holds both users.
-        let comment: String = out
-            .lines()
-            .filter(|line| line.starts_with('#'))
-            .collect::<Vec<_>>()
-            .join("\n");
-        assert!(
-            comment.contains(
-                "# The credentials file of MqttBroker default/broker (Secret broker-auth"
-            ),
-            "{comment}"
-        );
-        assert!(comment.contains("username = \"dev\""), "{comment}");
-        assert!(comment.contains("username = \"app\""), "{comment}");
-        let app = documents
-            .iter()
-            .find(|d| d["metadata"]["name"] == "app-mqtt-credentials")
-            .unwrap();
-        assert_eq!(
-            app["data"]["password"], "YS1sb25nLXBhc3N3b3Jk",
-            "the Secret's password"
-        );
-    }
-
-    #[test]
-    fn what_render_cannot_take_is_named() {
-        let orphan = "apiVersion: kubemqtt.io/v1alpha1\nkind: MqttUser\nmetadata: {name: dev}\nspec: {brokerRef: {name: nope}}\n";
-        let resources = read_resources(orphan, None).unwrap();
-        assert_eq!(
-            render(&resources, &Settings::default(), now())
-                .unwrap_err()
-                .to_string(),
-            "MqttUser dev names MqttBroker nope, which is not in the file"
-        );
-        let other =
-            format!("{MINIMAL}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: x}}\n");
-        assert_eq!(
-            read_resources(&other, None).unwrap_err().to_string(),
-            "document 2: expected an MqttBroker or an MqttUser (kubemqtt.io/v1alpha1), found v1 ConfigMap"
-        );
-        let typo = "apiVersion: kubemqtt.io/v1alpha1\nkind: MqttUser\nmetadata: {name: dev}\nspec: {brokerRef: {name: b}, usrname: x}\n";
-        assert_eq!(
-            read_resources(typo, None).unwrap_err().to_string(),
-            "unknown fields in the MqttUser: spec.usrname"
-        );
-    }
-
-    #[test]
-    fn the_crds_round_trip() {
-        let crds = crds();
-        let names: Vec<&str> = crds.iter().map(|(file, _)| *file).collect();
-        assert_eq!(
-            names,
-            [
-                "mqttbroker.yaml",
-                "mqttuser.yaml",
-                "mqttbridge.yaml",
-                "mqttdevicefleet.yaml"
-            ]
-        );
-        for ((_, crd), short) in crds.iter().zip(["mqb", "mqu", "mqbr", "mqfleet"]) {
-            let yaml = crd_yaml(crd).unwrap();
-            let parsed: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
-            assert_eq!(parsed, serde_json::to_value(crd).unwrap());
-            assert_eq!(parsed["spec"]["names"]["shortNames"][0], short);
-        }
-    }
-}
+mod tests;

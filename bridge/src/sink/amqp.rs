@@ -4,10 +4,13 @@
 //! a nack or a lost connection is retried.
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::tcp::{AMQPUriTcpExt, TLSConfig};
 use lapin::types::ShortString;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use tcp_stream::RustlsConnector;
 
-use super::{prefix_outcome, BatchError, SinkError, SinkResult, Written};
+use super::{connect_error, prefix_outcome, BatchError, SinkError, SinkResult, Written};
 use crate::config::{AmqpSink as Config, TlsConfig};
 use crate::message::Record;
 use crate::secrets;
@@ -18,13 +21,14 @@ pub struct AmqpSink {
     channel: Option<(Connection, Channel)>,
 }
 
-/// Connects with the password from its file put into the URL.
+/// Connects with the password from its file. An `amqps://` URL goes over
+/// TLS with `tls` (or, without it, the system's trust store).
 pub async fn connect(
     url: &str,
     password_file: Option<&std::path::PathBuf>,
     tls: Option<&TlsConfig>,
 ) -> SinkResult<Connection> {
-    let mut uri: lapin::uri::AMQPUri = url
+    let mut uri: AMQPUri = url
         .parse()
         .map_err(|e| SinkError::permanent(format!("bad AMQP URL {url}: {e}")))?;
     if let Some(password) =
@@ -32,54 +36,41 @@ pub async fn connect(
     {
         uri.authority.userinfo.password = password;
     }
-    let properties = ConnectionProperties::default();
-    let failed = |e: lapin::Error| SinkError::transient(format!("AMQP {url}: {e}"));
-    let runtime = lapin::runtime::default_runtime().map_err(failed)?;
-    let tls_config = match tls.map(secrets::ca_pem).transpose() {
-        Ok(pem) => lapin::tcp::OwnedTLSConfig {
-            identity: None,
-            cert_chain: pem.flatten(),
-        },
-        Err(e) => return Err(SinkError::transient(e.to_string())),
+    // Named without the URL's user and password.
+    let what = format!("AMQP {}:{}", uri.authority.host, uri.authority.port);
+    let default_tls = TlsConfig::default();
+    let tls = match uri.scheme {
+        AMQPScheme::AMQPS => Some(tls.unwrap_or(&default_tls)),
+        AMQPScheme::AMQP => None,
     };
-    let uri_text = uri_to_string(&uri);
-    Connection::connect_with_config(&uri_text, properties, tls_config, runtime)
+    let connector = match tls {
+        Some(tls) => {
+            let config = secrets::client_config(tls)
+                .map_err(|e| SinkError::transient(format!("{what}: {e}")))?;
+            Some(RustlsConnector::from(config))
+        }
+        None => None,
+    };
+    let failed = |e: lapin::Error| connect_error(&what, &e, tls);
+    let runtime = lapin::runtime::default_runtime().map_err(failed)?;
+    // lapin opens the TCP connection; the TLS handshake is the bridge's
+    // own, with its rustls configuration.
+    let open = async move |uri: AMQPUri, runtime| -> lapin::Result<_> {
+        let plain = AMQPUri {
+            scheme: AMQPScheme::AMQP,
+            ..uri.clone()
+        };
+        let stream = plain
+            .connect_with_config_async(TLSConfig::default(), &runtime)
+            .await?;
+        Ok(match &connector {
+            Some(connector) => stream.into_rustls(connector, &uri.authority.host).await?,
+            None => stream,
+        })
+    };
+    Connection::connector(uri, runtime, open, ConnectionProperties::default())
         .await
         .map_err(failed)
-}
-
-fn uri_to_string(uri: &lapin::uri::AMQPUri) -> String {
-    let scheme = match uri.scheme {
-        lapin::uri::AMQPScheme::AMQP => "amqp",
-        lapin::uri::AMQPScheme::AMQPS => "amqps",
-    };
-    let user = &uri.authority.userinfo;
-    let vhost: String = uri
-        .vhost
-        .bytes()
-        .map(|b| match b {
-            b'/' => "%2f".to_owned(),
-            b => (b as char).to_string(),
-        })
-        .collect();
-    format!(
-        "{scheme}://{}:{}@{}:{}/{vhost}",
-        percent(&user.username),
-        percent(&user.password),
-        uri.authority.host,
-        uri.authority.port
-    )
-}
-
-fn percent(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            b => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 impl AmqpSink {

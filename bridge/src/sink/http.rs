@@ -9,7 +9,7 @@ use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
-use super::{prefix_outcome, BatchError, SinkError, SinkResult, Written};
+use super::{connect_error, prefix_outcome, BatchError, SinkError, SinkResult, Written};
 use crate::config::{HttpMode, HttpSink as Config};
 use crate::message::Record;
 use crate::secrets;
@@ -41,9 +41,13 @@ impl HttpSink {
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_millis(config.timeout_ms))
             .connect_timeout(Duration::from_secs(10));
-        let tls = config.tls.clone().unwrap_or_default();
-        let tls_config =
-            secrets::client_config(&tls).map_err(|e| SinkError::permanent(e.to_string()))?;
+        // An `https://` URL without `tls` trusts the system's CAs.
+        let tls_config = if config.url.starts_with("https://") {
+            secrets::client_config(&config.tls.clone().unwrap_or_default())
+                .map_err(|e| SinkError::permanent(format!("HTTP sink {}: {e}", config.url)))?
+        } else {
+            secrets::trusting_no_one()
+        };
         builder = builder.use_preconfigured_tls(tls_config);
         let client = builder
             .build()
@@ -67,11 +71,13 @@ impl HttpSink {
                 secrets::read_secret(path).map_err(|e| SinkError::transient(e.to_string()))?;
             request = request.bearer_auth(token);
         }
-        let response = request
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| SinkError::transient(format!("POST {}: {e}", self.config.url)))?;
+        let response = request.body(body).send().await.map_err(|e| {
+            connect_error(
+                &format!("POST {}", self.config.url),
+                &e,
+                self.config.tls.as_ref(),
+            )
+        })?;
         let status = response.status();
         if status.is_success() {
             return Ok(());

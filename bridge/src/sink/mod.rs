@@ -121,6 +121,45 @@ impl Sink {
     }
 }
 
+/// An error's message followed by its causes (`a: b: c`, a cause whose
+/// text is already there left out), so that what went wrong deep in a
+/// client library reaches the log and the status: `invalid peer
+/// certificate: UnknownIssuer`, not only `error sending request`.
+pub fn full_message(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A failed connection to `what` (the sink or command source and its
+/// address: `PostgreSQL 10.0.0.5:5432`), transient: the message names it,
+/// says what a failed TLS handshake means in the terms of its `tls` table
+/// (the server's certificate not signed by `tls.ca_file`, not naming
+/// `tls.server_name`, a client certificate refused), then the library's
+/// own words.
+pub fn connect_error(
+    what: &str,
+    error: &(dyn std::error::Error + 'static),
+    tls: Option<&crate::config::TlsConfig>,
+) -> SinkError {
+    let detail = full_message(error);
+    let default_tls = crate::config::TlsConfig::default();
+    match crate::secrets::explain_tls_failure(error, tls.unwrap_or(&default_tls)) {
+        Some(why) => {
+            SinkError::transient(format!("{what}: TLS handshake failed: {why} ({detail})"))
+        }
+        None => SinkError::transient(format!("{what}: {detail}")),
+    }
+}
+
 /// Leading successes of per-record outcomes, as a batch result.
 fn prefix_outcome(outcomes: Vec<SinkResult<bool>>) -> Result<Written, BatchError> {
     let mut written = Written::default();

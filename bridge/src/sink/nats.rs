@@ -6,7 +6,7 @@
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use async_nats::HeaderMap;
 
-use super::{prefix_outcome, BatchError, SinkError, SinkResult, Written};
+use super::{connect_error, prefix_outcome, BatchError, SinkError, SinkResult, Written};
 use crate::config::{NatsSink as Config, TlsConfig};
 use crate::message::Record;
 use crate::secrets;
@@ -26,9 +26,10 @@ pub async fn connect(
     tls: Option<&TlsConfig>,
 ) -> SinkResult<async_nats::Client> {
     let transient = |e: String| SinkError::transient(e);
-    let mut options = async_nats::ConnectOptions::new()
-        .connection_timeout(std::time::Duration::from_secs(10))
-        .retry_on_initial_connect();
+    // The first connection is made here, so that its failure (a server
+    // down, a certificate refused) is this call's error, in the status.
+    let mut options =
+        async_nats::ConnectOptions::new().connection_timeout(std::time::Duration::from_secs(10));
     if let (Some(user), Some(password)) = (username_file, password_file) {
         options = options.user_and_password(
             secrets::read_secret(user).map_err(|e| transient(e.to_string()))?,
@@ -39,15 +40,14 @@ pub async fn connect(
         options = options.token(secrets::read_secret(token).map_err(|e| transient(e.to_string()))?);
     }
     if let Some(tls) = tls {
-        let config = secrets::client_config(tls).map_err(|e| transient(e.to_string()))?;
+        let config =
+            secrets::client_config(tls).map_err(|e| transient(format!("NATS {url}: {e}")))?;
         options = options.tls_client_config(config).require_tls(true);
     }
-    // `retry_on_initial_connect` returns at once and connects in the
-    // background; requests wait for it.
     options
         .connect(url)
         .await
-        .map_err(|e| transient(format!("NATS {url}: {e}")))
+        .map_err(|e| connect_error(&format!("NATS {url}"), &e, tls))
 }
 
 impl NatsSink {

@@ -6,11 +6,12 @@
 //! redelivered message whose key is already there is skipped.
 
 use serde_json::{Map, Value};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement};
 
-use super::{BatchError, SinkError, SinkResult, Written};
-use crate::config::{PostgresConnection, PostgresSink as Config, RouteConfig};
+use super::{connect_error, full_message, BatchError, SinkError, SinkResult, Written};
+use crate::config::{PostgresConnection, PostgresSink as Config, RouteConfig, TlsConfig};
 use crate::message::Record;
 use crate::secrets;
 
@@ -31,8 +32,13 @@ pub fn quote(name: &str) -> String {
 
 /// Opens a connection, with TLS when configured.
 pub async fn connect(config: &PostgresConnection) -> SinkResult<Client> {
-    let mut pg: tokio_postgres::Config = config
+    // libpq's verifying modes: the bridge always verifies the certificate
+    // and its name, which tokio-postgres calls `require`.
+    let connection = config
         .connection
+        .replace("sslmode=verify-full", "sslmode=require")
+        .replace("sslmode=verify-ca", "sslmode=require");
+    let mut pg: tokio_postgres::Config = connection
         .parse()
         .map_err(|e| SinkError::permanent(format!("bad PostgreSQL connection string: {e}")))?;
     if let Some(password) = secrets::read_optional(config.password_file.as_ref())
@@ -41,11 +47,21 @@ pub async fn connect(config: &PostgresConnection) -> SinkResult<Client> {
         pg.password(password);
     }
     pg.connect_timeout(std::time::Duration::from_secs(10));
-    let failed = |e: tokio_postgres::Error| SinkError::transient(format!("PostgreSQL: {e}"));
-    let client = match &config.tls {
+    let what = format!("PostgreSQL {}", address(&pg));
+    // With `tls` (or `sslmode=require` in the connection string, then with
+    // the system's CAs), TLS is required: never the plain-text fallback of
+    // the default `sslmode=prefer`.
+    let tls = match (&config.tls, pg.get_ssl_mode()) {
+        (Some(tls), _) => Some(tls.clone()),
+        (None, SslMode::Require) => Some(TlsConfig::default()),
+        (None, _) => None,
+    };
+    let failed = |e: tokio_postgres::Error| connect_error(&what, &e, tls.as_ref());
+    let client = match &tls {
         Some(tls) => {
-            let tls_config =
-                secrets::client_config(tls).map_err(|e| SinkError::transient(e.to_string()))?;
+            pg.ssl_mode(SslMode::Require);
+            let tls_config = secrets::client_config(tls)
+                .map_err(|e| SinkError::transient(format!("{what}: {e}")))?;
             let (client, connection) = pg
                 .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls_config))
                 .await
@@ -62,13 +78,30 @@ pub async fn connect(config: &PostgresConnection) -> SinkResult<Client> {
     Ok(client)
 }
 
+/// `host:port` of each host of a connection string, for messages.
+fn address(pg: &tokio_postgres::Config) -> String {
+    let ports = pg.get_ports();
+    pg.get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                tokio_postgres::config::Host::Unix(dir) => format!("{}:{port}", dir.display()),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Transient or permanent, from the SQLSTATE: data exceptions (class 22)
 /// and integrity violations (23) are the data's fault; everything else
 /// (connections, a missing table being created, resources) may pass.
 pub fn classify(error: tokio_postgres::Error) -> SinkError {
     let message = match error.as_db_error() {
         Some(db) => format!("PostgreSQL {}: {}", db.code().code(), db.message()),
-        None => format!("PostgreSQL: {error}"),
+        None => format!("PostgreSQL: {}", full_message(&error)),
     };
     match error.code().map(SqlState::code) {
         Some(code) if code.starts_with("22") || code.starts_with("23") => {

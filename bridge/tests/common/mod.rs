@@ -9,6 +9,7 @@
 
 #![allow(dead_code)] // each test file uses its own part
 
+pub mod pki;
 pub mod scenario;
 pub mod servers;
 
@@ -203,30 +204,58 @@ pub fn broker_binary() -> PathBuf {
 /// The kubemqtt broker, as the bridge's source.
 pub struct SourceBroker {
     pub port: u16,
+    /// The TLS listener's port, when it has one.
+    pub tls_port: Option<u16>,
     process: Process,
     _dir: tempfile::TempDir,
 }
 
 impl SourceBroker {
     pub fn start() -> SourceBroker {
+        SourceBroker::start_with(None)
+    }
+
+    /// With a TLS listener (`tls_port`) besides the plain one.
+    pub fn start_with(tls: Option<&pki::ServerTls>) -> SourceBroker {
         let dir = tempfile::tempdir().expect("a temp dir");
         let port = free_port();
         let config = dir.path().join("broker.toml");
-        std::fs::write(
-            &config,
-            format!("allow_anonymous = true\n\n[[listeners]]\nbind = \"127.0.0.1:{port}\"\n"),
-        )
-        .expect("config written");
+        let mut text =
+            format!("allow_anonymous = true\n\n[[listeners]]\nbind = \"127.0.0.1:{port}\"\n");
+        let tls_port = tls.map(|tls| {
+            let tls_port = free_port();
+            text.push_str(&format!(
+                "\n[[listeners]]\nbind = \"127.0.0.1:{tls_port}\"\nprotocol = \"tls\"\n[listeners.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                tls.server.cert.display(),
+                tls.server.key.display()
+            ));
+            if let Some(ca) = &tls.client_ca {
+                text.push_str(&format!(
+                    "ca_file = \"{}\"\nclient_auth = \"require\"\n",
+                    ca.display()
+                ));
+            }
+            tls_port
+        });
+        std::fs::write(&config, text).expect("config written");
         let mut process = Process::spawn(
             "kubemqtt-broker",
             Command::new(broker_binary()).arg("-c").arg(&config),
         );
         wait_for_port(port, "kubemqtt-broker", &mut process);
+        if let Some(tls_port) = tls_port {
+            wait_for_port(tls_port, "kubemqtt-broker (TLS)", &mut process);
+        }
         SourceBroker {
             port,
+            tls_port,
             process,
             _dir: dir,
         }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.process.log_text()
     }
 }
 
@@ -235,6 +264,8 @@ pub struct Bridge {
     pub http_port: u16,
     hostname: String,
     config: PathBuf,
+    /// Extra environment of the process.
+    pub env: Vec<(String, String)>,
     process: Option<Process>,
 }
 
@@ -247,6 +278,14 @@ impl Bridge {
 
     /// [`Bridge::start`] as the pod `hostname` (its client id).
     pub fn start_as(dir: &Path, config: &str, hostname: &str) -> Bridge {
+        let mut bridge = Bridge::configure(dir, config, hostname);
+        bridge.restart();
+        bridge
+    }
+
+    /// Writes the configuration; [`Bridge::restart`] or [`Bridge::launch`]
+    /// start the process.
+    pub fn configure(dir: &Path, config: &str, hostname: &str) -> Bridge {
         let http_port = free_port();
         let path = dir.join(format!("{hostname}.toml"));
         let text = format!("{config}\n[http]\nbind = \"127.0.0.1:{http_port}\"\n");
@@ -257,18 +296,18 @@ impl Bridge {
         };
         let (tail, http) = tail.split_at(tail.find("\n[http]").unwrap_or(tail.len()));
         std::fs::write(&path, format!("{head}{http}\n{tail}\n")).expect("config written");
-        let mut bridge = Bridge {
+        Bridge {
             http_port,
             hostname: hostname.to_owned(),
             config: path,
+            env: Vec::new(),
             process: None,
-        };
-        bridge.restart();
-        bridge
+        }
     }
 
-    /// Starts the bridge process (again) and waits until it is ready.
-    pub fn restart(&mut self) {
+    /// Starts the bridge process (again) without waiting for it; waits
+    /// until its HTTP server answers.
+    pub fn launch(&mut self) {
         let process = Process::spawn(
             "kubemqtt-bridge",
             Command::new(env!("CARGO_BIN_EXE_kubemqtt-bridge"))
@@ -276,9 +315,25 @@ impl Bridge {
                 .arg(&self.config)
                 // A stable client id, as a StatefulSet pod's name is.
                 .env("HOSTNAME", &self.hostname)
-                .env("RUST_LOG", "info,kubemqtt_bridge=debug"),
+                .env("RUST_LOG", "info,kubemqtt_bridge=debug")
+                .envs(self.env.iter().map(|(k, v)| (k, v))),
         );
         self.process = Some(process);
+        let deadline = Instant::now() + PATIENCE;
+        while http_get(self.http_port, "/healthz").is_none() {
+            if let Some(process) = &mut self.process {
+                if let Ok(Some(status)) = process.child.try_wait() {
+                    panic!("the bridge exited with {status}:\n{}", process.log_text());
+                }
+            }
+            assert!(Instant::now() < deadline, "the bridge does not answer");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the bridge process (again) and waits until it is ready.
+    pub fn restart(&mut self) {
+        self.launch();
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(process) = &mut self.process {
@@ -331,6 +386,34 @@ impl Bridge {
         http_get(self.http_port, "/metrics")
             .expect("the bridge answers")
             .1
+    }
+
+    /// Waits until `/status` reports a last error of `route` (`source`
+    /// for the broker connection, or a route or command source name)
+    /// containing each of `needles`, and the log has it too; returns the
+    /// message.
+    pub fn wait_for_error(&self, route: &str, needles: &[&str]) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let status = self.status();
+            let last = &status["lastError"];
+            if let Some(message) = last["message"].as_str() {
+                if last["route"] == route && needles.iter().all(|n| message.contains(n)) {
+                    let log = self.log_text();
+                    assert!(
+                        needles.iter().all(|n| log.contains(n)),
+                        "the log lacks {needles:?}:\n{log}"
+                    );
+                    return message.to_owned();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no error of {route} with {needles:?}; status {status}\n--- bridge log ---\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

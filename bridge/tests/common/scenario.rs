@@ -56,14 +56,33 @@ pub struct Harness {
     _dir: tempfile::TempDir,
 }
 
+/// The source broker over TLS: the broker's listener, and the `tls` table
+/// the bridge reaches it with.
+pub struct SourceTls<'a> {
+    pub server: &'a pki::ServerTls,
+    pub client: &'a pki::ClientTls,
+}
+
 impl Harness {
     pub async fn start(probe: &impl Probe) -> Harness {
-        let broker = SourceBroker::start();
+        Harness::start_with(probe, None).await
+    }
+
+    /// [`Harness::start`]; with `source`, the bridge reaches the broker
+    /// over TLS (devices and the dead-letter subscriber stay on the plain
+    /// listener).
+    pub async fn start_with(probe: &impl Probe, source: Option<SourceTls<'_>>) -> Harness {
+        let broker = SourceBroker::start_with(source.as_ref().map(|s| s.server));
         let dead = Collector::start(broker.port, "bridge/dead/#").await;
         let dir = tempfile::tempdir().expect("a temp dir");
+        let head = match (&source, broker.tls_port) {
+            (Some(source), Some(tls_port)) => {
+                format!("{}tls = {}\n", head(tls_port), source.client.toml())
+            }
+            _ => head(broker.port),
+        };
         let config = format!(
-            "{}\n{}{}\n",
-            head(broker.port),
+            "{head}\n{}{}\n",
             route(&probe.dead_letter_toml()),
             probe.sink_toml()
         );
@@ -117,8 +136,14 @@ fn same(a: &Value, b: &Value) -> bool {
 }
 
 /// 1. The mapping is applied.
-pub async fn mapping(mut probe: impl Probe) {
-    let harness = Harness::start(&probe).await;
+pub async fn mapping(probe: impl Probe) {
+    mapping_with(probe, None).await;
+}
+
+/// [`mapping`], the bridge reaching the source broker over TLS when
+/// `source` says so.
+pub async fn mapping_with(mut probe: impl Probe, source: Option<SourceTls<'_>>) {
+    let harness = Harness::start_with(&probe, source).await;
     let device = device(harness.broker.port);
     for id in 0..30 {
         device

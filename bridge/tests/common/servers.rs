@@ -14,6 +14,14 @@ pub struct Postgres {
     pub port: u16,
     dir: tempfile::TempDir,
     running: bool,
+    /// `ssl = on` with these files (in the data directory).
+    ssl: Option<PostgresSsl>,
+}
+
+struct PostgresSsl {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
 }
 
 fn as_postgres(program: &Path) -> Command {
@@ -34,6 +42,15 @@ fn as_postgres(program: &Path) -> Command {
 impl Postgres {
     /// initdb (trust authentication, user `postgres`) and start.
     pub fn start() -> Option<Postgres> {
+        Postgres::start_with(None)
+    }
+
+    /// [`Postgres::start`] with `ssl = on` and the certificate of `tls`;
+    /// when `tls` requires client certificates, the user `bridge` (which
+    /// the test creates) may only come over TLS, with a client certificate
+    /// naming it (`clientcert=verify-full`), while the test's own plain
+    /// connections as `postgres` are still let in.
+    pub fn start_with(tls: Option<&pki::ServerTls>) -> Option<Postgres> {
         let initdb = require(&format!("{PG_BIN}/initdb"))?;
         let dir = tempfile::tempdir().expect("a temp dir");
         let _ = Command::new("chown")
@@ -50,10 +67,46 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+        let data = dir.path().join("data");
+        let ssl = tls.map(|tls| {
+            // PostgreSQL wants its key owned by it and private.
+            let copy = |from: &Path, name: &str, mode: u32| {
+                let to = data.join(name);
+                std::fs::copy(from, &to).expect("TLS file copied");
+                std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                    .expect("TLS file mode");
+                let _ = Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(&to)
+                    .status();
+                to
+            };
+            if tls.client_ca.is_some() {
+                let hba = data.join("pg_hba.conf");
+                let rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+                std::fs::write(
+                    &hba,
+                    format!(
+                        "hostssl all bridge 127.0.0.1/32 trust clientcert=verify-full\n\
+                         hostnossl all bridge 127.0.0.1/32 reject\n{rules}"
+                    ),
+                )
+                .expect("pg_hba.conf written");
+            }
+            PostgresSsl {
+                cert: copy(&tls.server.cert, "server.crt", 0o644),
+                key: copy(&tls.server.key, "server.key", 0o600),
+                client_ca: tls
+                    .client_ca
+                    .as_ref()
+                    .map(|ca| copy(ca, "client-ca.crt", 0o644)),
+            }
+        });
         let mut postgres = Postgres {
             port: free_port(),
             dir,
             running: false,
+            ssl,
         };
         postgres.resume();
         Some(postgres)
@@ -76,11 +129,21 @@ impl Postgres {
 
     /// Starts (again) on the same port and data.
     pub fn resume(&mut self) {
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
             self.dir.path().display()
         );
+        if let Some(ssl) = &self.ssl {
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                ssl.cert.display(),
+                ssl.key.display()
+            ));
+            if let Some(ca) = &ssl.client_ca {
+                options.push_str(&format!(" -c ssl_ca_file={}", ca.display()));
+            }
+        }
         let log = self.dir.path().join("log");
         self.pg_ctl(&[
             "-w",
@@ -137,34 +200,51 @@ pub struct Nats {
     pub port: u16,
     dir: tempfile::TempDir,
     process: Option<Process>,
+    tls: Option<pki::ServerTls>,
 }
 
 impl Nats {
     pub fn start() -> Option<Nats> {
+        Nats::start_with(None)
+    }
+
+    /// [`Nats::start`], TLS only, with the certificate of `tls` (and
+    /// client certificates verified when it asks for them).
+    pub fn start_with(tls: Option<&pki::ServerTls>) -> Option<Nats> {
         require("/usr/sbin/nats-server")?;
         let mut nats = Nats {
             port: free_port(),
             dir: tempfile::tempdir().expect("a temp dir"),
             process: None,
+            tls: tls.cloned(),
         };
         nats.resume();
         Some(nats)
     }
 
     pub fn resume(&mut self) {
-        let mut process = Process::spawn(
-            "nats-server",
-            Command::new("/usr/sbin/nats-server")
-                .args([
-                    "-js",
-                    "-a",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-sd",
-                ])
-                .arg(self.dir.path()),
-        );
+        let mut command = Command::new("/usr/sbin/nats-server");
+        command
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.dir.path());
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--tlscert")
+                .arg(&tls.server.cert)
+                .arg("--tlskey")
+                .arg(&tls.server.key);
+            if let Some(ca) = &tls.client_ca {
+                command.arg("--tlsverify").arg("--tlscacert").arg(ca);
+            }
+        }
+        let mut process = Process::spawn("nats-server", &mut command);
         wait_for_port(self.port, "nats-server", &mut process);
         self.process = Some(process);
     }
@@ -184,25 +264,47 @@ impl Nats {
 /// mosquitto with persistence, as the remote broker of the MQTT sink.
 pub struct Mosquitto {
     pub port: u16,
+    /// The TLS listener's port, when it has one.
+    pub tls_port: Option<u16>,
     dir: tempfile::TempDir,
     process: Option<Process>,
 }
 
 impl Mosquitto {
     pub fn start() -> Option<Mosquitto> {
+        Mosquitto::start_with(None)
+    }
+
+    /// [`Mosquitto::start`] with a TLS listener (`tls_port`) besides the
+    /// plain one, with the certificate of `tls`; client certificates are
+    /// required when it asks for them.
+    pub fn start_with(tls: Option<&pki::ServerTls>) -> Option<Mosquitto> {
         require("/usr/sbin/mosquitto")?;
         let dir = tempfile::tempdir().expect("a temp dir");
         let port = free_port();
-        std::fs::write(
-            dir.path().join("mosquitto.conf"),
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\nlog_dest stderr\n",
-                dir.path().display()
-            ),
-        )
-        .expect("config written");
+        let mut config = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\nlog_dest stderr\n",
+            dir.path().display()
+        );
+        let tls_port = tls.map(|tls| {
+            let tls_port = free_port();
+            config.push_str(&format!(
+                "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\n",
+                tls.server.cert.display(),
+                tls.server.key.display()
+            ));
+            if let Some(ca) = &tls.client_ca {
+                config.push_str(&format!(
+                    "cafile {}\nrequire_certificate true\n",
+                    ca.display()
+                ));
+            }
+            tls_port
+        });
+        std::fs::write(dir.path().join("mosquitto.conf"), config).expect("config written");
         let mut mosquitto = Mosquitto {
             port,
+            tls_port,
             dir,
             process: None,
         };
@@ -218,6 +320,9 @@ impl Mosquitto {
                 .arg(self.dir.path().join("mosquitto.conf")),
         );
         wait_for_port(self.port, "mosquitto", &mut process);
+        if let Some(tls_port) = self.tls_port {
+            wait_for_port(tls_port, "mosquitto (TLS)", &mut process);
+        }
         self.process = Some(process);
     }
 
@@ -233,12 +338,21 @@ impl Mosquitto {
 /// start); tests use queues of their own.
 pub struct Rabbit {
     pub port: u16,
+    /// The `amqps` listener: a server certificate for
+    /// [`RABBIT_TLS_NAME`] of `pki`, client certificates of `pki` required.
+    pub tls_port: u16,
+    pub pki: pki::Pki,
+    /// A client certificate of `pki`.
+    pub client: pki::Pair,
     node: String,
     dir: PathBuf,
     process: std::sync::Mutex<Option<Process>>,
 }
 
 const RABBIT_BIN: &str = "/usr/lib/rabbitmq/bin";
+
+/// The only name on the certificate of RabbitMQ's `amqps` listener.
+pub const RABBIT_TLS_NAME: &str = "rabbit.kubemqtt.test";
 
 impl Rabbit {
     /// The shared node, started at the first call.
@@ -255,15 +369,33 @@ impl Rabbit {
             .expect("a temp dir")
             .keep();
         let port = free_port();
+        // In the node's directory, which the watchdog removes.
+        let pki = pki::Pki::new_in("rabbit", &dir);
+        let server = pki.server("rabbit", &[RABBIT_TLS_NAME]);
+        let client = pki.client("bridge");
         let rabbit = Rabbit {
             port,
+            tls_port: free_port(),
             node: format!("bridge-test-{port}@localhost"),
             dir,
             process: std::sync::Mutex::new(None),
+            pki,
+            client,
         };
         std::fs::create_dir_all(rabbit.dir.join("mnesia")).expect("dir");
         std::fs::create_dir_all(rabbit.dir.join("log")).expect("dir");
         std::fs::write(rabbit.dir.join("enabled_plugins"), "[].\n").expect("plugins file");
+        std::fs::write(
+            rabbit.dir.join("rabbitmq.conf"),
+            format!(
+                "listeners.ssl.default = 127.0.0.1:{}\nssl_options.cacertfile = {}\nssl_options.certfile = {}\nssl_options.keyfile = {}\nssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = true\n",
+                rabbit.tls_port,
+                rabbit.pki.ca.display(),
+                server.cert.display(),
+                server.key.display()
+            ),
+        )
+        .expect("rabbitmq.conf");
         // A static is never dropped: a watchdog stops the node (and removes
         // its directory) once this test process is gone.
         let mut server = rabbit.command("rabbitmq-server");
@@ -283,6 +415,7 @@ impl Rabbit {
         server = shell;
         let mut process = Process::spawn("rabbitmq-server", &mut server);
         wait_for_port(port, "rabbitmq-server", &mut process);
+        wait_for_port(rabbit.tls_port, "rabbitmq-server (amqps)", &mut process);
         *rabbit.process.lock().unwrap() = Some(process);
         Some(rabbit)
     }
@@ -337,5 +470,10 @@ impl Rabbit {
 
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// The `amqps` listener's URL.
+    pub fn tls_url(&self) -> String {
+        format!("amqps://guest:guest@127.0.0.1:{}/%2f", self.tls_port)
     }
 }

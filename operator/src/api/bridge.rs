@@ -163,22 +163,28 @@ pub struct SecretKeySelector {
     pub key: String,
 }
 
-/// TLS to a sink or command source.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// TLS to a sink or command source. The server's certificate is always
+/// verified: it must chain to a trusted CA and name the server.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.certSecretRef) == has(self.keySecretRef)")
+    .message("certSecretRef and keySecretRef go together"))]
 pub struct TlsSpec {
-    /// The CA certificates (PEM) to verify the server with.
+    /// The CA certificates (PEM) to verify the server with, and the only
+    /// ones trusted. Absent: the system's CAs (the bridge image's bundle).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeySelector>,
-    /// A client certificate (PEM), for servers that require one.
+    /// A client certificate (PEM, leaf first), for servers that require
+    /// one. Needs keySecretRef.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_secret_ref: Option<SecretKeySelector>,
     /// The client certificate's private key (PEM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_secret_ref: Option<SecretKeySelector>,
-    /// The name to verify the server certificate against, when it is not
-    /// the host name.
+    /// The name the server's certificate must carry, when it is not the
+    /// host connected to (an IP address, or an alias).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub server_name: Option<String>,
 }
 
@@ -322,7 +328,10 @@ pub struct PostgresSinkSpec {
     /// Default: `mqtt_key`.
     #[serde(default = "default_key_column")]
     pub key_column: String,
-    /// TLS to the database.
+    /// TLS to the database, then required (never the plain-text fallback
+    /// of libpq's default `sslmode=prefer`), the certificate and its name
+    /// verified as with `sslmode=verify-full`. Without it,
+    /// `sslmode=require` in `connection` means TLS with the system's CAs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
 }
@@ -343,8 +352,10 @@ pub enum HttpModeSpec {
 }
 
 /// A webhook sink.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.tls) || self.url.startsWith('https://')")
+    .message("tls needs an https:// url"))]
 pub struct HttpSinkSpec {
     /// `http://` or `https://` URL to POST to.
     #[schemars(regex(pattern = r"^https?://"))]
@@ -359,7 +370,8 @@ pub struct HttpSinkSpec {
     /// Token for `Authorization: Bearer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bearer_token_secret_ref: Option<SecretKeySelector>,
-    /// TLS for `https://`.
+    /// TLS settings of an `https://` URL (without them, `https://`
+    /// trusts the system's CAs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
     /// Request timeout in milliseconds (a timeout is retried). Default:
@@ -391,14 +403,16 @@ pub struct NatsSinkSpec {
     /// Token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret_ref: Option<SecretKeySelector>,
-    /// TLS.
+    /// TLS (required when set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
 }
 
 /// A RabbitMQ sink.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.tls) || self.url.startsWith('amqps://')")
+    .message("tls needs an amqps:// url"))]
 pub struct AmqpSinkSpec {
     /// `amqp://user@host:5672/vhost` (or `amqps://`), without a password.
     #[schemars(regex(pattern = r"^amqps?://"))]
@@ -412,7 +426,8 @@ pub struct AmqpSinkSpec {
     pub exchange: String,
     /// Routing key (expression), e.g. `'readings'` or `segment(topic, 1)`.
     pub routing_key: String,
-    /// TLS for `amqps://`.
+    /// TLS settings of an `amqps://` URL (without them, `amqps://` trusts
+    /// the system's CAs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
 }
@@ -441,7 +456,8 @@ pub struct MqttSinkSpec {
     /// Password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeySelector>,
-    /// TLS.
+    /// TLS (required when set; the remote broker's TLS port, usually
+    /// 8883).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
 }
@@ -532,11 +548,16 @@ pub struct NatsCommandSpec {
     /// Token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret_ref: Option<SecretKeySelector>,
+    /// TLS (required when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
 }
 
 /// A RabbitMQ command source.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.tls) || self.url.startsWith('amqps://')")
+    .message("tls needs an amqps:// url"))]
 pub struct AmqpCommandSpec {
     /// URL without the password.
     #[schemars(regex(pattern = r"^amqps?://"))]
@@ -546,6 +567,10 @@ pub struct AmqpCommandSpec {
     pub password_secret_ref: Option<SecretKeySelector>,
     /// The queue (declared durable if missing).
     pub queue: String,
+    /// TLS settings of an `amqps://` URL (without them, `amqps://` trusts
+    /// the system's CAs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
 }
 
 /// What the operator reports about a bridge; the counters add up the
@@ -665,6 +690,26 @@ mod tests {
             (
                 "brokerRef: {name: mq}\ncommands:\n- {name: c, http: {tokenSecretRef: {name: s, key: k}}, amqp: {url: 'amqp://h', queue: q}}\n",
                 "exactly one command source",
+            ),
+            (
+                "brokerRef: {name: mq}\nroutes:\n- name: r\n  filters: [a/#]\n  sink: {nats: {url: 'nats://h', subject: s, tls: {certSecretRef: {name: c, key: tls.crt}}}}\n",
+                "certSecretRef and keySecretRef go together",
+            ),
+            (
+                "brokerRef: {name: mq}\nroutes:\n- name: r\n  filters: [a/#]\n  sink: {http: {url: 'http://x', tls: {caSecretRef: {name: c, key: ca.crt}}}}\n",
+                "tls needs an https:// url",
+            ),
+            (
+                "brokerRef: {name: mq}\nroutes:\n- name: r\n  filters: [a/#]\n  sink: {amqp: {url: 'amqp://h', routingKey: q, tls: {}}}\n",
+                "tls needs an amqps:// url",
+            ),
+            (
+                "brokerRef: {name: mq}\ncommands:\n- {name: c, amqp: {url: 'amqp://h', queue: q, tls: {}}}\n",
+                "tls needs an amqps:// url",
+            ),
+            (
+                "brokerRef: {name: mq}\ncommands:\n- {name: c, nats: {url: 'nats://h', stream: s, consumer: c, tls: {keySecretRef: {name: c, key: tls.key}}}}\n",
+                "certSecretRef and keySecretRef go together",
             ),
         ];
         for (yaml, expected) in cases {

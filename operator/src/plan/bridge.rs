@@ -98,10 +98,24 @@ pub struct BridgePlan {
     pub config: bridge::BridgeConfig,
 }
 
+impl BridgePlan {
+    /// The objects, as the API server takes them, in the order they are
+    /// applied.
+    pub fn objects(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+        Ok(vec![
+            serde_json::to_value(&self.user)?,
+            serde_json::to_value(&self.config_map)?,
+            serde_json::to_value(&self.service)?,
+            serde_json::to_value(&self.pods_service)?,
+            serde_json::to_value(&self.stateful_set)?,
+        ])
+    }
+}
+
 /// Why a bridge cannot be planned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BridgePlanError {
-    /// The resource has no namespace or uid (not from the API server).
+    /// The resource has no namespace.
     #[error("the MqttBridge has no {0}")]
     Incomplete(&'static str),
     /// A field the schema cannot check is invalid (an expression, a
@@ -272,12 +286,14 @@ fn command(
             consumer: nats.consumer.clone(),
             filter_subject: nats.filter_subject.clone(),
             token_file: mounts.optional(nats.token_secret_ref.as_ref()),
+            tls: mounts.tls(nats.tls.as_ref()),
         }
     } else if let Some(amqp) = &spec.amqp {
         bridge::CommandSource::Amqp {
             url: amqp.url.clone(),
             password_file: mounts.optional(amqp.password_secret_ref.as_ref()),
             queue: amqp.queue.clone(),
+            tls: mounts.tls(amqp.tls.as_ref()),
         }
     } else {
         return Err(BridgePlanError::Invalid {
@@ -434,9 +450,8 @@ pub fn plan_bridge(
     let namespace = bridge_resource
         .namespace()
         .ok_or(BridgePlanError::Incomplete("namespace"))?;
-    let owner = bridge_resource
-        .controller_owner_ref(&())
-        .ok_or(BridgePlanError::Incomplete("uid"))?;
+    // Without a uid (an offline render) the objects have no owner.
+    let owner = bridge_resource.controller_owner_ref(&());
     let names = BridgeNames::new(&name);
     let (config, secrets) = render_config(bridge_resource, &namespace)?;
     let toml = config.to_toml().map_err(|e| BridgePlanError::Invalid {
@@ -447,7 +462,7 @@ pub fn plan_bridge(
         name: Some(object_name.to_owned()),
         namespace: Some(namespace.clone()),
         labels: Some(labels(&name)),
-        owner_references: Some(vec![owner.clone()]),
+        owner_references: owner.clone().map(|owner| vec![owner]),
         ..ObjectMeta::default()
     };
     let config_map = ConfigMap {

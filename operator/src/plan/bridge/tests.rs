@@ -247,3 +247,72 @@ fn plain_tcp_when_tls_is_off() {
     assert_eq!(plan.config.broker.port, 1883);
     assert_eq!(plan.config.broker.tls, None);
 }
+
+#[test]
+fn command_sources_get_their_tls() {
+    let spec = r#"
+brokerRef: {name: mq}
+commands:
+  - name: js
+    nats:
+      url: nats://nats.messaging.svc:4222
+      stream: CMDS
+      consumer: bridge
+      tls:
+        caSecretRef: {name: nats-ca, key: ca.crt}
+        certSecretRef: {name: nats-client, key: tls.crt}
+        keySecretRef: {name: nats-client, key: tls.key}
+  - name: rabbit
+    amqp:
+      url: amqps://bridge@rabbit.messaging.svc/%2f
+      queue: commands
+      tls: {caSecretRef: {name: rabbit-ca, key: ca.crt}, serverName: rabbit.internal}
+"#;
+    let plan = plan_bridge(&bridge(spec), None).unwrap();
+    let path = |p: &str| Some(std::path::PathBuf::from(p));
+    let CommandSource::Nats {
+        tls: Some(nats), ..
+    } = &plan.config.commands[0].from
+    else {
+        panic!("nats with tls: {:?}", plan.config.commands[0].from)
+    };
+    assert_eq!(
+        nats.ca_file,
+        path("/var/run/kubemqtt-bridge/secrets/nats-ca/ca.crt")
+    );
+    assert_eq!(
+        nats.cert_file,
+        path("/var/run/kubemqtt-bridge/secrets/nats-client/tls.crt")
+    );
+    assert_eq!(
+        nats.key_file,
+        path("/var/run/kubemqtt-bridge/secrets/nats-client/tls.key")
+    );
+    let CommandSource::Amqp {
+        tls: Some(amqp), ..
+    } = &plan.config.commands[1].from
+    else {
+        panic!("amqp with tls: {:?}", plan.config.commands[1].from)
+    };
+    assert_eq!(
+        amqp.ca_file,
+        path("/var/run/kubemqtt-bridge/secrets/rabbit-ca/ca.crt")
+    );
+    assert_eq!(amqp.server_name.as_deref(), Some("rabbit.internal"));
+    // The ConfigMap says the same, and the pod mounts each Secret.
+    let toml = &plan.config_map.data.as_ref().unwrap()[BRIDGE_CONFIG_KEY];
+    assert_eq!(BridgeConfig::from_toml(toml).unwrap(), plan.config);
+    let secrets: Vec<String> = plan
+        .stateful_set
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.volumes.as_ref())
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+        .collect();
+    for secret in ["nats-ca", "nats-client", "rabbit-ca"] {
+        assert!(secrets.iter().any(|s| s == secret), "{secret}: {secrets:?}");
+    }
+}
