@@ -28,7 +28,8 @@ pub enum Command {
     /// Print the CustomResourceDefinitions as YAML: all of them (as one
     /// multi-document stream), or the one whose `crds/` file is named.
     Crd {
-        /// `mqttbroker.yaml` or `mqttuser.yaml`; all when left out.
+        /// `mqttbroker.yaml`, `mqttuser.yaml`, `mqttbridge.yaml` or
+        /// `mqttdevicefleet.yaml`; all when left out.
         file: Option<String>,
     },
     /// Print, as YAML, every object the operator would create for the

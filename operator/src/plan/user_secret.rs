@@ -718,6 +718,53 @@ mod tests {
     }
 
     #[test]
+    fn the_external_host_prefers_the_dns_name_of_extra_sans() {
+        let device = user("device-1", "");
+        let external_host = |extra_sans: &str, load_balancer: Option<&str>| {
+            let mut broker = mq();
+            broker.spec = serde_saphyr::from_str(&format!(
+                "tls: {{generated: {{extraSANs: [{extra_sans}]}}}}"
+            ))
+            .unwrap();
+            if let Some(endpoints) = broker.status.as_mut().unwrap().endpoints.as_mut() {
+                endpoints.external = load_balancer.map(str::to_owned);
+            }
+            let siblings = [device.clone()];
+            let observed = UserObserved {
+                broker: Some(&broker),
+                siblings: &siblings,
+                trust_bundle: Some("CA PEM"),
+                ..UserObserved::default()
+            };
+            let plan = plan_user(&device, &observed, &Settings::default(), now()).unwrap();
+            let data = plan.secret.data.unwrap_or_default();
+            data.get(EXTERNAL_HOST_KEY)
+                .map(|value| String::from_utf8(value.0.clone()).unwrap())
+        };
+        // The first DNS name a team points at the load balancer, not an
+        // address or a wildcard, and not the load balancer's address.
+        assert_eq!(
+            external_host(
+                "198.51.100.9, '*.devices.example.com', mqtt.example.com, other.example.com",
+                Some("203.0.113.7")
+            )
+            .as_deref(),
+            Some("mqtt.example.com")
+        );
+        // Known before the load balancer has an address.
+        assert_eq!(
+            external_host("mqtt.example.com", None).as_deref(),
+            Some("mqtt.example.com")
+        );
+        // No DNS name: the load balancer's address, once it has one.
+        assert_eq!(
+            external_host("198.51.100.9, '*.devices.example.com'", Some("203.0.113.7")).as_deref(),
+            Some("203.0.113.7")
+        );
+        assert_eq!(external_host("198.51.100.9", None), None);
+    }
+
+    #[test]
     fn the_stored_password_is_kept() {
         let device = user("device-1", "authentication: {password: {length: 20}}");
         let first = plan_at(&device, None, now());
