@@ -110,3 +110,44 @@ fn load_names_the_file() {
     );
     assert!(message.contains("line 1"), "{message}");
 }
+
+#[test]
+fn tls_tables_that_could_not_work_are_refused() {
+    let plain_webhook = FULL
+        .replace(
+            "hmac_secret_file = \"/var/run/secrets/hook/key\"",
+            "hmac_secret_file = \"/var/run/secrets/hook/key\"\ntls = { ca_file = \"/ca.crt\" }",
+        )
+        .replace("https://hooks", "http://hooks");
+    let message = error(&plain_webhook);
+    assert!(
+        message.contains("routes[1].sink.http.tls")
+            && message.contains("TLS needs an https:// URL"),
+        "{message}"
+    );
+    let no_key = FULL.replace(
+        "table = \"readings\"",
+        "table = \"readings\"\ntls = { cert_file = \"/tls.crt\" }",
+    );
+    let message = error(&no_key);
+    assert!(
+        message.contains("routes[0].sink.postgres.tls")
+            && message.contains("cert_file and key_file go together"),
+        "{message}"
+    );
+    let plain_amqp = FULL.replace(
+        "from = { http = { token_file = \"/var/run/secrets/api/token\" } }",
+        "from = { amqp = { url = \"amqp://h/%2f\", queue = \"q\", tls = {} } }",
+    );
+    let message = error(&plain_amqp);
+    assert!(
+        message.contains("commands[0].from.amqp.tls")
+            && message.contains("TLS needs an amqps:// URL"),
+        "{message}"
+    );
+    let empty_name = FULL.replace(
+        "tls = { ca_file = \"/var/run/kubemqtt/mqtt/ca.crt\" }",
+        "tls = { ca_file = \"/var/run/kubemqtt/mqtt/ca.crt\", server_name = \"\" }",
+    );
+    assert!(error(&empty_name).contains("broker.tls"));
+}
