@@ -33,10 +33,11 @@ pub enum Command {
         file: Option<String>,
     },
     /// Print, as YAML, every object the operator would create for the
-    /// MqttBrokers and MqttUsers of a file, without a cluster (for
-    /// previews and reviews): each broker's objects, each user's
-    /// credentials Secret, and each broker's credentials file as a
-    /// comment. Generated certificates and passwords are new on every run.
+    /// MqttBrokers, MqttUsers and MqttBridges of a file, without a cluster
+    /// (for previews and reviews): each broker's objects, each user's
+    /// credentials Secret, each bridge's objects (its MqttUser among the
+    /// broker's users), and each broker's credentials file as a comment.
+    /// Generated certificates and passwords are new on every run.
     Render(RenderArgs),
     /// Device fleets (MqttDeviceFleet), offline: sign a device's
     /// certificate, or print a device's derived secret, for provisioning
@@ -48,8 +49,8 @@ pub enum Command {
 /// Options of `render`.
 #[derive(Debug, Args)]
 pub struct RenderArgs {
-    /// The manifest: MqttBroker and MqttUser documents in any mix; `-`
-    /// reads standard input.
+    /// The manifest: MqttBroker, MqttUser and MqttBridge documents (and
+    /// the Secrets they read) in any mix; `-` reads standard input.
     #[arg(short = 'f', long = "filename", value_name = "FILE")]
     pub file: PathBuf,
     /// Namespace of the resources that name none (default: `default`).
