@@ -538,36 +538,73 @@ async fn main() {
 /// What the login check alone costs, in this process: every device's
 /// check of each mode, one after the other, without TLS or a socket
 /// (`verify_password` for the password file, `Fleets::login` for fleets;
-/// the hook's is an HTTP round trip to a local registry, uncached).
+/// the hook's is an HTTP round trip to a local registry, asked every time,
+/// whose answering is in this process's CPU time too). The devices are
+/// checked again until a second of CPU time has passed (/proc counts in
+/// 10 ms ticks). CPU time is what a check costs; wall time also shows how
+/// busy the machine was.
 async fn verify_costs(args: &Args, server_ca: &Ca) {
     println!();
-    println!("| mode | checks | µs per check (one core, no TLS) |");
-    println!("|---|---|---|");
+    println!("| mode | checks | CPU µs per check | wall µs per check |");
+    println!("|---|---|---|---|");
+    let me = std::process::id();
     for mode in &args.modes {
         let dir = tempfile::tempdir().unwrap();
         let (auth, _, logins) = setup(mode, dir.path(), server_ca, args.devices).await;
-        let (ok, elapsed) = if mode == "password" {
-            let text = std::fs::read_to_string(dir.path().join("passwd")).unwrap();
-            let hashes: std::collections::HashMap<&str, &str> =
-                text.lines().filter_map(|l| l.split_once(':')).collect();
-            let started = Instant::now();
-            let ok = logins
-                .iter()
-                .filter(|login| {
-                    let user = login.username.as_deref().unwrap_or_default();
-                    let password = login.password.as_deref().unwrap_or_default();
-                    hashes
-                        .get(user)
-                        .is_some_and(|hash| verify_password(hash, password))
-                })
-                .count();
-            (ok, started.elapsed())
-        } else {
-            let config = Config::from_toml_str(&format!("[auth]\n{auth}"), "bench").unwrap();
-            let fleets = Fleets::load(&config.auth.fleets, None).unwrap();
-            let started = Instant::now();
-            let mut ok = 0;
+        let checker = Checker::new(mode, dir.path(), &auth);
+        let (started, cpu) = (Instant::now(), cpu_seconds(me));
+        let mut checks = 0;
+        while checks == 0 || cpu_seconds(me) - cpu < 1.0 {
             for login in &logins {
+                assert!(checker.check(login).await, "{mode}: every check passes");
+            }
+            checks += logins.len();
+        }
+        let (wall, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds(me) - cpu);
+        println!(
+            "| {mode} | {checks} | {:.1} | {:.1} |",
+            cpu * 1e6 / checks.max(1) as f64,
+            wall * 1e6 / checks.max(1) as f64
+        );
+    }
+}
+
+/// One mode's login check, without the broker around it.
+enum Checker {
+    Password(std::collections::HashMap<String, String>),
+    Fleet(Fleets),
+}
+
+impl Checker {
+    fn new(mode: &str, dir: &Path, auth: &str) -> Checker {
+        if mode == "password" {
+            let text = std::fs::read_to_string(dir.join("passwd")).unwrap();
+            let hashes = text
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(user, hash)| (user.to_owned(), hash.to_owned()))
+                .collect();
+            return Checker::Password(hashes);
+        }
+        // Ask the registry every time: the devices are checked more than once.
+        let auth = auth.replace(
+            "[auth.fleets.hook]\n",
+            "[auth.fleets.hook]\ncache_ttl_secs = 0\n",
+        );
+        let config = Config::from_toml_str(&format!("[auth]\n{auth}"), "bench").unwrap();
+        Checker::Fleet(Fleets::load(&config.auth.fleets, None).unwrap())
+    }
+
+    async fn check(&self, login: &Login) -> bool {
+        match self {
+            Checker::Password(hashes) => {
+                let user = login.username.as_deref().unwrap_or_default();
+                let password = login.password.as_deref().unwrap_or_default();
+                hashes
+                    .get(user)
+                    .is_some_and(|hash| verify_password(hash, password))
+            }
+            Checker::Fleet(fleets) => {
                 let chain = login.certificate.clone().map(|c| vec![c]);
                 let request = LoginRequest {
                     certificates: chain.as_deref(),
@@ -576,17 +613,9 @@ async fn verify_costs(args: &Args, server_ca: &Ca) {
                     client_id: &login.client_id,
                     peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
                 };
-                if matches!(fleets.login(&request).await, FleetLogin::Accepted(_)) {
-                    ok += 1;
-                }
+                matches!(fleets.login(&request).await, FleetLogin::Accepted(_))
             }
-            (ok, started.elapsed())
-        };
-        assert_eq!(ok, logins.len(), "{mode}: every check passes");
-        println!(
-            "| {mode} | {ok} | {:.1} |",
-            elapsed.as_secs_f64() * 1e6 / ok.max(1) as f64
-        );
+        }
     }
 }
 
