@@ -9,12 +9,20 @@
 //! invalid spec. A steady bridge costs five requests to the API server
 //! per reconcile (every 30 seconds, to refresh the counters).
 //!
+//! A bridge reconciles when its spec changes (its `generation`), when its
+//! StatefulSet changes, and every 30 seconds; not on its own status writes
+//! (the counters change with every message, so reconciling on them would
+//! loop as fast as the API server answers). A failed reconcile is retried
+//! after 5 s, doubling per consecutive failure of that bridge up to 5
+//! minutes.
+//!
 //! An invalid spec (an expression that does not parse, say) applies
 //! nothing and gets `Ready=False`, reason `InvalidSpec`, naming the field.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -24,7 +32,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -34,6 +42,8 @@ use crate::api::bridge::{BridgeErrorStatus, CONDITION_BRIDGE_READY};
 use crate::api::{MqttBridge, MqttBridgeStatus};
 use crate::plan::bridge::{plan_bridge, BridgeNames, BridgePlan, BRIDGE_APP, BRIDGE_HTTP_PORT};
 use crate::plan::{MANAGER, NAME_LABEL};
+
+use super::{backoff, watch};
 
 /// How often a bridge's counters are refreshed.
 pub const REFRESH: Duration = Duration::from_secs(30);
@@ -105,6 +115,41 @@ pub struct BridgeContext {
     pub image: Option<String>,
     /// Who publishes the Events.
     pub reporter: Reporter,
+    /// Consecutive failed reconciles per bridge, for the backoff.
+    pub failures: Failures,
+}
+
+/// Consecutive failures per object (`namespace/name`).
+#[derive(Debug, Default)]
+pub struct Failures(Mutex<HashMap<String, u32>>);
+
+impl Failures {
+    /// Counts one more failure of `key`; how many in a row now.
+    pub fn record(&self, key: &str) -> u32 {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(key.to_owned()).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    /// Forgets the failures of `key` after it worked.
+    pub fn clear(&self, key: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+}
+
+fn failure_key(bridge: &MqttBridge) -> String {
+    format!(
+        "{}/{}",
+        bridge.namespace().unwrap_or_default(),
+        bridge.name_any()
+    )
+}
+
+/// What a reconcile acts on in the bridge itself: its spec. Its status
+/// (written by the reconcile, counters included) is not part of it.
+pub fn bridge_fingerprint(bridge: &MqttBridge) -> u64 {
+    bridge.metadata.generation.unwrap_or_default() as u64
 }
 
 impl BridgeContext {
@@ -118,6 +163,7 @@ impl BridgeContext {
                 controller: MANAGER.to_owned(),
                 instance: std::env::var("HOSTNAME").ok(),
             },
+            failures: Failures::default(),
         }
     }
 }
@@ -135,7 +181,15 @@ pub fn controller(
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let context = Arc::new(BridgeContext::new(client.clone(), None));
-    Controller::new(bridges, watcher::Config::default())
+    let (store, writer) = reflector::store();
+    let changed = watch::changed_or_deleted(
+        reflector(
+            writer,
+            watcher(bridges, watcher::Config::default()).default_backoff(),
+        ),
+        bridge_fingerprint,
+    );
+    Controller::for_stream(changed, store)
         .owns(
             sets,
             watcher::Config::default().labels(&format!("{NAME_LABEL}={BRIDGE_APP}")),
@@ -150,10 +204,23 @@ pub fn controller(
         })
 }
 
-/// Retries a failed reconcile after a while.
-pub fn error_policy(_: Arc<MqttBridge>, error: &BridgeError, _: Arc<BridgeContext>) -> Action {
-    tracing::warn!(%error, "bridge reconcile failed");
-    Action::requeue(Duration::from_secs(15))
+/// Retries a failed reconcile with the brokers' backoff, per bridge.
+pub fn error_policy(
+    bridge: Arc<MqttBridge>,
+    error: &BridgeError,
+    ctx: Arc<BridgeContext>,
+) -> Action {
+    let failures = ctx.failures.record(&failure_key(&bridge));
+    let delay = backoff(failures);
+    tracing::warn!(
+        namespace = bridge.namespace().unwrap_or_default(),
+        bridge = bridge.name_any(),
+        %error,
+        failures,
+        retry_in_seconds = delay.as_secs(),
+        "bridge reconcile failed"
+    );
+    Action::requeue(delay)
 }
 
 /// Reconciles one bridge (see the module documentation).
@@ -161,15 +228,23 @@ pub async fn reconcile(
     bridge: Arc<MqttBridge>,
     ctx: Arc<BridgeContext>,
 ) -> Result<Action, BridgeError> {
+    let result = reconcile_bridge(&bridge, &ctx).await;
+    if result.is_ok() {
+        ctx.failures.clear(&failure_key(&bridge));
+    }
+    result
+}
+
+async fn reconcile_bridge(bridge: &MqttBridge, ctx: &BridgeContext) -> Result<Action, BridgeError> {
     let namespace = bridge.namespace().unwrap_or_default();
     let old = bridge.status.clone().unwrap_or_default();
-    let plan = match plan_bridge(&bridge, ctx.image.as_deref()) {
+    let plan = match plan_bridge(bridge, ctx.image.as_deref()) {
         Ok(plan) => plan,
         Err(error) => {
             let mut status = old.clone();
             status.observed_generation = bridge.metadata.generation;
             set_ready(&mut status, false, "InvalidSpec", &error.to_string());
-            publish_status(&bridge, &ctx, &old, status).await?;
+            publish_status(bridge, ctx, &old, status).await?;
             return Ok(Action::requeue(Duration::from_secs(300)));
         }
     };
@@ -216,7 +291,7 @@ pub async fn reconcile(
             &format!("{replicas} pods subscribed"),
         );
     }
-    publish_status(&bridge, &ctx, &old, status).await?;
+    publish_status(bridge, ctx, &old, status).await?;
     Ok(Action::requeue(REFRESH))
 }
 

@@ -97,6 +97,7 @@ fn context(client: Client, pods: Vec<Value>) -> Arc<BridgeContext> {
             controller: MANAGER.into(),
             instance: None,
         },
+        failures: Failures::default(),
     })
 }
 
@@ -250,4 +251,87 @@ fn aggregation_keeps_the_last_error_when_pods_report_none() {
     let status = aggregate(&old, &[pod(5, 1, None)]);
     assert_eq!(status.last_error, old.last_error);
     assert_eq!(status.forwarded, 5);
+}
+
+#[tokio::test]
+async fn a_status_write_does_not_reconcile_a_bridge_a_spec_change_does() {
+    let first = (*bridge(None)).clone();
+    let mut counted = first.clone();
+    counted.status = Some(aggregate(&MqttBridgeStatus::default(), &[pod(7, 0, None)]));
+    let mut edited = counted.clone();
+    edited.metadata.generation = Some(4);
+    let events = futures::stream::iter(
+        [
+            watcher::Event::Init,
+            watcher::Event::InitApply(first.clone()),
+            watcher::Event::InitDone,
+            // The reconcile's own status write, with new counters.
+            watcher::Event::Apply(counted.clone()),
+            // The watch restarts and lists everything again.
+            watcher::Event::Init,
+            watcher::Event::InitApply(counted),
+            watcher::Event::InitDone,
+            watcher::Event::Apply(edited.clone()),
+            watcher::Event::Delete(edited),
+        ]
+        .map(Ok),
+    );
+    let passed: Vec<Option<i64>> = watch::changed_or_deleted(events, bridge_fingerprint)
+        .map(|bridge| bridge.unwrap().metadata.generation)
+        .collect()
+        .await;
+    // The first sight, the new generation and the deletion.
+    assert_eq!(passed, [Some(3), Some(4), Some(4)]);
+}
+
+/// A mock API server that refuses every request with 500.
+fn failing_api_server() -> Client {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(async move {
+        while let Some((_, send)) = handle.next_request().await {
+            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                "message": "etcdserver: request timed out", "code": 500});
+            send.send_response(
+                Response::builder()
+                    .status(500)
+                    .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    Client::new(service, "iot")
+}
+
+#[tokio::test]
+async fn failures_back_off_per_bridge_until_a_reconcile_works() {
+    let ctx = context(failing_api_server(), vec![]);
+    let plant = bridge(None);
+    let mut other = (*bridge(None)).clone();
+    other.metadata.name = Some("dock".into());
+    let other = Arc::new(other);
+    let mut delays = Vec::new();
+    for _ in 0..3 {
+        let error = reconcile(plant.clone(), ctx.clone()).await.unwrap_err();
+        delays.push(error_policy(plant.clone(), &error, ctx.clone()));
+    }
+    let seconds = |s| Action::requeue(Duration::from_secs(s));
+    assert_eq!(delays, [seconds(5), seconds(10), seconds(20)]);
+    // Another bridge's failures are its own.
+    let error = reconcile(other.clone(), ctx.clone()).await.unwrap_err();
+    assert_eq!(error_policy(other, &error, ctx.clone()), seconds(5));
+
+    // Once a reconcile of the bridge works, its next failure waits 5 s again.
+    let (client, _) = api_server(1);
+    let working = Arc::new(BridgeContext {
+        client,
+        status: Arc::new(Pods(Default::default())),
+        image: None,
+        reporter: ctx.reporter.clone(),
+        failures: Failures::default(),
+    });
+    working.failures.record(&failure_key(&plant));
+    working.failures.record(&failure_key(&plant));
+    reconcile(plant.clone(), working.clone()).await.unwrap();
+    let error = reconcile(plant.clone(), ctx.clone()).await.unwrap_err();
+    assert_eq!(error_policy(plant, &error, working), seconds(5));
 }
