@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -342,27 +342,31 @@ pub async fn apply_metadata(
     target.apply_as(client, namespace, false, manager).await
 }
 
-/// Labels the Secrets of `secrets` that lack [`REFERENCED_LABEL`], so that
-/// the operator's watch of referenced Secrets sees their changes. A
-/// failure is logged: without the label, changes are seen at the next
-/// periodic reconcile.
-pub async fn mark_referenced(client: &Client, namespace: &str, secrets: &[Secret]) {
-    for secret in secrets {
-        let labelled = secret
-            .metadata
+/// Labels the objects of `objects` (Secrets, or the ConfigMaps fleets
+/// name) that lack [`REFERENCED_LABEL`], so that the operator's watch of
+/// referenced objects sees their changes. A failure is logged: without the
+/// label, changes are seen at the next periodic reconcile.
+pub async fn mark_referenced<K>(client: &Client, namespace: &str, objects: &[K])
+where
+    K: Resource<DynamicType = ()>,
+{
+    for object in objects {
+        let labelled = object
+            .meta()
             .labels
             .as_ref()
             .is_some_and(|labels| labels.contains_key(REFERENCED_LABEL));
-        let Some(name) = secret.metadata.name.as_deref().filter(|_| !labelled) else {
+        let Some(name) = object.meta().name.as_deref().filter(|_| !labelled) else {
             continue;
         };
-        let object = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
+        let kind = K::kind(&());
+        let label = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": kind,
             "metadata": {"name": name, "namespace": namespace, "labels": {REFERENCED_LABEL: "true"}},
         });
-        if let Err(error) = apply_metadata(client, namespace, REFERENCES_MANAGER, object).await {
-            tracing::warn!(%error, secret = name, "cannot label a referenced Secret");
+        if let Err(error) = apply_metadata(client, namespace, REFERENCES_MANAGER, label).await {
+            tracing::warn!(%error, %kind, name, "cannot label a referenced object");
         }
     }
 }

@@ -45,7 +45,7 @@ use serde::Serialize;
 
 use crate::api::fleet::CONDITION_FLEET_READY;
 use crate::api::{MqttBroker, MqttDeviceFleet, MqttDeviceFleetStatus, REFERENCED_LABEL};
-use crate::controller::apply::{apply_metadata, mark_referenced, REFERENCES_MANAGER};
+use crate::controller::apply::mark_referenced;
 use crate::plan::fleet::{
     fleets_secret_name, own_secret_name, plan_own_secret, BrokerFleets, FleetSources,
 };
@@ -234,29 +234,6 @@ pub fn fleets_referencing<K: Resource>(
         })
         .map(|fleet| ObjectRef::from_obj(fleet.as_ref()))
         .collect()
-}
-
-/// Labels the ConfigMaps of `maps` that lack [`REFERENCED_LABEL`] (see
-/// [`mark_referenced`] for Secrets).
-async fn mark_referenced_config_maps(client: &Client, namespace: &str, maps: &[&ConfigMap]) {
-    for map in maps {
-        let labelled = map
-            .metadata
-            .labels
-            .as_ref()
-            .is_some_and(|labels| labels.contains_key(REFERENCED_LABEL));
-        let Some(name) = map.metadata.name.as_deref().filter(|_| !labelled) else {
-            continue;
-        };
-        let object = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": name, "namespace": namespace, "labels": {REFERENCED_LABEL: "true"}},
-        });
-        if let Err(error) = apply_metadata(client, namespace, REFERENCES_MANAGER, object).await {
-            tracing::warn!(%error, config_map = name, "cannot label a referenced ConfigMap");
-        }
-    }
 }
 
 /// Retries a failed reconcile after a while.
@@ -457,8 +434,8 @@ async fn rebuild(
     }
     let team_secrets: Vec<Secret> = found_secrets.values().cloned().collect();
     mark_referenced(&ctx.client, &namespace, &team_secrets).await;
-    let team_maps: Vec<&ConfigMap> = found_maps.values().collect();
-    mark_referenced_config_maps(&ctx.client, &namespace, &team_maps).await;
+    let team_maps: Vec<ConfigMap> = found_maps.values().cloned().collect();
+    mark_referenced(&ctx.client, &namespace, &team_maps).await;
     let sources: Vec<FleetSources<'_>> = members
         .iter()
         .map(|fleet| FleetSources {
