@@ -38,6 +38,14 @@ pub struct Delivery {
     pub seq: u64,
 }
 
+/// A shared-subscription message its client left without acknowledging,
+/// with the packet id it was sent with (None: it was still queued).
+#[derive(Debug)]
+pub struct Unacknowledged {
+    pub packet_id: Option<u16>,
+    pub delivery: Delivery,
+}
+
 /// What one subscription makes of a message it delivers.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFlags {
@@ -379,7 +387,7 @@ impl SessionState {
     /// Takes out what came through shared subscriptions and the client did
     /// not acknowledge (in flight, not yet released, then queued), in
     /// order: another member of the group gets it.
-    pub fn take_shared_unacknowledged(&mut self, budget: &MemoryBudget) -> Vec<Delivery> {
+    pub fn take_shared_unacknowledged(&mut self, budget: &MemoryBudget) -> Vec<Unacknowledged> {
         let mut taken = Vec::new();
         let in_flight: Vec<u16> = self
             .inflight
@@ -390,11 +398,36 @@ impl SessionState {
             .collect();
         for id in in_flight {
             if let Some(entry) = self.inflight.remove(id) {
-                taken.push(entry.delivery);
+                taken.push(Unacknowledged {
+                    packet_id: Some(id),
+                    delivery: entry.delivery,
+                });
             }
         }
-        taken.extend(self.queue.take_where(|d| d.shared_group.is_some(), budget));
+        taken.extend(
+            self.queue
+                .take_where(|d| d.shared_group.is_some(), budget)
+                .into_iter()
+                .map(|delivery| Unacknowledged {
+                    packet_id: None,
+                    delivery,
+                }),
+        );
         taken
+    }
+
+    /// Takes back a message [`Self::take_shared_unacknowledged`] took out
+    /// and no other member wanted. While its client is away, a message it
+    /// was sent goes back in flight under its packet id, so the client
+    /// gets it again with DUP set, as if it had never left; otherwise it
+    /// is queued.
+    pub fn keep_unacknowledged(&mut self, message: Unacknowledged, budget: &MemoryBudget) {
+        match message.packet_id {
+            Some(id) if self.attachment.is_none() && !self.inflight.contains(id) => {
+                self.restore_inflight(id, message.delivery, false);
+            }
+            _ => self.queue.restore(message.delivery, budget),
+        }
     }
 
     /// Forgets every message (clean start on an existing session).

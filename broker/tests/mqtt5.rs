@@ -572,6 +572,52 @@ async fn a_shared_member_that_leaves_without_acknowledging_hands_its_messages_on
     );
 }
 
+/// The bridge's case: the only member of its group, with a session that
+/// outlives the connection (kept in memory, no persistence), is killed and
+/// comes back: what it had not acknowledged is delivered again.
+#[tokio::test]
+async fn a_lone_shared_member_gets_its_unacknowledged_messages_back_on_return() {
+    let broker = TestBroker::start_default().await;
+    let member = || {
+        Connect::v5("lone")
+            .clean(false)
+            .props(Props::new().four(prop::SESSION_EXPIRY_INTERVAL, 300))
+    };
+    let (mut lone, _) = Raw::connect(&broker, &member()).await;
+    assert_eq!(lone.subscribe(1, &[("$share/w/jobs/+", 1)]).await, vec![1]);
+    let (mut publisher, _) = Raw::connect(&broker, &Connect::v5("pub")).await;
+    for pid in 1..=5u16 {
+        publisher
+            .publish_qos1(&Pub::new("jobs/a", format!("{pid}").as_bytes()).qos(1, pid))
+            .await;
+    }
+    let mut unacked = 0;
+    while let Recv::Packet(Pkt::Publish(_)) = lone.recv_within(QUIET).await {
+        unacked += 1;
+    }
+    assert_eq!(unacked, 5, "the lone member gets every message");
+    drop(lone);
+    tokio::time::sleep(QUIET).await;
+    let (mut lone, ack) = Raw::connect(&broker, &member()).await;
+    assert!(ack.session_present);
+    publisher
+        .publish_qos1(&Pub::new("jobs/a", b"6").qos(1, 6))
+        .await;
+    let mut got = Vec::new();
+    while let Recv::Packet(Pkt::Publish(m)) = lone.recv_within(Duration::from_secs(2)).await {
+        lone.ack_publish(&m).await;
+        let n = String::from_utf8_lossy(&m.payload).parse::<u32>().unwrap();
+        // Sent before: again with DUP, as to a session that never left.
+        assert_eq!(m.dup, n <= 5, "DUP of message {n}");
+        got.push(n);
+    }
+    assert_eq!(
+        got,
+        (1..=6).collect::<Vec<_>>(),
+        "nothing acknowledged is lost, in order"
+    );
+}
+
 #[tokio::test]
 async fn shared_subscription_gets_no_retained_messages() {
     let broker = TestBroker::start_default().await;

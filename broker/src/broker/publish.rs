@@ -11,7 +11,7 @@ use crate::config::SlowSubscriberAction;
 use crate::message::Message;
 use crate::queue::{DropReason, Enqueued, QueueLimits, Stall};
 use crate::session::SessionState;
-use crate::session::{Delivery, DeliveryFlags, Session};
+use crate::session::{Delivery, DeliveryFlags, Session, Unacknowledged};
 use crate::store::{Record, StoreError};
 
 use super::{Broker, ClientKey, Origin, PublishError, Publisher, Routed};
@@ -303,18 +303,26 @@ impl Broker {
 
     /// Gives the shared-subscription messages a client left without
     /// acknowledging to another member of each one's group: here, or on
-    /// another node. Without another member, a persistent session keeps
-    /// them for its client's return; otherwise they are dropped (counted).
-    pub(super) async fn redeliver_shared(&self, leaving: &Arc<Session>, deliveries: Vec<Delivery>) {
+    /// another node. Without another member, a session that outlives its
+    /// connection keeps them for its client's return (still stored, when
+    /// it is persisted); otherwise they are dropped (counted).
+    pub(super) async fn redeliver_shared(
+        &self,
+        leaving: &Arc<Session>,
+        unacknowledged: Vec<Unacknowledged>,
+    ) {
         let limits = self.queue_limits();
         let now = Instant::now();
         let mut records = Vec::new();
         let mut redelivered = 0;
-        for delivery in deliveries {
+        let mut kept = 0;
+        for message in unacknowledged {
+            let delivery = &message.delivery;
             let (Some(group), msg) = (delivery.shared_group.clone(), delivery.msg.clone()) else {
                 continue;
             };
             if msg.is_expired(now) {
+                records.extend(leaving.dequeue_record(delivery.seq));
                 continue;
             }
             let others = |k: &ClientKey| {
@@ -334,6 +342,7 @@ impl Broker {
                         shared_group: Some(group),
                     };
                     self.enqueue(&session, &msg, flags, &limits, None, &mut records);
+                    records.extend(leaving.dequeue_record(delivery.seq));
                     redelivered += 1;
                     continue;
                 }
@@ -349,18 +358,27 @@ impl Broker {
                         Err(_) => false,
                     };
                     if sent {
+                        records.extend(leaving.dequeue_record(delivery.seq));
                         redelivered += 1;
                         continue;
                     }
                 }
             }
+            // Not `persistent` (that is: stored): a session kept in memory
+            // also waits for its client.
             let mut state = leaving.state.lock();
-            if state.persistent {
-                state.queue.restore(delivery, &self.budget);
+            if state.expiry_interval > 0 {
+                state.keep_unacknowledged(message, &self.budget);
+                kept += 1;
             } else {
                 drop(state);
+                records.extend(leaving.dequeue_record(message.delivery.seq));
                 self.metrics.drop(DropReason::Offline.label());
             }
+        }
+        if kept > 0 {
+            // Its client may be back already.
+            leaving.notify.notify_one();
         }
         if let Err(e) = self.persist(records).await {
             self.logger.error(&format!("Error persisting: {e}."));

@@ -247,11 +247,6 @@ impl Broker {
         let persistent = state.persistent;
         drop(state);
         if !shared.is_empty() {
-            let records = shared
-                .iter()
-                .filter_map(|d| session.dequeue_record(d.seq))
-                .collect();
-            self.persist_nowait(records);
             let broker = self.clone();
             let session = session.clone();
             tokio::spawn(async move { broker.redeliver_shared(&session, shared).await });
@@ -263,12 +258,14 @@ impl Broker {
             let guard = persistent.then(|| cluster.hand_off_started());
             tokio::spawn(async move {
                 let _guard = guard;
-                cluster.release(&session.client_id).await;
                 // A persistent session goes to the cluster: the client may
                 // come back on any node, and this one may die meanwhile.
+                // Only then is the client released: a node that finds it
+                // released loads its session without asking this one.
                 if persistent {
                     broker.hand_off_session(&session).await;
                 }
+                cluster.release(&session.client_id).await;
             });
         }
 
