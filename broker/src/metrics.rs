@@ -47,6 +47,7 @@ pub struct Metrics {
     pub cluster_imported: IntCounter,
     pub cluster_bad_messages: IntCounter,
     pub cluster_send_failures: IntCounter,
+    pub cluster_receive_drops: IntCounter,
     pub clients_shed: IntCounter,
     /// Device fleets: logins, devices online, disconnects.
     pub fleets: crate::auth::fleet::FleetMetrics,
@@ -249,6 +250,11 @@ impl Metrics {
                 r,
                 "cluster_send_failures_total",
                 "QoS 0 messages that could not be sent to other nodes",
+            ),
+            cluster_receive_drops: counter(
+                r,
+                "cluster_receive_drops_total",
+                "QoS 0 messages from other nodes dropped because this node read them slower than they came (a lower bound)",
             ),
             registry,
         }

@@ -138,15 +138,26 @@ async fn drain(broker: &Arc<Broker>) {
             Control::Shutdown
         }
     };
-    for (session, _) in broker.connected_clients() {
-        if session.send_control(control()) {
-            if let Some(pause) = pause {
-                tokio::time::sleep(pause).await;
+    // Connections, by their client handle, already told to go. Clients
+    // whose CONNECT was being handled when the drain began are connected
+    // later: every pass looks again.
+    let mut told = std::collections::HashSet::new();
+    while broker.metrics.clients_connected.get() > 0 {
+        let mut any = false;
+        for (session, client) in broker.connected_clients() {
+            if !told.insert(Arc::as_ptr(&client) as usize) {
+                continue;
+            }
+            any = true;
+            if session.send_control(control()) {
+                if let Some(pause) = pause {
+                    tokio::time::sleep(pause).await;
+                }
             }
         }
-    }
-    while broker.metrics.clients_connected.get() > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        if !any {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

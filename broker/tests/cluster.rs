@@ -233,7 +233,15 @@ async fn one_client_id_one_connection_cluster_wide() {
 #[tokio::test]
 async fn nats_clients_read_device_data_and_reach_devices() {
     let nats = NatsCluster::start(3).await;
-    let cluster = BrokerCluster::start(&nats, 2, ClusterOpts::default()).await;
+    let cluster = BrokerCluster::start(
+        &nats,
+        2,
+        ClusterOpts {
+            cluster_toml: "export = true".into(),
+            ..ClusterOpts::default()
+        },
+    )
+    .await;
     let client = async_nats::connect(nats.urls()[1].as_str())
         .await
         .expect("connect to NATS");

@@ -142,11 +142,19 @@ impl Cluster {
             }
         };
         while let Some(request) = requests.next().await {
-            let client_id = String::from_utf8_lossy(&request.payload).to_string();
-            broker.taken_over_elsewhere(&client_id).await;
-            if let Some(reply) = request.reply {
-                let _ = self.client.publish(reply, Bytes::from_static(b"ok")).await;
-            }
+            // Each on its own: one slow hand-off must not hold the others.
+            let cluster = self.clone();
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                let client_id = String::from_utf8_lossy(&request.payload).to_string();
+                broker.taken_over_elsewhere(&client_id).await;
+                if let Some(reply) = request.reply {
+                    let _ = cluster
+                        .client
+                        .publish(reply, Bytes::from_static(b"ok"))
+                        .await;
+                }
+            });
         }
     }
 

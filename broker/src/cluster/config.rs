@@ -41,9 +41,11 @@ pub struct ClusterConfig {
     pub tls: Option<ClusterTlsConfig>,
     /// Publish every message, as it arrives, on the NATS subject of its
     /// topic (`<name>.<topic as subject>`, nats-server's MQTT mapping), so
-    /// that NATS clients and JetStream streams can read device data.
-    /// Default: true.
-    #[serde(default = "default_true")]
+    /// that NATS clients and JetStream streams can read device data. It
+    /// costs one NATS publish per message, on every message (about three
+    /// times the broker's CPU for local traffic, docs/benchmarks.md).
+    /// Default: false.
+    #[serde(default)]
     pub export: bool,
     /// Route what NATS clients publish on `<name>.>` to MQTT subscribers
     /// (QoS 0, as nats-server's MQTT does). Default: true.
@@ -156,7 +158,7 @@ mod tests {
         let c = config();
         assert_eq!(c.name, "kubemqtt");
         assert_eq!(c.replicas, 3);
-        assert!(c.export && c.import_subjects);
+        assert!(!c.export && c.import_subjects);
         assert_eq!(c.node_timeout_secs, 10);
         assert_eq!(c.check("kubemqtt-0"), Ok(()));
     }

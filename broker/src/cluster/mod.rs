@@ -28,13 +28,14 @@ pub mod subject;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use async_nats::jetstream::kv;
 
 use crate::broker::Broker;
 use crate::log::Logger;
+use crate::queue::DROP_LOG_INTERVAL;
 
 pub use self::config::{valid_token, ClusterConfig, ClusterTlsConfig};
 use self::interest::Interest;
@@ -248,8 +249,23 @@ impl Cluster {
         mut events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
         broker: Arc<Broker>,
     ) {
+        // Slow-consumer events come once per dropped message: counted
+        // each, logged once a minute.
+        let mut receive_drops_logged: Option<Instant> = None;
+        let mut receive_drops_unlogged = 0u64;
         while let Some(event) = events.recv().await {
             match event {
+                async_nats::Event::SlowConsumer(_) => {
+                    broker.metrics.cluster_receive_drops.inc();
+                    receive_drops_unlogged += 1;
+                    if receive_drops_logged.is_none_or(|at| at.elapsed() >= DROP_LOG_INTERVAL) {
+                        self.logger.warning(&format!(
+                            "Cluster: {receive_drops_unlogged} QoS 0 messages from other nodes were dropped: this node reads them slower than they come."
+                        ));
+                        receive_drops_logged = Some(Instant::now());
+                        receive_drops_unlogged = 0;
+                    }
+                }
                 async_nats::Event::Connected => {
                     self.connected.store(true, Ordering::Release);
                     broker.metrics.cluster_connected.set(1);

@@ -105,7 +105,8 @@ impl Cluster {
                     continue;
                 }
                 self.logger.warning(&format!(
-                    "Cluster: node {node} stopped answering; its clients' wills are published."
+                    "Cluster: node {node} left the cluster or stopped answering; \
+                     the clients it still held are taken over."
                 ));
                 self.node_gone(&broker, &node).await;
             }

@@ -353,8 +353,30 @@ impl Cluster {
                 "Cluster: cannot read the last queued messages of {client_id}: {e}."
             ));
         }
-        self.purge_queue(client_id).await;
+        // Only what was read: anything written since waits for the next
+        // time the session is loaded, rather than being lost.
+        let read_up_to = late.last_seq.max(last_seq);
+        if read_up_to > 0 {
+            self.purge_queue_up_to(client_id, read_up_to).await;
+        }
         late.entries
+    }
+
+    /// Removes a session's queued entries up to stream sequence `seq`.
+    async fn purge_queue_up_to(&self, client_id: &str, seq: u64) {
+        let Ok(stream) = self.js.get_stream(self.names.queue_stream()).await else {
+            return;
+        };
+        if let Err(e) = stream
+            .purge()
+            .filter(self.queue_subject(client_id))
+            .sequence(seq + 1)
+            .await
+        {
+            self.logger.warning(&format!(
+                "Cluster: cannot empty the queue of {client_id}: {e}."
+            ));
+        }
     }
 
     /// Empties a session's queue subject.

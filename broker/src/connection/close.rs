@@ -101,6 +101,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             }
             Close::Relocate => {
                 publish_will = false;
+                self.broker.logger.info(&format!(
+                    "Client {} sent to another node.",
+                    self.session.client_id
+                ));
                 self.disconnect_v5(ReasonCode::USE_ANOTHER_SERVER, None)
             }
         };
