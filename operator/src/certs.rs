@@ -196,6 +196,38 @@ pub fn issue_server_cert(
     })
 }
 
+/// Issues a certificate for a server that is also a client of its peers
+/// (a NATS server, whose routes to the other servers verify both ends):
+/// like [`issue_server_cert`], for server and client authentication.
+pub fn issue_peer_cert(
+    ca: &CertifiedKeyPem,
+    common_name: &str,
+    sans: &BTreeSet<San>,
+    now: Timestamp,
+    validity: SignedDuration,
+) -> Result<CertifiedKeyPem, CertError> {
+    let sans = sans
+        .iter()
+        .map(|san| {
+            Ok(match san {
+                San::Dns(name) => SanType::DnsName(name.clone().try_into()?),
+                San::Ip(ip) => SanType::IpAddress(*ip),
+            })
+        })
+        .collect::<Result<_, rcgen::Error>>()?;
+    issue(ca, common_name, now, validity, |params| {
+        params.subject_alt_names = sans;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+    })
+}
+
 /// Issues a client certificate with subject `common_name` (the MQTT user
 /// name), signed by `ca`, valid from `now` (less [`BACKDATE`]) for
 /// `validity` but never past the CA's own expiry.

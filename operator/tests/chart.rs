@@ -124,7 +124,7 @@ const TWO_REPLICAS: Combination = Combination {
 };
 const SERVICE_MONITOR: Combination = Combination {
     name: "service-monitor",
-    values: "metrics:\n  serviceMonitor:\n    enabled: true\n    interval: 15s\n    labels:\n      release: prometheus\n",
+    values: "metrics:\n  serviceMonitor:\n    enabled: true\n    interval: 15s\n    labels:\n      release: prometheus\nprometheusAdapter:\n  configMap:\n    enabled: true\n",
 };
 const CUSTOM: Combination = Combination {
     name: "custom",
@@ -189,8 +189,9 @@ fn operator_rules() -> Value {
         {"apiGroups": ["kubemqtt.io"], "resources": ["mqttdevicefleets"], "verbs": ["patch"]},
         {"apiGroups": ["kubemqtt.io"], "resources": ["mqttdevicefleets/finalizers"],
          "verbs": ["update"]},
+        // `delete`: a managed NATS the spec dropped.
         {"apiGroups": [""], "resources": ["configmaps", "secrets", "services"],
-         "verbs": ["get", "list", "watch", "create", "patch"]},
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
         // `delete`: a StatefulSet is replaced (without its pods) when its
         // volume claims change.
         {"apiGroups": ["apps"], "resources": ["statefulsets"],
@@ -202,8 +203,14 @@ fn operator_rules() -> Value {
         // With `tls.certManager`.
         {"apiGroups": ["cert-manager.io"], "resources": ["certificates"],
          "verbs": ["get", "create", "patch"]},
+        // `delete`: a broker scaled to one replica has no budget.
         {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"],
-         "verbs": ["get", "list", "watch", "create", "patch"]},
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+        // With `spec.autoscaling` (provider hpa, or keda with KEDA installed).
+        {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"],
+         "verbs": ["get", "create", "patch", "delete"]},
+        {"apiGroups": ["keda.sh"], "resources": ["scaledobjects"],
+         "verbs": ["get", "create", "patch", "delete"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     ])
 }
@@ -864,6 +871,59 @@ fn service_monitor_scrapes_the_metrics_service() {
         refused.contains("needs metrics.service.enabled"),
         "{refused}"
     );
+}
+
+/// The Prometheus Adapter rules, as a ConfigMap the adapter reads: the two
+/// Pods metrics of MqttBroker autoscaling, from the broker's series.
+#[test]
+fn prometheus_adapter_rules_serve_the_autoscaling_metrics() {
+    let Some(helm) = Helm::find() else {
+        return;
+    };
+    let defaults = helm.render(&DEFAULTS);
+    assert!(defaults.iter().all(|d| d["kind"] != "ConfigMap"));
+    let documents = helm.render(&SERVICE_MONITOR);
+    let config_map = object(
+        &documents,
+        "ConfigMap",
+        &format!("{FULLNAME}-adapter-rules"),
+    );
+    let config: Value = serde_saphyr::from_str(
+        config_map["data"]["config.yaml"]
+            .as_str()
+            .expect("config.yaml"),
+    )
+    .expect("the adapter's YAML");
+    let rules = config["rules"].as_array().expect("rules");
+    let served: Vec<(&str, &str)> = rules
+        .iter()
+        .map(|rule| {
+            (
+                rule["seriesQuery"].as_str().unwrap_or_default(),
+                rule["name"]["as"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        served,
+        [
+            (
+                "kubemqtt_connections{namespace!=\"\",pod!=\"\"}",
+                kubemqtt_operator::plan::autoscaling::CONNECTIONS_METRIC
+            ),
+            (
+                "kubemqtt_messages_received_total{namespace!=\"\",pod!=\"\"}",
+                kubemqtt_operator::plan::autoscaling::MESSAGES_METRIC
+            ),
+        ]
+    );
+    for rule in rules {
+        assert_eq!(rule["resources"]["overrides"]["pod"]["resource"], "pod");
+    }
+    assert!(rules[1]["metricsQuery"]
+        .as_str()
+        .unwrap()
+        .contains("rate(<<.Series>>{<<.LabelMatchers>>}[2m])"));
 }
 
 #[test]

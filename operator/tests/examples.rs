@@ -169,15 +169,37 @@ fn examples_render_every_object() {
             "team CA" => expected.push(("Secret", "-tls")),
             _ => expected.extend([("Secret", "-ca"), ("Secret", "-tls")]),
         }
+        expected.extend([("Secret", "-clients-ca"), ("Secret", "-auth")]);
+        let managed_nats = broker
+            .spec
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.nats.managed.is_some());
+        if managed_nats {
+            expected.extend([
+                ("Secret", "-nats-ca"),
+                ("Secret", "-nats-tls"),
+                ("Secret", "-nats-client"),
+                ("ConfigMap", "-nats-config"),
+                ("Service", "-nats-headless"),
+                ("Service", "-nats"),
+                ("StatefulSet", "-nats"),
+                ("PodDisruptionBudget", "-nats"),
+            ]);
+        }
         expected.extend([
-            ("Secret", "-clients-ca"),
-            ("Secret", "-auth"),
             ("Service", "-headless"),
             ("Service", ""),
             ("Service", "-external"),
             ("StatefulSet", ""),
-            ("PodDisruptionBudget", ""),
         ]);
+        // A budget only over several pods.
+        if broker.spec.replicas > 1 {
+            expected.push(("PodDisruptionBudget", ""));
+        }
+        if broker.spec.autoscaling.is_some() {
+            expected.push(("HorizontalPodAutoscaler", ""));
+        }
         let expected: Vec<(String, String)> = expected
             .into_iter()
             .map(|(k, n)| (k.to_owned(), n.to_owned()))
@@ -897,4 +919,52 @@ fn crds_pass_the_structural_schema_check() {
     let crds = crd_files();
     let crds: Vec<&Path> = crds.iter().map(PathBuf::as_path).collect();
     run(&check, &[], &crds);
+}
+
+/// `examples/broker-cluster.yaml` is what its comments say: three pods on a
+/// NATS the operator runs, over TLS, scaled by an HPA between 3 and 12 on
+/// CPU and connections, draining 20,000 clients at 1,000 a second.
+#[test]
+fn the_cluster_example_runs_three_pods_on_a_managed_nats_with_an_hpa() {
+    let yaml = render(&workspace().join("examples/broker-cluster.yaml"));
+    let documents: Vec<Value> = serde_saphyr::from_multiple(&yaml).expect("rendered YAML");
+    let find = |kind: &str, name: &str| {
+        documents
+            .iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{kind} {name} rendered"))
+            .clone()
+    };
+    let broker = find("StatefulSet", "mqtt-cluster");
+    assert_eq!(broker["spec"]["replicas"], 3);
+    assert_eq!(
+        broker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
+        35
+    );
+    let config = find("ConfigMap", "mqtt-cluster-config");
+    let text = config["data"]["broker.toml"].as_str().expect("broker.toml");
+    let parsed = kubemqtt_broker::config::Config::from_toml_str(text, "broker.toml")
+        .expect("the broker reads it");
+    let cluster = parsed.cluster.expect("a [cluster] table");
+    assert_eq!(cluster.servers.len(), 3);
+    assert!(cluster.servers[0].starts_with("tls://mqtt-cluster-nats-0."));
+    assert!(cluster.tls.is_some());
+    assert_eq!(parsed.drain.rate_per_sec, 1000);
+    assert_eq!(parsed.drain.deadline_secs, 30);
+    assert_eq!(
+        find("StatefulSet", "mqtt-cluster-nats")["spec"]["replicas"],
+        3
+    );
+    let hpa = find("HorizontalPodAutoscaler", "mqtt-cluster");
+    assert_eq!(hpa["spec"]["minReplicas"], 3);
+    assert_eq!(hpa["spec"]["maxReplicas"], 12);
+    assert_eq!(hpa["spec"]["metrics"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
+        600
+    );
+    assert_eq!(
+        find("PodDisruptionBudget", "mqtt-cluster")["spec"]["maxUnavailable"],
+        1
+    );
 }

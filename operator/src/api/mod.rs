@@ -7,6 +7,7 @@
 //! written for users.
 
 pub mod bridge;
+pub mod cluster;
 pub mod fleet;
 pub mod rebalance;
 pub mod spec;
@@ -14,6 +15,7 @@ pub mod status;
 pub mod user;
 
 pub use bridge::{MqttBridge, MqttBridgeSpec, MqttBridgeStatus};
+pub use cluster::*;
 pub use fleet::{MqttDeviceFleet, MqttDeviceFleetSpec, MqttDeviceFleetStatus};
 pub use spec::*;
 pub use status::*;
@@ -133,8 +135,11 @@ mod tests {
                 "string",
                 ".status.conditions[?(@.type==\"Ready\")].status",
             ),
+            ("Desired", "integer", ".spec.replicas"),
+            ("Pods", "integer", ".status.readyReplicas"),
+            ("Connections", "integer", ".status.connections"),
             ("Endpoint", "string", ".status.endpoint"),
-            ("Replicas", "integer", ".status.readyReplicas"),
+            ("NATS", "string", ".status.nats.state"),
             ("Age", "date", ".metadata.creationTimestamp"),
         ];
         let expected: Vec<(String, String, String)> = expected
@@ -178,24 +183,97 @@ mod tests {
         assert_eq!(GeneratedTlsSpec::default().validity_days, 365);
     }
 
+    fn spec_rules() -> Value {
+        crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["x-kubernetes-validations"]
+            .clone()
+    }
+
+    fn cel_errors(spec: &str) -> Option<String> {
+        let spec: MqttBrokerSpec = serde_saphyr::from_str(spec).expect("test spec parses");
+        MqttBroker::new("b", spec)
+            .validate_cel()
+            .err()
+            .map(|e| e.to_string())
+    }
+
     #[test]
-    fn replicas_above_one_are_refused_with_the_reason() {
-        let spec = &crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-            ["properties"];
-        assert_eq!(
-            spec["replicas"]["x-kubernetes-validations"],
-            serde_json::json!([{"rule": "self <= 1", "message": REPLICAS_MESSAGE}])
+    fn replicas_above_one_need_a_cluster_and_say_why() {
+        let rules = spec_rules();
+        assert!(
+            rules
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!({"rule": "self.replicas <= 1 || has(self.cluster)", "message": REPLICAS_MESSAGE})),
+            "{rules}"
         );
-        let broker = MqttBroker::new(
-            "b",
-            MqttBrokerSpec {
-                replicas: 2,
-                ..MqttBrokerSpec::default()
-            },
-        );
-        let errors = broker.validate_cel().unwrap_err().to_string();
+        let errors = cel_errors("replicas: 2").expect("refused");
         assert!(errors.contains(REPLICAS_MESSAGE), "{errors}");
-        let single = MqttBroker::new("b", MqttBrokerSpec::default());
-        assert!(single.validate_cel().is_ok());
+        assert_eq!(cel_errors("replicas: 1"), None);
+        assert_eq!(cel_errors("replicas: 0"), None);
+        assert_eq!(
+            cel_errors("replicas: 7\ncluster: {nats: {managed: {}}}"),
+            None
+        );
+    }
+
+    #[test]
+    fn cluster_and_autoscaling_rules() {
+        // Exactly one NATS.
+        let both =
+            cel_errors("cluster: {nats: {managed: {}, external: {urls: [\"nats://n:4222\"]}}}")
+                .expect("refused");
+        assert!(both.contains("exactly one"), "{both}");
+        assert!(cel_errors("cluster: {nats: {}}").is_some());
+        assert_eq!(
+            cel_errors("cluster: {nats: {external: {urls: [\"nats://n:4222\"], credentials: {type: Token, secretName: t}}}}"),
+            None
+        );
+        let no_user = cel_errors(
+            "cluster: {nats: {external: {urls: [\"nats://n:4222\"], credentials: {type: UserPassword, secretName: t}}}}",
+        )
+        .expect("refused");
+        assert!(no_user.contains("need user"), "{no_user}");
+        // Autoscaling needs a cluster, bounds in order, and a target.
+        let alone = cel_errors("autoscaling: {maxReplicas: 5, targets: {cpuUtilization: 70}}")
+            .expect("refused");
+        assert!(alone.contains(AUTOSCALING_MESSAGE), "{alone}");
+        let cluster = "cluster: {nats: {managed: {}}}\n";
+        assert_eq!(
+            cel_errors(&format!(
+                "{cluster}autoscaling: {{maxReplicas: 5, targets: {{cpuUtilization: 70}}}}"
+            )),
+            None
+        );
+        let inverted = cel_errors(&format!(
+            "{cluster}autoscaling: {{minReplicas: 6, maxReplicas: 5, targets: {{cpuUtilization: 70}}}}"
+        ))
+        .expect("refused");
+        assert!(inverted.contains("minReplicas"), "{inverted}");
+        let no_target = cel_errors(&format!(
+            "{cluster}autoscaling: {{maxReplicas: 5, targets: {{}}}}"
+        ))
+        .expect("refused");
+        assert!(no_target.contains("at least one"), "{no_target}");
+        let keda = cel_errors(&format!(
+            "{cluster}autoscaling: {{maxReplicas: 5, provider: keda, targets: {{cpuUtilization: 70}}}}"
+        ))
+        .expect("refused");
+        assert!(keda.contains("keda"), "{keda}");
+    }
+
+    #[test]
+    fn cluster_defaults() {
+        let spec: MqttBrokerSpec = serde_saphyr::from_str(
+            "cluster: {nats: {managed: {}}}\nautoscaling: {maxReplicas: 4, targets: {connectionsPerReplica: 1000}}",
+        )
+        .unwrap();
+        let managed = spec.cluster.unwrap().nats.managed.unwrap();
+        assert_eq!(managed.storage.size.0, "10Gi");
+        let autoscaling = spec.autoscaling.unwrap();
+        assert_eq!(autoscaling.min_replicas, 2);
+        assert_eq!(autoscaling.provider, AutoscalingProvider::Hpa);
+        assert_eq!(autoscaling.behavior.scale_down_stabilization_seconds, 300);
+        assert_eq!(autoscaling.behavior.scale_up_stabilization_seconds, 0);
     }
 }

@@ -18,13 +18,23 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::cluster::{AutoscalingSpec, ClusterSpec, DrainSpec};
 use super::status::MqttBrokerStatus;
 
-/// The message of the CEL rule that caps `spec.replicas`.
-pub const REPLICAS_MESSAGE: &str =
-    "replicas above 1 are not supported yet: every broker pod would \
-keep its own sessions, subscriptions and retained messages, so clients connected to different \
-pods would silently stop seeing each other's messages";
+/// The message of the CEL rule that caps `spec.replicas` of a broker
+/// without `spec.cluster`.
+pub const REPLICAS_MESSAGE: &str = "replicas above 1 need spec.cluster: without a NATS \
+cluster every broker pod would keep its own sessions, subscriptions and retained messages, so \
+clients connected to different pods would silently stop seeing each other's messages";
+
+/// The message of the CEL rule that ties `spec.autoscaling` to
+/// `spec.cluster`.
+pub const AUTOSCALING_MESSAGE: &str =
+    "spec.autoscaling needs spec.cluster: only a clustered broker can run more than one pod";
+
+/// The official NATS image the operator runs for `spec.cluster.nats.managed`
+/// when the spec names none (pinned: a NATS upgrade is a decision).
+pub const DEFAULT_NATS_IMAGE: &str = "nats:2.10.24-alpine";
 
 /// An MQTT broker: the operator runs it as a StatefulSet behind a Service,
 /// with its configuration, TLS certificates and credentials.
@@ -52,16 +62,34 @@ pods would silently stop seeing each other's messages";
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(
-        name = "Endpoint",
-        type_ = "string",
-        description = "Where clients connect",
-        json_path = ".status.endpoint"
+        name = "Desired",
+        type_ = "integer",
+        description = "Broker pods wanted",
+        json_path = ".spec.replicas"
     ),
     printcolumn(
-        name = "Replicas",
+        name = "Pods",
         type_ = "integer",
         description = "Broker pods that are ready",
         json_path = ".status.readyReplicas"
+    ),
+    printcolumn(
+        name = "Connections",
+        type_ = "integer",
+        description = "Client connections over every broker pod (clustered brokers)",
+        json_path = ".status.connections"
+    ),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        description = "Where clients connect (scheme://host:port)",
+        json_path = ".status.endpoint"
+    ),
+    printcolumn(
+        name = "NATS",
+        type_ = "string",
+        description = "State of the NATS the broker pods share (clustered brokers)",
+        json_path = ".status.nats.state"
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new(
@@ -72,6 +100,8 @@ pods would silently stop seeing each other's messages";
          starting with a letter: it names the broker's Services and pods"
     )
 )]
+#[x_kube(validation = Rule::new("self.replicas <= 1 || has(self.cluster)").message(REPLICAS_MESSAGE))]
+#[x_kube(validation = Rule::new("!has(self.autoscaling) || has(self.cluster)").message(AUTOSCALING_MESSAGE))]
 #[serde(rename_all = "camelCase")]
 pub struct MqttBrokerSpec {
     /// Container image of the broker. Default: the operator's broker image
@@ -93,12 +123,14 @@ pub struct MqttBrokerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
 
-    /// Number of broker pods: 1 runs the broker, 0 stops it (its volume is
-    /// kept). Values above 1 are rejected until brokers can share
-    /// sessions: each pod would otherwise serve its own clients in
-    /// isolation. Default: 1.
+    /// Number of broker pods. Without `spec.cluster`: 1 runs the broker,
+    /// 0 stops it (its volume is kept), and more is refused, since each pod
+    /// would serve its own clients in isolation. With `spec.cluster`: any
+    /// number, the pods sharing sessions, subscriptions and retained
+    /// messages through NATS. With `spec.autoscaling` the autoscaler writes
+    /// this field (through the scale subresource, as `kubectl scale` does):
+    /// leave it out of what your GitOps tool applies. Default: 1.
     #[schemars(range(min = 0))]
-    #[x_kube(validation = Rule::new("self <= 1").message(REPLICAS_MESSAGE))]
     #[serde(default = "default_replicas")]
     pub replicas: i32,
 
@@ -190,6 +222,26 @@ pub struct MqttBrokerSpec {
     #[serde(default, skip_serializing_if = "is_default")]
     pub logging: LoggingSpec,
 
+    /// Several broker pods sharing their clients' sessions, subscriptions
+    /// and retained messages through a NATS JetStream cluster, run by the
+    /// operator (`nats.managed`) or yours (`nats.external`). Needed for
+    /// `replicas` above 1 and for `autoscaling`; it cannot go with
+    /// `persistence.enabled` (the cluster keeps the state in JetStream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSpec>,
+
+    /// Scale the broker with the load: a HorizontalPodAutoscaler (or a KEDA
+    /// ScaledObject) that drives `spec.replicas` through the MqttBroker's
+    /// scale subresource. Needs `spec.cluster`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+
+    /// How a stopping broker pod hands its clients over: how fast it
+    /// disconnects them, and how many it is expected to hold, which sets
+    /// how long it may take (the pods' termination grace period).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub drain: DrainSpec,
+
     /// Further broker settings, written into the broker's configuration
     /// file as they are (snake_case keys, as in the broker's
     /// docs/configuration.md; for example `sys: {interval_secs: 0}` or
@@ -226,6 +278,9 @@ impl Default for MqttBrokerSpec {
             limits: LimitsSpec::default(),
             persistence: PersistenceSpec::default(),
             logging: LoggingSpec::default(),
+            cluster: None,
+            autoscaling: None,
+            drain: DrainSpec::default(),
             config: None,
         }
     }

@@ -18,6 +18,19 @@ pub const CONDITION_PROGRESSING: &str = "Progressing";
 pub const CONDITION_DEGRADED: &str = "Degraded";
 /// Condition type: the TLS certificate is valid and covers every name.
 pub const CONDITION_CERTIFICATES_READY: &str = "CertificatesReady";
+/// Condition type (brokers with `spec.cluster`): the cluster works with
+/// less than it should: a broker pod is down (reason
+/// [`REASON_REPLICA_DOWN`]), the managed NATS lost its quorum
+/// ([`REASON_NATS_QUORUM_LOST`]) or broker pods cannot reach NATS
+/// ([`REASON_NATS_UNREACHABLE`]).
+pub const CONDITION_CLUSTER_DEGRADED: &str = "ClusterDegraded";
+/// Reason of `ClusterDegraded`: fewer broker pods are ready than wanted.
+pub const REASON_REPLICA_DOWN: &str = "ReplicaDown";
+/// Reason of `ClusterDegraded`: fewer than two of the three managed NATS
+/// servers are ready, so JetStream cannot commit.
+pub const REASON_NATS_QUORUM_LOST: &str = "NatsQuorumLost";
+/// Reason of `ClusterDegraded`: broker pods report no connection to NATS.
+pub const REASON_NATS_UNREACHABLE: &str = "NatsUnreachable";
 
 /// The observed state of a broker.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -28,10 +41,26 @@ pub struct MqttBrokerStatus {
     pub observed_generation: Option<i64>,
 
     /// The latest observations of the broker's state: Ready, Available,
-    /// Progressing, Degraded and CertificatesReady.
+    /// Progressing, Degraded and CertificatesReady; ClusterDegraded with
+    /// `spec.cluster`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".to_owned()]))]
     pub conditions: Vec<Condition>,
+
+    /// Client connections over every broker pod that answered, from the
+    /// pods' metrics (brokers with `spec.cluster`; refreshed at each
+    /// reconcile, at least every two minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<i64>,
+
+    /// The NATS the broker pods share (brokers with `spec.cluster`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsStatus>,
+
+    /// The object that scales the broker (`HorizontalPodAutoscaler mq`,
+    /// `ScaledObject mq`), with `spec.autoscaling`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<String>,
 
     /// Broker pods that exist (read by the scale subresource).
     #[serde(default)]
@@ -70,6 +99,32 @@ pub struct MqttBrokerStatus {
     /// pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsStatus>,
+}
+
+/// The state of the NATS a clustered broker uses.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NatsStatus {
+    /// `Managed` (the operator runs it) or `External`.
+    pub mode: String,
+    /// `Ready` (every server ready, every reporting broker pod connected),
+    /// `Degraded` (a managed server down, quorum kept), `QuorumLost`,
+    /// `Unreachable` (broker pods report no NATS connection) or `Unknown`
+    /// (no broker pod reported yet, for an external NATS).
+    pub state: String,
+    /// Managed NATS servers that are ready (unset for an external NATS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_servers: Option<i32>,
+    /// Managed NATS servers wanted (unset for an external NATS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers: Option<i32>,
+    /// Broker pods that reported a NATS connection, of those that
+    /// answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_brokers: Option<i32>,
+    /// The URLs the brokers connect to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
 }
 
 /// The broker's host names.

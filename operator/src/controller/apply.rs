@@ -394,6 +394,10 @@ impl Target {
                 ApiResource::erase::<PodDisruptionBudget>(&())
             }
             (Some("cert-manager.io/v1"), "Certificate") => certificate_resource(),
+            (Some("autoscaling/v2"), "HorizontalPodAutoscaler") => {
+                ApiResource::erase::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>(&())
+            }
+            (Some("keda.sh/v1alpha1"), "ScaledObject") => super::cluster::scaled_object_resource(),
             _ => return Err(ApplyError::UnknownKind(key)),
         };
         Ok(Target {
@@ -452,6 +456,18 @@ impl Target {
                     ),
                 })
             }
+            Err(kube::Error::Api(status))
+                if status.code == 404 && self.resource.group == "keda.sh" =>
+            {
+                Err(ApplyError::Rejected {
+                    object: self.key.clone(),
+                    message: format!(
+                        "this cluster does not serve KEDA's ScaledObjects ({}): install KEDA, \
+                         or set spec.autoscaling.provider to hpa",
+                        status.message
+                    ),
+                })
+            }
             Err(source) => Err(ApplyError::Api {
                 object: self.key.clone(),
                 source,
@@ -482,6 +498,12 @@ mod tests {
             ("apps/v1", "StatefulSet", "statefulsets"),
             ("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
             ("cert-manager.io/v1", "Certificate", "certificates"),
+            (
+                "autoscaling/v2",
+                "HorizontalPodAutoscaler",
+                "horizontalpodautoscalers",
+            ),
+            ("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
         ] {
             let target = Target::new(object(api_version, kind)).unwrap();
             assert_eq!(target.resource.plural, plural);

@@ -13,9 +13,10 @@ use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn, Instrument};
 
 use super::apply::{self, AppliedObject, ApplyError, Pending, CREDENTIALS_MANAGER};
+use super::cluster;
 use super::observe::{self, Observation};
 use super::push::{self, PushError};
-use super::status::{self, Outcome, Propagation, Seen};
+use super::status::{self, ClusterSeen, Outcome, Propagation, Seen};
 use super::{
     backoff, events, failure_key, is_paused, was_paused, write_status, Context, Error, ObjectKey,
     INVALID_REQUEUE, MAX_REQUEUE,
@@ -36,7 +37,9 @@ pub async fn reconcile(broker: Arc<MqttBroker>, ctx: Arc<Context>) -> Result<Act
         namespace = broker.namespace().unwrap_or_default(),
         broker = broker.name_any()
     );
-    let result = reconcile_broker(&broker, &ctx, Timestamp::now())
+    // Boxed: the reconcile's state is large for a task's (or a test
+    // thread's) stack.
+    let result = Box::pin(reconcile_broker(&broker, &ctx, Timestamp::now()))
         .instrument(span)
         .await;
     match &result {
@@ -149,6 +152,11 @@ async fn reconcile_broker(
         }
     };
 
+    // What the spec no longer asks for goes: the broker's
+    // PodDisruptionBudget (one replica), a managed NATS, an autoscaler.
+    let deleted =
+        cluster::delete_dropped(ctx, &namespace, &names, &plan, &observation.cluster).await?;
+
     // What happened is told first: a failed status write is retried, and
     // the retry finds nothing left to tell.
     let renewals = plan
@@ -162,6 +170,7 @@ async fn reconcile_broker(
         .chain(applied.replaced.then(events::replaced_stateful_set))
         .chain(renewals)
         .chain(warnings)
+        .chain(deleted.iter().map(events::deleted))
     {
         info!(reason = %event.reason, "{}", event.note);
         ctx.events.publish(broker, event).await;
@@ -179,11 +188,32 @@ async fn reconcile_broker(
         certificate: plan.certificate.as_ref(),
         credentials: propagation.as_ref().map(|p| p.status),
     };
+    let clustered = broker.spec.cluster.is_some();
+    let nats_stateful_set: Option<StatefulSet> =
+        parse_applied(&applied.objects, "StatefulSet", &names.nats)
+            .or_else(|| observation.cluster.nats_stateful_set.clone())
+            .filter(|_| plan.nats.is_some());
+    let metrics = match clustered {
+        true => Some(cluster::pod_metrics(ctx, &observation.pods).await),
+        false => None,
+    };
+    let autoscaler = plan.autoscaler.as_ref().map(|object| {
+        format!(
+            "{} {}",
+            object["kind"].as_str().unwrap_or_default(),
+            names.broker
+        )
+    });
     let seen = Seen {
         stateful_set: stateful_set.as_ref(),
         external_service: external_service.as_ref(),
         user_certificate: observation.user_certificate.as_ref(),
         certificate_object: observation.certificate_object.as_ref(),
+        cluster: ClusterSeen {
+            nats_stateful_set: nats_stateful_set.as_ref(),
+            metrics,
+            autoscaler: autoscaler.as_deref(),
+        },
     };
     write_status(
         &brokers,
@@ -218,14 +248,30 @@ async fn reconcile_broker(
             MAX_REQUEUE
         }
     };
+    // When to come back, at the soonest of what asks: a certificate, a
+    // pod without its credentials, a clustered broker's status (its
+    // connections and NATS move without any object changing). Steps of a
+    // clustered broker that act on its pods (rebalancing clients after a
+    // scale-up, recovering a stuck rollout) go here, each adding when it
+    // wants to run again.
+    let mut come_back = vec![push_retry];
+    if clustered {
+        come_back.push(CLUSTER_REQUEUE);
+    }
     let requeue = plan
         .recheck_at
         .map(|at| Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO))
+        .into_iter()
+        .chain(come_back)
+        .min()
         .unwrap_or(MAX_REQUEUE)
-        .min(push_retry)
         .clamp(Duration::from_secs(1), MAX_REQUEUE);
     Ok((ReconcileResult::Applied, Action::requeue(requeue)))
 }
+
+/// How often a clustered broker is looked at even when nothing changed: its
+/// connections and NATS state are in its status.
+pub const CLUSTER_REQUEUE: Duration = Duration::from_secs(120);
 
 /// What [`apply_plan`] did.
 struct Applied {
@@ -478,6 +524,11 @@ fn seen_before(observation: &Observation) -> Seen<'_> {
         external_service: observation.external_service.as_ref(),
         user_certificate: observation.user_certificate.as_ref(),
         certificate_object: observation.certificate_object.as_ref(),
+        cluster: ClusterSeen {
+            nats_stateful_set: observation.cluster.nats_stateful_set.as_ref(),
+            metrics: None,
+            autoscaler: None,
+        },
     }
 }
 

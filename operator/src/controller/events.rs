@@ -93,6 +93,20 @@ pub fn replaced_stateful_set() -> BrokerEvent {
     )
 }
 
+/// The Event when an object the spec no longer asks for was deleted.
+pub fn deleted(object: &ObjectKey) -> BrokerEvent {
+    let why = match object.kind.as_str() {
+        "PodDisruptionBudget" if !object.name.ends_with("-nats") => {
+            "spec.replicas is 1 or less: a single pod has no disruption budget"
+        }
+        "HorizontalPodAutoscaler" | "ScaledObject" => {
+            "spec.autoscaling no longer asks for it; spec.replicas stays where the autoscaler left it"
+        }
+        _ => "spec.cluster.nats.managed is gone; the NATS volumes are kept",
+    };
+    BrokerEvent::normal("Deleted", "Delete", format!("deleted {object}: {why}"))
+}
+
 /// One Event per certificate a plan issued: `CertificateIssued` for a
 /// first certificate, `CaRotationStarted` and `CaRotationCompleted` for the
 /// two steps of a CA rotation, `CertificateRenewed` with the reason

@@ -552,6 +552,41 @@ impl CredentialsPusher for RecordingPusher {
     }
 }
 
+/// Answers reads of the broker pods' `/metrics` with one text for every
+/// pod (a pod whose address is in `down` fails), and counts them.
+#[derive(Debug, Default)]
+pub struct FakeMetrics {
+    text: Mutex<Option<String>>,
+    down: Mutex<Vec<String>>,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl FakeMetrics {
+    /// Every pod answers `text` from now on (`None`: none answers).
+    pub fn answer(&self, text: Option<&str>) {
+        *self.text.lock().expect("metrics") = text.map(str::to_owned);
+    }
+
+    /// The pod at `host` does not answer.
+    pub fn down(&self, host: &str) {
+        self.down.lock().expect("metrics").push(host.to_owned());
+    }
+
+    /// Reads since the last call.
+    pub fn take_reads(&self) -> usize {
+        self.reads.swap(0, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl super::fleet::MetricsReader for FakeMetrics {
+    fn read(&self, host: String) -> super::fleet::MetricsFuture {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let down = self.down.lock().expect("metrics").contains(&host);
+        let text = self.text.lock().expect("metrics").clone().filter(|_| !down);
+        Box::pin(async move { text.ok_or_else(|| format!("{host}: connection refused")) })
+    }
+}
+
 /// Keeps a [`UserIndex`](super::index::UserIndex) store in step with the
 /// fake API server's `MqttUser`s, as the watch would.
 pub struct UserCache {

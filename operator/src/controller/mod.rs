@@ -31,6 +31,7 @@
 pub mod apply;
 pub mod bridge;
 pub mod broker;
+pub mod cluster;
 pub mod endpoints;
 pub mod events;
 pub mod fleet;
@@ -45,6 +46,8 @@ pub mod status;
 pub mod user;
 pub mod watch;
 
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 #[cfg(test)]
@@ -128,6 +131,8 @@ pub struct Context {
     pub applied: AppliedVersions,
     /// The `MqttUser`s, from the watch.
     pub index: UserIndex,
+    /// Reads the broker pods' `/metrics` (clustered brokers' status).
+    pub pod_metrics: Arc<dyn fleet::MetricsReader>,
 }
 
 impl Context {
@@ -148,7 +153,15 @@ impl Context {
             pushed: PushedRevisions::default(),
             applied: AppliedVersions::default(),
             index: UserIndex::default(),
+            pod_metrics: Arc::new(fleet::HttpMetricsReader),
         }
+    }
+
+    /// The same context reading the pods' metrics through `reader` (tests
+    /// answer without a network).
+    pub fn with_pod_metrics(mut self, reader: Arc<dyn fleet::MetricsReader>) -> Context {
+        self.pod_metrics = reader;
+        self
     }
 
     /// The same context sending credentials through `pusher` (tests
@@ -216,6 +229,15 @@ pub enum Error {
     /// Writing the status failed.
     #[error("cannot write the status: {0}")]
     Status(#[source] kube::Error),
+    /// Deleting an object the spec no longer asks for failed.
+    #[error("cannot delete {object}: {source}")]
+    Delete {
+        /// The object.
+        object: ObjectKey,
+        /// The error.
+        #[source]
+        source: kube::Error,
+    },
     /// The plan's objects could not be turned into JSON.
     #[error("cannot serialize the objects: {0}")]
     Serialize(#[from] serde_json::Error),
@@ -229,7 +251,10 @@ impl Error {
             | Error::Observe(_)
             | Error::UserObserve(_)
             | Error::UserCache(_) => "observe",
-            Error::Apply(_) | Error::Serialize(_) | Error::Persistence(_) => "apply",
+            Error::Apply(_)
+            | Error::Serialize(_)
+            | Error::Persistence(_)
+            | Error::Delete { .. } => "apply",
             Error::Status(_) => "status",
         }
     }

@@ -21,6 +21,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::apply::{certificate_resource, Seen};
+use super::cluster::{self, ClusterObservation};
 use super::index::UserIndex;
 use super::{Error, ObjectKey};
 use crate::api::{MqttBroker, MqttUser};
@@ -54,6 +55,9 @@ pub struct Observation {
     /// Secrets the broker reads but does not own, as read (to label them
     /// for the operator's watch).
     pub referenced: Vec<Secret>,
+    /// The managed NATS, the autoscaler and the PodDisruptionBudget, as
+    /// far as they exist.
+    pub cluster: ClusterObservation,
 }
 
 /// A certificate the operator does not issue.
@@ -141,6 +145,18 @@ pub async fn observe(
     take_service(&names.headless_service);
     let internal_service = take_service(&names.broker);
     let external_service = take_service(&names.external_service);
+    let mut cluster = cluster::observe(
+        client,
+        broker,
+        namespace,
+        names,
+        &mut secrets,
+        &mut services,
+        &mut observation.seen,
+    )
+    .await?;
+    cluster.pod_disruption_budget = pdb.is_some();
+    let seen = &mut observation.seen;
     for (kind, name, meta) in [
         (
             "ConfigMap",
@@ -212,7 +228,11 @@ pub async fn observe(
         users,
         load_balancer_ingress: load_balancer_ingress(external_service.as_ref()),
         stateful_set: stateful_set.clone(),
+        nats_ca_secret: secrets.remove(&names.nats_ca_secret),
+        nats_server_secret: secrets.remove(&names.nats_server_secret),
+        nats_client_secret: secrets.remove(&names.nats_client_secret),
     };
+    observation.cluster = cluster;
     observation.internal_service = internal_service;
     observation.external_service = external_service;
     observation.stateful_set = stateful_set;

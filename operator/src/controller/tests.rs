@@ -13,7 +13,7 @@ use kube::runtime::controller::Action;
 use serde_json::{json, Value};
 
 use super::apply::stamp;
-use super::fixtures::{ApiServer, Recorded, RecordingPusher, UserCache};
+use super::fixtures::{ApiServer, FakeMetrics, Recorded, RecordingPusher, UserCache};
 use super::*;
 use crate::api::MqttBrokerStatus;
 use crate::certs::{self, San};
@@ -38,8 +38,9 @@ pub(super) const PDB: &str = "/apis/policy/v1/namespaces/iot/poddisruptionbudget
 pub(super) const POD: &str = "/api/v1/namespaces/iot/pods/mq-0";
 pub(super) const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/iot/events";
 const CERTIFICATE: &str = "/apis/cert-manager.io/v1/namespaces/iot/certificates/mq-tls";
-/// Every object of a default broker, in the order they are applied.
-pub(super) const OBJECTS: [&str; 10] = [
+/// Every object of a default broker, in the order they are applied (one
+/// replica: no PodDisruptionBudget).
+pub(super) const OBJECTS: [&str; 9] = [
     CONFIG_MAP,
     CA,
     TLS,
@@ -49,7 +50,6 @@ pub(super) const OBJECTS: [&str; 10] = [
     SERVICE,
     EXTERNAL,
     STATEFUL_SET,
-    PDB,
 ];
 const UID: &str = "6c1d2b9e-0f4a-4c57-9d1e-3a2b7c8d9e0f";
 
@@ -59,6 +59,7 @@ pub(super) struct Test {
     pub ctx: Arc<Context>,
     pub server: ApiServer,
     pub pushes: Arc<RecordingPusher>,
+    pub pod_metrics: Arc<FakeMetrics>,
     users: UserCache,
 }
 
@@ -83,13 +84,16 @@ impl Test {
         );
         let metrics = Metrics::new().expect("metrics");
         let pushes = Arc::new(RecordingPusher::default());
-        let ctx =
-            Context::new(client, Settings::default(), metrics, None).with_pusher(pushes.clone());
+        let pod_metrics = Arc::new(FakeMetrics::default());
+        let ctx = Context::new(client, Settings::default(), metrics, None)
+            .with_pusher(pushes.clone())
+            .with_pod_metrics(pod_metrics.clone());
         let users = UserCache::new(&ctx.index);
         Test {
             ctx: Arc::new(ctx),
             server,
             pushes,
+            pod_metrics,
             users,
         }
     }
@@ -372,7 +376,7 @@ async fn first_reconcile_creates_everything_and_reports() {
                 "Created",
                 "created ConfigMap mq-config, Secret mq-ca, Secret mq-tls, Secret mq-clients-ca, \
                  Secret mq-auth, Service mq-headless, Service mq, Service mq-external, \
-                 StatefulSet mq, PodDisruptionBudget mq"
+                 StatefulSet mq"
             ),
             event(
                 "Normal",

@@ -37,6 +37,7 @@ pub const DRAIN_DEADLINE_SECONDS: u64 = 25;
 /// where to set them instead; `spec.config` may not contain them.
 const OWNED_KEYS: &[(&str, &str)] = &[
     ("node_name", "each pod's name, set by the broker itself"),
+    ("cluster", "spec.cluster"),
     ("allow_anonymous", "spec.auth.anonymous"),
     ("listeners", "spec.listeners"),
     ("limits", "spec.limits"),
@@ -76,7 +77,18 @@ pub(super) fn broker_config(ctx: &Context<'_>) -> Result<String, PlanError> {
         ));
     }
     let listeners = ctx.listeners.iter().flat_map(listener_configs).collect();
-    let config = typed_config(ctx.spec, listeners)?;
+    let config = typed_config(ctx.spec, listeners, super::cluster::cluster_config(ctx))?;
+    if ctx.spec.drain.rate_per_second.is_some()
+        && ctx
+            .spec
+            .config
+            .as_ref()
+            .is_some_and(|config| json_path_exists(config, "drain.rate_per_sec"))
+    {
+        return Err(PlanError::BrokerConfig(
+            "spec.config sets `drain.rate_per_sec`, which spec.drain.ratePerSecond sets too: keep one".to_owned(),
+        ));
+    }
     let mut table = toml::Table::try_from(&config)
         .map_err(|e| PlanError::BrokerConfig(format!("cannot serialize: {e}")))?;
     // Every pod shares this file; without `node_name` each one takes its own
@@ -180,6 +192,7 @@ fn listener_config(
 fn typed_config(
     spec: &MqttBrokerSpec,
     listeners: Vec<ListenerConfig>,
+    cluster: Option<kubemqtt_broker::cluster::ClusterConfig>,
 ) -> Result<Config, PlanError> {
     // Naming each table makes the broker fill in its per-key defaults (a
     // table left out entirely takes its type's `Default`, which for `[auth]`
@@ -268,12 +281,14 @@ fn typed_config(
             admin_token_file: Some(format!("{AUTH_DIR}/{ADMIN_TOKEN_KEY}").into()),
         },
         drain: broker::DrainConfig {
-            deadline_secs: DRAIN_DEADLINE_SECONDS,
-            ..file_defaults.drain
+            deadline_secs: super::statefulset::drain_deadline_seconds(spec),
+            rate_per_sec: spec
+                .drain
+                .rate_per_second
+                .unwrap_or(file_defaults.drain.rate_per_sec),
         },
         presence_events: file_defaults.presence_events,
-        // A broker of one replica; clustering comes with spec.cluster.
-        cluster: None,
+        cluster,
     })
 }
 

@@ -15,10 +15,13 @@
 //! file from its `MqttUser`s; [`user_secret`] plans one `MqttUser`'s own
 //! Secret (the user controller's planner).
 
+pub mod autoscaling;
 pub mod bridge;
 pub mod cert_manager;
+pub mod cluster;
 pub mod configmap;
 pub mod fleet;
+pub mod nats;
 pub mod pdb;
 pub mod persistence;
 pub mod quantity;
@@ -122,6 +125,14 @@ pub struct Observed {
     /// The StatefulSet, if it exists: its volume claim template tells
     /// whether persistence changes.
     pub stateful_set: Option<StatefulSet>,
+    /// The managed NATS's CA Secret (`<name>-nats-ca`), if it exists.
+    pub nats_ca_secret: Option<Secret>,
+    /// The managed NATS servers' certificate (`<name>-nats-tls`), if it
+    /// exists.
+    pub nats_server_secret: Option<Secret>,
+    /// The brokers' NATS client certificate (`<name>-nats-client`), if it
+    /// exists.
+    pub nats_client_secret: Option<Secret>,
 }
 
 /// Every object of one broker, ready to apply.
@@ -150,8 +161,15 @@ pub struct Plan {
     /// The external Service (`<name>-external`): the external listeners;
     /// `None` with `service.type` ClusterIP.
     pub external_service: Option<Service>,
-    /// Limits voluntary evictions of broker pods.
-    pub pod_disruption_budget: PodDisruptionBudget,
+    /// Limits voluntary evictions of broker pods to one at a time; only
+    /// with more than one replica (one replica has nothing to protect).
+    pub pod_disruption_budget: Option<PodDisruptionBudget>,
+    /// The NATS the operator runs for the broker
+    /// (`spec.cluster.nats.managed`).
+    pub nats: Option<nats::NatsPlan>,
+    /// The HorizontalPodAutoscaler or KEDA ScaledObject
+    /// (`spec.autoscaling`), as JSON.
+    pub autoscaler: Option<serde_json::Value>,
     /// The issued certificate's state; `None` with cert-manager or a
     /// team's certificate.
     pub certificate: Option<CertificatePlan>,
@@ -173,13 +191,20 @@ impl Plan {
         objects.extend(self.certificate_object.clone());
         objects.push(serde_json::to_value(&self.clients_ca_secret)?);
         objects.push(serde_json::to_value(&self.auth_secret)?);
+        // NATS before the brokers that connect to it.
+        if let Some(nats) = &self.nats {
+            objects.extend(nats.objects()?);
+        }
         objects.push(serde_json::to_value(&self.headless_service)?);
         objects.push(serde_json::to_value(&self.internal_service)?);
         if let Some(service) = &self.external_service {
             objects.push(serde_json::to_value(service)?);
         }
         objects.push(serde_json::to_value(&self.stateful_set)?);
-        objects.push(serde_json::to_value(&self.pod_disruption_budget)?);
+        if let Some(pdb) = &self.pod_disruption_budget {
+            objects.push(serde_json::to_value(pdb)?);
+        }
+        objects.extend(self.autoscaler.clone());
         Ok(objects)
     }
 }
@@ -329,6 +354,7 @@ pub fn plan(
     now: Timestamp,
 ) -> Result<Plan, PlanError> {
     let ctx = Context::new(broker, settings)?;
+    cluster::check(&ctx)?;
     let tls = tls::tls(&ctx, observed, now)?;
     let broker_config = configmap::broker_config(&ctx)?;
     let (clients_ca_secret, clients_ca) = secrets::clients_ca(&ctx, observed, now)?;
@@ -342,14 +368,24 @@ pub fn plan(
         config_map.metadata.annotations = Some(tls.config_map_annotations);
     }
     let auth_secret = secrets::auth_secret(&ctx, observed, now)?;
-    let stateful_set = statefulset::stateful_set(&ctx, &broker_config);
+    let nats = nats::nats(&ctx, observed, now)?;
+    let nats_client_pem = nats
+        .as_ref()
+        .and_then(|nats| secrets::text(&nats.client_secret, tls::TLS_CERT_KEY).map(str::to_owned));
+    let stateful_set = statefulset::stateful_set(&ctx, &broker_config, nats_client_pem.as_deref());
     persistence::check_change(&ctx, observed.stateful_set.as_ref())?;
+    let recheck_at = match (tls.recheck_at, nats.as_ref().map(|n| n.recheck_at)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     Ok(Plan {
         stateful_set,
         headless_service: service::headless_service(&ctx),
         internal_service: service::internal_service(&ctx),
         external_service: service::external_service(&ctx),
         pod_disruption_budget: pdb::pod_disruption_budget(&ctx),
+        nats,
+        autoscaler: autoscaling::autoscaler(&ctx),
         warnings: service::warnings(&ctx),
         config_map,
         ca_secret: tls.ca_secret,
@@ -358,7 +394,7 @@ pub fn plan(
         auth_secret,
         clients_ca_secret,
         certificate: tls.certificate,
-        recheck_at: tls.recheck_at,
+        recheck_at,
     })
 }
 
@@ -383,6 +419,19 @@ pub struct Names {
     pub auth_secret: String,
     /// The clients CA Secret: `<name>-clients-ca`.
     pub clients_ca_secret: String,
+    /// The managed NATS: its StatefulSet, client Service and
+    /// PodDisruptionBudget, `<name>-nats`.
+    pub nats: String,
+    /// Its headless Service: `<name>-nats-headless`.
+    pub nats_headless_service: String,
+    /// Its configuration: `<name>-nats-config`.
+    pub nats_config_map: String,
+    /// Its CA: `<name>-nats-ca`.
+    pub nats_ca_secret: String,
+    /// Its servers' certificate: `<name>-nats-tls`.
+    pub nats_server_secret: String,
+    /// The brokers' certificate for it: `<name>-nats-client`.
+    pub nats_client_secret: String,
 }
 
 impl Names {
@@ -397,6 +446,12 @@ impl Names {
             server_secret: format!("{name}-tls"),
             auth_secret: format!("{name}-auth"),
             clients_ca_secret: format!("{name}-clients-ca"),
+            nats: format!("{name}-nats"),
+            nats_headless_service: format!("{name}-nats-headless"),
+            nats_config_map: format!("{name}-nats-config"),
+            nats_ca_secret: format!("{name}-nats-ca"),
+            nats_server_secret: format!("{name}-nats-tls"),
+            nats_client_secret: format!("{name}-nats-client"),
         }
     }
 }
@@ -763,8 +818,8 @@ mod tests {
         let metadata = all_metadata(&plan);
         assert_eq!(
             metadata.len(),
-            10,
-            "config, ca, tls, clients ca, auth, 3 services, sts, pdb"
+            9,
+            "config, ca, tls, clients ca, auth, 3 services, sts (one replica: no pdb)"
         );
         for meta in metadata {
             let name = meta.name.clone().unwrap();
@@ -813,7 +868,6 @@ mod tests {
             ("Service", "mq"),
             ("Service", "mq-external"),
             ("StatefulSet", "mq"),
-            ("PodDisruptionBudget", "mq"),
         ];
         let expected: Vec<(String, String)> = expected
             .iter()

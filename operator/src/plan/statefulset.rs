@@ -6,15 +6,37 @@
 //! broker cannot reload (anything in `broker.toml` today) rolls the pods,
 //! while a renewed certificate, which the broker reloads from its files,
 //! does not.
+//!
+//! Choices for several replicas (`spec.cluster`):
+//! - `podManagementPolicy: OrderedReady` (the default, set explicitly since
+//!   it cannot change later): a scale-down removes one pod at a time, each
+//!   draining its clients at the configured rate before the next starts,
+//!   so the cluster as a whole never cuts clients faster than that rate.
+//!   `Parallel` would make scale-ups a few seconds faster and scale-downs
+//!   cut several pods' clients at once.
+//! - `updateStrategy: RollingUpdate`: one pod at a time, highest ordinal
+//!   first, each replaced pod Ready before the next.
+//! - `persistentVolumeClaimRetentionPolicy` Retain/Retain: a clustered
+//!   broker has no volumes (its state is in JetStream), so nothing is left
+//!   behind when it scales down; a single broker with persistence keeps its
+//!   volume when scaled to 0 (that is how it is stopped) or deleted.
+//! - Unless the spec sets its own, topology spread constraints over zones
+//!   and nodes (`ScheduleAnyway`: a preference, never a pod left pending).
+//! - `terminationGracePeriodSeconds` long enough to drain the clients a
+//!   pod is expected to hold at the drain rate
+//!   ([`termination_grace_seconds`]).
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
     LocalObjectReference, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
     PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+    SecurityContext, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -22,7 +44,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 
 use super::configmap::{CONFIG_FILE, DRAIN_DEADLINE_SECONDS};
-use super::{fleet, Context, AUTH_DIR, CONFIG_DIR, DATA_DIR, HTTP_PORT, TLS_DIR};
+use super::{cluster, fleet, rollout, Context, AUTH_DIR, CONFIG_DIR, DATA_DIR, HTTP_PORT, TLS_DIR};
 use crate::api::{MqttBrokerSpec, ProbeSpec};
 
 /// Pod template annotation: SHA-256 of the broker's configuration file.
@@ -34,16 +56,92 @@ pub const CONTAINER_NAME: &str = "broker";
 pub const DATA_VOLUME: &str = "data";
 /// Name of the broker's HTTP port (health, metrics, admin API).
 pub const HTTP_PORT_NAME: &str = "http";
-/// Seconds a stopping pod gets: the broker's drain deadline plus time to
-/// flush its store and exit.
+/// Seconds a stopping pod gets when no connection count is expected: the
+/// broker's default drain deadline plus time to flush its store and exit.
 pub const TERMINATION_GRACE_PERIOD_SECONDS: i64 = DRAIN_DEADLINE_SECONDS as i64 + 5;
+/// Clients a stopping broker disconnects per second when nothing says
+/// otherwise (the broker's default).
+pub const DEFAULT_DRAIN_RATE: u32 = 500;
+/// Pod template annotation: SHA-256 of the brokers' NATS client
+/// certificate (managed NATS), so that a renewed one is taken up.
+pub const NATS_CLIENT_CHECKSUM_ANNOTATION: &str = "kubemqtt.io/nats-client-checksum";
 /// The user and group the broker runs as (the distroless "nonroot" user).
 pub const RUN_AS_USER: i64 = 65532;
 /// The memory limit of a broker whose spec sets no resources.
 pub const DEFAULT_MEMORY_LIMIT: &str = "1Gi";
 
-/// The broker pods of `ctx`'s broker, configured by `broker_config`.
-pub(super) fn stateful_set(ctx: &Context<'_>, broker_config: &str) -> StatefulSet {
+/// The broker's drain deadline (`drain.deadline_secs`), in seconds: long
+/// enough to send away the clients a pod is expected to hold at the drain
+/// rate and hand their sessions over ([`drain_inputs`], and the formula
+/// of [`rollout::drain_budget`]).
+pub fn drain_deadline_seconds(spec: &MqttBrokerSpec) -> u64 {
+    let (expected, rate) = drain_inputs(spec);
+    rollout::drain_budget(expected, rate).deadline_secs
+}
+
+/// The pods' `terminationGracePeriodSeconds`: the drain deadline
+/// ([`drain_deadline_seconds`]) and a few seconds to flush and exit.
+pub fn termination_grace_seconds(spec: &MqttBrokerSpec) -> i64 {
+    let (expected, rate) = drain_inputs(spec);
+    rollout::drain_budget(expected, rate).grace_secs
+}
+
+/// What the drain of a broker's pods is planned for: the connections one
+/// pod is expected to hold (`spec.drain.expectedConnectionsPerReplica`,
+/// else the autoscaler's connection target, else none) and the drain rate
+/// (`spec.drain.ratePerSecond`, else `drain.rate_per_sec` of
+/// `spec.config`, else [`DEFAULT_DRAIN_RATE`]).
+pub fn drain_inputs(spec: &MqttBrokerSpec) -> (u64, u32) {
+    let expected = spec
+        .drain
+        .expected_connections_per_replica
+        .or_else(|| {
+            spec.autoscaling
+                .as_ref()
+                .and_then(|a| a.targets.connections_per_replica)
+        })
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(0);
+    let from_config = spec
+        .config
+        .as_ref()
+        .and_then(|config| config.get("drain"))
+        .and_then(|drain| drain.get("rate_per_sec"))
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|rate| u32::try_from(rate).ok());
+    let rate = spec
+        .drain
+        .rate_per_second
+        .or(from_config)
+        .unwrap_or(DEFAULT_DRAIN_RATE);
+    (expected, rate)
+}
+
+/// Topology spread constraints over zones and nodes, as a preference
+/// (`ScheduleAnyway`), for the pods with `labels`.
+pub fn default_spread(labels: &BTreeMap<String, String>) -> Vec<TopologySpreadConstraint> {
+    ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+        .into_iter()
+        .map(|key| TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: key.to_owned(),
+            when_unsatisfiable: "ScheduleAnyway".to_owned(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..LabelSelector::default()
+            }),
+            ..TopologySpreadConstraint::default()
+        })
+        .collect()
+}
+
+/// The broker pods of `ctx`'s broker, configured by `broker_config`;
+/// `nats_client_cert` is the brokers' certificate for a managed NATS.
+pub(super) fn stateful_set(
+    ctx: &Context<'_>,
+    broker_config: &str,
+    nats_client_cert: Option<&str>,
+) -> StatefulSet {
     let spec = ctx.spec;
     let mut pod_labels = spec.labels.clone();
     pod_labels.extend(super::common_labels(&ctx.names.broker));
@@ -52,6 +150,12 @@ pub(super) fn stateful_set(ctx: &Context<'_>, broker_config: &str) -> StatefulSe
         CONFIG_CHECKSUM_ANNOTATION.to_owned(),
         config_checksum(broker_config),
     );
+    if let Some(cert) = nats_client_cert {
+        pod_annotations.insert(
+            NATS_CLIENT_CHECKSUM_ANNOTATION.to_owned(),
+            config_checksum(cert),
+        );
+    }
 
     StatefulSet {
         metadata: ctx.metadata(&ctx.names.broker),
@@ -74,6 +178,17 @@ pub(super) fn stateful_set(ctx: &Context<'_>, broker_config: &str) -> StatefulSe
                 .persistence
                 .enabled
                 .then(|| vec![volume_claim_template(ctx)]),
+            pod_management_policy: Some("OrderedReady".to_owned()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: None,
+            }),
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Retain".to_owned()),
+                    when_scaled: Some("Retain".to_owned()),
+                },
+            ),
             ..StatefulSetSpec::default()
         }),
         status: None,
@@ -92,6 +207,13 @@ fn pod_spec(ctx: &Context<'_>) -> PodSpec {
     let spec = ctx.spec;
     let non_empty = |map: &BTreeMap<String, String>| (!map.is_empty()).then(|| map.clone());
     let mut containers = vec![container(ctx)];
+    let spread = if !spec.topology_spread_constraints.is_empty() {
+        Some(spec.topology_spread_constraints.clone())
+    } else if spec.cluster.is_some() {
+        Some(default_spread(&ctx.selector_labels()))
+    } else {
+        None
+    };
     containers.extend(spec.sidecars.iter().cloned());
     let pull_secrets: Vec<LocalObjectReference> = if spec.image_pull_secrets.is_empty() {
         ctx.settings
@@ -118,7 +240,7 @@ fn pod_spec(ctx: &Context<'_>) -> PodSpec {
             }),
             ..PodSecurityContext::default()
         }),
-        termination_grace_period_seconds: Some(TERMINATION_GRACE_PERIOD_SECONDS),
+        termination_grace_period_seconds: Some(termination_grace_seconds(spec)),
         // The broker never calls the Kubernetes API, and needs no Service
         // environment variables.
         automount_service_account_token: Some(false),
@@ -126,8 +248,7 @@ fn pod_spec(ctx: &Context<'_>) -> PodSpec {
         node_selector: non_empty(&spec.node_selector),
         tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
         affinity: spec.affinity.clone(),
-        topology_spread_constraints: (!spec.topology_spread_constraints.is_empty())
-            .then(|| spec.topology_spread_constraints.clone()),
+        topology_spread_constraints: spread,
         priority_class_name: spec.priority_class_name.clone(),
         ..PodSpec::default()
     }
@@ -151,6 +272,7 @@ fn container(ctx: &Context<'_>) -> Container {
             ..mount(DATA_VOLUME, DATA_DIR)
         });
     }
+    mounts.extend(cluster::volumes(ctx).1);
     let (startup, liveness, readiness) = probes(ctx.spec);
     let proxy_ports = ctx.listeners.iter().filter_map(|listener| {
         listener
@@ -255,7 +377,7 @@ fn volumes(ctx: &Context<'_>) -> Vec<Volume> {
         }),
         ..Volume::default()
     };
-    vec![
+    let mut volumes = vec![
         Volume {
             name: "config".to_owned(),
             config_map: Some(ConfigMapVolumeSource {
@@ -278,7 +400,9 @@ fn volumes(ctx: &Context<'_>) -> Vec<Volume> {
             }),
             ..Volume::default()
         },
-    ]
+    ];
+    volumes.extend(cluster::volumes(ctx).0);
+    volumes
 }
 
 fn mount(name: &str, path: &str) -> VolumeMount {
