@@ -98,7 +98,8 @@ pub struct AuthConfig {
     /// A mosquitto `acl_file`, used unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acl_file: Option<PathBuf>,
-    /// How often the files are checked for changes, in seconds. Default: 2.
+    /// How often the files (and `broker.toml` itself) are checked for
+    /// changes, in seconds. Default: 2.
     #[serde(default = "default_reload_interval_secs")]
     pub reload_interval_secs: u64,
     /// Which clients that log in with a certificate (a TLS listener with

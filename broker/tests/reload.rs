@@ -104,6 +104,53 @@ async fn sighup_applies_log_level_and_limits_while_a_client_stays_connected() {
     assert_eq!(broker.count_logs("Client before disconnected"), 0);
 }
 
+/// Kubernetes updates a mounted ConfigMap by swapping files, and sends no
+/// signal: the broker notices the new `broker.toml` by itself.
+#[tokio::test]
+async fn a_replaced_file_is_applied_without_a_signal() {
+    if skip_on_mosquitto("the reload of broker.toml is kubemqtt's") {
+        return;
+    }
+    let broker = TestBroker::start(BrokerOpts {
+        extra_limits: "max_packet_size = 65536\n".to_owned(),
+        ..BrokerOpts::default()
+    })
+    .await;
+    let (mut client, _) = Raw::connect(&broker, &Connect::v5("stays")).await;
+    let path = config_file(&broker);
+    let text = std::fs::read_to_string(&path).expect("read broker.toml");
+    let replacement = broker.dir().join("broker.toml.new");
+    std::fs::write(
+        &replacement,
+        text.replace("max_packet_size = 65536", "max_packet_size = 2048"),
+    )
+    .expect("write the new version");
+    std::fs::rename(&replacement, &path).expect("swap it in");
+    let applied = format!(
+        "Reloaded {}: changed limits.max_packet_size.",
+        path.display()
+    );
+    // Checked every auth.reload_interval_secs (2 s by default).
+    assert!(
+        broker
+            .wait_for_log(&applied, RELOAD_BOUND + Duration::from_secs(2))
+            .await,
+        "{}",
+        broker.logs().join("\n")
+    );
+    let (_, connack) = Raw::connect(&broker, &Connect::v5("after")).await;
+    assert_eq!(connack.props.num(MAXIMUM_PACKET_SIZE), Some(2048));
+    client.ping().await;
+    // Read once per version: the next checks find nothing new.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        broker.count_logs("Reloaded "),
+        1,
+        "{}",
+        broker.logs().join("\n")
+    );
+}
+
 #[tokio::test]
 async fn a_broken_file_changes_nothing_and_says_why() {
     if skip_on_mosquitto("the reload of broker.toml is kubemqtt's") {

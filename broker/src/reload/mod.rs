@@ -3,7 +3,9 @@
 //! On SIGHUP and `POST /api/v1/reload` the broker re-reads `broker.toml`,
 //! puts in force what can change while it runs, and names the keys that
 //! need a restart; then it re-reads the auth and TLS files. Between those,
-//! the auth and TLS files are also re-read when they change on disk.
+//! `broker.toml` and the auth and TLS files are also re-read when they
+//! change on disk (checked every `auth.reload_interval_secs`), so a
+//! Kubernetes ConfigMap update reaches the broker without a signal.
 //!
 //! What applies at once (see [`applies_at_run_time`]): `allow_anonymous`,
 //! `presence_events`, `[limits]` (but `memory_budget_bytes`), `[log]`,
@@ -24,6 +26,7 @@ use parking_lot::Mutex;
 
 use crate::broker::Broker;
 use crate::config::{Config, ConfigError, Limits, ListenerConfig, LogFormat};
+use crate::filewatch::{self, FileStamp};
 use crate::transport::tls::TlsReloader;
 
 mod plan;
@@ -121,6 +124,8 @@ pub struct Reloader {
     /// Each listener's settings, in the order of `listeners` in the file.
     listeners: Vec<SharedListenerSettings>,
     tls: Vec<(Arc<str>, Arc<TlsReloader>)>,
+    /// The version of `broker.toml` last read (at start or by a reload).
+    config_stamp: Mutex<Option<FileStamp>>,
     /// One reload at a time (SIGHUP and the admin API may race).
     busy: Mutex<()>,
 }
@@ -149,10 +154,12 @@ impl Reloader {
         listeners: Vec<SharedListenerSettings>,
         tls: Vec<(Arc<str>, Arc<TlsReloader>)>,
     ) -> Reloader {
+        let config_stamp = Mutex::new(source.path.as_deref().and_then(filewatch::stamp));
         Reloader {
             source,
             listeners,
             tls,
+            config_stamp,
             busy: Mutex::new(()),
         }
     }
@@ -162,21 +169,7 @@ impl Reloader {
     pub fn reload(&self, broker: &Broker) -> ReloadReport {
         let _one_at_a_time = self.busy.lock();
         let mut report = ReloadReport::default();
-        if let Some(path) = &self.source.path {
-            match self.source.load() {
-                Ok(wanted) => {
-                    let changes = self.apply(broker, wanted, &mut report);
-                    report.changes = changes;
-                }
-                Err(e) => {
-                    broker.logger.error(&format!(
-                        "Refused the changed configuration, keeping the running one: {e}."
-                    ));
-                    report.config_error = Some(e.to_string());
-                }
-            }
-            log_changes(broker, path, &report.changes);
-        }
+        self.reload_config(broker, &mut report);
         self.reload_tls(broker);
         match broker.access.reload() {
             Ok(()) => {
@@ -195,9 +188,39 @@ impl Reloader {
         report
     }
 
-    /// Re-reads the auth and TLS files that changed on disk.
+    /// Re-reads `broker.toml` (when the broker runs from one) and puts the
+    /// run-time keys in force.
+    fn reload_config(&self, broker: &Broker, report: &mut ReloadReport) {
+        if let Some(path) = &self.source.path {
+            *self.config_stamp.lock() = filewatch::stamp(path);
+            match self.source.load() {
+                Ok(wanted) => {
+                    let changes = self.apply(broker, wanted, report);
+                    report.changes = changes;
+                }
+                Err(e) => {
+                    broker.logger.error(&format!(
+                        "Refused the changed configuration, keeping the running one: {e}."
+                    ));
+                    report.config_error = Some(e.to_string());
+                }
+            }
+            log_changes(broker, path, &report.changes);
+        }
+    }
+
+    /// Re-reads `broker.toml` and the auth and TLS files that changed on
+    /// disk.
     pub fn reload_changed_files(&self, broker: &Broker) {
         let _one_at_a_time = self.busy.lock();
+        let config_changed = self
+            .source
+            .path
+            .as_deref()
+            .is_some_and(|path| filewatch::stamp(path) != *self.config_stamp.lock());
+        if config_changed {
+            self.reload_config(broker, &mut ReloadReport::default());
+        }
         self.reload_tls(broker);
         match broker.access.reload_if_changed() {
             None => {}
@@ -273,8 +296,8 @@ fn log_changes(broker: &Broker, path: &std::path::Path, changes: &Changes) {
     }
 }
 
-/// Re-reads the auth and TLS files when they change on disk (every
-/// `auth.reload_interval_secs`), and everything when asked (SIGHUP, the
+/// Re-reads `broker.toml` and the auth and TLS files when they change on
+/// disk (every `auth.reload_interval_secs`), and everything when asked (SIGHUP, the
 /// admin API's reload goes through [`Reloader::reload`] directly).
 pub async fn run(broker: Arc<Broker>, reloader: Arc<Reloader>) {
     loop {
