@@ -91,15 +91,25 @@ async fn http_publish_reaches_the_device_and_checks_token_and_topic() {
     .unwrap();
     assert_eq!(bad_qos.status(), 400);
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A last accepted command: once it arrives, any refused one published
+    // before it would have arrived too.
+    let last = post(
+        "s3cret",
+        serde_json::json!({"topic": "devices/d2/commands", "qos": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(last.status(), 200, "{:?}", last.text().await);
+    let messages = wait_for(&device, 2).await;
+    let topics: Vec<&str> = messages.iter().map(|m| m.0.as_str()).collect();
     assert_eq!(
-        device.messages.lock().unwrap().len(),
-        1,
+        topics,
+        ["devices/d1/commands", "devices/d2/commands"],
         "refused commands were not published"
     );
     let metrics = bridge.metrics();
     assert!(
-        metrics.contains("kubemqtt_bridge_commands_total{outcome=\"published\",source=\"api\"} 1"),
+        metrics.contains("kubemqtt_bridge_commands_total{outcome=\"published\",source=\"api\"} 2"),
         "{metrics}"
     );
     assert!(

@@ -28,7 +28,11 @@ struct Received {
 struct HttpProbe {
     port: u16,
     received: Received,
-    server: Option<tokio::task::JoinHandle<()>>,
+    /// The server's task, and what tells it to shut down.
+    server: Option<(
+        tokio::task::JoinHandle<()>,
+        tokio::sync::oneshot::Sender<()>,
+    )>,
     _dir: tempfile::TempDir,
     secret_file: std::path::PathBuf,
 }
@@ -94,10 +98,13 @@ impl Probe for HttpProbe {
         self.received.rows.lock().unwrap().clone()
     }
 
+    /// Shuts the server down as a server does: no new connections, and
+    /// the open ones (the bridge's keep-alive connections) closed; returns
+    /// once they are.
     async fn stop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.abort();
-            let _ = server.await;
+        if let Some((server, shutdown)) = self.server.take() {
+            let _ = shutdown.send(());
+            server.await.expect("the test's HTTP server stops");
         }
     }
 
@@ -108,9 +115,15 @@ impl Probe for HttpProbe {
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], self.port)))
             .await
             .expect("the test's HTTP server binds");
-        self.server = Some(tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        }));
+        let (shutdown, stopping) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopping.await;
+                })
+                .await;
+        });
+        self.server = Some((server, shutdown));
     }
 
     fn poison(&self) -> Vec<Outbound> {

@@ -157,14 +157,19 @@ async fn two_replicas_split_the_stream() {
         device.publish(reading(id)).await.expect("acknowledged");
     }
     let deadline = std::time::Instant::now() + PATIENCE;
-    while probe.rows().await.len() < 200 {
-        assert!(std::time::Instant::now() < deadline, "rows missing");
+    let forwarded = |bridge: &Bridge| bridge.status()["forwarded"].as_u64().unwrap_or(0);
+    // The rows show before a replica counts its batch as forwarded.
+    while probe.rows().await.len() < 200 || forwarded(&first) + forwarded(&second) < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} rows, forwarded {} and {}",
+            probe.rows().await.len(),
+            forwarded(&first),
+            forwarded(&second)
+        );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let (a, b) = (
-        first.status()["forwarded"].as_u64().unwrap(),
-        second.status()["forwarded"].as_u64().unwrap(),
-    );
+    let (a, b) = (forwarded(&first), forwarded(&second));
     assert_eq!(a + b, 200, "each message forwarded once");
     assert!(a > 0 && b > 0, "both replicas took part: {a} and {b}");
 }
@@ -179,15 +184,9 @@ async fn sigterm_finishes_what_it_holds() {
         return;
     };
     let mut harness = scenario::Harness::start(&probe).await;
-    let port = harness.broker.port;
-    let publishing = tokio::spawn(async move {
-        let device = device(port);
-        for id in 0..300 {
-            device.publish(reading(id)).await.expect("acknowledged");
-            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
-        }
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // The stream flows into the table when the signal comes.
+    let stream = scenario::Stream::start(harness.broker.port, 300);
+    scenario::wait_for_ids(&mut probe, 0..20, &harness).await;
     tokio::task::block_in_place(|| harness.bridge.terminate());
     assert!(
         harness.bridge.log_text().contains("stopped"),
@@ -195,9 +194,19 @@ async fn sigterm_finishes_what_it_holds() {
         harness.bridge.log_text()
     );
     tokio::task::block_in_place(|| harness.bridge.restart());
-    publishing.await.unwrap();
-    scenario::wait_for_ids(&mut probe, 0..300, &harness).await;
-    let status = harness.bridge.status();
+    stream.advance(50, "after the restart").await;
+    let published = stream.finish().await;
+    scenario::wait_for_ids(&mut probe, 0..published, &harness).await;
+    // `deduplicated` is counted once a write is committed: wait until the
+    // restarted bridge wrote all it received (redeliveries included).
+    let status = harness
+        .bridge
+        .wait_for_status("all received written", |s| {
+            s["received"].as_u64().is_some_and(|received| {
+                s["routes"]["readings"]["forwarded"].as_u64() == Some(received)
+            })
+        })
+        .await;
     assert_eq!(
         status["routes"]["readings"]["deduplicated"], 0,
         "a clean stop acknowledges all it wrote: {status}"

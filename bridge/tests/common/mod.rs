@@ -144,11 +144,17 @@ impl Drop for Process {
 }
 
 /// This workspace's broker binary (`KUBEMQTT_BROKER_BIN` overrides), built
-/// when missing.
+/// once per test binary (a no-op when it is fresh: a binary left by an
+/// earlier build of other sources must not be tested).
 pub fn broker_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("KUBEMQTT_BROKER_BIN") {
         return PathBuf::from(path);
     }
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_broker).clone()
+}
+
+fn build_broker() -> PathBuf {
     // This test runs as <target>/<profile>/deps/<test>-<hash>.
     let exe = std::env::current_exe().expect("the test's path");
     let profile_dir = exe
@@ -157,9 +163,6 @@ pub fn broker_binary() -> PathBuf {
         .expect("<target>/<profile>")
         .to_owned();
     let binary = profile_dir.join("kubemqtt-broker");
-    if binary.exists() {
-        return binary;
-    }
     let target_dir = profile_dir.parent().expect("<target>");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
@@ -386,6 +389,25 @@ impl Bridge {
         http_get(self.http_port, "/metrics")
             .expect("the bridge answers")
             .1
+    }
+
+    /// Waits until `/status` satisfies `done` (counters the bridge updates
+    /// once a sink confirmed a write are only eventually right); returns
+    /// that status.
+    pub async fn wait_for_status(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let status = self.status();
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not so in time; status {status}\n--- bridge log ---\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until `/status` reports a last error of `route` (`source`

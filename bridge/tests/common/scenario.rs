@@ -15,6 +15,8 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kubemqtt_bridge::mqtt::Outbound;
@@ -163,25 +165,85 @@ pub async fn mapping_with(mut probe: impl Probe, source: Option<SourceTls<'_>>) 
             );
         }
     }
-    assert_eq!(harness.bridge.status()["forwarded"], 30);
+    // `forwarded` counts a batch once the sink confirmed it, which may be
+    // after the rows show.
+    let status = harness
+        .bridge
+        .wait_for_status("30 forwarded", |s| s["forwarded"].as_u64() >= Some(30))
+        .await;
+    assert_eq!(status["forwarded"], 30, "{status}");
 }
 
-/// Publishes readings `ids` at about one per `gap`, in the background.
-fn publish_stream(
-    port: u16,
-    ids: std::ops::Range<i64>,
-    gap: Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let device = device(port);
-        for id in ids {
-            device
-                .publish(reading(id))
-                .await
-                .expect("the broker acknowledges");
-            tokio::time::sleep(gap).await;
+/// A device publishing readings 0, 1, 2, … one about every [`GAP`] in the
+/// background, as many as the test allows: the stream is still flowing
+/// whenever the test stops something, however slow the machine, and never
+/// outgrows what the source broker queues for a bridge that is down (1000
+/// messages by default; more would be dropped there, not by the bridge).
+pub struct Stream {
+    /// How many readings the broker acknowledged (ids `0..published`).
+    published: Arc<AtomicI64>,
+    allowed: tokio::sync::watch::Sender<i64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stream {
+    /// Starts publishing, up to `allowed` readings for now.
+    pub fn start(port: u16, allowed: i64) -> Stream {
+        let published = Arc::new(AtomicI64::new(0));
+        let (allowed, mut allowance) = tokio::sync::watch::channel(allowed);
+        let count = published.clone();
+        let task = tokio::spawn(async move {
+            let device = device(port);
+            let mut id = 0;
+            loop {
+                while id >= *allowance.borrow_and_update() {
+                    if allowance.changed().await.is_err() {
+                        return; // finished
+                    }
+                }
+                device
+                    .publish(reading(id))
+                    .await
+                    .expect("the broker acknowledges");
+                id += 1;
+                count.store(id, Ordering::SeqCst);
+                tokio::time::sleep(GAP).await;
+            }
+        });
+        Stream {
+            published,
+            allowed,
+            task,
         }
-    })
+    }
+
+    pub fn published(&self) -> i64 {
+        self.published.load(Ordering::SeqCst)
+    }
+
+    /// Allows `more` readings, and waits until they are all published.
+    pub async fn advance(&self, more: i64, what: &str) {
+        self.allowed.send_modify(|allowed| *allowed += more);
+        let target = *self.allowed.borrow();
+        let deadline = Instant::now() + PATIENCE;
+        while self.published() < target {
+            assert!(!self.task.is_finished(), "the device stopped publishing");
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} of {target} readings published",
+                self.published()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Publishes what is allowed and stops; returns how many readings
+    /// were published (ids `0..n`, each acknowledged by the broker).
+    pub async fn finish(self) -> i64 {
+        drop(self.allowed);
+        self.task.await.expect("every reading acknowledged");
+        self.published.load(Ordering::SeqCst)
+    }
 }
 
 /// Every id once, or more only where the bridge counted a redelivery or
@@ -209,19 +271,43 @@ fn check_duplicates(probe: &impl Probe, rows: &[Value], harness: &Harness) {
     );
 }
 
-const STREAM: i64 = 400;
 const GAP: Duration = Duration::from_millis(3);
+/// Readings the sink must hold before something is stopped: the stream
+/// is flowing through the bridge.
+const FLOWING: i64 = 20;
+/// Readings allowed beyond those while the stop takes effect (a slow
+/// `rabbitmqctl stop_app` finds the stream paused after them).
+const LEAD: i64 = 200;
+/// Readings published while the sink or the bridge is down, and after it
+/// is back.
+const WHILE_DOWN: i64 = 100;
+const AFTER: i64 = 50;
+/// How long the sink stays down at least: a client that buffers through
+/// a reconnect (NATS's) shows the outage only as a batch that waited
+/// longer than a second.
+const OUTAGE: Duration = Duration::from_millis(1500);
 
-/// 2. The sink stops mid-stream and restarts.
+/// 2. The sink stops mid-stream and restarts: once the stream flows into
+///    the sink, the sink's server is stopped (and is down when `stop`
+///    returns), readings go on while it is down, then it starts again and
+///    the stream goes on.
 pub async fn sink_restart(mut probe: impl Probe) {
     let harness = Harness::start(&probe).await;
-    let publishing = publish_stream(harness.broker.port, 0..STREAM, GAP);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let stream = Stream::start(harness.broker.port, FLOWING + LEAD);
+    wait_for_ids(&mut probe, 0..FLOWING, &harness).await;
     probe.stop().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let down = Instant::now();
+    stream.advance(WHILE_DOWN, "while the sink is down").await;
+    tokio::time::sleep(OUTAGE.saturating_sub(down.elapsed())).await;
+    eprintln!(
+        "the sink was down for {:?}; {} readings published so far",
+        down.elapsed(),
+        stream.published()
+    );
     probe.start().await;
-    publishing.await.expect("every message published");
-    let rows = wait_for_ids(&mut probe, 0..STREAM, &harness).await;
+    stream.advance(AFTER, "after the sink is back").await;
+    let published = stream.finish().await;
+    let rows = wait_for_ids(&mut probe, 0..published, &harness).await;
     // The outage showed: writes failed, or (a client that buffers through
     // a reconnect, like NATS's) a batch waited for the sink for a second.
     let status = harness.bridge.status();
@@ -243,16 +329,19 @@ pub async fn sink_restart(mut probe: impl Probe) {
     check_duplicates(&probe, &rows, &harness);
 }
 
-/// 3. The bridge is killed mid-stream and restarted.
+/// 3. The bridge is killed (SIGKILL) mid-stream, once the stream flows
+///    into the sink; readings go on while it is dead, then it is
+///    restarted and the stream goes on.
 pub async fn bridge_kill(mut probe: impl Probe) {
     let mut harness = Harness::start(&probe).await;
-    let publishing = publish_stream(harness.broker.port, 0..STREAM, GAP);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stream = Stream::start(harness.broker.port, FLOWING + LEAD);
+    wait_for_ids(&mut probe, 0..FLOWING, &harness).await;
     harness.bridge.kill9();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    stream.advance(WHILE_DOWN, "while the bridge is dead").await;
     tokio::task::block_in_place(|| harness.bridge.restart());
-    publishing.await.expect("every message published");
-    let rows = wait_for_ids(&mut probe, 0..STREAM, &harness).await;
+    stream.advance(AFTER, "after the bridge is back").await;
+    let published = stream.finish().await;
+    let rows = wait_for_ids(&mut probe, 0..published, &harness).await;
     check_duplicates(&probe, &rows, &harness);
 }
 
@@ -302,7 +391,16 @@ pub async fn poison(mut probe: impl Probe) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let status = harness.bridge.status();
+    // The counters follow the sink's and the dead-letter destination's
+    // confirmations, which may come after the messages show.
+    let expected = 20 + poison.len() as u64;
+    let status = harness
+        .bridge
+        .wait_for_status("every message forwarded or dead-lettered", |s| {
+            let count = |name: &str| s[name].as_u64().unwrap_or(0);
+            count("forwarded") + count("deadLettered") >= expected
+        })
+        .await;
     assert_eq!(
         status["deadLettered"].as_u64(),
         Some(poison.len() as u64),

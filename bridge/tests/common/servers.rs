@@ -453,9 +453,15 @@ impl Rabbit {
         );
     }
 
-    /// Stops the AMQP service (connections are closed, the port closes).
+    /// Stops the AMQP service (connections are closed, the port closes);
+    /// returns once the port refuses connections.
     pub fn stop(&self) {
         self.ctl(&["stop_app"]);
+        let deadline = Instant::now() + PATIENCE;
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_ok() {
+            assert!(Instant::now() < deadline, "RabbitMQ still listens");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Starts it again and waits for the port.
