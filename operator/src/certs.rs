@@ -177,15 +177,7 @@ pub fn issue_server_cert(
     now: Timestamp,
     validity: SignedDuration,
 ) -> Result<CertifiedKeyPem, CertError> {
-    let sans = sans
-        .iter()
-        .map(|san| {
-            Ok(match san {
-                San::Dns(name) => SanType::DnsName(name.clone().try_into()?),
-                San::Ip(ip) => SanType::IpAddress(*ip),
-            })
-        })
-        .collect::<Result<_, rcgen::Error>>()?;
+    let sans = san_types(sans)?;
     issue(ca, common_name, now, validity, |params| {
         params.subject_alt_names = sans;
         params.key_usages = vec![
@@ -194,6 +186,18 @@ pub fn issue_server_cert(
         ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     })
+}
+
+/// The subject alternative names of `sans`, as rcgen takes them.
+fn san_types(sans: &BTreeSet<San>) -> Result<Vec<SanType>, rcgen::Error> {
+    sans.iter()
+        .map(|san| {
+            Ok(match san {
+                San::Dns(name) => SanType::DnsName(name.clone().try_into()?),
+                San::Ip(ip) => SanType::IpAddress(*ip),
+            })
+        })
+        .collect()
 }
 
 /// Issues a certificate for a server that is also a client of its peers
@@ -206,15 +210,7 @@ pub fn issue_peer_cert(
     now: Timestamp,
     validity: SignedDuration,
 ) -> Result<CertifiedKeyPem, CertError> {
-    let sans = sans
-        .iter()
-        .map(|san| {
-            Ok(match san {
-                San::Dns(name) => SanType::DnsName(name.clone().try_into()?),
-                San::Ip(ip) => SanType::IpAddress(*ip),
-            })
-        })
-        .collect::<Result<_, rcgen::Error>>()?;
+    let sans = san_types(sans)?;
     issue(ca, common_name, now, validity, |params| {
         params.subject_alt_names = sans;
         params.key_usages = vec![

@@ -27,17 +27,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use k8s_openapi::api::apps::v1::{
-    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
-    StatefulSetUpdateStrategy,
-};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler,
-    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -47,7 +43,10 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 
 use super::secrets::{text, Stored};
-use super::statefulset::{config_checksum, default_spread};
+use super::statefulset::{
+    config_checksum, container_security_context, default_spread, pod_security_context,
+    retain_claims, rolling_update,
+};
 use super::tls::{CA_CERT_KEY, CA_PRIVATE_KEY_KEY, TLS_CERT_KEY, TLS_PRIVATE_KEY_KEY};
 use super::{Context, Observed, PlanError, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, NAME_LABEL};
 use crate::api::{ManagedNatsSpec, DEFAULT_NATS_IMAGE};
@@ -433,18 +432,10 @@ fn stateful_set(ctx: &Context<'_>, spec: &ManagedNatsSpec, checksum: &str) -> St
             // The servers are peers: starting them together lets them form
             // the cluster (the second waits for nobody).
             pod_management_policy: Some("Parallel".to_owned()),
-            update_strategy: Some(StatefulSetUpdateStrategy {
-                type_: Some("RollingUpdate".to_owned()),
-                rolling_update: None,
-            }),
+            update_strategy: Some(rolling_update()),
             // The JetStream data outlives the broker, as a volume of the
             // broker's own does.
-            persistent_volume_claim_retention_policy: Some(
-                StatefulSetPersistentVolumeClaimRetentionPolicy {
-                    when_deleted: Some("Retain".to_owned()),
-                    when_scaled: Some("Retain".to_owned()),
-                },
-            ),
+            persistent_volume_claim_retention_policy: Some(retain_claims()),
             selector: selector(ctx),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
@@ -568,16 +559,7 @@ fn pod_spec(
             mount("data", DATA_DIR, false),
             mount("pid", PID_DIR, false),
         ]),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(container_security_context()),
         ..Container::default()
     };
     PodSpec {
@@ -606,17 +588,7 @@ fn pod_spec(
                 ..Volume::default()
             },
         ]),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS_USER),
-            run_as_group: Some(RUN_AS_USER),
-            fs_group: Some(RUN_AS_USER),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".to_owned(),
-                ..SeccompProfile::default()
-            }),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(pod_security_context(RUN_AS_USER)),
         // Lame duck mode (30 s) and the store's flush.
         termination_grace_period_seconds: Some(60),
         automount_service_account_token: Some(false),

@@ -179,16 +179,8 @@ pub(super) fn stateful_set(
                 .enabled
                 .then(|| vec![volume_claim_template(ctx)]),
             pod_management_policy: Some("OrderedReady".to_owned()),
-            update_strategy: Some(StatefulSetUpdateStrategy {
-                type_: Some("RollingUpdate".to_owned()),
-                rolling_update: None,
-            }),
-            persistent_volume_claim_retention_policy: Some(
-                StatefulSetPersistentVolumeClaimRetentionPolicy {
-                    when_deleted: Some("Retain".to_owned()),
-                    when_scaled: Some("Retain".to_owned()),
-                },
-            ),
+            update_strategy: Some(rolling_update()),
+            persistent_volume_claim_retention_policy: Some(retain_claims()),
             ..StatefulSetSpec::default()
         }),
         status: None,
@@ -229,17 +221,7 @@ fn pod_spec(ctx: &Context<'_>) -> PodSpec {
         image_pull_secrets: (!pull_secrets.is_empty()).then_some(pull_secrets),
         service_account_name: spec.service_account_name.clone(),
         volumes: Some(volumes(ctx)),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS_USER),
-            run_as_group: Some(RUN_AS_USER),
-            fs_group: Some(RUN_AS_USER),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".to_owned(),
-                ..SeccompProfile::default()
-            }),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(pod_security_context(RUN_AS_USER)),
         termination_grace_period_seconds: Some(termination_grace_seconds(spec)),
         // The broker never calls the Kubernetes API, and needs no Service
         // environment variables.
@@ -306,17 +288,56 @@ fn container(ctx: &Context<'_>) -> Container {
         liveness_probe: Some(liveness),
         readiness_probe: Some(readiness),
         volume_mounts: Some(mounts),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(container_security_context()),
         ..Container::default()
+    }
+}
+
+/// One pod at a time, each Ready before the next.
+pub(super) fn rolling_update() -> StatefulSetUpdateStrategy {
+    StatefulSetUpdateStrategy {
+        type_: Some("RollingUpdate".to_owned()),
+        rolling_update: None,
+    }
+}
+
+/// Claims kept when pods are scaled away and when the StatefulSet is
+/// deleted.
+pub(super) fn retain_claims() -> StatefulSetPersistentVolumeClaimRetentionPolicy {
+    StatefulSetPersistentVolumeClaimRetentionPolicy {
+        when_deleted: Some("Retain".to_owned()),
+        when_scaled: Some("Retain".to_owned()),
+    }
+}
+
+/// A pod running as the non-root `user` (and group), with the runtime's
+/// default seccomp profile.
+pub(super) fn pod_security_context(user: i64) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(user),
+        run_as_group: Some(user),
+        fs_group: Some(user),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// A container without privileges: no escalation, a read-only root file
+/// system, every capability dropped.
+pub(super) fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
     }
 }
 
