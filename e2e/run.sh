@@ -378,6 +378,182 @@ kubemqtt_crds_left() {
     kubectl get crd -o name | grep '\.kubemqtt\.io$' || true
 }
 
+# --- 6. a broker cluster: scale-up, rebalance, rolling restart ------------------
+# examples/broker-cluster.yaml with persistent QoS 1 subscribers and a QoS 1
+# publisher (mosquitto clients in a pod, through the broker's in-cluster
+# Service): scaled from 3 to 4 replicas, the operator must spread the
+# clients within 10 % of the mean; a rolling restart (a pod annotation
+# changed) must lose no acknowledged message.
+CLUSTER="${E2E_CLUSTER:-1}"                          # 0: skip this scenario
+CLUSTER_FILE="${E2E_CLUSTER_FILE:-$ROOT/examples/broker-cluster.yaml}"
+CLUSTER_CLIENTS="${E2E_CLUSTER_CLIENTS:-40}"         # persistent subscribers
+CLUSTER_TOLERANCE="${E2E_CLUSTER_TOLERANCE:-10}"     # percent of the mean
+CLIENTS_IMAGE="${E2E_CLIENTS_IMAGE:-docker.io/library/eclipse-mosquitto:2.0.20}"
+CLUSTER_USER="e2e-cluster-client"
+LOAD_POD="e2e-cluster-load"
+
+apply_cluster_user() {
+    kubectl -n "$NAMESPACE" apply -f - <<YAML
+apiVersion: kubemqtt.io/v1alpha1
+kind: MqttUser
+metadata:
+  name: $CLUSTER_USER
+spec:
+  brokerRef:
+    name: $1
+  authentication:
+    type: password
+  acl:
+    - action: publish
+      topic: "e2e/cluster/#"
+    - action: subscribe
+      topic: "e2e/cluster/#"
+YAML
+}
+
+# The load: CLUSTER_CLIENTS persistent QoS 1 subscribers (mosquitto_sub
+# reconnects by itself, resuming its session) and one publisher sending
+# numbered QoS 1 messages, each written down once acknowledged
+# (mosquitto_pub exits 0). Once /tmp/stop exists it waits for the last
+# deliveries and prints, per subscriber, the acknowledged numbers it never
+# received.
+start_load() {
+    kubectl -n "$NAMESPACE" apply -f - <<YAML
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $LOAD_POD
+spec:
+  restartPolicy: Never
+  containers:
+    - name: clients
+      image: $CLIENTS_IMAGE
+      env:
+        - {name: CLIENTS, value: "$CLUSTER_CLIENTS"}
+        - {name: MQTT_USER, valueFrom: {secretKeyRef: {name: $CLUSTER_USER-mqtt-credentials, key: username}}}
+        - {name: MQTT_PASSWORD, valueFrom: {secretKeyRef: {name: $CLUSTER_USER-mqtt-credentials, key: password}}}
+        - {name: MQTT_HOST, valueFrom: {secretKeyRef: {name: $CLUSTER_USER-mqtt-credentials, key: host}}}
+        - {name: MQTT_PORT, valueFrom: {secretKeyRef: {name: $CLUSTER_USER-mqtt-credentials, key: tls-port}}}
+      volumeMounts:
+        - {name: credentials, mountPath: /credentials, readOnly: true}
+      command: ["/bin/sh", "-c"]
+      args:
+        - |
+          set -u
+          tls="-h \$MQTT_HOST -p \$MQTT_PORT --cafile /credentials/ca.crt -u \$MQTT_USER -P \$MQTT_PASSWORD"
+          i=0
+          while [ "\$i" -lt "\$CLIENTS" ]; do
+            # shellcheck disable=SC2086
+            mosquitto_sub \$tls -i "e2e-sub-\$i" -c -q 1 -t e2e/cluster/seq -F %p >"/tmp/received-\$i" 2>/dev/null &
+            i=\$((i + 1))
+          done
+          sleep 10
+          n=0
+          : >/tmp/acked
+          while [ ! -e /tmp/stop ]; do
+            n=\$((n + 1))
+            # shellcheck disable=SC2086
+            if mosquitto_pub \$tls -i e2e-pub -q 1 -t e2e/cluster/seq -m "\$n" 2>/dev/null; then echo "\$n" >>/tmp/acked; fi
+            sleep 0.2
+          done
+          sleep 30
+          sort -n /tmp/acked >/tmp/acked.sorted
+          lost=0
+          i=0
+          while [ "\$i" -lt "\$CLIENTS" ]; do
+            sort -nu "/tmp/received-\$i" >/tmp/r
+            missing=\$(comm -23 /tmp/acked.sorted /tmp/r | wc -l)
+            [ "\$missing" -eq 0 ] || echo "LOST subscriber \$i: \$(comm -23 /tmp/acked.sorted /tmp/r | head -5 | tr '\n' ' ')"
+            lost=\$((lost + missing))
+            i=\$((i + 1))
+          done
+          echo "RESULT acked=\$(wc -l </tmp/acked) subscribers=\$CLIENTS lost=\$lost"
+  volumes:
+    - name: credentials
+      secret: {secretName: $CLUSTER_USER-mqtt-credentials}
+YAML
+}
+
+load_result() {
+    kubectl -n "$NAMESPACE" logs "$LOAD_POD" 2>/dev/null | grep -E '^(RESULT|LOST)'
+}
+
+ready_replicas_are() {
+    [ "$(kubectl -n "$NAMESPACE" get "mqttbroker/$1" -o 'jsonpath={.status.readyReplicas}')" = "$2" ]
+}
+
+# pod_connections POD: kubemqtt_clients_connected of a broker pod, through
+# the API server's pod proxy (the broker image has no shell).
+pod_connections() {
+    kubectl get --raw "/api/v1/namespaces/$NAMESPACE/pods/$1:8080/proxy/metrics" |
+        awk '$1 == "kubemqtt_clients_connected" {print $2}'
+}
+
+# connections_balanced BROKER: every pod within CLUSTER_TOLERANCE % of the
+# mean (at least one connection); prints the counts.
+connections_balanced() {
+    local pod counts=()
+    for pod in $(kubectl -n "$NAMESPACE" get pods -l "app.kubernetes.io/instance=$1,app.kubernetes.io/name=kubemqtt-broker" -o name); do
+        counts+=("$(pod_connections "${pod#pod/}")")
+    done
+    say "connections per replica: ${counts[*]}"
+    printf '%s\n' "${counts[@]}" | awk -v tol="$CLUSTER_TOLERANCE" '
+        {c[NR] = $1; sum += $1}
+        END {
+            mean = sum / NR; allowed = mean * tol / 100; if (allowed < 1) allowed = 1
+            for (i = 1; i <= NR; i++) if (c[i] - mean > allowed || mean - c[i] > allowed) exit 1
+        }'
+}
+
+cluster_scenario() {
+    if [ "$CLUSTER" != "1" ]; then
+        say "cluster scenario skipped (E2E_CLUSTER=$CLUSTER)"
+        return 0
+    fi
+    [ -f "$CLUSTER_FILE" ] || fail "$CLUSTER_FILE is missing"
+    local cluster
+    cluster="$(name_in "$CLUSTER_FILE")"
+    say "cluster scenario: $cluster from $CLUSTER_FILE, $CLUSTER_CLIENTS persistent QoS 1 subscribers"
+    kubectl -n "$NAMESPACE" apply -f "$CLUSTER_FILE"
+    kubectl -n "$NAMESPACE" patch "mqttbroker/$cluster" --type merge -p '{"spec":{"replicas":3}}'
+    apply_cluster_user "$cluster"
+    kubectl -n "$NAMESPACE" wait --for=condition=Ready "mqttbroker/$cluster" --timeout "${TIMEOUT}s"
+    kubectl -n "$NAMESPACE" wait --for=condition=Ready "mqttuser/$CLUSTER_USER" --timeout "${TIMEOUT}s"
+    start_load
+    kubectl -n "$NAMESPACE" wait --for=condition=Ready "pod/$LOAD_POD" --timeout "${TIMEOUT}s"
+    sleep 20
+
+    say "scaling $cluster to 4 replicas"
+    kubectl -n "$NAMESPACE" scale "mqttbroker/$cluster" --replicas=4
+    wait_until "$TIMEOUT" "4 replicas are ready" ready_replicas_are "$cluster" 4
+    local scaled_at=$SECONDS
+    wait_until "$TIMEOUT" "connections are within ${CLUSTER_TOLERANCE} % of the mean" connections_balanced "$cluster"
+    say "balanced $((SECONDS - scaled_at)) s after the fourth replica was ready: ok"
+    kubectl -n "$NAMESPACE" get "mqttbroker/$cluster" \
+        -o 'jsonpath={.status.conditions[?(@.type=="Rebalancing")].message}{"\n"}' || true
+
+    say "rolling restart of $cluster (a pod annotation changed)"
+    kubectl -n "$NAMESPACE" patch "mqttbroker/$cluster" --type merge \
+        -p "{\"spec\":{\"annotations\":{\"e2e.kubemqtt.io/restarted-at\":\"$(date +%s)\"}}}"
+    sleep 5
+    kubectl -n "$NAMESPACE" rollout status "statefulset/$cluster" --timeout "${TIMEOUT}s"
+    kubectl -n "$NAMESPACE" wait --for=condition=Ready "mqttbroker/$cluster" --timeout "${TIMEOUT}s"
+
+    kubectl -n "$NAMESPACE" exec "$LOAD_POD" -- touch /tmp/stop
+    kubectl -n "$NAMESPACE" wait --for=jsonpath='{.status.phase}'=Succeeded "pod/$LOAD_POD" --timeout 120s
+    local result
+    result="$(load_result)"
+    say "$result"
+    case "$result" in
+        *"RESULT acked=0 "*) fail "the publisher got no acknowledgement" ;;
+        *" lost=0"*) say "no acknowledged message lost through the scale-up and the rolling restart: ok" ;;
+        *) fail "acknowledged messages lost: $result" ;;
+    esac
+    kubectl -n "$NAMESPACE" delete "pod/$LOAD_POD" "mqttuser/$CLUSTER_USER" "mqttbroker/$cluster" --wait --timeout "${TIMEOUT}s"
+    # Its CA Secrets outlive it, as every broker's do.
+    kubectl -n "$NAMESPACE" delete secret -l "app.kubernetes.io/instance=$cluster,$MANAGED_BY" --wait --timeout "${TIMEOUT}s"
+}
+
 main() {
     create_cluster
     check_cluster
@@ -458,6 +634,8 @@ main() {
     mapfile -t options < <(mqtt_options)
     timeout 20 mosquitto_pub "${options[@]}" -u "$username" -P "$new_password" -r -n >/dev/null 2>&1 || true
     stop_port_forward
+
+    cluster_scenario
 
     say "deleting the user, the broker and the release"
     kubectl -n "$NAMESPACE" delete "mqttuser/$LISTENER" --wait --timeout "${TIMEOUT}s"

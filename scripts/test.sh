@@ -101,6 +101,9 @@ install_dependencies() {
     [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
     [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
     [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+    # The simulated broker cluster (tests/contract/tests/cluster_rollout.rs)
+    # puts HAProxy in front of its replicas.
+    [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
     if [ "${#missing[@]}" -gt 0 ]; then
         apt_install "${missing[@]}"
     fi

@@ -549,6 +549,7 @@ fn scripts_parse_and_pass_shellcheck() {
         workspace().join("e2e/run.sh"),
         workspace().join("scripts/install-k8s-tools.sh"),
         workspace().join("scripts/bench-fleets.sh"),
+        workspace().join("scripts/bench-operator-cluster.sh"),
     ];
     for script in &scripts {
         let output = Command::new("bash")

@@ -6,7 +6,8 @@
 //!   that the StatefulSet creates it again from the current template
 //!   (kubernetes#67250).
 //! - [`rolling_restart`]: restarts replicas one at a time, each only once
-//!   the one before has caught up ([`caught_up`]), and gives up on a
+//!   the one before has caught up ([`caught_up`]) and stayed so for a
+//!   settling time, and gives up on a
 //!   replica that does not within the deadline, saying why. The
 //!   StatefulSet does this for pods; the simulated cluster of the contract
 //!   tests uses it for broker processes, with the same checks.
@@ -86,6 +87,11 @@ pub struct RestartTiming {
     /// A restarted replica that has not caught up after this long is
     /// stuck.
     pub deadline: Duration,
+    /// How long a replica that caught up stays before the next one goes
+    /// (the StatefulSet's `minReadySeconds`): the clients the previous
+    /// replica sent away have reconnected by then, so the next drain does
+    /// not chase them.
+    pub settle: Duration,
 }
 
 /// One replica's restart.
@@ -155,6 +161,9 @@ pub async fn rolling_restart(
             restart,
             catch_up: back.elapsed(),
         });
+        if done.len() < order.len() {
+            tokio::time::sleep(timing.settle).await;
+        }
     }
     Ok(done)
 }
