@@ -2,7 +2,8 @@
 //! and its autoscaler (only when the spec has them, or the status says
 //! they were made, so that a single broker costs no extra request),
 //! deleting what the spec no longer asks for, and reading the broker pods'
-//! metrics for the status (connections, whether each reaches NATS).
+//! metrics for the status (connections, whether each reaches NATS), and
+//! the cluster's part of the status ([`cluster_status`]).
 
 use std::collections::BTreeMap;
 
@@ -16,8 +17,13 @@ use tracing::info;
 
 use super::apply::Seen;
 use super::observe::{get, ObserveError};
+use super::status::{ClusterSeen, Verdict};
 use super::{Context, Error, ObjectKey};
-use crate::api::{AutoscalingProvider, MqttBroker};
+use crate::api::{
+    AutoscalingProvider, MqttBroker, MqttBrokerStatus, NatsStatus, REASON_NATS_QUORUM_LOST,
+    REASON_NATS_UNREACHABLE, REASON_REPLICA_DOWN,
+};
+use crate::plan::nats::{CLIENT_PORT, SERVERS};
 use crate::plan::{Names, Plan};
 
 /// What was read of a broker's cluster objects.
@@ -270,6 +276,130 @@ pub fn parse_metrics(text: &str) -> (i64, bool) {
         }
     }
     (connections, connected)
+}
+
+/// The cluster's part of the status.
+pub(super) struct ClusterStatus {
+    pub connections: Option<i64>,
+    pub nats: Option<NatsStatus>,
+    pub autoscaler: Option<String>,
+    /// `ClusterDegraded`, for a clustered broker whose objects were
+    /// applied.
+    pub verdict: Option<Verdict>,
+}
+
+/// The NATS state, connections and `ClusterDegraded` of a broker whose
+/// objects were applied; nothing for a broker without `spec.cluster`.
+/// `pods` are the broker pods ready, wanted, and a message saying so.
+pub(super) fn cluster_status(
+    broker: &MqttBroker,
+    seen: ClusterSeen<'_>,
+    pods: (i32, i32, &str),
+    previous: &MqttBrokerStatus,
+) -> ClusterStatus {
+    let (ready_pods, desired_pods, pods_message) = pods;
+    let autoscaler = seen.autoscaler.map(str::to_owned);
+    let Some(cluster) = &broker.spec.cluster else {
+        return ClusterStatus {
+            connections: None,
+            nats: None,
+            autoscaler,
+            verdict: None,
+        };
+    };
+    let name = broker.metadata.name.as_deref().unwrap_or_default();
+    let namespace = broker.metadata.namespace.as_deref().unwrap_or_default();
+    let metrics = seen.metrics.filter(|m| m.answered > 0);
+    let connected = metrics.map(|m| m.cluster_connected);
+    let unreachable = metrics.is_some_and(|m| m.cluster_connected == 0);
+    let partly = metrics.is_some_and(|m| m.cluster_connected < m.answered);
+    let nats = if cluster.nats.managed.is_some() {
+        let ready = seen
+            .nats_stateful_set
+            .and_then(|s| s.status.as_ref())
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0);
+        let quorum = SERVERS / 2 + 1;
+        let state = if ready < quorum {
+            "QuorumLost"
+        } else if unreachable {
+            "Unreachable"
+        } else if ready < SERVERS || partly {
+            "Degraded"
+        } else {
+            "Ready"
+        };
+        NatsStatus {
+            mode: "Managed".to_owned(),
+            state: state.to_owned(),
+            ready_servers: Some(ready),
+            servers: Some(SERVERS),
+            connected_brokers: connected,
+            urls: (0..SERVERS)
+                .map(|i| {
+                    format!(
+                        "tls://{name}-nats-{i}.{name}-nats-headless.{namespace}.svc:{CLIENT_PORT}"
+                    )
+                })
+                .collect(),
+        }
+    } else {
+        let state = match metrics {
+            None => "Unknown",
+            Some(_) if unreachable => "Unreachable",
+            Some(_) if partly => "Degraded",
+            Some(_) => "Ready",
+        };
+        NatsStatus {
+            mode: "External".to_owned(),
+            state: state.to_owned(),
+            ready_servers: None,
+            servers: None,
+            connected_brokers: connected,
+            urls: cluster
+                .nats
+                .external
+                .as_ref()
+                .map(|e| e.urls.clone())
+                .unwrap_or_default(),
+        }
+    };
+    let verdict = match nats.state.as_str() {
+        "QuorumLost" => Verdict::yes(
+            REASON_NATS_QUORUM_LOST,
+            &format!(
+                "{} of {SERVERS} NATS servers are ready: JetStream needs {} to accept writes \
+                 (kubectl get pods -l app.kubernetes.io/name=kubemqtt-nats,app.kubernetes.io/instance={name})",
+                nats.ready_servers.unwrap_or(0),
+                SERVERS / 2 + 1
+            ),
+        ),
+        "Unreachable" | "Degraded" if partly => Verdict::yes(
+            REASON_NATS_UNREACHABLE,
+            &format!(
+                "{} of {} broker pods that answered report no connection to NATS ({}); see \
+                 their logs",
+                metrics.map_or(0, |m| m.answered - m.cluster_connected),
+                metrics.map_or(0, |m| m.answered),
+                nats.urls.join(", ")
+            ),
+        ),
+        _ if ready_pods < desired_pods => Verdict::yes(REASON_REPLICA_DOWN, pods_message),
+        _ if nats.state == "Degraded" => Verdict::no(
+            "QuorumKept",
+            &format!(
+                "{} of {SERVERS} NATS servers are ready: one more down would stop the cluster",
+                nats.ready_servers.unwrap_or(0)
+            ),
+        ),
+        _ => Verdict::no("ClusterHealthy", pods_message),
+    };
+    ClusterStatus {
+        connections: metrics.map(|m| m.connections).or(previous.connections),
+        nats: Some(nats),
+        autoscaler,
+        verdict: Some(verdict),
+    }
 }
 
 #[cfg(test)]

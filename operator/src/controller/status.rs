@@ -19,17 +19,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::DynamicObject;
 
-use super::cluster::PodMetrics;
+use super::cluster::{cluster_status, ClusterStatus, PodMetrics};
 use super::endpoints::Exposure;
 use super::observe::UserCertificate;
 use crate::api::{
     CertificateStatus, CredentialsStatus, EndpointsStatus, MqttBroker, MqttBrokerStatus,
-    NatsStatus, CONDITION_AVAILABLE, CONDITION_CERTIFICATES_READY, CONDITION_CLUSTER_DEGRADED,
+    CONDITION_AVAILABLE, CONDITION_CERTIFICATES_READY, CONDITION_CLUSTER_DEGRADED,
     CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY, PAUSED_ANNOTATION,
-    REASON_NATS_QUORUM_LOST, REASON_NATS_UNREACHABLE, REASON_REPLICA_DOWN,
 };
 use crate::plan::cert_manager::ready_condition;
-use crate::plan::nats::{CLIENT_PORT, SERVERS};
 use crate::plan::{selector_labels, CertificatePlan};
 
 /// What the reconcile did.
@@ -201,7 +199,12 @@ pub fn status(
 
     let applied = matches!(outcome, Outcome::Applied { .. });
     let cluster = if applied {
-        cluster_status(broker, seen.cluster, &pods, &previous)
+        cluster_status(
+            broker,
+            seen.cluster,
+            (pods.ready, pods.desired, &pods.ready_message()),
+            &previous,
+        )
     } else {
         ClusterStatus {
             connections: previous.connections,
@@ -255,130 +258,6 @@ pub fn status(
         listeners: exposure.listeners(),
         certificate: certificate_status,
         credentials,
-    }
-}
-
-/// The cluster's part of the status.
-struct ClusterStatus {
-    connections: Option<i64>,
-    nats: Option<NatsStatus>,
-    autoscaler: Option<String>,
-    /// `ClusterDegraded`, for a clustered broker whose objects were
-    /// applied.
-    verdict: Option<Verdict>,
-}
-
-/// The NATS state, connections and `ClusterDegraded` of a broker whose
-/// objects were applied; nothing for a broker without `spec.cluster`.
-fn cluster_status(
-    broker: &MqttBroker,
-    seen: ClusterSeen<'_>,
-    pods: &Pods,
-    previous: &MqttBrokerStatus,
-) -> ClusterStatus {
-    let autoscaler = seen.autoscaler.map(str::to_owned);
-    let Some(cluster) = &broker.spec.cluster else {
-        return ClusterStatus {
-            connections: None,
-            nats: None,
-            autoscaler,
-            verdict: None,
-        };
-    };
-    let name = broker.metadata.name.as_deref().unwrap_or_default();
-    let namespace = broker.metadata.namespace.as_deref().unwrap_or_default();
-    let metrics = seen.metrics.filter(|m| m.answered > 0);
-    let connected = metrics.map(|m| m.cluster_connected);
-    let unreachable = metrics.is_some_and(|m| m.cluster_connected == 0);
-    let partly = metrics.is_some_and(|m| m.cluster_connected < m.answered);
-    let nats = if cluster.nats.managed.is_some() {
-        let ready = seen
-            .nats_stateful_set
-            .and_then(|s| s.status.as_ref())
-            .and_then(|s| s.ready_replicas)
-            .unwrap_or(0);
-        let quorum = SERVERS / 2 + 1;
-        let state = if ready < quorum {
-            "QuorumLost"
-        } else if unreachable {
-            "Unreachable"
-        } else if ready < SERVERS || partly {
-            "Degraded"
-        } else {
-            "Ready"
-        };
-        NatsStatus {
-            mode: "Managed".to_owned(),
-            state: state.to_owned(),
-            ready_servers: Some(ready),
-            servers: Some(SERVERS),
-            connected_brokers: connected,
-            urls: (0..SERVERS)
-                .map(|i| {
-                    format!(
-                        "tls://{name}-nats-{i}.{name}-nats-headless.{namespace}.svc:{CLIENT_PORT}"
-                    )
-                })
-                .collect(),
-        }
-    } else {
-        let state = match metrics {
-            None => "Unknown",
-            Some(_) if unreachable => "Unreachable",
-            Some(_) if partly => "Degraded",
-            Some(_) => "Ready",
-        };
-        NatsStatus {
-            mode: "External".to_owned(),
-            state: state.to_owned(),
-            ready_servers: None,
-            servers: None,
-            connected_brokers: connected,
-            urls: cluster
-                .nats
-                .external
-                .as_ref()
-                .map(|e| e.urls.clone())
-                .unwrap_or_default(),
-        }
-    };
-    let verdict = match nats.state.as_str() {
-        "QuorumLost" => Verdict::yes(
-            REASON_NATS_QUORUM_LOST,
-            &format!(
-                "{} of {SERVERS} NATS servers are ready: JetStream needs {} to accept writes \
-                 (kubectl get pods -l app.kubernetes.io/name=kubemqtt-nats,app.kubernetes.io/instance={name})",
-                nats.ready_servers.unwrap_or(0),
-                SERVERS / 2 + 1
-            ),
-        ),
-        "Unreachable" | "Degraded" if partly => Verdict::yes(
-            REASON_NATS_UNREACHABLE,
-            &format!(
-                "{} of {} broker pods that answered report no connection to NATS ({}); see \
-                 their logs",
-                metrics.map_or(0, |m| m.answered - m.cluster_connected),
-                metrics.map_or(0, |m| m.answered),
-                nats.urls.join(", ")
-            ),
-        ),
-        _ if pods.ready < pods.desired => {
-            Verdict::yes(REASON_REPLICA_DOWN, &pods.ready_message())
-        }
-        _ if nats.state == "Degraded" => Verdict::no(
-            "QuorumKept",
-            &format!(
-                "{} of {SERVERS} NATS servers are ready: one more down would stop the cluster",
-                nats.ready_servers.unwrap_or(0)
-            ),
-        ),
-        _ => Verdict::no("ClusterHealthy", &pods.ready_message()),
-    };
-    ClusterStatus {
-        connections: metrics.map(|m| m.connections).or(previous.connections),
-        nats: Some(nats),
-        autoscaler,
-        verdict: Some(verdict),
     }
 }
 
