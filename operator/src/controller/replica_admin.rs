@@ -168,6 +168,22 @@ pub fn read_metrics(text: &str) -> (Option<u64>, Option<bool>) {
     (connections, cluster)
 }
 
+/// What a broker's answer to `shed` means: the clients it will send away
+/// (`202 {"shedding": N, "rate": R}`), or its refusal.
+pub fn shed_answer(shed: &Shed, status: u16, body: String) -> Result<u64, AdminError> {
+    if status != 202 {
+        return Err(AdminError::Refused {
+            replica: shed.replica.clone(),
+            status,
+            body,
+        });
+    }
+    Ok(serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|answer| answer["shedding"].as_u64())
+        .unwrap_or(shed.count))
+}
+
 /// A broker's pods, as [`ReplicaAdmin`].
 pub struct PodReplicas {
     pods: Api<Pod>,
@@ -290,19 +306,7 @@ impl ReplicaAdmin for PodReplicas {
                 .request("POST", &url, Some(&self.token))
                 .await
                 .map_err(unreachable)?;
-            if status != 202 {
-                return Err(AdminError::Refused {
-                    replica: shed.replica.clone(),
-                    status,
-                    body,
-                });
-            }
-            // {"shedding": N, "rate": R}
-            let shedding = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|answer| answer["shedding"].as_u64())
-                .unwrap_or(shed.count);
-            Ok(shedding)
+            shed_answer(shed, status, body)
         })
     }
 

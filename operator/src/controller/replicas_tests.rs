@@ -292,18 +292,21 @@ async fn a_replica_not_ready_holds_the_rebalance_and_its_metrics_are_not_read() 
     assert_eq!(outcome.condition.message, "mq-2 is not ready");
 }
 
-#[tokio::test]
-async fn a_pod_stuck_on_a_reverted_revision_is_deleted() {
+/// mq-0 and mq-1 Ready on "good", mq-2 crash-looping on "broken", the
+/// StatefulSet rolling out `update`: what [`recover_stuck`] does, with the
+/// fake API server (holding mq-2) and the pods' HTTP.
+async fn recover_with_update_revision(
+    update: &str,
+) -> (super::rollout::Recovery, ApiServer, Arc<FakePods>) {
     let (client, server) = ApiServer::start();
     let stuck = crash_looping(pod(2, "broken"));
     server.put("/api/v1/namespaces/iot/pods/mq-2", stuck.clone());
     let observed = pods(&[pod(0, "good"), pod(1, "good"), stuck]);
     let http = FakePods::with(&[]);
     let admin = admin(client, observed.clone(), http.clone());
-    // The spec was reverted: the StatefulSet rolls out "good" again.
     let stateful_set: StatefulSet = serde_json::from_value(json!({
         "metadata": {"name": "mq"},
-        "status": {"replicas": 3, "currentRevision": "good", "updateRevision": "good"},
+        "status": {"replicas": 3, "currentRevision": "good", "updateRevision": update},
     }))
     .unwrap();
     let recovery = recover_stuck(
@@ -314,6 +317,13 @@ async fn a_pod_stuck_on_a_reverted_revision_is_deleted() {
         NOW.parse().unwrap(),
     )
     .await;
+    (recovery, server, http)
+}
+
+#[tokio::test]
+async fn a_pod_stuck_on_a_reverted_revision_is_deleted() {
+    // The spec was reverted: the StatefulSet rolls out "good" again.
+    let (recovery, server, http) = recover_with_update_revision("good").await;
     let requests: Vec<String> = server.take_requests().iter().map(|r| r.line()).collect();
     assert_eq!(requests, ["DELETE /api/v1/namespaces/iot/pods/mq-2"]);
     assert!(server.get("/api/v1/namespaces/iot/pods/mq-2").is_none());
@@ -331,24 +341,7 @@ async fn a_pod_stuck_on_a_reverted_revision_is_deleted() {
 
 #[tokio::test]
 async fn a_pod_stuck_on_the_new_revision_is_reported_and_left() {
-    let (client, server) = ApiServer::start();
-    let stuck = crash_looping(pod(2, "broken"));
-    server.put("/api/v1/namespaces/iot/pods/mq-2", stuck.clone());
-    let observed = pods(&[pod(0, "good"), pod(1, "good"), stuck]);
-    let admin = admin(client, observed.clone(), FakePods::with(&[]));
-    let stateful_set: StatefulSet = serde_json::from_value(json!({
-        "metadata": {"name": "mq"},
-        "status": {"replicas": 3, "currentRevision": "good", "updateRevision": "broken"},
-    }))
-    .unwrap();
-    let recovery = recover_stuck(
-        &admin,
-        Some(&stateful_set),
-        &observed,
-        PROGRESS_DEADLINE,
-        NOW.parse().unwrap(),
-    )
-    .await;
+    let (recovery, server, _http) = recover_with_update_revision("broken").await;
     assert!(server.take_requests().is_empty());
     assert!(server.get("/api/v1/namespaces/iot/pods/mq-2").is_some());
     assert_eq!(recovery.events.len(), 1);
@@ -358,8 +351,19 @@ async fn a_pod_stuck_on_the_new_revision_is_reported_and_left() {
         "{}",
         recovery.events[0].note
     );
-    // A healthy rollout: nothing at all.
+    assert!(recovery.assessment.delete.is_none());
+}
+
+#[tokio::test]
+async fn a_healthy_rollout_asks_for_nothing() {
+    let (client, server) = ApiServer::start();
     let healthy = pods(&[pod(0, "good"), pod(1, "good")]);
+    let admin = admin(client, healthy.clone(), FakePods::with(&[]));
+    let stateful_set: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "mq"},
+        "status": {"replicas": 2, "currentRevision": "good", "updateRevision": "new"},
+    }))
+    .unwrap();
     let recovery = recover_stuck(
         &admin,
         Some(&stateful_set),
@@ -369,5 +373,6 @@ async fn a_pod_stuck_on_the_new_revision_is_reported_and_left() {
     )
     .await;
     assert!(recovery.events.is_empty());
+    assert!(recovery.assessment.delete.is_none());
     assert!(server.take_requests().is_empty());
 }

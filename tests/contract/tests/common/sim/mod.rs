@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use kubemqtt_contract_tests::PodFiles;
 use kubemqtt_operator::controller::replica_admin::{
-    read_metrics, AdminError, AdminFuture, ReplicaAdmin,
+    read_metrics, shed_answer, AdminError, AdminFuture, ReplicaAdmin,
 };
 use kubemqtt_operator::plan::configmap::CONFIG_FILE;
 use kubemqtt_operator::plan::rebalance::{ReplicaState, Shed};
@@ -381,15 +381,7 @@ impl ReplicaAdmin for SimCluster {
                 })?;
             let path = format!("/api/v1/shed?count={}&rate={}", shed.count, shed.rate);
             match request(port, "POST", &path, Some(&self.token)).await {
-                Some((202, body)) => Ok(serde_json::from_str::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|answer| answer["shedding"].as_u64())
-                    .unwrap_or(shed.count)),
-                Some((status, body)) => Err(AdminError::Refused {
-                    replica: shed.replica.clone(),
-                    status,
-                    body,
-                }),
+                Some((status, body)) => shed_answer(shed, status, body),
                 None => Err(AdminError::Unreachable {
                     replica: shed.replica.clone(),
                     message: "no answer".to_owned(),
