@@ -49,7 +49,13 @@ impl Operator {
     /// The broker of [`MANIFEST`], planned with the load balancer address
     /// 127.0.0.1 (so that its certificate covers what clients dial).
     pub fn new() -> Operator {
-        let broker = read_broker(MANIFEST, None).expect("the manifest reads");
+        Operator::with_manifest(MANIFEST)
+    }
+
+    /// Like [`Operator::new`], for the broker of `manifest` (named `mq` in
+    /// namespace `iot`).
+    pub fn with_manifest(manifest: &str) -> Operator {
+        let broker = read_broker(manifest, None).expect("the manifest reads");
         let observed = Observed {
             load_balancer_ingress: vec![LoadBalancerIngress {
                 ip: Some("127.0.0.1".to_owned()),

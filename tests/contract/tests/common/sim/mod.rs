@@ -115,29 +115,18 @@ pub struct SimCluster {
 
 impl SimCluster {
     /// Lays out `slots` replicas' files from `plan` (the broker
-    /// controller's), each with a `[cluster]` table for `nats_urls` (none
-    /// runs yet).
-    pub fn render(plan: Plan, nats_urls: &[String], slots: usize) -> SimCluster {
+    /// controller's, with its `[cluster]` table); none runs yet.
+    pub fn render(plan: Plan, slots: usize) -> SimCluster {
         let token = secret_text(&plan.auth_secret, "admin-token")
             .trim()
             .to_owned();
         let config_path = format!("{CONFIG_DIR}/{CONFIG_FILE}");
-        let servers: Vec<String> = nats_urls.iter().map(|u| format!("\"{u}\"")).collect();
-        // The [cluster] table as docs/clustering.md documents it.
-        let cluster_table = format!(
-            "\n[cluster]\nservers = [{}]\nname = \"mq\"\nreplicas = 3\n",
-            servers.join(", ")
-        );
         let replicas = (0..slots)
             .map(|i| {
                 let root = tempfile::tempdir().expect("a temporary directory");
                 let files = PodFiles::lay_out(&plan, root.path()).expect("the files lay out");
-                let config_file = files.path(&config_path);
-                let mut text = std::fs::read_to_string(&config_file).expect("broker.toml");
-                text.push_str(&cluster_table);
-                std::fs::write(&config_file, text).expect("write broker.toml");
                 let (mqtt_port, mqtts_port, http_port) = (free_port(), free_port(), free_port());
-                files
+                let config = files
                     .localize(
                         &config_path,
                         |listener| match listener {
@@ -148,6 +137,10 @@ impl SimCluster {
                         http_port,
                     )
                     .expect("the configuration localizes");
+                assert!(
+                    config.cluster.is_some(),
+                    "the planner wrote no [cluster] table"
+                );
                 Replica {
                     name: format!("mq-{i}"),
                     mqtt_port,

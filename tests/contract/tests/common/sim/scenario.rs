@@ -59,6 +59,16 @@ struct Bench {
 /// The MqttUser the clients log in as (no rules: every topic).
 const USER: &str = "load";
 
+/// The broker: three replicas on an external NATS (`urls`).
+fn manifest(urls: &[String]) -> String {
+    let urls: Vec<String> = urls.iter().map(|url| format!("\"{url}\"")).collect();
+    format!(
+        "apiVersion: kubemqtt.io/v1alpha1\nkind: MqttBroker\nmetadata:\n  name: mq\n  namespace: iot\n\
+         spec:\n  replicas: 3\n  cluster:\n    nats:\n      external:\n        urls: [{}]\n",
+        urls.join(", ")
+    )
+}
+
 /// How long setting the clients up, and each wait, may take.
 const PATIENCE: Duration = Duration::from_secs(120);
 
@@ -70,8 +80,10 @@ pub async fn run(load: Load) -> Option<Outcome> {
     if !(nats_server && haproxy) {
         return None;
     }
-    // The broker controller's plan, with the user the clients log in as.
-    let mut operator = Operator::new();
+    let nats = NatsCluster::start(3).await;
+    // The broker controller's plan for a broker on that NATS, with the
+    // user the clients log in as.
+    let mut operator = Operator::with_manifest(&manifest(&nats.urls()));
     operator.put_user(
         USER,
         serde_json::json!({"brokerRef": {"name": "mq"}}),
@@ -79,8 +91,7 @@ pub async fn run(load: Load) -> Option<Outcome> {
     );
     let plan = operator.reconcile_broker().clone();
     let password = operator.secret(USER, "password");
-    let nats = NatsCluster::start(3).await;
-    let cluster = SimCluster::render(plan, &nats.urls(), 4);
+    let cluster = SimCluster::render(plan, 4);
     for i in 0..3 {
         cluster.start_replica(i).await;
     }
