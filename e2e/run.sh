@@ -379,18 +379,37 @@ kubemqtt_crds_left() {
 }
 
 # --- 6. a broker cluster: scale-up, rebalance, rolling restart ------------------
-# examples/broker-cluster.yaml with persistent QoS 1 subscribers and a QoS 1
-# publisher (mosquitto clients in a pod, through the broker's in-cluster
-# Service): scaled from 3 to 4 replicas, the operator must spread the
-# clients within 10 % of the mean; a rolling restart (a pod annotation
-# changed) must lose no acknowledged message.
+# A 3-replica broker on a managed NATS (examples/broker-cluster.yaml made
+# small, without its autoscaler, which would take the replica count back)
+# with persistent QoS 1 subscribers and a QoS 1 publisher (mosquitto clients
+# in a pod, through the broker's in-cluster Service): scaled from 3 to 4
+# replicas, the operator must spread the clients within 10 % of the mean; a
+# rolling restart (a pod annotation changed) must lose no acknowledged
+# message.
 CLUSTER="${E2E_CLUSTER:-1}"                          # 0: skip this scenario
-CLUSTER_FILE="${E2E_CLUSTER_FILE:-$ROOT/examples/broker-cluster.yaml}"
+CLUSTER_FILE="${E2E_CLUSTER_FILE:-}"                 # default: the broker below
 CLUSTER_CLIENTS="${E2E_CLUSTER_CLIENTS:-40}"         # persistent subscribers
 CLUSTER_TOLERANCE="${E2E_CLUSTER_TOLERANCE:-10}"     # percent of the mean
 CLIENTS_IMAGE="${E2E_CLIENTS_IMAGE:-docker.io/library/eclipse-mosquitto:2.0.20}"
 CLUSTER_USER="e2e-cluster-client"
 LOAD_POD="e2e-cluster-load"
+
+write_cluster_broker() {
+    cat >"$1" <<YAML
+apiVersion: kubemqtt.io/v1alpha1
+kind: MqttBroker
+metadata:
+  name: e2e-cluster
+spec:
+  replicas: 3
+  service:
+    type: ClusterIP
+  cluster:
+    nats:
+      managed:
+        storage: {size: 1Gi}
+YAML
+}
 
 apply_cluster_user() {
     kubectl -n "$NAMESPACE" apply -f - <<YAML
@@ -510,6 +529,10 @@ cluster_scenario() {
         say "cluster scenario skipped (E2E_CLUSTER=$CLUSTER)"
         return 0
     fi
+    if [ -z "$CLUSTER_FILE" ]; then
+        CLUSTER_FILE="$WORK/broker-cluster.yaml"
+        write_cluster_broker "$CLUSTER_FILE"
+    fi
     [ -f "$CLUSTER_FILE" ] || fail "$CLUSTER_FILE is missing"
     local cluster
     cluster="$(name_in "$CLUSTER_FILE")"
@@ -550,8 +573,15 @@ cluster_scenario() {
         *) fail "acknowledged messages lost: $result" ;;
     esac
     kubectl -n "$NAMESPACE" delete "pod/$LOAD_POD" "mqttuser/$CLUSTER_USER" "mqttbroker/$cluster" --wait --timeout "${TIMEOUT}s"
-    # Its CA Secrets outlive it, as every broker's do.
-    kubectl -n "$NAMESPACE" delete secret -l "app.kubernetes.io/instance=$cluster,$MANAGED_BY" --wait --timeout "${TIMEOUT}s"
+    # Its CA Secrets outlive it, as every broker's do, and so do the
+    # volumes of its NATS (persistentVolumeClaimRetentionPolicy Retain).
+    local left
+    left="$(kubectl -n "$NAMESPACE" get secrets,persistentvolumeclaims -l "$MANAGED_BY" -o name |
+        grep -F -- "$cluster-" || true)"
+    if [ -n "$left" ]; then
+        # shellcheck disable=SC2086 # one name per word
+        kubectl -n "$NAMESPACE" delete $left --wait --timeout "${TIMEOUT}s"
+    fi
 }
 
 main() {
