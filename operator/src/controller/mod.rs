@@ -40,6 +40,7 @@ pub mod observe;
 pub mod push;
 pub mod rebalance;
 pub mod replica_admin;
+pub mod replicas;
 pub mod rollout;
 pub mod run;
 pub mod status;

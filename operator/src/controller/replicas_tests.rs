@@ -376,3 +376,49 @@ async fn a_healthy_rollout_asks_for_nothing() {
     assert!(recovery.assessment.delete.is_none());
     assert!(server.take_requests().is_empty());
 }
+
+#[tokio::test]
+async fn the_replicas_step_sheds_and_publishes_its_events() {
+    let (client, server) = ApiServer::start();
+    let http = FakePods::with(&[34, 33, 33, 0]);
+    let observed = pods(&[pod(0, "r1"), pod(1, "r1"), pod(2, "r1"), pod(3, "r1")]);
+    let events = super::events::Events::new(client.clone(), None);
+    let memory = RebalanceMemory::default();
+    let ctx = super::replicas::ReplicasContext {
+        client: &client,
+        events: &events,
+        http: http.clone(),
+        memory: &memory,
+    };
+    let mut broker = crate::api::MqttBroker::new("mq", crate::api::MqttBrokerSpec::default());
+    broker.metadata.namespace = Some("iot".to_owned());
+    let stateful_set: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "mq"},
+        "status": {"replicas": 4, "currentRevision": "r1", "updateRevision": "r1"},
+    }))
+    .unwrap();
+    let step = super::replicas::reconcile_replicas(
+        &ctx,
+        &broker,
+        &RebalanceSettings::default(),
+        &observed,
+        Some(&stateful_set),
+        TOKEN,
+        NOW.parse().unwrap(),
+    )
+    .await;
+    assert_eq!(step.condition.reason, "Shedding");
+    let sheds = http
+        .take()
+        .into_iter()
+        .filter(|r| r.starts_with("POST "))
+        .count();
+    assert_eq!(sheds, 3);
+    // One Event (the round), nothing else asked of the API server.
+    let requests: Vec<String> = server.take_requests().iter().map(|r| r.line()).collect();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert!(
+        requests[0].starts_with("POST /apis/events.k8s.io/v1/namespaces/iot/events"),
+        "{requests:?}"
+    );
+}
