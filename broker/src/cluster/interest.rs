@@ -10,6 +10,7 @@
 //! included, so that one node is chosen per message cluster-wide.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -40,6 +41,11 @@ pub struct Interest {
     offline: SubscriptionTable<Arc<str>>,
     /// Bucket writes, in order.
     changes: mpsc::UnboundedSender<Change>,
+    /// Changes sent, and changes the writer is done with (written, or
+    /// given up with the buckets): see [`Interest::written`].
+    sent: AtomicU64,
+    done: AtomicU64,
+    done_changed: tokio::sync::Notify,
 }
 
 /// Where one message goes in the cluster.
@@ -76,6 +82,9 @@ impl Interest {
             table: SubscriptionTable::new(),
             offline: SubscriptionTable::new(),
             changes,
+            sent: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            done_changed: tokio::sync::Notify::new(),
         };
         (interest, rx)
     }
@@ -90,6 +99,7 @@ impl Interest {
                 self.table
                     .subscribe(self.node.clone(), filter, node_subscription());
             }
+            self.sent.fetch_add(1, Ordering::AcqRel);
             let _ = self.changes.send(Change::Added(filter.to_string()));
         }
     }
@@ -106,8 +116,31 @@ impl Interest {
             if is_shared(filter) {
                 self.table.unsubscribe(&self.node, filter);
             }
+            self.sent.fetch_add(1, Ordering::AcqRel);
             let _ = self.changes.send(Change::Removed(filter.to_string()));
         }
+    }
+
+    /// Resolves once every change of this node's interest made so far is
+    /// in the bucket, so that a write after it reaches the other nodes
+    /// after them (the bucket is one ordered stream). A session loaded
+    /// here waits for this before its session interest goes: otherwise
+    /// the other nodes would see, for a moment, nobody subscribed.
+    pub async fn written(&self) {
+        let target = self.sent.load(Ordering::Acquire);
+        loop {
+            let changed = self.done_changed.notified();
+            if self.done.load(Ordering::Acquire) >= target {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// The writer is done with one change.
+    fn change_done(&self) {
+        self.done.fetch_add(1, Ordering::AcqRel);
+        self.done_changed.notify_waiters();
     }
 
     /// This node's filters now (to write them all again after the bucket
@@ -217,6 +250,7 @@ impl super::Cluster {
                     }
                 }
             }
+            self.interest.change_done();
         }
     }
 
@@ -262,6 +296,16 @@ impl super::Cluster {
                 }
                 known.retain(|k| now.contains(k));
             }
+            if !self.interest_loaded.load(Ordering::Acquire) {
+                match super::empty_bucket(&buckets.interest).await {
+                    Ok(true) => self.interest_loaded.store(true, Ordering::Release),
+                    Ok(false) => {}
+                    Err(()) => {
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
             let mut watch = match buckets.interest.watch_with_history(">").await {
                 Ok(watch) => watch,
                 Err(e) => {
@@ -275,6 +319,9 @@ impl super::Cluster {
                 let Ok(entry) = entry else { break };
                 let removed = matches!(entry.operation, Operation::Delete | Operation::Purge);
                 self.apply_interest(&entry.key, removed);
+                if entry.seen_current || entry.delta == 0 {
+                    self.interest_loaded.store(true, Ordering::Release);
+                }
                 if removed {
                     known.remove(&entry.key);
                 } else {
@@ -361,6 +408,31 @@ mod tests {
         assert_eq!(changes.try_recv(), Ok(Change::Added("t/+".into())));
         assert_eq!(changes.try_recv(), Ok(Change::Removed("t/+".into())));
         assert!(changes.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn written_waits_for_the_changes_made_before_it() {
+        let (interest, _changes) = Interest::new(Arc::from("a"));
+        let interest = Arc::new(interest);
+        interest.add_local("t/1");
+        interest.add_local("t/2");
+        let waiter = tokio::spawn({
+            let interest = interest.clone();
+            async move { interest.written().await }
+        });
+        interest.change_done();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !waiter.is_finished(),
+            "one of two changes is still unwritten"
+        );
+        // Changes after the call are not waited for.
+        interest.add_local("t/3");
+        interest.change_done();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("written once both are")
+            .unwrap();
     }
 
     #[test]

@@ -90,6 +90,11 @@ pub struct Cluster {
     nodes: Nodes,
     /// Connected to NATS now (as the client last reported).
     connected: AtomicBool,
+    /// The interest and retained buckets were read through once: until
+    /// then this node would route as if no other node had subscribers,
+    /// and give new subscriptions no retained messages.
+    interest_loaded: AtomicBool,
+    retained_loaded: AtomicBool,
     /// This run of the node (random).
     run: u64,
     /// The next cluster id of a message (from a random start).
@@ -147,6 +152,8 @@ impl Cluster {
             interest,
             nodes: Nodes::default(),
             connected: AtomicBool::new(false),
+            interest_loaded: AtomicBool::new(false),
+            retained_loaded: AtomicBool::new(false),
             run: random_u64(),
             next_message_id: std::sync::atomic::AtomicU64::new(random_u64()),
             max_queued_messages: i64::from(broker.config().limits.max_queued_messages),
@@ -171,9 +178,13 @@ impl Cluster {
         &self.names
     }
 
-    /// Connected to NATS, with the streams and buckets in place.
+    /// Connected to NATS, with the streams and buckets in place and the
+    /// other nodes' interest and the retained messages read.
     pub fn is_ready(&self) -> bool {
-        self.connected.load(Ordering::Acquire) && self.buckets.initialized()
+        self.connected.load(Ordering::Acquire)
+            && self.buckets.initialized()
+            && self.interest_loaded.load(Ordering::Acquire)
+            && self.retained_loaded.load(Ordering::Acquire)
     }
 
     /// Connected to NATS now.
@@ -485,4 +496,14 @@ async fn connect_options(
         }
     }
     Ok(options)
+}
+
+/// Whether a bucket holds nothing, so a watch of its history would deliver
+/// nothing to say it caught up. `Err` when NATS did not answer.
+async fn empty_bucket(bucket: &kv::Store) -> Result<bool, ()> {
+    bucket
+        .status()
+        .await
+        .map(|s| s.values() == 0)
+        .map_err(|_| ())
 }

@@ -3,6 +3,7 @@
 //! retained message survives the loss of any node. Every node mirrors the
 //! bucket into its own retained store, which subscribers read.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +75,16 @@ impl Cluster {
                 }
                 known.retain(|k| now.contains(k));
             }
+            if !self.retained_loaded.load(Ordering::Acquire) {
+                match super::empty_bucket(&buckets.retained).await {
+                    Ok(true) => self.retained_loaded.store(true, Ordering::Release),
+                    Ok(false) => {}
+                    Err(()) => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
             let mut watch = match buckets.retained.watch_with_history(">").await {
                 Ok(watch) => watch,
                 Err(e) => {
@@ -85,6 +96,11 @@ impl Cluster {
             };
             while let Some(entry) = watch.next().await {
                 let Ok(entry) = entry else { break };
+                // Marked before it is applied: a reader sees it an instant
+                // later at worst.
+                if entry.seen_current || entry.delta == 0 {
+                    self.retained_loaded.store(true, Ordering::Release);
+                }
                 let Some(topic) = decode_key(&entry.key) else {
                     continue;
                 };

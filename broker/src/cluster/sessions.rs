@@ -341,6 +341,8 @@ impl Cluster {
         loaded_ids: HashSet<u64>,
         last_seq: u64,
     ) -> Vec<QueueEntry> {
+        // This node's interest first, then the session's goes.
+        self.interest.written().await;
         self.remove_session_interest(client_id).await;
         tokio::time::sleep(HANDOVER_GRACE).await;
         let mut seen = loaded_ids;
