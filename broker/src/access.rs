@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use crate::auth::fleet::config as fleet_config;
+use crate::auth::fleet::pushed::{self, PushedRevocations, RevocationPush};
 use crate::auth::fleet::{ExpiryWatch, FleetDevice, FleetTrust, Fleets, TopicAction};
 use crate::auth::{self, Acl, AuthFileError, AuthText, Authenticator, ClientAcl};
 use crate::client::ClientInfo;
@@ -75,6 +76,9 @@ pub struct Access {
     /// the TLS listeners, which trust the certificate fleets' CAs).
     fleets: FleetTrust,
     fleet_stamps: Mutex<Vec<Option<FileStamp>>>,
+    /// Revocation lists pushed through the admin API (held while fleets
+    /// are reloaded, so that a reload and a push do not cross).
+    fleet_revocations: Mutex<PushedRevocations>,
     /// Devices to disconnect when their token expires.
     expiry: ExpiryWatch,
 }
@@ -133,6 +137,8 @@ impl Access {
         let mut credentials = Credentials::default();
         let (authenticator, acl) = load_files(config, &mut credentials)?;
         let fleets = Fleets::load(&configured_fleets(config)?, None)?;
+        let mut fleet_revocations = PushedRevocations::default();
+        let fleets = fleet_revocations.over_files(fleets, fleets_revision(config)?);
         Ok(Access {
             stamps: Mutex::new(file_stamps(config)),
             config: ArcSwap::from_pointee(config.clone()),
@@ -143,6 +149,7 @@ impl Access {
             user_connections: Arc::default(),
             fleet_stamps: Mutex::new(fleet_stamps(config)),
             fleets: Arc::new(ArcSwap::from_pointee(fleets)),
+            fleet_revocations: Mutex::new(fleet_revocations),
             expiry: ExpiryWatch::default(),
         })
     }
@@ -250,9 +257,11 @@ impl Access {
 
     /// Re-reads the fleets' files (revocation lists, CAs, secrets, keys).
     fn reload_fleets(&self) -> Result<(), AuthFileError> {
+        let mut pushed = self.fleet_revocations.lock();
         let config = self.config.load_full();
         *self.fleet_stamps.lock() = fleet_stamps(&config);
         let fleets = Fleets::load(&configured_fleets(&config)?, Some(&self.fleets.load()))?;
+        let fleets = pushed.over_files(fleets, fleets_revision(&config)?);
         self.fleets.store(Arc::new(fleets));
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
@@ -280,9 +289,11 @@ impl Access {
         let mut next = credentials.clone();
         let (authenticator, acl) = load_files(config, &mut next)?;
         let running = self.config.load();
+        let mut pushed = self.fleet_revocations.lock();
         let fleets = if config.fleets != running.fleets || config.fleets_dir != running.fleets_dir {
             let configured = configured_fleets(config)?;
-            Some(Fleets::load(&configured, Some(&self.fleets.load()))?)
+            let loaded = Fleets::load(&configured, Some(&self.fleets.load()))?;
+            Some(pushed.over_files(loaded, fleets_revision(config)?))
         } else {
             None
         };
@@ -333,6 +344,26 @@ impl Access {
         self.swap(authenticator, acl);
         *credentials = next;
         Ok(PushOutcome::Applied { revision })
+    }
+
+    /// Puts pushed revocation lists (see [`pushed`]) in force at once,
+    /// unless the revision in force is the same or newer. An invalid push
+    /// changes nothing.
+    pub fn push_fleet_revocations(&self, text: &str) -> Result<PushOutcome, AuthFileError> {
+        let push = RevocationPush::parse(text)?;
+        let mut pushed = self.fleet_revocations.lock();
+        let (outcome, fleets) = pushed.push(push, &self.fleets.load());
+        if let Some(fleets) = fleets {
+            self.fleets.store(Arc::new(fleets));
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(outcome)
+    }
+
+    /// The revision of the fleets in force (the fleets directory's or the
+    /// last push's; 0 when neither has one).
+    pub fn fleets_revision(&self) -> u64 {
+        self.fleet_revocations.lock().revision()
     }
 
     fn swap(&self, authenticator: Authenticator, acl: Acl) {
@@ -411,6 +442,11 @@ fn load_files(
 fn fleet_stamps(config: &AuthConfig) -> Vec<Option<FileStamp>> {
     let files = fleet_config::watched_files(&config.fleets, config.fleets_dir.as_deref());
     filewatch::stamps(files.iter().map(|path| path.as_path()))
+}
+
+/// The revision of the fleets directory's files.
+fn fleets_revision(config: &AuthConfig) -> Result<u64, AuthFileError> {
+    pushed::dir_revision(config.fleets_dir.as_deref())
 }
 
 /// The fleets of `[[auth.fleets]]` and of `auth.fleets_dir`.

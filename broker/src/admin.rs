@@ -1,7 +1,8 @@
 //! The HTTP server: `/healthz`, `/readyz`, `/metrics` and the JSON admin
 //! API (`/api/v1/...`, bearer token read from a file at each request so it
 //! can be rotated). `PUT /api/v1/credentials` is how the operator puts a
-//! user change in force within a second.
+//! user change in force within a second, `PUT /api/v1/fleets/revocations`
+//! a device fleet's revocation list.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::access::PushOutcome;
+use crate::auth::AuthFileError;
 use crate::broker::Broker;
 use crate::client::ClientInfo;
 use crate::codec::ReasonCode;
@@ -47,6 +49,10 @@ pub fn router(broker: Arc<Broker>, reloader: Arc<Reloader>) -> Router {
         .route(
             "/credentials",
             put(push_credentials).layer(DefaultBodyLimit::max(CREDENTIALS_BODY_LIMIT)),
+        )
+        .route(
+            "/fleets/revocations",
+            put(push_fleet_revocations).layer(DefaultBodyLimit::max(CREDENTIALS_BODY_LIMIT)),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             broker.clone(),
@@ -334,11 +340,31 @@ async fn reload(State(broker): Shared, Extension(reloader): Extension<Arc<Reload
 /// to put in force at once, ahead of the file on disk (see `access`).
 /// Clients of users it no longer has are disconnected; nobody else is.
 async fn push_credentials(State(broker): Shared, body: String) -> Response {
-    match broker.access.push_credentials(body) {
+    let outcome = broker.access.push_credentials(body);
+    push_answer(&broker, outcome, "Credentials")
+}
+
+/// `PUT /api/v1/fleets/revocations`: every fleet's revocation list (TOML
+/// with a `revision`, see `auth::fleet::pushed`) in force at once, ahead of
+/// the fleets directory. Devices now revoked are disconnected.
+async fn push_fleet_revocations(State(broker): Shared, body: String) -> Response {
+    let outcome = broker.access.push_fleet_revocations(&body);
+    push_answer(&broker, outcome, "Fleet revocations")
+}
+
+/// The answer to a push of `what`: 200 with whether it applied (and whom
+/// it disconnected), 409 when a newer revision is in force, 422 when it
+/// is invalid (nothing changed).
+fn push_answer(
+    broker: &Broker,
+    outcome: Result<PushOutcome, AuthFileError>,
+    what: &str,
+) -> Response {
+    match outcome {
         Ok(PushOutcome::Applied { revision }) => {
             let kicked = broker.disconnect_removed_users();
             broker.logger.info(&format!(
-                "Credentials revision {revision} pushed through the admin API are in force."
+                "{what} revision {revision} pushed through the admin API are in force."
             ));
             Json(json!({ "applied": true, "revision": revision, "disconnected": kicked }))
                 .into_response()
@@ -356,10 +382,16 @@ async fn push_credentials(State(broker): Shared, body: String) -> Response {
             })),
         )
             .into_response(),
-        Err(e) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({ "applied": false, "error": e.to_string() })),
-        )
-            .into_response(),
+        Err(e) => {
+            broker.logger.error(&format!(
+                "Refused {} pushed through the admin API: {e}.",
+                what.to_lowercase()
+            ));
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({ "applied": false, "error": e.to_string() })),
+            )
+                .into_response()
+        }
     }
 }

@@ -642,3 +642,156 @@ async fn fleets_come_and_go_in_a_directory_and_their_cas_are_trusted_at_once() {
         })
         .await;
 }
+
+/// The operator's fast path for revocation: the lists pushed to
+/// `PUT /api/v1/fleets/revocations` are in force at once (the fleets
+/// directory is only looked at once a minute here): a connected device
+/// they revoke is disconnected within a second and refused afterwards.
+/// While the directory holds an older revision the push stands; the
+/// directory's update to the pushed revision changes nothing.
+#[tokio::test]
+async fn a_pushed_revocation_disconnects_a_device_at_once_and_outlives_older_files() {
+    const TOKEN: &str = "fleet-push-token";
+    let dir = tempfile::tempdir().unwrap();
+    let fleets = dir.path().join("fleets");
+    std::fs::create_dir(&fleets).unwrap();
+    let ca = TestCa::new("server CA");
+    write_file(&fleets, "sensors.secret", &format!("{FLEET_SECRET}\n"));
+    write_file(&fleets, "sensors.revoked", "device sensor-9\n");
+    write_file(&fleets, "revision", "1\n");
+    write_file(
+        &fleets,
+        "sensors.toml",
+        "name = \"sensors\"\nmode = \"derived\"\nusername = \"%d@sensors\"\n\
+         revocation_file = \"sensors.revoked\"\n\
+         [[acl]]\naction = \"publish\"\ntopic = \"sensors/%d/#\"\n\
+         [derived]\nsecret_file = \"sensors.secret\"\nreplay_window_secs = 60\n",
+    );
+    let token = write_file(dir.path(), "token", TOKEN);
+    let auth = format!("fleets_dir = \"{}\"\n", fleets.display());
+    let toml = broker_toml(dir.path(), &ca, &[], &auth)
+        .replace(
+            "[http]\n",
+            &format!("[http]\nadmin_token_file = \"{}\"\n", token.display()),
+        )
+        .replace("reload_interval_secs = 1", "reload_interval_secs = 60");
+    let Some(broker) = start(toml).await else {
+        return;
+    };
+    let push = |body: String| {
+        let addr = broker.addr_of("http");
+        async move {
+            http_request_with_body(
+                addr,
+                "PUT",
+                "/api/v1/fleets/revocations",
+                Some(TOKEN),
+                &body,
+            )
+            .await
+        }
+    };
+    let reload = || {
+        let addr = broker.addr_of("http");
+        async move { http_request(addr, "POST", "/api/v1/reload", Some(TOKEN)).await }
+    };
+    let sensor_1 = || async {
+        let password = signed("sensor-1", "box-1", now_secs());
+        connack(&broker, &ca, "box-1", "sensor-1@sensors", &password).await
+    };
+    let (mut device, ack) = login(
+        &broker,
+        &ca,
+        None,
+        "box-1",
+        Some("sensor-1@sensors"),
+        Some(&signed("sensor-1", "box-1", now_secs())),
+    )
+    .await;
+    assert_eq!(ack.code, 0);
+
+    // A bad list, or a push without the token, changes nothing.
+    let bad = push("revision = 2\n[revocations]\nsensors = \"serial xyz\"\n".into()).await;
+    assert_eq!(bad.status, 422, "{bad:?}");
+    assert!(
+        bad.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("pushed revocations of fleet sensors:1"),
+        "{bad:?}"
+    );
+    let anonymous = http_request_with_body(
+        broker.addr_of("http"),
+        "PUT",
+        "/api/v1/fleets/revocations",
+        None,
+        "revision = 2\n",
+    )
+    .await;
+    assert_eq!(anonymous.status, 401);
+
+    // Revision 2 revokes sensor-1: disconnected within a second.
+    let revoking =
+        "revision = 2\n[revocations]\nsensors = \"device sensor-9\\ndevice sensor-1\\n\"\n";
+    let applied = push(revoking.into()).await;
+    assert_eq!(applied.status, 200, "{applied:?}");
+    assert_eq!(applied.json()["applied"], true);
+    assert_eq!(applied.json()["disconnected"], 1);
+    let disconnect = device.expect_closed_within(Duration::from_secs(1)).await;
+    assert_eq!(disconnect.map(|d| d.reason), Some(0x87));
+    assert_eq!(sensor_1().await, 0x8A, "refused afterwards");
+    // The same revision again is no change; an older one is refused.
+    assert_eq!(push(revoking.into()).await.json()["applied"], false);
+    let stale = push("revision = 1\n[revocations]\nsensors = \"\"\n".into()).await;
+    assert_eq!(stale.status, 409, "{stale:?}");
+    assert_eq!(sensor_1().await, 0x8A);
+
+    // Re-reading the directory, still at revision 1, keeps the push.
+    assert_eq!(reload().await.status, 200);
+    assert_eq!(
+        sensor_1().await,
+        0x8A,
+        "the older files do not undo the push"
+    );
+
+    // The kubelet's update to revision 2 holds the same list: nothing
+    // changes, nobody else is disconnected.
+    let (mut other, ack) = login(
+        &broker,
+        &ca,
+        None,
+        "box-2",
+        Some("sensor-2@sensors"),
+        Some(&signed("sensor-2", "box-2", now_secs())),
+    )
+    .await;
+    assert_eq!(ack.code, 0);
+    write_file(
+        &fleets,
+        "sensors.revoked",
+        "device sensor-9\ndevice sensor-1\n",
+    );
+    write_file(&fleets, "revision", "2\n");
+    let reloaded = reload().await;
+    assert_eq!(reloaded.json()["disconnected"], 0, "{reloaded:?}");
+    assert_eq!(sensor_1().await, 0x8A);
+    assert_eq!(
+        other
+            .publish_qos1(&Pub::new("sensors/sensor-2/t", b"1").qos(1, 1))
+            .await,
+        0x10,
+        "another device stays connected"
+    );
+    // A later push takes the revocation back.
+    let lifted =
+        push("revision = 3\n[revocations]\nsensors = \"device sensor-9\\n\"\n".into()).await;
+    assert_eq!(lifted.json()["applied"], true, "{lifted:?}");
+    assert_eq!(sensor_1().await, 0);
+    assert_eq!(
+        broker.metrics().await.get(
+            "kubemqtt_fleet_disconnects_total",
+            &[("fleet", "sensors"), ("reason", "revoked")],
+        ),
+        Some(1.0)
+    );
+}

@@ -355,7 +355,8 @@ pub struct MqttDeviceFleetStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready: the fleet is in its broker's fleets Secret.
+    /// Ready: the fleet is in its broker's fleets Secret, and every broker
+    /// pod confirmed that revision (`Propagating` until then).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".to_owned()]))]
     pub conditions: Vec<Condition>,
@@ -366,6 +367,16 @@ pub struct MqttDeviceFleetStatus {
     /// Entries on the revocation list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked: Option<i64>,
+    /// The revision of the broker's fleets Secret (`<broker>-fleets`) that
+    /// holds this fleet as its spec now says, revocation list included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// Broker pods that confirmed that revision: the operator pushed its
+    /// revocation lists to their admin API, so a revocation is in force on
+    /// them at once. The others read it when the kubelet refreshes the
+    /// Secret (about a minute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods_confirmed: Option<i32>,
     /// The Secret holding the operator's CA (certificate fleets) or fleet
     /// secret (derived fleets).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -14,9 +14,26 @@
 //!    ConfigMaps they name goes through [`BrokerFleets::build`]; the
 //!    broker's fleets Secret (`<broker>-fleets`) is applied when it
 //!    changed. A fleet that cannot be used is left out and the others stay.
-//! 5. The status: Ready (or why not), entries revoked, and devices online
-//!    summed from the broker pods' `/metrics`; an Event when Ready changes.
-//! 6. Back in a minute: devices online are looked at again.
+//!    The Secret carries a revision, one more at each change.
+//! 5. The revision's revocation lists are pushed to every broker pod that
+//!    has not confirmed it yet ([`propagate`]): a revocation is in force
+//!    on every pod within a second, not when the kubelet refreshes the
+//!    Secret volume.
+//! 6. The status: Ready once every broker pod confirmed the revision that
+//!    holds the fleet (`Propagating` until then; or why not), the revision
+//!    and the pods that confirmed it, entries revoked, and devices online
+//!    summed from the broker pods' `/metrics` ([`online`]); an Event when
+//!    Ready changes.
+//! 7. Back in a minute (devices online are looked at again, pods that
+//!    restarted are pushed again); pods that could not be pushed are tried
+//!    again after 5 s, doubling up to 5 minutes.
+//!
+//! A fleet reconciles when its spec changes (its `generation`) or it is
+//! being deleted, when its own Secret changes, when a Secret or ConfigMap
+//! it names changes, and every minute; not on its own status writes
+//! (devices online change with traffic, so reconciling on them would loop).
+//! A failed reconcile is retried after 5 s, doubling per consecutive
+//! failure of that fleet up to 5 minutes.
 //!
 //! The Secrets and the revocation ConfigMap a fleet names get the
 //! [`REFERENCED_LABEL`] (as a broker's and a user's do), and the controller
@@ -26,30 +43,40 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::pin::Pin;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::api::fleet::CONDITION_FLEET_READY;
 use crate::api::{MqttBroker, MqttDeviceFleet, MqttDeviceFleetStatus, REFERENCED_LABEL};
 use crate::controller::apply::mark_referenced;
+use crate::controller::bridge::Failures;
+use crate::controller::push::{CredentialsPusher, HttpPusher, PushedRevisions};
+use crate::controller::{backoff, watch};
 use crate::plan::fleet::{
-    fleets_secret_name, own_secret_name, plan_own_secret, BrokerFleets, FleetSources,
+    fleets_secret_name, own_secret_name, plan_own_secret, BrokerFleets, FleetSources, FLEET_LABEL,
 };
-use crate::plan::{HTTP_PORT, MANAGER};
+use crate::plan::MANAGER;
+
+mod online;
+mod propagate;
+mod status;
+
+use status::{publish_status, set_ready};
+
+pub use online::{devices_online, HttpMetricsReader, MetricsFuture, MetricsReader};
+pub use propagate::{propagate, Propagation, FLEETS_PUSH_PATH};
 
 /// The operator's finalizer on fleets: their devices leave the broker
 /// before the fleet goes.
@@ -73,66 +100,18 @@ fn api_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> FleetErro
     move |source| FleetError::Api { action, source }
 }
 
-/// A future of one pod's `/metrics` text.
-pub type MetricsFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
-
-/// Reads a broker pod's `/metrics` (tests answer without a network).
-pub trait MetricsReader: Send + Sync {
-    fn read(&self, host: String) -> MetricsFuture;
-}
-
-/// Reads `/metrics` over HTTP on the broker's HTTP port.
-pub struct HttpMetricsReader;
-
-impl MetricsReader for HttpMetricsReader {
-    fn read(&self, host: String) -> MetricsFuture {
-        Box::pin(async move {
-            tokio::time::timeout(Duration::from_secs(2), http_get_metrics(&host))
-                .await
-                .map_err(|_| format!("{host}: no answer within 2s"))?
-        })
-    }
-}
-
-async fn http_get_metrics(host: &str) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect((host, HTTP_PORT))
-        .await
-        .map_err(|e| format!("{host}: {e}"))?;
-    let request = format!("GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("{host}: {e}"))?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .await
-        .map_err(|e| format!("{host}: {e}"))?;
-    let text = String::from_utf8_lossy(&response);
-    let (_, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{host}: not an HTTP response"))?;
-    Ok(body.to_owned())
-}
-
-/// The devices online of `fleet` in a Prometheus text exposition.
-pub fn devices_online(metrics: &str, fleet: &str) -> Option<i64> {
-    let sample = format!("kubemqtt_fleet_devices_online{{fleet=\"{fleet}\"}} ");
-    metrics.lines().find_map(|line| {
-        line.strip_prefix(&sample)?
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .map(|v| v as i64)
-    })
-}
-
 /// What the fleet controller needs.
 pub struct FleetContext {
     pub client: Client,
     pub metrics: Arc<dyn MetricsReader>,
     pub reporter: Reporter,
+    /// Sends the revocation lists to the broker pods' admin API.
+    pub pusher: Arc<dyn CredentialsPusher>,
+    /// The fleets revision each broker pod confirmed.
+    pub pushed: PushedRevisions,
+    /// Consecutive failed reconciles (and pushes) per fleet, for the
+    /// backoff (the bridge controller's counter).
+    pub failures: Failures,
 }
 
 impl FleetContext {
@@ -145,8 +124,33 @@ impl FleetContext {
                 controller: MANAGER.to_owned(),
                 instance: std::env::var("HOSTNAME").ok(),
             },
+            pusher: Arc::new(HttpPusher::default()),
+            pushed: PushedRevisions::default(),
+            failures: Failures::default(),
         }
     }
+}
+
+/// What a reconcile acts on in the fleet itself: its spec, and whether it
+/// is being deleted. Its status (written by the reconcile, devices online
+/// included) is not part of it.
+pub fn fleet_fingerprint(fleet: &MqttDeviceFleet) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    fleet.metadata.generation.hash(&mut hasher);
+    fleet
+        .metadata
+        .deletion_timestamp
+        .is_some()
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
+fn failure_key(fleet: &MqttDeviceFleet) -> String {
+    format!(
+        "{}/{}",
+        fleet.namespace().unwrap_or_default(),
+        fleet.name_any()
+    )
 }
 
 /// The controller of every `MqttDeviceFleet` in `namespace` (all when
@@ -160,10 +164,26 @@ pub fn controller(
         None => Api::all(client.clone()),
     };
     let context = Arc::new(FleetContext::new(client.clone()));
-    let controller = Controller::new(fleets, watcher::Config::default());
+    let (store, writer) = reflector::store();
+    let changed = watch::changed_or_deleted(
+        reflector(
+            writer,
+            watcher(fleets, watcher::Config::default()).default_backoff(),
+        ),
+        fleet_fingerprint,
+    );
+    let controller = Controller::for_stream(changed, store);
     let (by_secret, by_config_map) = (controller.store(), controller.store());
     let referenced = watcher::Config::default().labels(REFERENCED_LABEL);
     controller
+        .owns_stream(
+            watcher(
+                scoped::<PartialObjectMeta<Secret>>(client, namespace),
+                watcher::Config::default().labels(FLEET_LABEL),
+            )
+            .default_backoff()
+            .touched_objects(),
+        )
         .watches_stream(
             watcher(
                 scoped::<PartialObjectMeta<Secret>>(client, namespace),
@@ -236,16 +256,40 @@ pub fn fleets_referencing<K: Resource>(
         .collect()
 }
 
-/// Retries a failed reconcile after a while.
-pub fn error_policy(_: Arc<MqttDeviceFleet>, error: &FleetError, _: Arc<FleetContext>) -> Action {
-    tracing::warn!(%error, "fleet reconcile failed");
-    Action::requeue(Duration::from_secs(15))
+/// Retries a failed reconcile with the brokers' backoff, per fleet.
+pub fn error_policy(
+    fleet: Arc<MqttDeviceFleet>,
+    error: &FleetError,
+    ctx: Arc<FleetContext>,
+) -> Action {
+    let failures = ctx.failures.record(&failure_key(&fleet));
+    let delay = backoff(failures);
+    tracing::warn!(
+        namespace = fleet.namespace().unwrap_or_default(),
+        fleet = fleet.name_any(),
+        %error,
+        failures,
+        retry_in_seconds = delay.as_secs(),
+        "fleet reconcile failed"
+    );
+    Action::requeue(delay)
 }
 
 /// Reconciles one fleet (see the module documentation).
 pub async fn reconcile(
     fleet: Arc<MqttDeviceFleet>,
     ctx: Arc<FleetContext>,
+) -> Result<Action, FleetError> {
+    let result = reconcile_fleet(fleet.clone(), &ctx).await;
+    if result.is_ok() {
+        ctx.failures.clear(&failure_key(&fleet));
+    }
+    result
+}
+
+async fn reconcile_fleet(
+    fleet: Arc<MqttDeviceFleet>,
+    ctx: &FleetContext,
 ) -> Result<Action, FleetError> {
     let namespace = fleet.namespace().unwrap_or_default();
     let name = fleet.name_any();
@@ -261,7 +305,7 @@ pub async fn reconcile(
                 .await
                 .map_err(api_error("read the broker"))?
             {
-                rebuild(&ctx, &broker, Some(&name)).await?;
+                rebuild(ctx, &broker, Some(&name)).await?;
             }
             let finalizers: Vec<String> = fleet
                 .finalizers()
@@ -299,30 +343,60 @@ pub async fn reconcile(
             &format!("no MqttBroker {broker_name} in namespace {namespace}"),
         );
         status.devices_online = None;
-        publish_status(&fleet, &ctx, &old, status).await?;
+        publish_status(&fleet, ctx, &old, status).await?;
         return Ok(Action::requeue(Duration::from_secs(300)));
     };
 
-    ensure_own_secret(&ctx, &fleet).await?;
-    let built = rebuild(&ctx, &broker, None).await?;
+    ensure_own_secret(ctx, &fleet).await?;
+    let (built, revision) = rebuild(ctx, &broker, None).await?;
+    let propagation = propagate(ctx, &broker, &built, revision).await?;
+    let secret = fleets_secret_name(broker_name);
     match built.refused.get(&name) {
         Some(error) => set_ready(&mut status, false, error.reason(), &error.to_string()),
-        None if built.included.contains(&name) => set_ready(
+        None if built.included.contains(&name) && propagation.everywhere => set_ready(
             &mut status,
             true,
             "InForce",
             &format!(
-                "in Secret {} of broker {broker_name}",
-                fleets_secret_name(broker_name)
+                "in Secret {secret} (revision {revision}) of broker {broker_name}, \
+                 in force on every broker pod"
+            ),
+        ),
+        None if built.included.contains(&name) => set_ready(
+            &mut status,
+            false,
+            REASON_PROPAGATING,
+            &format!(
+                "in Secret {secret} (revision {revision}) of broker {broker_name}; \
+                 not every broker pod has confirmed it yet"
             ),
         ),
         None => set_ready(&mut status, false, "Pending", "not planned yet"),
     }
+    status.revision = i64::try_from(revision).ok();
+    status.pods_confirmed = i32::try_from(propagation.pods_confirmed).ok();
     status.revoked = built.revoked.get(&name).map(|n| *n as i64);
-    status.devices_online = online(&ctx, &broker, &name).await.or(old.devices_online);
-    publish_status(&fleet, &ctx, &old, status).await?;
-    Ok(Action::requeue(REFRESH))
+    status.devices_online = online::online(ctx, &broker, &name)
+        .await
+        .or(old.devices_online);
+    publish_status(&fleet, ctx, &old, status).await?;
+    let push_key = format!("push/{}", failure_key(&fleet));
+    if propagation.everywhere {
+        ctx.failures.clear(&push_key);
+        return Ok(Action::requeue(REFRESH));
+    }
+    let delay = backoff(ctx.failures.record(&push_key)).min(REFRESH);
+    tracing::info!(
+        fleet = %name,
+        retry_in_seconds = delay.as_secs(),
+        "some broker pods do not have the fleet revocations yet"
+    );
+    Ok(Action::requeue(delay))
 }
+
+/// Reason of a fleet's `Ready=False` while its broker's pods do not all
+/// have the revision of the fleets Secret that holds it.
+pub const REASON_PROPAGATING: &str = "Propagating";
 
 async fn set_finalizers(
     fleets: &Api<MqttDeviceFleet>,
@@ -372,12 +446,13 @@ async fn ensure_own_secret(ctx: &FleetContext, fleet: &MqttDeviceFleet) -> Resul
     Ok(())
 }
 
-/// Puts every fleet of `broker` (but `without`) in its fleets Secret.
+/// Puts every fleet of `broker` (but `without`) in its fleets Secret; the
+/// fleets and the Secret's revision.
 async fn rebuild(
     ctx: &FleetContext,
     broker: &MqttBroker,
     without: Option<&str>,
-) -> Result<BrokerFleets, FleetError> {
+) -> Result<(BrokerFleets, u64), FleetError> {
     let namespace = broker.namespace().unwrap_or_default();
     let broker_name = broker.name_any();
     let fleets: Api<MqttDeviceFleet> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -446,16 +521,15 @@ async fn rebuild(
         })
         .collect();
     let built = BrokerFleets::build(&sources);
-    let planned = built.secret(broker);
     let current = secrets
         .get_opt(&fleets_secret_name(&broker_name))
         .await
         .map_err(api_error("read the fleets Secret"))?;
-    let data = |s: &Secret| s.data.clone().unwrap_or_default();
-    if current.as_ref().map(data) != Some(data(&planned)) {
+    let (planned, revision) = built.secret_after(broker, current.as_ref(), Timestamp::now());
+    if current.as_ref().and_then(|s| s.data.as_ref()) != planned.data.as_ref() {
         apply(&ctx.client, &namespace, &planned).await?;
     }
-    Ok(built)
+    Ok((built, revision))
 }
 
 /// The Secrets a fleet's spec names.
@@ -480,26 +554,6 @@ fn referenced_secrets(fleet: &MqttDeviceFleet) -> Vec<String> {
     names
 }
 
-/// Devices online, summed over the broker's pods that answered; `None`
-/// when none did.
-async fn online(ctx: &FleetContext, broker: &MqttBroker, fleet: &str) -> Option<i64> {
-    let namespace = broker.namespace().unwrap_or_default();
-    let name = broker.name_any();
-    let mut total = None;
-    for ordinal in 0..broker.spec.replicas.max(0) {
-        let host = format!("{name}-{ordinal}.{name}-headless.{namespace}.svc");
-        match ctx.metrics.read(host).await {
-            Ok(text) => {
-                if let Some(n) = devices_online(&text, fleet) {
-                    total = Some(total.unwrap_or(0) + n);
-                }
-            }
-            Err(error) => tracing::debug!(%error, "broker pod metrics"),
-        }
-    }
-    total
-}
-
 async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K, FleetError>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
@@ -514,90 +568,6 @@ where
     )
     .await
     .map_err(api_error(format!("apply {} {name}", K::kind(&()))))
-}
-
-/// Sets the Ready condition, keeping its transition time when unchanged.
-fn set_ready(status: &mut MqttDeviceFleetStatus, ready: bool, reason: &str, message: &str) {
-    let value = if ready { "True" } else { "False" };
-    let previous = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == CONDITION_FLEET_READY);
-    if previous.is_some_and(|c| c.status == value && c.reason == reason && c.message == message) {
-        return;
-    }
-    let since = match previous {
-        Some(c) if c.status == value => c.last_transition_time.clone(),
-        _ => Time(Timestamp::now()),
-    };
-    status
-        .conditions
-        .retain(|c| c.type_ != CONDITION_FLEET_READY);
-    status.conditions.push(Condition {
-        type_: CONDITION_FLEET_READY.to_owned(),
-        status: value.to_owned(),
-        reason: reason.to_owned(),
-        message: message.to_owned(),
-        last_transition_time: since,
-        observed_generation: status.observed_generation,
-    });
-}
-
-fn ready_of(status: &MqttDeviceFleetStatus) -> Option<(&str, &str)> {
-    status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == CONDITION_FLEET_READY)
-        .map(|c| (c.status.as_str(), c.reason.as_str()))
-}
-
-/// Writes the status if it changed; an Event when Ready changed.
-async fn publish_status(
-    fleet: &MqttDeviceFleet,
-    ctx: &FleetContext,
-    old: &MqttDeviceFleetStatus,
-    status: MqttDeviceFleetStatus,
-) -> Result<(), FleetError> {
-    if &status == old {
-        return Ok(());
-    }
-    let api: Api<MqttDeviceFleet> =
-        Api::namespaced(ctx.client.clone(), &fleet.namespace().unwrap_or_default());
-    let patch = serde_json::json!({ "status": status });
-    api.patch_status(
-        &fleet.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(api_error("write the status"))?;
-    if ready_of(&status) == ready_of(old) {
-        return Ok(());
-    }
-    let Some(condition) = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == CONDITION_FLEET_READY)
-    else {
-        return Ok(());
-    };
-    let ready = condition.status == "True";
-    let event = Event {
-        type_: if ready {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        },
-        reason: condition.reason.clone(),
-        note: Some(condition.message.chars().take(1000).collect()),
-        action: if ready { "Ready" } else { "NotReady" }.into(),
-        secondary: None,
-    };
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    if let Err(error) = recorder.publish(&event, &fleet.object_ref(&())).await {
-        tracing::warn!(%error, "cannot publish an Event");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -148,8 +148,17 @@ pub struct PodTarget {
     pub url: Option<String>,
 }
 
-/// The pods to push to: every broker pod that is not being deleted.
+/// Where the credentials file is pushed.
+pub const CREDENTIALS_PATH: &str = "/api/v1/credentials";
+
+/// The pods to push credentials to: every broker pod that is not being
+/// deleted.
 pub fn targets(pods: &[Pod], container: &str, port: u16) -> Vec<PodTarget> {
+    targets_at(pods, container, port, CREDENTIALS_PATH)
+}
+
+/// The pods to push to, at `path` of their admin API.
+pub fn targets_at(pods: &[Pod], container: &str, port: u16, path: &str) -> Vec<PodTarget> {
     let mut targets: Vec<PodTarget> = pods
         .iter()
         .filter(|pod| pod.metadata.deletion_timestamp.is_none())
@@ -162,7 +171,7 @@ pub fn targets(pods: &[Pod], container: &str, port: u16) -> Vec<PodTarget> {
             let url = status
                 .and_then(|s| s.pod_ip.as_deref())
                 .and_then(|ip| ip.parse::<IpAddr>().ok())
-                .map(|ip| format!("http://{}/api/v1/credentials", SocketAddr::new(ip, port)));
+                .map(|ip| format!("http://{}{path}", SocketAddr::new(ip, port)));
             PodTarget {
                 name: pod.metadata.name.clone().unwrap_or_default(),
                 key: format!(

@@ -8,6 +8,12 @@
 //! ...). Fleets come and go, and revocation lists change, without a pod
 //! restart: the broker re-reads the directory when it changes.
 //!
+//! The Secret also holds its `revision` ([`REVISION_KEY`]), one more at
+//! each change. The controller pushes the revocation lists of a revision
+//! to the broker pods' admin API once the Secret holds it
+//! ([`BrokerFleets::revocation_push`]), so that a revocation is in force
+//! within a second instead of when the kubelet refreshes the volume.
+//!
 //! Every fleet entry is checked with the broker's own parser and
 //! validation before it is written, one fleet at a time: a fleet that
 //! cannot be used (a short secret, a bad revocation list, a user name
@@ -30,6 +36,7 @@ use kubemqtt_broker::auth::fleet::config::{
     self as broker_fleet, CertificateSettings, DerivedSettings, DeviceIdFrom, FleetConfig,
     FleetMode, FleetRule, HookSettings, JwtSettings, RuleAction, WhenDown,
 };
+use kubemqtt_broker::auth::fleet::pushed::REVISION_FILE;
 use kubemqtt_broker::auth::fleet::Revocations;
 use kubemqtt_broker::auth::UserQuotas;
 
@@ -53,6 +60,17 @@ pub const CA_KEY_KEY: &str = "tls.key";
 const GENERATED_SECRET_BYTES: usize = 32;
 /// Validity of a CA the operator makes, unless the spec says otherwise.
 const DEFAULT_CA_DAYS: u32 = 3650;
+
+/// The key of the fleets Secret with its revision (the broker reads it as
+/// `revision` in its fleets directory).
+pub const REVISION_KEY: &str = REVISION_FILE;
+
+/// The revision a fleets Secret holds (0 when it holds none).
+pub fn secret_revision(secret: &Secret) -> u64 {
+    text(secret, REVISION_KEY)
+        .and_then(|revision| revision.trim().parse().ok())
+        .unwrap_or(0)
+}
 
 /// The Secret with a broker's fleets: `<broker>-fleets`.
 pub fn fleets_secret_name(broker: &str) -> String {
@@ -522,6 +540,60 @@ impl BrokerFleets {
             out.included.push(name);
         }
         out
+    }
+
+    /// The broker's fleets Secret with its revision: `current`'s when the
+    /// fleets' files are the same; when they changed, the next one, and at
+    /// least the Unix time `now` in seconds (so that a Secret deleted and
+    /// made again does not start below a revision the pods were pushed).
+    pub fn secret_after(
+        &self,
+        broker: &MqttBroker,
+        current: Option<&Secret>,
+        now: Timestamp,
+    ) -> (Secret, u64) {
+        let mut planned = self.secret(broker);
+        let current_revision = current.map_or(0, secret_revision);
+        let files_of = |secret: &Secret| {
+            let mut data = secret.data.clone().unwrap_or_default();
+            data.remove(REVISION_KEY);
+            data
+        };
+        let unchanged = current.is_some_and(|c| files_of(c) == files_of(&planned));
+        let revision = if unchanged && current_revision > 0 {
+            current_revision
+        } else {
+            (current_revision + 1).max(u64::try_from(now.as_second()).unwrap_or(0))
+        };
+        planned.data.get_or_insert_with(BTreeMap::new).insert(
+            REVISION_KEY.to_owned(),
+            ByteString(revision.to_string().into_bytes()),
+        );
+        (planned, revision)
+    }
+
+    /// What the controller pushes to the broker pods at `revision`: the
+    /// revocation list of every fleet in the Secret (empty when it has
+    /// none), in the broker's format (`auth::fleet::pushed`).
+    pub fn revocation_push(&self, revision: u64) -> String {
+        #[derive(serde::Serialize)]
+        struct Push<'a> {
+            revision: u64,
+            revocations: BTreeMap<&'a str, &'a str>,
+        }
+        let revocations = self
+            .included
+            .iter()
+            .map(|name| {
+                let list = self.files.get(&format!("{name}.revoked"));
+                (name.as_str(), list.map_or("", String::as_str))
+            })
+            .collect();
+        toml::to_string(&Push {
+            revision,
+            revocations,
+        })
+        .expect("a number and strings always make TOML")
     }
 
     /// The broker's fleets Secret (owned by the broker: it goes with it).

@@ -562,7 +562,8 @@ pub fn all_fleets(
 }
 
 /// Every file to watch for the fleets of `[auth]`: the tables' files, the
-/// fleet files of the directory and the files they name.
+/// fleet files of the directory and the files they name, and the
+/// directory's revision file.
 pub fn watched_files(tables: &[FleetConfig], dir: Option<&Path>) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = tables
         .iter()
@@ -574,6 +575,9 @@ pub fn watched_files(tables: &[FleetConfig], dir: Option<&Path>) -> Vec<PathBuf>
             files.extend(fleet.files().into_iter().map(Path::to_owned));
         }
         files.push(path);
+    }
+    if let Some(dir) = dir {
+        files.push(dir.join(super::pushed::REVISION_FILE));
     }
     files
 }
@@ -751,6 +755,7 @@ mod tests {
         let watched = watched_files(&[], Some(dir.path()));
         assert!(watched.contains(&dir.path().join("b.secret")));
         assert!(watched.contains(&dir.path().join("a.toml")));
+        assert!(watched.contains(&dir.path().join("revision")));
         assert!(all_fleets(&[], Some(&dir.path().join("missing")))
             .unwrap()
             .is_empty());

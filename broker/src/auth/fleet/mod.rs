@@ -29,10 +29,12 @@ mod expiry;
 pub mod hook;
 pub mod jwt;
 mod metrics;
+pub mod pushed;
 pub mod revocation;
 pub mod trust;
 mod username;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -180,14 +182,16 @@ enum Verifier {
 }
 
 /// One fleet, loaded.
+#[derive(Clone)]
 pub struct Fleet {
     pub name: Arc<str>,
     config: FleetConfig,
     username: Option<UsernameTemplate>,
-    verifier: Verifier,
+    /// Shared with the copies [`Fleets::with_revocations`] makes.
+    verifier: Arc<Verifier>,
     rules: Vec<Rule>,
     quotas: UserQuotas,
-    revocations: Revocations,
+    revocations: Arc<Revocations>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -231,7 +235,7 @@ impl Fleets {
     pub fn has_certificate_fleets(&self) -> bool {
         self.fleets
             .iter()
-            .any(|f| matches!(f.verifier, Verifier::Certificate(_)))
+            .any(|f| matches!(*f.verifier, Verifier::Certificate(_)))
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -256,7 +260,7 @@ impl Fleets {
         let now = SystemTime::now();
         if let Some(chain) = request.certificates.filter(|c| !c.is_empty()) {
             for fleet in &self.fleets {
-                if let Verifier::Certificate(verifier) = &fleet.verifier {
+                if let Verifier::Certificate(verifier) = fleet.verifier.as_ref() {
                     if let Some(identity) = verifier.identify(chain, now) {
                         return fleet.certificate_login(identity);
                     }
@@ -284,10 +288,12 @@ impl Fleets {
 
     /// Whether a certificate fleet's CA signed the chain (leaf first).
     pub fn trusts(&self, chain: &[CertificateDer<'static>], now: SystemTime) -> bool {
-        self.fleets.iter().any(|fleet| match &fleet.verifier {
-            Verifier::Certificate(verifier) => verifier.identify(chain, now).is_some(),
-            _ => false,
-        })
+        self.fleets
+            .iter()
+            .any(|fleet| match fleet.verifier.as_ref() {
+                Verifier::Certificate(verifier) => verifier.identify(chain, now).is_some(),
+                _ => false,
+            })
     }
 
     /// Why a connected device may no longer stay: its fleet is gone, or
@@ -335,7 +341,7 @@ impl Fleets {
         let Some(fleet) = self.get(&device.fleet) else {
             return false;
         };
-        let Verifier::Hook(hook) = &fleet.verifier else {
+        let Verifier::Hook(hook) = fleet.verifier.as_ref() else {
             return true;
         };
         let hook = hook.clone();
@@ -348,6 +354,25 @@ impl Fleets {
             topic,
         })
         .await
+    }
+
+    /// The same fleets with the revocation lists of `lists` (by fleet
+    /// name) in place of theirs; fleets `lists` does not name keep theirs,
+    /// and names of fleets that are not here are ignored. Nothing is read
+    /// again: verifiers and caches are shared.
+    pub fn with_revocations(&self, lists: &BTreeMap<String, Arc<Revocations>>) -> Fleets {
+        let fleets = self
+            .fleets
+            .iter()
+            .map(|fleet| match lists.get(&*fleet.name) {
+                Some(list) => Arc::new(Fleet {
+                    revocations: list.clone(),
+                    ..Fleet::clone(fleet)
+                }),
+                None => fleet.clone(),
+            })
+            .collect();
+        Fleets { fleets }
     }
 
     /// Bytes the revocation lists hold.
@@ -376,7 +401,7 @@ impl Fleet {
             }
             FleetMode::Jwt => {
                 let settings = config.jwt.as_ref().ok_or_else(|| missing(config))?;
-                let before = previous.and_then(|p| match &p.verifier {
+                let before = previous.and_then(|p| match p.verifier.as_ref() {
                     Verifier::Jwt(jwt) => Some(jwt.as_ref()),
                     _ => None,
                 });
@@ -384,7 +409,7 @@ impl Fleet {
             }
             FleetMode::Hook => {
                 let settings = config.hook.as_ref().ok_or_else(|| missing(config))?;
-                let kept = previous.and_then(|p| match &p.verifier {
+                let kept = previous.and_then(|p| match p.verifier.as_ref() {
                     Verifier::Hook(hook) if hook.same_as(settings) => Some(hook.clone()),
                     _ => None,
                 });
@@ -421,10 +446,10 @@ impl Fleet {
         Ok(Fleet {
             name: Arc::from(config.name.as_str()),
             username: config.username_template(),
-            verifier,
+            verifier: Arc::new(verifier),
             rules,
             quotas: config.quotas.unwrap_or_default(),
-            revocations,
+            revocations: Arc::new(revocations),
             config: config.clone(),
         })
     }
@@ -506,7 +531,7 @@ impl Fleet {
             own_rules: Vec::new(),
             by_certificate: false,
         };
-        match &self.verifier {
+        match self.verifier.as_ref() {
             Verifier::Certificate(_) => {
                 return Err((
                     Refused::Malformed,

@@ -1,18 +1,24 @@
 //! The fleet controller against the fake API server
 //! ([`crate::controller::fixtures`]): what a reconcile reads and writes,
-//! the broker's fleets Secret, the finalizer, and the status.
+//! the broker's fleets Secret, the finalizer, the push of the revocation
+//! lists to the broker pods, the status, the watch filter and the backoff.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use http::Method;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::controller::fixtures::{ApiServer, Recorded};
+use crate::controller::fixtures::{ApiServer, Push, Recorded, RecordingPusher};
 
 const NS: &str = "/api/v1/namespaces/iot";
 const FLEETS: &str = "/apis/kubemqtt.io/v1alpha1/namespaces/iot/mqttdevicefleets";
 const BROKER: &str = "/apis/kubemqtt.io/v1alpha1/namespaces/iot/mqttbrokers/mq";
+const PODS: &str = "/api/v1/namespaces/iot/pods?app.kubernetes.io/name=kubemqtt-broker,app.kubernetes.io/instance=mq";
+const TOKEN: &str = "admin-token-of-mq";
 
 /// Every broker pod answers with `online` devices of fleet `sensors`.
 struct Pods(i64);
@@ -32,11 +38,33 @@ impl MetricsReader for Pods {
 struct Test {
     server: ApiServer,
     ctx: Arc<FleetContext>,
+    pusher: Arc<RecordingPusher>,
+}
+
+fn context(client: Client, pusher: Arc<RecordingPusher>) -> Arc<FleetContext> {
+    Arc::new(FleetContext {
+        client,
+        metrics: Arc::new(Pods(3)),
+        reporter: Reporter {
+            controller: "kubemqtt-operator".into(),
+            instance: None,
+        },
+        pusher,
+        pushed: PushedRevisions::default(),
+        failures: Failures::default(),
+    })
 }
 
 impl Test {
     fn new() -> Test {
         let (client, server) = ApiServer::start();
+        server.put(
+            &format!("{NS}/secrets/mq-auth"),
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "mq-auth", "namespace": "iot"},
+                   "data": {"admin-token": base64(TOKEN)}}),
+        );
+        server.put(&format!("{NS}/pods/mq-0"), pod("mq-0", "10.0.0.7", 0));
         server.put(
             BROKER,
             json!({
@@ -46,15 +74,13 @@ impl Test {
                 "spec": {"replicas": 1},
             }),
         );
-        let ctx = Arc::new(FleetContext {
-            client,
-            metrics: Arc::new(Pods(3)),
-            reporter: Reporter {
-                controller: "kubemqtt-operator".into(),
-                instance: None,
-            },
-        });
-        Test { server, ctx }
+        let pusher = Arc::new(RecordingPusher::default());
+        let ctx = context(client, pusher.clone());
+        Test {
+            server,
+            ctx,
+            pusher,
+        }
     }
 
     fn put_fleet(&self, name: &str, spec: Value, created: &str) {
@@ -98,6 +124,23 @@ impl Test {
     }
 }
 
+fn base64(text: &str) -> Value {
+    serde_json::to_value(k8s_openapi::ByteString(text.as_bytes().to_vec())).unwrap()
+}
+
+/// A broker pod with an address, its broker container restarted
+/// `restarts` times.
+fn pod(name: &str, ip: &str, restarts: i32) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "iot", "uid": format!("uid-{name}"),
+                     "labels": {"app.kubernetes.io/name": "kubemqtt-broker",
+                                "app.kubernetes.io/instance": "mq"}},
+        "status": {"podIP": ip, "containerStatuses": [
+            {"name": "broker", "restartCount": restarts, "image": "x", "imageID": "", "ready": true}]},
+    })
+}
+
 fn lines(requests: &[Recorded]) -> Vec<String> {
     requests
         .iter()
@@ -130,13 +173,33 @@ async fn a_derived_fleet_gets_its_secret_and_its_entry_in_the_brokers_fleets() {
             format!("GET {NS}/secrets/sensors-fleet-secret"),
             format!("GET {NS}/secrets/mq-fleets"),
             format!("PATCH {NS}/secrets/mq-fleets"),
+            format!("GET {PODS}"),
+            format!("GET {NS}/secrets/mq-auth"),
             format!("PATCH {FLEETS}/sensors/status"),
         ]
     );
     assert_eq!(t.fleet("sensors").finalizers(), [FINALIZER]);
     assert_eq!(
         t.fleets_secret_keys(),
-        ["sensors.revoked", "sensors.secret", "sensors.toml"]
+        [
+            "revision",
+            "sensors.revoked",
+            "sensors.secret",
+            "sensors.toml"
+        ]
+    );
+    // The Secret is written first, then its revocation lists are pushed.
+    let revision = t.fleet("sensors").status.unwrap().revision.unwrap();
+    assert_eq!(
+        t.pusher.take(),
+        [Push {
+            url: "http://10.0.0.7:8080/api/v1/fleets/revocations".into(),
+            token: TOKEN.into(),
+            body: format!(
+                "revision = {revision}\n\n[revocations]\n\
+                 sensors = \"\"\"\ndevice s-9\ndevice s-10\n\"\"\"\n"
+            ),
+        }]
     );
     let secret = t.server.get(&format!("{NS}/secrets/mq-fleets")).unwrap();
     assert_eq!(
@@ -148,8 +211,10 @@ async fn a_derived_fleet_gets_its_secret_and_its_entry_in_the_brokers_fleets() {
     assert_eq!(status.devices_online, Some(3));
     assert_eq!(status.revoked, Some(2));
     assert_eq!(status.secret_name.as_deref(), Some("sensors-fleet-secret"));
+    assert_eq!(status.pods_confirmed, Some(1));
 
-    // A steady-state reconcile reads and writes nothing more than it must.
+    // A steady-state reconcile reads and writes nothing more than it must,
+    // and pushes nothing.
     t.reconcile("sensors").await;
     let requests = t.server.take_requests();
     assert_eq!(
@@ -160,8 +225,10 @@ async fn a_derived_fleet_gets_its_secret_and_its_entry_in_the_brokers_fleets() {
             format!("GET {FLEETS}"),
             format!("GET {NS}/secrets/sensors-fleet-secret"),
             format!("GET {NS}/secrets/mq-fleets"),
+            format!("GET {PODS}"),
         ]
     );
+    assert!(t.pusher.take().is_empty());
 }
 
 #[tokio::test]
@@ -195,7 +262,7 @@ async fn a_fleet_that_cannot_be_used_is_reported_and_the_others_stay() {
     assert!(t
         .fleets_secret_keys()
         .iter()
-        .all(|k| k.starts_with("sensors.")));
+        .all(|k| k.starts_with("sensors.") || k == "revision"));
     let requests = t.server.take_requests();
     let warnings: Vec<&Recorded> = requests
         .iter()
@@ -228,7 +295,7 @@ async fn a_deleted_fleet_leaves_the_broker_before_it_goes() {
     assert!(t
         .fleets_secret_keys()
         .iter()
-        .all(|k| k.starts_with("sensors.")));
+        .all(|k| k.starts_with("sensors.") || k == "revision"));
     assert!(
         t.fleet("meters").finalizers().is_empty(),
         "finalizer removed"
@@ -274,7 +341,7 @@ async fn a_certificate_fleet_gets_a_ca_of_the_operator() {
     assert!(ca["data"]["tls.key"].is_string());
     assert_eq!(
         t.fleets_secret_keys(),
-        ["meters.ca.crt", "meters.revoked", "meters.toml"]
+        ["meters.ca.crt", "meters.revoked", "meters.toml", "revision"]
     );
     assert!(
         !t.fleets_secret_keys().iter().any(|k| k.contains("key")),
@@ -364,4 +431,187 @@ async fn what_a_fleet_names_is_labelled_for_the_watch_and_maps_back_to_it() {
     );
     assert!(named(Referenced::ConfigMap, "iot", "car-keys").is_empty());
     assert!(named(Referenced::Secret, "other", "car-keys").is_empty());
+}
+
+#[tokio::test]
+async fn revocations_are_pushed_to_every_pod_and_retried_until_each_confirms() {
+    let t = Test::new();
+    t.server
+        .put(&format!("{NS}/pods/mq-1"), pod("mq-1", "10.0.0.8", 0));
+    let mut broker = t.server.get(BROKER).unwrap();
+    broker["spec"]["replicas"] = json!(2);
+    t.server.put(BROKER, broker);
+    let spec = |devices: &[&str]| {
+        json!({"brokerRef": {"name": "mq"}, "mode": "derived",
+               "revocations": {"devices": devices}})
+    };
+    t.put_fleet("sensors", spec(&["s-9"]), "2026-12-01T00:00:00Z");
+
+    // No pod answers: the Secret is written, the fleet waits for the pods
+    // and is looked at again after 5 s, then 10 s.
+    t.pusher.unreachable.store(true, Ordering::SeqCst);
+    let seconds = |s| Action::requeue(Duration::from_secs(s));
+    assert_eq!(t.reconcile("sensors").await, seconds(5));
+    assert_eq!(t.pusher.take().len(), 2, "one push per pod");
+    assert_eq!(
+        t.ready("sensors"),
+        ("False".into(), REASON_PROPAGATING.into())
+    );
+    let status = t.fleet("sensors").status.unwrap();
+    assert_eq!(status.pods_confirmed, Some(0));
+    let first = status.revision.unwrap();
+    assert!(t.fleets_secret_keys().contains(&"sensors.revoked".into()));
+    assert_eq!(t.reconcile("sensors").await, seconds(10));
+    assert_eq!(t.pusher.take().len(), 2, "tried again");
+
+    // The pods answer: both confirm, the fleet is Ready.
+    t.pusher.unreachable.store(false, Ordering::SeqCst);
+    assert_eq!(t.reconcile("sensors").await, Action::requeue(REFRESH));
+    let pushed: Vec<String> = t.pusher.take().into_iter().map(|p| p.url).collect();
+    assert_eq!(
+        pushed,
+        [
+            "http://10.0.0.7:8080/api/v1/fleets/revocations",
+            "http://10.0.0.8:8080/api/v1/fleets/revocations"
+        ]
+    );
+    assert_eq!(t.ready("sensors"), ("True".into(), "InForce".into()));
+    assert_eq!(t.fleet("sensors").status.unwrap().pods_confirmed, Some(2));
+    // Its next failure waits 5 s again.
+    t.pusher.unreachable.store(true, Ordering::SeqCst);
+    t.server
+        .put(&format!("{NS}/pods/mq-1"), pod("mq-1", "10.0.0.8", 1));
+    assert_eq!(t.reconcile("sensors").await, seconds(5), "back off anew");
+    assert_eq!(t.pusher.take().len(), 1, "only the restarted pod");
+    t.pusher.unreachable.store(false, Ordering::SeqCst);
+
+    // A new revocation: a new revision of the Secret, pushed to both.
+    t.put_fleet("sensors", spec(&["s-9", "s-1"]), "2026-12-01T00:00:00Z");
+    t.reconcile("sensors").await;
+    let status = t.fleet("sensors").status.unwrap();
+    let second = status.revision.unwrap();
+    assert!(second > first, "{second} after {first}");
+    let pushes = t.pusher.take();
+    assert_eq!(pushes.len(), 2);
+    assert!(
+        pushes
+            .iter()
+            .all(|p| p.body.contains(&format!("revision = {second}"))
+                && p.body.contains("device s-1"))
+    );
+    let secret = t.server.get(&format!("{NS}/secrets/mq-fleets")).unwrap();
+    assert_eq!(secret["data"]["revision"], base64(&second.to_string()));
+
+    // A restarted broker container reads the files and is pushed again;
+    // the other pod is not.
+    t.server
+        .put(&format!("{NS}/pods/mq-0"), pod("mq-0", "10.0.0.7", 1));
+    t.reconcile("sensors").await;
+    let pushed: Vec<String> = t.pusher.take().into_iter().map(|p| p.url).collect();
+    assert_eq!(pushed, ["http://10.0.0.7:8080/api/v1/fleets/revocations"]);
+}
+
+#[tokio::test]
+async fn a_status_write_does_not_reconcile_a_fleet_a_spec_change_does() {
+    let t = Test::new();
+    t.put_fleet(
+        "sensors",
+        json!({"brokerRef": {"name": "mq"}, "mode": "derived"}),
+        "2026-12-01T00:00:00Z",
+    );
+    let first = t.fleet("sensors");
+    let mut online = first.clone();
+    online.status = Some(MqttDeviceFleetStatus {
+        devices_online: Some(41),
+        ..MqttDeviceFleetStatus::default()
+    });
+    let mut more_online = online.clone();
+    more_online.status.as_mut().unwrap().devices_online = Some(42);
+    let mut edited = more_online.clone();
+    edited.metadata.generation = Some(2);
+    let mut deleting = edited.clone();
+    deleting.metadata.deletion_timestamp = Some(Time("2026-12-03T00:00:00Z".parse().unwrap()));
+    let events = futures::stream::iter(
+        [
+            watcher::Event::Init,
+            watcher::Event::InitApply(first),
+            watcher::Event::InitDone,
+            // The reconcile's own status writes, devices online changing.
+            watcher::Event::Apply(online),
+            watcher::Event::Apply(more_online.clone()),
+            // The watch restarts and lists everything again.
+            watcher::Event::Init,
+            watcher::Event::InitApply(more_online),
+            watcher::Event::InitDone,
+            watcher::Event::Apply(edited),
+            watcher::Event::Apply(deleting.clone()),
+            watcher::Event::Delete(deleting),
+        ]
+        .map(Ok),
+    );
+    let passed: Vec<(Option<i64>, bool)> = watch::changed_or_deleted(events, fleet_fingerprint)
+        .map(|fleet| {
+            let fleet = fleet.unwrap();
+            (
+                fleet.metadata.generation,
+                fleet.metadata.deletion_timestamp.is_some(),
+            )
+        })
+        .collect()
+        .await;
+    // The first sight, the new generation, the deletion mark, the deletion.
+    assert_eq!(
+        passed,
+        [
+            (Some(1), false),
+            (Some(2), false),
+            (Some(2), true),
+            (Some(2), true)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn failures_back_off_per_fleet_until_a_reconcile_works() {
+    let t = Test::new();
+    for name in ["sensors", "meters"] {
+        t.put_fleet(
+            name,
+            json!({"brokerRef": {"name": "mq"}, "mode": "derived"}),
+            "2026-12-01T00:00:00Z",
+        );
+    }
+    let fail = |name: &str| {
+        t.server.fail_once(
+            Method::PATCH,
+            &format!("{FLEETS}/{name}"),
+            false,
+            500,
+            "InternalError",
+        )
+    };
+    let attempt = |name: &'static str| {
+        fail(name);
+        let fleet = Arc::new(t.fleet(name));
+        let ctx = t.ctx.clone();
+        async move {
+            let error = reconcile(fleet.clone(), ctx.clone()).await.unwrap_err();
+            error_policy(fleet, &error, ctx)
+        }
+    };
+    let seconds = |s| Action::requeue(Duration::from_secs(s));
+    let mut delays = Vec::new();
+    for _ in 0..3 {
+        delays.push(attempt("sensors").await);
+    }
+    assert_eq!(delays, [seconds(5), seconds(10), seconds(20)]);
+    // Another fleet's failures are its own.
+    assert_eq!(attempt("meters").await, seconds(5));
+    // Once a reconcile of the fleet works, its next failure waits 5 s again.
+    t.reconcile("sensors").await;
+    let mut without_finalizer = t.server.get(&format!("{FLEETS}/sensors")).unwrap();
+    without_finalizer["metadata"]["finalizers"] = json!([]);
+    t.server
+        .put(&format!("{FLEETS}/sensors"), without_finalizer);
+    assert_eq!(attempt("sensors").await, seconds(5));
 }

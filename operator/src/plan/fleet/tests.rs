@@ -247,3 +247,67 @@ fn a_fleet_that_cannot_be_used_is_left_out_alone() {
     assert!(built.files.keys().all(|k| k.starts_with("good.")));
     assert_eq!(load_in_broker(&built.files), ["good"]);
 }
+
+#[test]
+fn the_fleets_secret_gets_a_new_revision_only_when_its_files_change() {
+    let broker: MqttBroker = serde_json::from_value(json!({
+        "apiVersion": "kubemqtt.io/v1alpha1", "kind": "MqttBroker",
+        "metadata": {"name": "mq", "namespace": "iot", "uid": "uid-mq"},
+        "spec": {},
+    }))
+    .unwrap();
+    let sensors = |devices: &[&str]| {
+        fleet(
+            "sensors",
+            json!({"brokerRef": {"name": "mq"}, "mode": "derived",
+                   "revocations": {"devices": devices}}),
+        )
+    };
+    // The same generated secret every time.
+    let own = plan_own_secret(&sensors(&[]), None, now())
+        .unwrap()
+        .unwrap();
+    let plan = |devices: &[&str]| {
+        let sensors = sensors(devices);
+        let (secrets, maps) = (BTreeMap::new(), BTreeMap::new());
+        BrokerFleets::build(&[FleetSources {
+            fleet: &sensors,
+            own_secret: Some(&own),
+            secrets: &secrets,
+            config_maps: &maps,
+        }])
+    };
+    let first = plan(&["s-9"]);
+    let now_secs = u64::try_from(now().as_second()).unwrap();
+    let (written, revision) = first.secret_after(&broker, None, now());
+    assert_eq!(revision, now_secs, "a new Secret starts at the time");
+    assert_eq!(secret_revision(&written), revision);
+    let (again, same) = plan(&["s-9"]).secret_after(&broker, Some(&written), now());
+    assert_eq!((same, again.data.clone()), (revision, written.data.clone()));
+    let (next, newer) = plan(&["s-9", "s-1"]).secret_after(&broker, Some(&written), now());
+    assert_eq!(newer, revision + 1);
+    assert_eq!(secret_revision(&next), revision + 1);
+    // An older clock does not go back below the Secret's revision.
+    let earlier: Timestamp = "2020-01-01T00:00:00Z".parse().unwrap();
+    assert_eq!(
+        plan(&["s-1"]).secret_after(&broker, Some(&next), earlier).1,
+        newer + 1
+    );
+
+    // The push holds every fleet's list, and the broker takes it.
+    let push = plan(&["s-9", "s-1"]).revocation_push(newer);
+    let parsed = kubemqtt_broker::auth::fleet::pushed::RevocationPush::parse(&push).unwrap();
+    assert_eq!(parsed.revision, newer);
+    assert_eq!(parsed.fleets().collect::<Vec<_>>(), ["sensors"]);
+    let none = plan(&[]).revocation_push(3);
+    assert!(none.contains("sensors = \"\""), "{none}");
+    // The broker reads the revision from the directory the Secret becomes.
+    let dir = tempfile::tempdir().unwrap();
+    for (key, value) in next.data.as_ref().unwrap() {
+        std::fs::write(dir.path().join(key), &value.0).unwrap();
+    }
+    assert_eq!(
+        kubemqtt_broker::auth::fleet::pushed::dir_revision(Some(dir.path())).unwrap(),
+        newer
+    );
+}
