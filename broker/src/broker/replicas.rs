@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use crate::client::Control;
 use crate::cluster::sessions::{QueueEntry, SentState, SessionRecord, HANDOVER_GRACE};
-use crate::cluster::Cluster;
 use crate::codec::{QoS, SubscriptionOptions, Will};
 use crate::message::{now_ms, Message};
 use crate::queue::QueueLimits;
@@ -201,14 +200,6 @@ impl Broker {
         }
     }
 
-    /// Whether `session` is still the one this node keeps for its client,
-    /// not handed off (or being followed after a hand-off).
-    fn still_holds(&self, cluster: &Cluster, session: &Arc<Session>) -> bool {
-        self.session(&session.client_id)
-            .is_some_and(|s| Arc::ptr_eq(&s, session))
-            && !cluster.is_forwarding(&session.client_id)
-    }
-
     /// Loads a persistent session from the cluster into `session` (new and
     /// empty): subscriptions, then its messages in order. Returns whether
     /// the cluster had it. Messages other nodes still write for it during
@@ -257,27 +248,12 @@ impl Broker {
         ));
         // Stragglers: what other nodes wrote before they saw this node's
         // interest.
-        // Each step runs only while the session is still this node's: a
-        // client that moved on again meanwhile left its session interest
-        // and its queue to the node that has it now.
         let broker = self.clone();
         let session = session.clone();
         tokio::spawn(async move {
-            let id = session.client_id.clone();
-            cluster.interest().written().await;
-            {
-                let _serial = broker.connect_locks[broker.shard(&id)].lock().await;
-                if !broker.still_holds(&cluster, &session) {
-                    return;
-                }
-                cluster.remove_session_interest(&id).await;
-            }
-            tokio::time::sleep(HANDOVER_GRACE).await;
-            let _serial = broker.connect_locks[broker.shard(&id)].lock().await;
-            if !broker.still_holds(&cluster, &session) {
-                return;
-            }
-            let late = cluster.read_late(&id, ids, loaded.last_seq).await;
+            let late = cluster
+                .finish_loading(&session.client_id, ids, loaded.last_seq)
+                .await;
             if !late.is_empty() {
                 broker.restore_entries(&session, &matcher, late, &limits);
             }

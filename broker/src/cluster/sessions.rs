@@ -331,16 +331,20 @@ impl Cluster {
         }
     }
 
-    /// After a session was loaded here and the grace period passed: what
-    /// other nodes still wrote into its queue after `last_seq` (before they
-    /// saw this node's interest); the subject is then emptied up to what
-    /// was read.
-    pub async fn read_late(
-        &self,
+    /// The client is back on this node: the session interest gives way to
+    /// this node's (already added by the caller), and after the grace
+    /// period, what other nodes still wrote is handed to `late`, then the
+    /// subject is emptied.
+    pub async fn finish_loading(
+        self: &Arc<Self>,
         client_id: &str,
         loaded_ids: HashSet<u64>,
         last_seq: u64,
     ) -> Vec<QueueEntry> {
+        // This node's interest first, then the session's goes.
+        self.interest.written().await;
+        self.remove_session_interest(client_id).await;
+        tokio::time::sleep(HANDOVER_GRACE).await;
         let mut seen = loaded_ids;
         let mut late = LoadedSession::default();
         if let Err(e) = self
