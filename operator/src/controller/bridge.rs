@@ -76,33 +76,10 @@ pub struct HttpStatusReader;
 impl StatusReader for HttpStatusReader {
     fn read(&self, host: String) -> StatusFuture {
         Box::pin(async move {
-            tokio::time::timeout(Duration::from_secs(2), http_get_status(&host))
-                .await
-                .map_err(|_| format!("{host}: no answer within 2s"))?
+            let body = super::pod_http::get_body(&host, BRIDGE_HTTP_PORT, "/status").await?;
+            serde_json::from_str(&body).map_err(|e| format!("{host}: /status is not JSON: {e}"))
         })
     }
-}
-
-async fn http_get_status(host: &str) -> Result<Value, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect((host, BRIDGE_HTTP_PORT))
-        .await
-        .map_err(|e| format!("{host}: {e}"))?;
-    let request = format!("GET /status HTTP/1.0\r\nHost: {host}\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("{host}: {e}"))?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .await
-        .map_err(|e| format!("{host}: {e}"))?;
-    let text = String::from_utf8_lossy(&response);
-    let (_, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{host}: not an HTTP response"))?;
-    serde_json::from_str(body).map_err(|e| format!("{host}: /status is not JSON: {e}"))
 }
 
 /// What the bridge controller needs.

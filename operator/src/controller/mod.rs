@@ -37,6 +37,7 @@ pub mod events;
 pub mod fleet;
 pub mod index;
 pub mod observe;
+pub mod pod_http;
 pub mod push;
 pub mod rebalance;
 pub mod replica_admin;

@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use kube::ResourceExt;
 
@@ -25,33 +24,9 @@ pub struct HttpMetricsReader;
 impl MetricsReader for HttpMetricsReader {
     fn read(&self, host: String) -> MetricsFuture {
         Box::pin(async move {
-            tokio::time::timeout(Duration::from_secs(2), http_get_metrics(&host))
-                .await
-                .map_err(|_| format!("{host}: no answer within 2s"))?
+            crate::controller::pod_http::get_body(&host, HTTP_PORT, "/metrics").await
         })
     }
-}
-
-async fn http_get_metrics(host: &str) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect((host, HTTP_PORT))
-        .await
-        .map_err(|e| format!("{host}: {e}"))?;
-    let request = format!("GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("{host}: {e}"))?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .await
-        .map_err(|e| format!("{host}: {e}"))?;
-    let text = String::from_utf8_lossy(&response);
-    let (_, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{host}: not an HTTP response"))?;
-    Ok(body.to_owned())
 }
 
 /// The devices online of `fleet` in a Prometheus text exposition.
