@@ -27,8 +27,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -333,29 +331,15 @@ pub fn aggregate(old: &MqttBridgeStatus, pods: &[Value]) -> MqttBridgeStatus {
 
 /// Sets the Ready condition, keeping its transition time when unchanged.
 fn set_ready(status: &mut MqttBridgeStatus, ready: bool, reason: &str, message: &str) {
-    let value = if ready { "True" } else { "False" };
-    let previous = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == CONDITION_BRIDGE_READY);
-    if previous.is_some_and(|c| c.status == value && c.reason == reason && c.message == message) {
-        return;
-    }
-    let since = match previous {
-        Some(c) if c.status == value => c.last_transition_time.clone(),
-        _ => Time(Timestamp::now()),
-    };
-    status
-        .conditions
-        .retain(|c| c.type_ != CONDITION_BRIDGE_READY);
-    status.conditions.push(Condition {
-        type_: CONDITION_BRIDGE_READY.to_owned(),
-        status: value.to_owned(),
-        reason: reason.to_owned(),
-        message: message.to_owned(),
-        last_transition_time: since,
-        observed_generation: status.observed_generation,
-    });
+    let generation = status.observed_generation;
+    super::status::set_condition(
+        &mut status.conditions,
+        CONDITION_BRIDGE_READY,
+        ready,
+        reason,
+        message,
+        generation,
+    );
 }
 
 fn ready_of(status: &MqttBridgeStatus) -> Option<(&str, &str)> {

@@ -469,6 +469,37 @@ impl Verdict {
     }
 }
 
+/// Sets condition `type_` in `conditions` (True or False), keeping its
+/// transition time while its status stays; nothing changes when it is
+/// already so.
+pub(super) fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    ready: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) {
+    let value = if ready { "True" } else { "False" };
+    let previous = conditions.iter().find(|c| c.type_ == type_);
+    if previous.is_some_and(|c| c.status == value && c.reason == reason && c.message == message) {
+        return;
+    }
+    let since = match previous {
+        Some(c) if c.status == value => c.last_transition_time.clone(),
+        _ => Time(Timestamp::now()),
+    };
+    conditions.retain(|c| c.type_ != type_);
+    conditions.push(Condition {
+        type_: type_.to_owned(),
+        status: value.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        last_transition_time: since,
+        observed_generation: generation,
+    });
+}
+
 /// The broker pods, as the StatefulSet reports them.
 struct Pods {
     desired: i32,

@@ -1,8 +1,6 @@
 //! A fleet's status: its Ready condition, written only when it changed,
 //! with an Event when Ready changes.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Resource, ResourceExt};
@@ -18,29 +16,15 @@ pub(super) fn set_ready(
     reason: &str,
     message: &str,
 ) {
-    let value = if ready { "True" } else { "False" };
-    let previous = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == CONDITION_FLEET_READY);
-    if previous.is_some_and(|c| c.status == value && c.reason == reason && c.message == message) {
-        return;
-    }
-    let since = match previous {
-        Some(c) if c.status == value => c.last_transition_time.clone(),
-        _ => Time(Timestamp::now()),
-    };
-    status
-        .conditions
-        .retain(|c| c.type_ != CONDITION_FLEET_READY);
-    status.conditions.push(Condition {
-        type_: CONDITION_FLEET_READY.to_owned(),
-        status: value.to_owned(),
-        reason: reason.to_owned(),
-        message: message.to_owned(),
-        last_transition_time: since,
-        observed_generation: status.observed_generation,
-    });
+    let generation = status.observed_generation;
+    crate::controller::status::set_condition(
+        &mut status.conditions,
+        CONDITION_FLEET_READY,
+        ready,
+        reason,
+        message,
+        generation,
+    );
 }
 
 fn ready_of(status: &MqttDeviceFleetStatus) -> Option<(&str, &str)> {
