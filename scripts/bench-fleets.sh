@@ -126,27 +126,14 @@ SECTION="$WORK/section.md"
     echo "$END_MARK"
 } >"$SECTION"
 
-# The page: the section replaces the one between the markers, or is added
-# at the end, below the "Written by hand" line (added too when missing).
-splice() {
-    local page=$1 tmp
-    tmp=$(mktemp)
-    if [ -f "$page" ] && grep -qxF "$BEGIN_MARK" "$page"; then
-        awk -v b="$BEGIN_MARK" -v e="$END_MARK" -v f="$SECTION" '
-            $0 == b { while ((getline line < f) > 0) print line; skip = 1; next }
-            skip && $0 == e { skip = 0; next }
-            !skip { print }' "$page" >"$tmp"
-    else
-        { [ -f "$page" ] && cat "$page"
-          if [ ! -f "$page" ] || ! grep -qxF "$KEEP_MARK" "$page"; then echo; echo "$KEEP_MARK"; fi
-          echo; cat "$SECTION"; } >"$tmp"
-    fi
-    mv "$tmp" "$page"
-}
+# The page: the section replaces its old one, or goes below the
+# "Written by hand" line.
+# shellcheck source=lib/page-section.sh disable=SC1091
+source "$ROOT/scripts/lib/page-section.sh"
 
 mkdir -p "$(dirname "$OUT")"
 if [ "$OUT" != "$DOC" ] && [ ! -f "$OUT" ] && [ -f "$DOC" ]; then
     cp "$DOC" "$OUT" # a copy of the page, so the splice is tried on the real thing
 fi
-splice "$OUT"
+splice_section "$OUT" "$SECTION" "$BEGIN_MARK" "$END_MARK" "$KEEP_MARK"
 log "wrote $OUT (section also in $SECTION, raw output in $RAW)"

@@ -550,6 +550,8 @@ fn scripts_parse_and_pass_shellcheck() {
         workspace().join("scripts/install-k8s-tools.sh"),
         workspace().join("scripts/bench-fleets.sh"),
         workspace().join("scripts/bench-operator-cluster.sh"),
+        workspace().join("scripts/bench-cluster.sh"),
+        workspace().join("scripts/lib/page-section.sh"),
     ];
     for script in &scripts {
         let output = Command::new("bash")
