@@ -1,7 +1,7 @@
 //! The RabbitMQ sink against a real RabbitMQ node (one per test binary;
 //! the tests take turns, since one of them stops the node's AMQP service).
 
-mod common;
+use crate::common;
 
 use common::scenario::{self, unmappable, Probe};
 use common::servers::Rabbit;

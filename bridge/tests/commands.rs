@@ -1,7 +1,7 @@
 //! Commands to devices: `POST /publish`, a JetStream consumer and a
 //! RabbitMQ queue, each published into the real broker.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! The HTTP webhook sink against an HTTP server run by the test: signed
 //! POSTs, retried on 5xx and while the server is down, not on 4xx.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,6 @@
 //! The MQTT sink, with mosquitto as the remote broker.
 
-mod common;
+use crate::common;
 
 use common::scenario::{self, unmappable, Probe};
 use common::servers::Mosquitto;

@@ -1,6 +1,6 @@
 //! The NATS JetStream sink against a real nats-server with JetStream.
 
-mod common;
+use crate::common;
 
 use common::scenario::{self, unmappable, Probe};
 use common::servers::Nats;

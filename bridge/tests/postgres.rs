@@ -1,6 +1,6 @@
 //! The PostgreSQL sink against a real PostgreSQL 15.
 
-mod common;
+use crate::common;
 
 use common::scenario::{self, unmappable, Probe};
 use common::servers::Postgres;

@@ -7,10 +7,8 @@
 //! the bridge forwards nothing and reports an error naming the sink and
 //! what is wrong with the certificate.
 
-mod common;
-#[path = "tls/https.rs"]
+use crate::common;
 mod https;
-#[path = "tls/probes.rs"]
 mod probes;
 
 use std::time::{Duration, Instant};

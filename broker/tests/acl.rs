@@ -3,7 +3,7 @@
 //! delivery (retained ones too), will messages, `$SYS` and the presence
 //! events; and reloaded while clients stay connected.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! expiry, and reloads (on change and on SIGHUP) that disconnect removed
 //! users while everyone else stays connected.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -4,7 +4,7 @@
 //! client certificates. An X.509 v1 client certificate, as a plain
 //! `openssl x509 -req` makes, is refused with a log line that says so.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,7 +1,7 @@
 //! CONNECT / CONNACK: return codes (3.1.1), reason codes (5.0), client
 //! identifiers, CONNACK properties and the enhanced-authentication refusal.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -2,7 +2,7 @@
 //! 5.0 clients get DISCONNECT 0x8B (Server shutting down) at the configured
 //! pace, and the process exits by the drain deadline.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! the IPv4 one, so the broker makes it IPv6-only. Both must start and
 //! accept clients of their own family.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -7,7 +7,7 @@
 //! on `kill -9`: those tests are skipped under mosquitto (our broker must not
 //! lose anything). The graceful-restart tests run under both.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -5,7 +5,7 @@
 //! connected devices; plain users are not affected. The hook's registry is
 //! a small HTTP server inside the test.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

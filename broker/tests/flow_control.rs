@@ -7,7 +7,7 @@
 //! broker gets there (pausing the publisher, or queueing without bound)
 //! differs, and the rate assertions are ours only.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

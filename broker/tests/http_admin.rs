@@ -1,7 +1,7 @@
 //! The HTTP server: health and readiness probes, Prometheus metrics
 //! (scraped and parsed), and the JSON admin API behind a bearer token.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

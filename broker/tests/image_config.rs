@@ -3,7 +3,7 @@
 //! listening on every interface, with anonymous access off unless
 //! KUBEMQTT_ALLOW_ANONYMOUS or --allow-anonymous turns it on.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,7 +1,7 @@
 //! Keepalive: enforced at 1.5 x the client's value, kept alive by PINGREQ,
 //! disabled by 0, and the 5.0 Server Keep Alive.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! offending connection (with DISCONNECT and the right reason code in 5.0)
 //! and the broker keeps serving everyone else.
 
-mod common;
+use crate::common;
 
 use common::*;
 

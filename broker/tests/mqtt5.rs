@@ -5,7 +5,7 @@
 //! request/response, user properties, payload format and content type, and
 //! AUTH without enhanced authentication.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! token file is named as such, and a removed user's client gets one
 //! disconnect line.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

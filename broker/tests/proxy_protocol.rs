@@ -2,7 +2,7 @@
 //! client address the header carries is the one the broker logs and
 //! reports.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 

@@ -2,7 +2,7 @@
 //! subscription's, the full PUBREC / PUBREL / PUBCOMP exchange in both
 //! directions, duplicate detection on inbound QoS 2, and ordering.
 
-mod common;
+use crate::common;
 
 use common::*;
 use rumqttc::QoS;

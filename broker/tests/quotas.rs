@@ -3,7 +3,7 @@
 //! (disconnect or throttle), in-flight and queued messages. Every refusal
 //! shows in `/metrics`.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

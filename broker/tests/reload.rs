@@ -2,7 +2,7 @@
 //! put the log level and limits in force without dropping a connection,
 //! and name the keys that need a restart.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! subscribe (including through wildcards), retain flag on live messages,
 //! QoS of retained deliveries.
 
-mod common;
+use crate::common;
 
 use common::*;
 use rumqttc::QoS;

@@ -3,7 +3,7 @@
 //! while offline, in-flight messages resent with DUP on reconnect, and the
 //! per-session queue bound.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

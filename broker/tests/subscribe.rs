@@ -2,7 +2,7 @@
 //! first-level wildcards, granted QoS, re-subscription, overlapping
 //! subscriptions delivered once, invalid filters.
 
-mod common;
+use crate::common;
 
 use common::*;
 use rumqttc::{QoS, SubscribeReasonCode};

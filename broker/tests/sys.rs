@@ -1,7 +1,7 @@
 //! `$SYS` topics like mosquitto's, published periodically (the harness
 //! configures a 1 s interval), with values that follow the broker's activity.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

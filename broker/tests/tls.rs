@@ -2,7 +2,7 @@
 //! from the certificate), and certificates replaced on disk while clients
 //! stay connected. Certificates are generated for each test with rcgen.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

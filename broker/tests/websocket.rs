@@ -1,7 +1,7 @@
 //! WebSocket (`ws`) and secure WebSocket (`wss`) listeners, exercised with a
 //! real client: rumqttc's WebSocket transport.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

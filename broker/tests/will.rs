@@ -2,7 +2,7 @@
 //! not on DISCONNECT (except 5.0 reason 0x04), retained wills, and the 5.0
 //! Will Delay Interval with its interaction with the session expiry.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

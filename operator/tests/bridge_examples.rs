@@ -4,7 +4,7 @@
 //! (the bridge's MqttUser against the MqttUser CRD too). One example per
 //! sink.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

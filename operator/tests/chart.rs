@@ -7,7 +7,7 @@
 //! unless `KUBEMQTT_REQUIRE_K8S_TOOLS=1`, which turns a missing tool into a
 //! failure (for CI). The other checks need nothing but the files.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

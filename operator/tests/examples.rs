@@ -17,7 +17,7 @@
 //! message, unless `KUBEMQTT_REQUIRE_K8S_TOOLS=1`, which turns a missing
 //! tool into a failure (for CI).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

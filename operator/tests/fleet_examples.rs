@@ -4,7 +4,7 @@
 //! in for, and loaded from that Secret's files by the broker itself. The
 //! Secrets the operator writes pass `kubernetes-validate --strict`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -13,7 +13,7 @@
 //! overlap's end is played by moving its recorded time into the past, as
 //! `tests/broker.rs` plays the load balancer.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -13,7 +13,7 @@
 //! certificate user logs in with the certificate from its Secret and is
 //! revoked the same way.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
