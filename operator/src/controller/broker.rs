@@ -16,6 +16,7 @@ use super::apply::{self, AppliedObject, ApplyError, Pending, CREDENTIALS_MANAGER
 use super::cluster;
 use super::observe::{self, Observation};
 use super::push::{self, PushError};
+use super::replicas::{reconcile_replicas, ReplicasContext};
 use super::status::{self, ClusterSeen, Outcome, Propagation, Seen};
 use super::{
     backoff, events, failure_key, is_paused, was_paused, write_status, Context, Error, ObjectKey,
@@ -23,6 +24,8 @@ use super::{
 };
 use crate::api::MqttBroker;
 use crate::metrics::ReconcileResult;
+use crate::plan::rebalance::RebalanceSettings;
+use crate::plan::secrets::{self, ADMIN_TOKEN_KEY};
 use crate::plan::statefulset::CONTAINER_NAME;
 use crate::plan::users::{
     self, BrokerUser, CREDENTIALS_DIGEST_ANNOTATION, CREDENTIALS_REVISION_ANNOTATION,
@@ -204,6 +207,32 @@ async fn reconcile_broker(
             names.broker
         )
     });
+    // A clustered broker's pods: a stuck rollout recovered, clients
+    // spread after a scale-up (the `Rebalancing` condition).
+    let replicas_step = match &broker.spec.cluster {
+        Some(spec) => {
+            let token = secrets::text(&plan.auth_secret, ADMIN_TOKEN_KEY).unwrap_or_default();
+            let step_ctx = ReplicasContext {
+                client: &ctx.client,
+                events: &ctx.events,
+                http: ctx.broker_http.clone(),
+                memory: &ctx.rebalance,
+            };
+            Some(
+                reconcile_replicas(
+                    &step_ctx,
+                    broker,
+                    &RebalanceSettings::from(&spec.rebalance),
+                    &observation.pods,
+                    stateful_set.as_ref(),
+                    token,
+                    now,
+                )
+                .await,
+            )
+        }
+        None => None,
+    };
     let seen = Seen {
         stateful_set: stateful_set.as_ref(),
         external_service: external_service.as_ref(),
@@ -213,6 +242,7 @@ async fn reconcile_broker(
             nats_stateful_set: nats_stateful_set.as_ref(),
             metrics,
             autoscaler: autoscaler.as_deref(),
+            rebalancing: replicas_step.as_ref().map(|step| &step.condition),
         },
     };
     write_status(
@@ -250,14 +280,13 @@ async fn reconcile_broker(
     };
     // When to come back, at the soonest of what asks: a certificate, a
     // pod without its credentials, a clustered broker's status (its
-    // connections and NATS move without any object changing). Steps of a
-    // clustered broker that act on its pods (rebalancing clients after a
-    // scale-up, recovering a stuck rollout) go here, each adding when it
-    // wants to run again.
+    // connections and NATS move without any object changing), the
+    // replicas' step (a rebalance round settling, a rollout to watch).
     let mut come_back = vec![push_retry];
     if clustered {
         come_back.push(CLUSTER_REQUEUE);
     }
+    come_back.extend(replicas_step.map(|step| step.requeue));
     let requeue = plan
         .recheck_at
         .map(|at| Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO))
@@ -528,6 +557,7 @@ fn seen_before(observation: &Observation) -> Seen<'_> {
             nats_stateful_set: observation.cluster.nats_stateful_set.as_ref(),
             metrics: None,
             autoscaler: None,
+            rebalancing: None,
         },
     }
 }

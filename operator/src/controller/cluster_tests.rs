@@ -6,12 +6,14 @@
 use serde_json::{json, Value};
 
 use super::broker::CLUSTER_REQUEUE;
+use super::rebalance::{CONDITION_REBALANCING, IDLE_RECHECK};
 use super::tests::{
-    condition, event_post, lines, pair, reads, status_patch, written_status, Test, BROKER, PDB,
-    STATEFUL_SET,
+    condition, event_post, events, lines, pair, reads, status_patch, written_status, Test, BROKER,
+    PDB, STATEFUL_SET,
 };
 use crate::api::{CONDITION_CLUSTER_DEGRADED, REASON_REPLICA_DOWN};
 use crate::plan;
+use crate::plan::rebalance::REASON_BALANCED;
 use kube::runtime::controller::Action;
 
 const NATS_STS: &str = "/apis/apps/v1/namespaces/iot/statefulsets/mq-nats";
@@ -50,7 +52,7 @@ fn managed(replicas: i32) -> Value {
 /// not.
 fn metrics(connections: i64, connected: bool) -> String {
     format!(
-        "kubemqtt_connections{{listener=\"mqtt\"}} {connections}\nkubemqtt_connections{{listener=\"mqtts\"}} 0\nkubemqtt_cluster_connected {}\n",
+        "kubemqtt_connections{{listener=\"mqtt\"}} {connections}\nkubemqtt_connections{{listener=\"mqtts\"}} 0\nkubemqtt_clients_connected {connections}\nkubemqtt_cluster_connected {}\n",
         u8::from(connected)
     )
 }
@@ -73,6 +75,10 @@ impl Test {
                     },
                     "status": {
                         "podIP": format!("10.0.0.{}", 10 + i),
+                        "conditions": [{
+                            "type": "Ready", "status": "True",
+                            "lastTransitionTime": "2025-01-01T00:00:00Z",
+                        }],
                         "containerStatuses": [{
                             "name": "broker", "restartCount": 0, "ready": true,
                             "image": "broker", "imageID": "",
@@ -213,6 +219,7 @@ async fn a_steady_clustered_broker_reads_and_writes_nothing_else() {
     );
     assert_eq!(condition(&status, "Ready"), pair("True", "Ready"));
 
+    test.pod_metrics.take_admin_requests();
     let action = test.reconcile().await.expect("steady");
     let requests = test.server.take_requests();
     // Ten reads (the default broker's seven, and NATS's ConfigMap,
@@ -220,7 +227,20 @@ async fn a_steady_clustered_broker_reads_and_writes_nothing_else() {
     assert_eq!(lines(&requests), nats_reads());
     assert_eq!(requests.len(), 10);
     assert_eq!(test.pod_metrics.take_reads(), 3);
-    assert_eq!(action, Action::requeue(CLUSTER_REQUEUE));
+    // The replicas' step reads each pod's connections and sheds nothing.
+    let admin = test.pod_metrics.take_admin_requests();
+    assert_eq!(admin.len(), 3, "{admin:?}");
+    assert!(admin
+        .iter()
+        .all(|r| r.starts_with("GET ") && r.ends_with("/metrics")));
+    let status = status_of(&test);
+    assert_eq!(
+        condition(&status, CONDITION_REBALANCING),
+        pair("False", REASON_BALANCED)
+    );
+    // Back when the idle rebalance check is due (before the status's).
+    assert!(IDLE_RECHECK < CLUSTER_REQUEUE);
+    assert_eq!(action, Action::requeue(IDLE_RECHECK));
 }
 
 #[tokio::test]
@@ -469,4 +489,48 @@ async fn replicas_above_one_without_a_cluster_are_refused_in_the_status() {
     assert!(!requests.iter().any(|r| r.is_dry_run()), "nothing applied");
     let status = written_status(&requests);
     assert_eq!(condition(&status, "Degraded"), pair("True", "InvalidSpec"));
+}
+
+#[tokio::test]
+async fn a_scaled_up_cluster_is_rebalanced_by_the_reconcile() {
+    let test = Test::cluster(managed(3), 3).await;
+    // mq-2 came up last and has no clients yet.
+    test.pod_metrics
+        .answer_for("10.0.0.10", &metrics(150, true));
+    test.pod_metrics
+        .answer_for("10.0.0.11", &metrics(150, true));
+    test.pod_metrics.answer_for("10.0.0.12", &metrics(0, true));
+    test.pod_metrics.take_admin_requests();
+    test.server.take_requests();
+
+    let action = test.reconcile().await.expect("rebalances");
+    let admin = test.pod_metrics.take_admin_requests();
+    let sheds: Vec<&String> = admin.iter().filter(|r| r.starts_with("POST ")).collect();
+    assert_eq!(sheds.len(), 2, "both full replicas shed: {admin:?}");
+    assert!(
+        sheds.iter().all(|r| r.contains("/api/v1/shed?count=")),
+        "{sheds:?}"
+    );
+    assert!(!sheds.iter().any(|r| r.contains("10.0.0.12")), "{sheds:?}");
+    let requests = test.server.take_requests();
+    let status = written_status(&requests);
+    assert_eq!(condition(&status, CONDITION_REBALANCING).0, "True");
+    let told = events(&requests);
+    assert!(
+        told.iter().any(|(_, reason, _)| reason == "Rebalancing"),
+        "{told:?}"
+    );
+    // Back once the round has settled (seconds), not at the idle check.
+    let shown = format!("{action:?}");
+    let seconds: f64 = shown
+        .strip_prefix("Action { requeue_after: Some(")
+        .and_then(|rest| rest.strip_suffix("s) }"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!((1.0..=30.0).contains(&seconds), "{shown}");
+
+    // Settling: the next reconcile sends nothing more.
+    test.reconcile().await.expect("settling");
+    let admin = test.pod_metrics.take_admin_requests();
+    assert!(admin.iter().all(|r| !r.starts_with("POST ")), "{admin:?}");
 }

@@ -553,18 +553,40 @@ impl CredentialsPusher for RecordingPusher {
 }
 
 /// Answers reads of the broker pods' `/metrics` with one text for every
-/// pod (a pod whose address is in `down` fails), and counts them.
+/// pod (a pod whose address is in `down` fails), and counts them; as the
+/// pods' admin API ([`BrokerHttp`](super::replica_admin::BrokerHttp)) it
+/// answers the same `/metrics` and records every request.
 #[derive(Debug, Default)]
 pub struct FakeMetrics {
     text: Mutex<Option<String>>,
     down: Mutex<Vec<String>>,
     reads: std::sync::atomic::AtomicUsize,
+    admin_requests: Mutex<Vec<String>>,
+    /// Pods (by address) answering their own text instead.
+    per_host: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl FakeMetrics {
     /// Every pod answers `text` from now on (`None`: none answers).
     pub fn answer(&self, text: Option<&str>) {
         *self.text.lock().expect("metrics") = text.map(str::to_owned);
+    }
+
+    /// The pod at `host` answers `text` (the others what [`Self::answer`]
+    /// said).
+    pub fn answer_for(&self, host: &str, text: &str) {
+        self.per_host
+            .lock()
+            .expect("metrics")
+            .insert(host.to_owned(), text.to_owned());
+    }
+
+    fn text_of(&self, host: &str) -> Option<String> {
+        if self.down.lock().expect("metrics").iter().any(|h| h == host) {
+            return None;
+        }
+        let own = self.per_host.lock().expect("metrics").get(host).cloned();
+        own.or_else(|| self.text.lock().expect("metrics").clone())
     }
 
     /// The pod at `host` does not answer.
@@ -576,13 +598,59 @@ impl FakeMetrics {
     pub fn take_reads(&self) -> usize {
         self.reads.swap(0, std::sync::atomic::Ordering::SeqCst)
     }
+
+    /// Requests to the admin API since the last call (`METHOD url`).
+    pub fn take_admin_requests(&self) -> Vec<String> {
+        std::mem::take(&mut *self.admin_requests.lock().expect("metrics"))
+    }
+}
+
+impl super::replica_admin::BrokerHttp for FakeMetrics {
+    fn request<'a>(
+        &'a self,
+        method: &'a str,
+        url: &'a str,
+        _token: Option<&'a str>,
+    ) -> super::replica_admin::HttpFuture<'a> {
+        self.admin_requests
+            .lock()
+            .expect("metrics")
+            .push(format!("{method} {url}"));
+        let host = url
+            .strip_prefix("http://")
+            .and_then(|rest| rest.split([':', '/']).next())
+            .unwrap_or_default()
+            .to_owned();
+        let text = self.text_of(&host);
+        let metrics = method == "GET" && url.ends_with("/metrics");
+        // `POST /api/v1/shed?count=N&rate=R`: accepted as asked.
+        let shed = (method == "POST")
+            .then(|| url.split_once("/api/v1/shed?"))
+            .flatten()
+            .map(|(_, query)| {
+                query
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix("count="))
+                    .unwrap_or("0")
+                    .to_owned()
+            });
+        Box::pin(async move {
+            match (metrics, text, shed) {
+                (true, Some(text), _) => Ok((200, text)),
+                (_, None, _) => Err(format!("{host}: connection refused")),
+                (false, Some(_), Some(count)) => {
+                    Ok((202, format!("{{\"shedding\":{count},\"rate\":50}}")))
+                }
+                (false, Some(_), None) => Ok((404, String::new())),
+            }
+        })
+    }
 }
 
 impl super::fleet::MetricsReader for FakeMetrics {
     fn read(&self, host: String) -> super::fleet::MetricsFuture {
         self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let down = self.down.lock().expect("metrics").contains(&host);
-        let text = self.text.lock().expect("metrics").clone().filter(|_| !down);
+        let text = self.text_of(&host);
         Box::pin(async move { text.ok_or_else(|| format!("{host}: connection refused")) })
     }
 }

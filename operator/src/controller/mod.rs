@@ -135,6 +135,10 @@ pub struct Context {
     pub index: UserIndex,
     /// Reads the broker pods' `/metrics` (clustered brokers' status).
     pub pod_metrics: Arc<dyn fleet::MetricsReader>,
+    /// HTTP to the broker pods' admin API (rebalancing, stuck rollouts).
+    pub broker_http: Arc<dyn replica_admin::BrokerHttp>,
+    /// Rebalance rounds still settling, per broker.
+    pub rebalance: rebalance::RebalanceMemory,
 }
 
 impl Context {
@@ -156,7 +160,16 @@ impl Context {
             applied: AppliedVersions::default(),
             index: UserIndex::default(),
             pod_metrics: Arc::new(fleet::HttpMetricsReader),
+            broker_http: Arc::new(replica_admin::HyperBrokerHttp::default()),
+            rebalance: rebalance::RebalanceMemory::default(),
         }
+    }
+
+    /// The same context reaching the pods' admin API through `http`
+    /// (tests answer without a network).
+    pub fn with_broker_http(mut self, http: Arc<dyn replica_admin::BrokerHttp>) -> Context {
+        self.broker_http = http;
+        self
     }
 
     /// The same context reading the pods' metrics through `reader` (tests

@@ -22,6 +22,7 @@ use kube::api::DynamicObject;
 use super::cluster::{cluster_status, ClusterStatus, PodMetrics};
 use super::endpoints::Exposure;
 use super::observe::UserCertificate;
+use super::rebalance::CONDITION_REBALANCING;
 use crate::api::{
     CertificateStatus, CredentialsStatus, EndpointsStatus, MqttBroker, MqttBrokerStatus,
     CONDITION_AVAILABLE, CONDITION_CERTIFICATES_READY, CONDITION_CLUSTER_DEGRADED,
@@ -92,6 +93,8 @@ pub struct ClusterSeen<'a> {
     pub metrics: Option<PodMetrics>,
     /// The autoscaler applied: kind and name.
     pub autoscaler: Option<&'a str>,
+    /// The `Rebalancing` condition of the replicas' step, when it ran.
+    pub rebalancing: Option<&'a Condition>,
 }
 
 /// Reason of the `Degraded` and `Ready` conditions after an API error.
@@ -235,6 +238,15 @@ pub fn status(
         ),
         None => {}
     }
+    // Judged by the replicas' step; kept when it did not run.
+    let rebalancing = seen.cluster.rebalancing.cloned().or_else(|| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_REBALANCING)
+            .filter(|_| broker.spec.cluster.is_some())
+            .cloned()
+    });
+    all.extend(rebalancing);
     MqttBrokerStatus {
         observed_generation: generation,
         conditions: all,

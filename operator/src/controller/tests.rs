@@ -87,7 +87,8 @@ impl Test {
         let pod_metrics = Arc::new(FakeMetrics::default());
         let ctx = Context::new(client, Settings::default(), metrics, None)
             .with_pusher(pushes.clone())
-            .with_pod_metrics(pod_metrics.clone());
+            .with_pod_metrics(pod_metrics.clone())
+            .with_broker_http(pod_metrics.clone());
         let users = UserCache::new(&ctx.index);
         Test {
             ctx: Arc::new(ctx),
@@ -260,7 +261,7 @@ pub(super) fn pair(status: &str, reason: &str) -> (String, String) {
 }
 
 /// `(type, reason, note)` of every Event posted.
-fn events(requests: &[Recorded]) -> Vec<(String, String, String)> {
+pub(super) fn events(requests: &[Recorded]) -> Vec<(String, String, String)> {
     requests
         .iter()
         .filter(|r| r.path.starts_with(EVENTS))
@@ -518,17 +519,35 @@ async fn an_update_applies_only_what_changed_and_says_so() {
     };
     let before = checksum(&test.server.get(STATEFUL_SET).expect("statefulset"));
 
+    // The log level: the broker re-reads the file, no pod restarts.
     test.edit(|broker| broker["spec"]["logging"] = json!({"level": "debug"}));
     let action = test.reconcile().await.expect("updates");
     let requests = test.server.take_requests();
-
     assert_eq!(
         lines(&requests),
-        applying(&[CONFIG_MAP, STATEFUL_SET], &[event_post(), status_patch()])
+        applying(&[CONFIG_MAP], &[event_post(), status_patch()])
     );
     let config = applied(&requests, CONFIG_MAP);
     let broker_toml = config["data"]["broker.toml"].as_str().expect("broker.toml");
     assert!(broker_toml.contains("level = \"debug\""), "{broker_toml}");
+    assert_eq!(
+        checksum(&test.server.get(STATEFUL_SET).expect("statefulset")),
+        before
+    );
+    assert_eq!(
+        events(&requests),
+        [event("Normal", "Updated", "updated ConfigMap mq-config")]
+    );
+    assert_eq!(action, an_hour());
+
+    // A key the broker reads only at start ($SYS interval): the pods roll.
+    test.edit(|broker| broker["spec"]["config"] = json!({"sys": {"interval_secs": 0}}));
+    let action = test.reconcile().await.expect("updates");
+    let requests = test.server.take_requests();
+    assert_eq!(
+        lines(&requests),
+        applying(&[CONFIG_MAP, STATEFUL_SET], &[event_post(), status_patch()])
+    );
     assert_ne!(checksum(&applied(&requests, STATEFUL_SET)), before);
     assert_eq!(
         events(&requests),
@@ -539,7 +558,7 @@ async fn an_update_applies_only_what_changed_and_says_so() {
         )]
     );
     let status = written_status(&requests);
-    assert_eq!(status.observed_generation, Some(2));
+    assert_eq!(status.observed_generation, Some(3));
     // The pod still serves on the old revision while the new one rolls.
     assert_eq!(condition(&status, "Ready"), pair("True", "Ready"));
     assert_eq!(

@@ -26,6 +26,7 @@ pub mod pdb;
 pub mod persistence;
 pub mod quantity;
 pub mod rebalance;
+pub mod restart;
 pub mod rollout;
 pub mod secrets;
 pub mod service;

@@ -146,9 +146,11 @@ pub(super) fn stateful_set(
     let mut pod_labels = spec.labels.clone();
     pod_labels.extend(super::common_labels(&ctx.names.broker));
     let mut pod_annotations = spec.annotations.clone();
+    // What the broker applies while it runs (it re-reads the file when
+    // the kubelet updates it) restarts no pod.
     pod_annotations.insert(
         CONFIG_CHECKSUM_ANNOTATION.to_owned(),
-        config_checksum(broker_config),
+        super::restart::restart_checksum(broker_config),
     );
     if let Some(cert) = nats_client_cert {
         pod_annotations.insert(
@@ -603,7 +605,10 @@ mod tests {
         }
 
         let config = plan.config_map.data.as_ref().unwrap()[CONFIG_FILE].clone();
-        assert_eq!(checksum(&plan), config_checksum(&config));
+        assert_eq!(
+            checksum(&plan),
+            super::super::restart::restart_checksum(&config)
+        );
         assert_eq!(checksum(&plan).len(), 64);
     }
 
@@ -716,7 +721,7 @@ listeners: {mqtt: {port: 11883}}
     }
 
     #[test]
-    fn checksum_changes_only_with_the_configuration_file() {
+    fn checksum_changes_only_with_what_the_broker_cannot_reload() {
         let base = plan_fresh(&broker(MqttBrokerSpec::default()));
         // Not in the file: same checksum.
         for unrelated in [
@@ -739,11 +744,21 @@ listeners: {mqtt: {port: 11883}}
         .unwrap();
         assert_ne!(renewed.server_secret, base.server_secret);
         assert_eq!(checksum(&renewed), checksum(&base));
-        // In the file: a new checksum.
-        for changed in [
+        // In the file, applied by the broker while it runs (it re-reads
+        // the file): the same checksum, no pod restarts.
+        for reloaded in [
             "limits: {maxInflight: 5}",
             "logging: {level: debug}",
             "auth: {anonymous: true}",
+        ] {
+            let plan = plan_fresh(&broker_yaml(reloaded));
+            let config = &plan.config_map.data.as_ref().unwrap()[CONFIG_FILE];
+            let base_config = &base.config_map.data.as_ref().unwrap()[CONFIG_FILE];
+            assert_ne!(config, base_config, "{reloaded} is in the file");
+            assert_eq!(checksum(&plan), checksum(&base), "{reloaded}");
+        }
+        // In the file, needing a restart: a new checksum.
+        for changed in [
             "listeners: {mqtt: {port: 11883}}",
             "config: {sys: {interval_secs: 0}}",
         ] {

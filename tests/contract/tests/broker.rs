@@ -12,7 +12,7 @@
 //! address 127.0.0.1, so that the server certificate covers the address the
 //! client dials.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,4 +114,73 @@ async fn a_rendered_broker_serves_tls_with_its_generated_credentials() {
         ),
         other => panic!("expected the anonymous client to be refused, got {other:?}"),
     }
+}
+
+/// The operator rolls the pods (`kubemqtt.io/config-checksum`) for
+/// exactly the `broker.toml` keys the broker cannot put in force while it
+/// runs: every key of the files it renders for the examples, and of the
+/// broker's defaults, is judged alike by both.
+#[test]
+fn the_operator_restarts_pods_for_exactly_the_keys_the_broker_cannot_reload() {
+    use kubemqtt_broker::config::Config;
+    use kubemqtt_operator::plan::configmap::CONFIG_FILE;
+
+    fn keys(path: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+        if !path.is_empty() {
+            out.push(path.to_owned());
+        }
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map {
+                    let child_path = match path {
+                        "" => key.clone(),
+                        _ => format!("{path}.{key}"),
+                    };
+                    keys(&child_path, child, out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    keys(&format!("{path}[{i}]"), child, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut files = vec![String::new()];
+    for example in [
+        "broker.yaml",
+        "broker-production.yaml",
+        "broker-cluster.yaml",
+    ] {
+        let manifest = std::fs::read_to_string(root.join(example)).expect("the example reads");
+        let operator = Operator::with_manifest(&manifest);
+        files.push(operator.plan().config_map.data.as_ref().expect("data")[CONFIG_FILE].clone());
+    }
+    let mut all = Vec::new();
+    for file in &files {
+        let config = Config::from_toml_str(file, "rendered").expect("the broker reads it");
+        keys(
+            "",
+            &serde_json::to_value(&config).expect("serializes"),
+            &mut all,
+        );
+    }
+    all.sort();
+    all.dedup();
+    let mut run_time = 0;
+    for key in &all {
+        let broker = kubemqtt_broker::reload::applies_at_run_time(key);
+        let operator = kubemqtt_operator::plan::restart::applies_at_run_time(key);
+        assert_eq!(operator, broker, "{key}: the broker reloads it: {broker}");
+        run_time += usize::from(broker);
+    }
+    assert!(
+        run_time > 10,
+        "only {run_time} run-time keys among {}",
+        all.len()
+    );
+    assert!(all.len() - run_time > 10, "{all:?}");
 }
