@@ -14,15 +14,20 @@
 //! (its CA and bearer token from the team's Secrets). The fleet
 //! controller's reading of `/metrics` (devices online) matches what the
 //! broker writes. Revocations (in the resource and in a ConfigMap) and a
-//! deleted fleet disconnect connected devices; rotating a fleet secret and
-//! a fleet CA keeps old and new devices in during the overlap.
+//! deleted fleet disconnect connected devices; so does the fleet
+//! controller's push of the revocation lists (the operator's `HttpPusher`
+//! against the broker's admin API) before the volume is refreshed.
+//! Rotating a fleet secret and a fleet CA keeps old and new devices in
+//! during the overlap.
 
-mod common;
+use crate::common;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kubemqtt_operator::certs::{generate_ca, CertifiedKeyPem};
-use kubemqtt_operator::controller::fleet::devices_online;
+use kubemqtt_operator::controller::fleet::{devices_online, FLEETS_PUSH_PATH};
+use kubemqtt_operator::controller::push::{CredentialsPusher, HttpPusher, PushError, PushReply};
 use kubemqtt_operator::plan::fleet::{CA_CERT_KEY, CA_KEY_KEY, FLEETS_DIR, FLEET_SECRET_KEY};
+use kubemqtt_operator::plan::secrets::ADMIN_TOKEN_KEY;
 use rumqttc::{ConnectReturnCode, QoS, SubscribeReasonCode};
 use std::sync::atomic::Ordering;
 
@@ -411,6 +416,113 @@ async fn fleet_secrets_and_cas_rotate_without_a_flag_day() {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
             other => panic!("the old fleet secret still works: {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+/// The fleet controller's push (`PUT /api/v1/fleets/revocations` by the
+/// operator's `HttpPusher`, with the admin token of the broker's auth
+/// Secret) revokes a connected device before the kubelet refreshes the
+/// fleets volume: the volume is not touched until the end. A repeated or
+/// older push changes nothing; a newer Secret on disk wins over the push.
+#[tokio::test]
+async fn a_pushed_revocation_is_in_force_before_the_volume_catches_up() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let operator = Operator::new();
+    let mut fleets = Fleets::new();
+    let sensors = |revoked: &[&str]| {
+        serde_json::json!({
+            "brokerRef": {"name": "mq"},
+            "mode": "derived",
+            "revocations": {"devices": revoked},
+        })
+    };
+    fleets.put("sensors", sensors(&[]));
+    let pod = Pod::start_with(
+        operator.plan(),
+        &[&fleets.broker_secret_at(&operator, 1_000)],
+    );
+    let fleet_secret = fleets.own_secret("sensors", FLEET_SECRET_KEY);
+    let password = |device: &str, client: &str| {
+        factory_password(dir.path(), &fleet_secret, device, client, None)
+    };
+    let sensor = |n: u8| {
+        let client = format!("s-{n}");
+        let username = format!("sensor-{n}@sensors");
+        let secret = password(&format!("sensor-{n}"), &client);
+        let pod = &pod;
+        let operator = &operator;
+        async move { login(pod, operator, &client, &username, &secret).await }
+    };
+    let (_s1, mut s1_events) = sensor(1).await.expect("sensor-1 logs in");
+    let (_s2, _s2_events) = sensor(2).await.expect("sensor-2 logs in");
+    wait_for_metrics(&pod, "both sensors online", |m| {
+        devices_online(m, "sensors") == Some(2)
+    });
+
+    let url = format!("http://127.0.0.1:{}{FLEETS_PUSH_PATH}", pod.http_port);
+    let token = secret_text(&operator.plan().auth_secret, ADMIN_TOKEN_KEY);
+    let pusher = HttpPusher::default();
+    fleets.put("sensors", sensors(&["sensor-1"]));
+    let push = fleets.revocation_push(2_000);
+    assert!(matches!(
+        pusher.push(&url, "not-the-admin-token", &push).await,
+        Err(PushError::Refused { status: 401, .. })
+    ));
+    let pushed_at = std::time::Instant::now();
+    assert_eq!(
+        pusher.push(&url, &token, &push).await.expect("pushed"),
+        PushReply::Applied
+    );
+    expect_disconnected(&mut s1_events).await;
+    let took = pushed_at.elapsed();
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    assert_eq!(
+        refused(sensor(1).await),
+        ConnectReturnCode::NotAuthorized,
+        "revoked by the push"
+    );
+    wait_for_metrics(&pod, "sensor-2 alone online", |m| {
+        devices_online(m, "sensors") == Some(1)
+    });
+
+    // The controller pushes the same revision again (a pod it could not
+    // confirm), and an older one arrives late: neither changes anything.
+    assert_eq!(
+        pusher.push(&url, &token, &push).await.expect("pushed"),
+        PushReply::AlreadyInForce
+    );
+    fleets.put("sensors", sensors(&[]));
+    assert_eq!(
+        pusher
+            .push(&url, &token, &fleets.revocation_push(1_500))
+            .await
+            .expect("answered"),
+        PushReply::AlreadyInForce
+    );
+    assert_eq!(refused(sensor(1).await), ConnectReturnCode::NotAuthorized);
+
+    // The kubelet catches up with the same revision: still revoked. Then
+    // the revocation is lifted in a newer Secret: the files win.
+    fleets.put("sensors", sensors(&["sensor-1"]));
+    pod.files
+        .update_secret_volume(FLEETS_DIR, &fleets.broker_secret_at(&operator, 2_000))
+        .expect("the kubelet writes the Secret");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(refused(sensor(1).await), ConnectReturnCode::NotAuthorized);
+    fleets.put("sensors", sensors(&[]));
+    pod.files
+        .update_secret_volume(FLEETS_DIR, &fleets.broker_secret_at(&operator, 3_000))
+        .expect("the kubelet writes the Secret");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        match sensor(1).await {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("sensor-1 still refused after the newer Secret: {e}"),
         }
     }
 }

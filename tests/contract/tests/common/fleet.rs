@@ -107,6 +107,25 @@ impl Fleets {
 
     /// The broker's fleets Secret; every fleet must be in it.
     pub fn broker_secret(&self, operator: &Operator) -> Secret {
+        self.built().secret(operator.broker())
+    }
+
+    /// The broker's fleets Secret at `revision`, as the fleet controller
+    /// writes it (with its `revision` key).
+    pub fn broker_secret_at(&self, operator: &Operator, revision: u64) -> Secret {
+        let at = Timestamp::from_second(i64::try_from(revision).expect("a small revision"))
+            .expect("a revision in Unix seconds");
+        let (secret, written) = self.built().secret_after(operator.broker(), None, at);
+        assert_eq!(written, revision);
+        secret
+    }
+
+    /// What the fleet controller pushes to the pods at `revision`.
+    pub fn revocation_push(&self, revision: u64) -> String {
+        self.built().revocation_push(revision)
+    }
+
+    fn built(&self) -> BrokerFleets {
         let sources: Vec<FleetSources<'_>> = self
             .fleets
             .iter()
@@ -119,7 +138,7 @@ impl Fleets {
             .collect();
         let built = BrokerFleets::build(&sources);
         assert!(built.refused.is_empty(), "refused: {:?}", built.refused);
-        built.secret(operator.broker())
+        built
     }
 }
 
