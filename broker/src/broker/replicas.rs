@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::client::Control;
+use crate::cluster::clients::LateRelease;
 use crate::cluster::sessions::{QueueEntry, SentState, SessionRecord, HANDOVER_GRACE};
 use crate::codec::{QoS, SubscriptionOptions, Will};
 use crate::message::{now_ms, Message};
@@ -21,15 +22,20 @@ impl Broker {
     /// will; another node that held it connected closes that connection
     /// (and hands its session over) first, within a second. Nothing to do
     /// without a cluster.
-    pub(super) async fn claim_in_cluster(&self, client_id: &str, will: Option<&Will>, expiry: u32) {
-        let Some(cluster) = self.cluster() else {
-            return;
-        };
+    /// When that node answers late, its answer comes back, to wait for
+    /// before reading what it hands over ([`Broker::load_from_cluster`]).
+    pub(super) async fn claim_in_cluster(
+        &self,
+        client_id: &str,
+        will: Option<&Will>,
+        expiry: u32,
+    ) -> Option<LateRelease> {
+        let cluster = self.cluster()?;
         let will = will.map(|w| crate::cluster::clients::StoredWill {
             message: Message::from_will(w.clone()).to_stored(),
             delay_secs: w.delay_interval.unwrap_or(0).min(expiry),
         });
-        cluster.claim(client_id, will).await;
+        cluster.claim(client_id, will).await
     }
 
     /// Another node accepted a CONNECT for `client_id`: the connection
@@ -167,26 +173,28 @@ impl Broker {
     }
 
     /// Forgets a handed-off session here (its state is in the cluster).
+    /// Nothing to do when it is no longer this node's session of its
+    /// client: it was forgotten already, and the forwarding flag, the
+    /// router's entries and the map belong to a later session of the same
+    /// client id (which may be handed off in its turn).
     pub(super) fn forget_handed_off(&self, session: &Arc<Session>) {
         let Some(cluster) = self.cluster() else {
             return;
         };
-        if !cluster.is_forwarding(&session.client_id) {
-            return;
-        }
-        cluster.stop_forwarding(&session.client_id);
         // As `remove_session`, but this node's interest in its filters was
         // given up at the hand-off already.
         let shard = self.shard(&session.client_id);
         {
             let mut map = self.sessions[shard].write();
-            if map
+            let current = map
                 .get(&session.client_id)
-                .is_some_and(|s| Arc::ptr_eq(s, session))
-            {
-                map.remove(&session.client_id);
+                .is_some_and(|s| Arc::ptr_eq(s, session));
+            if !current || !cluster.is_forwarding(&session.client_id) {
+                return;
             }
+            map.remove(&session.client_id);
         }
+        cluster.stop_forwarding(&session.client_id);
         let filters: Vec<String> = {
             let mut state = session.state.lock();
             state.clear_messages(&self.budget);
@@ -203,11 +211,13 @@ impl Broker {
     /// Loads a persistent session from the cluster into `session` (new and
     /// empty): subscriptions, then its messages in order. Returns whether
     /// the cluster had it. Messages other nodes still write for it during
-    /// [`HANDOVER_GRACE`] follow.
+    /// [`HANDOVER_GRACE`] follow, and so does what the previous node hands
+    /// over once its `late` release comes.
     pub(super) async fn load_from_cluster(
         self: &Arc<Self>,
         session: &Arc<Session>,
         limits: QueueLimits,
+        late: Option<LateRelease>,
     ) -> Result<bool, PublishError> {
         let Some(cluster) = self.cluster().cloned() else {
             return Ok(false);
@@ -250,15 +260,104 @@ impl Broker {
         // interest.
         let broker = self.clone();
         let session = session.clone();
+        let last_seq = loaded.last_seq;
         tokio::spawn(async move {
-            let late = cluster
-                .finish_loading(&session.client_id, ids, loaded.last_seq)
+            broker
+                .finish_loading(cluster, session, matcher, ids, last_seq, limits, late)
                 .await;
-            if !late.is_empty() {
-                broker.restore_entries(&session, &matcher, late, &limits);
-            }
         });
         Ok(true)
+    }
+
+    /// The follow-up of [`Broker::load_from_cluster`]: one pass of
+    /// [`Broker::take_over_queue`], and another once a previous node that
+    /// answered late has handed the session over.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_loading(
+        self: Arc<Self>,
+        cluster: Arc<crate::cluster::Cluster>,
+        session: Arc<Session>,
+        matcher: SubscriptionTable<u8>,
+        mut seen: HashSet<u64>,
+        last_seq: u64,
+        limits: QueueLimits,
+        late: Option<LateRelease>,
+    ) {
+        let read_up_to = self
+            .take_over_queue(&cluster, &session, &matcher, &mut seen, last_seq, &limits)
+            .await;
+        if let Some(late) = late {
+            late.await;
+            self.take_over_queue(&cluster, &session, &matcher, &mut seen, read_up_to, &limits)
+                .await;
+        }
+    }
+
+    /// The session's interest gives way to this node's, and after
+    /// [`HANDOVER_GRACE`] what other nodes queued for it (stream sequence
+    /// above `after`, not in `seen`) joins it. The client may have moved
+    /// on meanwhile; then what a later hand-off wrote is left alone (the
+    /// NATS calls run without the connect lock, which is only taken to
+    /// check who holds the session). Returns the stream sequence read up
+    /// to.
+    async fn take_over_queue(
+        &self,
+        cluster: &crate::cluster::Cluster,
+        session: &Arc<Session>,
+        matcher: &SubscriptionTable<u8>,
+        seen: &mut HashSet<u64>,
+        after: u64,
+        limits: &QueueLimits,
+    ) -> u64 {
+        let client_id = session.client_id.clone();
+        match cluster.interest_written_revision().await {
+            Ok(written) => {
+                if self.holds_loaded(cluster, session, |_| ()).await {
+                    cluster
+                        .remove_session_interest_up_to(&client_id, written)
+                        .await;
+                }
+            }
+            Err(e) => self.logger.warning(&format!(
+                "Cluster: the session interest of {client_id} stays: {e}."
+            )),
+        }
+        tokio::time::sleep(HANDOVER_GRACE).await;
+        let (late, read_up_to) = cluster.read_late(&client_id, seen, after).await;
+        let kept = self
+            .holds_loaded(cluster, session, |session| {
+                if !late.is_empty() {
+                    self.restore_entries(session, matcher, late, limits);
+                }
+            })
+            .await;
+        // Purged (with what was loaded) only when this node took them;
+        // otherwise the next load reads them.
+        if kept && read_up_to > 0 {
+            cluster.purge_queue_up_to(&client_id, read_up_to).await;
+        }
+        read_up_to
+    }
+
+    /// Runs `then` with `session` and returns true when this node still
+    /// holds the session it loaded (not replaced, not handed off again),
+    /// under the connect lock so no hand-off runs in between.
+    async fn holds_loaded(
+        &self,
+        cluster: &crate::cluster::Cluster,
+        session: &Arc<Session>,
+        then: impl FnOnce(&Arc<Session>),
+    ) -> bool {
+        let shard = self.shard(&session.client_id);
+        let _serial = self.connect_locks[shard].lock().await;
+        let current = self
+            .session(&session.client_id)
+            .is_some_and(|s| Arc::ptr_eq(&s, session));
+        if !current || cluster.is_forwarding(&session.client_id) {
+            return false;
+        }
+        then(session);
+        true
     }
 
     /// Puts queue entries read from the cluster into `session`: in-flight

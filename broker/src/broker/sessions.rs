@@ -99,7 +99,8 @@ impl Broker {
         // One client id, one connection, cluster-wide: the node that held
         // the client lets it go (and hands its session to the cluster)
         // first.
-        self.claim_in_cluster(client_id, will, expiry_interval)
+        let late_release = self
+            .claim_in_cluster(client_id, will, expiry_interval)
             .await;
         if let Some(handed_off) = self.handed_off_session(client_id) {
             // Its state is in the cluster now: it is loaded from there.
@@ -180,7 +181,10 @@ impl Broker {
                         false
                     }
                     Some(_) if persistent => {
-                        match self.load_from_cluster(&session, queue_limits).await {
+                        match self
+                            .load_from_cluster(&session, queue_limits, late_release)
+                            .await
+                        {
                             Ok(present) => present,
                             Err(e) => {
                                 // Not half-loaded: the next attempt starts over.

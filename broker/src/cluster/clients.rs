@@ -26,6 +26,17 @@ use super::Cluster;
 /// How long a node waits for another to let a client go.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a node that claimed a client still listens for the previous
+/// node's answer after [`TAKEOVER_TIMEOUT`]: that node hands the session
+/// over late (a busy node, a slow NATS), and what it hands over then is
+/// read again ([`LateRelease`]).
+const LATE_RELEASE_LIMIT: Duration = Duration::from_secs(60);
+
+/// The previous node's answer to a claim it did not give in time:
+/// resolves when it has let the client go (its session is in the
+/// cluster), or after [`LATE_RELEASE_LIMIT`].
+pub type LateRelease = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// A client id's entry in the clients bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientRecord {
@@ -63,8 +74,12 @@ impl Cluster {
     /// A CONNECT for `client_id` was accepted here: records it, and has the
     /// node that held it connected let it go first. Without NATS the client
     /// is let in all the same (this node's clients keep being served).
-    pub async fn claim(&self, client_id: &str, will: Option<StoredWill>) {
-        let Ok(buckets) = self.buckets() else { return };
+    /// When that node does not answer within [`TAKEOVER_TIMEOUT`], its late
+    /// answer is returned to wait for.
+    pub async fn claim(&self, client_id: &str, will: Option<StoredWill>) -> Option<LateRelease> {
+        let Ok(buckets) = self.buckets() else {
+            return None;
+        };
         let key = encode_key(client_id);
         let previous = match buckets.clients.entry(key.clone()).await {
             Ok(entry) => entry.and_then(|e| ClientRecord::decode(&e.value)),
@@ -84,23 +99,28 @@ impl Cluster {
             self.logger
                 .warning(&format!("Cluster: cannot record client {client_id}: {e}."));
         }
-        let Some(previous) = previous else { return };
+        let previous = previous?;
         // A node that is gone answers nothing: NATS says so at once.
         if previous.node == *self.node || !previous.connected {
-            return;
+            return None;
         }
         let subject = self.names.takeover(&previous.node);
-        let request = self
-            .client
-            .request(subject, Bytes::copy_from_slice(client_id.as_bytes()));
-        if tokio::time::timeout(TAKEOVER_TIMEOUT, request)
-            .await
-            .is_err()
-        {
-            self.logger.warning(&format!(
-                "Cluster: node {} did not let client {client_id} go within {TAKEOVER_TIMEOUT:?}.",
-                previous.node
-            ));
+        let client = self.client.clone();
+        let request = async_nats::Request::new()
+            .payload(Bytes::copy_from_slice(client_id.as_bytes()))
+            .timeout(Some(LATE_RELEASE_LIMIT));
+        let mut answer: LateRelease = Box::pin(async move {
+            let _ = client.send_request(subject, request).await;
+        });
+        match tokio::time::timeout(TAKEOVER_TIMEOUT, &mut answer).await {
+            Ok(()) => None,
+            Err(_) => {
+                self.logger.warning(&format!(
+                    "Cluster: node {} did not let client {client_id} go within {TAKEOVER_TIMEOUT:?}; what it hands over later follows.",
+                    previous.node
+                ));
+                Some(answer)
+            }
         }
     }
 

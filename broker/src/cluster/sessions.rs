@@ -44,6 +44,10 @@ use super::{Cluster, ClusterError};
 /// that other nodes still wrote for the offline session.
 pub const HANDOVER_GRACE: Duration = Duration::from_secs(2);
 
+/// Fetches in a row that may bring nothing while a session's queue is read
+/// (half a second each) before the read fails.
+const READ_IDLE_FETCHES: u32 = 10;
+
 /// A persistent session's durable part, in the sessions bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -299,11 +303,17 @@ impl Cluster {
             })
             .await
             .map_err(ClusterError::nats)?;
-        loop {
+        // Everything the subject held when the consumer was made, however
+        // slowly the server hands it out: a short or empty batch is not
+        // the end of it.
+        let want = consumer.cached_info().num_pending;
+        let mut read = 0;
+        let mut idle_fetches = 0;
+        while read < want {
             let mut batch = consumer
                 .fetch()
                 .max_messages(500)
-                .expires(Duration::from_millis(200))
+                .expires(Duration::from_millis(500))
                 .messages()
                 .await
                 .map_err(ClusterError::nats)?;
@@ -325,47 +335,84 @@ impl Cluster {
                     )),
                 }
             }
-            if got == 0 {
-                return Ok(());
+            read += got;
+            idle_fetches = if got == 0 { idle_fetches + 1 } else { 0 };
+            if idle_fetches >= READ_IDLE_FETCHES {
+                // Purged meanwhile (a clean start elsewhere), or NATS is
+                // stuck: the caller refuses rather than load half of it.
+                return Err(ClusterError::nats(format!(
+                    "read {read} of the {want} queued messages of {client_id}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest revision in the interest bucket, once this node's own
+    /// interest is written: session interest at or below it was written
+    /// before this node took the client (see
+    /// [`Cluster::remove_session_interest_up_to`]).
+    pub async fn interest_written_revision(&self) -> Result<u64, ClusterError> {
+        self.interest.written().await;
+        let buckets = self.buckets()?;
+        let mut stream = buckets.interest.stream.clone();
+        let info = stream.info().await.map_err(ClusterError::nats)?;
+        Ok(info.state.last_sequence)
+    }
+
+    /// The client is back on this node: its session interest gives way to
+    /// this node's. Only entries at revision `up_to` or older go, each
+    /// only if unchanged since it was read, so a hand-off written since
+    /// (the client moved on again) keeps its interest.
+    pub async fn remove_session_interest_up_to(&self, client_id: &str, up_to: u64) {
+        let Ok(buckets) = self.buckets() else { return };
+        let prefix = self.session_interest_prefix(client_id);
+        let Ok(keys) = buckets.interest.keys().await else {
+            return;
+        };
+        let keys: Vec<String> = keys
+            .filter_map(|key| async move { key.ok() })
+            .filter(|key| std::future::ready(key.starts_with(&prefix)))
+            .collect()
+            .await;
+        for key in keys {
+            let Ok(Some(entry)) = buckets.interest.entry(key.clone()).await else {
+                continue;
+            };
+            if entry.revision <= up_to {
+                // Fails, as it should, when the key was written since.
+                let _ = buckets
+                    .interest
+                    .delete_expect_revision(&key, Some(entry.revision))
+                    .await;
             }
         }
     }
 
-    /// The client is back on this node: the session interest gives way to
-    /// this node's (already added by the caller), and after the grace
-    /// period, what other nodes still wrote is handed to `late`, then the
-    /// subject is emptied.
-    pub async fn finish_loading(
-        self: &Arc<Self>,
+    /// What other nodes still wrote into `client_id`'s queue after it was
+    /// loaded (stream sequence above `last_seq`, not in `seen`, which
+    /// gains them), and the stream sequence read up to.
+    pub async fn read_late(
+        &self,
         client_id: &str,
-        loaded_ids: HashSet<u64>,
+        seen: &mut HashSet<u64>,
         last_seq: u64,
-    ) -> Vec<QueueEntry> {
-        // This node's interest first, then the session's goes.
-        self.interest.written().await;
-        self.remove_session_interest(client_id).await;
-        tokio::time::sleep(HANDOVER_GRACE).await;
-        let mut seen = loaded_ids;
+    ) -> (Vec<QueueEntry>, u64) {
         let mut late = LoadedSession::default();
         if let Err(e) = self
-            .read_queue(client_id, last_seq + 1, &mut seen, &mut late)
+            .read_queue(client_id, last_seq + 1, seen, &mut late)
             .await
         {
             self.logger.warning(&format!(
                 "Cluster: cannot read the last queued messages of {client_id}: {e}."
             ));
         }
-        // Only what was read: anything written since waits for the next
-        // time the session is loaded, rather than being lost.
-        let read_up_to = late.last_seq.max(last_seq);
-        if read_up_to > 0 {
-            self.purge_queue_up_to(client_id, read_up_to).await;
-        }
-        late.entries
+        (late.entries, late.last_seq.max(last_seq))
     }
 
-    /// Removes a session's queued entries up to stream sequence `seq`.
-    async fn purge_queue_up_to(&self, client_id: &str, seq: u64) {
+    /// Removes a session's queued entries up to stream sequence `seq`
+    /// (what was read; anything written since waits for the next load).
+    pub async fn purge_queue_up_to(&self, client_id: &str, seq: u64) {
         let Ok(stream) = self.js.get_stream(self.names.queue_stream()).await else {
             return;
         };
