@@ -101,6 +101,10 @@ install_dependencies() {
     [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
     [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
     [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+    # The managed NATS contract test (tests/contract/tests/managed_nats.rs)
+    # maps the pods' DNS names in a namespace of each server's own.
+    command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+    command -v mount >/dev/null 2>&1 || missing+=(mount)
     # The simulated broker cluster (tests/contract/tests/cluster_rollout.rs)
     # puts HAProxy in front of its replicas.
     [ -x /usr/sbin/haproxy ] || missing+=(haproxy)

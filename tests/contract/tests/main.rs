@@ -11,4 +11,5 @@ mod common;
 mod broker;
 mod ca_rotation;
 mod fleets;
+mod managed_nats;
 mod users;

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod fleet;
+pub mod managed_nats;
 pub mod registry;
 
 use std::io::{BufRead, BufReader, Read, Write};
