@@ -116,9 +116,10 @@ SECTION="$WORK/section.md"
     echo
     echo "The time to balance includes the 5 s the operator waits after a replica"
     echo "becomes ready (so that the load balancer has it in rotation) and 3 s after"
-    echo "each round for shed clients to reconnect. A rebalance round asks each"
-    echo "replica for its \`/metrics\` and the replicas above the mean for a shed: no"
-    echo "request to the API server (controller::replicas_tests counts them)."
+    echo "each round for shed clients to reconnect. A rebalance round looks at each"
+    echo "replica's \`/metrics\` (the operator's reconcile reads it once, for the"
+    echo "status too) and asks the replicas above the mean for a shed: no request to"
+    echo "the API server (controller::replicas_tests counts them)."
     echo
     echo "$END_MARK"
 } >"$SECTION"

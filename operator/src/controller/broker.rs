@@ -196,10 +196,13 @@ async fn reconcile_broker(
         parse_applied(&applied.objects, "StatefulSet", &names.nats)
             .or_else(|| observation.cluster.nats_stateful_set.clone())
             .filter(|_| plan.nats.is_some());
-    let metrics = match clustered {
-        true => Some(cluster::pod_metrics(ctx, &observation.pods).await),
-        false => None,
+    // A clustered broker's pods, each with its `/metrics` read once: for
+    // the status (connections, NATS) and for the replicas' step.
+    let pods = match clustered {
+        true => cluster::read_pods(ctx, &observation.pods).await,
+        false => Vec::new(),
     };
+    let metrics = clustered.then(|| cluster::PodMetrics::of(&pods));
     let autoscaler = plan.autoscaler.as_ref().map(|object| {
         format!(
             "{} {}",
@@ -223,7 +226,7 @@ async fn reconcile_broker(
                     &step_ctx,
                     broker,
                     &RebalanceSettings::from(&spec.rebalance),
-                    &observation.pods,
+                    &pods,
                     stateful_set.as_ref(),
                     token,
                     now,

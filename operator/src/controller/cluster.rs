@@ -2,8 +2,9 @@
 //! and its autoscaler (only when the spec has them, or the status says
 //! they were made, so that a single broker costs no extra request),
 //! deleting what the spec no longer asks for, and reading the broker pods'
-//! metrics for the status (connections, whether each reaches NATS), and
-//! the cluster's part of the status ([`cluster_status`]).
+//! `/metrics` once per reconcile (for the status: connections, whether each
+//! reaches NATS; and for the replicas' step), and the cluster's part of the
+//! status ([`cluster_status`]).
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,7 @@ use tracing::info;
 
 use super::apply::Seen;
 use super::observe::{get, ObserveError};
+use super::replica_admin::ObservedPod;
 use super::status::{ClusterSeen, Verdict};
 use super::{Context, Error, ObjectKey};
 use crate::api::{
@@ -232,27 +234,47 @@ pub struct PodMetrics {
     pub cluster_connected: i32,
 }
 
-/// Reads every running broker pod's `/metrics` (by its IP address).
-pub async fn pod_metrics(ctx: &Context, pods: &[Pod]) -> PodMetrics {
-    let mut metrics = PodMetrics::default();
-    for pod in pods {
-        if pod.metadata.deletion_timestamp.is_some() {
-            continue;
+impl PodMetrics {
+    /// What the pods that answered say (`pods` as [`read_pods`] saw them).
+    pub fn of(pods: &[ObservedPod]) -> PodMetrics {
+        let mut metrics = PodMetrics::default();
+        for text in pods.iter().filter_map(|pod| pod.metrics.as_deref()) {
+            let (connections, connected) = parse_metrics(text);
+            metrics.answered += 1;
+            metrics.connections += connections;
+            metrics.cluster_connected += i32::from(connected);
         }
-        let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
-            continue;
-        };
-        match ctx.pod_metrics.read(ip).await {
-            Ok(text) => {
-                let (connections, connected) = parse_metrics(&text);
-                metrics.answered += 1;
-                metrics.connections += connections;
-                metrics.cluster_connected += i32::from(connected);
-            }
-            Err(error) => tracing::debug!(%error, "broker pod metrics"),
-        }
+        metrics
     }
-    metrics
+}
+
+/// The broker's `pods`, each with its `/metrics` text when it answered:
+/// every running pod (not being deleted, with an IP address) is read, all
+/// at once. Read once per reconcile: the status ([`PodMetrics::of`]) and
+/// the replicas' step (their connections) both use what was read.
+pub async fn read_pods(ctx: &Context, pods: &[Pod]) -> Vec<ObservedPod> {
+    let reads = pods.iter().map(|pod| async move {
+        let ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .filter(|_| pod.metadata.deletion_timestamp.is_none());
+        let metrics = match ip {
+            Some(ip) => match ctx.pod_metrics.read(ip).await {
+                Ok(text) => Some(text),
+                Err(error) => {
+                    tracing::debug!(%error, "broker pod metrics");
+                    None
+                }
+            },
+            None => None,
+        };
+        ObservedPod {
+            pod: pod.clone(),
+            metrics,
+        }
+    });
+    futures::future::join_all(reads).await
 }
 
 /// Client connections (`kubemqtt_connections`, summed over listeners) and

@@ -223,16 +223,14 @@ async fn a_steady_clustered_broker_reads_and_writes_nothing_else() {
     let action = test.reconcile().await.expect("steady");
     let requests = test.server.take_requests();
     // Ten reads (the default broker's seven, and NATS's ConfigMap,
-    // StatefulSet and budget), no write; one metrics read per pod.
+    // StatefulSet and budget), no write; one metrics read per pod, for the
+    // status and the replicas' step both.
     assert_eq!(lines(&requests), nats_reads());
     assert_eq!(requests.len(), 10);
     assert_eq!(test.pod_metrics.take_reads(), 3);
-    // The replicas' step reads each pod's connections and sheds nothing.
+    // The replicas' step reads no metrics of its own and sheds nothing.
     let admin = test.pod_metrics.take_admin_requests();
-    assert_eq!(admin.len(), 3, "{admin:?}");
-    assert!(admin
-        .iter()
-        .all(|r| r.starts_with("GET ") && r.ends_with("/metrics")));
+    assert!(admin.is_empty(), "{admin:?}");
     let status = status_of(&test);
     assert_eq!(
         condition(&status, CONDITION_REBALANCING),
@@ -503,10 +501,15 @@ async fn a_scaled_up_cluster_is_rebalanced_by_the_reconcile() {
     test.pod_metrics.take_admin_requests();
     test.server.take_requests();
 
+    test.pod_metrics.take_reads();
     let action = test.reconcile().await.expect("rebalances");
+    // One metrics read per pod (the status's, which the rebalance uses
+    // too), then the sheds alone to the pods.
+    assert_eq!(test.pod_metrics.take_reads(), 3);
     let admin = test.pod_metrics.take_admin_requests();
     let sheds: Vec<&String> = admin.iter().filter(|r| r.starts_with("POST ")).collect();
     assert_eq!(sheds.len(), 2, "both full replicas shed: {admin:?}");
+    assert_eq!(sheds.len(), admin.len(), "{admin:?}");
     assert!(
         sheds.iter().all(|r| r.contains("/api/v1/shed?count=")),
         "{sheds:?}"
@@ -533,4 +536,32 @@ async fn a_scaled_up_cluster_is_rebalanced_by_the_reconcile() {
     test.reconcile().await.expect("settling");
     let admin = test.pod_metrics.take_admin_requests();
     assert!(admin.iter().all(|r| !r.starts_with("POST ")), "{admin:?}");
+}
+
+#[tokio::test]
+async fn each_running_pod_is_read_once_and_a_deleted_one_not_at_all() {
+    let test = Test::cluster(managed(3), 3).await;
+    // mq-1 is not ready (it still answers), mq-2 is being deleted.
+    let pod = |i: i32| format!("/api/v1/namespaces/iot/pods/mq-{i}");
+    let mut starting = test.server.get(&pod(1)).expect("mq-1");
+    starting["status"]["conditions"][0]["status"] = json!("False");
+    test.server.put(&pod(1), starting);
+    let mut leaving = test.server.get(&pod(2)).expect("mq-2");
+    leaving["metadata"]["deletionTimestamp"] = json!("2025-06-01T12:00:00Z");
+    test.server.put(&pod(2), leaving);
+    test.pod_metrics.take_admin_requests();
+
+    test.reconcile().await.expect("reconciles");
+    assert_eq!(test.pod_metrics.take_reads(), 2, "mq-0 and mq-1, once each");
+    let admin = test.pod_metrics.take_admin_requests();
+    assert!(admin.is_empty(), "{admin:?}");
+    let status = written_status(&test.server.take_requests());
+    // The status counts what both answered; the rebalance waits for mq-1.
+    assert_eq!(status.connections, Some(200));
+    let rebalancing = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_REBALANCING)
+        .expect("the Rebalancing condition");
+    assert_eq!(rebalancing.reason, "WaitingForReplicas", "{rebalancing:?}");
 }

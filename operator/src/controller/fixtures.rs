@@ -555,7 +555,8 @@ impl CredentialsPusher for RecordingPusher {
 /// Answers reads of the broker pods' `/metrics` with one text for every
 /// pod (a pod whose address is in `down` fails), and counts them; as the
 /// pods' admin API ([`BrokerHttp`](super::replica_admin::BrokerHttp)) it
-/// answers the same `/metrics` and records every request.
+/// records every request and answers sheds (and a `GET /metrics`, which a
+/// reconcile no longer sends there: the replicas' step uses the one read).
 #[derive(Debug, Default)]
 pub struct FakeMetrics {
     text: Mutex<Option<String>>,

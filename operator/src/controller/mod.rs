@@ -133,9 +133,10 @@ pub struct Context {
     pub applied: AppliedVersions,
     /// The `MqttUser`s, from the watch.
     pub index: UserIndex,
-    /// Reads the broker pods' `/metrics` (clustered brokers' status).
+    /// Reads the broker pods' `/metrics`, once per reconcile of a
+    /// clustered broker (its status and its replicas' step).
     pub pod_metrics: Arc<dyn fleet::MetricsReader>,
-    /// HTTP to the broker pods' admin API (rebalancing, stuck rollouts).
+    /// HTTP to the broker pods' admin API (shed requests).
     pub broker_http: Arc<dyn replica_admin::BrokerHttp>,
     /// Rebalance rounds still settling, per broker.
     pub rebalance: rebalance::RebalanceMemory,

@@ -2,12 +2,12 @@
 //! them, behind [`ReplicaAdmin`]: list them (ready, draining,
 //! connections), ask one to shed clients, restart one.
 //!
-//! [`PodReplicas`] is the Kubernetes side: the broker's pods, their
-//! `/metrics` and admin API over HTTP to the pod IP (the admin port is
-//! inside the cluster network; the admin token authenticates the
-//! operator), and pod deletion through the API server. The simulated
-//! cluster of the contract tests implements the same trait with broker
-//! processes, so one piece of decision code drives both.
+//! [`PodReplicas`] is the Kubernetes side: the broker's pods with their
+//! `/metrics` as the reconcile read them, their admin API over HTTP to the
+//! pod IP (the admin port is inside the cluster network; the admin token
+//! authenticates the operator), and pod deletion through the API server.
+//! The simulated cluster of the contract tests implements the same trait
+//! with broker processes, so one piece of decision code drives both.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -184,12 +184,24 @@ pub fn shed_answer(shed: &Shed, status: u16, body: String) -> Result<u64, AdminE
         .unwrap_or(shed.count))
 }
 
+/// A broker pod as a reconcile saw it: the pod, and its `/metrics` text
+/// when it answered ([`read_pods`](super::cluster::read_pods): read once
+/// per reconcile, for the status and the replicas alike).
+#[derive(Debug, Clone, Default)]
+pub struct ObservedPod {
+    /// The pod.
+    pub pod: Pod,
+    /// What its `/metrics` said; `None` when it was not read (being
+    /// deleted, no address) or did not answer.
+    pub metrics: Option<String>,
+}
+
 /// A broker's pods, as [`ReplicaAdmin`].
 pub struct PodReplicas {
     pods: Api<Pod>,
     /// The broker's pods (from the reconcile's observation), in ordinal
-    /// order.
-    observed: Vec<Pod>,
+    /// order, with their metrics as read in the reconcile.
+    observed: Vec<ObservedPod>,
     http: Arc<dyn BrokerHttp>,
     /// The broker's HTTP port.
     port: u16,
@@ -199,18 +211,20 @@ pub struct PodReplicas {
 }
 
 impl PodReplicas {
-    /// The pods `observed` in `namespace`, reached on `port` with `token`.
+    /// The pods `observed` in `namespace`, with what their `/metrics` said
+    /// (the replicas' connections are not read again), reached on `port`
+    /// with `token` for the admin API.
     pub fn new(
         client: Client,
         namespace: &str,
-        mut observed: Vec<Pod>,
+        mut observed: Vec<ObservedPod>,
         http: Arc<dyn BrokerHttp>,
         port: u16,
         token: String,
         now: Timestamp,
     ) -> PodReplicas {
-        observed.sort_by_key(|pod| {
-            let name = pod.metadata.name.clone().unwrap_or_default();
+        observed.sort_by_key(|observed| {
+            let name = observed.pod.metadata.name.clone().unwrap_or_default();
             let ordinal = name
                 .rsplit_once('-')
                 .and_then(|(_, n)| n.parse::<u32>().ok());
@@ -229,6 +243,7 @@ impl PodReplicas {
     fn pod(&self, name: &str) -> Option<&Pod> {
         self.observed
             .iter()
+            .map(|observed| &observed.pod)
             .find(|pod| pod.metadata.name.as_deref() == Some(name))
     }
 
@@ -238,7 +253,8 @@ impl PodReplicas {
         Some(format!("http://{}{path}", SocketAddr::new(ip, self.port)))
     }
 
-    async fn state(&self, pod: &Pod) -> ReplicaState {
+    fn state(observed: &ObservedPod, now: Timestamp) -> ReplicaState {
+        let pod = &observed.pod;
         let name = pod.metadata.name.clone().unwrap_or_default();
         let ready_since = pod
             .status
@@ -250,21 +266,12 @@ impl PodReplicas {
         let ready = ready_since.is_some();
         let ready_for = ready_since
             .flatten()
-            .and_then(|since| Duration::try_from(self.now.duration_since(since)).ok())
+            .and_then(|since| Duration::try_from(now.duration_since(since)).ok())
             .unwrap_or(Duration::ZERO);
         let draining = pod.metadata.deletion_timestamp.is_some();
-        let (connections, cluster_connected) = match self.url(pod, "/metrics") {
-            Some(url) if ready && !draining => match self.http.request("GET", &url, None).await {
-                Ok((200, text)) => read_metrics(&text),
-                Ok((status, _)) => {
-                    tracing::debug!(pod = %name, status, "broker pod metrics");
-                    (None, None)
-                }
-                Err(error) => {
-                    tracing::debug!(pod = %name, %error, "broker pod metrics");
-                    (None, None)
-                }
-            },
+        // Counted only for a replica that is ready and not draining.
+        let (connections, cluster_connected) = match &observed.metrics {
+            Some(text) if ready && !draining => read_metrics(text),
             _ => (None, None),
         };
         ReplicaState {
@@ -281,8 +288,11 @@ impl PodReplicas {
 impl ReplicaAdmin for PodReplicas {
     fn replicas(&self) -> AdminFuture<'_, Vec<ReplicaState>> {
         Box::pin(async move {
-            let reads = self.observed.iter().map(|pod| self.state(pod));
-            Ok(futures::future::join_all(reads).await)
+            Ok(self
+                .observed
+                .iter()
+                .map(|observed| PodReplicas::state(observed, self.now))
+                .collect())
         })
     }
 

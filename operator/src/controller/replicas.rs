@@ -18,7 +18,7 @@ use kube::{Client, ResourceExt};
 
 use super::events::Events;
 use super::rebalance::{reconcile_rebalance, RebalanceMemory, CONDITION_REBALANCING};
-use super::replica_admin::{BrokerHttp, PodReplicas};
+use super::replica_admin::{BrokerHttp, ObservedPod, PodReplicas};
 use super::rollout::recover_stuck;
 use crate::api::MqttBroker;
 use crate::plan::rebalance::RebalanceSettings;
@@ -40,19 +40,21 @@ pub struct ReplicasContext<'a> {
     pub client: &'a Client,
     /// Events on the broker.
     pub events: &'a Events,
-    /// HTTP to the pods' admin port.
+    /// HTTP to the pods' admin port (shed requests; their metrics come
+    /// with the pods).
     pub http: Arc<dyn BrokerHttp>,
     /// Rounds still settling, per broker.
     pub memory: &'a RebalanceMemory,
 }
 
-/// Looks after `broker`'s replicas: its `pods` and `stateful_set` as
-/// observed, reached with the admin `token`.
+/// Looks after `broker`'s replicas: its `pods` (with the metrics the
+/// reconcile read, not read again here) and `stateful_set` as observed,
+/// reached with the admin `token`.
 pub async fn reconcile_replicas(
     ctx: &ReplicasContext<'_>,
     broker: &MqttBroker,
     settings: &RebalanceSettings,
-    pods: &[Pod],
+    pods: &[ObservedPod],
     stateful_set: Option<&StatefulSet>,
     token: &str,
     now: Timestamp,
@@ -67,7 +69,8 @@ pub async fn reconcile_replicas(
         token.to_owned(),
         now,
     );
-    let recovery = recover_stuck(&admin, stateful_set, pods, PROGRESS_DEADLINE, now).await;
+    let plain: Vec<Pod> = pods.iter().map(|observed| observed.pod.clone()).collect();
+    let recovery = recover_stuck(&admin, stateful_set, &plain, PROGRESS_DEADLINE, now).await;
     for event in recovery.events {
         ctx.events.publish(broker, event).await;
     }

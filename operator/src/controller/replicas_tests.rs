@@ -1,6 +1,8 @@
 //! Rebalance and stuck-rollout recovery against the fake API server, with
 //! the broker pods' HTTP answered in memory: which requests each step
-//! makes, to the API server and to the pods.
+//! makes, to the API server and to the pods. The pods come with the
+//! `/metrics` the reconcile read (once, for the status too): the step
+//! reads none itself.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +15,7 @@ use serde_json::json;
 
 use super::fixtures::ApiServer;
 use super::rebalance::{reconcile_rebalance, RebalanceMemory, CONDITION_REBALANCING};
-use super::replica_admin::{BrokerHttp, HttpFuture, PodReplicas};
+use super::replica_admin::{BrokerHttp, HttpFuture, ObservedPod, PodReplicas, ReplicaAdmin};
 use super::rollout::recover_stuck;
 use crate::plan::rebalance::RebalanceSettings;
 use crate::plan::rollout::PROGRESS_DEADLINE;
@@ -21,7 +23,9 @@ use crate::plan::rollout::PROGRESS_DEADLINE;
 const NOW: &str = "2025-06-01T12:00:00Z";
 const TOKEN: &str = "admin-token-value";
 
-/// Broker pods' HTTP: `/metrics` per pod IP, and every request recorded.
+/// Broker pods: the connections each pod's `/metrics` reports (by pod
+/// IP), and every HTTP request made to them, recorded (only sheds are
+/// answered).
 #[derive(Default)]
 struct FakePods {
     connections: Mutex<BTreeMap<String, u64>>,
@@ -43,6 +47,28 @@ impl FakePods {
     fn take(&self) -> Vec<String> {
         std::mem::take(&mut self.requests.lock().unwrap())
     }
+
+    /// The `/metrics` text of the pod at `ip`, if it answers.
+    fn metrics(&self, ip: &str) -> Option<String> {
+        let count = self.connections.lock().unwrap().get(ip).copied()?;
+        Some(format!(
+            "kubemqtt_clients_connected {count}\nkubemqtt_cluster_connected 1\n"
+        ))
+    }
+
+    /// `pods` with their `/metrics` as a reconcile reads them.
+    fn read(&self, pods: &[Pod]) -> Vec<ObservedPod> {
+        pods.iter()
+            .map(|pod| ObservedPod {
+                pod: pod.clone(),
+                metrics: pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.pod_ip.as_deref())
+                    .and_then(|ip| self.metrics(ip)),
+            })
+            .collect()
+    }
 }
 
 impl BrokerHttp for FakePods {
@@ -63,19 +89,8 @@ impl BrokerHttp for FakePods {
                 .unwrap()
                 .push(format!("{method} {url}{auth}"));
             let rest = url.strip_prefix("http://").ok_or("not http")?;
-            let (host, path) = rest.split_once('/').ok_or("no path")?;
-            let ip = host.split(':').next().unwrap_or_default();
+            let (_, path) = rest.split_once('/').ok_or("no path")?;
             match (method, path) {
-                ("GET", "metrics") => {
-                    let count = self.connections.lock().unwrap().get(ip).copied();
-                    let count = count.ok_or("connection refused")?;
-                    Ok((
-                        200,
-                        format!(
-                            "kubemqtt_clients_connected {count}\nkubemqtt_cluster_connected 1\n"
-                        ),
-                    ))
-                }
                 ("POST", shed) if shed.starts_with("api/v1/shed?") => {
                     let count = shed
                         .split(['?', '&'])
@@ -127,11 +142,13 @@ fn pods(values: &[serde_json::Value]) -> Vec<Pod> {
         .collect()
 }
 
+/// The replicas of `pods`, with the metrics `http` answers now (as the
+/// reconcile read them).
 fn admin(client: kube::Client, pods: Vec<Pod>, http: Arc<FakePods>) -> PodReplicas {
     PodReplicas::new(
         client,
         "iot",
-        pods,
+        http.read(&pods),
         http,
         8080,
         TOKEN.to_owned(),
@@ -151,13 +168,10 @@ async fn a_scale_up_rebalance_sheds_from_the_replicas_above_the_mean() {
 
     let outcome =
         reconcile_rebalance(&admin, &settings, &memory, "iot/mq", None, Some(3), now).await;
+    // The sheds alone: the connections came with the pods.
     assert_eq!(
         http.take(),
         [
-            "GET http://10.0.0.10:8080/metrics",
-            "GET http://10.0.0.11:8080/metrics",
-            "GET http://10.0.0.12:8080/metrics",
-            "GET http://10.0.0.13:8080/metrics",
             "POST http://10.0.0.10:8080/api/v1/shed?count=8&rate=50 (token)",
             "POST http://10.0.0.11:8080/api/v1/shed?count=8&rate=50 (token)",
             "POST http://10.0.0.12:8080/api/v1/shed?count=8&rate=50 (token)",
@@ -204,7 +218,8 @@ async fn a_scale_up_rebalance_sheds_from_the_replicas_above_the_mean() {
     assert!(again.events.is_empty());
     assert_eq!(again.condition, outcome.condition);
 
-    // Once settled and balanced: one Event saying so, no shed.
+    // Once settled and balanced (the next reconcile's pods and metrics):
+    // one Event saying so, no shed.
     memory.forget("iot/mq");
     *http.connections.lock().unwrap() = [
         ("10.0.0.10".to_owned(), 26),
@@ -213,6 +228,9 @@ async fn a_scale_up_rebalance_sheds_from_the_replicas_above_the_mean() {
         ("10.0.0.13".to_owned(), 24),
     ]
     .into();
+    let (client, _server) = ApiServer::start();
+    let observed = pods(&[pod(0, "r1"), pod(1, "r1"), pod(2, "r1"), pod(3, "r1")]);
+    let admin = self::admin(client, observed, http.clone());
     let balanced = reconcile_rebalance(
         &admin,
         &settings,
@@ -223,7 +241,7 @@ async fn a_scale_up_rebalance_sheds_from_the_replicas_above_the_mean() {
         now,
     )
     .await;
-    assert_eq!(http.take().len(), 4, "four reads, no shed");
+    assert!(http.take().is_empty(), "no shed, no read");
     assert_eq!(balanced.condition.reason, "Balanced");
     assert_eq!(balanced.condition.status, "False");
     assert_eq!(balanced.events.len(), 1);
@@ -231,7 +249,7 @@ async fn a_scale_up_rebalance_sheds_from_the_replicas_above_the_mean() {
 }
 
 #[tokio::test]
-async fn a_balanced_cluster_makes_no_requests_but_reads() {
+async fn a_balanced_cluster_makes_no_requests() {
     let (client, server) = ApiServer::start();
     let http = FakePods::with(&[25, 26, 24]);
     let observed = pods(&[pod(0, "r1"), pod(1, "r1"), pod(2, "r1")]);
@@ -248,12 +266,7 @@ async fn a_balanced_cluster_makes_no_requests_but_reads() {
         now,
     )
     .await;
-    let requests = http.take();
-    assert_eq!(requests.len(), 3, "{requests:?}");
-    assert!(
-        requests.iter().all(|r| r.starts_with("GET ")),
-        "{requests:?}"
-    );
+    assert!(http.take().is_empty());
     assert!(server.take_requests().is_empty());
     assert_eq!(outcome.condition.reason, "Balanced");
     assert!(outcome.events.is_empty());
@@ -261,7 +274,7 @@ async fn a_balanced_cluster_makes_no_requests_but_reads() {
 }
 
 #[tokio::test]
-async fn a_replica_not_ready_holds_the_rebalance_and_its_metrics_are_not_read() {
+async fn a_replica_not_ready_holds_the_rebalance_and_its_metrics_are_not_counted() {
     let (client, _server) = ApiServer::start();
     let http = FakePods::with(&[50, 50, 0]);
     let mut starting = pod(2, "r1");
@@ -281,15 +294,19 @@ async fn a_replica_not_ready_holds_the_rebalance_and_its_metrics_are_not_read() 
         NOW.parse().unwrap(),
     )
     .await;
-    assert_eq!(
-        http.take(),
-        [
-            "GET http://10.0.0.10:8080/metrics",
-            "GET http://10.0.0.11:8080/metrics"
-        ]
-    );
+    assert!(http.take().is_empty());
     assert_eq!(outcome.condition.reason, "WaitingForReplicas");
     assert_eq!(outcome.condition.message, "mq-2 is not ready");
+    // mq-2 answered its metrics (the status counts them), but a replica
+    // not ready has no connections for the rebalance.
+    let connections: Vec<Option<u64>> = admin
+        .replicas()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.connections)
+        .collect();
+    assert_eq!(connections, [Some(50), Some(50), None]);
 }
 
 /// mq-0 and mq-1 Ready on "good", mq-2 crash-looping on "broken", the
@@ -401,19 +418,20 @@ async fn the_replicas_step_sheds_and_publishes_its_events() {
         &ctx,
         &broker,
         &RebalanceSettings::default(),
-        &observed,
+        &http.read(&observed),
         Some(&stateful_set),
         TOKEN,
         NOW.parse().unwrap(),
     )
     .await;
     assert_eq!(step.condition.reason, "Shedding");
-    let sheds = http
-        .take()
-        .into_iter()
-        .filter(|r| r.starts_with("POST "))
-        .count();
-    assert_eq!(sheds, 3);
+    // Three sheds, no metrics read: they came with the pods.
+    let requests = http.take();
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    assert!(
+        requests.iter().all(|r| r.starts_with("POST ")),
+        "{requests:?}"
+    );
     // One Event (the round), nothing else asked of the API server.
     let requests: Vec<String> = server.take_requests().iter().map(|r| r.line()).collect();
     assert_eq!(requests.len(), 1, "{requests:?}");
