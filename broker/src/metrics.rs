@@ -46,6 +46,7 @@ pub struct Metrics {
     pub cluster_received: IntCounter,
     pub cluster_imported: IntCounter,
     pub cluster_bad_messages: IntCounter,
+    pub cluster_unmatched: IntCounter,
     pub cluster_send_failures: IntCounter,
     pub cluster_receive_drops: IntCounter,
     pub clients_shed: IntCounter,
@@ -239,6 +240,11 @@ impl Metrics {
                 r,
                 "cluster_bad_messages_total",
                 "Routed messages that could not be read (dropped)",
+            ),
+            cluster_unmatched: counter(
+                r,
+                "cluster_routed_unmatched_total",
+                "QoS 1/2 messages routed here by another node that no session here took (dropped: the subscriber had moved on)",
             ),
             clients_shed: counter(
                 r,

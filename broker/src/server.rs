@@ -24,6 +24,11 @@ use crate::store::{FsyncPolicy, Store};
 use crate::transport::tls::TlsReloader;
 use crate::{admin, sys};
 
+/// The least a draining node gives its handed-off sessions to be followed
+/// to the end, even past the drain deadline: the other nodes' grace to read
+/// that this node's interest went, and delivering what they routed here.
+const FORWARDING_AT_EXIT: Duration = Duration::from_secs(3);
+
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -101,6 +106,16 @@ impl RunningBroker {
                 broker
                     .logger
                     .warning("Some sessions were not handed to the cluster before the deadline.");
+            }
+            // What other nodes routed here for those sessions goes on to
+            // them before this node stops reading it.
+            let left = deadline
+                .saturating_sub(started.elapsed())
+                .max(FORWARDING_AT_EXIT);
+            if !cluster.forwarding_done(left).await {
+                broker.logger.warning(
+                    "Some handed-off sessions were still followed here at the deadline; messages routed here for them may be lost.",
+                );
             }
             cluster.leave().await;
         }

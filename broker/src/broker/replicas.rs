@@ -4,33 +4,46 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::client::Control;
-use crate::cluster::clients::LateRelease;
+use crate::cluster::clients::Claimed;
 use crate::cluster::sessions::{QueueEntry, SentState, SessionRecord, HANDOVER_GRACE};
-use crate::codec::{QoS, SubscriptionOptions, Will};
+use crate::codec::Will;
 use crate::message::{now_ms, Message};
-use crate::queue::QueueLimits;
-use crate::router::{Route, Subscription, SubscriptionTable};
-use crate::session::{Delivery, Session, SessionSubscription};
+use crate::session::{Session, SessionSubscription};
 
-use super::{stored_subscription, Broker, PublishError, TAKEOVER_TIMEOUT};
+use super::{stored_subscription, Broker, TAKEOVER_TIMEOUT};
+
+/// How long a SUBACK waits for the cluster to record a new subscription.
+const INTEREST_RECORD_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a node that handed a session off waits, at most, for its
+/// interest to be written and for what was routed to it to be delivered,
+/// before it stops following the session.
+const FORWARDING_LIMIT: Duration = Duration::from_secs(30);
+
+/// Between forgetting a handed-off session and saying so in its queue: a
+/// publish that found it followed just before has written there.
+const FORWARDING_SETTLE: Duration = Duration::from_millis(200);
 
 impl Broker {
     /// Tells the cluster that this node holds `client_id` now, with its
     /// will; another node that held it connected closes that connection
     /// (and hands its session over) first, within a second. Nothing to do
     /// without a cluster.
-    /// When that node answers late, its answer comes back, to wait for
-    /// before reading what it hands over ([`Broker::load_from_cluster`]).
+    /// What the claim found out about that node comes back, for
+    /// [`Broker::load_from_cluster`]: its late answer to wait for, and
+    /// whether it may still forward messages to the session.
     pub(super) async fn claim_in_cluster(
         &self,
         client_id: &str,
         will: Option<&Will>,
         expiry: u32,
-    ) -> Option<LateRelease> {
-        let cluster = self.cluster()?;
+    ) -> Claimed {
+        let Some(cluster) = self.cluster() else {
+            return Claimed::default();
+        };
         let will = will.map(|w| crate::cluster::clients::StoredWill {
             message: Message::from_will(w.clone()).to_stored(),
             delay_secs: w.delay_interval.unwrap_or(0).min(expiry),
@@ -38,25 +51,65 @@ impl Broker {
         cluster.claim(client_id, will).await
     }
 
+    /// Waits until the interest bucket has this node's subscriptions made
+    /// so far (at most [`INTEREST_RECORD_WAIT`]; not at all without NATS),
+    /// so that a SUBACK sent after it holds for messages published on
+    /// other nodes as soon as they have read the bucket.
+    pub async fn interest_recorded(&self) {
+        let Some(cluster) = self.cluster().filter(|c| c.is_connected()) else {
+            return;
+        };
+        if tokio::time::timeout(INTEREST_RECORD_WAIT, cluster.interest().written())
+            .await
+            .is_err()
+        {
+            self.logger.warning(&format!(
+                "Cluster: a subscription is not in the interest bucket after {} s; \
+                 acknowledged anyway (this node's own publishers reach it).",
+                INTEREST_RECORD_WAIT.as_secs()
+            ));
+        }
+    }
+
     /// Another node accepted a CONNECT for `client_id`: the connection
     /// here closes (5.0: DISCONNECT 0x8E); a persistent session is handed
     /// to the cluster (the other node loads it), any other ends here.
     /// Resolves once that is done.
     pub async fn taken_over_elsewhere(self: &Arc<Self>, client_id: &str) {
-        let Some(session) = self.session(client_id) else {
-            return;
-        };
-        let attached = session.state.lock().attachment.clone();
-        if let Some(old) = attached {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if old.client.mailbox.send(Control::TakenOver(tx)) {
-                let _ = tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await;
+        let shard = self.shard(client_id);
+        {
+            // After any CONNECT of this client being handled here: the
+            // connection it attaches is the one to close.
+            let _serial = self.connect_locks[shard].lock().await;
+            let Some(session) = self.session(client_id) else {
+                return;
+            };
+            let attached = session.state.lock().attachment.clone();
+            if let Some(old) = attached {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if old.client.mailbox.send(Control::TakenOver(tx)) {
+                    let _ = tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await;
+                }
             }
         }
         self.logger.info(&format!(
             "Client {client_id} connected to another node; its session moves there."
         ));
-        if !self.hand_off_session(&session).await {
+        let Some(session) = self.session(client_id) else {
+            return;
+        };
+        if self.hand_off_session(&session).await {
+            return;
+        }
+        // Not handed off: a session that is not persistent ends here, unless
+        // a connection attached to it again meanwhile.
+        let _serial = self.connect_locks[shard].lock().await;
+        let current = self
+            .session(client_id)
+            .is_some_and(|s| Arc::ptr_eq(&s, &session));
+        let idle = session.state.lock().attachment.is_none();
+        let followed = self.cluster().is_some_and(|c| c.is_forwarding(client_id));
+        if current && idle && !followed {
             let mut records = Vec::new();
             self.remove_session(&session, &mut records);
             self.persist_nowait(records);
@@ -130,36 +183,76 @@ impl Broker {
         // From now on what is routed here for it follows it; what arrived
         // while the hand-off was written follows too.
         cluster.start_forwarding(session.client_id.clone());
+        // The session here keeps no message from now on: what a publish
+        // still puts in it (having found it not yet followed) is left over
+        // for `forget_handed_off` to send on.
         let late: Vec<Arc<Message>> = {
-            let state = session.state.lock();
-            state
+            let mut state = session.state.lock();
+            let late = state
                 .inflight
                 .in_send_order()
                 .into_iter()
                 .map(|(_, i)| i.delivery.msg.clone())
                 .chain(state.queue.iter().map(|d| d.msg.clone()))
                 .filter(|msg| !handed.contains(&cluster.message_id(msg)))
-                .collect()
+                .collect();
+            state.clear_messages(&self.budget);
+            late
         };
-        for msg in late {
-            let clients = [session.client_id.clone()];
-            if let Ok(stored) = cluster.queue_for_offline(&msg, &clients).await {
-                let _ = stored.wait().await;
-            }
-        }
+        self.forward(&cluster, &session.client_id, late).await;
         // The session interest written by the hand-off replaces this node's.
         for filter in &record.subscriptions {
             cluster.interest().remove_local(&filter.filter);
         }
         let broker = self.clone();
         let session = session.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(HANDOVER_GRACE * 2).await;
-            let shard = broker.shard(&session.client_id);
-            let _serial = broker.connect_locks[shard].lock().await;
-            broker.forget_handed_off(&session);
-        });
+        tokio::spawn(async move { broker.finish_forwarding(&cluster, &session).await });
         true
+    }
+
+    /// Stops following a handed-off session once nothing routed here can
+    /// still be for it: the other nodes know this node's interest went
+    /// (written, then [`HANDOVER_GRACE`] for them to read it), and every
+    /// message they had routed here is delivered (to the session, which
+    /// sends it on to its queue). Then the session is forgotten here and
+    /// its queue says this node is done, for the node the client went to
+    /// ([`Broker::follow_forwarding`]).
+    async fn finish_forwarding(&self, cluster: &crate::cluster::Cluster, session: &Arc<Session>) {
+        let client_id = &session.client_id;
+        if tokio::time::timeout(FORWARDING_LIMIT, cluster.interest().written())
+            .await
+            .is_err()
+        {
+            self.logger.warning(&format!(
+                "Cluster: this node's interest in the filters of {client_id} is still unwritten; it stops following the session all the same."
+            ));
+        }
+        tokio::time::sleep(HANDOVER_GRACE).await;
+        if !cluster.routed_caught_up(FORWARDING_LIMIT).await {
+            self.logger.warning(&format!(
+                "Cluster: messages routed here may still be on their way to {client_id}; it is no longer followed here after {} s.",
+                FORWARDING_LIMIT.as_secs()
+            ));
+        }
+        let left_over = {
+            let shard = self.shard(client_id);
+            let _serial = self.connect_locks[shard].lock().await;
+            self.forget_handed_off(session)
+        };
+        let Some(left_over) = left_over else {
+            // The client came back here, or the session was forgotten by
+            // another path: no node waits for this one.
+            return;
+        };
+        self.forward(cluster, client_id, left_over).await;
+        // A publish that found the session followed a moment ago may still
+        // be writing to its queue: the end comes after it.
+        tokio::time::sleep(FORWARDING_SETTLE).await;
+        if let Err(e) = cluster.end_forwarding(client_id).await {
+            self.logger.warning(&format!(
+                "Cluster: cannot say this node stopped following {client_id}: {e}; the node it went to waits for it a while."
+            ));
+        }
     }
 
     /// The session of `client_id` here, when it was handed off and is
@@ -177,10 +270,10 @@ impl Broker {
     /// client: it was forgotten already, and the forwarding flag, the
     /// router's entries and the map belong to a later session of the same
     /// client id (which may be handed off in its turn).
-    pub(super) fn forget_handed_off(&self, session: &Arc<Session>) {
-        let Some(cluster) = self.cluster() else {
-            return;
-        };
+    /// Returns the messages a publish put in it after the hand-off (to
+    /// send on to its queue), or `None` when it was not forgotten.
+    pub(super) fn forget_handed_off(&self, session: &Arc<Session>) -> Option<Vec<Arc<Message>>> {
+        let cluster = self.cluster()?;
         // As `remove_session`, but this node's interest in its filters was
         // given up at the hand-off already.
         let shard = self.shard(&session.client_id);
@@ -190,230 +283,53 @@ impl Broker {
                 .get(&session.client_id)
                 .is_some_and(|s| Arc::ptr_eq(s, session));
             if !current || !cluster.is_forwarding(&session.client_id) {
-                return;
+                return None;
             }
             map.remove(&session.client_id);
         }
         cluster.stop_forwarding(&session.client_id);
-        let filters: Vec<String> = {
+        let (filters, left_over) = {
             let mut state = session.state.lock();
+            let left_over: Vec<Arc<Message>> = state
+                .inflight
+                .in_send_order()
+                .into_iter()
+                .map(|(_, i)| i.delivery.msg.clone())
+                .chain(state.queue.iter().map(|d| d.msg.clone()))
+                .collect();
             state.clear_messages(&self.budget);
             state.epoch += 1;
-            std::mem::take(&mut state.subscriptions)
+            let filters: Vec<String> = std::mem::take(&mut state.subscriptions)
                 .into_keys()
-                .collect()
+                .collect();
+            (filters, left_over)
         };
         for filter in &filters {
             self.router.unsubscribe(&session.client_id, filter);
         }
+        Some(left_over)
     }
 
-    /// Loads a persistent session from the cluster into `session` (new and
-    /// empty): subscriptions, then its messages in order. Returns whether
-    /// the cluster had it. Messages other nodes still write for it during
-    /// [`HANDOVER_GRACE`] follow, and so does what the previous node hands
-    /// over once its `late` release comes.
-    pub(super) async fn load_from_cluster(
-        self: &Arc<Self>,
-        session: &Arc<Session>,
-        limits: QueueLimits,
-        late: Option<LateRelease>,
-    ) -> Result<bool, PublishError> {
-        let Some(cluster) = self.cluster().cloned() else {
-            return Ok(false);
-        };
-        if !cluster.is_ready() {
-            // Its session may be there: refuse rather than start it afresh.
-            return Err(crate::cluster::ClusterError::Unavailable.into());
-        }
-        let loaded = cluster.load_session(&session.client_id).await?;
-        let Some(record) = loaded.record else {
-            return Ok(false);
-        };
-        let matcher = SubscriptionTable::new();
-        for sub in &record.subscriptions {
-            let options = SubscriptionOptions {
-                qos: QoS::from_u8(sub.qos).unwrap_or(QoS::AtMostOnce),
-                no_local: sub.no_local,
-                retain_as_published: sub.retain_as_published,
-                retain_handling: sub.retain_handling,
+    /// Writes `messages` into the queue of `client_id`'s handed-off session.
+    pub(super) async fn forward(
+        &self,
+        cluster: &crate::cluster::Cluster,
+        client_id: &Arc<str>,
+        messages: Vec<Arc<Message>>,
+    ) {
+        for msg in messages {
+            let clients = [client_id.clone()];
+            let stored = match cluster.queue_for_offline(&msg, &clients).await {
+                Ok(stored) => stored.wait().await,
+                Err(e) => Err(e),
             };
-            let mut ignored = Vec::new();
-            self.subscribe(session, &sub.filter, options, sub.identifier, &mut ignored);
-            matcher.subscribe(
-                0u8,
-                &sub.filter,
-                Subscription {
-                    options,
-                    identifier: sub.identifier,
-                },
-            );
-        }
-        let ids: HashSet<u64> = loaded.entries.iter().map(|e| e.id).collect();
-        let count = loaded.entries.len();
-        self.restore_entries(session, &matcher, loaded.entries, &limits);
-        self.logger.info(&format!(
-            "Session of {} loaded from the cluster with {count} message(s).",
-            session.client_id
-        ));
-        // Stragglers: what other nodes wrote before they saw this node's
-        // interest.
-        let broker = self.clone();
-        let session = session.clone();
-        let last_seq = loaded.last_seq;
-        tokio::spawn(async move {
-            broker
-                .finish_loading(cluster, session, matcher, ids, last_seq, limits, late)
-                .await;
-        });
-        Ok(true)
-    }
-
-    /// The follow-up of [`Broker::load_from_cluster`]: one pass of
-    /// [`Broker::take_over_queue`], and another once a previous node that
-    /// answered late has handed the session over.
-    #[allow(clippy::too_many_arguments)]
-    async fn finish_loading(
-        self: Arc<Self>,
-        cluster: Arc<crate::cluster::Cluster>,
-        session: Arc<Session>,
-        matcher: SubscriptionTable<u8>,
-        mut seen: HashSet<u64>,
-        last_seq: u64,
-        limits: QueueLimits,
-        late: Option<LateRelease>,
-    ) {
-        let read_up_to = self
-            .take_over_queue(&cluster, &session, &matcher, &mut seen, last_seq, &limits)
-            .await;
-        if let Some(late) = late {
-            late.await;
-            self.take_over_queue(&cluster, &session, &matcher, &mut seen, read_up_to, &limits)
-                .await;
-        }
-    }
-
-    /// The session's interest gives way to this node's, and after
-    /// [`HANDOVER_GRACE`] what other nodes queued for it (stream sequence
-    /// above `after`, not in `seen`) joins it. The client may have moved
-    /// on meanwhile; then what a later hand-off wrote is left alone (the
-    /// NATS calls run without the connect lock, which is only taken to
-    /// check who holds the session). Returns the stream sequence read up
-    /// to.
-    async fn take_over_queue(
-        &self,
-        cluster: &crate::cluster::Cluster,
-        session: &Arc<Session>,
-        matcher: &SubscriptionTable<u8>,
-        seen: &mut HashSet<u64>,
-        after: u64,
-        limits: &QueueLimits,
-    ) -> u64 {
-        let client_id = session.client_id.clone();
-        match cluster.interest_written_revision().await {
-            Ok(written) => {
-                if self.holds_loaded(cluster, session, |_| ()).await {
-                    cluster
-                        .remove_session_interest_up_to(&client_id, written)
-                        .await;
-                }
-            }
-            Err(e) => self.logger.warning(&format!(
-                "Cluster: the session interest of {client_id} stays: {e}."
-            )),
-        }
-        tokio::time::sleep(HANDOVER_GRACE).await;
-        let (late, read_up_to) = cluster.read_late(&client_id, seen, after).await;
-        let kept = self
-            .holds_loaded(cluster, session, |session| {
-                if !late.is_empty() {
-                    self.restore_entries(session, matcher, late, limits);
-                }
-            })
-            .await;
-        // Purged (with what was loaded) only when this node took them;
-        // otherwise the next load reads them.
-        if kept && read_up_to > 0 {
-            cluster.purge_queue_up_to(&client_id, read_up_to).await;
-        }
-        read_up_to
-    }
-
-    /// Runs `then` with `session` and returns true when this node still
-    /// holds the session it loaded (not replaced, not handed off again),
-    /// under the connect lock so no hand-off runs in between.
-    async fn holds_loaded(
-        &self,
-        cluster: &crate::cluster::Cluster,
-        session: &Arc<Session>,
-        then: impl FnOnce(&Arc<Session>),
-    ) -> bool {
-        let shard = self.shard(&session.client_id);
-        let _serial = self.connect_locks[shard].lock().await;
-        let current = self
-            .session(&session.client_id)
-            .is_some_and(|s| Arc::ptr_eq(&s, session));
-        if !current || cluster.is_forwarding(&session.client_id) {
-            return false;
-        }
-        then(session);
-        true
-    }
-
-    /// Puts queue entries read from the cluster into `session`: in-flight
-    /// ones with their packet ids, the others after, with the QoS and
-    /// flags the session's subscriptions give them.
-    fn restore_entries(
-        &self,
-        session: &Session,
-        matcher: &SubscriptionTable<u8>,
-        entries: Vec<QueueEntry>,
-        limits: &QueueLimits,
-    ) {
-        let mut state = session.state.lock();
-        for entry in entries {
-            let msg = Message::from_stored(entry.message);
-            let _ = msg.route_id.set(entry.id);
-            let msg = Arc::new(msg);
-            if msg.is_expired(Instant::now()) {
-                continue;
-            }
-            match entry.sent {
-                Some(sent) => {
-                    let delivery = Delivery {
-                        qos: QoS::from_u8(sent.qos).unwrap_or(QoS::AtLeastOnce),
-                        retain: sent.retain,
-                        subscription_identifiers: sent.subscription_identifiers,
-                        msg,
-                        shared_group: None,
-                        seq: 0,
-                    };
-                    state.restore_inflight(sent.packet_id, delivery, sent.released);
-                }
-                None => {
-                    let mut routes: Vec<Route<u8>> = Vec::new();
-                    matcher.route(&msg.topic, None, &|_| true, &mut routes);
-                    let Some(route) = routes.into_iter().next() else {
-                        continue;
-                    };
-                    let qos = msg.qos.min(route.qos);
-                    if qos == QoS::AtMostOnce {
-                        continue;
-                    }
-                    let delivery = Delivery {
-                        qos,
-                        retain: msg.retain && route.retain_as_published,
-                        subscription_identifiers: route.subscription_identifiers,
-                        msg,
-                        shared_group: None,
-                        seq: 0,
-                    };
-                    let _ = state.enqueue(delivery, limits, None, &self.budget);
-                }
+            if let Err(e) = stored {
+                self.metrics.cluster_send_failures.inc();
+                self.logger.error(&format!(
+                    "Cluster: a message for the handed-off session of {client_id} was lost: {e}."
+                ));
             }
         }
-        drop(state);
-        session.notify.notify_one();
     }
 
     /// Writes a persistent session's record to the cluster (in the

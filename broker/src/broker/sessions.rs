@@ -99,12 +99,16 @@ impl Broker {
         // One client id, one connection, cluster-wide: the node that held
         // the client lets it go (and hands its session to the cluster)
         // first.
-        let late_release = self
+        let claimed = self
             .claim_in_cluster(client_id, will, expiry_interval)
             .await;
         if let Some(handed_off) = self.handed_off_session(client_id) {
             // Its state is in the cluster now: it is loaded from there.
-            self.forget_handed_off(&handed_off);
+            if let (Some(left_over), Some(cluster)) =
+                (self.forget_handed_off(&handed_off), self.cluster())
+            {
+                self.forward(cluster, client_id, left_over).await;
+            }
         }
         let mut took_over = false;
         if let Some(existing) = self.session(client_id) {
@@ -182,7 +186,7 @@ impl Broker {
                     }
                     Some(_) if persistent => {
                         match self
-                            .load_from_cluster(&session, queue_limits, late_release)
+                            .load_from_cluster(&session, queue_limits, claimed)
                             .await
                         {
                             Ok(present) => present,

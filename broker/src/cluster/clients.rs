@@ -37,6 +37,18 @@ const LATE_RELEASE_LIMIT: Duration = Duration::from_secs(60);
 /// cluster), or after [`LATE_RELEASE_LIMIT`].
 pub type LateRelease = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
+/// What claiming a client id found out about the node that held it
+/// before (when another node did).
+#[derive(Default)]
+pub struct Claimed {
+    /// That node's answer, when it did not let the client go in time.
+    pub late: Option<LateRelease>,
+    /// That node and run (`<node>/<run>`, as [`Cluster::holder_tag`]): it
+    /// may still forward messages into the session's queue, and says when
+    /// it stops.
+    pub previous: Option<String>,
+}
+
 /// A client id's entry in the clients bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientRecord {
@@ -76,9 +88,9 @@ impl Cluster {
     /// is let in all the same (this node's clients keep being served).
     /// When that node does not answer within [`TAKEOVER_TIMEOUT`], its late
     /// answer is returned to wait for.
-    pub async fn claim(&self, client_id: &str, will: Option<StoredWill>) -> Option<LateRelease> {
+    pub async fn claim(&self, client_id: &str, will: Option<StoredWill>) -> Claimed {
         let Ok(buckets) = self.buckets() else {
-            return None;
+            return Claimed::default();
         };
         let key = encode_key(client_id);
         let previous = match buckets.clients.entry(key.clone()).await {
@@ -99,10 +111,16 @@ impl Cluster {
             self.logger
                 .warning(&format!("Cluster: cannot record client {client_id}: {e}."));
         }
-        let previous = previous?;
+        let Some(previous) = previous.filter(|p| p.node != *self.node) else {
+            return Claimed::default();
+        };
+        let mut claimed = Claimed {
+            late: None,
+            previous: Some(format!("{}/{}", previous.node, previous.run)),
+        };
         // A node that is gone answers nothing: NATS says so at once.
-        if previous.node == *self.node || !previous.connected {
-            return None;
+        if !previous.connected {
+            return claimed;
         }
         let subject = self.names.takeover(&previous.node);
         let client = self.client.clone();
@@ -112,16 +130,17 @@ impl Cluster {
         let mut answer: LateRelease = Box::pin(async move {
             let _ = client.send_request(subject, request).await;
         });
-        match tokio::time::timeout(TAKEOVER_TIMEOUT, &mut answer).await {
-            Ok(()) => None,
-            Err(_) => {
-                self.logger.warning(&format!(
-                    "Cluster: node {} did not let client {client_id} go within {TAKEOVER_TIMEOUT:?}; what it hands over later follows.",
-                    previous.node
-                ));
-                Some(answer)
-            }
+        if tokio::time::timeout(TAKEOVER_TIMEOUT, &mut answer)
+            .await
+            .is_err()
+        {
+            self.logger.warning(&format!(
+                "Cluster: node {} did not let client {client_id} go within {TAKEOVER_TIMEOUT:?}; what it hands over later follows.",
+                previous.node
+            ));
+            claimed.late = Some(answer);
         }
+        claimed
     }
 
     /// The client left this node: its entry says so (unless another node

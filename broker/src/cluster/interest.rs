@@ -22,6 +22,9 @@ use crate::topic::SharedFilter;
 
 use super::names::InterestKey;
 
+/// Interest changes written to the bucket together at most.
+const MAX_INTEREST_BATCH: usize = 512;
+
 /// A change of this node's interest, to write to the bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -216,29 +219,31 @@ impl Interest {
 /// Keeping the interest bucket and the table in step.
 impl super::Cluster {
     /// Writes this node's interest changes to the bucket, in order. First
-    /// removes what an earlier run of this node left there.
+    /// removes what an earlier run of this node left there. Changes that
+    /// queued up meanwhile go together: sent one after the other on the
+    /// one connection (so stored in order), then their acknowledgements
+    /// awaited, so a thousand clients subscribing at once wait for one
+    /// round trip, not a thousand.
     pub(super) async fn write_interest(
         self: Arc<Self>,
         mut changes: mpsc::UnboundedReceiver<Change>,
     ) {
         self.clear_stale_interest().await;
-        while let Some(change) = changes.recv().await {
+        let mut batch = Vec::new();
+        while let Some(first) = changes.recv().await {
+            batch.push(first);
+            while batch.len() < MAX_INTEREST_BATCH {
+                match changes.try_recv() {
+                    Ok(change) => batch.push(change),
+                    Err(_) => break,
+                }
+            }
             let mut delay = std::time::Duration::from_millis(50);
             while let Ok(buckets) = self.buckets() {
-                let result = match &change {
-                    Change::Added(filter) => buckets
-                        .interest
-                        .put(self.names.interest_key(filter), filter.clone().into())
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string()),
-                    Change::Removed(filter) => buckets
-                        .interest
-                        .delete(self.names.interest_key(filter))
-                        .await
-                        .map_err(|e| e.to_string()),
-                };
-                match result {
+                // A batch that failed part-way is written again whole:
+                // the same puts and deletes in the same order end in the
+                // same state.
+                match self.write_interest_batch(&buckets.interest, &batch).await {
                     Ok(()) => break,
                     Err(e) => {
                         if self.is_connected() {
@@ -250,8 +255,47 @@ impl super::Cluster {
                     }
                 }
             }
-            self.interest.change_done();
+            for _ in batch.drain(..) {
+                self.interest.change_done();
+            }
         }
+    }
+
+    /// Sends every change of `batch` to the bucket, then waits until all
+    /// are stored.
+    async fn write_interest_batch(
+        &self,
+        bucket: &async_nats::jetstream::kv::Store,
+        batch: &[Change],
+    ) -> Result<(), String> {
+        // The subject a key is written on, as the key-value store itself
+        // builds it (this node's JetStream context has no domain prefix).
+        let subject = |filter: &str| {
+            let prefix = bucket.put_prefix.as_ref().unwrap_or(&bucket.prefix);
+            format!("{prefix}{}", self.names.interest_key(filter))
+        };
+        let mut acks = Vec::with_capacity(batch.len());
+        for change in batch {
+            let sent = match change {
+                Change::Added(filter) => {
+                    self.js
+                        .publish(subject(filter), filter.clone().into())
+                        .await
+                }
+                Change::Removed(filter) => {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("KV-Operation", "DEL");
+                    self.js
+                        .publish_with_headers(subject(filter), headers, bytes::Bytes::new())
+                        .await
+                }
+            };
+            acks.push(sent.map_err(|e| e.to_string())?);
+        }
+        for ack in acks {
+            ack.await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// Deletes this node's keys that its current filters do not account

@@ -21,6 +21,7 @@ pub mod envelope;
 pub mod interest;
 pub mod names;
 pub mod nodes;
+pub mod queue;
 pub mod retained;
 pub mod routing;
 pub mod sessions;
@@ -109,7 +110,30 @@ pub struct Cluster {
     pending_hand_offs: std::sync::atomic::AtomicUsize,
     /// Session records to write, in order.
     session_writes: tokio::sync::mpsc::UnboundedSender<(Arc<str>, sessions::SessionRecord)>,
+    /// Routed messages no session here took, for the log.
+    unmatched_log: LogEvery,
+    /// The stream sequence of the last routed QoS 1/2 message delivered
+    /// here, and the last one routed here as last read (with when).
+    routed_done: std::sync::atomic::AtomicU64,
+    last_routed: tokio::sync::Mutex<Option<(tokio::time::Instant, u64)>>,
     logger: Logger,
+}
+
+/// Counts events and says when to log them: the first, then at most once
+/// per [`DROP_LOG_INTERVAL`], with how many happened since the last line.
+#[derive(Default)]
+struct LogEvery(parking_lot::Mutex<(Option<Instant>, u64)>);
+
+impl LogEvery {
+    fn note(&self) -> Option<u64> {
+        let mut state = self.0.lock();
+        state.1 += 1;
+        if state.0.is_some_and(|at| at.elapsed() < DROP_LOG_INTERVAL) {
+            return None;
+        }
+        state.0 = Some(Instant::now());
+        Some(std::mem::take(&mut state.1))
+    }
 }
 
 impl Cluster {
@@ -161,6 +185,9 @@ impl Cluster {
             forwarding_count: std::sync::atomic::AtomicUsize::new(0),
             pending_hand_offs: std::sync::atomic::AtomicUsize::new(0),
             session_writes,
+            unmatched_log: LogEvery::default(),
+            routed_done: std::sync::atomic::AtomicU64::new(0),
+            last_routed: tokio::sync::Mutex::new(None),
             logger,
         });
         tokio::spawn(cluster.clone().watch_connection(events_rx, broker.clone()));
@@ -190,6 +217,18 @@ impl Cluster {
     /// Connected to NATS now.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+
+    /// Whether the node and run of `holder` (`<node>/<run>`, as
+    /// [`Cluster::holder_tag`]) is known to be alive.
+    pub fn is_holder_alive(&self, holder: &str) -> bool {
+        match holder.split_once('/') {
+            Some((node, run)) => match run.parse() {
+                Ok(run) => self.nodes.is_alive_in_run(node, run),
+                Err(_) => self.nodes.is_alive(node),
+            },
+            None => self.nodes.is_alive(holder),
+        }
     }
 
     /// Nodes known to be alive, this one included.
@@ -223,6 +262,19 @@ impl Cluster {
     pub async fn hand_offs_done(&self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         while self.pending_hand_offs.load(Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// Waits (at most `limit`) until this node follows no handed-off
+    /// session any more (each said so in its queue).
+    pub async fn forwarding_done(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.forwarding_count.load(Ordering::Acquire) > 0 {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
@@ -331,6 +383,7 @@ impl Cluster {
         tokio::spawn(self.clone().receive_core(broker.clone()));
         tokio::spawn(self.clone().receive_stream(broker.clone()));
         tokio::spawn(self.clone().serve_takeovers(broker.clone()));
+        tokio::spawn(self.clone().answer_pings());
         tokio::spawn(self.clone().expire_sessions());
         // Clients this node held before it restarted are gone: their wills
         // are due and their sessions are kept in the cluster.
@@ -506,4 +559,21 @@ async fn empty_bucket(bucket: &kv::Store) -> Result<bool, ()> {
         .await
         .map(|s| s.values() == 0)
         .map_err(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_are_logged_first_then_once_an_interval_with_their_count() {
+        let log = LogEvery::default();
+        assert_eq!(log.note(), Some(1), "the first is logged at once");
+        assert_eq!(log.note(), None);
+        assert_eq!(log.note(), None);
+        // An interval later, the next line counts what came meanwhile.
+        log.0.lock().0 = Some(Instant::now() - DROP_LOG_INTERVAL);
+        assert_eq!(log.note(), Some(3));
+        assert_eq!(log.note(), None);
+    }
 }

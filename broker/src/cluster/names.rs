@@ -82,6 +82,11 @@ impl Names {
         format!("_KMQ.{}.takeover.{node}", self.cluster)
     }
 
+    /// Where `node` answers whether it is alive (and which run it is).
+    pub fn ping(&self, node: &str) -> String {
+        format!("_KMQ.{}.ping.{node}", self.cluster)
+    }
+
     pub fn interest_bucket(&self) -> String {
         format!("KMQ_{}_interest", self.cluster)
     }

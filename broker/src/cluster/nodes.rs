@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::RwLock;
 
@@ -15,10 +16,17 @@ use crate::broker::Broker;
 
 use super::Cluster;
 
+/// How long a node whose liveness key lapsed has to answer a ping before
+/// it is taken for dead.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The nodes seen alive at the last look.
 #[derive(Debug, Default)]
 pub struct Nodes {
     alive: RwLock<HashSet<Arc<str>>>,
+    /// The run of each live node, as its key says (keys written before
+    /// runs were recorded say none).
+    runs: RwLock<std::collections::HashMap<Arc<str>, u64>>,
     /// When this node's own key was last written (unix milliseconds): a
     /// node that cannot write its own key cannot judge the others.
     own_beat_ms: std::sync::atomic::AtomicU64,
@@ -27,6 +35,12 @@ pub struct Nodes {
 impl Nodes {
     pub fn is_alive(&self, node: &str) -> bool {
         self.alive.read().contains(node)
+    }
+
+    /// Whether `node` is alive in run `run`: false once it died or
+    /// restarted (when its key names its run).
+    pub fn is_alive_in_run(&self, node: &str, run: u64) -> bool {
+        self.is_alive(node) && self.runs.read().get(node).is_none_or(|r| *r == run)
     }
 
     pub fn alive_count(&self) -> usize {
@@ -56,7 +70,8 @@ impl Cluster {
                 continue;
             };
             let now = crate::message::now_ms();
-            match buckets.nodes.put(&*self.node, now.to_string().into()).await {
+            let value = format!("{now} {}", self.run);
+            match buckets.nodes.put(&*self.node, value.into()).await {
                 Ok(_) => self
                     .nodes
                     .own_beat_ms
@@ -67,6 +82,32 @@ impl Cluster {
                             .warning(&format!("Cluster: cannot renew this node's liveness: {e}."));
                     }
                 }
+            }
+        }
+    }
+
+    /// Whether `node` answers a ping within [`PING_TIMEOUT`].
+    async fn answers_ping(&self, node: &str) -> bool {
+        let request = self.client.request(self.names.ping(node), Bytes::new());
+        matches!(tokio::time::timeout(PING_TIMEOUT, request).await, Ok(Ok(_)))
+    }
+
+    /// Answers other nodes' pings (with this node's run).
+    pub(super) async fn answer_pings(self: Arc<Self>) {
+        let mut pings = match self.client.subscribe(self.names.ping(&self.node)).await {
+            Ok(subscriber) => subscriber,
+            Err(e) => {
+                self.logger
+                    .error(&format!("Cluster: cannot answer liveness pings: {e}."));
+                return;
+            }
+        };
+        while let Some(ping) = pings.next().await {
+            if let Some(reply) = ping.reply {
+                let _ = self
+                    .client
+                    .publish(reply, Bytes::from(self.run.to_string()))
+                    .await;
             }
         }
     }
@@ -88,6 +129,15 @@ impl Cluster {
                 .collect()
                 .await;
             broker.metrics.cluster_nodes.set(now.len() as i64);
+            let mut runs = std::collections::HashMap::new();
+            for node in &now {
+                if let Ok(Some(value)) = buckets.nodes.get(&**node).await {
+                    if let Some(run) = parse_run(&value) {
+                        runs.insert(node.clone(), run);
+                    }
+                }
+            }
+            *self.nodes.runs.write() = runs;
             // Only a node whose own key is fresh judges the others: while
             // NATS cannot take writes (a leader election, a partition),
             // every key ages alike, and nobody is dead.
@@ -104,6 +154,17 @@ impl Cluster {
                 if node == self.node {
                     continue;
                 }
+                // Its key may have lapsed only because its writes are slow
+                // (a busy node, a busy JetStream): a node that answers is
+                // not dead, and taking it for dead would take its clients'
+                // sessions and its interest from under it.
+                if self.answers_ping(&node).await {
+                    self.logger.warning(&format!(
+                        "Cluster: the liveness key of node {node} lapsed, but it answers; still taken for alive."
+                    ));
+                    self.nodes.alive.write().insert(node);
+                    continue;
+                }
                 self.logger.warning(&format!(
                     "Cluster: node {node} left the cluster or stopped answering; \
                      the clients it still held are taken over."
@@ -114,9 +175,32 @@ impl Cluster {
     }
 }
 
+/// The run in a nodes-bucket value (`<unix ms> <run>`).
+fn parse_run(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value)
+        .ok()?
+        .split_once(' ')?
+        .1
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_key_names_its_run() {
+        assert_eq!(parse_run(b"1796211321000 42"), Some(42));
+        assert_eq!(parse_run(b"1796211321000"), None, "a key of an older node");
+        let nodes = Nodes::default();
+        nodes.update([Arc::from("a")].into_iter().collect());
+        assert!(nodes.is_alive_in_run("a", 7), "no run known: alive");
+        nodes.runs.write().insert(Arc::from("a"), 8);
+        assert!(!nodes.is_alive_in_run("a", 7), "restarted");
+        assert!(nodes.is_alive_in_run("a", 8));
+        assert!(!nodes.is_alive_in_run("b", 8));
+    }
 
     #[test]
     fn nodes_that_leave_the_set_are_reported_once() {

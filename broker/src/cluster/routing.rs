@@ -12,6 +12,7 @@
 //! (`<name>.<topic as subject>`, [`super::subject`]) for NATS clients; and
 //! what NATS clients publish there is delivered to MQTT subscribers.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,6 +186,10 @@ impl Cluster {
         while let Some(message) = messages.next().await {
             let message = message.map_err(ClusterError::nats)?;
             self.deliver(broker, &message.payload).await;
+            if let Ok(info) = message.info() {
+                self.routed_done
+                    .fetch_max(info.stream_sequence, Ordering::AcqRel);
+            }
             // Delivered here (and stored, for durable sessions): the stream
             // may forget it.
             if let Err(e) = message.ack().await {
@@ -194,6 +199,67 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Waits (at most `limit`) until this node has delivered every QoS 1/2
+    /// message other nodes had routed to it when this was called: then
+    /// nothing routed here before can still reach a session here. Returns
+    /// whether it has.
+    pub async fn routed_caught_up(&self, limit: Duration) -> bool {
+        let asked = tokio::time::Instant::now();
+        let deadline = asked + limit;
+        let last = loop {
+            match self.last_routed_here(asked).await {
+                Ok(last) => break last,
+                Err(e) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        self.logger.warning(&format!(
+                            "Cluster: cannot tell how far this node read its routed messages: {e}."
+                        ));
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        while self.routed_done.load(Ordering::Acquire) < last {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// The stream sequence of the last message routed to this node, as
+    /// read at `asked` or later (0: none waiting). Callers at about the
+    /// same moment share one read.
+    async fn last_routed_here(&self, asked: tokio::time::Instant) -> Result<u64, ClusterError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let mut cached = self.last_routed.lock().await;
+        if let Some((at, last)) = *cached {
+            if at >= asked {
+                return Ok(last);
+            }
+        }
+        let at = tokio::time::Instant::now();
+        let stream = self
+            .js
+            .get_stream(self.names.route_stream())
+            .await
+            .map_err(ClusterError::nats)?;
+        let last = match stream
+            .get_last_raw_message_by_subject(&self.names.stream_route(&self.node))
+            .await
+        {
+            Ok(message) => message.sequence,
+            // Every message routed here was delivered and acknowledged
+            // (the stream forgets those).
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => 0,
+            Err(e) => return Err(ClusterError::nats(e)),
+        };
+        *cached = Some((at, last));
+        Ok(last)
     }
 
     async fn deliver(&self, broker: &Arc<Broker>, bytes: &[u8]) {
@@ -211,9 +277,22 @@ impl Cluster {
         let _ = msg.route_id.set(envelope.id);
         let msg = Arc::new(msg);
         broker.metrics.cluster_received.inc();
-        if let Err(e) = broker.deliver_routed(msg, &envelope.shared_groups).await {
-            self.logger
-                .error(&format!("Error persisting a routed message: {e}."));
+        let qos = msg.qos;
+        match broker.deliver_routed(msg, &envelope.shared_groups).await {
+            Ok(routed) if routed.matched == 0 && qos != QoS::AtMostOnce => {
+                // Routed here for a session that is no longer here and no
+                // longer followed: a drop, counted and logged.
+                broker.metrics.cluster_unmatched.inc();
+                if let Some(count) = self.unmatched_log.note() {
+                    self.logger.warning(&format!(
+                        "Cluster: {count} QoS 1/2 message(s) routed here from other nodes matched no session here (their subscribers had moved on); dropped."
+                    ));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => self
+                .logger
+                .error(&format!("Error persisting a routed message: {e}.")),
         }
     }
 

@@ -24,12 +24,10 @@
 //! clients also turns that client's session record into session interest,
 //! so messages published from then on are kept for it.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -43,10 +41,6 @@ use super::{Cluster, ClusterError};
 /// How long the node a client came back to keeps picking up messages
 /// that other nodes still wrote for the offline session.
 pub const HANDOVER_GRACE: Duration = Duration::from_secs(2);
-
-/// Fetches in a row that may bring nothing while a session's queue is read
-/// (half a second each) before the read fails.
-const READ_IDLE_FETCHES: u32 = 10;
 
 /// A persistent session's durable part, in the sessions bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,16 +73,6 @@ pub struct SentState {
     pub subscription_identifiers: Vec<u32>,
     /// QoS 2: PUBREC received, PUBREL sent.
     pub released: bool,
-}
-
-/// A session read back from NATS.
-#[derive(Debug, Default)]
-pub struct LoadedSession {
-    pub record: Option<SessionRecord>,
-    /// Queue entries in order, each message once.
-    pub entries: Vec<QueueEntry>,
-    /// The last stream sequence read (0: none).
-    pub last_seq: u64,
 }
 
 impl Cluster {
@@ -145,7 +129,7 @@ impl Cluster {
         }
     }
 
-    fn queue_subject(&self, client_id: &str) -> String {
+    pub(super) fn queue_subject(&self, client_id: &str) -> String {
         format!("_KMQ.{}.q.{}", self.names.cluster, encode_key(client_id))
     }
 
@@ -247,107 +231,6 @@ impl Cluster {
         })
     }
 
-    /// Reads a session back: its record and every queued entry, each
-    /// message once, in order.
-    pub async fn load_session(&self, client_id: &str) -> Result<LoadedSession, ClusterError> {
-        let buckets = self.buckets()?;
-        let record = buckets
-            .sessions
-            .get(encode_key(client_id))
-            .await
-            .map_err(ClusterError::nats)?
-            .and_then(|bytes| postcard::from_bytes::<SessionRecord>(&bytes).ok());
-        let mut loaded = LoadedSession {
-            record,
-            ..LoadedSession::default()
-        };
-        let mut seen = HashSet::new();
-        self.read_queue(client_id, 1, &mut seen, &mut loaded)
-            .await?;
-        Ok(loaded)
-    }
-
-    /// Appends the entries of `client_id`'s subject from stream sequence
-    /// `from` on, skipping messages in `seen`.
-    async fn read_queue(
-        &self,
-        client_id: &str,
-        from: u64,
-        seen: &mut HashSet<u64>,
-        loaded: &mut LoadedSession,
-    ) -> Result<(), ClusterError> {
-        let stream = self
-            .js
-            .get_stream(self.names.queue_stream())
-            .await
-            .map_err(ClusterError::nats)?;
-        let subject = self.queue_subject(client_id);
-        let pending = stream
-            .get_info()
-            .await
-            .map_err(ClusterError::nats)?
-            .state
-            .messages;
-        if pending == 0 {
-            return Ok(());
-        }
-        let consumer = stream
-            .create_consumer(pull::Config {
-                filter_subject: subject,
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: from.max(1),
-                },
-                ack_policy: AckPolicy::None,
-                inactive_threshold: Duration::from_secs(30),
-                ..Default::default()
-            })
-            .await
-            .map_err(ClusterError::nats)?;
-        // Everything the subject held when the consumer was made, however
-        // slowly the server hands it out: a short or empty batch is not
-        // the end of it.
-        let want = consumer.cached_info().num_pending;
-        let mut read = 0;
-        let mut idle_fetches = 0;
-        while read < want {
-            let mut batch = consumer
-                .fetch()
-                .max_messages(500)
-                .expires(Duration::from_millis(500))
-                .messages()
-                .await
-                .map_err(ClusterError::nats)?;
-            let mut got = 0;
-            while let Some(message) = batch.next().await {
-                let message = message.map_err(ClusterError::nats)?;
-                got += 1;
-                if let Ok(info) = message.info() {
-                    loaded.last_seq = loaded.last_seq.max(info.stream_sequence);
-                }
-                match postcard::from_bytes::<QueueEntry>(&message.payload) {
-                    Ok(entry) => {
-                        if seen.insert(entry.id) {
-                            loaded.entries.push(entry);
-                        }
-                    }
-                    Err(e) => self.logger.warning(&format!(
-                        "Cluster: an unreadable queued message of {client_id} was skipped: {e}."
-                    )),
-                }
-            }
-            read += got;
-            idle_fetches = if got == 0 { idle_fetches + 1 } else { 0 };
-            if idle_fetches >= READ_IDLE_FETCHES {
-                // Purged meanwhile (a clean start elsewhere), or NATS is
-                // stuck: the caller refuses rather than load half of it.
-                return Err(ClusterError::nats(format!(
-                    "read {read} of the {want} queued messages of {client_id}"
-                )));
-            }
-        }
-        Ok(())
-    }
-
     /// The newest revision in the interest bucket, once this node's own
     /// interest is written: session interest at or below it was written
     /// before this node took the client (see
@@ -386,57 +269,6 @@ impl Cluster {
                     .delete_expect_revision(&key, Some(entry.revision))
                     .await;
             }
-        }
-    }
-
-    /// What other nodes still wrote into `client_id`'s queue after it was
-    /// loaded (stream sequence above `last_seq`, not in `seen`, which
-    /// gains them), and the stream sequence read up to.
-    pub async fn read_late(
-        &self,
-        client_id: &str,
-        seen: &mut HashSet<u64>,
-        last_seq: u64,
-    ) -> (Vec<QueueEntry>, u64) {
-        let mut late = LoadedSession::default();
-        if let Err(e) = self
-            .read_queue(client_id, last_seq + 1, seen, &mut late)
-            .await
-        {
-            self.logger.warning(&format!(
-                "Cluster: cannot read the last queued messages of {client_id}: {e}."
-            ));
-        }
-        (late.entries, late.last_seq.max(last_seq))
-    }
-
-    /// Removes a session's queued entries up to stream sequence `seq`
-    /// (what was read; anything written since waits for the next load).
-    pub async fn purge_queue_up_to(&self, client_id: &str, seq: u64) {
-        let Ok(stream) = self.js.get_stream(self.names.queue_stream()).await else {
-            return;
-        };
-        if let Err(e) = stream
-            .purge()
-            .filter(self.queue_subject(client_id))
-            .sequence(seq + 1)
-            .await
-        {
-            self.logger.warning(&format!(
-                "Cluster: cannot empty the queue of {client_id}: {e}."
-            ));
-        }
-    }
-
-    /// Empties a session's queue subject.
-    pub async fn purge_queue(&self, client_id: &str) {
-        let Ok(stream) = self.js.get_stream(self.names.queue_stream()).await else {
-            return;
-        };
-        if let Err(e) = stream.purge().filter(self.queue_subject(client_id)).await {
-            self.logger.warning(&format!(
-                "Cluster: cannot empty the queue of {client_id}: {e}."
-            ));
         }
     }
 

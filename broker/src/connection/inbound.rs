@@ -397,6 +397,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut records = Vec::new();
         let mut retained_for = Vec::new();
+        let mut any_new = false;
         for (filter, options) in &s.filters {
             let shared = match topic::SharedFilter::parse(filter) {
                 Ok(shared) => shared,
@@ -445,6 +446,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             let is_new =
                 self.broker
                     .subscribe(&self.session, filter, *options, identifier, &mut records);
+            any_new |= is_new;
             reasons.push(ReasonCode(options.qos.as_u8()));
             let send_retained = shared.is_none()
                 && match options.retain_handling {
@@ -457,6 +459,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             }
         }
         self.persist(records).await?;
+        if any_new {
+            // In a cluster, what other nodes publish from now on must find
+            // the subscription too.
+            self.broker.interest_recorded().await;
+        }
         self.send(&Packet::Suback(Suback {
             packet_id: s.packet_id,
             reasons,

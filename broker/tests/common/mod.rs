@@ -424,11 +424,22 @@ fn is_root() -> bool {
     })
 }
 
+/// A port free on 127.0.0.1 now, and never handed out before by this test
+/// process (the kernel may give the same port to two binds in a row once
+/// the first is closed).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("find a free port")
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("find a free port");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn capture_lines(pipe: impl Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>) {

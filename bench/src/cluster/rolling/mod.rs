@@ -45,8 +45,11 @@ use crate::template::TopicTemplate;
 
 use super::options_at;
 
-/// Lost messages the report names.
-const LOST_SAMPLES: usize = 20;
+/// Lost messages the JSON report names (to look each up in the brokers'
+/// logs).
+const LOST_SAMPLES: usize = 2_000;
+/// Lost messages the text report names.
+const LOST_SAMPLES_SHOWN: usize = 20;
 
 /// How often the controller looks at the stop file and the drain.
 const POLL: Duration = Duration::from_millis(100);
@@ -192,6 +195,7 @@ impl Outcome for RollingReport {
             let named: Vec<String> = self
                 .lost_samples
                 .iter()
+                .take(LOST_SAMPLES_SHOWN)
                 .map(|lost| format!("{}/{} (due {})", lost.pair, lost.seq, lost.due))
                 .collect();
             text.push_str(&format!("lost (pair/seq) {}\n", named.join(", ")));

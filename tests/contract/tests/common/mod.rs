@@ -284,12 +284,22 @@ pub fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
     (code, body)
 }
 
-/// A port nothing listens on now.
+/// A port nothing listens on now, never handed out before by this test
+/// process (the kernel may give the same port to two binds in a row once
+/// the first is closed).
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Like [`tls_config`], presenting the client certificate `cert_pem` with

@@ -1,0 +1,301 @@
+//! Reading an offline session's queue subject back: on load, what other
+//! nodes wrote meanwhile, and what the node the client left still forwards
+//! until it says it is done ([`QueueTail`]); emptying it once read.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::names::encode_key;
+use super::sessions::{QueueEntry, SessionRecord};
+use super::{Cluster, ClusterError};
+
+/// Header of the entry a node writes into a session's queue when it stops
+/// forwarding messages there (value: `<node>/<run>`); the node the client
+/// went to reads the queue until it comes ([`QueueTail`]).
+const FORWARDING_END_HEADER: &str = "Kmq-Forwarding-End";
+
+/// Fetches in a row that may bring nothing while a session's queue is read
+/// (half a second each) before the read fails.
+const READ_IDLE_FETCHES: u32 = 10;
+
+/// A session read back from NATS.
+#[derive(Debug, Default)]
+pub struct LoadedSession {
+    pub record: Option<SessionRecord>,
+    /// Queue entries in order, each message once.
+    pub entries: Vec<QueueEntry>,
+    /// The last stream sequence read (0: none).
+    pub last_seq: u64,
+    /// Nodes (`<node>/<run>`) whose end of forwarding was read.
+    pub forwarding_ended: Vec<String>,
+}
+
+/// Reads what a node still forwards into a session's queue, until that
+/// node says it has stopped ([`Cluster::end_forwarding`]).
+pub struct QueueTail {
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    /// The `<node>/<run>` of the node whose end is awaited.
+    holder: String,
+    client_id: String,
+    /// The last stream sequence read.
+    pub last_seq: u64,
+}
+
+impl QueueTail {
+    /// The next entries (waiting up to a second for some), not in `seen`
+    /// (which gains them), and whether the holder's end came with them.
+    pub async fn next(
+        &mut self,
+        seen: &mut HashSet<u64>,
+        logger: &crate::log::Logger,
+    ) -> Result<(Vec<QueueEntry>, bool), ClusterError> {
+        let mut batch = self
+            .consumer
+            .fetch()
+            .max_messages(500)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .map_err(ClusterError::nats)?;
+        let mut loaded = LoadedSession::default();
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(ClusterError::nats)?;
+            take_queued(&message, &self.client_id, seen, &mut loaded, logger);
+        }
+        self.last_seq = self.last_seq.max(loaded.last_seq);
+        let ended = loaded.forwarding_ended.contains(&self.holder);
+        Ok((loaded.entries, ended))
+    }
+}
+
+/// Adds one message of a session's queue subject to `loaded`: an entry
+/// not in `seen`, or a node's end of forwarding.
+fn take_queued(
+    message: &jetstream::Message,
+    client_id: &str,
+    seen: &mut HashSet<u64>,
+    loaded: &mut LoadedSession,
+    logger: &crate::log::Logger,
+) {
+    if let Ok(info) = message.info() {
+        loaded.last_seq = loaded.last_seq.max(info.stream_sequence);
+    }
+    if let Some(holder) = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(FORWARDING_END_HEADER))
+    {
+        loaded.forwarding_ended.push(holder.as_str().to_string());
+        return;
+    }
+    match postcard::from_bytes::<QueueEntry>(&message.payload) {
+        Ok(entry) => {
+            if seen.insert(entry.id) {
+                loaded.entries.push(entry);
+            }
+        }
+        Err(e) => logger.warning(&format!(
+            "Cluster: an unreadable queued message of {client_id} was skipped: {e}."
+        )),
+    }
+}
+
+impl Cluster {
+    /// Reads a session back: its record and every queued entry, each
+    /// message once, in order.
+    pub async fn load_session(&self, client_id: &str) -> Result<LoadedSession, ClusterError> {
+        let buckets = self.buckets()?;
+        let record = buckets
+            .sessions
+            .get(encode_key(client_id))
+            .await
+            .map_err(ClusterError::nats)?
+            .and_then(|bytes| postcard::from_bytes::<SessionRecord>(&bytes).ok());
+        let mut loaded = LoadedSession {
+            record,
+            ..LoadedSession::default()
+        };
+        let mut seen = HashSet::new();
+        self.read_queue(client_id, 1, &mut seen, &mut loaded)
+            .await?;
+        Ok(loaded)
+    }
+
+    /// Appends the entries of `client_id`'s subject from stream sequence
+    /// `from` on, skipping messages in `seen`.
+    async fn read_queue(
+        &self,
+        client_id: &str,
+        from: u64,
+        seen: &mut HashSet<u64>,
+        loaded: &mut LoadedSession,
+    ) -> Result<(), ClusterError> {
+        let stream = self
+            .js
+            .get_stream(self.names.queue_stream())
+            .await
+            .map_err(ClusterError::nats)?;
+        let subject = self.queue_subject(client_id);
+        let pending = stream
+            .get_info()
+            .await
+            .map_err(ClusterError::nats)?
+            .state
+            .messages;
+        if pending == 0 {
+            return Ok(());
+        }
+        let consumer = stream
+            .create_consumer(pull::Config {
+                filter_subject: subject,
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from.max(1),
+                },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(ClusterError::nats)?;
+        // Everything the subject held when the consumer was made, however
+        // slowly the server hands it out: a short or empty batch is not
+        // the end of it.
+        let want = consumer.cached_info().num_pending;
+        let mut read = 0;
+        let mut idle_fetches = 0;
+        while read < want {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(500)
+                .expires(Duration::from_millis(500))
+                .messages()
+                .await
+                .map_err(ClusterError::nats)?;
+            let mut got = 0;
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(ClusterError::nats)?;
+                got += 1;
+                take_queued(&message, client_id, seen, loaded, &self.logger);
+            }
+            read += got;
+            idle_fetches = if got == 0 { idle_fetches + 1 } else { 0 };
+            if idle_fetches >= READ_IDLE_FETCHES {
+                // Purged meanwhile (a clean start elsewhere), or NATS is
+                // stuck: the caller refuses rather than load half of it.
+                return Err(ClusterError::nats(format!(
+                    "read {read} of the {want} queued messages of {client_id}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// What other nodes still wrote into `client_id`'s queue after it was
+    /// loaded (stream sequence above `last_seq`, not in `seen`, which
+    /// gains them), and the stream sequence read up to.
+    pub async fn read_late(
+        &self,
+        client_id: &str,
+        seen: &mut HashSet<u64>,
+        last_seq: u64,
+    ) -> LoadedSession {
+        let mut late = LoadedSession::default();
+        if let Err(e) = self
+            .read_queue(client_id, last_seq + 1, seen, &mut late)
+            .await
+        {
+            self.logger.warning(&format!(
+                "Cluster: cannot read the last queued messages of {client_id}: {e}."
+            ));
+        }
+        late.last_seq = late.last_seq.max(last_seq);
+        late
+    }
+
+    /// Follows `client_id`'s queue after stream sequence `after` until the
+    /// node `holder` (`<node>/<run>`) says it stopped forwarding there.
+    pub async fn tail_queue(
+        &self,
+        client_id: &str,
+        after: u64,
+        holder: String,
+    ) -> Result<QueueTail, ClusterError> {
+        let stream = self
+            .js
+            .get_stream(self.names.queue_stream())
+            .await
+            .map_err(ClusterError::nats)?;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                filter_subject: self.queue_subject(client_id),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(ClusterError::nats)?;
+        Ok(QueueTail {
+            consumer,
+            holder,
+            client_id: client_id.to_string(),
+            last_seq: after,
+        })
+    }
+
+    /// This node (this run) writes nothing more into `client_id`'s queue:
+    /// says so there, after what it forwarded.
+    pub async fn end_forwarding(&self, client_id: &str) -> Result<(), ClusterError> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(FORWARDING_END_HEADER, self.holder_tag().as_str());
+        self.js
+            .publish_with_headers(self.queue_subject(client_id), headers, Bytes::new())
+            .await
+            .map_err(ClusterError::nats)?
+            .await
+            .map_err(ClusterError::nats)?;
+        Ok(())
+    }
+
+    /// This node and run, as a forwarding end names it.
+    pub fn holder_tag(&self) -> String {
+        format!("{}/{}", self.node, self.run)
+    }
+
+    /// Removes a session's queued entries up to stream sequence `seq`
+    /// (what was read; anything written since waits for the next load).
+    pub async fn purge_queue_up_to(&self, client_id: &str, seq: u64) {
+        let Ok(stream) = self.js.get_stream(self.names.queue_stream()).await else {
+            return;
+        };
+        if let Err(e) = stream
+            .purge()
+            .filter(self.queue_subject(client_id))
+            .sequence(seq + 1)
+            .await
+        {
+            self.logger.warning(&format!(
+                "Cluster: cannot empty the queue of {client_id}: {e}."
+            ));
+        }
+    }
+
+    /// Empties a session's queue subject.
+    pub async fn purge_queue(&self, client_id: &str) {
+        let Ok(stream) = self.js.get_stream(self.names.queue_stream()).await else {
+            return;
+        };
+        if let Err(e) = stream.purge().filter(self.queue_subject(client_id)).await {
+            self.logger.warning(&format!(
+                "Cluster: cannot empty the queue of {client_id}: {e}."
+            ));
+        }
+    }
+}
