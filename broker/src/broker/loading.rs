@@ -119,7 +119,12 @@ impl Broker {
             late.await;
         }
         if let Some(previous) = loading.previous.take() {
-            if !ended.contains(&previous) {
+            if ended.contains(&previous) {
+                self.logger.info(&format!(
+                    "Session of {}: what node {previous} forwarded came with the rest (it is done).",
+                    loading.session.client_id
+                ));
+            } else {
                 self.follow_forwarding(&loading, &previous).await;
             }
         }
@@ -154,8 +159,11 @@ impl Broker {
         };
         let deadline = tokio::time::Instant::now() + FORWARDING_WAIT;
         let mut kept = true;
+        let mut read = 0;
+        let mut ended = false;
         loop {
-            let (entries, ended) = match tail.next(&mut seen, &self.logger).await {
+            let entries;
+            (entries, ended) = match tail.next(&mut seen, &self.logger).await {
                 Ok(next) => next,
                 Err(e) => {
                     self.logger.warning(&format!(
@@ -164,6 +172,7 @@ impl Broker {
                     break;
                 }
             };
+            read += entries.len();
             kept = self
                 .holds_loaded(cluster, session, |session| {
                     if !entries.is_empty() {
@@ -182,6 +191,16 @@ impl Broker {
                 break;
             }
         }
+        let how = if ended {
+            "it is done"
+        } else if !kept {
+            "the client moved on"
+        } else {
+            "it is gone or late"
+        };
+        self.logger.info(&format!(
+            "Session of {client_id}: {read} message(s) node {previous} forwarded read ({how})."
+        ));
         if kept && tail.last_seq > loading.read_up_to {
             cluster.purge_queue_up_to(client_id, tail.last_seq).await;
         }
@@ -222,6 +241,12 @@ impl Broker {
         tokio::time::sleep(HANDOVER_GRACE).await;
         let late = cluster.read_late(&client_id, seen, after).await;
         let read_up_to = late.last_seq;
+        if !late.entries.is_empty() {
+            self.logger.info(&format!(
+                "Session of {client_id}: {} message(s) written to its queue while it moved.",
+                late.entries.len()
+            ));
+        }
         let kept = self
             .holds_loaded(cluster, session, |session| {
                 if !late.entries.is_empty() {

@@ -47,19 +47,15 @@ impl Broker {
 
     /// Delivers a message another node routed here to this node's
     /// sessions: its ordinary subscriptions, and the shared ones of
-    /// `groups`.
+    /// `groups`. What goes on to the queues of handed-off sessions is
+    /// stored once [`Routed::stored`] resolves (sent in order, so the
+    /// caller may deliver the next message meanwhile).
     pub async fn deliver_routed(
         &self,
         msg: Arc<Message>,
         groups: &[String],
     ) -> Result<Routed, PublishError> {
-        let mut routed = self
-            .route_message(msg, None, Origin::Routed(groups))
-            .await?;
-        if let Some(stored) = routed.stored.take() {
-            stored.wait().await?;
-        }
-        Ok(routed)
+        self.route_message(msg, None, Origin::Routed(groups)).await
     }
 
     /// Routes a message a NATS client published on a device-data subject,

@@ -219,15 +219,22 @@ impl Broker {
     /// ([`Broker::follow_forwarding`]).
     async fn finish_forwarding(&self, cluster: &crate::cluster::Cluster, session: &Arc<Session>) {
         let client_id = &session.client_id;
-        if tokio::time::timeout(FORWARDING_LIMIT, cluster.interest().written())
-            .await
-            .is_err()
-        {
-            self.logger.warning(&format!(
-                "Cluster: this node's interest in the filters of {client_id} is still unwritten; it stops following the session all the same."
-            ));
+        let written =
+            tokio::time::timeout(FORWARDING_LIMIT, cluster.interest_written_revision()).await;
+        // Every other node has read that this node's interest went (asked
+        // each); one that does not answer gets the grace period.
+        let told = match written {
+            Ok(Ok(revision)) => cluster.others_applied_interest(revision).await,
+            _ => {
+                self.logger.warning(&format!(
+                    "Cluster: this node's interest in the filters of {client_id} may still be unwritten; it stops following the session all the same."
+                ));
+                false
+            }
+        };
+        if !told {
+            tokio::time::sleep(HANDOVER_GRACE).await;
         }
-        tokio::time::sleep(HANDOVER_GRACE).await;
         if !cluster.routed_caught_up(FORWARDING_LIMIT).await {
             self.logger.warning(&format!(
                 "Cluster: messages routed here may still be on their way to {client_id}; it is no longer followed here after {} s.",
@@ -317,6 +324,12 @@ impl Broker {
         client_id: &Arc<str>,
         messages: Vec<Arc<Message>>,
     ) {
+        if !messages.is_empty() {
+            self.logger.info(&format!(
+                "Session of {client_id}: {} message(s) that came after its hand-off sent on to the cluster.",
+                messages.len()
+            ));
+        }
         for msg in messages {
             let clients = [client_id.clone()];
             let stored = match cluster.queue_for_offline(&msg, &clients).await {

@@ -363,6 +363,9 @@ impl super::Cluster {
                 let Ok(entry) = entry else { break };
                 let removed = matches!(entry.operation, Operation::Delete | Operation::Purge);
                 self.apply_interest(&entry.key, removed);
+                self.interest_applied
+                    .fetch_max(entry.revision, Ordering::AcqRel);
+                self.interest_applied_changed.notify_waiters();
                 if entry.seen_current || entry.delta == 0 {
                     self.interest_loaded.store(true, Ordering::Release);
                 }

@@ -95,6 +95,9 @@ pub struct Cluster {
     /// then this node would route as if no other node had subscribers,
     /// and give new subscriptions no retained messages.
     interest_loaded: AtomicBool,
+    /// The newest interest-bucket revision this node's table has applied.
+    interest_applied: std::sync::atomic::AtomicU64,
+    interest_applied_changed: tokio::sync::Notify,
     retained_loaded: AtomicBool,
     /// This run of the node (random).
     run: u64,
@@ -177,6 +180,8 @@ impl Cluster {
             nodes: Nodes::default(),
             connected: AtomicBool::new(false),
             interest_loaded: AtomicBool::new(false),
+            interest_applied: std::sync::atomic::AtomicU64::new(0),
+            interest_applied_changed: tokio::sync::Notify::new(),
             retained_loaded: AtomicBool::new(false),
             run: random_u64(),
             next_message_id: std::sync::atomic::AtomicU64::new(random_u64()),

@@ -92,7 +92,9 @@ impl Cluster {
         matches!(tokio::time::timeout(PING_TIMEOUT, request).await, Ok(Ok(_)))
     }
 
-    /// Answers other nodes' pings (with this node's run).
+    /// Answers other nodes' pings (with this node's run). A ping that
+    /// names an interest-bucket revision is answered once this node's
+    /// table has applied it (or after [`PING_TIMEOUT`] without answering).
     pub(super) async fn answer_pings(self: Arc<Self>) {
         let mut pings = match self.client.subscribe(self.names.ping(&self.node)).await {
             Ok(subscriber) => subscriber,
@@ -103,13 +105,66 @@ impl Cluster {
             }
         };
         while let Some(ping) = pings.next().await {
-            if let Some(reply) = ping.reply {
-                let _ = self
+            let Some(reply) = ping.reply else { continue };
+            let revision: Option<u64> = std::str::from_utf8(&ping.payload)
+                .ok()
+                .and_then(|r| r.parse().ok());
+            let cluster = self.clone();
+            tokio::spawn(async move {
+                if let Some(revision) = revision {
+                    if !cluster.interest_applied_up_to(revision, PING_TIMEOUT).await {
+                        return;
+                    }
+                }
+                let _ = cluster
                     .client
-                    .publish(reply, Bytes::from(self.run.to_string()))
+                    .publish(reply, Bytes::from(cluster.run.to_string()))
                     .await;
+            });
+        }
+    }
+
+    /// Waits (at most `limit`) until this node's table has applied
+    /// interest-bucket revision `revision`.
+    async fn interest_applied_up_to(&self, revision: u64, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let changed = self.interest_applied_changed.notified();
+            if self
+                .interest_applied
+                .load(std::sync::atomic::Ordering::Acquire)
+                >= revision
+            {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
             }
         }
+    }
+
+    /// Waits until every other live node's table has applied
+    /// interest-bucket revision `revision`, each asked with a ping; true
+    /// when all answered within [`PING_TIMEOUT`].
+    pub async fn others_applied_interest(&self, revision: u64) -> bool {
+        let others: Vec<Arc<str>> = self
+            .nodes
+            .alive
+            .read()
+            .iter()
+            .filter(|n| **n != self.node)
+            .cloned()
+            .collect();
+        let asks = others.iter().map(|node| {
+            let request = self
+                .client
+                .request(self.names.ping(node), Bytes::from(revision.to_string()));
+            async move { matches!(tokio::time::timeout(PING_TIMEOUT, request).await, Ok(Ok(_))) }
+        });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .all(|answered| answered)
     }
 
     /// Looks at the nodes bucket every beat; deals with nodes that left.

@@ -19,6 +19,10 @@ use super::{Cluster, ClusterError};
 /// went to reads the queue until it comes ([`QueueTail`]).
 const FORWARDING_END_HEADER: &str = "Kmq-Forwarding-End";
 
+/// Attempts at reading what was written to a session's queue while it
+/// moved.
+const READ_ATTEMPTS: u32 = 3;
+
 /// Fetches in a row that may bring nothing while a session's queue is read
 /// (half a second each) before the read fails.
 const READ_IDLE_FETCHES: u32 = 10;
@@ -205,13 +209,22 @@ impl Cluster {
         last_seq: u64,
     ) -> LoadedSession {
         let mut late = LoadedSession::default();
-        if let Err(e) = self
-            .read_queue(client_id, last_seq + 1, seen, &mut late)
+        let mut attempts = 0;
+        // A read that fails part-way (a busy JetStream) goes on from where
+        // it stopped, a few times: what stays unread waits for the next
+        // load, which may be long.
+        while let Err(e) = self
+            .read_queue(client_id, late.last_seq.max(last_seq) + 1, seen, &mut late)
             .await
         {
-            self.logger.warning(&format!(
-                "Cluster: cannot read the last queued messages of {client_id}: {e}."
-            ));
+            attempts += 1;
+            if attempts >= READ_ATTEMPTS {
+                self.logger.warning(&format!(
+                    "Cluster: cannot read the last queued messages of {client_id}: {e}."
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         late.last_seq = late.last_seq.max(last_seq);
         late

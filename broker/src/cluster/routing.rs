@@ -65,6 +65,42 @@ impl Stored {
     }
 }
 
+/// Routed messages delivered here whose acknowledgement to the stream
+/// may wait at once for what they sent on to be stored.
+const ROUTED_IN_FLIGHT: usize = 1_024;
+
+/// Acknowledges routed messages to the route stream, in order, each once
+/// what its delivery sent on is stored. One that could not be delivered or
+/// stored is not acknowledged: the stream delivers it again.
+async fn acknowledge_routed(
+    mut delivered: tokio::sync::mpsc::Receiver<(
+        async_nats::jetstream::Message,
+        Result<Stored, ()>,
+    )>,
+    logger: crate::log::Logger,
+) {
+    while let Some((message, stored)) = delivered.recv().await {
+        let stored = match stored {
+            Ok(stored) => stored.wait().await.map_err(|e| {
+                logger.error(&format!(
+                    "Error storing a routed message for a session that moved: {e}; it comes again."
+                ))
+            }),
+            Err(()) => Err(()),
+        };
+        if stored.is_err() {
+            continue;
+        }
+        // Delivered here (and stored, for moved sessions): the stream
+        // may forget it.
+        if let Err(e) = message.ack().await {
+            logger.warning(&format!(
+                "Cluster: cannot acknowledge a routed message: {e}."
+            ));
+        }
+    }
+}
+
 impl Cluster {
     /// Sends `msg` to the other nodes of `plan`. For QoS 1/2, the returned
     /// [`Stored`] resolves once every target node's stream has it.
@@ -142,7 +178,8 @@ impl Cluster {
             }
         };
         while let Some(message) = messages.next().await {
-            self.deliver(&broker, &message.payload).await;
+            // QoS 0: nothing is stored, nothing to wait for.
+            let _ = self.deliver(&broker, &message.payload).await;
         }
     }
 
@@ -183,22 +220,30 @@ impl Cluster {
             .await
             .map_err(ClusterError::nats)?;
         let mut messages = consumer.messages().await.map_err(ClusterError::nats)?;
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(ClusterError::nats)?;
-            self.deliver(broker, &message.payload).await;
-            if let Ok(info) = message.info() {
-                self.routed_done
-                    .fetch_max(info.stream_sequence, Ordering::AcqRel);
+        // Each message is delivered here in order; what it sends on to
+        // handed-off sessions' queues is confirmed, and the message
+        // acknowledged to the stream, by `acknowledge_routed`, so that the
+        // next one need not wait for JetStream.
+        let (delivered, to_acknowledge) = tokio::sync::mpsc::channel(ROUTED_IN_FLIGHT);
+        let acknowledging = tokio::spawn(acknowledge_routed(to_acknowledge, self.logger.clone()));
+        let result = async {
+            while let Some(message) = messages.next().await {
+                let message = message.map_err(ClusterError::nats)?;
+                let stored = self.deliver(broker, &message.payload).await;
+                if let Ok(info) = message.info() {
+                    self.routed_done
+                        .fetch_max(info.stream_sequence, Ordering::AcqRel);
+                }
+                if delivered.send((message, stored)).await.is_err() {
+                    break;
+                }
             }
-            // Delivered here (and stored, for durable sessions): the stream
-            // may forget it.
-            if let Err(e) = message.ack().await {
-                self.logger.warning(&format!(
-                    "Cluster: cannot acknowledge a routed message: {e}."
-                ));
-            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        drop(delivered);
+        let _ = acknowledging.await;
+        result
     }
 
     /// Waits (at most `limit`) until this node has delivered every QoS 1/2
@@ -262,7 +307,10 @@ impl Cluster {
         Ok(last)
     }
 
-    async fn deliver(&self, broker: &Arc<Broker>, bytes: &[u8]) {
+    /// Delivers one routed message to this node's sessions; returns what
+    /// it sent on to handed-off sessions' queues, stored once that
+    /// resolves. `Err` when it could not be delivered (to be redelivered).
+    async fn deliver(&self, broker: &Arc<Broker>, bytes: &[u8]) -> Result<Stored, ()> {
         let envelope = match Envelope::decode(bytes) {
             Ok(envelope) => envelope,
             Err(e) => {
@@ -270,7 +318,7 @@ impl Cluster {
                 self.logger.warning(&format!(
                     "Cluster: an unreadable routed message was dropped: {e}."
                 ));
-                return;
+                return Ok(Stored::default());
             }
         };
         let msg = Message::from_stored(envelope.message);
@@ -279,20 +327,24 @@ impl Cluster {
         broker.metrics.cluster_received.inc();
         let qos = msg.qos;
         match broker.deliver_routed(msg, &envelope.shared_groups).await {
-            Ok(routed) if routed.matched == 0 && qos != QoS::AtMostOnce => {
-                // Routed here for a session that is no longer here and no
-                // longer followed: a drop, counted and logged.
-                broker.metrics.cluster_unmatched.inc();
-                if let Some(count) = self.unmatched_log.note() {
-                    self.logger.warning(&format!(
-                        "Cluster: {count} QoS 1/2 message(s) routed here from other nodes matched no session here (their subscribers had moved on); dropped."
-                    ));
+            Ok(mut routed) => {
+                if routed.matched == 0 && qos != QoS::AtMostOnce {
+                    // Routed here for a session that is no longer here and
+                    // no longer followed: a drop, counted and logged.
+                    broker.metrics.cluster_unmatched.inc();
+                    if let Some(count) = self.unmatched_log.note() {
+                        self.logger.warning(&format!(
+                            "Cluster: {count} QoS 1/2 message(s) routed here from other nodes matched no session here (their subscribers had moved on); dropped."
+                        ));
+                    }
                 }
+                Ok(routed.stored.take().unwrap_or_default())
             }
-            Ok(_) => {}
-            Err(e) => self
-                .logger
-                .error(&format!("Error persisting a routed message: {e}.")),
+            Err(e) => {
+                self.logger
+                    .error(&format!("Error persisting a routed message: {e}."));
+                Err(())
+            }
         }
     }
 
