@@ -431,6 +431,20 @@ impl SessionState {
     }
 
     /// Forgets every message (clean start on an existing session).
+    /// The messages it holds (in flight in send order, then queued), taken
+    /// out: the session keeps none.
+    pub fn take_messages(&mut self, budget: &MemoryBudget) -> Vec<Arc<Message>> {
+        let messages = self
+            .inflight
+            .in_send_order()
+            .into_iter()
+            .map(|(_, i)| i.delivery.msg.clone())
+            .chain(self.queue.iter().map(|d| d.msg.clone()))
+            .collect();
+        self.clear_messages(budget);
+        messages
+    }
+
     pub fn clear_messages(&mut self, budget: &MemoryBudget) {
         self.queue.clear(budget);
         self.inflight.clear();

@@ -187,17 +187,9 @@ impl Broker {
         // still puts in it (having found it not yet followed) is left over
         // for `forget_handed_off` to send on.
         let late: Vec<Arc<Message>> = {
-            let mut state = session.state.lock();
-            let late = state
-                .inflight
-                .in_send_order()
-                .into_iter()
-                .map(|(_, i)| i.delivery.msg.clone())
-                .chain(state.queue.iter().map(|d| d.msg.clone()))
-                .filter(|msg| !handed.contains(&cluster.message_id(msg)))
-                .collect();
-            state.clear_messages(&self.budget);
-            late
+            let mut held = session.state.lock().take_messages(&self.budget);
+            held.retain(|msg| !handed.contains(&cluster.message_id(msg)));
+            held
         };
         self.forward(&cluster, &session.client_id, late).await;
         // The session interest written by the hand-off replaces this node's.
@@ -297,14 +289,7 @@ impl Broker {
         cluster.stop_forwarding(&session.client_id);
         let (filters, left_over) = {
             let mut state = session.state.lock();
-            let left_over: Vec<Arc<Message>> = state
-                .inflight
-                .in_send_order()
-                .into_iter()
-                .map(|(_, i)| i.delivery.msg.clone())
-                .chain(state.queue.iter().map(|d| d.msg.clone()))
-                .collect();
-            state.clear_messages(&self.budget);
+            let left_over = state.take_messages(&self.budget);
             state.epoch += 1;
             let filters: Vec<String> = std::mem::take(&mut state.subscriptions)
                 .into_keys()

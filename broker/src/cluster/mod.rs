@@ -122,6 +122,19 @@ pub struct Cluster {
     logger: Logger,
 }
 
+/// Waits (at most `limit`, looking every 20 ms) until `count` is 0; false
+/// when it is not by then.
+async fn until_zero(count: &std::sync::atomic::AtomicUsize, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while count.load(Ordering::Acquire) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
 /// Counts events and says when to log them: the first, then at most once
 /// per [`DROP_LOG_INTERVAL`], with how many happened since the last line.
 #[derive(Default)]
@@ -265,27 +278,13 @@ impl Cluster {
 
     /// Waits (at most `limit`) until no session is being handed off.
     pub async fn hand_offs_done(&self, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.pending_hand_offs.load(Ordering::Acquire) > 0 {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        true
+        until_zero(&self.pending_hand_offs, limit).await
     }
 
     /// Waits (at most `limit`) until this node follows no handed-off
     /// session any more (each said so in its queue).
     pub async fn forwarding_done(&self, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.forwarding_count.load(Ordering::Acquire) > 0 {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        true
+        until_zero(&self.forwarding_count, limit).await
     }
 
     /// This node leaves the cluster for good (end of a drain): its filters
