@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use kubemqtt_bench::client::{ClientOptions, Connection};
+use kubemqtt_bench::codec::{self, Packet, QoS};
 use kubemqtt_broker::config::{Config, ListenerConfig, LogLevel};
 use kubemqtt_broker::log::Logger;
 use kubemqtt_broker::server::{self, RunningBroker};
@@ -230,12 +232,16 @@ async fn rolling_rides_through_a_restart_and_sees_the_sessions_gone() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         bench(&args).await
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Waits on what the broker sees, not on the clock: a busy CI machine
+    // can take seconds to get the bench's clients going.
+    watch_publishes(addr, 100).await;
     // A restart without persistence: the sessions are gone.
     broker.shutdown().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (broker, _) = start_broker(addr).await;
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // Publishing goes on after the restart: 250 per pair through the new
+    // broker.
+    watch_publishes(addr, 2 * 250).await;
     touch(&stop_file);
     let report = run.await.expect("bench task");
     let n = |field: &str| {
@@ -272,6 +278,41 @@ async fn rolling_rides_through_a_restart_and_sees_the_sessions_gone() {
     );
     broker.shutdown().await;
     let _ = std::fs::remove_file(&stop_file);
+}
+
+/// Waits until `count` PUBLISHes on any topic went through the broker at
+/// `addr`, as a QoS 0 subscriber to `#` sees them; fails after
+/// [`RUN_TIMEOUT`].
+async fn watch_publishes(addr: SocketAddr, count: usize) {
+    let options = ClientOptions {
+        addr,
+        keep_alive: 0,
+        clean_session: true,
+        username: None,
+        password: None,
+        timeout: Duration::from_secs(10),
+        max_packet_size: 1 << 20,
+    };
+    let mut seen = 0;
+    let watch = async {
+        let (mut connection, _) = Connection::open(&options, "watcher")
+            .await
+            .expect("the watcher connects");
+        codec::encode_subscribe(&mut connection.writer.buf, 1, "#", QoS::AtMostOnce)
+            .expect("encode SUBSCRIBE");
+        connection.writer.flush().await.expect("send SUBSCRIBE");
+        while seen < count {
+            match connection.reader.read_packet().await {
+                Ok(Packet::Publish(_)) => seen += 1,
+                Ok(_) => {}
+                Err(e) => panic!("the watcher lost its connection after {seen} messages: {e}"),
+            }
+        }
+        connection.disconnect().await;
+    };
+    if tokio::time::timeout(RUN_TIMEOUT, watch).await.is_err() {
+        panic!("{seen} of {count} messages went through the broker in {RUN_TIMEOUT:?}");
+    }
 }
 
 fn touch(path: &Path) {
