@@ -85,13 +85,16 @@ impl Broker {
             Origin::Routed(_) => None,
             _ => self.cluster(),
         };
-        let mut plan = cluster.map(|c| c.plan(&msg.topic)).unwrap_or_default();
+        let (mut plan, planned) = cluster.map(|c| c.plan(&msg.topic)).unwrap_or_default();
         let mut stored = crate::cluster::Stored::default();
         if let Some(cluster) = cluster {
             if msg.qos != QoS::AtMostOnce {
                 // Acknowledged means stored: the publisher is acknowledged
                 // once the other nodes' streams have it (`Routed::stored`).
                 stored.extend(cluster.send(&msg, &plan).await?);
+                if let Some(planned) = planned.filter(|_| !stored.is_empty()) {
+                    stored.hold(planned);
+                }
             }
         }
         let mut records = Vec::new();

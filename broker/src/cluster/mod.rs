@@ -21,6 +21,7 @@ pub mod envelope;
 pub mod interest;
 pub mod names;
 pub mod nodes;
+mod plans;
 pub mod queue;
 pub mod retained;
 pub mod routing;
@@ -43,6 +44,8 @@ use self::interest::Interest;
 pub use self::interest::Plan;
 use self::names::Names;
 use self::nodes::Nodes;
+pub use self::plans::PlanGuard;
+use self::plans::PlansInFlight;
 pub use self::routing::Stored;
 
 /// How long a JetStream or key-value request may take.
@@ -98,6 +101,8 @@ pub struct Cluster {
     /// The newest interest-bucket revision this node's table has applied.
     interest_applied: std::sync::atomic::AtomicU64,
     interest_applied_changed: tokio::sync::Notify,
+    /// QoS 1/2 messages planned and not yet stored, by revision.
+    plans: Arc<PlansInFlight>,
     retained_loaded: AtomicBool,
     /// This run of the node (random).
     run: u64,
@@ -195,6 +200,7 @@ impl Cluster {
             interest_loaded: AtomicBool::new(false),
             interest_applied: std::sync::atomic::AtomicU64::new(0),
             interest_applied_changed: tokio::sync::Notify::new(),
+            plans: Arc::default(),
             retained_loaded: AtomicBool::new(false),
             run: random_u64(),
             next_message_id: std::sync::atomic::AtomicU64::new(random_u64()),
@@ -259,15 +265,20 @@ impl Cluster {
         &self.interest
     }
 
-    /// Where a message on `topic` goes.
-    pub fn plan(&self, topic: &str) -> Plan {
+    /// Where a message on `topic` goes, and the plan's place among those
+    /// in flight: a QoS 1/2 message keeps it until what it sent is stored
+    /// ([`Stored::hold`]).
+    pub fn plan(&self, topic: &str) -> (Plan, Option<PlanGuard>) {
         if self.interest.is_empty() {
-            return Plan::default();
+            return (Plan::default(), None);
         }
+        let guard = self.plans.begin(&self.interest_applied);
         let nodes = &self.nodes;
         let me = &self.node;
-        self.interest
-            .plan(topic, &|node: &Arc<str>| node == me || nodes.is_alive(node))
+        let plan = self
+            .interest
+            .plan(topic, &|node: &Arc<str>| node == me || nodes.is_alive(node));
+        (plan, Some(guard))
     }
 
     /// A session hand-off begins; the guard marks its end.

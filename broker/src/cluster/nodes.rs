@@ -94,7 +94,9 @@ impl Cluster {
 
     /// Answers other nodes' pings (with this node's run). A ping that
     /// names an interest-bucket revision is answered once this node's
-    /// table has applied it (or after [`PING_TIMEOUT`] without answering).
+    /// table has applied it and every QoS 1/2 message planned with an
+    /// older table is stored ([`super::plans`]); or not at all, after
+    /// [`PING_TIMEOUT`].
     pub(super) async fn answer_pings(self: Arc<Self>) {
         let mut pings = match self.client.subscribe(self.names.ping(&self.node)).await {
             Ok(subscriber) => subscriber,
@@ -112,7 +114,10 @@ impl Cluster {
             let cluster = self.clone();
             tokio::spawn(async move {
                 if let Some(revision) = revision {
-                    if !cluster.interest_applied_up_to(revision, PING_TIMEOUT).await {
+                    let deadline = tokio::time::Instant::now() + PING_TIMEOUT;
+                    if !cluster.interest_applied_up_to(revision, PING_TIMEOUT).await
+                        || !cluster.plans.settled_before(revision, deadline).await
+                    {
                         return;
                     }
                 }

@@ -27,6 +27,7 @@ use crate::message::Message;
 
 use super::envelope::Envelope;
 use super::interest::Plan;
+use super::plans::PlanGuard;
 use super::subject;
 use super::{Cluster, ClusterError};
 
@@ -38,27 +39,40 @@ const MAX_ACK_PENDING: i64 = 10_000;
 
 /// Messages sent into JetStream whose acknowledgements are still to come:
 /// the publisher is acknowledged once [`Stored::wait`] resolves, so a
-/// connection can send many before waiting once.
+/// connection can send many before waiting once. Holds the plans they
+/// were sent with until then ([`super::plans`]).
 #[must_use = "the messages are stored only once `wait` resolves"]
 #[derive(Default)]
-pub struct Stored(Vec<async_nats::jetstream::context::PublishAckFuture>);
+pub struct Stored {
+    acks: Vec<async_nats::jetstream::context::PublishAckFuture>,
+    plans: Vec<PlanGuard>,
+}
 
 impl Stored {
     pub(super) fn from_acks(acks: Vec<async_nats::jetstream::context::PublishAckFuture>) -> Stored {
-        Stored(acks)
+        Stored {
+            acks,
+            plans: Vec::new(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.acks.is_empty()
     }
 
     pub fn extend(&mut self, other: Stored) {
-        self.0.extend(other.0);
+        self.acks.extend(other.acks);
+        self.plans.extend(other.plans);
+    }
+
+    /// Keeps `plan` in flight until these messages are stored.
+    pub fn hold(&mut self, plan: PlanGuard) {
+        self.plans.push(plan);
     }
 
     /// Resolves once JetStream stored every message.
     pub async fn wait(self) -> Result<(), ClusterError> {
-        for ack in self.0 {
+        for ack in self.acks {
             ack.await.map_err(ClusterError::nats)?;
         }
         Ok(())
@@ -136,7 +150,7 @@ impl Cluster {
                 );
             }
         }
-        Ok(Stored(acks))
+        Ok(Stored::from_acks(acks))
     }
 
     /// Publishes `msg` on its NATS subject, for NATS clients (when

@@ -1,0 +1,148 @@
+//! QoS 1/2 messages between their plan and their storing, by the
+//! interest-bucket revision the plan was made with.
+//!
+//! A node that handed a session off asks every other node whether it has
+//! applied the move (a ping naming the bucket revision, see
+//! [`super::Cluster::others_applied_interest`]) and then reads its own route
+//! stream up to its end, before it stops following the session. A node
+//! that planned a message before it applied the move could still be
+//! sending it to the old node's stream at that moment, where it would
+//! arrive after the old node stopped following: lost. So a node answers
+//! such a ping only once no message it planned before that revision is
+//! still on its way into a stream.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+/// Messages planned and not yet stored, counted per revision.
+#[derive(Default)]
+pub struct PlansInFlight {
+    counts: Mutex<BTreeMap<u64, usize>>,
+    settled: Notify,
+}
+
+/// One message's plan, from before it was made until what it sent is
+/// stored (or given up): drop it then.
+pub struct PlanGuard {
+    plans: Arc<PlansInFlight>,
+    revision: u64,
+}
+
+impl std::fmt::Debug for PlanGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PlanGuard(revision {})", self.revision)
+    }
+}
+
+impl PlansInFlight {
+    /// A plan is about to be made with the table as of `applied` (the
+    /// revision the table has applied). Reading the revision under the
+    /// lock makes [`PlansInFlight::settled_before`] exact: a plan counted
+    /// after it looked saw the newer table.
+    pub fn begin(self: &Arc<Self>, applied: &AtomicU64) -> PlanGuard {
+        let mut counts = self.counts.lock();
+        let revision = applied.load(Ordering::Acquire);
+        *counts.entry(revision).or_insert(0) += 1;
+        PlanGuard {
+            plans: self.clone(),
+            revision,
+        }
+    }
+
+    /// Whether no message planned with a revision older than `revision`
+    /// is still in flight.
+    fn is_settled_before(&self, revision: u64) -> bool {
+        self.counts
+            .lock()
+            .first_key_value()
+            .is_none_or(|(&oldest, _)| oldest >= revision)
+    }
+
+    /// Waits until [`PlansInFlight::is_settled_before`] `revision`, or
+    /// `deadline`; false when the deadline came first.
+    pub async fn settled_before(&self, revision: u64, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let settled = self.settled.notified();
+            if self.is_settled_before(revision) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+impl Drop for PlanGuard {
+    fn drop(&mut self) {
+        let mut counts = self.plans.counts.lock();
+        let oldest = counts.first_key_value().map(|(&oldest, _)| oldest);
+        if let Some(count) = counts.get_mut(&self.revision) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.revision);
+                // Only the oldest revision's plans going can settle a wait.
+                if oldest == Some(self.revision) {
+                    drop(counts);
+                    self.plans.settled.notify_waiters();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn soon() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(50)
+    }
+
+    #[tokio::test]
+    async fn a_ping_waits_for_the_plans_made_before_its_revision_only() {
+        let plans = Arc::new(PlansInFlight::default());
+        let applied = AtomicU64::new(3);
+        let old = plans.begin(&applied);
+        applied.store(5, Ordering::Release);
+        let new = plans.begin(&applied);
+        assert!(
+            !plans.settled_before(5, soon()).await,
+            "a plan of revision 3 is in flight"
+        );
+        assert!(plans.settled_before(3, soon()).await, "none older than 3");
+        let waiter = tokio::spawn({
+            let plans = plans.clone();
+            async move {
+                plans
+                    .settled_before(5, tokio::time::Instant::now() + Duration::from_secs(5))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        drop(old);
+        assert!(waiter.await.unwrap(), "woken when the old plan is stored");
+        // Plans of the revision asked about, or newer, are not waited for.
+        assert!(plans.settled_before(5, soon()).await);
+        drop(new);
+        assert!(plans.counts.lock().is_empty());
+    }
+
+    #[test]
+    fn plans_of_one_revision_are_counted() {
+        let plans = Arc::new(PlansInFlight::default());
+        let applied = AtomicU64::new(7);
+        let first = plans.begin(&applied);
+        let second = plans.begin(&applied);
+        drop(first);
+        assert!(!plans.is_settled_before(8));
+        drop(second);
+        assert!(plans.is_settled_before(8));
+    }
+}
