@@ -47,6 +47,7 @@ pub struct Metrics {
     pub cluster_imported: IntCounter,
     pub cluster_bad_messages: IntCounter,
     pub cluster_unmatched: IntCounter,
+    pub cluster_requeued: IntCounter,
     pub cluster_send_failures: IntCounter,
     pub cluster_receive_drops: IntCounter,
     pub clients_shed: IntCounter,
@@ -245,6 +246,11 @@ impl Metrics {
                 r,
                 "cluster_routed_unmatched_total",
                 "QoS 1/2 messages routed here by another node that no session here took (dropped: the subscriber had moved on)",
+            ),
+            cluster_requeued: counter(
+                r,
+                "cluster_routed_requeued_total",
+                "QoS 1/2 messages routed here by another node that no session here took, put in the queues of offline sessions that match them (sessions that moved)",
             ),
             clients_shed: counter(
                 r,

@@ -560,6 +560,80 @@ async fn the_node_a_client_left_says_when_it_stops_forwarding_and_the_new_node_r
     drop(first);
 }
 
+#[tokio::test]
+async fn a_message_routed_to_the_node_a_subscriber_left_goes_to_its_queue() {
+    use kubemqtt_broker::cluster::envelope::Envelope;
+    use kubemqtt_broker::cluster::names::Names;
+    use kubemqtt_broker::store::{StoredMessage, StoredProperties};
+
+    let nats = NatsCluster::start(3).await;
+    let cluster = BrokerCluster::start(&nats, 2, ClusterOpts::default()).await;
+    let (mut roamer, _) = Raw::connect(&cluster.nodes[0], &persistent("roamer")).await;
+    roamer.subscribe(1, &[("r/#", 1)]).await;
+    roamer.send(&disconnect(true, 0, &Props::new())).await;
+    drop(roamer);
+    assert!(
+        cluster.nodes[0]
+            .wait_for_log("Session of roamer no longer followed here", SLOW)
+            .await,
+        "{:#?}",
+        cluster.nodes[0].logs()
+    );
+    // A publisher's node that had not yet read the move routes a message
+    // to node 0, which has no session for it now (as when the client is
+    // back there and its session not yet loaded again).
+    let envelope = Envelope {
+        origin: "node-1".into(),
+        id: 0x5eed,
+        shared_groups: Vec::new(),
+        message: StoredMessage {
+            topic: "r/late".into(),
+            payload: bytes::Bytes::from_static(b"routed late"),
+            qos: 1,
+            retain: false,
+            properties: StoredProperties::default(),
+            expires_at_ms: None,
+        },
+    };
+    let client = async_nats::connect(nats.urls()[0].as_str())
+        .await
+        .expect("connect to NATS");
+    let js = async_nats::jetstream::new(client);
+    js.publish(
+        Names::new(&cluster.name, "node-0").stream_route("node-0"),
+        envelope.encode().expect("encode").into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored in node 0's route stream");
+    let deadline = Instant::now() + SLOW;
+    while cluster
+        .metric(0, "kubemqtt_cluster_routed_requeued_total")
+        .await
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node 0 never put it in the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        cluster
+            .metric(0, "kubemqtt_cluster_routed_unmatched_total")
+            .await,
+        0.0
+    );
+    // The client comes back elsewhere and gets it.
+    let (mut roamer, ack) = Raw::connect(&cluster.nodes[1], &persistent("roamer")).await;
+    assert!(ack.session_present);
+    assert_eq!(
+        payloads(&receive(&mut roamer, 1).await),
+        vec!["routed late"]
+    );
+}
+
 /// 5.0 DISCONNECT reason: Use another server.
 const USE_ANOTHER_SERVER: u8 = 0x9C;
 

@@ -169,20 +169,23 @@ impl Broker {
         };
         let count = entries.len();
         let handed: HashSet<u64> = entries.iter().map(|e| e.id).collect();
-        if let Err(e) = cluster.hand_off(&session.client_id, &record, entries).await {
-            self.logger.warning(&format!(
-                "The session of {} stays on this node: cannot hand it to the cluster: {e}.",
-                session.client_id
-            ));
-            return false;
-        }
+        let revision = match cluster.hand_off(&session.client_id, &record, entries).await {
+            Ok(revision) => revision,
+            Err(e) => {
+                self.logger.warning(&format!(
+                    "The session of {} stays on this node: cannot hand it to the cluster: {e}.",
+                    session.client_id
+                ));
+                return false;
+            }
+        };
         self.logger.info(&format!(
             "Session of {} handed to the cluster with {count} message(s).",
             session.client_id
         ));
         // From now on what is routed here for it follows it; what arrived
         // while the hand-off was written follows too.
-        cluster.start_forwarding(session.client_id.clone());
+        cluster.start_forwarding(session.client_id.clone(), revision);
         // The session here keeps no message from now on: what a publish
         // still puts in it (having found it not yet followed) is left over
         // for `forget_handed_off` to send on.
@@ -247,10 +250,13 @@ impl Broker {
         // A publish that found the session followed a moment ago may still
         // be writing to its queue: the end comes after it.
         tokio::time::sleep(FORWARDING_SETTLE).await;
-        if let Err(e) = cluster.end_forwarding(client_id).await {
-            self.logger.warning(&format!(
+        match cluster.end_forwarding(client_id).await {
+            Ok(()) => self.logger.info(&format!(
+                "Session of {client_id} no longer followed here (its queue says so)."
+            )),
+            Err(e) => self.logger.warning(&format!(
                 "Cluster: cannot say this node stopped following {client_id}: {e}; the node it went to waits for it a while."
-            ));
+            )),
         }
     }
 

@@ -104,6 +104,10 @@ impl Broker {
             .await;
         if let Some(handed_off) = self.handed_off_session(client_id) {
             // Its state is in the cluster now: it is loaded from there.
+            // Until then what is routed here for it goes to its queue.
+            if let Some(cluster) = self.cluster() {
+                cluster.session_interest_applied(client_id).await;
+            }
             if let (Some(left_over), Some(cluster)) =
                 (self.forget_handed_off(&handed_off), self.cluster())
             {

@@ -112,7 +112,8 @@ pub struct Cluster {
     max_queued_messages: i64,
     /// Sessions this node handed off but still routes to for a moment:
     /// their messages go to their queue subjects.
-    forwarding: parking_lot::Mutex<std::collections::HashSet<Arc<str>>>,
+    /// With the interest-bucket revision of each one's session interest.
+    forwarding: parking_lot::Mutex<std::collections::HashMap<Arc<str>, u64>>,
     forwarding_count: std::sync::atomic::AtomicUsize,
     /// Sessions being handed to the cluster now (a drain waits for them).
     pending_hand_offs: std::sync::atomic::AtomicUsize,
@@ -205,7 +206,7 @@ impl Cluster {
             run: random_u64(),
             next_message_id: std::sync::atomic::AtomicU64::new(random_u64()),
             max_queued_messages: i64::from(broker.config().limits.max_queued_messages),
-            forwarding: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            forwarding: parking_lot::Mutex::new(std::collections::HashMap::new()),
             forwarding_count: std::sync::atomic::AtomicUsize::new(0),
             pending_hand_offs: std::sync::atomic::AtomicUsize::new(0),
             session_writes,

@@ -131,7 +131,7 @@ impl Cluster {
 
     /// Waits (at most `limit`) until this node's table has applied
     /// interest-bucket revision `revision`.
-    async fn interest_applied_up_to(&self, revision: u64, limit: Duration) -> bool {
+    pub(super) async fn interest_applied_up_to(&self, revision: u64, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let changed = self.interest_applied_changed.notified();

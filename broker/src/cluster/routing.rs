@@ -339,20 +339,16 @@ impl Cluster {
         let _ = msg.route_id.set(envelope.id);
         let msg = Arc::new(msg);
         broker.metrics.cluster_received.inc();
-        let qos = msg.qos;
-        match broker.deliver_routed(msg, &envelope.shared_groups).await {
+        match broker
+            .deliver_routed(msg.clone(), &envelope.shared_groups)
+            .await
+        {
             Ok(mut routed) => {
-                if routed.matched == 0 && qos != QoS::AtMostOnce {
-                    // Routed here for a session that is no longer here and
-                    // no longer followed: a drop, counted and logged.
-                    broker.metrics.cluster_unmatched.inc();
-                    if let Some(count) = self.unmatched_log.note() {
-                        self.logger.warning(&format!(
-                            "Cluster: {count} QoS 1/2 message(s) routed here from other nodes matched no session here (their subscribers had moved on); dropped."
-                        ));
-                    }
+                let stored = routed.stored.take().unwrap_or_default();
+                if routed.matched == 0 && msg.qos != QoS::AtMostOnce {
+                    return self.requeue_unmatched(broker, &msg).await;
                 }
-                Ok(routed.stored.take().unwrap_or_default())
+                Ok(stored)
             }
             Err(e) => {
                 self.logger
@@ -360,6 +356,30 @@ impl Cluster {
                 Err(())
             }
         }
+    }
+
+    /// A QoS 1/2 message routed here that no session here took: it was
+    /// for a session that left (or is being loaded here again after
+    /// leaving). It goes to the queues of the offline sessions the cluster
+    /// knows that match it (a copy a queue has already is read once);
+    /// with none, it is dropped, counted and logged.
+    async fn requeue_unmatched(&self, broker: &Broker, msg: &Message) -> Result<Stored, ()> {
+        let offline = self.interest.plan(&msg.topic, &|_| true).offline;
+        if offline.is_empty() {
+            broker.metrics.cluster_unmatched.inc();
+            if let Some(count) = self.unmatched_log.note() {
+                self.logger.warning(&format!(
+                    "Cluster: {count} QoS 1/2 message(s) routed here from other nodes matched no session here (their subscribers had moved on); dropped."
+                ));
+            }
+            return Ok(Stored::default());
+        }
+        broker.metrics.cluster_requeued.inc();
+        self.queue_for_offline(msg, &offline).await.map_err(|e| {
+            self.logger.error(&format!(
+                "Error queueing a routed message for a session that moved: {e}; it comes again."
+            ))
+        })
     }
 
     /// Delivers what NATS clients publish on `<name>.>` to MQTT

@@ -110,20 +110,35 @@ impl Cluster {
         self.forwarding_count
             .load(std::sync::atomic::Ordering::Relaxed)
             > 0
-            && self.forwarding.lock().contains(client_id)
+            && self.forwarding.lock().contains_key(client_id)
     }
 
-    /// `client_id`'s session was handed off; messages still routed to it
-    /// here go to its queue subject.
-    pub fn start_forwarding(&self, client_id: Arc<str>) {
-        if self.forwarding.lock().insert(client_id) {
+    /// `client_id`'s session was handed off, its session interest written
+    /// up to interest-bucket revision `revision` ([`Cluster::hand_off`]);
+    /// messages still routed to it here go to its queue subject.
+    pub fn start_forwarding(&self, client_id: Arc<str>, revision: u64) {
+        if self.forwarding.lock().insert(client_id, revision).is_none() {
             self.forwarding_count
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
+    /// Waits (at most two seconds) until this node's table has the
+    /// session interest the hand-off of `client_id`'s session, followed
+    /// here, wrote. Its client is back on this node: from when the
+    /// session stops being followed until it is loaded again, what other
+    /// nodes route here for it matches no session, and goes to the queues
+    /// of the offline sessions the table knows (`Cluster::deliver`).
+    pub async fn session_interest_applied(&self, client_id: &str) {
+        let revision = self.forwarding.lock().get(client_id).copied();
+        if let Some(revision) = revision {
+            self.interest_applied_up_to(revision, Duration::from_secs(2))
+                .await;
+        }
+    }
+
     pub fn stop_forwarding(&self, client_id: &str) {
-        if self.forwarding.lock().remove(client_id) {
+        if self.forwarding.lock().remove(client_id).is_some() {
             self.forwarding_count
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -161,7 +176,7 @@ impl Cluster {
         client_id: &str,
         record: &SessionRecord,
         entries: Vec<QueueEntry>,
-    ) -> Result<(), ClusterError> {
+    ) -> Result<u64, ClusterError> {
         self.save_session(client_id, record).await?;
         let subject = self.queue_subject(client_id);
         let mut acks = Vec::with_capacity(entries.len());
@@ -179,8 +194,9 @@ impl Cluster {
         }
         let buckets = self.buckets()?;
         let prefix = self.session_interest_prefix(client_id);
+        let mut revision = 0;
         for sub in &record.subscriptions {
-            buckets
+            revision = buckets
                 .interest
                 .put(
                     format!("{prefix}{}", encode_key(&sub.filter)),
@@ -189,7 +205,7 @@ impl Cluster {
                 .await
                 .map_err(ClusterError::nats)?;
         }
-        Ok(())
+        Ok(revision)
     }
 
     /// Writes `msg` into the queue subjects of offline `clients`; resolves
