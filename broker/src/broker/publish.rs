@@ -85,16 +85,16 @@ impl Broker {
             Origin::Routed(_) => None,
             _ => self.cluster(),
         };
-        let (mut plan, planned) = cluster.map(|c| c.plan(&msg.topic)).unwrap_or_default();
+        let (mut plan, planned) = match cluster.map(|c| c.plan(&msg.topic)) {
+            Some((plan, planned)) => (plan, Some(planned)),
+            None => (crate::cluster::Plan::default(), None),
+        };
         let mut stored = crate::cluster::Stored::default();
         if let Some(cluster) = cluster {
             if msg.qos != QoS::AtMostOnce {
                 // Acknowledged means stored: the publisher is acknowledged
                 // once the other nodes' streams have it (`Routed::stored`).
                 stored.extend(cluster.send(&msg, &plan).await?);
-                if let Some(planned) = planned.filter(|_| !stored.is_empty()) {
-                    stored.hold(planned);
-                }
             }
         }
         let mut records = Vec::new();
@@ -177,6 +177,10 @@ impl Broker {
             stored.extend(cluster.queue_for_offline(&msg, &offline).await?);
         }
         if !stored.is_empty() {
+            // The plan stays in flight until what it sent is stored.
+            if let Some(planned) = planned {
+                stored.hold(planned);
+            }
             routed.stored = Some(stored);
         }
         if let Some(cluster) = cluster {

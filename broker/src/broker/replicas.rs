@@ -219,7 +219,15 @@ impl Broker {
         // Every other node has read that this node's interest went (asked
         // each); one that does not answer gets the grace period.
         let told = match written {
-            Ok(Ok(revision)) => cluster.others_applied_interest(revision).await,
+            // This node too: once the session is forgotten here, its own
+            // publishes find it through the table (its session interest).
+            Ok(Ok(revision)) => {
+                let (here, others) = tokio::join!(
+                    cluster.interest_settled_here(revision, FORWARDING_LIMIT),
+                    cluster.others_applied_interest(revision)
+                );
+                here && others
+            }
             _ => {
                 self.logger.warning(&format!(
                     "Cluster: this node's interest in the filters of {client_id} may still be unwritten; it stops following the session all the same."

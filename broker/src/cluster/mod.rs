@@ -269,17 +269,19 @@ impl Cluster {
     /// Where a message on `topic` goes, and the plan's place among those
     /// in flight: a QoS 1/2 message keeps it until what it sent is stored
     /// ([`Stored::hold`]).
-    pub fn plan(&self, topic: &str) -> (Plan, Option<PlanGuard>) {
-        if self.interest.is_empty() {
-            return (Plan::default(), None);
-        }
+    pub fn plan(&self, topic: &str) -> (Plan, PlanGuard) {
+        // Counted even when nobody else wants anything: the table may be
+        // about to say otherwise.
         let guard = self.plans.begin(&self.interest_applied);
+        if self.interest.is_empty() {
+            return (Plan::default(), guard);
+        }
         let nodes = &self.nodes;
         let me = &self.node;
         let plan = self
             .interest
             .plan(topic, &|node: &Arc<str>| node == me || nodes.is_alive(node));
-        (plan, Some(guard))
+        (plan, guard)
     }
 
     /// A session hand-off begins; the guard marks its end.

@@ -114,10 +114,7 @@ impl Cluster {
             let cluster = self.clone();
             tokio::spawn(async move {
                 if let Some(revision) = revision {
-                    let deadline = tokio::time::Instant::now() + PING_TIMEOUT;
-                    if !cluster.interest_applied_up_to(revision, PING_TIMEOUT).await
-                        || !cluster.plans.settled_before(revision, deadline).await
-                    {
+                    if !cluster.interest_settled_here(revision, PING_TIMEOUT).await {
                         return;
                     }
                 }
@@ -127,6 +124,17 @@ impl Cluster {
                     .await;
             });
         }
+    }
+
+    /// Waits (at most `limit`) until this node's table has applied
+    /// interest-bucket revision `revision` and every QoS 1/2 message
+    /// planned here with an older table is stored ([`super::plans`]):
+    /// from then on what this node routes follows that revision. True
+    /// when both happened in time.
+    pub async fn interest_settled_here(&self, revision: u64, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        self.interest_applied_up_to(revision, limit).await
+            && self.plans.settled_before(revision, deadline).await
     }
 
     /// Waits (at most `limit`) until this node's table has applied
