@@ -133,10 +133,19 @@ async fn messages_reach_subscribers_on_every_node_at_each_qos_in_order() {
     let got = receive(&mut sub2, 1).await;
     assert_eq!(got[0].qos, 1);
 
-    // QoS 0 goes too.
+    // QoS 0 goes too; a burst (several to one NATS message) in order.
     publisher.send_publish(&Pub::new("r/zero", b"fast")).await;
     assert_eq!(receive(&mut sub1, 1).await[0].payload, b"fast");
     assert_eq!(receive(&mut sub2, 1).await[0].payload, b"fast");
+    let mut burst = Vec::new();
+    for i in 0..300 {
+        burst.extend(Pub::new("r/burst", format!("q0-{i}").as_bytes()).encode(true));
+    }
+    publisher.send(&burst).await;
+    let expected: Vec<String> = (0..300).map(|i| format!("q0-{i}")).collect();
+    for sub in [&mut sub1, &mut sub2] {
+        assert_eq!(payloads(&receive(sub, 300).await), expected);
+    }
 }
 
 #[tokio::test]

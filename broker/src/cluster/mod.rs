@@ -15,6 +15,7 @@
 //! A broker without `[cluster]` has none of this: [`crate::broker::Broker`]
 //! holds no `Cluster`, and publishing never looks at NATS.
 
+mod batch;
 pub mod clients;
 mod config;
 pub mod envelope;
@@ -88,6 +89,9 @@ pub struct Cluster {
     node: Arc<str>,
     client: async_nats::Client,
     js: jetstream::Context,
+    /// QoS 0 messages for other nodes, to the task that sends them in
+    /// batches ([`batch`]).
+    core_batches: tokio::sync::mpsc::Sender<(Arc<str>, bytes::Bytes)>,
     /// Set once the streams and buckets exist and the watchers run.
     buckets: tokio::sync::OnceCell<Buckets>,
     interest: Interest,
@@ -186,6 +190,15 @@ impl Cluster {
         let js = jetstream::ContextBuilder::new()
             .timeout(REQUEST_TIMEOUT)
             .build(client.clone());
+        let (core_batches, core_batches_rx) = tokio::sync::mpsc::channel(batch::QUEUED);
+        let send_failures = broker.metrics.cluster_send_failures.clone();
+        let batch_names = names.clone();
+        tokio::spawn(batch::send_batches(
+            client.clone(),
+            move |node| batch_names.core_route(node),
+            core_batches_rx,
+            move |_| send_failures.inc(),
+        ));
         let (interest, changes) = Interest::new(node.clone());
         let (session_writes, session_writes_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
@@ -194,6 +207,7 @@ impl Cluster {
             node,
             client,
             js,
+            core_batches,
             buckets: tokio::sync::OnceCell::new(),
             interest,
             nodes: Nodes::default(),

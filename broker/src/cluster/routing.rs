@@ -1,7 +1,8 @@
 //! Messages between nodes, and between the cluster and NATS clients.
 //!
 //! A message for other nodes goes once to each node that wants it, in an
-//! [`Envelope`]: QoS 0 over core NATS (`_KMQ.<name>.c.<node>`), QoS 1/2
+//! [`Envelope`]: QoS 0 over core NATS (`_KMQ.<name>.c.<node>`, several
+//! to one NATS message under load: [`super::batch`]), QoS 1/2
 //! into the route stream (`_KMQ.<name>.r.<node>`), where the node's
 //! durable consumer takes it; the publisher is acknowledged once the
 //! stream has stored it, so a node that dies with it unread loses nothing
@@ -25,6 +26,7 @@ use crate::broker::Broker;
 use crate::codec::QoS;
 use crate::message::Message;
 
+use super::batch;
 use super::envelope::Envelope;
 use super::interest::Plan;
 use super::plans::PlanGuard;
@@ -137,10 +139,10 @@ impl Cluster {
             };
             let bytes = Bytes::from(envelope.encode().map_err(ClusterError::nats)?);
             if msg.qos == QoS::AtMostOnce {
-                self.client
-                    .publish(self.names.core_route(node), bytes)
+                self.core_batches
+                    .send((node.clone(), bytes))
                     .await
-                    .map_err(ClusterError::nats)?;
+                    .map_err(|_| ClusterError::Unavailable)?;
             } else {
                 acks.push(
                     self.js
@@ -193,7 +195,27 @@ impl Cluster {
         };
         while let Some(message) = messages.next().await {
             // QoS 0: nothing is stored, nothing to wait for.
-            let _ = self.deliver(&broker, &message.payload).await;
+            let batched = message
+                .headers
+                .as_ref()
+                .is_some_and(|headers| headers.get(batch::BATCH_HEADER).is_some());
+            if !batched {
+                let _ = self.deliver(&broker, &message.payload).await;
+                continue;
+            }
+            for envelope in batch::decode(message.payload) {
+                match envelope {
+                    Ok(envelope) => {
+                        let _ = self.deliver(&broker, &envelope).await;
+                    }
+                    Err(e) => {
+                        broker.metrics.cluster_bad_messages.inc();
+                        self.logger.warning(&format!(
+                            "Cluster: the rest of a batch of routed messages was dropped: {e}."
+                        ));
+                    }
+                }
+            }
         }
     }
 
