@@ -35,6 +35,9 @@ struct Loading {
     /// The previous node (`<node>/<run>`), until it has said it stopped
     /// forwarding.
     previous: Option<String>,
+    /// The filters of the record it was loaded with (its session interest
+    /// in the cluster).
+    filters: Vec<String>,
 }
 
 impl Broker {
@@ -99,6 +102,11 @@ impl Broker {
             read_up_to: loaded.last_seq,
             limits,
             previous,
+            filters: record
+                .subscriptions
+                .iter()
+                .map(|s| s.filter.clone())
+                .collect(),
         };
         tokio::spawn(self.clone().finish_loading(loading, claimed.late));
         Ok(true)
@@ -222,6 +230,7 @@ impl Broker {
             seen,
             read_up_to: after,
             limits,
+            filters,
             ..
         } = loading;
         let (cluster, session, after) = (&**cluster, &*session, *after);
@@ -230,7 +239,7 @@ impl Broker {
             Ok(written) => {
                 if self.holds_loaded(cluster, session, |_| ()).await {
                     cluster
-                        .remove_session_interest_up_to(&client_id, written)
+                        .remove_session_interest_up_to(&client_id, filters, written)
                         .await;
                 }
             }

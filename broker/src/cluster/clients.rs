@@ -82,6 +82,15 @@ impl ClientRecord {
     }
 }
 
+/// Whose clients [`Cluster::take_over_clients_of`] takes over.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ClientsOf {
+    /// Those a dead node held in its run (any, when it is not known).
+    Run(Option<u64>),
+    /// Those this node held in its runs before `current` (it restarted).
+    RunsBefore(u64),
+}
+
 impl Cluster {
     /// A CONNECT for `client_id` was accepted here: records it, and has the
     /// node that held it connected let it go first. Without NATS the client
@@ -197,12 +206,30 @@ impl Cluster {
         }
     }
 
-    /// A node died: its connected clients are taken over (see
-    /// [`Cluster::take_over_clients_of`]), and its filters leave the
-    /// interest bucket.
-    pub(super) async fn node_gone(&self, broker: &Arc<Broker>, node: &str) {
-        self.take_over_clients_of(broker, node, None).await;
-        self.forget_node_interest(node).await;
+    /// A node died in run `run` (when its key said): the clients it held
+    /// in that run are taken over (see [`Cluster::take_over_clients_of`]),
+    /// and its filters leave the interest bucket, unless it is back by
+    /// then. A node that drains and restarts is back within a second:
+    /// what its next run wrote (its clients, its filters) must stay.
+    pub(super) async fn node_gone(&self, broker: &Arc<Broker>, node: &str, run: Option<u64>) {
+        self.take_over_clients_of(broker, node, ClientsOf::Run(run))
+            .await;
+        // A run writes its liveness key before its filters: keys written
+        // after this read are a later run's, and one written before it
+        // comes with a liveness key the check below sees.
+        let written = self.interest_written_up_to().await;
+        if self.is_back(node).await {
+            self.logger.info(&format!(
+                "Cluster: node {node} is back; its interest stays."
+            ));
+            return;
+        }
+        match written {
+            Ok(revision) => self.forget_node_interest(node, Some(revision)).await,
+            Err(e) => self.logger.warning(&format!(
+                "Cluster: the interest of node {node} stays (it goes when the node comes back): {e}."
+            )),
+        }
     }
 
     /// The clients `node` held connected (other than those of its run
@@ -213,7 +240,7 @@ impl Cluster {
         &self,
         broker: &Arc<Broker>,
         node: &str,
-        except_run: Option<u64>,
+        clients_of: ClientsOf,
     ) {
         let Ok(buckets) = self.buckets() else { return };
         let mut wills = 0;
@@ -225,7 +252,12 @@ impl Cluster {
                 let Some(record) = ClientRecord::decode(&entry.value) else {
                     continue;
                 };
-                if record.node != node || !record.connected || Some(record.run) == except_run {
+                let of_that_run = match clients_of {
+                    ClientsOf::Run(Some(run)) => record.run == run,
+                    ClientsOf::Run(None) => true,
+                    ClientsOf::RunsBefore(current) => record.run != current,
+                };
+                if record.node != node || !record.connected || !of_that_run {
                     continue;
                 }
                 let released = ClientRecord {

@@ -228,6 +228,13 @@ impl super::Cluster {
         self: Arc<Self>,
         mut changes: mpsc::UnboundedReceiver<Change>,
     ) {
+        // This run's key first: a node that took this one for gone then
+        // sees it back before it could take this run's filters for the
+        // last run's ([`super::Cluster::node_gone`]).
+        if let Err(e) = self.write_liveness().await {
+            self.logger
+                .warning(&format!("Cluster: cannot write this node's liveness: {e}."));
+        }
         self.clear_stale_interest().await;
         let mut batch = Vec::new();
         while let Some(first) = changes.recv().await {
@@ -398,18 +405,44 @@ impl super::Cluster {
     }
 
     /// A dead node's filters leave the bucket (it writes them again if it
-    /// comes back).
-    pub(super) async fn forget_node_interest(&self, node: &str) {
+    /// comes back): those written at revision `up_to` or before, each only
+    /// if unchanged since (a later run's keys stay); all with `None`.
+    pub(super) async fn forget_node_interest(&self, node: &str, up_to: Option<u64>) {
         let Ok(buckets) = self.buckets() else { return };
         let prefix = format!("{node}.");
-        if let Ok(mut keys) = buckets.interest.keys().await {
-            use futures_util::StreamExt;
-            while let Some(Ok(key)) = keys.next().await {
-                if key.starts_with(&prefix) {
-                    let _ = buckets.interest.delete(key).await;
-                }
+        let Ok(keys) = buckets.interest.keys().await else {
+            return;
+        };
+        use futures_util::StreamExt;
+        let keys: Vec<String> = keys
+            .filter_map(|key| async move { key.ok() })
+            .filter(|key| std::future::ready(key.starts_with(&prefix)))
+            .collect()
+            .await;
+        for key in keys {
+            let Some(up_to) = up_to else {
+                let _ = buckets.interest.delete(key).await;
+                continue;
+            };
+            let Ok(Some(entry)) = buckets.interest.entry(key.clone()).await else {
+                continue;
+            };
+            if entry.revision <= up_to {
+                // Fails, as it should, when the key was written since.
+                let _ = buckets
+                    .interest
+                    .delete_expect_revision(&key, Some(entry.revision))
+                    .await;
             }
         }
+    }
+
+    /// The interest bucket's last revision now.
+    pub(super) async fn interest_written_up_to(&self) -> Result<u64, super::ClusterError> {
+        let buckets = self.buckets()?;
+        let mut stream = buckets.interest.stream.clone();
+        let info = stream.info().await.map_err(super::ClusterError::nats)?;
+        Ok(info.state.last_sequence)
     }
 }
 

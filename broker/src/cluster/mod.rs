@@ -319,7 +319,7 @@ impl Cluster {
     /// and its liveness key go, so nothing more is routed to it and nobody
     /// takes it for dead.
     pub async fn leave(&self) {
-        self.forget_node_interest(&self.node).await;
+        self.forget_node_interest(&self.node, None).await;
         if let Ok(buckets) = self.buckets() {
             let _ = buckets.nodes.delete(&*self.node).await;
         }
@@ -419,8 +419,12 @@ impl Cluster {
         tokio::spawn(self.clone().expire_sessions());
         // Clients this node held before it restarted are gone: their wills
         // are due and their sessions are kept in the cluster.
-        self.take_over_clients_of(&broker, &self.node.clone(), Some(self.run))
-            .await;
+        self.take_over_clients_of(
+            &broker,
+            &self.node.clone(),
+            clients::ClientsOf::RunsBefore(self.run),
+        )
+        .await;
         if self.config.import_subjects {
             tokio::spawn(self.clone().import(broker.clone()));
         }

@@ -66,24 +66,38 @@ impl Cluster {
         let mut tick = tokio::time::interval(self.beat());
         loop {
             tick.tick().await;
-            let Ok(buckets) = self.buckets() else {
-                continue;
-            };
-            let now = crate::message::now_ms();
-            let value = format!("{now} {}", self.run);
-            match buckets.nodes.put(&*self.node, value.into()).await {
-                Ok(_) => self
-                    .nodes
-                    .own_beat_ms
-                    .store(now, std::sync::atomic::Ordering::Relaxed),
-                Err(e) => {
-                    if self.is_connected() {
-                        self.logger
-                            .warning(&format!("Cluster: cannot renew this node's liveness: {e}."));
-                    }
+            if let Err(e) = self.write_liveness().await {
+                if self.is_connected() {
+                    self.logger
+                        .warning(&format!("Cluster: cannot renew this node's liveness: {e}."));
                 }
             }
         }
+    }
+
+    /// Writes this node's key (`<unix ms> <run>`) once.
+    pub(super) async fn write_liveness(&self) -> Result<(), super::ClusterError> {
+        let buckets = self.buckets()?;
+        let now = crate::message::now_ms();
+        let value = format!("{now} {}", self.run);
+        buckets
+            .nodes
+            .put(&*self.node, value.into())
+            .await
+            .map_err(super::ClusterError::nats)?;
+        self.nodes
+            .own_beat_ms
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether `node`, taken for gone, has a key again (it restarted, or
+    /// it was only slow): then what it writes is its own business.
+    pub(super) async fn is_back(&self, node: &str) -> bool {
+        let Ok(buckets) = self.buckets() else {
+            return false;
+        };
+        matches!(buckets.nodes.get(node).await, Ok(Some(_)))
     }
 
     /// Whether `node` answers a ping within [`PING_TIMEOUT`].
@@ -205,7 +219,8 @@ impl Cluster {
                     }
                 }
             }
-            *self.nodes.runs.write() = runs;
+            // The runs of the nodes that are gone now are needed below.
+            let previous_runs = std::mem::replace(&mut *self.nodes.runs.write(), runs);
             // Only a node whose own key is fresh judges the others: while
             // NATS cannot take writes (a leader election, a partition),
             // every key ages alike, and nobody is dead.
@@ -237,7 +252,8 @@ impl Cluster {
                     "Cluster: node {node} left the cluster or stopped answering; \
                      the clients it still held are taken over."
                 ));
-                self.node_gone(&broker, &node).await;
+                self.node_gone(&broker, &node, previous_runs.get(&node).copied())
+                    .await;
             }
         }
     }

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use async_nats::jetstream::kv::Operation;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -253,32 +254,42 @@ impl Cluster {
     /// [`Cluster::remove_session_interest_up_to`]).
     pub async fn interest_written_revision(&self) -> Result<u64, ClusterError> {
         self.interest.written().await;
-        let buckets = self.buckets()?;
-        let mut stream = buckets.interest.stream.clone();
-        let info = stream.info().await.map_err(ClusterError::nats)?;
-        Ok(info.state.last_sequence)
+        self.interest_written_up_to().await
     }
 
-    /// The client is back on this node: its session interest gives way to
-    /// this node's. Only entries at revision `up_to` or older go, each
-    /// only if unchanged since it was read, so a hand-off written since
-    /// (the client moved on again) keeps its interest.
-    pub async fn remove_session_interest_up_to(&self, client_id: &str, up_to: u64) {
-        let Ok(buckets) = self.buckets() else { return };
+    /// The keys of `client_id`'s session interest in `filters` (those of
+    /// the record it was handed off with: the hand-off wrote one key per
+    /// filter of it, so no listing of the whole bucket is needed).
+    fn session_interest_keys<'a>(
+        &self,
+        client_id: &str,
+        filters: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<String> {
         let prefix = self.session_interest_prefix(client_id);
-        let Ok(keys) = buckets.interest.keys().await else {
-            return;
-        };
-        let keys: Vec<String> = keys
-            .filter_map(|key| async move { key.ok() })
-            .filter(|key| std::future::ready(key.starts_with(&prefix)))
+        filters
+            .into_iter()
+            .map(|filter| format!("{prefix}{}", encode_key(filter)))
             .collect()
-            .await;
-        for key in keys {
+    }
+
+    /// The client is back on this node: its session interest (its
+    /// `filters`, as loaded) gives way to this node's. Only entries at
+    /// revision `up_to` or older go, each only if unchanged since it was
+    /// read, so a hand-off written since (the client moved on again) keeps
+    /// its interest.
+    pub async fn remove_session_interest_up_to(
+        &self,
+        client_id: &str,
+        filters: &[String],
+        up_to: u64,
+    ) {
+        let Ok(buckets) = self.buckets() else { return };
+        for key in self.session_interest_keys(client_id, filters.iter().map(String::as_str)) {
             let Ok(Some(entry)) = buckets.interest.entry(key.clone()).await else {
                 continue;
             };
-            if entry.revision <= up_to {
+            let removed = matches!(entry.operation, Operation::Delete | Operation::Purge);
+            if !removed && entry.revision <= up_to {
                 // Fails, as it should, when the key was written since.
                 let _ = buckets
                     .interest
@@ -288,24 +299,35 @@ impl Cluster {
         }
     }
 
-    /// Deletes `client_id`'s session interest.
-    pub async fn remove_session_interest(&self, client_id: &str) {
+    /// Deletes the session interest of `client_id`, handed off with
+    /// `record`.
+    async fn remove_session_interest(&self, client_id: &str, record: &SessionRecord) {
         let Ok(buckets) = self.buckets() else { return };
-        let prefix = self.session_interest_prefix(client_id);
-        if let Ok(mut keys) = buckets.interest.keys().await {
-            while let Some(Ok(key)) = keys.next().await {
-                if key.starts_with(&prefix) {
-                    let _ = buckets.interest.delete(key).await;
-                }
-            }
+        let filters = record.subscriptions.iter().map(|s| s.filter.as_str());
+        for key in self.session_interest_keys(client_id, filters) {
+            let _ = buckets.interest.delete(key).await;
         }
     }
 
-    /// Forgets a session everywhere (clean start, or expiry).
+    /// Forgets a session everywhere (clean start): its record, its session
+    /// interest and its queue. One read when the cluster has none.
     pub async fn delete_session(&self, client_id: &str) {
         let Ok(buckets) = self.buckets() else { return };
-        let _ = buckets.sessions.delete(encode_key(client_id)).await;
-        self.remove_session_interest(client_id).await;
+        let key = encode_key(client_id);
+        let record = match buckets.sessions.get(&key).await {
+            Ok(None) => return,
+            Ok(Some(bytes)) => postcard::from_bytes::<SessionRecord>(&bytes).ok(),
+            Err(e) => {
+                self.logger.warning(&format!(
+                    "Cluster: cannot read the session of {client_id} to delete it: {e}; its record and queue go, its interest may stay."
+                ));
+                None
+            }
+        };
+        let _ = buckets.sessions.delete(&key).await;
+        if let Some(record) = &record {
+            self.remove_session_interest(client_id, record).await;
+        }
         self.purge_queue(client_id).await;
     }
 
@@ -362,7 +384,7 @@ impl Cluster {
                     .is_ok()
                 {
                     if let Some(client_id) = super::names::decode_key(&key) {
-                        self.remove_session_interest(&client_id).await;
+                        self.remove_session_interest(&client_id, &record).await;
                         self.purge_queue(&client_id).await;
                     }
                 }
