@@ -79,7 +79,12 @@ pub struct SubscriptionTable<K> {
 /// shard root to this node. Shard roots stand for the empty prefix and never
 /// hold subscriptions themselves.
 struct Node<K> {
+    /// Children by literal level.
     children: HashMap<Box<str>, Node<K>, RandomState>,
+    /// The `+` child and the `#` child, kept apart from the literal ones so
+    /// that routing looks up one level with one hash, not three.
+    plus: Option<Box<Node<K>>>,
+    hash: Option<Box<Node<K>>>,
     /// Ordinary subscriptions to this filter.
     subscribers: HashMap<K, Subscription, RandomState>,
     /// Shared subscriptions to this filter, by share name.
@@ -100,6 +105,8 @@ impl<K> Default for Node<K> {
     fn default() -> Self {
         Node {
             children: HashMap::default(),
+            plus: None,
+            hash: None,
             subscribers: HashMap::default(),
             groups: HashMap::default(),
         }
@@ -108,7 +115,38 @@ impl<K> Default for Node<K> {
 
 impl<K> Node<K> {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.subscribers.is_empty() && self.groups.is_empty()
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.hash.is_none()
+            && self.subscribers.is_empty()
+            && self.groups.is_empty()
+    }
+
+    /// The child at `level`, made if missing.
+    fn child_or_insert(&mut self, level: &str) -> &mut Node<K> {
+        match level {
+            "+" => self.plus.get_or_insert_with(Box::default),
+            "#" => self.hash.get_or_insert_with(Box::default),
+            literal => self.children.entry(literal.into()).or_default(),
+        }
+    }
+
+    fn child_mut(&mut self, level: &str) -> Option<&mut Node<K>> {
+        match level {
+            "+" => self.plus.as_deref_mut(),
+            "#" => self.hash.as_deref_mut(),
+            literal => self.children.get_mut(literal),
+        }
+    }
+
+    fn remove_child(&mut self, level: &str) {
+        match level {
+            "+" => self.plus = None,
+            "#" => self.hash = None,
+            literal => {
+                self.children.remove(literal);
+            }
+        }
     }
 }
 
@@ -206,7 +244,7 @@ where
         let mut root = self.shard_for(filter).write();
         let mut node = &mut *root;
         for level in filter.split('/') {
-            node = node.children.entry(level.into()).or_default();
+            node = node.child_or_insert(level);
         }
         let added = match group {
             None => node.subscribers.insert(subscriber, sub).is_none(),
@@ -428,13 +466,13 @@ fn collect<'n, K: Clone + Eq + Hash>(
     deliveries: &mut Deliveries<'n, '_, K>,
 ) {
     // `#` matches the remaining levels, zero or more ("a/#" matches "a").
-    if let Some(hash) = node.children.get("#") {
+    if let Some(hash) = &node.hash {
         deliveries.add(hash);
     }
     match levels.next() {
         None => deliveries.add(node),
         Some(level) => {
-            if let Some(plus) = node.children.get("+") {
+            if let Some(plus) = &node.plus {
                 collect(plus, levels.clone(), deliveries);
             }
             if let Some(child) = node.children.get(level) {
@@ -467,12 +505,12 @@ fn remove<K: Eq + Hash>(
             }
         };
     };
-    let Some(child) = node.children.get_mut(level) else {
+    let Some(child) = node.child_mut(level) else {
         return false;
     };
     let removed = remove(child, levels, group, subscriber);
     if child.is_empty() {
-        node.children.remove(level);
+        node.remove_child(level);
     }
     removed
 }

@@ -571,8 +571,9 @@ async fn the_node_a_client_left_says_when_it_stops_forwarding_and_the_new_node_r
 
 #[tokio::test]
 async fn a_message_routed_to_the_node_a_subscriber_left_goes_to_its_queue() {
-    use kubemqtt_broker::cluster::envelope::Envelope;
+    use kubemqtt_broker::cluster::envelope;
     use kubemqtt_broker::cluster::names::Names;
+    use kubemqtt_broker::message::Message;
     use kubemqtt_broker::store::{StoredMessage, StoredProperties};
 
     let nats = NatsCluster::start(3).await;
@@ -591,26 +592,22 @@ async fn a_message_routed_to_the_node_a_subscriber_left_goes_to_its_queue() {
     // A publisher's node that had not yet read the move routes a message
     // to node 0, which has no session for it now (as when the client is
     // back there and its session not yet loaded again).
-    let envelope = Envelope {
-        origin: "node-1".into(),
-        id: 0x5eed,
-        shared_groups: Vec::new(),
-        message: StoredMessage {
-            topic: "r/late".into(),
-            payload: bytes::Bytes::from_static(b"routed late"),
-            qos: 1,
-            retain: false,
-            properties: StoredProperties::default(),
-            expires_at_ms: None,
-        },
-    };
+    let message = Message::from_stored(StoredMessage {
+        topic: "r/late".into(),
+        payload: bytes::Bytes::from_static(b"routed late"),
+        qos: 1,
+        retain: false,
+        properties: StoredProperties::default(),
+        expires_at_ms: None,
+    });
+    let envelope = envelope::encode("node-1", 0x5eed, &[], &message).expect("encode");
     let client = async_nats::connect(nats.urls()[0].as_str())
         .await
         .expect("connect to NATS");
     let js = async_nats::jetstream::new(client);
     js.publish(
         Names::new(&cluster.name, "node-0").stream_route("node-0"),
-        envelope.encode().expect("encode").into(),
+        envelope.into(),
     )
     .await
     .expect("publish")

@@ -85,8 +85,8 @@ impl Broker {
             Origin::Routed(_) => None,
             _ => self.cluster(),
         };
-        let (mut plan, planned) = match cluster.map(|c| c.plan(&msg.topic)) {
-            Some((plan, planned)) => (plan, Some(planned)),
+        let (mut plan, planned) = match cluster.map(|c| c.plan(&msg.topic, msg.qos)) {
+            Some((plan, planned)) => (plan, planned),
             None => (crate::cluster::Plan::default(), None),
         };
         let mut stored = crate::cluster::Stored::default();

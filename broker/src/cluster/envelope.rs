@@ -1,61 +1,219 @@
 //! A message routed from one node to another: the message as the durable
-//! store keeps it, where it comes from, and which shared subscriptions
-//! the receiving node serves with it.
+//! store keeps it ([`StoredMessage`]'s encoding), where it comes from, and
+//! which shared subscriptions the receiving node serves with it.
+//!
+//! Encoded with postcard straight from the [`Message`] ([`encode`]) and
+//! read back borrowing from the received bytes ([`Envelope::decode`]):
+//! routing a message between nodes copies its topic and payload once on
+//! each side, no more.
+//!
+//! [`StoredMessage`]: crate::store::StoredMessage
 
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::store::StoredMessage;
+use crate::codec::{PublishProperties, QoS};
+use crate::message::{unix_ms, Message};
 
-/// A routed message, encoded with postcard.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
+/// A routed message as received, borrowing from the NATS message.
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+pub struct Envelope<'a> {
     /// The node the message was published on.
-    pub origin: String,
+    pub origin: &'a str,
     /// The message's cluster id.
     pub id: u64,
     /// The shared subscriptions (by share name) this node delivers the
     /// message to; its ordinary subscriptions always get it.
     pub shared_groups: Vec<String>,
-    pub message: StoredMessage,
+    #[serde(borrow)]
+    pub message: MessageView<'a>,
 }
 
-impl Envelope {
-    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
-        postcard::to_allocvec(self)
+/// [`crate::store::StoredMessage`], borrowed.
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+pub struct MessageView<'a> {
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+    pub qos: u8,
+    pub retain: bool,
+    #[serde(borrow)]
+    pub properties: PropertiesView<'a>,
+    pub expires_at_ms: Option<u64>,
+}
+
+/// [`crate::store::StoredProperties`], borrowed.
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+pub struct PropertiesView<'a> {
+    pub payload_format_indicator: Option<u8>,
+    pub content_type: Option<&'a str>,
+    pub response_topic: Option<&'a str>,
+    pub correlation_data: Option<&'a [u8]>,
+    pub user_properties: Vec<(String, String)>,
+}
+
+/// What [`encode`] writes: the fields of [`Envelope`], from a [`Message`].
+#[derive(Serialize)]
+struct EnvelopeRef<'a> {
+    origin: &'a str,
+    id: u64,
+    shared_groups: &'a [String],
+    message: MessageRef<'a>,
+}
+
+#[derive(Serialize)]
+struct MessageRef<'a> {
+    topic: &'a str,
+    payload: &'a Bytes,
+    qos: u8,
+    retain: bool,
+    properties: PropertiesRef<'a>,
+    expires_at_ms: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct PropertiesRef<'a> {
+    payload_format_indicator: Option<u8>,
+    content_type: Option<&'a str>,
+    response_topic: Option<&'a str>,
+    correlation_data: Option<&'a Bytes>,
+    user_properties: &'a [(String, String)],
+}
+
+/// The envelope of `msg` from node `origin`, with cluster id `id`, for a
+/// node that serves `shared_groups` with it.
+pub fn encode(
+    origin: &str,
+    id: u64,
+    shared_groups: &[String],
+    msg: &Message,
+) -> Result<Vec<u8>, postcard::Error> {
+    let p = &msg.properties;
+    let expires_at_ms = msg.expires_at.map(|at| {
+        let left = at.saturating_duration_since(Instant::now());
+        unix_ms(SystemTime::now() + left)
+    });
+    let envelope = EnvelopeRef {
+        origin,
+        id,
+        shared_groups,
+        message: MessageRef {
+            topic: &msg.topic,
+            payload: &msg.payload,
+            qos: msg.qos.as_u8(),
+            retain: msg.retain,
+            properties: PropertiesRef {
+                payload_format_indicator: p.payload_format_indicator,
+                content_type: p.content_type.as_deref(),
+                response_topic: p.response_topic.as_deref(),
+                correlation_data: p.correlation_data.as_ref(),
+                user_properties: &p.user_properties,
+            },
+            expires_at_ms,
+        },
+    };
+    // Room for everything but unusual properties, so that the buffer is
+    // allocated once.
+    let size = 32 + origin.len() + msg.topic.len() + msg.payload.len();
+    postcard::to_extend(&envelope, Vec::with_capacity(size))
+}
+
+impl<'a> Envelope<'a> {
+    pub fn decode(bytes: &'a [u8]) -> Result<Envelope<'a>, postcard::Error> {
+        postcard::from_bytes(bytes)
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Envelope, postcard::Error> {
-        postcard::from_bytes(bytes)
+    /// The message, as this node holds it.
+    pub fn to_message(&self) -> Message {
+        let m = &self.message;
+        let expires_at = m.expires_at_ms.map(|ms| {
+            let now_ms = unix_ms(SystemTime::now());
+            Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms))
+        });
+        let p = &m.properties;
+        let msg = Message {
+            topic: Arc::from(m.topic),
+            payload: Bytes::copy_from_slice(m.payload),
+            qos: QoS::from_u8(m.qos).unwrap_or(QoS::AtMostOnce),
+            retain: m.retain,
+            properties: PublishProperties {
+                payload_format_indicator: p.payload_format_indicator,
+                message_expiry_interval: None,
+                topic_alias: None,
+                response_topic: p.response_topic.map(str::to_string),
+                correlation_data: p.correlation_data.map(Bytes::copy_from_slice),
+                user_properties: p.user_properties.clone(),
+                subscription_identifiers: Vec::new(),
+                content_type: p.content_type.map(str::to_string),
+            },
+            expires_at,
+            store_id: std::sync::OnceLock::new(),
+            route_id: std::sync::OnceLock::new(),
+            received_at: Instant::now(),
+        };
+        let _ = msg.route_id.set(self.id);
+        msg
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoredProperties;
-    use bytes::Bytes;
+    use crate::store::{StoredMessage, StoredProperties};
+
+    fn message() -> Message {
+        Message::from_stored(StoredMessage {
+            topic: "a/b".into(),
+            payload: Bytes::from_static(b"\x00\xffpayload"),
+            qos: 1,
+            retain: true,
+            properties: StoredProperties {
+                payload_format_indicator: Some(1),
+                content_type: Some("application/json".into()),
+                response_topic: Some("replies/1".into()),
+                correlation_data: Some(Bytes::from_static(b"\x01\x02")),
+                user_properties: vec![("k".into(), "v".into())],
+            },
+            expires_at_ms: Some(unix_ms(SystemTime::now()) + 600_000),
+        })
+    }
 
     #[test]
     fn an_envelope_round_trips() {
-        let envelope = Envelope {
-            origin: "broker-0".into(),
-            id: 7,
-            shared_groups: vec!["workers".into()],
-            message: StoredMessage {
-                topic: "a/b".into(),
-                payload: Bytes::from_static(b"\x00\xffpayload"),
-                qos: 1,
-                retain: true,
-                properties: StoredProperties {
-                    content_type: Some("application/json".into()),
-                    user_properties: vec![("k".into(), "v".into())],
-                    ..StoredProperties::default()
-                },
-                expires_at_ms: Some(1_800_000_000_000),
-            },
-        };
-        let bytes = envelope.encode().unwrap();
-        assert_eq!(Envelope::decode(&bytes).unwrap(), envelope);
+        let msg = message();
+        let groups = vec!["workers".to_string()];
+        let bytes = encode("broker-0", 7, &groups, &msg).unwrap();
+        let envelope = Envelope::decode(&bytes).unwrap();
+        assert_eq!(envelope.origin, "broker-0");
+        assert_eq!(envelope.id, 7);
+        assert_eq!(envelope.shared_groups, groups);
+        let back = envelope.to_message();
+        assert_eq!(back.route_id.get(), Some(&7));
+        assert_eq!(
+            (&*back.topic, &back.payload, back.qos, back.retain),
+            (&*msg.topic, &msg.payload, msg.qos, msg.retain)
+        );
+        assert_eq!(back.properties, msg.properties);
+        let left = back.remaining_expiry(Instant::now()).unwrap();
+        assert!((595..=600).contains(&left), "expires in {left} s");
         assert!(Envelope::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    /// Nodes of two versions read each other's envelopes during a rolling
+    /// upgrade: the encoding is that of the fields in order, the message
+    /// as the store keeps it.
+    #[test]
+    fn the_encoding_is_the_stored_message_behind_origin_id_and_groups() {
+        let msg = message();
+        let groups = vec!["g".to_string()];
+        let bytes = encode("n", 3, &groups, &msg).unwrap();
+        let mut stored = msg.to_stored();
+        let decoded = Envelope::decode(&bytes).unwrap();
+        // The expiry is computed at each encoding, the rest is fixed.
+        stored.expires_at_ms = decoded.message.expires_at_ms;
+        let expected = postcard::to_allocvec(&("n", 3u64, &groups, &stored)).unwrap();
+        assert_eq!(bytes, expected);
     }
 }

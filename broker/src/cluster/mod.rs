@@ -280,13 +280,15 @@ impl Cluster {
         &self.interest
     }
 
-    /// Where a message on `topic` goes, and the plan's place among those
-    /// in flight: a QoS 1/2 message keeps it until what it sent is stored
-    /// ([`Stored::hold`]).
-    pub fn plan(&self, topic: &str) -> (Plan, PlanGuard) {
+    /// Where a message on `topic` goes, and, for QoS 1/2, the plan's place
+    /// among those in flight: the message keeps it until what it sent is
+    /// stored ([`Stored::hold`]). A QoS 0 message is sent to no stream, so
+    /// nothing waits for its plan.
+    pub fn plan(&self, topic: &str, qos: crate::codec::QoS) -> (Plan, Option<PlanGuard>) {
         // Counted even when nobody else wants anything: the table may be
         // about to say otherwise.
-        let guard = self.plans.begin(&self.interest_applied);
+        let guard = (qos != crate::codec::QoS::AtMostOnce)
+            .then(|| self.plans.begin(&self.interest_applied));
         if self.interest.is_empty() {
             return (Plan::default(), guard);
         }

@@ -27,7 +27,7 @@ use crate::codec::QoS;
 use crate::message::Message;
 
 use super::batch;
-use super::envelope::Envelope;
+use super::envelope::{self, Envelope};
 use super::interest::Plan;
 use super::plans::PlanGuard;
 use super::subject;
@@ -127,17 +127,12 @@ impl Cluster {
         if !self.is_connected() {
             return Err(ClusterError::Unavailable);
         }
-        let stored = msg.to_stored();
         let id = self.message_id(msg);
         let mut acks = Vec::new();
         for (node, groups) in &plan.remote {
-            let envelope = Envelope {
-                origin: self.node.to_string(),
-                id,
-                shared_groups: groups.clone(),
-                message: stored.clone(),
-            };
-            let bytes = Bytes::from(envelope.encode().map_err(ClusterError::nats)?);
+            let bytes = Bytes::from(
+                envelope::encode(&self.node, id, groups, msg).map_err(ClusterError::nats)?,
+            );
             if msg.qos == QoS::AtMostOnce {
                 self.core_batches
                     .send((node.clone(), bytes))
@@ -357,9 +352,7 @@ impl Cluster {
                 return Ok(Stored::default());
             }
         };
-        let msg = Message::from_stored(envelope.message);
-        let _ = msg.route_id.set(envelope.id);
-        let msg = Arc::new(msg);
+        let msg = Arc::new(envelope.to_message());
         broker.metrics.cluster_received.inc();
         match broker
             .deliver_routed(msg.clone(), &envelope.shared_groups)
