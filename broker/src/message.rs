@@ -99,12 +99,17 @@ impl Message {
         })
     }
 
-    pub fn to_stored(&self) -> StoredMessage {
-        let now = Instant::now();
-        let expires_at_ms = self.expires_at.map(|at| {
-            let left = at.saturating_duration_since(now);
+    /// When the message expires, as Unix time in milliseconds (how stored
+    /// and routed messages carry it).
+    pub fn expires_at_ms(&self) -> Option<u64> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_duration_since(Instant::now());
             unix_ms(SystemTime::now() + left)
-        });
+        })
+    }
+
+    pub fn to_stored(&self) -> StoredMessage {
+        let expires_at_ms = self.expires_at_ms();
         let p = &self.properties;
         StoredMessage {
             topic: self.topic.to_string(),
@@ -123,10 +128,7 @@ impl Message {
     }
 
     pub fn from_stored(stored: StoredMessage) -> Message {
-        let expires_at = stored.expires_at_ms.map(|ms| {
-            let now_ms = unix_ms(SystemTime::now());
-            Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms))
-        });
+        let expires_at = expiry_instant(stored.expires_at_ms);
         let p = stored.properties;
         Message {
             topic: Arc::from(stored.topic.as_str()),
@@ -156,6 +158,12 @@ pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// The instant of an expiry kept as Unix time in milliseconds
+/// ([`Message::expires_at_ms`]).
+pub fn expiry_instant(expires_at_ms: Option<u64>) -> Option<Instant> {
+    expires_at_ms.map(|ms| Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms())))
 }
 
 pub fn now_ms() -> u64 {

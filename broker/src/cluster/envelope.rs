@@ -10,13 +10,13 @@
 //! [`StoredMessage`]: crate::store::StoredMessage
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{PublishProperties, QoS};
-use crate::message::{unix_ms, Message};
+use crate::message::{expiry_instant, Message};
 
 /// A routed message as received, borrowing from the NATS message.
 #[derive(Debug, PartialEq, Eq, Deserialize)]
@@ -91,10 +91,6 @@ pub fn encode(
     msg: &Message,
 ) -> Result<Vec<u8>, postcard::Error> {
     let p = &msg.properties;
-    let expires_at_ms = msg.expires_at.map(|at| {
-        let left = at.saturating_duration_since(Instant::now());
-        unix_ms(SystemTime::now() + left)
-    });
     let envelope = EnvelopeRef {
         origin,
         id,
@@ -111,7 +107,7 @@ pub fn encode(
                 correlation_data: p.correlation_data.as_ref(),
                 user_properties: &p.user_properties,
             },
-            expires_at_ms,
+            expires_at_ms: msg.expires_at_ms(),
         },
     };
     // Room for everything but unusual properties, so that the buffer is
@@ -128,10 +124,6 @@ impl<'a> Envelope<'a> {
     /// The message, as this node holds it.
     pub fn to_message(&self) -> Message {
         let m = &self.message;
-        let expires_at = m.expires_at_ms.map(|ms| {
-            let now_ms = unix_ms(SystemTime::now());
-            Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms))
-        });
         let p = &m.properties;
         let msg = Message {
             topic: Arc::from(m.topic),
@@ -148,7 +140,7 @@ impl<'a> Envelope<'a> {
                 subscription_identifiers: Vec::new(),
                 content_type: p.content_type.map(str::to_string),
             },
-            expires_at,
+            expires_at: expiry_instant(m.expires_at_ms),
             store_id: std::sync::OnceLock::new(),
             route_id: std::sync::OnceLock::new(),
             received_at: Instant::now(),
@@ -176,7 +168,7 @@ mod tests {
                 correlation_data: Some(Bytes::from_static(b"\x01\x02")),
                 user_properties: vec![("k".into(), "v".into())],
             },
-            expires_at_ms: Some(unix_ms(SystemTime::now()) + 600_000),
+            expires_at_ms: Some(crate::message::now_ms() + 600_000),
         })
     }
 
