@@ -32,6 +32,10 @@ const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(1);
 /// read again ([`LateRelease`]).
 const LATE_RELEASE_LIMIT: Duration = Duration::from_secs(60);
 
+/// How many times the clients of a node that left are listed before its
+/// clients' wills are given up (each failure is logged).
+const TAKE_OVER_LISTING_ATTEMPTS: usize = 3;
+
 /// The previous node's answer to a claim it did not give in time:
 /// resolves when it has let the client go (its session is in the
 /// cluster), or after [`LATE_RELEASE_LIMIT`].
@@ -244,8 +248,22 @@ impl Cluster {
     ) {
         let Ok(buckets) = self.buckets() else { return };
         let mut wills = 0;
-        if let Ok(mut keys) = buckets.clients.keys().await {
-            while let Some(Ok(key)) = keys.next().await {
+        // The wills are due now: a failed listing is tried again, a few
+        // times.
+        let mut listed = super::list_keys(&buckets.clients).await;
+        for _ in 0..TAKE_OVER_LISTING_ATTEMPTS - 1 {
+            let Err(e) = &listed else { break };
+            self.logger.warning(&format!(
+                "Cluster: cannot list the clients of node {node} yet: {e}."
+            ));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            listed = super::list_keys(&buckets.clients).await;
+        }
+        match listed {
+            Err(e) => self.logger.error(&format!(
+                "Cluster: cannot list the clients of node {node}: {e}; their wills are not published."
+            )),
+            Ok(keys) => for key in keys {
                 let Ok(Some(entry)) = buckets.clients.entry(key.clone()).await else {
                     continue;
                 };
@@ -285,7 +303,7 @@ impl Cluster {
                         Duration::from_secs(u64::from(will.delay_secs)),
                     );
                 }
-            }
+            },
         }
         if wills > 0 {
             self.logger.info(&format!(

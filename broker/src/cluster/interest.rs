@@ -316,12 +316,18 @@ impl super::Cluster {
             .iter()
             .map(|f| self.names.interest_key(f))
             .collect();
-        if let Ok(mut keys) = buckets.interest.keys().await {
-            use futures_util::StreamExt;
-            while let Some(Ok(key)) = keys.next().await {
-                if key.starts_with(&prefix) && !current.contains(&key) {
-                    let _ = buckets.interest.delete(key).await;
-                }
+        let keys = match super::list_keys(&buckets.interest).await {
+            Ok(keys) => keys,
+            Err(e) => {
+                self.logger.warning(&format!(
+                    "Cluster: cannot clear what an earlier run of this node subscribed to: {e}."
+                ));
+                return;
+            }
+        };
+        for key in keys {
+            if key.starts_with(&prefix) && !current.contains(&key) {
+                let _ = buckets.interest.delete(key).await;
             }
         }
     }
@@ -336,12 +342,16 @@ impl super::Cluster {
         loop {
             let Ok(buckets) = self.buckets() else { return };
             if !known.is_empty() {
-                let Ok(keys) = buckets.interest.keys().await else {
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    continue;
-                };
                 let now: std::collections::HashSet<String> =
-                    keys.filter_map(|k| async move { k.ok() }).collect().await;
+                    match super::list_keys(&buckets.interest).await {
+                        Ok(keys) => keys.into_iter().collect(),
+                        Err(e) => {
+                            self.logger
+                                .warning(&format!("Cluster: cannot read interest: {e}."));
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    };
                 for key in known.iter().filter(|k| !now.contains(*k)) {
                     self.apply_interest(key, true);
                 }
@@ -410,16 +420,16 @@ impl super::Cluster {
     pub(super) async fn forget_node_interest(&self, node: &str, up_to: Option<u64>) {
         let Ok(buckets) = self.buckets() else { return };
         let prefix = format!("{node}.");
-        let Ok(keys) = buckets.interest.keys().await else {
-            return;
+        let keys = match super::list_keys(&buckets.interest).await {
+            Ok(keys) => keys,
+            Err(e) => {
+                self.logger.warning(&format!(
+                    "Cluster: cannot remove what node {node} subscribed to: {e}."
+                ));
+                return;
+            }
         };
-        use futures_util::StreamExt;
-        let keys: Vec<String> = keys
-            .filter_map(|key| async move { key.ok() })
-            .filter(|key| std::future::ready(key.starts_with(&prefix)))
-            .collect()
-            .await;
-        for key in keys {
+        for key in keys.into_iter().filter(|key| key.starts_with(&prefix)) {
             let Some(up_to) = up_to else {
                 let _ = buckets.interest.delete(key).await;
                 continue;

@@ -10,12 +10,15 @@
 //! - [`retained`]: retained messages, in a bucket every node mirrors;
 //! - [`clients`]: which node holds which client id, and take-over of a
 //!   client that connects to another node;
-//! - [`nodes`]: which nodes are alive.
+//! - [`nodes`]: which nodes are alive;
+//! - `buckets`: creating the streams and buckets, checking that they
+//!   take messages through this node's server, listing their keys.
 //!
 //! A broker without `[cluster]` has none of this: [`crate::broker::Broker`]
 //! holds no `Cluster`, and publishing never looks at NATS.
 
 mod batch;
+mod buckets;
 pub mod clients;
 mod config;
 pub mod envelope;
@@ -34,12 +37,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use async_nats::jetstream::kv;
 
 use crate::broker::Broker;
 use crate::log::Logger;
 use crate::queue::DROP_LOG_INTERVAL;
 
+use self::buckets::{empty_bucket, list_keys, Buckets};
 pub use self::config::{valid_token, ClusterConfig, ClusterTlsConfig};
 use self::interest::Interest;
 pub use self::interest::Plan;
@@ -71,15 +74,6 @@ impl ClusterError {
     fn nats(e: impl std::fmt::Display) -> ClusterError {
         ClusterError::Nats(e.to_string())
     }
-}
-
-/// The buckets every node keeps.
-struct Buckets {
-    interest: kv::Store,
-    retained: kv::Store,
-    clients: kv::Store,
-    nodes: kv::Store,
-    sessions: kv::Store,
 }
 
 /// This node's part in the cluster.
@@ -389,7 +383,11 @@ impl Cluster {
     ) {
         let mut delay = Duration::from_millis(100);
         let buckets = loop {
-            match self.create_buckets().await {
+            let created = match self.create_buckets().await {
+                Ok(buckets) => self.streams_reachable().await.map(|()| buckets),
+                Err(e) => Err(e),
+            };
+            match created {
                 Ok(buckets) => break buckets,
                 Err(e) => {
                     self.logger.warning(&format!(
@@ -434,85 +432,6 @@ impl Cluster {
             "Cluster: node {} of cluster {} is ready.",
             self.node, self.names.cluster
         ));
-    }
-
-    async fn create_buckets(&self) -> Result<Buckets, ClusterError> {
-        let node_ttl = Duration::from_secs(self.config.node_timeout_secs);
-        let interest = self
-            .bucket(self.names.interest_bucket(), Duration::ZERO)
-            .await?;
-        let retained = self
-            .bucket(self.names.retained_bucket(), Duration::ZERO)
-            .await?;
-        let clients = self
-            .bucket(self.names.clients_bucket(), Duration::ZERO)
-            .await?;
-        let nodes = self.bucket(self.names.nodes_bucket(), node_ttl).await?;
-        let sessions = self
-            .bucket(self.names.sessions_bucket(), Duration::ZERO)
-            .await?;
-        self.js
-            .get_or_create_stream(sessions::queue_stream_config(
-                self.names.queue_stream(),
-                self.names.queue_stream_subjects(),
-                self.config.replicas,
-                self.max_queued_messages,
-            ))
-            .await
-            .map_err(ClusterError::nats)?;
-        self.js
-            .get_or_create_stream(jetstream::stream::Config {
-                name: self.names.route_stream(),
-                subjects: vec![self.names.route_stream_subjects()],
-                retention: jetstream::stream::RetentionPolicy::WorkQueue,
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: self.config.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(ClusterError::nats)?;
-        Ok(Buckets {
-            interest,
-            retained,
-            clients,
-            nodes,
-            sessions,
-        })
-    }
-
-    /// A key-value bucket (history 1), created if missing. Its stream is
-    /// created here, as the key-value layer does it, because the client's
-    /// own bucket creation first asks for account information in a form
-    /// nats-server 2.9 does not answer.
-    async fn bucket(&self, bucket: String, max_age: Duration) -> Result<kv::Store, ClusterError> {
-        if let Ok(store) = self.js.get_key_value(bucket.clone()).await {
-            return Ok(store);
-        }
-        self.js
-            .get_or_create_stream(jetstream::stream::Config {
-                name: format!("KV_{bucket}"),
-                subjects: vec![format!("$KV.{bucket}.>")],
-                max_messages_per_subject: 1,
-                max_age,
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: self.config.replicas,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: jetstream::stream::DiscardPolicy::New,
-                duplicate_window: if max_age.is_zero() {
-                    Duration::from_secs(120)
-                } else {
-                    max_age.min(Duration::from_secs(120))
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(ClusterError::nats)?;
-        self.js
-            .get_key_value(bucket)
-            .await
-            .map_err(ClusterError::nats)
     }
 }
 
@@ -591,14 +510,6 @@ async fn connect_options(
 
 /// Whether a bucket holds nothing, so a watch of its history would deliver
 /// nothing to say it caught up. `Err` when NATS did not answer.
-async fn empty_bucket(bucket: &kv::Store) -> Result<bool, ()> {
-    bucket
-        .status()
-        .await
-        .map(|s| s.values() == 0)
-        .map_err(|_| ())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

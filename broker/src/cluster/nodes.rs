@@ -47,12 +47,14 @@ impl Nodes {
         self.alive.read().len()
     }
 
-    /// Replaces the set; returns the nodes that left it.
-    fn update(&self, now: HashSet<Arc<str>>) -> Vec<Arc<str>> {
+    /// Replaces the set; returns the nodes that joined it and those that
+    /// left it.
+    fn update(&self, now: HashSet<Arc<str>>) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
         let mut alive = self.alive.write();
+        let joined = now.difference(&alive).cloned().collect();
         let gone = alive.difference(&now).cloned().collect();
         *alive = now;
-        gone
+        (joined, gone)
     }
 }
 
@@ -202,14 +204,16 @@ impl Cluster {
             let Ok(buckets) = self.buckets() else {
                 continue;
             };
-            let keys = match buckets.nodes.keys().await {
-                Ok(keys) => keys,
-                Err(_) => continue,
+            let now: HashSet<Arc<str>> = match super::list_keys(&buckets.nodes).await {
+                Ok(keys) => keys.iter().map(|k| Arc::from(k.as_str())).collect(),
+                Err(e) => {
+                    if self.is_connected() {
+                        self.logger
+                            .warning(&format!("Cluster: cannot read which nodes are alive: {e}."));
+                    }
+                    continue;
+                }
             };
-            let now: HashSet<Arc<str>> = keys
-                .filter_map(|k| async move { k.ok().map(|k| Arc::from(k.as_str())) })
-                .collect()
-                .await;
             broker.metrics.cluster_nodes.set(now.len() as i64);
             let mut runs = std::collections::HashMap::new();
             for node in &now {
@@ -233,7 +237,12 @@ impl Cluster {
             if !now.contains(&self.node) || !fresh {
                 continue;
             }
-            for node in self.nodes.update(now) {
+            let (joined, gone) = self.nodes.update(now);
+            for node in joined.iter().filter(|n| **n != self.node) {
+                self.logger
+                    .info(&format!("Cluster: node {node} is in the cluster."));
+            }
+            for node in gone {
                 if node == self.node {
                     continue;
                 }
@@ -278,7 +287,7 @@ mod tests {
         assert_eq!(parse_run(b"1796211321000 42"), Some(42));
         assert_eq!(parse_run(b"1796211321000"), None, "a key of an older node");
         let nodes = Nodes::default();
-        nodes.update([Arc::from("a")].into_iter().collect());
+        let _ = nodes.update([Arc::from("a")].into_iter().collect());
         assert!(nodes.is_alive_in_run("a", 7), "no run known: alive");
         nodes.runs.write().insert(Arc::from("a"), 8);
         assert!(!nodes.is_alive_in_run("a", 7), "restarted");
@@ -287,13 +296,27 @@ mod tests {
     }
 
     #[test]
-    fn nodes_that_leave_the_set_are_reported_once() {
+    fn nodes_that_join_or_leave_the_set_are_reported_once() {
         let nodes = Nodes::default();
         let set = |names: &[&str]| names.iter().map(|n| Arc::from(*n)).collect();
-        assert!(nodes.update(set(&["a", "b", "c"])).is_empty());
+        let (mut joined, gone) = nodes.update(set(&["a", "b", "c"]));
+        joined.sort();
+        let all: Vec<Arc<str>> = ["a", "b", "c"].map(Arc::from).to_vec();
+        assert_eq!((joined, gone), (all, vec![]));
         assert!(nodes.is_alive("b"));
-        assert_eq!(nodes.update(set(&["a", "c"])), vec![Arc::from("b")]);
-        assert!(nodes.update(set(&["a", "c"])).is_empty());
+        assert_eq!(
+            nodes.update(set(&["a", "c"])),
+            (vec![], vec![Arc::from("b")])
+        );
+        assert_eq!(nodes.update(set(&["a", "c"])), (vec![], vec![]));
+        assert_eq!(
+            nodes.update(set(&["a", "b", "c"])),
+            (vec![Arc::from("b")], vec![])
+        );
+        assert_eq!(
+            nodes.update(set(&["a", "c"])),
+            (vec![], vec![Arc::from("b")])
+        );
         assert!(!nodes.is_alive("b"));
         assert_eq!(nodes.alive_count(), 2);
     }

@@ -62,12 +62,16 @@ impl Cluster {
         loop {
             let Ok(buckets) = self.buckets() else { return };
             if !known.is_empty() {
-                let Ok(keys) = buckets.retained.keys().await else {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                };
                 let now: std::collections::HashSet<String> =
-                    keys.filter_map(|k| async move { k.ok() }).collect().await;
+                    match super::list_keys(&buckets.retained).await {
+                        Ok(keys) => keys.into_iter().collect(),
+                        Err(e) => {
+                            self.logger
+                                .warning(&format!("Cluster: cannot read retained messages: {e}."));
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    };
                 for key in known.iter().filter(|k| !now.contains(*k)) {
                     if let Some(topic) = decode_key(key) {
                         broker.retained.remove(&topic);

@@ -30,7 +30,6 @@ use std::time::Duration;
 use async_nats::jetstream;
 use async_nats::jetstream::kv::Operation;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::message::Message;
@@ -358,11 +357,18 @@ impl Cluster {
             let Ok(buckets) = self.buckets() else {
                 continue;
             };
-            let Ok(mut keys) = buckets.sessions.keys().await else {
-                continue;
+            let keys = match super::list_keys(&buckets.sessions).await {
+                Ok(keys) => keys,
+                Err(e) => {
+                    if self.is_connected() {
+                        self.logger
+                            .warning(&format!("Cluster: cannot look for expired sessions: {e}."));
+                    }
+                    continue;
+                }
             };
             let now = crate::message::now_ms();
-            while let Some(Ok(key)) = keys.next().await {
+            for key in keys {
                 let Ok(Some(entry)) = buckets.sessions.entry(key.clone()).await else {
                     continue;
                 };
