@@ -44,10 +44,14 @@ impl Hasher for PacketIdHasher {
     }
 }
 
+/// The bit of [`Slot::order`] that marks an entry restored for the
+/// attached connection to send ([`InflightWindow::insert_restored`]).
+const TO_SEND: u64 = 1 << 63;
+
 #[derive(Debug)]
 struct Slot {
     inflight: Inflight,
-    /// Position in send order (increasing).
+    /// Position in send order (increasing), with the [`TO_SEND`] bit.
     order: u64,
 }
 
@@ -89,6 +93,35 @@ impl InflightWindow {
         self.slots.insert(packet_id, Slot { inflight, order });
     }
 
+    /// Adds a delivery restored while a connection is attached (read late
+    /// from the cluster): the most recently sent, and marked for that
+    /// connection to send ([`InflightWindow::take_restored`]).
+    pub fn insert_restored(&mut self, packet_id: u16, inflight: Inflight) {
+        self.insert(packet_id, inflight);
+        if let Some(slot) = self.slots.get_mut(&packet_id) {
+            slot.order |= TO_SEND;
+        }
+    }
+
+    /// The entries [`InflightWindow::insert_restored`] marked, in send
+    /// order; no longer marked.
+    pub fn take_restored(&mut self) -> Vec<(u16, Inflight)> {
+        let mut entries: Vec<(u64, u16, Inflight)> = self
+            .slots
+            .iter_mut()
+            .filter(|(_, slot)| slot.order & TO_SEND != 0)
+            .map(|(&id, slot)| {
+                slot.order &= !TO_SEND;
+                (slot.order, id, slot.inflight.clone())
+            })
+            .collect();
+        entries.sort_unstable_by_key(|&(order, _, _)| order);
+        entries
+            .into_iter()
+            .map(|(_, id, inflight)| (id, inflight))
+            .collect()
+    }
+
     pub fn remove(&mut self, packet_id: u16) -> Option<Inflight> {
         self.slots.remove(&packet_id).map(|slot| slot.inflight)
     }
@@ -103,7 +136,7 @@ impl InflightWindow {
         let mut entries: Vec<(u64, u16, &Inflight)> = self
             .slots
             .iter()
-            .map(|(&id, slot)| (slot.order, id, &slot.inflight))
+            .map(|(&id, slot)| (slot.order & !TO_SEND, id, &slot.inflight))
             .collect();
         entries.sort_unstable_by_key(|&(order, _, _)| order);
         entries
@@ -188,6 +221,40 @@ mod tests {
         assert!(window.get(4).unwrap().released);
         window.clear();
         assert!(window.is_empty());
+    }
+
+    #[test]
+    fn restored_entries_are_taken_once_in_send_order_and_keep_their_place() {
+        let mut window = InflightWindow::default();
+        window.insert(7, inflight("sent"));
+        window.insert_restored(3, inflight("restored-1"));
+        window.insert(8, inflight("sent-later"));
+        window.insert_restored(1, inflight("restored-2"));
+        let taken: Vec<(u16, String)> = window
+            .take_restored()
+            .into_iter()
+            .map(|(id, i)| {
+                (
+                    id,
+                    String::from_utf8_lossy(&i.delivery.msg.payload).into_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            taken,
+            vec![(3, "restored-1".into()), (1, "restored-2".into())]
+        );
+        assert!(window.take_restored().is_empty(), "taken once");
+        assert_eq!(
+            payloads(&window),
+            vec![
+                (7, "sent".into()),
+                (3, "restored-1".into()),
+                (8, "sent-later".into()),
+                (1, "restored-2".into())
+            ],
+            "still in flight, in send order"
+        );
     }
 
     #[test]

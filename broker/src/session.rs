@@ -93,6 +93,10 @@ pub struct SessionState {
     pub queue: DeliveryQueue,
     /// Sent and not yet acknowledged, by packet id.
     pub inflight: InflightWindow,
+    /// In-flight deliveries were restored while a connection was attached
+    /// (read late from the cluster): it sends them
+    /// ([`InflightWindow::take_restored`]).
+    pub restored_inflight: bool,
     next_packet_id: u16,
     /// Inbound QoS 2 packet ids we sent PUBREC for and await PUBREL.
     /// (A B-tree: 24 bytes while empty, where a hash set takes 48.)
@@ -355,8 +359,14 @@ impl SessionState {
 
     /// Restores an in-flight entry recovered from the store.
     pub fn restore_inflight(&mut self, packet_id: u16, delivery: Delivery, released: bool) {
-        self.inflight
-            .insert(packet_id, Inflight { delivery, released });
+        let inflight = Inflight { delivery, released };
+        if self.attachment.is_some() {
+            // The connection sent what was in flight when it attached.
+            self.inflight.insert_restored(packet_id, inflight);
+            self.restored_inflight = true;
+        } else {
+            self.inflight.insert(packet_id, inflight);
+        }
         if packet_id >= self.next_packet_id {
             self.next_packet_id = packet_id.checked_add(1).unwrap_or(1);
         }

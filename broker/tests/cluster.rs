@@ -532,6 +532,38 @@ async fn a_session_taken_over_on_another_node_brings_its_unacknowledged_messages
 }
 
 #[tokio::test]
+async fn unacknowledged_messages_handed_over_after_the_client_connected_are_sent_to_it() {
+    let nats = NatsCluster::start(3).await;
+    let mut cluster = BrokerCluster::start(&nats, 2, ClusterOpts::default()).await;
+    let (mut first, _) = Raw::connect(&cluster.nodes[0], &persistent("phone")).await;
+    first.subscribe(1, &[("p/#", 1)]).await;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("pub")).await;
+    publish_qos1(&mut publisher, "p/x", "unacked", 5).await;
+    for _ in 0..5 {
+        first.expect_publish().await;
+    }
+    // Node 0 hangs a moment: node 1 lets the client in without its answer
+    // (after a second), and node 0 hands the session over when it is back,
+    // to a node where the client is connected already.
+    cluster.nodes[0].freeze(true);
+    let again = persistent("phone");
+    let (connected, ()) = tokio::join!(
+        Raw::connect(&cluster.nodes[1], &again),
+        tokio::time::sleep(Duration::from_secs(2)),
+    );
+    cluster.nodes[0].freeze(false);
+    let (mut second, _) = connected;
+    let got = receive(&mut second, 5).await;
+    assert_eq!(
+        payloads(&got),
+        (0..5).map(|i| format!("unacked-{i}")).collect::<Vec<_>>(),
+        "{:#?}",
+        cluster.nodes[1].logs()
+    );
+    assert!(got.iter().all(|p| p.dup), "sent again, marked DUP");
+}
+
+#[tokio::test]
 async fn the_node_a_client_left_says_when_it_stops_forwarding_and_the_new_node_reads_until_then() {
     let nats = NatsCluster::start(3).await;
     let cluster = BrokerCluster::start(&nats, 2, ClusterOpts::default()).await;

@@ -320,7 +320,21 @@ impl Broker {
                         shared_group: None,
                         seq: 0,
                     };
-                    state.restore_inflight(sent.packet_id, delivery, sent.released);
+                    if !state.inflight.contains(sent.packet_id) {
+                        state.restore_inflight(sent.packet_id, delivery, sent.released);
+                    } else if !sent.released {
+                        // The connection uses that packet id already: the
+                        // client never acknowledged this one, so it goes
+                        // again under a new one.
+                        let _ = state.enqueue(delivery, limits, None, &self.budget);
+                    } else {
+                        // Received by the client, only its PUBREL lost:
+                        // the client has the message.
+                        self.logger.warning(&format!(
+                            "Session of {}: the release of QoS 2 message {} was not sent (its packet id is in use again).",
+                            session.client_id, sent.packet_id
+                        ));
+                    }
                 }
                 None => {
                     let mut routes: Vec<Route<u8>> = Vec::new();

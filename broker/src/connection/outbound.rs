@@ -18,7 +18,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     /// Re-sends, after a reconnect, what was in flight: PUBLISH with DUP for
     /// unacknowledged messages, PUBREL for QoS 2 messages already received.
     pub(super) fn resend_inflight(&mut self) {
-        for (packet_id, delivery, released) in self.session.inflight_in_send_order() {
+        // Everything in flight goes now, those restored late included.
+        {
+            let mut state = self.session.state.lock();
+            state.restored_inflight = false;
+            let _ = state.inflight.take_restored();
+        }
+        let inflight = self.session.inflight_in_send_order();
+        self.resend(inflight);
+    }
+
+    /// Sends in-flight deliveries again: PUBLISH with DUP, or PUBREL for
+    /// those released.
+    fn resend(&mut self, inflight: Vec<(u16, Delivery, bool)>) {
+        for (packet_id, delivery, released) in inflight {
             if released {
                 self.send(&Packet::Pubrel(PubResponse::new(
                     packet_id,
@@ -35,6 +48,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     /// Moves queued deliveries into the write buffer as far as the in-flight
     /// window and the buffer's high-water mark allow.
     pub(super) fn pull_queue(&mut self) {
+        let restored = {
+            let mut state = self.session.state.lock();
+            if std::mem::take(&mut state.restored_inflight) {
+                state.inflight.take_restored()
+            } else {
+                Vec::new()
+            }
+        };
+        if !restored.is_empty() {
+            let restored = restored
+                .into_iter()
+                .map(|(id, inflight)| (id, inflight.delivery, inflight.released))
+                .collect();
+            self.resend(restored);
+        }
         let now = Instant::now();
         let mut records = Vec::new();
         let mut expired = Vec::new();

@@ -182,6 +182,25 @@ impl TestBroker {
         }
     }
 
+    /// Freezes the broker (SIGSTOP), as a hung process would be, or lets
+    /// it go on (SIGCONT).
+    pub fn freeze(&mut self, frozen: bool) {
+        if let Some(child) = &self.child {
+            let signal = if frozen { "-STOP" } else { "-CONT" };
+            let status = Command::new("kill")
+                .arg(signal)
+                .arg(child.id().to_string())
+                .status()
+                .expect("kill runs");
+            assert!(status.success(), "kill {signal} failed");
+            self.push_marker(if frozen {
+                "frozen with SIGSTOP"
+            } else {
+                "resumed with SIGCONT"
+            });
+        }
+    }
+
     /// Stops the broker with SIGTERM and waits for it to exit (SIGKILL after
     /// 10 s). Returns true when it exited on its own.
     pub async fn stop(&mut self) -> bool {
