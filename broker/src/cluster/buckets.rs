@@ -16,15 +16,13 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 /// the streams refuse them ([`Cluster::streams_reachable`]).
 const PROBE_KEY: &str = "_probe";
 
-/// The buckets every node keeps, and the stream it reads queues from.
+/// The buckets every node keeps.
 pub(super) struct Buckets {
     pub(super) interest: kv::Store,
     pub(super) retained: kv::Store,
     pub(super) clients: kv::Store,
     pub(super) nodes: kv::Store,
     pub(super) sessions: kv::Store,
-    /// The offline sessions' queues.
-    pub(super) queue: jetstream::stream::Stream,
 }
 
 impl Cluster {
@@ -44,8 +42,7 @@ impl Cluster {
         let sessions = self
             .bucket(self.names.sessions_bucket(), Duration::ZERO)
             .await?;
-        let queue = self
-            .js
+        self.js
             .get_or_create_stream(sessions::queue_stream_config(
                 self.names.queue_stream(),
                 self.names.queue_stream_subjects(),
@@ -71,7 +68,6 @@ impl Cluster {
             clients,
             nodes,
             sessions,
-            queue,
         })
     }
 
@@ -194,47 +190,4 @@ pub(super) async fn empty_bucket(bucket: &kv::Store) -> Result<bool, ()> {
         .await
         .map(|s| s.values() == 0)
         .map_err(|_| ())
-}
-
-/// The latest value of a key and its revision.
-#[derive(Debug)]
-pub(super) struct Latest {
-    pub value: bytes::Bytes,
-    pub revision: u64,
-}
-
-/// The latest value of `key` in `bucket`, read from its stream's leader;
-/// `None` when it has none (or it was deleted). The key-value client's
-/// own reads are direct gets, which any replica may answer, one that has
-/// not caught up included: a session record read that way can lack the
-/// subscriptions made last, and a client record can be one its holder
-/// already replaced. Records a node acts on are read here.
-pub(super) async fn latest(bucket: &kv::Store, key: &str) -> Result<Option<Latest>, ClusterError> {
-    use jetstream::stream::LastRawMessageErrorKind;
-    let subject = format!("{}{key}", bucket.prefix);
-    let message = match bucket
-        .stream
-        .get_last_raw_message_by_subject(&subject)
-        .await
-    {
-        Ok(message) => message,
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
-        Err(e) => return Err(ClusterError::nats(e)),
-    };
-    let removed = message
-        .headers
-        .get("KV-Operation")
-        .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
-    Ok((!removed).then_some(Latest {
-        value: message.payload,
-        revision: message.sequence,
-    }))
-}
-
-/// The subject a put of `key` in `bucket` is published on, as the
-/// key-value store builds it, so that several writes can be sent before
-/// their acknowledgements are awaited.
-pub(super) fn kv_subject(bucket: &kv::Store, key: &str) -> String {
-    let prefix = bucket.put_prefix.as_ref().unwrap_or(&bucket.prefix);
-    format!("{prefix}{key}")
 }

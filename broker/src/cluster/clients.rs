@@ -20,7 +20,6 @@ use crate::broker::Broker;
 use crate::message::Message;
 use crate::store::StoredMessage;
 
-use super::buckets::latest;
 use super::names::{decode_key, encode_key};
 use super::Cluster;
 
@@ -107,7 +106,7 @@ impl Cluster {
             return Claimed::default();
         };
         let key = encode_key(client_id);
-        let previous = match latest(&buckets.clients, &key).await {
+        let previous = match buckets.clients.entry(key.clone()).await {
             Ok(entry) => entry.and_then(|e| ClientRecord::decode(&e.value)),
             Err(e) => {
                 self.logger
@@ -162,7 +161,7 @@ impl Cluster {
     pub async fn release(&self, client_id: &str) {
         let Ok(buckets) = self.buckets() else { return };
         let key = encode_key(client_id);
-        let Ok(Some(entry)) = latest(&buckets.clients, &key).await else {
+        let Ok(Some(entry)) = buckets.clients.entry(key.clone()).await else {
             return;
         };
         match ClientRecord::decode(&entry.value) {
@@ -265,7 +264,7 @@ impl Cluster {
                 "Cluster: cannot list the clients of node {node}: {e}; their wills are not published."
             )),
             Ok(keys) => for key in keys {
-                let Ok(Some(entry)) = latest(&buckets.clients, &key).await else {
+                let Ok(Some(entry)) = buckets.clients.entry(key.clone()).await else {
                     continue;
                 };
                 let Some(record) = ClientRecord::decode(&entry.value) else {

@@ -277,8 +277,10 @@ impl super::Cluster {
     ) -> Result<(), String> {
         // The subject a key is written on, as the key-value store itself
         // builds it (this node's JetStream context has no domain prefix).
-        let subject =
-            |filter: &str| super::buckets::kv_subject(bucket, &self.names.interest_key(filter));
+        let subject = |filter: &str| {
+            let prefix = bucket.put_prefix.as_ref().unwrap_or(&bucket.prefix);
+            format!("{prefix}{}", self.names.interest_key(filter))
+        };
         let mut acks = Vec::with_capacity(batch.len());
         for change in batch {
             let sent = match change {

@@ -7,11 +7,9 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::buckets::latest;
 use super::names::encode_key;
 use super::sessions::{QueueEntry, SessionRecord};
 use super::{Cluster, ClusterError};
@@ -116,9 +114,12 @@ impl Cluster {
     /// message once, in order.
     pub async fn load_session(&self, client_id: &str) -> Result<LoadedSession, ClusterError> {
         let buckets = self.buckets()?;
-        let record = latest(&buckets.sessions, &encode_key(client_id))
-            .await?
-            .and_then(|latest| postcard::from_bytes::<SessionRecord>(&latest.value).ok());
+        let record = buckets
+            .sessions
+            .get(encode_key(client_id))
+            .await
+            .map_err(ClusterError::nats)?
+            .and_then(|bytes| postcard::from_bytes::<SessionRecord>(&bytes).ok());
         let mut loaded = LoadedSession {
             record,
             ..LoadedSession::default()
@@ -138,16 +139,20 @@ impl Cluster {
         seen: &mut HashSet<u64>,
         loaded: &mut LoadedSession,
     ) -> Result<(), ClusterError> {
-        let stream = &self.buckets()?.queue;
+        let stream = self
+            .js
+            .get_stream(self.names.queue_stream())
+            .await
+            .map_err(ClusterError::nats)?;
         let subject = self.queue_subject(client_id);
-        // One request says whether there is anything to read: most
-        // sessions come back to an empty queue, and making a consumer
-        // costs several.
-        match stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(last) if last.sequence >= from => {}
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(()),
-            Err(e) => return Err(ClusterError::nats(e)),
+        let pending = stream
+            .get_info()
+            .await
+            .map_err(ClusterError::nats)?
+            .state
+            .messages;
+        if pending == 0 {
+            return Ok(());
         }
         let consumer = stream
             .create_consumer(pull::Config {
@@ -233,9 +238,12 @@ impl Cluster {
         after: u64,
         holder: String,
     ) -> Result<QueueTail, ClusterError> {
-        let consumer = self
-            .buckets()?
-            .queue
+        let stream = self
+            .js
+            .get_stream(self.names.queue_stream())
+            .await
+            .map_err(ClusterError::nats)?;
+        let consumer = stream
             .create_consumer(pull::Config {
                 filter_subject: self.queue_subject(client_id),
                 deliver_policy: DeliverPolicy::ByStartSequence {
@@ -277,10 +285,9 @@ impl Cluster {
     /// Removes a session's queued entries up to stream sequence `seq`
     /// (what was read; anything written since waits for the next load).
     pub async fn purge_queue_up_to(&self, client_id: &str, seq: u64) {
-        let Ok(buckets) = self.buckets() else {
+        let Ok(stream) = self.js.get_stream(self.names.queue_stream()).await else {
             return;
         };
-        let stream = &buckets.queue;
         if let Err(e) = stream
             .purge()
             .filter(self.queue_subject(client_id))
@@ -295,10 +302,9 @@ impl Cluster {
 
     /// Empties a session's queue subject.
     pub async fn purge_queue(&self, client_id: &str) {
-        let Ok(buckets) = self.buckets() else {
+        let Ok(stream) = self.js.get_stream(self.names.queue_stream()).await else {
             return;
         };
-        let stream = &buckets.queue;
         if let Err(e) = stream.purge().filter(self.queue_subject(client_id)).await {
             self.logger.warning(&format!(
                 "Cluster: cannot empty the queue of {client_id}: {e}."

@@ -35,7 +35,6 @@ use serde::{Deserialize, Serialize};
 use crate::message::Message;
 use crate::store::{StoredMessage, StoredSubscription};
 
-use super::buckets::{kv_subject, latest};
 use super::names::encode_key;
 use super::{Cluster, ClusterError};
 
@@ -171,52 +170,40 @@ impl Cluster {
 
     /// Hands an offline session to the cluster: its record, its messages
     /// (in order: in flight first, then queued) into its queue subject, and
-    /// its filters as session interest. All of it is sent at once (on the
-    /// one connection, so stored in that order), then the acknowledgements
-    /// awaited: it resolves once all of it is stored, with the interest
-    /// bucket's revision of the last filter (0 without filters).
+    /// its filters as session interest. Resolves once all of it is stored.
     pub async fn hand_off(
         &self,
         client_id: &str,
         record: &SessionRecord,
         entries: Vec<QueueEntry>,
     ) -> Result<u64, ClusterError> {
-        let buckets = self.buckets()?;
-        let mut writes = Vec::with_capacity(1 + entries.len() + record.subscriptions.len());
-        let bytes = postcard::to_allocvec(record).map_err(ClusterError::nats)?;
-        writes.push((
-            kv_subject(&buckets.sessions, &encode_key(client_id)),
-            Bytes::from(bytes),
-        ));
+        self.save_session(client_id, record).await?;
         let subject = self.queue_subject(client_id);
+        let mut acks = Vec::with_capacity(entries.len());
         for entry in &entries {
             let bytes = postcard::to_allocvec(entry).map_err(ClusterError::nats)?;
-            writes.push((subject.clone(), Bytes::from(bytes)));
-        }
-        let prefix = self.session_interest_prefix(client_id);
-        for sub in &record.subscriptions {
-            let key = format!("{prefix}{}", encode_key(&sub.filter));
-            writes.push((
-                kv_subject(&buckets.interest, &key),
-                sub.filter.clone().into(),
-            ));
-        }
-        let mut acks = Vec::with_capacity(writes.len());
-        for (subject, bytes) in writes {
             acks.push(
                 self.js
-                    .publish(subject, bytes)
+                    .publish(subject.clone(), Bytes::from(bytes))
                     .await
                     .map_err(ClusterError::nats)?,
             );
         }
+        for ack in acks {
+            ack.await.map_err(ClusterError::nats)?;
+        }
+        let buckets = self.buckets()?;
+        let prefix = self.session_interest_prefix(client_id);
         let mut revision = 0;
-        let filters_from = acks.len() - record.subscriptions.len();
-        for (i, ack) in acks.into_iter().enumerate() {
-            let stored = ack.await.map_err(ClusterError::nats)?;
-            if i >= filters_from {
-                revision = stored.sequence;
-            }
+        for sub in &record.subscriptions {
+            revision = buckets
+                .interest
+                .put(
+                    format!("{prefix}{}", encode_key(&sub.filter)),
+                    sub.filter.clone().into(),
+                )
+                .await
+                .map_err(ClusterError::nats)?;
         }
         Ok(revision)
     }
@@ -326,9 +313,9 @@ impl Cluster {
     pub async fn delete_session(&self, client_id: &str) {
         let Ok(buckets) = self.buckets() else { return };
         let key = encode_key(client_id);
-        let record = match latest(&buckets.sessions, &key).await {
+        let record = match buckets.sessions.get(&key).await {
             Ok(None) => return,
-            Ok(Some(latest)) => postcard::from_bytes::<SessionRecord>(&latest.value).ok(),
+            Ok(Some(bytes)) => postcard::from_bytes::<SessionRecord>(&bytes).ok(),
             Err(e) => {
                 self.logger.warning(&format!(
                     "Cluster: cannot read the session of {client_id} to delete it: {e}; its record and queue go, its interest may stay."
@@ -347,10 +334,10 @@ impl Cluster {
     /// becomes offline in the cluster (messages from now on are kept).
     pub(super) async fn adopt_session(&self, client_id: &str) {
         let Ok(buckets) = self.buckets() else { return };
-        let Ok(Some(latest)) = latest(&buckets.sessions, &encode_key(client_id)).await else {
+        let Ok(Some(bytes)) = buckets.sessions.get(encode_key(client_id)).await else {
             return;
         };
-        let Ok(mut record) = postcard::from_bytes::<SessionRecord>(&latest.value) else {
+        let Ok(mut record) = postcard::from_bytes::<SessionRecord>(&bytes) else {
             return;
         };
         record.disconnected_at_ms = Some(crate::message::now_ms());
@@ -382,7 +369,7 @@ impl Cluster {
             };
             let now = crate::message::now_ms();
             for key in keys {
-                let Ok(Some(entry)) = latest(&buckets.sessions, &key).await else {
+                let Ok(Some(entry)) = buckets.sessions.entry(key.clone()).await else {
                     continue;
                 };
                 let Ok(record) = postcard::from_bytes::<SessionRecord>(&entry.value) else {
