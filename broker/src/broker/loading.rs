@@ -11,7 +11,7 @@ use crate::cluster::clients::Claimed;
 use crate::cluster::sessions::{QueueEntry, HANDOVER_GRACE};
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::message::Message;
-use crate::queue::QueueLimits;
+use crate::queue::{DropReason, Enqueued, QueueLimits};
 use crate::router::{Route, Subscription, SubscriptionTable};
 use crate::session::{Delivery, Session};
 
@@ -84,10 +84,11 @@ impl Broker {
         }
         let ids: HashSet<u64> = loaded.entries.iter().map(|e| e.id).collect();
         let count = loaded.entries.len();
-        self.restore_entries(session, &matcher, loaded.entries, &limits);
+        let restored = self.restore_entries(session, &matcher, loaded.entries, &limits);
         self.logger.info(&format!(
-            "Session of {} loaded from the cluster with {count} message(s).",
-            session.client_id
+            "Session of {} loaded from the cluster with {} subscription(s) and {count} message(s) ({restored}).",
+            session.client_id,
+            record.subscriptions.len()
         ));
         // Stragglers: what other nodes wrote before they saw this node's
         // interest, and what the previous node still forwards.
@@ -184,7 +185,10 @@ impl Broker {
             kept = self
                 .holds_loaded(cluster, session, |session| {
                     if !entries.is_empty() {
-                        self.restore_entries(session, matcher, entries, limits);
+                        let restored = self.restore_entries(session, matcher, entries, limits);
+                        self.logger.info(&format!(
+                            "Session of {client_id}: forwarded by node {previous}: {restored}."
+                        ));
                     }
                 })
                 .await;
@@ -250,16 +254,14 @@ impl Broker {
         tokio::time::sleep(HANDOVER_GRACE).await;
         let late = cluster.read_late(&client_id, seen, after).await;
         let read_up_to = late.last_seq;
-        if !late.entries.is_empty() {
-            self.logger.info(&format!(
-                "Session of {client_id}: {} message(s) written to its queue while it moved.",
-                late.entries.len()
-            ));
-        }
+        let written = late.entries.len();
         let kept = self
             .holds_loaded(cluster, session, |session| {
-                if !late.entries.is_empty() {
-                    self.restore_entries(session, matcher, late.entries, limits);
+                if written > 0 {
+                    let restored = self.restore_entries(session, matcher, late.entries, limits);
+                    self.logger.info(&format!(
+                        "Session of {client_id}: {written} message(s) written to its queue while it moved ({restored})."
+                    ));
                 }
             })
             .await;
@@ -294,23 +296,27 @@ impl Broker {
 
     /// Puts queue entries read from the cluster into `session`: in-flight
     /// ones with their packet ids, the others after, with the QoS and
-    /// flags the session's subscriptions give them.
+    /// flags the session's subscriptions give them. Returns what became of
+    /// them; a queue that refuses one counts and logs the drop.
     fn restore_entries(
         &self,
         session: &Session,
         matcher: &SubscriptionTable<u8>,
         entries: Vec<QueueEntry>,
         limits: &QueueLimits,
-    ) {
+    ) -> Restored {
+        let mut restored = Restored::default();
         let mut state = session.state.lock();
+        let mut dropped = Vec::new();
         for entry in entries {
             let msg = Message::from_stored(entry.message);
             let _ = msg.route_id.set(entry.id);
             let msg = Arc::new(msg);
             if msg.is_expired(Instant::now()) {
+                restored.expired += 1;
                 continue;
             }
-            match entry.sent {
+            let delivery = match entry.sent {
                 Some(sent) => {
                     let delivery = Delivery {
                         qos: QoS::from_u8(sent.qos).unwrap_or(QoS::AtLeastOnce),
@@ -322,43 +328,170 @@ impl Broker {
                     };
                     if !state.inflight.contains(sent.packet_id) {
                         state.restore_inflight(sent.packet_id, delivery, sent.released);
-                    } else if !sent.released {
-                        // The connection uses that packet id already: the
-                        // client never acknowledged this one, so it goes
-                        // again under a new one.
-                        let _ = state.enqueue(delivery, limits, None, &self.budget);
-                    } else {
+                        restored.in_flight += 1;
+                        continue;
+                    }
+                    if sent.released {
                         // Received by the client, only its PUBREL lost:
                         // the client has the message.
                         self.logger.warning(&format!(
                             "Session of {}: the release of QoS 2 message {} was not sent (its packet id is in use again).",
                             session.client_id, sent.packet_id
                         ));
+                        continue;
                     }
+                    // The connection uses that packet id already: the
+                    // client never acknowledged this one, so it goes again
+                    // under a new one.
+                    delivery
                 }
                 None => {
                     let mut routes: Vec<Route<u8>> = Vec::new();
                     matcher.route(&msg.topic, None, &|_| true, &mut routes);
                     let Some(route) = routes.into_iter().next() else {
+                        restored.unmatched += 1;
                         continue;
                     };
                     let qos = msg.qos.min(route.qos);
                     if qos == QoS::AtMostOnce {
+                        restored.unmatched += 1;
                         continue;
                     }
-                    let delivery = Delivery {
+                    Delivery {
                         qos,
                         retain: msg.retain && route.retain_as_published,
                         subscription_identifiers: route.subscription_identifiers,
                         msg,
                         shared_group: None,
                         seq: 0,
-                    };
-                    let _ = state.enqueue(delivery, limits, None, &self.budget);
+                    }
+                }
+            };
+            match state.enqueue(delivery, limits, None, &self.budget) {
+                Enqueued::Queued | Enqueued::QueuedPause => restored.queued += 1,
+                Enqueued::QueuedDroppedOldest(_) => {
+                    restored.queued += 1;
+                    let log_due = state.queue.note_drop(Instant::now(), limits);
+                    dropped.push((DropReason::QueueFull, log_due));
+                }
+                Enqueued::Dropped(reason) => {
+                    restored.dropped += 1;
+                    let log_due = state.queue.note_drop(Instant::now(), limits);
+                    dropped.push((reason, log_due));
                 }
             }
         }
         drop(state);
+        for (reason, log_due) in dropped {
+            self.dropped(&session.client_id, reason, log_due);
+        }
         session.notify.notify_one();
+        restored
+    }
+}
+
+/// What [`Broker::restore_entries`] did with the queue entries it was given.
+#[derive(Debug, Default)]
+struct Restored {
+    /// Queued to be sent.
+    queued: usize,
+    /// Back in flight under their packet ids (sent before, not acknowledged).
+    in_flight: usize,
+    /// Matching none of the session's subscriptions (or only at QoS 0).
+    unmatched: usize,
+    /// Past their message expiry.
+    expired: usize,
+    /// Refused by the session's queue (counted and logged as drops).
+    dropped: usize,
+}
+
+impl std::fmt::Display for Restored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} queued, {} in flight", self.queued, self.in_flight)?;
+        if self.unmatched > 0 {
+            write!(f, ", {} matching no subscription", self.unmatched)?;
+        }
+        if self.expired > 0 {
+            write!(f, ", {} expired", self.expired)?;
+        }
+        if self.dropped > 0 {
+            write!(f, ", {} dropped", self.dropped)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::Access;
+    use crate::config::{AuthConfig, Config, Limits, LogConfig};
+    use crate::log::Logger;
+
+    fn entry(id: u64, topic: &str, qos: u8) -> QueueEntry {
+        let mut message = Message::internal(topic, "x", false).to_stored();
+        message.qos = qos;
+        QueueEntry {
+            id,
+            message,
+            sent: None,
+        }
+    }
+
+    #[test]
+    fn restored_entries_are_counted_and_a_full_queue_drop_is_logged() {
+        let (logger, lines) = Logger::capture(&LogConfig {
+            timestamps: false,
+            ..LogConfig::default()
+        });
+        let access = Access::load(&AuthConfig::default()).expect("no auth files");
+        let broker = Broker::new(Config::local_default(), logger, None, access);
+        let session = Session::new(Arc::from("mover"), 60, true);
+        let matcher = SubscriptionTable::new();
+        matcher.subscribe(
+            0u8,
+            "m/#",
+            Subscription {
+                options: SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..SubscriptionOptions::default()
+                },
+                identifier: None,
+            },
+        );
+        let limits = QueueLimits {
+            max_messages: 2,
+            ..QueueLimits::from_limits(&Limits::default())
+        };
+        let entries = vec![
+            entry(1, "m/1", 1),
+            entry(2, "other/1", 1),
+            entry(3, "m/2", 0),
+            entry(4, "m/3", 1),
+            entry(5, "m/4", 1),
+        ];
+        let restored = broker.restore_entries(&session, &matcher, entries, &limits);
+        assert_eq!(
+            (restored.queued, restored.unmatched, restored.dropped),
+            (2, 2, 1)
+        );
+        assert_eq!(
+            restored.to_string(),
+            "2 queued, 0 in flight, 2 matching no subscription, 1 dropped"
+        );
+        assert_eq!(session.state.lock().queue.len(), 2);
+        assert_eq!(
+            broker
+                .metrics
+                .dropped
+                .with_label_values(&["queue_full"])
+                .get(),
+            1
+        );
+        assert!(
+            lines.lock().iter().any(|l| l.contains("mover")),
+            "the drop is logged: {:?}",
+            lines.lock()
+        );
     }
 }

@@ -168,8 +168,26 @@ impl Drop for NatsCluster {
         for i in 0..self.servers.len() {
             self.kill(i);
         }
+        if std::thread::panicking() {
+            // What JetStream did (elections, lost quorum) explains most
+            // failures of the brokers on top of it.
+            for server in &self.servers {
+                eprintln!(
+                    "--- {} output (last {NATS_LOG_TAIL} lines) ---",
+                    server.name
+                );
+                if let Ok(logs) = server.logs.lock() {
+                    for line in &logs[logs.len().saturating_sub(NATS_LOG_TAIL)..] {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+        }
     }
 }
+
+/// How many of its last lines each nats-server shows when a test fails.
+const NATS_LOG_TAIL: usize = 80;
 
 /// Options of the brokers of a [`BrokerCluster`].
 #[derive(Clone, Default)]
