@@ -505,6 +505,79 @@ async fn a_persistent_session_moves_with_what_was_published_while_away_whatever_
 }
 
 #[tokio::test]
+async fn a_publish_while_its_stream_elects_a_leader_waits_for_it_rather_than_fail() {
+    // Both brokers use NATS server 0 only, so killing another server loses
+    // them no connection, only the stream's leader.
+    let mut nats = NatsCluster::start(3).await;
+    let opts = ClusterOpts {
+        nats_servers: vec![0],
+        ..ClusterOpts::default()
+    };
+    let cluster = BrokerCluster::start(&nats, 2, opts).await;
+    let (mut sub, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("sub")).await;
+    sub.subscribe(1, &[("e/#", 1)]).await;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("pub")).await;
+    await_routes(&mut publisher, "e/probe", &mut [&mut sub]).await;
+
+    // The stream that carries QoS 1 messages between nodes loses its leader.
+    let stream = format!("KMQ_{}_ROUTE", cluster.name);
+    let leader = stream_leader_elsewhere_than(&nats, &stream, "nats-0").await;
+    let index = nats
+        .servers
+        .iter()
+        .position(|s| s.name == leader)
+        .expect("the leader is one of the servers");
+    nats.kill(index);
+
+    // Until another server leads it, the stream refuses what is sent to
+    // it (nothing stored); the node sends again, and only then
+    // acknowledges: every PUBACK is a success, nothing is lost.
+    publish_qos1(&mut publisher, "e/x", "during", 5).await;
+    let got = receive(&mut sub, 5).await;
+    let expected: Vec<String> = (0..5).map(|i| format!("during-{i}")).collect();
+    assert_eq!(payloads(&got), expected, "everything, in order, once");
+    sub.expect_nothing(QUIET).await;
+}
+
+/// The name of the server leading JetStream stream `stream`, once it is
+/// not `not`: asks the leader to step down while it is.
+async fn stream_leader_elsewhere_than(nats: &NatsCluster, stream: &str, not: &str) -> String {
+    let client = async_nats::connect(nats.urls()[0].as_str())
+        .await
+        .expect("connect to NATS");
+    let js = async_nats::jetstream::new(client.clone());
+    let deadline = Instant::now() + SLOW;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "{stream} kept its leader on {not}"
+        );
+        let leader = match js.get_stream(stream).await {
+            Ok(s) => s
+                .get_info()
+                .await
+                .ok()
+                .and_then(|info| info.cluster)
+                .and_then(|c| c.leader),
+            Err(_) => None,
+        };
+        match leader {
+            Some(leader) if leader != not => return leader,
+            Some(_) => {
+                let _ = client
+                    .request(
+                        format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}"),
+                        "".into(),
+                    )
+                    .await;
+            }
+            None => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_session_taken_over_on_another_node_brings_its_unacknowledged_messages() {
     let nats = NatsCluster::start(3).await;
     let cluster = BrokerCluster::start(&nats, 2, ClusterOpts::default()).await;

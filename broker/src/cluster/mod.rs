@@ -82,7 +82,7 @@ pub struct Cluster {
     names: Names,
     node: Arc<str>,
     client: async_nats::Client,
-    js: jetstream::Context,
+    js: Arc<jetstream::Context>,
     /// QoS 0 messages for other nodes, to the task that sends them in
     /// batches ([`batch`]).
     core_batches: tokio::sync::mpsc::Sender<(Arc<str>, bytes::Bytes)>,
@@ -181,9 +181,11 @@ impl Cluster {
             .connect(config.servers.clone())
             .await
             .map_err(ClusterError::nats)?;
-        let js = jetstream::ContextBuilder::new()
-            .timeout(REQUEST_TIMEOUT)
-            .build(client.clone());
+        let js = Arc::new(
+            jetstream::ContextBuilder::new()
+                .timeout(REQUEST_TIMEOUT)
+                .build(client.clone()),
+        );
         let (core_batches, core_batches_rx) = tokio::sync::mpsc::channel(batch::QUEUED);
         let send_failures = broker.metrics.cluster_send_failures.clone();
         let batch_names = names.clone();

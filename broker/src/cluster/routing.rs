@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy};
-use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishErrorKind};
+use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
@@ -39,6 +40,15 @@ const ORIGIN_HEADER: &str = "Kmq-Origin";
 /// Routed QoS 1/2 messages a node may hold unacknowledged.
 const MAX_ACK_PENDING: i64 = 10_000;
 
+/// How long a message is sent again while its stream has no leader (the
+/// JetStream election after a NATS server was lost takes seconds; a
+/// loaded cluster, more) before its publisher is refused.
+const NO_LEADER_RETRY_WINDOW: Duration = Duration::from_secs(15);
+/// The first wait before sending again; it doubles up to
+/// [`NO_LEADER_MAX_WAIT`].
+const NO_LEADER_FIRST_WAIT: Duration = Duration::from_millis(50);
+const NO_LEADER_MAX_WAIT: Duration = Duration::from_secs(1);
+
 /// Messages sent into JetStream whose acknowledgements are still to come:
 /// the publisher is acknowledged once [`Stored::wait`] resolves, so a
 /// connection can send many before waiting once. Holds the plans they
@@ -46,24 +56,37 @@ const MAX_ACK_PENDING: i64 = 10_000;
 #[must_use = "the messages are stored only once `wait` resolves"]
 #[derive(Default)]
 pub struct Stored {
-    acks: Vec<async_nats::jetstream::context::PublishAckFuture>,
+    sent: Vec<Sent>,
+    /// To send a message again (the same for all of them).
+    js: Option<Arc<jetstream::Context>>,
     plans: Vec<PlanGuard>,
 }
 
+/// One message sent into JetStream, and what it takes to send it again.
+pub(super) struct Sent {
+    pub ack: jetstream::context::PublishAckFuture,
+    pub subject: Subject,
+    pub payload: Bytes,
+}
+
 impl Stored {
-    pub(super) fn from_acks(acks: Vec<async_nats::jetstream::context::PublishAckFuture>) -> Stored {
+    pub(super) fn new(js: &Arc<jetstream::Context>, sent: Vec<Sent>) -> Stored {
         Stored {
-            acks,
+            sent,
+            js: Some(js.clone()),
             plans: Vec::new(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.acks.is_empty()
+        self.sent.is_empty()
     }
 
     pub fn extend(&mut self, other: Stored) {
-        self.acks.extend(other.acks);
+        self.sent.extend(other.sent);
+        if self.js.is_none() {
+            self.js = other.js;
+        }
         self.plans.extend(other.plans);
     }
 
@@ -72,10 +95,41 @@ impl Stored {
         self.plans.push(plan);
     }
 
-    /// Resolves once JetStream stored every message.
+    /// Resolves once JetStream stored every message. A message its stream
+    /// refused for want of a leader (nothing was stored: no server
+    /// answered for the stream) is sent again, in order, until a leader
+    /// takes it or [`NO_LEADER_RETRY_WINDOW`] passes; any other failure
+    /// (a timeout may have stored it) is returned at once.
     pub async fn wait(self) -> Result<(), ClusterError> {
-        for ack in self.acks {
-            ack.await.map_err(ClusterError::nats)?;
+        let mut deadline = None;
+        for Sent {
+            ack,
+            subject,
+            payload,
+        } in self.sent
+        {
+            let mut result = ack.await;
+            let mut pause = NO_LEADER_FIRST_WAIT;
+            loop {
+                let e = match result {
+                    Ok(_) => break,
+                    Err(e) => e,
+                };
+                let (PublishErrorKind::StreamNotFound, Some(js)) = (e.kind(), &self.js) else {
+                    return Err(ClusterError::nats(e));
+                };
+                let deadline = *deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + NO_LEADER_RETRY_WINDOW);
+                if tokio::time::Instant::now() + pause > deadline {
+                    return Err(ClusterError::nats(e));
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(NO_LEADER_MAX_WAIT);
+                result = match js.publish(subject.clone(), payload.clone()).await {
+                    Ok(ack) => ack.await,
+                    Err(e) => Err(e),
+                };
+            }
         }
         Ok(())
     }
@@ -128,7 +182,7 @@ impl Cluster {
             return Err(ClusterError::Unavailable);
         }
         let id = self.message_id(msg);
-        let mut acks = Vec::new();
+        let mut sent = Vec::new();
         for (node, groups) in &plan.remote {
             let bytes = Bytes::from(
                 envelope::encode(&self.node, id, groups, msg).map_err(ClusterError::nats)?,
@@ -139,15 +193,20 @@ impl Cluster {
                     .await
                     .map_err(|_| ClusterError::Unavailable)?;
             } else {
-                acks.push(
-                    self.js
-                        .publish(self.names.stream_route(node), bytes)
-                        .await
-                        .map_err(ClusterError::nats)?,
-                );
+                let subject = Subject::from(self.names.stream_route(node));
+                let ack = self
+                    .js
+                    .publish(subject.clone(), bytes.clone())
+                    .await
+                    .map_err(ClusterError::nats)?;
+                sent.push(Sent {
+                    ack,
+                    subject,
+                    payload: bytes,
+                });
             }
         }
-        Ok(Stored::from_acks(acks))
+        Ok(Stored::new(&self.js, sent))
     }
 
     /// Publishes `msg` on its NATS subject, for NATS clients (when

@@ -227,16 +227,21 @@ impl Cluster {
             sent: None,
         };
         let bytes = Bytes::from(postcard::to_allocvec(&entry).map_err(ClusterError::nats)?);
-        let mut acks = Vec::with_capacity(clients.len());
+        let mut sent = Vec::with_capacity(clients.len());
         for client in clients {
-            acks.push(
-                self.js
-                    .publish(self.queue_subject(client), bytes.clone())
-                    .await
-                    .map_err(ClusterError::nats)?,
-            );
+            let subject = async_nats::Subject::from(self.queue_subject(client));
+            let ack = self
+                .js
+                .publish(subject.clone(), bytes.clone())
+                .await
+                .map_err(ClusterError::nats)?;
+            sent.push(super::routing::Sent {
+                ack,
+                subject,
+                payload: bytes.clone(),
+            });
         }
-        Ok(super::routing::Stored::from_acks(acks))
+        Ok(super::routing::Stored::new(&self.js, sent))
     }
 
     /// A message's cluster id, given on first use.

@@ -202,6 +202,8 @@ pub struct ClusterOpts {
     pub persistence: bool,
     /// An admin API token file (the token is `tok`).
     pub admin_token: bool,
+    /// The NATS servers (indices) every broker is given; all when empty.
+    pub nats_servers: Vec<usize>,
 }
 
 /// Several brokers (`node-0`, `node-1`...) in one cluster on `nats`.
@@ -216,7 +218,13 @@ impl BrokerCluster {
     /// (`/readyz`: connected, streams and buckets in place).
     pub async fn start(nats: &NatsCluster, n: usize, opts: ClusterOpts) -> BrokerCluster {
         let name = format!("kmq{}", free_port());
-        let servers: Vec<String> = nats.urls().iter().map(|u| format!("\"{u}\"")).collect();
+        let servers: Vec<String> = nats
+            .urls()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| opts.nats_servers.is_empty() || opts.nats_servers.contains(i))
+            .map(|(_, u)| format!("\"{u}\""))
+            .collect();
         let replicas = nats.servers.len().min(3);
         let mut nodes = Vec::new();
         let token_dir = tempfile::tempdir().expect("create temp dir");
