@@ -1,5 +1,5 @@
 //! The broker's black-box tests, one module per concern (`common` is the
-//! harness). The cluster tests (`tests/cluster.rs`, three nats-servers
+//! harness). The cluster tests (`tests/cluster/`, three nats-servers
 //! and several brokers per test) are a binary of their own, run alone.
 //!
 //! One test binary for all of them (each `tests/*.rs` would be its own

@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{capture_lines, free_port, BrokerOpts, OpsBroker, TIMEOUT};
+use super::{
+    ack, capture_lines, free_port, kind, prop, BrokerOpts, Connect, OpsBroker, Pkt, Props, Pub,
+    Publish, Raw, Recv, TIMEOUT,
+};
 
 /// Where Debian installs nats-server.
 const NATS_SERVER: &str = "/usr/sbin/nats-server";
@@ -313,4 +316,103 @@ async fn http_ok(addr: SocketAddr, path: &str) -> bool {
         .ok()
         .flatten()
         .unwrap_or(false)
+}
+
+// ---------------------------------------------------------------- clients
+// What the cluster tests do with their clients.
+
+/// 5.0 DISCONNECT reason: Session taken over.
+pub const SESSION_TAKEN_OVER: u8 = 0x8E;
+
+/// Upper bound for what crosses NATS: generous, since a busy machine (CI's
+/// two cores running several NATS servers and brokers) slows JetStream
+/// leader elections and watches; a healthy run takes milliseconds.
+pub const SLOW: Duration = Duration::from_secs(20);
+
+/// Waits until a message published on `from` reaches `subs` (routes take a
+/// moment to spread): publishes QoS 0 probes on `topic` until each
+/// subscriber got one, then drains further probes.
+pub async fn await_routes(from: &mut Raw, topic: &str, subs: &mut [&mut Raw]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut reached = vec![false; subs.len()];
+    while reached.iter().any(|r| !r) {
+        assert!(
+            Instant::now() < deadline,
+            "routes never reached {reached:?}"
+        );
+        from.send_publish(&Pub::new(topic, b"probe")).await;
+        for (i, sub) in subs.iter_mut().enumerate() {
+            while let Recv::Packet(Pkt::Publish(p)) =
+                sub.recv_within(Duration::from_millis(50)).await
+            {
+                if p.topic == topic {
+                    reached[i] = true;
+                }
+                if p.qos > 0 {
+                    sub.send(&ack(kind::PUBACK, p.pid, sub.v5, 0)).await;
+                }
+            }
+        }
+    }
+    for sub in subs.iter_mut() {
+        while let Recv::Packet(_) = sub.recv_within(Duration::from_millis(100)).await {}
+    }
+}
+
+/// Receives `n` PUBLISHes, acknowledging QoS 1 and completing QoS 2.
+pub async fn receive(sub: &mut Raw, n: usize) -> Vec<Publish> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let packet = match sub.recv_within(SLOW).await {
+            Recv::Packet(packet) => packet,
+            other => panic!(
+                "expected PUBLISH, got {other:?} after {} messages",
+                got.len()
+            ),
+        };
+        match packet {
+            Pkt::Publish(p) => {
+                match p.qos {
+                    1 => sub.send(&ack(kind::PUBACK, p.pid, sub.v5, 0)).await,
+                    2 => sub.send(&ack(kind::PUBREC, p.pid, sub.v5, 0)).await,
+                    _ => {}
+                }
+                got.push(p);
+            }
+            Pkt::PubRel(r) => sub.send(&ack(kind::PUBCOMP, r.pid, sub.v5, 0)).await,
+            other => panic!(
+                "expected PUBLISH, got {other:?} after {} messages",
+                got.len()
+            ),
+        }
+    }
+    got
+}
+
+pub fn payloads(got: &[Publish]) -> Vec<String> {
+    got.iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).to_string())
+        .collect()
+}
+
+/// Publishes QoS 1 messages `prefix-0..n` on `topic` one by one.
+pub async fn publish_qos1(publisher: &mut Raw, topic: &str, prefix: &str, n: u16) {
+    for i in 0..n {
+        let body = format!("{prefix}-{i}");
+        publisher
+            .send_publish(&Pub::new(topic, body.as_bytes()).qos(1, i + 1))
+            .await;
+        let ack = match publisher.recv_within(SLOW).await {
+            Recv::Packet(Pkt::PubAck(ack)) => ack,
+            other => panic!("expected the PUBACK of {body}, got {other:?}"),
+        };
+        assert_eq!(ack.reason, 0, "PUBACK of {body}: {ack:?}");
+    }
+}
+
+/// A 5.0 CONNECT that resumes a session kept for an hour.
+pub fn persistent(client_id: &str) -> Connect {
+    Connect::v5(client_id)
+        .clean(false)
+        .props(Props::new().four(prop::SESSION_EXPIRY_INTERVAL, 3600))
 }

@@ -1,0 +1,232 @@
+use std::time::{Duration, Instant};
+
+use crate::common::cluster::*;
+use crate::common::*;
+
+#[tokio::test]
+async fn a_persistent_session_moves_with_what_was_published_while_away_whatever_dies() {
+    let mut nats = NatsCluster::start(3).await;
+    let mut cluster = BrokerCluster::start(&nats, 3, ClusterOpts::default()).await;
+    let (mut mover, ack) = Raw::connect(&cluster.nodes[0], &persistent("mover")).await;
+    assert!(!ack.session_present);
+    mover.subscribe(1, &[("m/#", 1)]).await;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[2], &Connect::v5("pub")).await;
+    await_routes(&mut publisher, "m/probe", &mut [&mut mover]).await;
+    mover.send(&disconnect(true, 0, &Props::new())).await;
+    drop(mover);
+    assert!(
+        cluster.nodes[0]
+            .wait_for_log("Session of mover handed to the cluster", SLOW)
+            .await
+    );
+
+    publish_qos1(&mut publisher, "m/x", "away", 20).await;
+    // The node it left, and one NATS server, die.
+    cluster.nodes[0].kill9();
+    nats.kill(1);
+
+    // While JetStream elects new leaders the node answers 0x88 (server
+    // unavailable) rather than lose the session; a client tries again.
+    // A loaded machine (CI) may take that long to elect them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut mover, ack) = loop {
+        let mut raw = Raw::open(&cluster.nodes[1]).await;
+        raw.send_connect(&persistent("mover")).await;
+        let ack = match raw.recv_within(Duration::from_secs(20)).await {
+            Recv::Packet(Pkt::ConnAck(ack)) => ack,
+            other => panic!("expected CONNACK, got {other:?}"),
+        };
+        if ack.code == 0 {
+            break (raw, ack);
+        }
+        assert_eq!(ack.code, 0x88, "{ack:?}");
+        assert!(Instant::now() < deadline, "the session never came back");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(ack.session_present, "the session moved");
+    let got = receive(&mut mover, 20).await;
+    let expected: Vec<String> = (0..20).map(|i| format!("away-{i}")).collect();
+    assert_eq!(payloads(&got), expected, "everything, in order, once");
+    mover.expect_nothing(QUIET).await;
+    // Its subscription came along: new messages arrive here.
+    publish_qos1(&mut publisher, "m/y", "back", 1).await;
+    assert_eq!(payloads(&receive(&mut mover, 1).await), vec!["back-0"]);
+}
+
+#[tokio::test]
+async fn the_wills_of_a_dead_nodes_clients_are_published_by_the_others() {
+    let nats = NatsCluster::start(3).await;
+    let mut cluster = BrokerCluster::start(&nats, 3, ClusterOpts::default()).await;
+    let (mut watcher, _) = Raw::connect(&cluster.nodes[0], &Connect::v4("watcher")).await;
+    watcher.subscribe(1, &[("status/#", 1)]).await;
+    let (_doomed, _) = Raw::connect(
+        &cluster.nodes[2],
+        &Connect::v4("doomed").will(Will::new("status/doomed", b"offline")),
+    )
+    .await;
+    // Let the will reach the clients bucket and the interest spread.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = Instant::now();
+    cluster.nodes[2].kill9();
+    match watcher.recv_within(Duration::from_secs(15)).await {
+        Recv::Packet(Pkt::Publish(p)) => {
+            assert_eq!(
+                (p.topic.as_str(), &p.payload[..]),
+                ("status/doomed", &b"offline"[..])
+            );
+        }
+        other => panic!("no will from the dead node's client: {other:?}"),
+    }
+    // Node timeout 3 s, checked every second (loosely bounded for busy
+    // machines).
+    assert!(
+        killed.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        killed.elapsed()
+    );
+    watcher.expect_nothing(QUIET).await;
+}
+
+#[tokio::test]
+async fn a_node_that_loses_nats_says_so_serves_its_own_clients_and_recovers() {
+    let mut nats = NatsCluster::start(3).await;
+    let cluster = BrokerCluster::start(&nats, 2, ClusterOpts::default()).await;
+    let (mut sub, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("local-sub")).await;
+    sub.subscribe(1, &[("local/#", 1)]).await;
+    let (mut remote, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("remote-sub")).await;
+    remote.subscribe(1, &[("shared/#", 1)]).await;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("pub")).await;
+    await_routes(&mut publisher, "shared/probe", &mut [&mut remote]).await;
+
+    for i in 0..3 {
+        nats.kill(i);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ready = cluster.nodes[0].http("GET", "/readyz", None).await;
+        if ready.status == 503 {
+            assert_eq!(ready.body, "cluster unavailable");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still ready without NATS");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(cluster.metric(0, "kubemqtt_cluster_connected").await, 0.0);
+    assert!(
+        cluster.nodes[0]
+            .wait_for_log("Cluster: lost NATS", SLOW)
+            .await
+    );
+    // Its own clients are still served.
+    publisher
+        .send_publish(&Pub::new("local/a", b"here").qos(1, 1))
+        .await;
+    assert_eq!(publisher.expect_puback().await.reason, 0);
+    assert_eq!(receive(&mut sub, 1).await[0].payload, b"here");
+    // What must reach another node cannot be kept: refused, not lost.
+    publisher
+        .send_publish(&Pub::new("shared/a", b"there").qos(1, 2))
+        .await;
+    assert_eq!(publisher.expect_puback().await.reason, 0x80);
+
+    for i in 0..3 {
+        nats.restart(i).await;
+    }
+    cluster.wait_ready(0).await;
+    // JetStream elects its leaders again first: give it time on a busy
+    // machine. Meanwhile the node holds the PUBACK while the stream has no
+    // leader (up to 15 s), and refuses once that is over.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        publisher
+            .send_publish(&Pub::new("shared/a", b"again").qos(1, 3))
+            .await;
+        let ack = match publisher.recv_within(SLOW).await {
+            Recv::Packet(Pkt::PubAck(ack)) => ack,
+            other => panic!("expected a PUBACK, got {other:?}"),
+        };
+        if ack.reason == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The other node's consumer comes back once JetStream has recovered.
+    match remote.recv_within(Duration::from_secs(60)).await {
+        Recv::Packet(Pkt::Publish(p)) => assert_eq!(p.payload, b"again"),
+        other => panic!("the message never reached the other node: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_publish_while_its_stream_elects_a_leader_waits_for_it_rather_than_fail() {
+    // Both brokers use NATS server 0 only, so killing another server loses
+    // them no connection, only the stream's leader.
+    let mut nats = NatsCluster::start(3).await;
+    let opts = ClusterOpts {
+        nats_servers: vec![0],
+        ..ClusterOpts::default()
+    };
+    let cluster = BrokerCluster::start(&nats, 2, opts).await;
+    let (mut sub, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("sub")).await;
+    sub.subscribe(1, &[("e/#", 1)]).await;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("pub")).await;
+    await_routes(&mut publisher, "e/probe", &mut [&mut sub]).await;
+
+    // The stream that carries QoS 1 messages between nodes loses its leader.
+    let stream = format!("KMQ_{}_ROUTE", cluster.name);
+    let leader = stream_leader_elsewhere_than(&nats, &stream, "nats-0").await;
+    let index = nats
+        .servers
+        .iter()
+        .position(|s| s.name == leader)
+        .expect("the leader is one of the servers");
+    nats.kill(index);
+
+    // Until another server leads it, the stream refuses what is sent to
+    // it (nothing stored); the node sends again, and only then
+    // acknowledges: every PUBACK is a success, nothing is lost.
+    publish_qos1(&mut publisher, "e/x", "during", 5).await;
+    let got = receive(&mut sub, 5).await;
+    let expected: Vec<String> = (0..5).map(|i| format!("during-{i}")).collect();
+    assert_eq!(payloads(&got), expected, "everything, in order, once");
+    sub.expect_nothing(QUIET).await;
+}
+
+/// The name of the server leading JetStream stream `stream`, once it is
+/// not `not`: asks the leader to step down while it is.
+async fn stream_leader_elsewhere_than(nats: &NatsCluster, stream: &str, not: &str) -> String {
+    let client = async_nats::connect(nats.urls()[0].as_str())
+        .await
+        .expect("connect to NATS");
+    let js = async_nats::jetstream::new(client.clone());
+    let deadline = Instant::now() + SLOW;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "{stream} kept its leader on {not}"
+        );
+        let leader = match js.get_stream(stream).await {
+            Ok(s) => s
+                .get_info()
+                .await
+                .ok()
+                .and_then(|info| info.cluster)
+                .and_then(|c| c.leader),
+            Err(_) => None,
+        };
+        match leader {
+            Some(leader) if leader != not => return leader,
+            Some(_) => {
+                let _ = client
+                    .request(
+                        format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}"),
+                        "".into(),
+                    )
+                    .await;
+            }
+            None => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,15 @@
+//! Several replicas, one broker: each test runs a 3-server NATS JetStream
+//! cluster and several brokers on it (`common/cluster.rs`), and drives them
+//! with real clients. One binary, run alone: its tests take turns, one
+//! cluster at a time.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+/// What survives a replica killed, a NATS server killed, NATS lost.
+mod failures;
+/// Routing, retained messages, client ids, NATS interop, credentials and
+/// shared subscriptions across replicas.
+mod routing;
+/// Sessions that move: take-over, hand-over, forwarding, drain, shedding.
+mod sessions;

@@ -1,0 +1,314 @@
+use std::time::{Duration, Instant};
+
+use crate::common::cluster::*;
+use crate::common::*;
+
+#[tokio::test]
+async fn messages_reach_subscribers_on_every_node_at_each_qos_in_order() {
+    let nats = NatsCluster::start(3).await;
+    let cluster = BrokerCluster::start(&nats, 3, ClusterOpts::default()).await;
+    let (mut sub1, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("sub-1")).await;
+    sub1.subscribe(1, &[("r/#", 2)]).await;
+    let (mut sub2, _) = Raw::connect(&cluster.nodes[2], &Connect::v5("sub-2")).await;
+    // QoS 1 subscription: QoS 2 messages are downgraded for it.
+    sub2.subscribe(1, &[("r/+", 1)]).await;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("pub")).await;
+    await_routes(&mut publisher, "r/probe", &mut [&mut sub1, &mut sub2]).await;
+
+    publish_qos1(&mut publisher, "r/one", "q1", 50).await;
+    let expected: Vec<String> = (0..50).map(|i| format!("q1-{i}")).collect();
+    for sub in [&mut sub1, &mut sub2] {
+        let got = receive(sub, 50).await;
+        assert_eq!(payloads(&got), expected, "in publish order, once each");
+        assert!(got.iter().all(|p| p.qos == 1));
+    }
+
+    // QoS 2 end to end: sub-1 gets QoS 2, sub-2 its subscription's QoS 1.
+    publisher
+        .send_publish(&Pub::new("r/two", b"exactly-once").qos(2, 100))
+        .await;
+    let rec = publisher.expect_pubrec().await;
+    assert_eq!(rec.reason, 0);
+    publisher.send(&ack(kind::PUBREL, 100, true, 0)).await;
+    publisher.expect_pubcomp().await;
+    let got = receive(&mut sub1, 1).await;
+    assert_eq!((got[0].qos, &got[0].payload[..]), (2, &b"exactly-once"[..]));
+    sub1.expect_pubrel().await;
+    sub1.send(&ack(kind::PUBCOMP, got[0].pid, true, 0)).await;
+    let got = receive(&mut sub2, 1).await;
+    assert_eq!(got[0].qos, 1);
+
+    // QoS 0 goes too; a burst (several to one NATS message) in order.
+    publisher.send_publish(&Pub::new("r/zero", b"fast")).await;
+    assert_eq!(receive(&mut sub1, 1).await[0].payload, b"fast");
+    assert_eq!(receive(&mut sub2, 1).await[0].payload, b"fast");
+    let mut burst = Vec::new();
+    for i in 0..300 {
+        burst.extend(Pub::new("r/burst", format!("q0-{i}").as_bytes()).encode(true));
+    }
+    publisher.send(&burst).await;
+    let expected: Vec<String> = (0..300).map(|i| format!("q0-{i}")).collect();
+    for sub in [&mut sub1, &mut sub2] {
+        assert_eq!(payloads(&receive(sub, 300).await), expected);
+    }
+}
+
+#[tokio::test]
+async fn overlapping_subscriptions_on_another_node_get_one_copy_with_every_identifier() {
+    let nats = NatsCluster::start(3).await;
+    let cluster = BrokerCluster::start(&nats, 3, ClusterOpts::default()).await;
+    let (mut sub, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("overlap")).await;
+    let id = |n| Props::new().varint(prop::SUBSCRIPTION_IDENTIFIER, n);
+    sub.subscribe_props(1, &id(1), &[("o/#", 1)]).await;
+    sub.subscribe_props(2, &id(2), &[("o/+", 1)]).await;
+    // A node with no subscriber of these topics.
+    let idle = 2;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("pub")).await;
+    await_routes(&mut publisher, "o/probe", &mut [&mut sub]).await;
+    let received_before = cluster
+        .metric(idle, "kubemqtt_cluster_received_total")
+        .await;
+
+    publish_qos1(&mut publisher, "o/x", "m", 1).await;
+    let got = receive(&mut sub, 1).await;
+    let mut ids = got[0].props.all_nums(prop::SUBSCRIPTION_IDENTIFIER);
+    ids.sort_unstable();
+    assert_eq!(ids, vec![1, 2]);
+    sub.expect_nothing(QUIET).await;
+    // Interest is routed, not broadcast: the node nobody on it wants the
+    // topic received nothing.
+    assert_eq!(
+        cluster
+            .metric(idle, "kubemqtt_cluster_received_total")
+            .await,
+        received_before
+    );
+}
+
+#[tokio::test]
+async fn retained_messages_are_the_same_on_every_node_and_outlive_the_node_that_set_them() {
+    let nats = NatsCluster::start(3).await;
+    let mut cluster = BrokerCluster::start(&nats, 3, ClusterOpts::default()).await;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[0], &Connect::v4("pub")).await;
+    publisher
+        .send_publish(&Pub::new("state/lamp", b"on").qos(1, 1).retain())
+        .await;
+    publisher.expect_puback().await;
+    publisher
+        .send_publish(&Pub::new("state/door", b"shut").qos(1, 2).retain())
+        .await;
+    publisher.expect_puback().await;
+    drop(publisher);
+    // Cleared on another node.
+    let (mut clearer, _) = Raw::connect(&cluster.nodes[1], &Connect::v4("clearer")).await;
+    clearer
+        .send_publish(&Pub::new("state/door", b"").qos(1, 1).retain())
+        .await;
+    clearer.expect_puback().await;
+
+    // The node that set them dies; a new subscriber elsewhere gets them.
+    cluster.nodes[0].kill9();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + SLOW;
+    while got.is_empty() {
+        assert!(Instant::now() < deadline, "no retained message on node-2");
+        let (mut sub, _) = Raw::connect(&cluster.nodes[2], &Connect::v4("late")).await;
+        sub.subscribe(1, &[("state/#", 1)]).await;
+        while let Recv::Packet(Pkt::Publish(p)) = sub.recv_within(Duration::from_millis(300)).await
+        {
+            got.push((p.topic.clone(), p.payload.clone(), p.retain));
+        }
+    }
+    assert_eq!(got, vec![("state/lamp".to_string(), b"on".to_vec(), true)]);
+}
+
+#[tokio::test]
+async fn one_client_id_one_connection_cluster_wide() {
+    let nats = NatsCluster::start(3).await;
+    let cluster = BrokerCluster::start(&nats, 2, ClusterOpts::default()).await;
+    let (mut first, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("dev-7")).await;
+    let connected = Instant::now();
+    let (mut second, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("dev-7")).await;
+    let d = first
+        .expect_closed_within(Duration::from_secs(5))
+        .await
+        .expect("DISCONNECT before the close");
+    assert_eq!(d.reason, SESSION_TAKEN_OVER);
+    // Within a second on a quiet machine; loosely bounded for busy CI machines.
+    assert!(
+        connected.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        connected.elapsed()
+    );
+    // The new connection stays.
+    second.ping().await;
+}
+
+#[tokio::test]
+async fn nats_clients_read_device_data_and_reach_devices() {
+    let nats = NatsCluster::start(3).await;
+    let cluster = BrokerCluster::start(
+        &nats,
+        2,
+        ClusterOpts {
+            cluster_toml: "export = true".into(),
+            ..ClusterOpts::default()
+        },
+    )
+    .await;
+    let client = async_nats::connect(nats.urls()[1].as_str())
+        .await
+        .expect("connect to NATS");
+    let mut data = client
+        .subscribe(format!("{}.>", cluster.name))
+        .await
+        .expect("subscribe");
+    client.flush().await.unwrap();
+    let (mut device, _) = Raw::connect(&cluster.nodes[0], &Connect::v4("dev-1")).await;
+    device.subscribe(1, &[("cmd/dev-1", 1)]).await;
+    device
+        .send_publish(&Pub::new("sensors/kitchen.1/temp", b"21.5").qos(1, 1))
+        .await;
+    device.expect_puback().await;
+    let message = tokio::time::timeout(SLOW, futures_util::StreamExt::next(&mut data))
+        .await
+        .expect("device data on NATS")
+        .unwrap();
+    // nats-server's MQTT mapping: `/` is `.`, a `.` inside a level `//`.
+    assert_eq!(
+        message.subject.as_str(),
+        format!("{}.sensors.kitchen//1.temp", cluster.name)
+    );
+    assert_eq!(&message.payload[..], b"21.5");
+
+    // A NATS publish on a mapped subject reaches the MQTT subscriber.
+    let deadline = Instant::now() + SLOW;
+    loop {
+        client
+            .publish(format!("{}.cmd.dev-1", cluster.name), "reboot".into())
+            .await
+            .unwrap();
+        if let Recv::Packet(Pkt::Publish(p)) = device.recv_within(Duration::from_millis(200)).await
+        {
+            assert_eq!(
+                (p.topic.as_str(), &p.payload[..]),
+                ("cmd/dev-1", &b"reboot"[..])
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "NATS publish never reached the device"
+        );
+    }
+}
+
+#[tokio::test]
+async fn credentials_and_acls_are_the_same_on_every_node() {
+    let nats = NatsCluster::start(3).await;
+    let files = tempfile::tempdir().unwrap();
+    let hash = kubemqtt_broker::auth::hash_password("pw").unwrap();
+    let passwd = write_file(files.path(), "passwd", &format!("alice:{hash}\n"));
+    let acl = write_file(
+        files.path(),
+        "acl",
+        "user alice\ntopic write alice/#\ntopic read alice/#\n",
+    );
+    let cluster = BrokerCluster::start(
+        &nats,
+        3,
+        ClusterOpts {
+            extra_tables: format!(
+                "[auth]\npassword_file = \"{}\"\nacl_file = \"{}\"\n",
+                passwd.display(),
+                acl.display()
+            ),
+            ..ClusterOpts::default()
+        },
+    )
+    .await;
+    for node in &cluster.nodes {
+        let mut refused = Raw::open(node).await;
+        let ack = refused
+            .handshake(&Connect::v5("x").login("alice", "wrong"))
+            .await;
+        assert_eq!(ack.code, 0x86, "bad password refused on every node");
+        let (mut alice, _) = Raw::connect(node, &Connect::v5("alice-1").login("alice", "pw")).await;
+        alice
+            .send_publish(&Pub::new("alice/t", b"ok").qos(1, 1))
+            .await;
+        assert_eq!(
+            alice.expect_puback().await.reason,
+            0x10,
+            "allowed, no subscriber"
+        );
+        alice
+            .send_publish(&Pub::new("bob/t", b"no").qos(1, 2))
+            .await;
+        assert_eq!(
+            alice.expect_puback().await.reason,
+            0x87,
+            "denied on every node"
+        );
+    }
+}
+
+#[tokio::test]
+async fn shared_subscriptions_spread_over_nodes_and_a_leaver_hands_its_messages_on() {
+    let nats = NatsCluster::start(3).await;
+    let cluster = BrokerCluster::start(&nats, 2, ClusterOpts::default()).await;
+    let (mut leaver, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("leaver")).await;
+    leaver.subscribe(1, &[("$share/w/jobs/+", 1)]).await;
+    let (mut stayer, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("stayer")).await;
+    stayer.subscribe(1, &[("$share/w/jobs/+", 1)]).await;
+    // Until the group's members on both nodes are known everywhere: QoS 0
+    // probes until each member got one (each probe goes to one member).
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("pub")).await;
+    // Twice the usual bound: in the whole suite on CI's two cores (fifteen
+    // three-server NATS clusters at once) this once took more than 20 s.
+    let deadline = Instant::now() + 2 * SLOW;
+    let (mut leaver_probed, mut stayer_probed) = (false, false);
+    while !(leaver_probed && stayer_probed) {
+        assert!(
+            Instant::now() < deadline,
+            "the group never spread over both nodes"
+        );
+        publisher.send_publish(&Pub::new("jobs/probe", b"p")).await;
+        for (member, probed) in [
+            (&mut leaver, &mut leaver_probed),
+            (&mut stayer, &mut stayer_probed),
+        ] {
+            if let Recv::Packet(Pkt::Publish(_)) =
+                member.recv_within(Duration::from_millis(50)).await
+            {
+                *probed = true;
+            }
+        }
+    }
+    for member in [&mut leaver, &mut stayer] {
+        while let Recv::Packet(_) = member.recv_within(Duration::from_millis(300)).await {}
+    }
+    publish_qos1(&mut publisher, "jobs/a", "j", 20).await;
+    let mut leaver_got = 0;
+    while let Recv::Packet(Pkt::Publish(_)) = leaver.recv_within(Duration::from_secs(2)).await {
+        leaver_got += 1;
+    }
+    assert!(
+        (1..20).contains(&leaver_got),
+        "each message to one member, spread over both nodes: {leaver_got} of 20 here"
+    );
+    drop(leaver);
+    let mut got = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + SLOW;
+    while got.len() < 20 && Instant::now() < deadline {
+        if let Recv::Packet(Pkt::Publish(p)) = stayer.recv_within(Duration::from_secs(1)).await {
+            stayer.send(&ack(kind::PUBACK, p.pid, true, 0)).await;
+            got.insert(String::from_utf8_lossy(&p.payload).to_string());
+        }
+    }
+    assert_eq!(
+        got.len(),
+        20,
+        "the leaver's unacknowledged messages came over: {got:?}"
+    );
+}
