@@ -39,6 +39,11 @@ use super::{Cluster, ClusterError};
 const ORIGIN_HEADER: &str = "Kmq-Origin";
 /// Routed QoS 1/2 messages a node may hold unacknowledged.
 const MAX_ACK_PENDING: i64 = 10_000;
+/// How long one pull for routed messages waits on the server.
+const ROUTE_PULL_EXPIRY: Duration = Duration::from_secs(5);
+/// How often the server says a pull is still alive (two missed: the
+/// stream is opened again).
+const ROUTE_PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// How long a message is sent again while its stream has no leader (the
 /// JetStream election after a NATS server was lost takes seconds; a
@@ -309,7 +314,18 @@ impl Cluster {
             )
             .await
             .map_err(ClusterError::nats)?;
-        let mut messages = consumer.messages().await.map_err(ClusterError::nats)?;
+        // Short pulls with frequent heartbeats: when the consumer's leader
+        // is lost (a NATS server went down) the missing heartbeats end the
+        // stream within seconds and it is opened again on the new leader;
+        // the client's defaults (30 s pulls, 15 s heartbeats) would leave
+        // routed messages waiting half a minute.
+        let mut messages = consumer
+            .stream()
+            .expires(ROUTE_PULL_EXPIRY)
+            .heartbeat(ROUTE_PULL_HEARTBEAT)
+            .messages()
+            .await
+            .map_err(ClusterError::nats)?;
         // Each message is delivered here in order; what it sends on to
         // handed-off sessions' queues is confirmed, and the message
         // acknowledged to the stream, by `acknowledge_routed`, so that the

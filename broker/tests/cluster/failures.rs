@@ -6,7 +6,11 @@ use crate::common::*;
 #[tokio::test]
 async fn a_persistent_session_moves_with_what_was_published_while_away_whatever_dies() {
     let mut nats = NatsCluster::start(3).await;
-    let mut cluster = BrokerCluster::start(&nats, 3, ClusterOpts::default()).await;
+    let opts = ClusterOpts {
+        admin_token: true,
+        ..ClusterOpts::default()
+    };
+    let mut cluster = BrokerCluster::start(&nats, 3, opts).await;
     let (mut mover, ack) = Raw::connect(&cluster.nodes[0], &persistent("mover")).await;
     assert!(!ack.session_present);
     mover.subscribe(1, &[("m/#", 1)]).await;
@@ -44,7 +48,20 @@ async fn a_persistent_session_moves_with_what_was_published_while_away_whatever_
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert!(ack.session_present, "the session moved");
-    let got = receive(&mut mover, 20).await;
+    let first = match mover.recv_within(SLOW).await {
+        Recv::Packet(Pkt::Publish(p)) => p,
+        other => {
+            let seen = cluster.nodes[1]
+                .http("GET", "/api/v1/clients/mover", Some("tok"))
+                .await;
+            panic!("no message after the move ({other:?}); node 1 has: {seen:?}");
+        }
+    };
+    mover
+        .send(&crate::common::ack(kind::PUBACK, first.pid, true, 0))
+        .await;
+    let mut got = vec![first];
+    got.extend(receive(&mut mover, 19).await);
     let expected: Vec<String> = (0..20).map(|i| format!("away-{i}")).collect();
     assert_eq!(payloads(&got), expected, "everything, in order, once");
     mover.expect_nothing(QUIET).await;
