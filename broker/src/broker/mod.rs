@@ -27,6 +27,7 @@ use crate::router::SubscriptionTable;
 use crate::session::Session;
 use crate::store::{Store, StoreError};
 
+mod late_writes;
 mod loading;
 mod publish;
 mod replicas;

@@ -146,6 +146,11 @@ impl Broker {
         // and those this node handed off a moment ago.
         let mut offline = std::mem::take(&mut plan.offline);
         let following = self.cluster();
+        // A session in its hand-over notes what it is given: the message
+        // may reach it through its queue as well.
+        let handover = following
+            .filter(|c| msg.qos != QoS::AtMostOnce && c.given().any())
+            .map(|c| (c.given(), c.message_id(&msg)));
         for route in routes {
             if following.is_some_and(|c| c.is_forwarding(&route.subscriber)) {
                 offline.push(route.subscriber);
@@ -161,6 +166,11 @@ impl Broker {
                 shared_group: route.shared_group,
             };
             let outcome = self.enqueue(&session, &msg, flags, &limits, client, &mut records);
+            if let Some((given, id)) = handover {
+                if !matches!(outcome, None | Some(Enqueued::Dropped(_))) {
+                    given.note(&route.subscriber, id);
+                }
+            }
             if outcome == Some(Enqueued::QueuedPause) {
                 routed.congested.push(session);
             }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::client::Control;
+use crate::cluster::backoff::Backoff;
 use crate::cluster::clients::Claimed;
 use crate::cluster::sessions::{QueueEntry, SentState, SessionRecord, HANDOVER_GRACE};
 use crate::codec::Will;
@@ -258,13 +259,26 @@ impl Broker {
         // A publish that found the session followed a moment ago may still
         // be writing to its queue: the end comes after it.
         tokio::time::sleep(FORWARDING_SETTLE).await;
-        match cluster.end_forwarding(client_id).await {
-            Ok(()) => self.logger.info(&format!(
-                "Session of {client_id} no longer followed here (its queue says so)."
-            )),
-            Err(e) => self.logger.warning(&format!(
-                "Cluster: cannot say this node stopped following {client_id}: {e}; the node it went to waits for it a while."
-            )),
+        // Tried again for a while: until the end is read, the node the
+        // client went to keeps following the queue.
+        let give_up = tokio::time::Instant::now() + FORWARDING_LIMIT;
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+        loop {
+            match cluster.end_forwarding(client_id).await {
+                Ok(()) => {
+                    self.logger.info(&format!(
+                        "Session of {client_id} no longer followed here (its queue says so)."
+                    ));
+                    return;
+                }
+                Err(e) if tokio::time::Instant::now() >= give_up => {
+                    self.logger.warning(&format!(
+                        "Cluster: cannot say this node stopped following {client_id}: {e}; the node it went to waits for it a while."
+                    ));
+                    return;
+                }
+                Err(_) => backoff.wait().await,
+            }
         }
     }
 

@@ -245,7 +245,10 @@ impl super::Cluster {
                     Err(_) => break,
                 }
             }
-            let mut delay = std::time::Duration::from_millis(50);
+            let mut backoff = super::backoff::Backoff::new(
+                std::time::Duration::from_millis(50),
+                std::time::Duration::from_secs(2),
+            );
             while let Ok(buckets) = self.buckets() {
                 // A batch that failed part-way is written again whole:
                 // the same puts and deletes in the same order end in the
@@ -257,8 +260,7 @@ impl super::Cluster {
                             self.logger
                                 .warning(&format!("Cluster: cannot record interest: {e}."));
                         }
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                        backoff.wait().await;
                     }
                 }
             }

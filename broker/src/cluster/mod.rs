@@ -17,11 +17,13 @@
 //! A broker without `[cluster]` has none of this: [`crate::broker::Broker`]
 //! holds no `Cluster`, and publishing never looks at NATS.
 
+pub mod backoff;
 mod batch;
 mod buckets;
 pub mod clients;
 mod config;
 pub mod envelope;
+pub mod handover;
 pub mod interest;
 pub mod names;
 pub mod nodes;
@@ -42,6 +44,7 @@ use crate::broker::Broker;
 use crate::log::Logger;
 use crate::queue::DROP_LOG_INTERVAL;
 
+use self::backoff::Backoff;
 use self::buckets::{empty_bucket, list_keys, Buckets};
 pub use self::config::{valid_token, ClusterConfig, ClusterTlsConfig};
 use self::interest::Interest;
@@ -53,7 +56,7 @@ use self::plans::PlansInFlight;
 pub use self::routing::Stored;
 
 /// How long a JetStream or key-value request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the cluster cannot do something.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +115,12 @@ pub struct Cluster {
     /// their messages go to their queue subjects.
     /// With the interest-bucket revision of each one's session interest.
     forwarding: parking_lot::Mutex<std::collections::HashMap<Arc<str>, u64>>,
+    /// Sessions whose queue this node read into the session and has not
+    /// yet emptied (NATS did not answer): the stream sequence read up to.
+    consumed: parking_lot::Mutex<std::collections::HashMap<Arc<str>, u64>>,
+    /// Sessions loaded here that still pick up what was written to their
+    /// queue meanwhile: the cluster ids of the messages given to each
+    given: handover::Given,
     forwarding_count: std::sync::atomic::AtomicUsize,
     /// Sessions being handed to the cluster now (a drain waits for them).
     pending_hand_offs: std::sync::atomic::AtomicUsize,
@@ -217,6 +226,8 @@ impl Cluster {
             next_message_id: std::sync::atomic::AtomicU64::new(random_u64()),
             max_queued_messages: i64::from(broker.config().limits.max_queued_messages),
             forwarding: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            consumed: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            given: handover::Given::default(),
             forwarding_count: std::sync::atomic::AtomicUsize::new(0),
             pending_hand_offs: std::sync::atomic::AtomicUsize::new(0),
             session_writes,
@@ -229,6 +240,11 @@ impl Cluster {
         tokio::spawn(cluster.clone().set_up(broker.clone(), changes));
         tokio::spawn(cluster.clone().write_sessions(session_writes_rx));
         Ok(cluster)
+    }
+
+    /// The messages given to sessions in their hand-over here.
+    pub fn given(&self) -> &handover::Given {
+        &self.given
     }
 
     /// This node's name.
@@ -383,7 +399,7 @@ impl Cluster {
         broker: Arc<Broker>,
         changes: tokio::sync::mpsc::UnboundedReceiver<interest::Change>,
     ) {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let buckets = loop {
             let created = match self.create_buckets().await {
                 Ok(buckets) => self.streams_reachable().await.map(|()| buckets),
@@ -395,8 +411,7 @@ impl Cluster {
                     self.logger.warning(&format!(
                         "Cluster: cannot set up the streams and buckets yet: {e}."
                     ));
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    backoff.wait().await;
                 }
             }
         };

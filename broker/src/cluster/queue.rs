@@ -3,6 +3,7 @@
 //! until it says it is done ([`QueueTail`]); emptying it once read.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -18,10 +19,6 @@ use super::{Cluster, ClusterError};
 /// forwarding messages there (value: `<node>/<run>`); the node the client
 /// went to reads the queue until it comes ([`QueueTail`]).
 const FORWARDING_END_HEADER: &str = "Kmq-Forwarding-End";
-
-/// Attempts at reading what was written to a session's queue while it
-/// moved.
-const READ_ATTEMPTS: u32 = 3;
 
 /// Fetches in a row that may bring nothing while a session's queue is read
 /// (half a second each) before the read fails.
@@ -199,35 +196,41 @@ impl Cluster {
         Ok(())
     }
 
-    /// What other nodes still wrote into `client_id`'s queue after it was
-    /// loaded (stream sequence above `last_seq`, not in `seen`, which
-    /// gains them), and the stream sequence read up to.
+    /// Appends to `late` what was written into `client_id`'s queue after
+    /// stream sequence `after` (and after what `late` already holds), not
+    /// in `seen` (which gains it). A read that fails part-way keeps what it
+    /// read: called again with the same `late`, it goes on from there.
     pub async fn read_late(
         &self,
         client_id: &str,
         seen: &mut HashSet<u64>,
-        last_seq: u64,
-    ) -> LoadedSession {
-        let mut late = LoadedSession::default();
-        let mut attempts = 0;
-        // A read that fails part-way (a busy JetStream) goes on from where
-        // it stopped, a few times: what stays unread waits for the next
-        // load, which may be long.
-        while let Err(e) = self
-            .read_queue(client_id, late.last_seq.max(last_seq) + 1, seen, &mut late)
+        late: &mut LoadedSession,
+        after: u64,
+    ) -> Result<(), ClusterError> {
+        let from = late.last_seq.max(after) + 1;
+        let result = self.read_queue(client_id, from, seen, late).await;
+        late.last_seq = late.last_seq.max(after);
+        result
+    }
+
+    /// The stream sequence of the last message in `client_id`'s queue (0:
+    /// none): one request, so a node can tell whether anything was written
+    /// there since it last read without reading it.
+    pub async fn queue_last_seq(&self, client_id: &str) -> Result<u64, ClusterError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let stream = self
+            .js
+            .get_stream(self.names.queue_stream())
+            .await
+            .map_err(ClusterError::nats)?;
+        match stream
+            .get_last_raw_message_by_subject(&self.queue_subject(client_id))
             .await
         {
-            attempts += 1;
-            if attempts >= READ_ATTEMPTS {
-                self.logger.warning(&format!(
-                    "Cluster: cannot read the last queued messages of {client_id}: {e}."
-                ));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok(message) => Ok(message.sequence),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(ClusterError::nats(e)),
         }
-        late.last_seq = late.last_seq.max(last_seq);
-        late
     }
 
     /// Follows `client_id`'s queue after stream sequence `after` until the
@@ -282,26 +285,47 @@ impl Cluster {
         format!("{}/{}", self.node, self.run)
     }
 
-    /// Removes a session's queued entries up to stream sequence `seq`
-    /// (what was read; anything written since waits for the next load).
-    pub async fn purge_queue_up_to(&self, client_id: &str, seq: u64) {
-        let Ok(stream) = self.js.get_stream(self.names.queue_stream()).await else {
+    /// Notes that this node read `client_id`'s queue into the session up
+    /// to stream sequence `seq`: [`Cluster::purge_consumed`] removes those
+    /// entries, and until it could, a hand-off of the session does it first
+    /// (the node it goes to must not deliver them again).
+    pub fn note_consumed(&self, client_id: &Arc<str>, seq: u64) {
+        if seq == 0 {
             return;
+        }
+        let mut consumed = self.consumed.lock();
+        let up_to = consumed.entry(client_id.clone()).or_default();
+        *up_to = (*up_to).max(seq);
+    }
+
+    /// Removes the entries of `client_id`'s queue that this node read
+    /// ([`Cluster::note_consumed`]); anything written since stays. Fails
+    /// when NATS did not answer: they are still to be removed.
+    pub async fn purge_consumed(&self, client_id: &str) -> Result<(), ClusterError> {
+        let Some(seq) = self.consumed.lock().get(client_id).copied() else {
+            return Ok(());
         };
-        if let Err(e) = stream
+        let stream = self
+            .js
+            .get_stream(self.names.queue_stream())
+            .await
+            .map_err(ClusterError::nats)?;
+        stream
             .purge()
             .filter(self.queue_subject(client_id))
             .sequence(seq + 1)
             .await
-        {
-            self.logger.warning(&format!(
-                "Cluster: cannot empty the queue of {client_id}: {e}."
-            ));
+            .map_err(ClusterError::nats)?;
+        let mut consumed = self.consumed.lock();
+        if consumed.get(client_id).is_some_and(|up_to| *up_to <= seq) {
+            consumed.remove(client_id);
         }
+        Ok(())
     }
 
     /// Empties a session's queue subject.
     pub async fn purge_queue(&self, client_id: &str) {
+        self.consumed.lock().remove(client_id);
         let Ok(stream) = self.js.get_stream(self.names.queue_stream()).await else {
             return;
         };

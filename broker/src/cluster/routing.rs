@@ -48,7 +48,7 @@ const ROUTE_PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long a message is sent again while its stream has no leader (the
 /// JetStream election after a NATS server was lost takes seconds; a
 /// loaded cluster, more) before its publisher is refused.
-const NO_LEADER_RETRY_WINDOW: Duration = Duration::from_secs(15);
+pub(super) const NO_LEADER_RETRY_WINDOW: Duration = Duration::from_secs(15);
 /// The first wait before sending again; it doubles up to
 /// [`NO_LEADER_MAX_WAIT`].
 const NO_LEADER_FIRST_WAIT: Duration = Duration::from_millis(50);

@@ -35,12 +35,23 @@ use serde::{Deserialize, Serialize};
 use crate::message::Message;
 use crate::store::{StoredMessage, StoredSubscription};
 
+use super::backoff::Backoff;
 use super::names::encode_key;
 use super::{Cluster, ClusterError};
 
 /// How long the node a client came back to keeps picking up messages
 /// that other nodes still wrote for the offline session.
 pub const HANDOVER_GRACE: Duration = Duration::from_secs(2);
+
+/// How long after a session's interest left the bucket another node may
+/// still write into its queue: a write planned just before that node saw
+/// the change waits for a stream leader for up to the no-leader window,
+/// then for its acknowledgement up to the request timeout, and the node's
+/// own view of the bucket may lag as long again.
+pub const LATE_WRITE_WINDOW: Duration = super::routing::NO_LEADER_RETRY_WINDOW
+    .saturating_add(super::REQUEST_TIMEOUT)
+    .saturating_add(super::REQUEST_TIMEOUT)
+    .saturating_add(HANDOVER_GRACE);
 
 /// A persistent session's durable part, in the sessions bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,21 +97,16 @@ impl Cluster {
         mut writes: tokio::sync::mpsc::UnboundedReceiver<(Arc<str>, SessionRecord)>,
     ) {
         while let Some((client_id, record)) = writes.recv().await {
-            let mut delay = Duration::from_millis(50);
+            let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
             loop {
                 match self.save_session(&client_id, &record).await {
                     Ok(()) => break,
-                    Err(ClusterError::Unavailable) if !self.is_ready() => {
-                        tokio::time::sleep(delay).await;
-                    }
-                    Err(e) => {
-                        self.logger.warning(&format!(
-                            "Cluster: cannot record the session of {client_id}: {e}."
-                        ));
-                        tokio::time::sleep(delay).await;
-                    }
+                    Err(ClusterError::Unavailable) if !self.is_ready() => {}
+                    Err(e) => self.logger.warning(&format!(
+                        "Cluster: cannot record the session of {client_id}: {e}."
+                    )),
                 }
-                delay = (delay * 2).min(Duration::from_secs(2));
+                backoff.wait().await;
             }
         }
     }
@@ -170,13 +176,16 @@ impl Cluster {
 
     /// Hands an offline session to the cluster: its record, its messages
     /// (in order: in flight first, then queued) into its queue subject, and
-    /// its filters as session interest. Resolves once all of it is stored.
+    /// its filters as session interest. First removes what this node read
+    /// from its queue and could not remove then. Resolves once all of it is
+    /// stored.
     pub async fn hand_off(
         &self,
         client_id: &str,
         record: &SessionRecord,
         entries: Vec<QueueEntry>,
     ) -> Result<u64, ClusterError> {
+        self.purge_consumed(client_id).await?;
         self.save_session(client_id, record).await?;
         let subject = self.queue_subject(client_id);
         let mut acks = Vec::with_capacity(entries.len());
@@ -280,27 +289,49 @@ impl Cluster {
     /// `filters`, as loaded) gives way to this node's. Only entries at
     /// revision `up_to` or older go, each only if unchanged since it was
     /// read, so a hand-off written since (the client moved on again) keeps
-    /// its interest.
+    /// its interest. Fails when a key it should remove may still be there
+    /// (NATS did not answer): called again, it goes on.
     pub async fn remove_session_interest_up_to(
         &self,
         client_id: &str,
         filters: &[String],
         up_to: u64,
-    ) {
-        let Ok(buckets) = self.buckets() else { return };
+    ) -> Result<(), ClusterError> {
+        let buckets = self.buckets()?;
+        let stays = |entry: &Option<jetstream::kv::Entry>| {
+            entry.as_ref().is_some_and(|entry| {
+                !matches!(entry.operation, Operation::Delete | Operation::Purge)
+                    && entry.revision <= up_to
+            })
+        };
         for key in self.session_interest_keys(client_id, filters.iter().map(String::as_str)) {
-            let Ok(Some(entry)) = buckets.interest.entry(key.clone()).await else {
+            let entry = buckets
+                .interest
+                .entry(key.clone())
+                .await
+                .map_err(ClusterError::nats)?;
+            let Some(revision) = entry.as_ref().filter(|_| stays(&entry)).map(|e| e.revision)
+            else {
                 continue;
             };
-            let removed = matches!(entry.operation, Operation::Delete | Operation::Purge);
-            if !removed && entry.revision <= up_to {
-                // Fails, as it should, when the key was written since.
-                let _ = buckets
+            // Fails, as it should, when the key was written since: read
+            // again to tell that from a delete that did not happen.
+            if let Err(e) = buckets
+                .interest
+                .delete_expect_revision(&key, Some(revision))
+                .await
+            {
+                let now = buckets
                     .interest
-                    .delete_expect_revision(&key, Some(entry.revision))
-                    .await;
+                    .entry(key.clone())
+                    .await
+                    .map_err(ClusterError::nats)?;
+                if stays(&now) {
+                    return Err(ClusterError::nats(e));
+                }
             }
         }
+        Ok(())
     }
 
     /// Deletes the session interest of `client_id`, handed off with

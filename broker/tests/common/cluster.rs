@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{
-    ack, capture_lines, free_port, kind, prop, BrokerOpts, Connect, OpsBroker, Pkt, Props, Pub,
-    Publish, Raw, Recv, TIMEOUT,
+    ack, capture_lines, free_port, kind, prop, BrokerOpts, ConnAck, Connect, OpsBroker, Pkt, Props,
+    Pub, Publish, Raw, Recv, TIMEOUT,
 };
 
 /// Where Debian installs nats-server.
@@ -119,6 +119,27 @@ impl NatsCluster {
         }
     }
 
+    /// Stalls server `i` (SIGSTOP): its connections stay open, nothing is
+    /// answered on them, and its peers elect new leaders without it.
+    pub fn pause(&self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let child = self.servers[i].child.as_ref().expect("a running server");
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} nats-{i}");
+    }
+
     /// Starts server `i` again (same ports and store) and waits for it.
     pub async fn restart(&mut self, i: usize) {
         self.kill(i);
@@ -207,6 +228,11 @@ pub struct ClusterOpts {
     pub admin_token: bool,
     /// The NATS servers (indices) every broker is given; all when empty.
     pub nats_servers: Vec<usize>,
+    /// The NATS servers of each node, by node, where given (instead of
+    /// `nats_servers`).
+    pub node_nats_servers: Vec<Vec<usize>>,
+    /// `node_timeout_secs` (3 when not given).
+    pub node_timeout_secs: Option<u64>,
 }
 
 /// Several brokers (`node-0`, `node-1`...) in one cluster on `nats`.
@@ -221,13 +247,19 @@ impl BrokerCluster {
     /// (`/readyz`: connected, streams and buckets in place).
     pub async fn start(nats: &NatsCluster, n: usize, opts: ClusterOpts) -> BrokerCluster {
         let name = format!("kmq{}", free_port());
-        let servers: Vec<String> = nats
-            .urls()
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| opts.nats_servers.is_empty() || opts.nats_servers.contains(i))
-            .map(|(_, u)| format!("\"{u}\""))
-            .collect();
+        let servers_of = |node: usize| -> Vec<String> {
+            let given = opts
+                .node_nats_servers
+                .get(node)
+                .unwrap_or(&opts.nats_servers);
+            nats.urls()
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| given.is_empty() || given.contains(i))
+                .map(|(_, u)| format!("\"{u}\""))
+                .collect()
+        };
+        let node_timeout = opts.node_timeout_secs.unwrap_or(3);
         let replicas = nats.servers.len().min(3);
         let mut nodes = Vec::new();
         let token_dir = tempfile::tempdir().expect("create temp dir");
@@ -243,9 +275,9 @@ impl BrokerCluster {
                 "node_name = \"node-{i}\"\n\
                  [http]\nbind = \"127.0.0.1:{{port:http}}\"\n{admin}\
                  [limits]\n{}\n\
-                 [cluster]\nservers = [{}]\nname = \"{name}\"\nreplicas = {replicas}\nnode_timeout_secs = 3\n{}\n{}",
+                 [cluster]\nservers = [{}]\nname = \"{name}\"\nreplicas = {replicas}\nnode_timeout_secs = {node_timeout}\n{}\n{}",
                 opts.limits,
-                servers.join(", "),
+                servers_of(i).join(", "),
                 opts.cluster_toml,
                 opts.extra_tables,
             );
@@ -407,6 +439,28 @@ pub async fn publish_qos1(publisher: &mut Raw, topic: &str, prefix: &str, n: u16
             other => panic!("expected the PUBACK of {body}, got {other:?}"),
         };
         assert_eq!(ack.reason, 0, "PUBACK of {body}: {ack:?}");
+    }
+}
+
+/// Connects `connect` to `node`, again while it answers 0x88 (server
+/// unavailable: a JetStream election, a session still being handed over
+/// elsewhere), for up to a minute (a loaded machine, CI, may take that
+/// long to elect leaders). Panics on any other answer.
+pub async fn connect_when_available(node: &OpsBroker, connect: &Connect) -> (Raw, ConnAck) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut raw = Raw::open(node).await;
+        raw.send_connect(connect).await;
+        let ack = match raw.recv_within(SLOW).await {
+            Recv::Packet(Pkt::ConnAck(ack)) => ack,
+            other => panic!("expected CONNACK, got {other:?}"),
+        };
+        if ack.code == 0 {
+            return (raw, ack);
+        }
+        assert_eq!(ack.code, 0x88, "{ack:?}");
+        assert!(Instant::now() < deadline, "never available: {ack:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
