@@ -101,6 +101,28 @@ impl<'a> Attempts<'a> {
         true
     }
 
+    /// Runs `op` until it succeeds (its value), or until the session is
+    /// no longer this node's (`None`).
+    async fn retry<T, F, Fut>(&mut self, loading: &Loading, mut op: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClusterError>>,
+    {
+        loop {
+            match op().await {
+                Ok(value) => {
+                    self.succeeded();
+                    return Some(value);
+                }
+                Err(e) => {
+                    if !self.failed(loading, &e).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
     /// Notes a success: logs the recovery after failures, and the next
     /// failure starts afresh.
     fn succeeded(&mut self) {
@@ -186,31 +208,20 @@ impl Broker {
     async fn give_up_session_interest(&self, loading: &Loading) -> bool {
         let client_id = &loading.session.client_id;
         let mut attempts = Attempts::new(self, format!("remove the session interest of {client_id} (other nodes queue its messages in the cluster meanwhile)"));
-        loop {
-            let result = match loading.cluster.interest_written_revision().await {
-                Ok(written) => {
-                    if !self.holds_loaded(loading, |_| ()).await {
-                        return false;
-                    }
-                    loading
-                        .cluster
-                        .remove_session_interest_up_to(client_id, &loading.filters, written)
-                        .await
+        let removed = attempts
+            .retry(loading, || async {
+                let written = loading.cluster.interest_written_revision().await?;
+                if !self.holds_loaded(loading, |_| ()).await {
+                    return Ok(false);
                 }
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(()) => {
-                    attempts.succeeded();
-                    return true;
-                }
-                Err(e) => {
-                    if !attempts.failed(loading, &e).await {
-                        return false;
-                    }
-                }
-            }
-        }
+                loading
+                    .cluster
+                    .remove_session_interest_up_to(client_id, &loading.filters, written)
+                    .await?;
+                Ok(true)
+            })
+            .await;
+        removed == Some(true)
     }
 
     /// Reads what was written into the session's queue after
@@ -373,19 +384,10 @@ impl Broker {
             self,
             format!("remove from the queue of {client_id} what the session has"),
         );
-        loop {
-            match loading.cluster.purge_consumed(client_id).await {
-                Ok(()) => {
-                    attempts.succeeded();
-                    return true;
-                }
-                Err(e) => {
-                    if !attempts.failed(loading, &e).await {
-                        return false;
-                    }
-                }
-            }
-        }
+        attempts
+            .retry(loading, || loading.cluster.purge_consumed(client_id))
+            .await
+            .is_some()
     }
 
     /// Runs `then` with the loaded session and returns true when this node

@@ -111,7 +111,7 @@ impl Broker {
         let mut state = session.state.lock();
         let mut dropped = Vec::new();
         for entry in entries {
-            if given.is_some_and(|given| given.contains(&session.client_id, entry.id)) {
+            if given.is_some_and(|given| !given.note(&session.client_id, entry.id)) {
                 // Routed here as well, and given to it then.
                 restored.had += 1;
                 continue;

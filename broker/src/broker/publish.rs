@@ -146,8 +146,8 @@ impl Broker {
         // and those this node handed off a moment ago.
         let mut offline = std::mem::take(&mut plan.offline);
         let following = self.cluster();
-        // A session in its hand-over notes what it is given: the message
-        // may reach it through its queue as well.
+        // A session in its hand-over is given each message once: it may
+        // come through its queue as well.
         let handover = following
             .filter(|c| msg.qos != QoS::AtMostOnce && c.given().any())
             .map(|c| (c.given(), c.message_id(&msg)));
@@ -165,12 +165,10 @@ impl Broker {
                 subscription_identifiers: route.subscription_identifiers,
                 shared_group: route.shared_group,
             };
-            let outcome = self.enqueue(&session, &msg, flags, &limits, client, &mut records);
-            if let Some((given, id)) = handover {
-                if !matches!(outcome, None | Some(Enqueued::Dropped(_))) {
-                    given.note(&route.subscriber, id);
-                }
+            if handover.is_some_and(|(given, id)| !given.note(&route.subscriber, id)) {
+                continue;
             }
+            let outcome = self.enqueue(&session, &msg, flags, &limits, client, &mut records);
             if outcome == Some(Enqueued::QueuedPause) {
                 routed.congested.push(session);
             }

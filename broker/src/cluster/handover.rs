@@ -55,20 +55,14 @@ impl Given {
         }
     }
 
-    /// Notes that message `id` was given to `client_id` (nothing when it
-    /// is not in its hand-over).
-    pub fn note(&self, client_id: &str, id: u64) {
-        if let Some((_, ids)) = self.by_client.lock().get_mut(client_id) {
-            ids.insert(id);
+    /// Notes that message `id` is given to `client_id`. False when it was
+    /// given to it already during its hand-over (it is then left out);
+    /// true otherwise, and always for a session not in its hand-over.
+    pub fn note(&self, client_id: &str, id: u64) -> bool {
+        match self.by_client.lock().get_mut(client_id) {
+            Some((_, ids)) => ids.insert(id),
+            None => true,
         }
-    }
-
-    /// Whether message `id` was given to `client_id` during its hand-over.
-    pub fn contains(&self, client_id: &str, id: u64) -> bool {
-        self.by_client
-            .lock()
-            .get(client_id)
-            .is_some_and(|(_, ids)| ids.contains(&id))
     }
 }
 
@@ -77,19 +71,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_sessions_in_their_handover_have_what_they_are_given_noted() {
+    fn a_session_in_its_handover_is_given_each_message_once() {
         let given = Given::default();
         assert!(!given.any());
         let number = given.start(&Arc::from("c1"));
         assert!(given.any());
-        given.note("c1", 7);
-        given.note("c2", 8);
-        assert!(given.contains("c1", 7));
-        assert!(!given.contains("c1", 8));
-        assert!(!given.contains("c2", 8));
+        assert!(given.note("c1", 7), "first time");
+        assert!(!given.note("c1", 7), "second time: left out");
+        assert!(given.note("c1", 8));
+        assert!(given.note("c2", 7), "not in its hand-over");
+        assert!(given.note("c2", 7), "not in its hand-over");
         given.end("c1", number);
         assert!(!given.any());
-        assert!(!given.contains("c1", 7));
+        assert!(given.note("c1", 7), "the hand-over is over");
     }
 
     #[test]
@@ -97,9 +91,9 @@ mod tests {
         let given = Given::default();
         let first = given.start(&Arc::from("c1"));
         let second = given.start(&Arc::from("c1"));
-        given.note("c1", 7);
+        assert!(given.note("c1", 7));
         given.end("c1", first);
-        assert!(given.contains("c1", 7), "the later hand-over goes on");
+        assert!(!given.note("c1", 7), "the later hand-over goes on");
         given.end("c1", second);
         assert!(!given.any());
     }

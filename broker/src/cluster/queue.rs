@@ -220,7 +220,7 @@ impl Cluster {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let stream = self
             .js
-            .get_stream(self.names.queue_stream())
+            .get_stream_no_info(self.names.queue_stream())
             .await
             .map_err(ClusterError::nats)?;
         match stream

@@ -101,10 +101,13 @@ impl Stored {
     }
 
     /// Resolves once JetStream stored every message. A message its stream
-    /// refused for want of a leader (nothing was stored: no server
-    /// answered for the stream) is sent again, in order, until a leader
-    /// takes it or [`NO_LEADER_RETRY_WINDOW`] passes; any other failure
-    /// (a timeout may have stored it) is returned at once.
+    /// refused for want of a leader (no server answered for the stream),
+    /// or whose acknowledgement did not come in time (a leader lost
+    /// meanwhile), is sent again until a leader takes it or
+    /// [`NO_LEADER_RETRY_WINDOW`] passes. One that timed out may have been
+    /// stored all the same: it is then delivered twice, which refusing its
+    /// publisher would cause too (the client sends it again). Any other
+    /// failure is returned at once.
     pub async fn wait(self) -> Result<(), ClusterError> {
         let mut deadline = None;
         for Sent {
@@ -120,9 +123,20 @@ impl Stored {
                     Ok(_) => break,
                     Err(e) => e,
                 };
-                let (PublishErrorKind::StreamNotFound, Some(js)) = (e.kind(), &self.js) else {
+                let retried = matches!(
+                    e.kind(),
+                    PublishErrorKind::StreamNotFound
+                        | PublishErrorKind::TimedOut
+                        | PublishErrorKind::BrokenPipe
+                );
+                let (true, Some(js)) = (retried, &self.js) else {
                     return Err(ClusterError::nats(e));
                 };
+                // NATS itself is gone: refused now (it is back only when
+                // a server is).
+                if js.client().connection_state() != async_nats::connection::State::Connected {
+                    return Err(ClusterError::nats(e));
+                }
                 let deadline = *deadline
                     .get_or_insert_with(|| tokio::time::Instant::now() + NO_LEADER_RETRY_WINDOW);
                 if tokio::time::Instant::now() + pause > deadline {

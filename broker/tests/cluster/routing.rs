@@ -312,3 +312,40 @@ async fn shared_subscriptions_spread_over_nodes_and_a_leaver_hands_its_messages_
         "the leaver's unacknowledged messages came over: {got:?}"
     );
 }
+
+/// A replica added to a running cluster is routed to as soon as the
+/// others see its interest, before they next read which nodes are alive
+/// (every third of the node timeout: 20 s here): a persistent session that
+/// moves to it, as a rebalance after a scale-up does, misses nothing
+/// published meanwhile.
+#[tokio::test]
+async fn a_replica_added_to_the_cluster_gets_its_clients_messages_at_once() {
+    let nats = NatsCluster::start(1).await;
+    let opts = ClusterOpts {
+        node_timeout_secs: Some(60),
+        ..ClusterOpts::default()
+    };
+    let mut cluster = BrokerCluster::start(&nats, 1, opts).await;
+    let mut publisher = leave_mover_in_the_cluster(&cluster, 0, 0, "j/#").await;
+
+    let added = cluster.add_node().await;
+    let (mut mover, ack) = Raw::connect(&cluster.nodes[added], &persistent("mover")).await;
+    assert!(ack.session_present);
+    // Its interest reaches node 0 within milliseconds, and the session
+    // interest goes once it has.
+    assert!(
+        cluster.nodes[added]
+            .wait_for_log(
+                "Session of mover: the other nodes now route its messages here",
+                SLOW
+            )
+            .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish_qos1(&mut publisher, "j/x", "joined", 3).await;
+    assert_eq!(
+        payloads(&receive(&mut mover, 3).await),
+        vec!["joined-0", "joined-1", "joined-2"]
+    );
+    mover.expect_nothing(QUIET).await;
+}

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{
-    ack, capture_lines, free_port, kind, prop, BrokerOpts, ConnAck, Connect, OpsBroker, Pkt, Props,
-    Pub, Publish, Raw, Recv, TIMEOUT,
+    ack, capture_lines, disconnect, free_port, kind, prop, BrokerOpts, ConnAck, Connect, OpsBroker,
+    Pkt, Props, Pub, Publish, Raw, Recv, TIMEOUT,
 };
 
 /// Where Debian installs nats-server.
@@ -239,66 +239,85 @@ pub struct ClusterOpts {
 pub struct BrokerCluster {
     pub nodes: Vec<OpsBroker>,
     pub name: String,
-    _token_dir: tempfile::TempDir,
+    /// The NATS servers' URLs, the copies JetStream keeps, and how every
+    /// node is configured (for nodes added later).
+    urls: Vec<String>,
+    replicas: usize,
+    opts: ClusterOpts,
+    token_dir: tempfile::TempDir,
 }
 
 impl BrokerCluster {
     /// Starts `n` brokers sharing `nats` and waits until each is ready
     /// (`/readyz`: connected, streams and buckets in place).
     pub async fn start(nats: &NatsCluster, n: usize, opts: ClusterOpts) -> BrokerCluster {
-        let name = format!("kmq{}", free_port());
-        let servers_of = |node: usize| -> Vec<String> {
-            let given = opts
-                .node_nats_servers
-                .get(node)
-                .unwrap_or(&opts.nats_servers);
-            nats.urls()
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| given.is_empty() || given.contains(i))
-                .map(|(_, u)| format!("\"{u}\""))
-                .collect()
+        let mut cluster = BrokerCluster {
+            nodes: Vec::new(),
+            name: format!("kmq{}", free_port()),
+            urls: nats.urls(),
+            replicas: nats.servers.len().min(3),
+            opts,
+            token_dir: tempfile::tempdir().expect("create temp dir"),
         };
-        let node_timeout = opts.node_timeout_secs.unwrap_or(3);
-        let replicas = nats.servers.len().min(3);
-        let mut nodes = Vec::new();
-        let token_dir = tempfile::tempdir().expect("create temp dir");
+        for _ in 0..n {
+            let node = cluster.spawn_node().await;
+            cluster.nodes.push(node);
+        }
+        for i in 0..n {
+            cluster.wait_ready(i).await;
+        }
+        cluster
+    }
+
+    /// Starts one more broker (`node-<n>`) in the cluster, as a scale-up
+    /// does, and waits until it is ready. Returns its index.
+    pub async fn add_node(&mut self) -> usize {
+        let node = self.spawn_node().await;
+        self.nodes.push(node);
+        let i = self.nodes.len() - 1;
+        self.wait_ready(i).await;
+        i
+    }
+
+    /// Starts broker `node-<nodes.len()>` (not waiting for it to be ready).
+    async fn spawn_node(&self) -> OpsBroker {
+        let i = self.nodes.len();
+        let opts = &self.opts;
+        let given = opts.node_nats_servers.get(i).unwrap_or(&opts.nats_servers);
+        let servers: Vec<String> = self
+            .urls
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| given.is_empty() || given.contains(i))
+            .map(|(_, u)| format!("\"{u}\""))
+            .collect();
         let admin = if opts.admin_token {
-            let path = token_dir.path().join("admin-token");
+            let path = self.token_dir.path().join("admin-token");
             std::fs::write(&path, "tok\n").expect("write the admin token");
             format!("admin_token_file = \"{}\"\n", path.display())
         } else {
             String::new()
         };
-        for i in 0..n {
-            let extra_toml = format!(
-                "node_name = \"node-{i}\"\n\
-                 [http]\nbind = \"127.0.0.1:{{port:http}}\"\n{admin}\
-                 [limits]\n{}\n\
-                 [cluster]\nservers = [{}]\nname = \"{name}\"\nreplicas = {replicas}\nnode_timeout_secs = {node_timeout}\n{}\n{}",
-                opts.limits,
-                servers_of(i).join(", "),
-                opts.cluster_toml,
-                opts.extra_tables,
-            );
-            let broker = OpsBroker::start(BrokerOpts {
-                persistence: opts.persistence,
-                extra_toml,
-                ..BrokerOpts::default()
-            })
-            .await
-            .expect("the cluster tests run against kubemqtt only");
-            nodes.push(broker);
-        }
-        let cluster = BrokerCluster {
-            nodes,
-            name,
-            _token_dir: token_dir,
-        };
-        for i in 0..n {
-            cluster.wait_ready(i).await;
-        }
-        cluster
+        let extra_toml = format!(
+            "node_name = \"node-{i}\"\n\
+             [http]\nbind = \"127.0.0.1:{{port:http}}\"\n{admin}\
+             [limits]\n{}\n\
+             [cluster]\nservers = [{}]\nname = \"{}\"\nreplicas = {}\nnode_timeout_secs = {}\n{}\n{}",
+            opts.limits,
+            servers.join(", "),
+            self.name,
+            self.replicas,
+            opts.node_timeout_secs.unwrap_or(3),
+            opts.cluster_toml,
+            opts.extra_tables,
+        );
+        OpsBroker::start(BrokerOpts {
+            persistence: opts.persistence,
+            extra_toml,
+            ..BrokerOpts::default()
+        })
+        .await
+        .expect("the cluster tests run against kubemqtt only")
     }
 
     /// Waits until node `i` answers `/readyz` with 200.
@@ -462,6 +481,40 @@ pub async fn connect_when_available(node: &OpsBroker, connect: &Connect) -> (Raw
         assert!(Instant::now() < deadline, "never available: {ack:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Leaves a persistent session `mover` in the cluster: connected to node
+/// `on`, subscribed to `filter` at QoS 1, reached by what a publisher
+/// ("pub", returned) on node `publisher_on` sends, then disconnected; once
+/// node `on` has stopped following the session (every node applied the
+/// move), messages for it go straight to its queue, in order. (Before
+/// that, one routed to the node it left comes into the queue through that
+/// node, possibly after a later one: docs/clustering.md, "Known limits".)
+pub async fn leave_mover_in_the_cluster(
+    cluster: &BrokerCluster,
+    on: usize,
+    publisher_on: usize,
+    filter: &str,
+) -> Raw {
+    let (mut mover, ack) = Raw::connect(&cluster.nodes[on], &persistent("mover")).await;
+    assert!(!ack.session_present);
+    mover.subscribe(1, &[(filter, 1)]).await;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[publisher_on], &Connect::v5("pub")).await;
+    let probe = filter.replace('#', "probe");
+    await_routes(&mut publisher, &probe, &mut [&mut mover]).await;
+    mover.send(&disconnect(true, 0, &Props::new())).await;
+    drop(mover);
+    assert!(
+        cluster.nodes[on]
+            .wait_for_log("Session of mover handed to the cluster", SLOW)
+            .await
+    );
+    assert!(
+        cluster.nodes[on]
+            .wait_for_log("Session of mover no longer followed here", SLOW)
+            .await
+    );
+    publisher
 }
 
 /// A 5.0 CONNECT that resumes a session kept for an hour.
