@@ -20,9 +20,9 @@ use super::{Broker, PublishError};
 impl Broker {
     /// Loads a persistent session from the cluster into `session` (new and
     /// empty): subscriptions, then its messages in order. Returns whether
-    /// the cluster had it. What other nodes still write to its queue, and
-    /// what the previous node (`claimed`) hands over late and forwards
-    /// until it says it is done, follow ([`Broker::finish_loading`]).
+    /// the cluster had it. Messages other nodes still write for it during
+    /// [`crate::cluster::sessions::HANDOVER_GRACE`] follow, and so does what the previous node
+    /// (`claimed`) hands over late and forwards until it says it is done.
     pub(super) async fn load_from_cluster(
         self: &Arc<Self>,
         session: &Arc<Session>,

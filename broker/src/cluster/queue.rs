@@ -307,7 +307,7 @@ impl Cluster {
         };
         let stream = self
             .js
-            .get_stream_no_info(self.names.queue_stream())
+            .get_stream(self.names.queue_stream())
             .await
             .map_err(ClusterError::nats)?;
         stream
