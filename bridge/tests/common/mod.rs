@@ -430,18 +430,18 @@ impl Bridge {
             let status = self.status();
             let last = &status["lastError"];
             if let Some(message) = last["message"].as_str() {
-                if last["route"] == route && needles.iter().all(|n| message.contains(n)) {
-                    let log = self.log_text();
-                    assert!(
-                        needles.iter().all(|n| log.contains(n)),
-                        "the log lacks {needles:?}:\n{log}"
-                    );
+                // The log line is written a moment after the status is
+                // set: both must say it, within the same patience.
+                if last["route"] == route
+                    && needles.iter().all(|n| message.contains(n))
+                    && needles.iter().all(|n| self.log_text().contains(n))
+                {
                     return message.to_owned();
                 }
             }
             assert!(
                 Instant::now() < deadline,
-                "no error of {route} with {needles:?}; status {status}\n--- bridge log ---\n{}",
+                "no error of {route} with {needles:?} in both the status and the log; status {status}\n--- bridge log ---\n{}",
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(100));
