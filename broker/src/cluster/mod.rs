@@ -428,7 +428,8 @@ impl Cluster {
         tokio::spawn(self.clone().watch_interest());
         tokio::spawn(self.clone().watch_retained(broker.clone()));
         tokio::spawn(self.clone().heartbeat());
-        tokio::spawn(self.clone().watch_nodes(broker.clone()));
+        tokio::spawn(self.clone().watch_node_keys());
+        tokio::spawn(self.clone().judge_nodes(broker.clone()));
         tokio::spawn(self.clone().receive_core(broker.clone()));
         tokio::spawn(self.clone().receive_stream(broker.clone()));
         tokio::spawn(self.clone().serve_takeovers(broker.clone()));

@@ -1,12 +1,19 @@
 //! Which nodes are alive: each node writes its key in the nodes bucket
-//! every third of `node_timeout_secs`; the bucket forgets keys older than
-//! the timeout. A node whose key is gone is dead: one survivor (the first
-//! to claim each of its clients) publishes the wills of its clients, and
-//! its filters leave the interest bucket.
+//! every third of `node_timeout_secs` (the bucket forgets keys older than
+//! the timeout). Every node watches the bucket and notes when it saw each
+//! key written; a node whose key was not written for the timeout is dead
+//! (unless it answers a ping): one survivor (the first to claim each of
+//! its clients) publishes the wills of its clients, and its filters leave
+//! the interest bucket.
+//!
+//! Watching, rather than listing the keys at every beat, costs NATS no new
+//! consumer per look: listing made one each time, and while JetStream was
+//! busy electing leaders a listing could take longer than the timeout, so
+//! a dead node went unnoticed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -30,6 +37,45 @@ pub struct Nodes {
     /// When this node's own key was last written (unix milliseconds): a
     /// node that cannot write its own key cannot judge the others.
     own_beat_ms: std::sync::atomic::AtomicU64,
+    /// When each node's key was last seen written.
+    beats: parking_lot::Mutex<Beats>,
+    /// A key of a node not yet taken for alive was seen: judge at once.
+    newcomer: tokio::sync::Notify,
+}
+
+/// When each node's key was last seen written, by this node's clock.
+#[derive(Debug, Default)]
+struct Beats {
+    seen: HashMap<Arc<str>, Instant>,
+}
+
+impl Beats {
+    /// `node`'s key was written at `at` (never moves back in time).
+    fn saw(&mut self, node: Arc<str>, at: Instant) {
+        let seen = self.seen.entry(node).or_insert(at);
+        *seen = (*seen).max(at);
+    }
+
+    /// `node`'s key was deleted: it left on purpose.
+    fn forget(&mut self, node: &str) {
+        self.seen.remove(node);
+    }
+
+    /// The nodes whose key was written within `timeout` before `now`.
+    fn alive(&self, now: Instant, timeout: Duration) -> HashSet<Arc<str>> {
+        self.seen
+            .iter()
+            .filter(|(_, at)| now.saturating_duration_since(**at) < timeout)
+            .map(|(node, _)| node.clone())
+            .collect()
+    }
+
+    /// How long ago `node`'s key was last seen written.
+    fn age(&self, node: &str, now: Instant) -> Option<Duration> {
+        self.seen
+            .get(node)
+            .map(|at| now.saturating_duration_since(*at))
+    }
 }
 
 impl Nodes {
@@ -196,48 +242,83 @@ impl Cluster {
             .all(|answered| answered)
     }
 
-    /// Looks at the nodes bucket every beat; deals with nodes that left.
-    pub(super) async fn watch_nodes(self: Arc<Self>, broker: Arc<Broker>) {
-        let mut tick = tokio::time::interval(self.beat());
+    /// Follows the nodes bucket: when each key was written, and the run it
+    /// names. Starts over when the watch ends (NATS went away).
+    pub(super) async fn watch_node_keys(self: Arc<Self>) {
+        use async_nats::jetstream::kv::Operation;
+        let timeout = Duration::from_secs(self.config.node_timeout_secs);
         loop {
-            tick.tick().await;
-            let Ok(buckets) = self.buckets() else {
-                continue;
-            };
-            let now: HashSet<Arc<str>> = match super::list_keys(&buckets.nodes).await {
-                Ok(keys) => keys.iter().map(|k| Arc::from(k.as_str())).collect(),
+            let Ok(buckets) = self.buckets() else { return };
+            let mut watch = match buckets.nodes.watch_with_history(">").await {
+                Ok(watch) => watch,
                 Err(e) => {
                     if self.is_connected() {
-                        self.logger
-                            .warning(&format!("Cluster: cannot read which nodes are alive: {e}."));
+                        self.logger.warning(&format!(
+                            "Cluster: cannot watch which nodes are alive: {e}."
+                        ));
                     }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
-            broker.metrics.cluster_nodes.set(now.len() as i64);
-            let mut runs = std::collections::HashMap::new();
-            for node in &now {
-                if let Ok(Some(value)) = buckets.nodes.get(&**node).await {
-                    if let Some(run) = parse_run(&value) {
-                        runs.insert(node.clone(), run);
-                    }
+            while let Some(entry) = watch.next().await {
+                let Ok(entry) = entry else { break };
+                let node: Arc<str> = Arc::from(entry.key.as_str());
+                if matches!(entry.operation, Operation::Delete | Operation::Purge) {
+                    self.nodes.beats.lock().forget(&node);
+                    continue;
+                }
+                // A key replayed when the watch starts may be old: it
+                // counts from when it was written (NATS's clock), never
+                // from later than now.
+                let age = time::OffsetDateTime::now_utc() - entry.created;
+                let age = Duration::try_from(age).unwrap_or_default().min(timeout);
+                let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                if let Some(run) = parse_run(&entry.value) {
+                    self.nodes.runs.write().insert(node.clone(), run);
+                }
+                let new = !self.nodes.is_alive(&node);
+                self.nodes.beats.lock().saw(node, at);
+                if new {
+                    self.nodes.newcomer.notify_one();
                 }
             }
-            // The runs of the nodes that are gone now are needed below.
-            let previous_runs = std::mem::replace(&mut *self.nodes.runs.write(), runs);
-            // Only a node whose own key is fresh judges the others: while
-            // NATS cannot take writes (a leader election, a partition),
-            // every key ages alike, and nobody is dead.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Every beat (and when a new node's key appears), takes the nodes
+    /// whose keys were written within the timeout for alive; deals with
+    /// nodes that left.
+    pub(super) async fn judge_nodes(self: Arc<Self>, broker: Arc<Broker>) {
+        let timeout = Duration::from_secs(self.config.node_timeout_secs);
+        let mut tick = tokio::time::interval(self.beat());
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.nodes.newcomer.notified() => {}
+            }
+            let now = Instant::now();
+            let (alive, own_age) = {
+                let beats = self.nodes.beats.lock();
+                (beats.alive(now, timeout), beats.age(&self.node, now))
+            };
+            broker.metrics.cluster_nodes.set(alive.len() as i64);
+            // Only a node that writes its own key and sees it come back
+            // judges the others: while NATS cannot take writes (a leader
+            // election, a partition) or the watch lags, every key ages
+            // alike, and nobody is dead.
             let own = self
                 .nodes
                 .own_beat_ms
                 .load(std::sync::atomic::Ordering::Relaxed);
-            let fresh =
+            let written =
                 crate::message::now_ms().saturating_sub(own) < self.beat().as_millis() as u64 * 2;
-            if !now.contains(&self.node) || !fresh {
+            let seen = own_age.is_some_and(|age| age < self.beat() * 2);
+            if !written || !seen {
                 continue;
             }
-            let (joined, gone) = self.nodes.update(now);
+            let (joined, gone) = self.nodes.update(alive);
             for node in joined.iter().filter(|n| **n != self.node) {
                 self.logger
                     .info(&format!("Cluster: node {node} is in the cluster."));
@@ -261,8 +342,8 @@ impl Cluster {
                     "Cluster: node {node} left the cluster or stopped answering; \
                      the clients it still held are taken over."
                 ));
-                self.node_gone(&broker, &node, previous_runs.get(&node).copied())
-                    .await;
+                let run = self.nodes.runs.read().get(&node).copied();
+                self.node_gone(&broker, &node, run).await;
             }
         }
     }
@@ -293,6 +374,40 @@ mod tests {
         assert!(!nodes.is_alive_in_run("a", 7), "restarted");
         assert!(nodes.is_alive_in_run("a", 8));
         assert!(!nodes.is_alive_in_run("b", 8));
+    }
+
+    #[test]
+    fn a_node_is_alive_while_its_key_was_written_within_the_timeout() {
+        let mut beats = Beats::default();
+        let start = Instant::now();
+        let timeout = Duration::from_secs(3);
+        beats.saw(Arc::from("a"), start);
+        beats.saw(Arc::from("b"), start);
+        beats.saw(Arc::from("b"), start + Duration::from_secs(2));
+        // A replayed, older write does not make a node look older.
+        beats.saw(Arc::from("b"), start);
+        let names = |set: HashSet<Arc<str>>| {
+            let mut names: Vec<String> = set.iter().map(|n| n.to_string()).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(
+            names(beats.alive(start + Duration::from_secs(1), timeout)),
+            ["a", "b"]
+        );
+        assert_eq!(
+            names(beats.alive(start + Duration::from_secs(4), timeout)),
+            ["b"]
+        );
+        assert_eq!(
+            beats.age("b", start + Duration::from_secs(4)),
+            Some(Duration::from_secs(2))
+        );
+        beats.forget("b");
+        assert!(beats
+            .alive(start + Duration::from_secs(4), timeout)
+            .is_empty());
+        assert_eq!(beats.age("b", start), None);
     }
 
     #[test]

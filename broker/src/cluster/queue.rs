@@ -108,22 +108,27 @@ fn take_queued(
 
 impl Cluster {
     /// Reads a session back: its record and every queued entry, each
-    /// message once, in order.
+    /// message once, in order. The record and whether the queue holds
+    /// anything are asked for at once; an empty queue costs no consumer.
     pub async fn load_session(&self, client_id: &str) -> Result<LoadedSession, ClusterError> {
         let buckets = self.buckets()?;
-        let record = buckets
-            .sessions
-            .get(encode_key(client_id))
-            .await
-            .map_err(ClusterError::nats)?
-            .and_then(|bytes| postcard::from_bytes::<SessionRecord>(&bytes).ok());
+        let record = async {
+            buckets
+                .sessions
+                .get(encode_key(client_id))
+                .await
+                .map_err(ClusterError::nats)
+        };
+        let (record, last_seq) = tokio::try_join!(record, self.queue_last_seq(client_id))?;
         let mut loaded = LoadedSession {
-            record,
+            record: record.and_then(|bytes| postcard::from_bytes::<SessionRecord>(&bytes).ok()),
             ..LoadedSession::default()
         };
-        let mut seen = HashSet::new();
-        self.read_queue(client_id, 1, &mut seen, &mut loaded)
-            .await?;
+        if last_seq > 0 {
+            let mut seen = HashSet::new();
+            self.read_queue(client_id, 1, &mut seen, &mut loaded)
+                .await?;
+        }
         Ok(loaded)
     }
 
@@ -138,19 +143,10 @@ impl Cluster {
     ) -> Result<(), ClusterError> {
         let stream = self
             .js
-            .get_stream(self.names.queue_stream())
+            .get_stream_no_info(self.names.queue_stream())
             .await
             .map_err(ClusterError::nats)?;
         let subject = self.queue_subject(client_id);
-        let pending = stream
-            .get_info()
-            .await
-            .map_err(ClusterError::nats)?
-            .state
-            .messages;
-        if pending == 0 {
-            return Ok(());
-        }
         let consumer = stream
             .create_consumer(pull::Config {
                 filter_subject: subject,
@@ -208,7 +204,12 @@ impl Cluster {
         after: u64,
     ) -> Result<(), ClusterError> {
         let from = late.last_seq.max(after) + 1;
-        let result = self.read_queue(client_id, from, seen, late).await;
+        let result = match self.queue_last_seq(client_id).await {
+            // Nothing after `from`: no consumer needed.
+            Ok(last) if last < from => Ok(()),
+            Ok(_) => self.read_queue(client_id, from, seen, late).await,
+            Err(e) => Err(e),
+        };
         late.last_seq = late.last_seq.max(after);
         result
     }
