@@ -120,21 +120,25 @@ impl Cluster {
             connected: true,
             will,
         };
-        if let Err(e) = buckets.clients.put(key, record.encode()).await {
-            self.logger
-                .warning(&format!("Cluster: cannot record client {client_id}: {e}."));
-        }
-        let Some(previous) = previous.filter(|p| p.node != *self.node) else {
-            return Claimed::default();
-        };
-        let mut claimed = Claimed {
-            late: None,
-            previous: Some(format!("{}/{}", previous.node, previous.run)),
+        // Written while the node that held the client lets it go: that
+        // node's own "left" write is a compare-and-set, which a claim in
+        // between wins, so the order of the two does not matter.
+        let record_claim = async {
+            if let Err(e) = buckets.clients.put(key, record.encode()).await {
+                self.logger
+                    .warning(&format!("Cluster: cannot record client {client_id}: {e}."));
+            }
         };
         // A node that is gone answers nothing: NATS says so at once.
-        if !previous.connected {
+        let previous = previous.filter(|p| p.node != *self.node);
+        let mut claimed = Claimed {
+            late: None,
+            previous: previous.as_ref().map(|p| format!("{}/{}", p.node, p.run)),
+        };
+        let Some(previous) = previous.filter(|p| p.connected) else {
+            record_claim.await;
             return claimed;
-        }
+        };
         let subject = self.names.takeover(&previous.node);
         let client = self.client.clone();
         let request = async_nats::Request::new()
@@ -143,10 +147,11 @@ impl Cluster {
         let mut answer: LateRelease = Box::pin(async move {
             let _ = client.send_request(subject, request).await;
         });
-        if tokio::time::timeout(TAKEOVER_TIMEOUT, &mut answer)
-            .await
-            .is_err()
-        {
+        let ((), answered) = tokio::join!(
+            record_claim,
+            tokio::time::timeout(TAKEOVER_TIMEOUT, &mut answer)
+        );
+        if answered.is_err() {
             self.logger.warning(&format!(
                 "Cluster: node {} did not let client {client_id} go within {TAKEOVER_TIMEOUT:?}; what it hands over later follows.",
                 previous.node
