@@ -129,12 +129,12 @@ impl Cluster {
                     .warning(&format!("Cluster: cannot record client {client_id}: {e}."));
             }
         };
-        // A node that is gone answers nothing: NATS says so at once.
         let previous = previous.filter(|p| p.node != *self.node);
         let mut claimed = Claimed {
             late: None,
             previous: previous.as_ref().map(|p| format!("{}/{}", p.node, p.run)),
         };
+        // A client its node let go of needs no asking.
         let Some(previous) = previous.filter(|p| p.connected) else {
             record_claim.await;
             return claimed;
