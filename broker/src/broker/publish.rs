@@ -90,7 +90,7 @@ impl Broker {
             None => (crate::cluster::Plan::default(), None),
         };
         let mut stored = crate::cluster::Stored::default();
-        if let Some(cluster) = cluster {
+        if let Some(cluster) = cluster.filter(|_| !plan.remote.is_empty()) {
             if msg.qos != QoS::AtMostOnce {
                 // Acknowledged means stored: the publisher is acknowledged
                 // once the other nodes' streams have it (`Routed::stored`).
@@ -178,7 +178,9 @@ impl Broker {
                 store.append(records).await?;
             }
         }
-        if let Some(cluster) = following.filter(|_| msg.qos != QoS::AtMostOnce) {
+        if let Some(cluster) =
+            following.filter(|_| msg.qos != QoS::AtMostOnce && !offline.is_empty())
+        {
             offline.sort_unstable();
             offline.dedup();
             routed.matched += offline.len();
@@ -192,7 +194,7 @@ impl Broker {
             routed.stored = Some(stored);
         }
         if let Some(cluster) = cluster {
-            if msg.qos == QoS::AtMostOnce {
+            if msg.qos == QoS::AtMostOnce && !plan.remote.is_empty() {
                 if let Err(e) = cluster.send(&msg, &plan).await.map(drop) {
                     self.metrics.cluster_send_failures.inc();
                     self.logger.message(

@@ -297,13 +297,14 @@ impl Cluster {
     /// stored ([`Stored::hold`]). A QoS 0 message is sent to no stream, so
     /// nothing waits for its plan.
     pub fn plan(&self, topic: &str, qos: crate::codec::QoS) -> (Plan, Option<PlanGuard>) {
-        // Counted even when nobody else wants anything: the table may be
-        // about to say otherwise.
+        // Nobody else wants anything: the message goes into no stream, so
+        // there is nothing for a ping to wait for, even if the table is
+        // about to say otherwise (the plan was made before).
+        if self.interest.is_empty() {
+            return (Plan::default(), None);
+        }
         let guard = (qos != crate::codec::QoS::AtMostOnce)
             .then(|| self.plans.begin(&self.interest_applied));
-        if self.interest.is_empty() {
-            return (Plan::default(), guard);
-        }
         let nodes = &self.nodes;
         let me = &self.node;
         let plan = self

@@ -12,7 +12,7 @@
 //! still on its way into a stream.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -28,6 +28,9 @@ use tokio::sync::Notify;
 pub struct PlansInFlight {
     counts: Mutex<VecDeque<(u64, usize)>>,
     settled: Notify,
+    /// Pings waiting in [`PlansInFlight::settled_before`]: a plan that
+    /// ends wakes them only when there are any (most never see one).
+    waiting: AtomicUsize,
 }
 
 /// One message's plan, from before it was made until what it sent is
@@ -74,6 +77,9 @@ impl PlansInFlight {
     /// Waits until [`PlansInFlight::is_settled_before`] `revision`, or
     /// `deadline`; false when the deadline came first.
     pub async fn settled_before(&self, revision: u64, deadline: tokio::time::Instant) -> bool {
+        // Counted before the first look, which takes the lock a plan
+        // ending takes too: that plan then sees the count.
+        let _waiting = Waiting::count(&self.waiting);
         loop {
             let settled = self.settled.notified();
             if self.is_settled_before(revision) {
@@ -83,6 +89,22 @@ impl PlansInFlight {
                 return false;
             }
         }
+    }
+}
+
+/// One ping waiting, for as long as it waits (dropped with its future).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn count(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -96,8 +118,9 @@ impl Drop for PlanGuard {
         if counts[i].1 == 0 {
             counts.remove(i);
             // Only the oldest revision's plans going can settle a wait.
-            if i == 0 {
-                drop(counts);
+            let wake = i == 0 && self.plans.waiting.load(Ordering::SeqCst) > 0;
+            drop(counts);
+            if wake {
                 self.plans.settled.notify_waiters();
             }
         }
