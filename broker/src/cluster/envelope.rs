@@ -145,7 +145,10 @@ impl<'a> Envelope<'a> {
             route_id: std::sync::OnceLock::new(),
             received_at: Instant::now(),
         };
-        let _ = msg.route_id.set(self.id);
+        // A QoS 0 message has no cluster id (see `Cluster::send`).
+        if msg.qos != QoS::AtMostOnce {
+            let _ = msg.route_id.set(self.id);
+        }
         msg
     }
 }

@@ -21,6 +21,7 @@ use crate::router::{Route, Subscription, SubscriptionTable};
 use crate::topic::SharedFilter;
 
 use super::names::InterestKey;
+use super::plan_cache::PlanCache;
 
 /// Interest changes written to the bucket together at most.
 const MAX_INTEREST_BATCH: usize = 512;
@@ -42,6 +43,8 @@ pub struct Interest {
     /// Offline sessions' filters, by client id: their QoS 1/2 messages go
     /// straight to their queue subjects.
     offline: SubscriptionTable<Arc<str>>,
+    /// Recent topics' plans, emptied on every change of the two tables.
+    plans: PlanCache,
     /// Bucket writes, in order.
     changes: mpsc::UnboundedSender<Change>,
     /// Changes sent, and changes the writer is done with (written, or
@@ -52,7 +55,7 @@ pub struct Interest {
 }
 
 /// Where one message goes in the cluster.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// Other nodes, each with the shared groups it serves with this message.
     pub remote: Vec<(Arc<str>, Vec<String>)>,
@@ -84,6 +87,7 @@ impl Interest {
             local: Mutex::new(HashMap::new()),
             table: SubscriptionTable::new(),
             offline: SubscriptionTable::new(),
+            plans: PlanCache::default(),
             changes,
             sent: AtomicU64::new(0),
             done: AtomicU64::new(0),
@@ -101,6 +105,7 @@ impl Interest {
             if is_shared(filter) {
                 self.table
                     .subscribe(self.node.clone(), filter, node_subscription());
+                self.plans.invalidate();
             }
             self.sent.fetch_add(1, Ordering::AcqRel);
             let _ = self.changes.send(Change::Added(filter.to_string()));
@@ -118,6 +123,7 @@ impl Interest {
             local.remove(filter);
             if is_shared(filter) {
                 self.table.unsubscribe(&self.node, filter);
+                self.plans.invalidate();
             }
             self.sent.fetch_add(1, Ordering::AcqRel);
             let _ = self.changes.send(Change::Removed(filter.to_string()));
@@ -159,6 +165,7 @@ impl Interest {
         }
         self.table
             .subscribe(Arc::from(node), filter, node_subscription());
+        self.plans.invalidate();
     }
 
     /// A node's filter left the bucket.
@@ -167,17 +174,20 @@ impl Interest {
             return;
         }
         self.table.unsubscribe(&Arc::from(node), filter);
+        self.plans.invalidate();
     }
 
     /// An offline session's filter appeared in the bucket.
     pub fn offline_added(&self, client_id: &str, filter: &str) {
         self.offline
             .subscribe(Arc::from(client_id), filter, node_subscription());
+        self.plans.invalidate();
     }
 
     /// An offline session's filter left the bucket.
     pub fn offline_removed(&self, client_id: &str, filter: &str) {
         self.offline.unsubscribe(&Arc::from(client_id), filter);
+        self.plans.invalidate();
     }
 
     /// Whether any other node or offline session wants anything (the
@@ -189,8 +199,14 @@ impl Interest {
     /// Where a message on `topic` goes. `alive` tells the nodes that may
     /// be chosen for a shared subscription.
     pub fn plan(&self, topic: &str, alive: &dyn Fn(&Arc<str>) -> bool) -> Plan {
+        let generation = match self.plans.get(topic) {
+            Ok(plan) => return plan,
+            Err(generation) => generation,
+        };
         let mut routes: Vec<Route<Arc<str>>> = Vec::new();
         self.table.route(topic, None, alive, &mut routes);
+        // A shared group's member is chosen anew for each message.
+        let keep = routes.iter().all(|r| r.shared_group.is_none());
         let mut plan = Plan::default();
         let mut offline: Vec<Route<Arc<str>>> = Vec::new();
         // Shared subscriptions of offline sessions are not served: their
@@ -211,6 +227,9 @@ impl Interest {
                 Some((_, existing)) => existing.extend(groups),
                 None => plan.remote.push((route.subscriber, groups)),
             }
+        }
+        if keep {
+            self.plans.insert(topic, generation, &plan);
         }
         plan
     }
@@ -539,6 +558,30 @@ mod tests {
         assert_eq!(plan.remote, vec![(Arc::from("b"), vec![])]);
         assert!(plan.local_groups.is_empty());
         assert_eq!(interest.plan("nothing", &all_alive), Plan::default());
+    }
+
+    #[test]
+    fn a_topic_planned_before_follows_every_change_of_the_tables() {
+        let (interest, _changes) = Interest::new(Arc::from("a"));
+        interest.remote_added("b", "t/#");
+        let to_b = vec![(Arc::from("b"), vec![])];
+        assert_eq!(interest.plan("t/1", &all_alive).remote, to_b);
+        assert_eq!(interest.plan("t/1", &all_alive).remote, to_b, "kept");
+        interest.remote_added("c", "t/1");
+        assert_eq!(interest.plan("t/1", &all_alive).remote.len(), 2);
+        interest.offline_added("dev-1", "t/+");
+        let plan = interest.plan("t/1", &all_alive);
+        assert_eq!(plan.offline, vec![Arc::<str>::from("dev-1")]);
+        interest.remote_removed("c", "t/1");
+        interest.offline_removed("dev-1", "t/+");
+        assert_eq!(interest.plan("t/1", &all_alive).remote, to_b);
+        assert!(interest.plan("t/1", &all_alive).offline.is_empty());
+        interest.remote_removed("b", "t/#");
+        assert_eq!(interest.plan("t/1", &all_alive), Plan::default());
+        // A shared group appearing on a topic planned before takes part.
+        assert_eq!(interest.plan("t/1", &all_alive), Plan::default());
+        interest.add_local("$share/g/t/1");
+        assert_eq!(interest.plan("t/1", &all_alive).local_groups, vec!["g"]);
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod handover;
 pub mod interest;
 pub mod names;
 pub mod nodes;
+mod plan_cache;
 mod plans;
 pub mod queue;
 pub mod retained;

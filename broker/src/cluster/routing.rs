@@ -200,7 +200,12 @@ impl Cluster {
         if !self.is_connected() {
             return Err(ClusterError::Unavailable);
         }
-        let id = self.message_id(msg);
+        // Only QoS 1/2 messages are told apart by their id (in queues and
+        // hand-overs); giving one costs a little on every message.
+        let id = match msg.qos {
+            QoS::AtMostOnce => 0,
+            _ => self.message_id(msg),
+        };
         let mut sent = Vec::new();
         for (node, groups) in &plan.remote {
             let bytes = Bytes::from(
