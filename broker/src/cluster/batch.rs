@@ -2,97 +2,188 @@
 //!
 //! Each NATS message costs this node's NATS client, nats-server and the
 //! receiving node about the same whatever it holds, and under load that
-//! cost is most of what routing a QoS 0 message costs. So one task sends
-//! them: it takes whatever has queued up (it never waits for more: at low
-//! rates a batch holds one message and nothing is delayed), and sends one
-//! NATS message per node with that node's messages, in the order they were
-//! routed. A batch of one is sent as it is; a batch of more carries the
+//! cost is most of what routing a QoS 0 message costs. So a publish writes
+//! its envelope straight into the [`Outbox`]'s batch for the node, and one
+//! task sends the batches: it takes whatever has gathered (it never waits
+//! for more: at low rates a batch holds one message and nothing is
+//! delayed), one NATS message per batch, in the order they were routed. A
+//! batch of one is sent as it is; a batch of more carries the
 //! [`BATCH_HEADER`] and each envelope behind its length.
 
 use std::sync::Arc;
 
 use async_nats::HeaderMap;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::sync::mpsc;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 /// Header of a NATS message holding several envelopes, each behind its
 /// length (4 bytes, big-endian).
 pub const BATCH_HEADER: &str = "Kmq-Batch";
 
-/// Routed QoS 0 messages waiting for the batching task, at most (a
-/// publisher beyond it waits: back-pressure, not loss).
-pub const QUEUED: usize = 16 * 1024;
+/// Bytes of envelopes waiting to be sent, at most: a publisher beyond it
+/// waits (back-pressure, not loss).
+const MAX_PENDING_BYTES: usize = 4 * 1024 * 1024;
 
 /// Bytes of envelopes in one NATS message, at most (nats-server's default
 /// `max_payload` is 1 MiB).
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
-/// Envelopes for one node, gathered for one NATS message.
-struct Gathered {
-    node: Arc<str>,
-    envelopes: Vec<Bytes>,
+/// Envelopes to other nodes, gathered per node until the sending task
+/// ([`send_batches`]) takes them. Dropping it ends that task.
+pub struct Outbox {
+    shared: Arc<Shared>,
 }
 
-/// Takes the envelopes routed to other nodes from `queued` and sends them
-/// in batches, until every sender is gone.
-pub async fn send_batches(
+#[derive(Default)]
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Wakes the sending task (once per batch gathered from nothing).
+    filled: Notify,
+    /// Wakes publishers waiting for room.
+    emptied: Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    batches: Vec<Batch>,
+    bytes: usize,
+    closed: bool,
+}
+
+/// Envelopes for one node, each behind its length, for one NATS message.
+struct Batch {
+    node: Arc<str>,
+    count: usize,
+    envelopes: BytesMut,
+}
+
+impl Outbox {
+    /// An outbox, and the task that sends what it gathers with `client`,
+    /// on the subject `subject` names for each node, reporting each failed
+    /// send to `on_error` (to spawn).
+    pub fn new(
+        client: async_nats::Client,
+        subject: impl Fn(&str) -> String,
+        on_error: impl Fn(async_nats::PublishError),
+    ) -> (Outbox, impl std::future::Future<Output = ()>) {
+        let shared = Arc::new(Shared::default());
+        let task = send_batches(shared.clone(), client, subject, on_error);
+        (Outbox { shared }, task)
+    }
+
+    /// Adds the envelope `write` appends (as
+    /// [`super::envelope::encode_into`]) to the batch for `node`; waits
+    /// while the outbox is full.
+    pub async fn push<E>(
+        &self,
+        node: &Arc<str>,
+        write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut write = Some(write);
+        loop {
+            let emptied = self.shared.emptied.notified();
+            {
+                let mut pending = self.shared.pending.lock();
+                if let Some(write) = write.take_if(|_| pending.bytes < MAX_PENDING_BYTES) {
+                    let was_empty = pending.batches.is_empty();
+                    pending.append(node, write)?;
+                    drop(pending);
+                    if was_empty {
+                        self.shared.filled.notify_one();
+                    }
+                    return Ok(());
+                }
+            }
+            emptied.await;
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.shared.pending.lock().closed = true;
+        self.shared.filled.notify_one();
+    }
+}
+
+impl Pending {
+    fn append<E>(
+        &mut self,
+        node: &Arc<str>,
+        write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+    ) -> Result<(), E> {
+        // The node's latest batch, unless full: a new one goes after it,
+        // so the node's envelopes stay in order.
+        let open = self
+            .batches
+            .iter()
+            .rposition(|b| b.node == *node)
+            .filter(|&i| self.batches[i].envelopes.len() < MAX_BATCH_BYTES);
+        let i = match open {
+            Some(i) => i,
+            None => {
+                self.batches.push(Batch {
+                    node: node.clone(),
+                    count: 0,
+                    envelopes: BytesMut::new(),
+                });
+                self.batches.len() - 1
+            }
+        };
+        let batch = &mut self.batches[i];
+        let start = batch.envelopes.len();
+        batch.envelopes.put_u32(0);
+        if let Err(e) = write(&mut batch.envelopes) {
+            batch.envelopes.truncate(start);
+            return Err(e);
+        }
+        let len = batch.envelopes.len() - start - 4;
+        // An envelope is smaller than a NATS message (at most 64 MiB).
+        batch.envelopes[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+        batch.count += 1;
+        self.bytes += len + 4;
+        Ok(())
+    }
+}
+
+/// Sends what `shared` gathers, batch after batch, until its outbox is
+/// dropped.
+async fn send_batches(
+    shared: Arc<Shared>,
     client: async_nats::Client,
     subject: impl Fn(&str) -> String,
-    mut queued: mpsc::Receiver<(Arc<str>, Bytes)>,
     on_error: impl Fn(async_nats::PublishError),
 ) {
-    let mut gathered: Vec<Gathered> = Vec::new();
-    while let Some(first) = queued.recv().await {
-        let mut bytes = first.1.len();
-        add(&mut gathered, first);
-        while bytes < MAX_BATCH_BYTES {
-            match queued.try_recv() {
-                Ok(next) => {
-                    bytes += next.1.len();
-                    add(&mut gathered, next);
-                }
-                Err(_) => break,
-            }
-        }
-        for batch in gathered.drain(..) {
+    loop {
+        shared.filled.notified().await;
+        let (batches, closed) = {
+            let mut pending = shared.pending.lock();
+            pending.bytes = 0;
+            (std::mem::take(&mut pending.batches), pending.closed)
+        };
+        shared.emptied.notify_waiters();
+        for batch in batches {
             let subject = subject(&batch.node);
-            let sent = match <[Bytes; 1]>::try_from(batch.envelopes) {
-                Ok([one]) => client.publish(subject, one).await,
-                Err(envelopes) => {
-                    let mut headers = HeaderMap::new();
-                    headers.insert(BATCH_HEADER, envelopes.len().to_string().as_str());
-                    client
-                        .publish_with_headers(subject, headers, encode(&envelopes))
-                        .await
-                }
+            let mut envelopes = batch.envelopes.freeze();
+            let sent = if batch.count == 1 {
+                envelopes.advance(4);
+                client.publish(subject, envelopes).await
+            } else {
+                let mut headers = HeaderMap::new();
+                headers.insert(BATCH_HEADER, batch.count.to_string().as_str());
+                client
+                    .publish_with_headers(subject, headers, envelopes)
+                    .await
             };
             if let Err(e) = sent {
                 on_error(e);
             }
         }
+        if closed {
+            return;
+        }
     }
-}
-
-fn add(gathered: &mut Vec<Gathered>, (node, envelope): (Arc<str>, Bytes)) {
-    match gathered.iter_mut().find(|g| g.node == node) {
-        Some(batch) => batch.envelopes.push(envelope),
-        None => gathered.push(Gathered {
-            node,
-            envelopes: vec![envelope],
-        }),
-    }
-}
-
-/// The payload of a batch: each envelope behind its length.
-pub fn encode(envelopes: &[Bytes]) -> Bytes {
-    let len = envelopes.iter().map(|e| 4 + e.len()).sum();
-    let mut out = BytesMut::with_capacity(len);
-    for envelope in envelopes {
-        // An envelope is smaller than a NATS message (at most 64 MiB).
-        out.put_u32(envelope.len() as u32);
-        out.put_slice(envelope);
-    }
-    out.freeze()
 }
 
 /// The envelopes of a batch's payload; `Err` at the first one cut short
@@ -119,6 +210,16 @@ pub fn decode(mut payload: Bytes) -> impl Iterator<Item = Result<Bytes, &'static
 mod tests {
     use super::*;
 
+    /// The payload of a batch: each envelope behind its length.
+    fn encode(envelopes: &[Bytes]) -> Bytes {
+        let mut out = BytesMut::new();
+        for envelope in envelopes {
+            out.put_u32(envelope.len() as u32);
+            out.put_slice(envelope);
+        }
+        out.freeze()
+    }
+
     #[test]
     fn a_batch_gives_back_its_envelopes_in_order() {
         let envelopes = vec![
@@ -144,17 +245,85 @@ mod tests {
 
     #[test]
     fn envelopes_are_gathered_per_node_in_order() {
-        let mut gathered = Vec::new();
+        let mut pending = Pending::default();
         for (node, body) in [("b", "1"), ("c", "2"), ("b", "3")] {
-            add(&mut gathered, (Arc::from(node), Bytes::from(body)));
+            let write = |out: &mut BytesMut| -> Result<(), ()> {
+                out.put_slice(body.as_bytes());
+                Ok(())
+            };
+            pending.append(&Arc::from(node), write).unwrap();
         }
-        let view: Vec<(&str, Vec<&[u8]>)> = gathered
+        let failed = pending.append(&Arc::from("b"), |out: &mut BytesMut| {
+            out.put_slice(b"half");
+            Err(())
+        });
+        assert!(failed.is_err(), "an envelope that failed is left out");
+        let view: Vec<(&str, usize, Vec<Bytes>)> = pending
+            .batches
             .iter()
-            .map(|g| (&*g.node, g.envelopes.iter().map(|e| &e[..]).collect()))
+            .map(|b| {
+                let envelopes = decode(b.envelopes.clone().freeze()).map(Result::unwrap);
+                (&*b.node, b.count, envelopes.collect())
+            })
             .collect();
         assert_eq!(
             view,
-            vec![("b", vec![&b"1"[..], b"3"]), ("c", vec![&b"2"[..]])]
+            vec![
+                ("b", 2, vec![Bytes::from("1"), Bytes::from("3")]),
+                ("c", 1, vec![Bytes::from("2")])
+            ]
         );
+        assert_eq!(pending.bytes, 3 * (4 + 1));
+    }
+
+    #[test]
+    fn a_full_batch_is_followed_by_a_new_one_for_the_same_node() {
+        let mut pending = Pending::default();
+        let big = vec![7u8; MAX_BATCH_BYTES];
+        for _ in 0..2 {
+            let write = |out: &mut BytesMut| -> Result<(), ()> {
+                out.put_slice(&big);
+                Ok(())
+            };
+            pending.append(&Arc::from("b"), write).unwrap();
+        }
+        let counts: Vec<usize> = pending.batches.iter().map(|b| b.count).collect();
+        assert_eq!(counts, vec![1, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_publisher_waits_while_the_outbox_is_full_and_goes_on_once_it_is_sent() {
+        let outbox = Outbox {
+            shared: Arc::new(Shared::default()),
+        };
+        let chunk = vec![1u8; MAX_BATCH_BYTES];
+        let node: Arc<str> = Arc::from("b");
+        while outbox.shared.pending.lock().bytes < MAX_PENDING_BYTES {
+            let write = |out: &mut BytesMut| -> Result<(), ()> {
+                out.put_slice(&chunk);
+                Ok(())
+            };
+            outbox.push(&node, write).await.unwrap();
+        }
+        let write = |out: &mut BytesMut| -> Result<(), ()> {
+            out.put_slice(b"one more");
+            Ok(())
+        };
+        let mut waiting = Box::pin(outbox.push(&node, write));
+        let short = std::time::Duration::from_millis(50);
+        assert!(
+            tokio::time::timeout(short, &mut waiting).await.is_err(),
+            "no room: the publisher waits"
+        );
+        // What the sending task does: take everything, say so.
+        let taken = std::mem::take(&mut *outbox.shared.pending.lock());
+        outbox.shared.pending.lock().bytes = 0;
+        outbox.shared.emptied.notify_waiters();
+        assert!(taken.batches.len() > 1);
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
+            .await
+            .expect("woken once there is room")
+            .unwrap();
+        assert_eq!(outbox.shared.pending.lock().batches[0].count, 1);
     }
 }

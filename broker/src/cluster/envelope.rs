@@ -90,8 +90,56 @@ pub fn encode(
     shared_groups: &[String],
     msg: &Message,
 ) -> Result<Vec<u8>, postcard::Error> {
+    // Room for everything but unusual properties, so that the buffer is
+    // allocated once.
+    let size = 32 + origin.len() + msg.topic.len() + msg.payload.len();
+    postcard::to_extend(
+        &envelope_ref(origin, id, shared_groups, msg),
+        Vec::with_capacity(size),
+    )
+}
+
+/// As [`encode`], appended to `out`.
+pub fn encode_into(
+    origin: &str,
+    id: u64,
+    shared_groups: &[String],
+    msg: &Message,
+    out: &mut bytes::BytesMut,
+) -> Result<(), postcard::Error> {
+    postcard::serialize_with_flavor(&envelope_ref(origin, id, shared_groups, msg), Appender(out))
+}
+
+/// A `BytesMut` as postcard's output (slices copied whole, not byte by
+/// byte as through `Extend`).
+struct Appender<'a>(&'a mut bytes::BytesMut);
+
+impl postcard::ser_flavors::Flavor for Appender<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.extend_from_slice(&[data]);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+fn envelope_ref<'a>(
+    origin: &'a str,
+    id: u64,
+    shared_groups: &'a [String],
+    msg: &'a Message,
+) -> EnvelopeRef<'a> {
     let p = &msg.properties;
-    let envelope = EnvelopeRef {
+    EnvelopeRef {
         origin,
         id,
         shared_groups,
@@ -109,11 +157,7 @@ pub fn encode(
             },
             expires_at_ms: msg.expires_at_ms(),
         },
-    };
-    // Room for everything but unusual properties, so that the buffer is
-    // allocated once.
-    let size = 32 + origin.len() + msg.topic.len() + msg.payload.len();
-    postcard::to_extend(&envelope, Vec::with_capacity(size))
+    }
 }
 
 impl<'a> Envelope<'a> {
@@ -194,6 +238,21 @@ mod tests {
         let left = back.remaining_expiry(Instant::now()).unwrap();
         assert!((595..=600).contains(&left), "expires in {left} s");
         assert!(Envelope::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn an_envelope_appended_to_a_batch_is_the_same_bytes() {
+        let msg = message();
+        let groups = vec!["g".to_string()];
+        let mut batch = bytes::BytesMut::from(&b"before"[..]);
+        encode_into("n", 3, &groups, &msg, &mut batch).unwrap();
+        let alone = encode("n", 3, &groups, &msg).unwrap();
+        assert_eq!(&batch[..6], b"before");
+        // The expiry is computed at each encoding: compare the rest.
+        let mut appended = Envelope::decode(&batch[6..]).unwrap();
+        let alone = Envelope::decode(&alone).unwrap();
+        appended.message.expires_at_ms = alone.message.expires_at_ms;
+        assert_eq!(appended, alone);
     }
 
     /// Nodes of two versions read each other's envelopes during a rolling

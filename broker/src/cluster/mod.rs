@@ -87,9 +87,9 @@ pub struct Cluster {
     node: Arc<str>,
     client: async_nats::Client,
     js: Arc<jetstream::Context>,
-    /// QoS 0 messages for other nodes, to the task that sends them in
-    /// batches ([`batch`]).
-    core_batches: tokio::sync::mpsc::Sender<(Arc<str>, bytes::Bytes)>,
+    /// QoS 0 messages to other nodes, gathered into batches for the task
+    /// that sends them ([`batch`]).
+    outbox: batch::Outbox,
     /// Set once the streams and buckets exist and the watchers run.
     buckets: tokio::sync::OnceCell<Buckets>,
     interest: Interest,
@@ -196,15 +196,14 @@ impl Cluster {
                 .timeout(REQUEST_TIMEOUT)
                 .build(client.clone()),
         );
-        let (core_batches, core_batches_rx) = tokio::sync::mpsc::channel(batch::QUEUED);
         let send_failures = broker.metrics.cluster_send_failures.clone();
         let batch_names = names.clone();
-        tokio::spawn(batch::send_batches(
+        let (outbox, send_batches) = batch::Outbox::new(
             client.clone(),
             move |node| batch_names.core_route(node),
-            core_batches_rx,
             move |_| send_failures.inc(),
-        ));
+        );
+        tokio::spawn(send_batches);
         let (interest, changes) = Interest::new(node.clone());
         let (session_writes, session_writes_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
@@ -213,7 +212,7 @@ impl Cluster {
             node,
             client,
             js,
-            core_batches,
+            outbox,
             buckets: tokio::sync::OnceCell::new(),
             interest,
             nodes: Nodes::default(),

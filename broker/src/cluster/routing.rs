@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{pull, AckPolicy};
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use async_nats::{HeaderMap, Subject};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use crate::broker::Broker;
@@ -208,15 +208,17 @@ impl Cluster {
         };
         let mut sent = Vec::new();
         for (node, groups) in &plan.remote {
-            let bytes = Bytes::from(
-                envelope::encode(&self.node, id, groups, msg).map_err(ClusterError::nats)?,
-            );
             if msg.qos == QoS::AtMostOnce {
-                self.core_batches
-                    .send((node.clone(), bytes))
+                let write =
+                    |out: &mut BytesMut| envelope::encode_into(&self.node, id, groups, msg, out);
+                self.outbox
+                    .push(node, write)
                     .await
-                    .map_err(|_| ClusterError::Unavailable)?;
+                    .map_err(ClusterError::nats)?;
             } else {
+                let bytes = Bytes::from(
+                    envelope::encode(&self.node, id, groups, msg).map_err(ClusterError::nats)?,
+                );
                 let subject = Subject::from(self.names.stream_route(node));
                 let ack = self
                     .js
