@@ -318,6 +318,15 @@ impl Metrics {
         self.messages_sent[qos as usize].inc();
     }
 
+    /// Messages sent, counted per QoS (indexed by QoS).
+    pub fn sent_many(&self, counts: &[u64; 3]) {
+        for (counter, &count) in self.messages_sent.iter().zip(counts) {
+            if count > 0 {
+                counter.inc_by(count);
+            }
+        }
+    }
+
     /// Total over every QoS.
     pub fn total(counters: &[IntCounter; 3]) -> u64 {
         counters.iter().map(IntCounter::get).sum()

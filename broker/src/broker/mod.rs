@@ -65,7 +65,8 @@ pub struct Broker {
     pub budget: MemoryBudget,
     /// This node's part in a cluster (`[cluster]`), once started.
     cluster: std::sync::OnceLock<Arc<Cluster>>,
-    sessions: Vec<RwLock<HashMap<ClientKey, Arc<Session>>>>,
+    /// Looked up for every delivery: hashed with ahash, not SipHash.
+    sessions: Vec<RwLock<HashMap<ClientKey, Arc<Session>, ahash::RandomState>>>,
     /// Serialises CONNECT handling per shard of client ids, so that two
     /// connections racing for one client id take over in order.
     connect_locks: Vec<AsyncMutex<()>>,
@@ -141,7 +142,9 @@ impl Broker {
             keep_alive: KeepAliveWheel::default(),
             budget: MemoryBudget::new(budget),
             cluster: std::sync::OnceLock::new(),
-            sessions: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            sessions: (0..SHARDS)
+                .map(|_| RwLock::new(HashMap::default()))
+                .collect(),
             connect_locks: (0..SHARDS).map(|_| AsyncMutex::new(())).collect(),
             hasher: ahash::RandomState::new(),
             next_connection_id: AtomicU64::new(1),

@@ -66,6 +66,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
         let now = Instant::now();
         let mut records = Vec::new();
         let mut expired = Vec::new();
+        // Counted here and added to the shared metrics once per call: each
+        // shared update is several atomic operations (5 % of the broker's
+        // time when it did them per delivery).
+        let mut sent = [0u64; 3];
+        let mut latency: Option<prometheus::local::LocalHistogram> = None;
         while self.io.wbuf.len() < WRITE_HIGH_WATER {
             let next = self.session.state.lock().next_to_send(
                 usize::from(self.window),
@@ -102,11 +107,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                     packet_id: id,
                 });
             }
-            self.broker.metrics.sent(delivery.qos);
-            self.broker.metrics.delivery_latency.observe(
-                now.saturating_duration_since(delivery.msg.received_at)
-                    .as_secs_f64(),
-            );
+            sent[delivery.qos as usize] += 1;
+            latency
+                .get_or_insert_with(|| self.broker.metrics.delivery_latency.local())
+                .observe(
+                    now.saturating_duration_since(delivery.msg.received_at)
+                        .as_secs_f64(),
+                );
+        }
+        self.broker.metrics.sent_many(&sent);
+        if let Some(latency) = latency {
+            latency.flush();
         }
         for seq in expired {
             records.push(Record::Dequeue {
