@@ -9,8 +9,23 @@
 //! delayed), one NATS message per batch, in the order they were routed. A
 //! batch of one is sent as it is; a batch of more carries the
 //! [`BATCH_HEADER`] and each envelope behind its length.
+//!
+//! Core NATS has no flow control: a node that routes what it receives
+//! slower than the others send (a fan-out to many subscribers) would fall
+//! behind until nats-server cut it off as a slow consumer, losing
+//! everything in between. So at most [`WINDOW_BYTES`] go to a node before
+//! it says it has routed them: every [`ACK_EVERY_BYTES`] (and every batch
+//! once half the window is used) a batch carries [`ACK_HEADER`], the bytes
+//! sent to that node so far, and a reply subject; the node echoes the
+//! value there once it has routed the batch ([`Outbox::acknowledged`]).
+//! A full window holds the batches back, the outbox fills, and publishers
+//! wait: back-pressure, as for a slow subscriber on one node. A node that
+//! does not answer for [`STALL_LIMIT`] (dead, or an older version during
+//! a rolling upgrade) is sent to again, and the stall logged.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -29,6 +44,21 @@ const MAX_PENDING_BYTES: usize = 4 * 1024 * 1024;
 /// `max_payload` is 1 MiB).
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
+/// Header of a batch the receiving node acknowledges once routed: the
+/// bytes sent to it so far, which it echoes to the reply subject.
+pub const ACK_HEADER: &str = "Kmq-Ack";
+
+/// Bytes sent to a node and not yet acknowledged, at most (nats-server
+/// cuts a client off past 64 MiB pending, whatever number of nodes send).
+const WINDOW_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A batch asks for an acknowledgement at least this often (in bytes).
+const ACK_EVERY_BYTES: u64 = 512 * 1024;
+
+/// How long a full window waits for the node's acknowledgement before
+/// sending all the same.
+const STALL_LIMIT: Duration = Duration::from_secs(1);
+
 /// Envelopes to other nodes, gathered per node until the sending task
 /// ([`send_batches`]) takes them. Dropping it ends that task.
 pub struct Outbox {
@@ -42,6 +72,49 @@ struct Shared {
     filled: Notify,
     /// Wakes publishers waiting for room.
     emptied: Notify,
+    /// Per node, the bytes it said it has routed.
+    acked: Mutex<HashMap<Arc<str>, u64>>,
+    /// Wakes the sending task waiting for a node's acknowledgement.
+    acked_changed: Notify,
+}
+
+/// Where the sending task sends, and whom it tells what went wrong.
+pub struct Link<S, A, E, L> {
+    pub client: async_nats::Client,
+    /// The subject of QoS 0 messages routed to a node.
+    pub subject: S,
+    /// Where a node acknowledges what it routed (its reply subject).
+    pub acks: A,
+    /// A send failed.
+    pub on_error: E,
+    /// A node did not acknowledge within [`STALL_LIMIT`].
+    pub on_stall: L,
+}
+
+/// Bytes sent to one node, and when an acknowledgement was last asked.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Flow {
+    sent: u64,
+    asked: u64,
+}
+
+impl Flow {
+    /// Whether another batch may go, the node having acknowledged `acked`.
+    fn has_room(&self, acked: u64) -> bool {
+        self.sent.saturating_sub(acked) < WINDOW_BYTES
+    }
+
+    /// Counts a batch of `len` bytes; `Some(bytes sent so far)` when it
+    /// asks for an acknowledgement.
+    fn send(&mut self, len: u64, acked: u64) -> Option<u64> {
+        self.sent += len;
+        let ask = self.sent - self.asked >= ACK_EVERY_BYTES
+            || self.sent.saturating_sub(acked) >= WINDOW_BYTES / 2;
+        ask.then(|| {
+            self.asked = self.sent;
+            self.sent
+        })
+    }
 }
 
 #[derive(Default)]
@@ -59,17 +132,34 @@ struct Batch {
 }
 
 impl Outbox {
-    /// An outbox, and the task that sends what it gathers with `client`,
-    /// on the subject `subject` names for each node, reporting each failed
-    /// send to `on_error` (to spawn).
-    pub fn new(
-        client: async_nats::Client,
-        subject: impl Fn(&str) -> String,
-        on_error: impl Fn(async_nats::PublishError),
-    ) -> (Outbox, impl std::future::Future<Output = ()>) {
+    /// An outbox, and the task that sends what it gathers over `link`
+    /// (to spawn).
+    pub fn new<S, A, E, L>(
+        link: Link<S, A, E, L>,
+    ) -> (Outbox, impl std::future::Future<Output = ()>)
+    where
+        S: Fn(&str) -> String,
+        A: Fn(&str) -> String,
+        E: Fn(async_nats::PublishError),
+        L: Fn(&str),
+    {
         let shared = Arc::new(Shared::default());
-        let task = send_batches(shared.clone(), client, subject, on_error);
+        let task = send_batches(shared.clone(), link);
         (Outbox { shared }, task)
+    }
+
+    /// `node` has routed what was sent to it up to `bytes` (its echo of an
+    /// [`ACK_HEADER`]).
+    pub fn acknowledged(&self, node: &str, bytes: u64) {
+        let mut acked = self.shared.acked.lock();
+        match acked.get_mut(node) {
+            Some(known) => *known = (*known).max(bytes),
+            None => {
+                acked.insert(Arc::from(node), bytes);
+            }
+        }
+        drop(acked);
+        self.shared.acked_changed.notify_waiters();
     }
 
     /// Adds the envelope `write` appends (as
@@ -149,12 +239,14 @@ impl Pending {
 
 /// Sends what `shared` gathers, batch after batch, until its outbox is
 /// dropped.
-async fn send_batches(
-    shared: Arc<Shared>,
-    client: async_nats::Client,
-    subject: impl Fn(&str) -> String,
-    on_error: impl Fn(async_nats::PublishError),
-) {
+async fn send_batches<S, A, E, L>(shared: Arc<Shared>, link: Link<S, A, E, L>)
+where
+    S: Fn(&str) -> String,
+    A: Fn(&str) -> String,
+    E: Fn(async_nats::PublishError),
+    L: Fn(&str),
+{
+    let mut flows: HashMap<Arc<str>, Flow> = HashMap::new();
     loop {
         shared.filled.notified().await;
         let (batches, closed) = {
@@ -164,24 +256,60 @@ async fn send_batches(
         };
         shared.emptied.notify_waiters();
         for batch in batches {
-            let subject = subject(&batch.node);
+            let flow = flows.entry(batch.node.clone()).or_default();
+            let acked = room_for(&shared, &batch.node, flow, &link.on_stall).await;
+            let ask = flow.send(batch.envelopes.len() as u64, acked);
+            let subject = (link.subject)(&batch.node);
             let mut envelopes = batch.envelopes.freeze();
-            let sent = if batch.count == 1 {
+            let mut headers = HeaderMap::new();
+            if batch.count == 1 {
                 envelopes.advance(4);
-                client.publish(subject, envelopes).await
             } else {
-                let mut headers = HeaderMap::new();
                 headers.insert(BATCH_HEADER, batch.count.to_string().as_str());
-                client
-                    .publish_with_headers(subject, headers, envelopes)
-                    .await
+            }
+            let client = &link.client;
+            let sent = match ask {
+                Some(bytes) => {
+                    headers.insert(ACK_HEADER, bytes.to_string().as_str());
+                    let reply = (link.acks)(&batch.node);
+                    client
+                        .publish_with_reply_and_headers(subject, reply, headers, envelopes)
+                        .await
+                }
+                None if batch.count == 1 => client.publish(subject, envelopes).await,
+                None => {
+                    client
+                        .publish_with_headers(subject, headers, envelopes)
+                        .await
+                }
             };
             if let Err(e) = sent {
-                on_error(e);
+                (link.on_error)(e);
             }
         }
         if closed {
             return;
+        }
+    }
+}
+
+/// Waits until `flow` has room in `node`'s window, or [`STALL_LIMIT`]
+/// (then the node is taken to have routed everything sent, and
+/// `on_stall` told). Returns what the node acknowledged.
+async fn room_for(shared: &Shared, node: &Arc<str>, flow: &Flow, on_stall: &impl Fn(&str)) -> u64 {
+    let deadline = tokio::time::Instant::now() + STALL_LIMIT;
+    loop {
+        let changed = shared.acked_changed.notified();
+        let acked = shared.acked.lock().get(node).copied().unwrap_or(0);
+        if flow.has_room(acked) {
+            return acked;
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            on_stall(node);
+            let mut known = shared.acked.lock();
+            let acked = known.entry(node.clone()).or_default();
+            *acked = (*acked).max(flow.sent);
+            return *acked;
         }
     }
 }
@@ -325,5 +453,70 @@ mod tests {
             .expect("woken once there is room")
             .unwrap();
         assert_eq!(outbox.shared.pending.lock().batches[0].count, 1);
+    }
+
+    #[test]
+    fn a_node_is_asked_to_acknowledge_every_so_often_and_each_batch_near_a_full_window() {
+        let mut flow = Flow::default();
+        assert_eq!(flow.send(1000, 0), None, "a small batch asks nothing");
+        let asked = flow.send(ACK_EVERY_BYTES, 0);
+        assert_eq!(asked, Some(1000 + ACK_EVERY_BYTES));
+        assert_eq!(flow.send(1000, asked.unwrap()), None);
+        // Past half the window unacknowledged, every batch asks.
+        let acked = flow.sent;
+        flow.sent += WINDOW_BYTES / 2;
+        flow.asked = flow.sent;
+        assert!(flow.send(10, acked).is_some());
+        assert!(flow.send(10, acked).is_some());
+        assert!(flow.has_room(acked));
+        flow.sent = acked + WINDOW_BYTES;
+        assert!(!flow.has_room(acked), "a full window");
+        assert!(flow.has_room(acked + 1));
+    }
+
+    #[tokio::test]
+    async fn a_full_window_waits_for_the_node_and_no_longer_than_the_stall_limit() {
+        let (outbox, _task) = Outbox::new(Link {
+            client: never_connected().await,
+            subject: |node: &str| node.to_string(),
+            acks: |node: &str| node.to_string(),
+            on_error: |_| {},
+            on_stall: |_: &str| {},
+        });
+        let node: Arc<str> = Arc::from("b");
+        let flow = Flow {
+            sent: WINDOW_BYTES + 100,
+            asked: WINDOW_BYTES + 100,
+        };
+        let stalls = std::sync::atomic::AtomicUsize::new(0);
+        let on_stall = |_: &str| {
+            stalls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
+        let shared = outbox.shared.clone();
+        let waiting = room_for(&shared, &node, &flow, &on_stall);
+        tokio::pin!(waiting);
+        let short = Duration::from_millis(50);
+        assert!(tokio::time::timeout(short, &mut waiting).await.is_err());
+        outbox.acknowledged("b", 200);
+        assert_eq!(waiting.await, 200, "room once the node acknowledged");
+        assert_eq!(stalls.load(std::sync::atomic::Ordering::Relaxed), 0);
+        // Nothing comes: sent all the same after the limit, and said.
+        let flow = Flow {
+            sent: 200 + WINDOW_BYTES,
+            asked: 200 + WINDOW_BYTES,
+        };
+        let started = tokio::time::Instant::now();
+        assert_eq!(room_for(&shared, &node, &flow, &on_stall).await, flow.sent);
+        assert!(started.elapsed() >= STALL_LIMIT);
+        assert_eq!(stalls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    /// A client for tests that send nothing.
+    async fn never_connected() -> async_nats::Client {
+        async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("nats://127.0.0.1:1")
+            .await
+            .unwrap()
     }
 }

@@ -196,13 +196,24 @@ impl Cluster {
                 .timeout(REQUEST_TIMEOUT)
                 .build(client.clone()),
         );
+        let run = random_u64();
         let send_failures = broker.metrics.cluster_send_failures.clone();
-        let batch_names = names.clone();
-        let (outbox, send_batches) = batch::Outbox::new(
-            client.clone(),
-            move |node| batch_names.core_route(node),
-            move |_| send_failures.inc(),
-        );
+        let (route_names, ack_names, me) = (names.clone(), names.clone(), node.clone());
+        let stall_logger = broker.logger.clone();
+        let stall_log = LogEvery::default();
+        let (outbox, send_batches) = batch::Outbox::new(batch::Link {
+            client: client.clone(),
+            subject: move |to: &str| route_names.core_route(to),
+            acks: move |to: &str| ack_names.core_acks(&me, run, to),
+            on_error: move |_| send_failures.inc(),
+            on_stall: move |to: &str| {
+                if let Some(count) = stall_log.note() {
+                    stall_logger.warning(&format!(
+                        "Cluster: {count} time(s) a node ({to}) did not say within a second that it had routed the QoS 0 messages sent to it; sent on all the same."
+                    ));
+                }
+            },
+        });
         tokio::spawn(send_batches);
         let (interest, changes) = Interest::new(node.clone());
         let (session_writes, session_writes_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -222,7 +233,7 @@ impl Cluster {
             interest_applied_changed: tokio::sync::Notify::new(),
             plans: Arc::default(),
             retained_loaded: AtomicBool::new(false),
-            run: random_u64(),
+            run,
             next_message_id: std::sync::atomic::AtomicU64::new(random_u64()),
             max_queued_messages: i64::from(broker.config().limits.max_queued_messages),
             forwarding: parking_lot::Mutex::new(std::collections::HashMap::new()),
@@ -432,6 +443,7 @@ impl Cluster {
         tokio::spawn(self.clone().watch_node_keys());
         tokio::spawn(self.clone().judge_nodes(broker.clone()));
         tokio::spawn(self.clone().receive_core(broker.clone()));
+        tokio::spawn(self.clone().receive_core_acks());
         tokio::spawn(self.clone().receive_stream(broker.clone()));
         tokio::spawn(self.clone().serve_takeovers(broker.clone()));
         tokio::spawn(self.clone().answer_pings());

@@ -58,6 +58,13 @@ impl Names {
         format!("_KMQ.{}.c.{node}", self.cluster)
     }
 
+    /// Where `node` (run `run`) hears which of the QoS 0 messages it
+    /// routed to `to` that node has routed in its turn (the reply subject
+    /// of [`super::batch::ACK_HEADER`]).
+    pub fn core_acks(&self, node: &str, run: u64, to: &str) -> String {
+        format!("_KMQ.{}.ca.{node}.{run}.{to}", self.cluster)
+    }
+
     /// Stream subject of QoS 1/2 messages routed to `node`.
     pub fn stream_route(&self, node: &str) -> String {
         format!("_KMQ.{}.r.{node}", self.cluster)

@@ -274,27 +274,67 @@ impl Cluster {
             }
         };
         while let Some(message) = messages.next().await {
-            // QoS 0: nothing is stored, nothing to wait for.
+            // The sender waits for this once its window is full.
+            let ack = message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(batch::ACK_HEADER))
+                .map(|value| Bytes::copy_from_slice(value.as_str().as_bytes()))
+                .zip(message.reply.clone());
             let batched = message
                 .headers
                 .as_ref()
                 .is_some_and(|headers| headers.get(batch::BATCH_HEADER).is_some());
+            // QoS 0: nothing is stored, nothing to wait for.
             if !batched {
                 let _ = self.deliver(&broker, &message.payload).await;
-                continue;
+            } else {
+                self.deliver_batch(&broker, message.payload).await;
             }
-            for envelope in batch::decode(message.payload) {
-                match envelope {
-                    Ok(envelope) => {
-                        let _ = self.deliver(&broker, &envelope).await;
-                    }
-                    Err(e) => {
-                        broker.metrics.cluster_bad_messages.inc();
-                        self.logger.warning(&format!(
-                            "Cluster: the rest of a batch of routed messages was dropped: {e}."
-                        ));
-                    }
+            if let Some((bytes, reply)) = ack {
+                let _ = self.client.publish(reply, bytes).await;
+            }
+        }
+    }
+
+    /// Delivers each envelope of a batch of QoS 0 messages.
+    async fn deliver_batch(&self, broker: &Arc<Broker>, payload: Bytes) {
+        for envelope in batch::decode(payload) {
+            match envelope {
+                Ok(envelope) => {
+                    let _ = self.deliver(broker, &envelope).await;
                 }
+                Err(e) => {
+                    broker.metrics.cluster_bad_messages.inc();
+                    self.logger.warning(&format!(
+                        "Cluster: the rest of a batch of routed messages was dropped: {e}."
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Hears which QoS 0 messages sent from here the other nodes have
+    /// routed (their echoes of [`batch::ACK_HEADER`]), for the outbox's
+    /// windows.
+    pub(super) async fn receive_core_acks(self: Arc<Self>) {
+        let subject = self.names.core_acks(&self.node, self.run, "*");
+        let mut acks = match self.client.subscribe(subject).await {
+            Ok(subscriber) => subscriber,
+            Err(e) => {
+                self.logger.error(&format!(
+                    "Cluster: cannot hear acknowledgements of routed messages: {e}."
+                ));
+                return;
+            }
+        };
+        while let Some(ack) = acks.next().await {
+            let node = ack.subject.rsplit('.').next().unwrap_or_default();
+            let bytes = std::str::from_utf8(&ack.payload)
+                .ok()
+                .and_then(|b| b.parse().ok());
+            if let Some(bytes) = bytes {
+                self.outbox.acknowledged(node, bytes);
             }
         }
     }

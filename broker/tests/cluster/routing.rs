@@ -349,3 +349,82 @@ async fn a_replica_added_to_the_cluster_gets_its_clients_messages_at_once() {
     );
     mover.expect_nothing(QUIET).await;
 }
+
+/// QoS 0 between nodes goes over core NATS, which has no flow control:
+/// a node that falls behind (frozen here, as a busy node routing each
+/// message to many subscribers falls behind) would have nats-server hold
+/// what it is sent until it cut the node off as a slow consumer, losing
+/// everything it had not read. The sending node keeps at most a window
+/// (4 MiB) unacknowledged instead, its publisher waits meanwhile, and
+/// once the node goes on every message is delivered or counted as dropped
+/// (a subscriber's full queue, as on one node).
+#[tokio::test]
+async fn qos0_to_a_node_that_falls_behind_is_held_back_by_a_window() {
+    let nats = NatsCluster::start(1).await;
+    let mut cluster = BrokerCluster::start(&nats, 2, ClusterOpts::default()).await;
+    let mut subs = Vec::new();
+    for i in 0..3 {
+        let (mut sub, _) = Raw::connect(&cluster.nodes[1], &Connect::v5(&format!("sub-{i}"))).await;
+        sub.subscribe(1, &[("load/#", 0)]).await;
+        subs.push(sub);
+    }
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("fast")).await;
+    {
+        let mut refs: Vec<&mut Raw> = subs.iter_mut().collect();
+        await_routes(&mut publisher, "load/probe", &mut refs).await;
+    }
+    let receivers: Vec<_> = subs
+        .into_iter()
+        .map(|mut sub| {
+            tokio::spawn(async move {
+                let mut got = 0usize;
+                while let Recv::Packet(packet) = sub.recv_within(Duration::from_secs(5)).await {
+                    if matches!(packet, Pkt::Publish(ref p) if p.topic == "load/x") {
+                        got += 1;
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let sent_by_0 = || nats.client_in_bytes(0, "node-0");
+    let before = sent_by_0().await.expect("node-0 is connected to NATS");
+    // 24 MB for node-1: far more than the window.
+    const COUNT: usize = 12_000;
+    cluster.nodes[1].freeze(true);
+    let publishing = tokio::spawn(async move {
+        let payload = vec![b'x'; 2000];
+        for _ in 0..COUNT {
+            publisher.send_publish(&Pub::new("load/x", &payload)).await;
+        }
+        publisher
+    });
+    // Less than the second after which an unanswered window is sent on.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let while_frozen = sent_by_0().await.unwrap_or(0) - before;
+    cluster.nodes[1].freeze(false);
+    let _publisher = publishing.await.unwrap();
+    let mut received = 0;
+    for receiver in receivers {
+        received += receiver.await.unwrap();
+    }
+    assert!(
+        while_frozen < 5 * 1024 * 1024,
+        "node-0 sent {while_frozen} bytes to a node that did not acknowledge them"
+    );
+    let metrics = cluster.nodes[1].metrics().await;
+    let dropped = metrics.value(
+        "kubemqtt_messages_dropped_total",
+        &[("reason", "queue_full")],
+    );
+    assert_eq!(
+        metrics.value("kubemqtt_cluster_receive_drops_total", &[]),
+        0.0,
+        "nothing lost between NATS and the node"
+    );
+    assert_eq!(
+        received + dropped as usize,
+        3 * COUNT,
+        "every message delivered or counted as dropped ({received} delivered)"
+    );
+}

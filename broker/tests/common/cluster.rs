@@ -103,6 +103,25 @@ impl NatsCluster {
         cluster
     }
 
+    /// Bytes server `i` received from the client whose connection name
+    /// ends with `name` (`/connz`), if connected there.
+    pub async fn client_in_bytes(&self, i: usize, name: &str) -> Option<u64> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.servers[i].http_port));
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET /connz HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        let response = String::from_utf8_lossy(&response);
+        let body = response.split_once("\r\n\r\n")?.1;
+        let connz: serde_json::Value = serde_json::from_str(body).ok()?;
+        connz["connections"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"].as_str().is_some_and(|n| n.ends_with(name)))?["in_bytes"]
+            .as_u64()
+    }
+
     /// `nats://127.0.0.1:<port>` of every server.
     pub fn urls(&self) -> Vec<String> {
         self.servers
