@@ -10,6 +10,7 @@ use crate::client::Control;
 use crate::cluster::backoff::Backoff;
 use crate::cluster::clients::Claimed;
 use crate::cluster::sessions::{QueueEntry, SentState, SessionRecord, HANDOVER_GRACE};
+use crate::cluster::ClusterError;
 use crate::codec::Will;
 use crate::message::{now_ms, Message};
 use crate::session::{Session, SessionSubscription};
@@ -24,6 +25,23 @@ const INTEREST_RECORD_WAIT: Duration = Duration::from_secs(5);
 /// before it stops following the session.
 const FORWARDING_LIMIT: Duration = Duration::from_secs(30);
 
+/// The pauses between attempts at handing a session to a cluster that
+/// would not take it.
+const HAND_OFF_RETRY_FIRST: Duration = Duration::from_secs(1);
+const HAND_OFF_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// What became of handing a session to the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HandOff {
+    /// It is in the cluster (or on its way: this node follows it).
+    Done,
+    /// Nothing to hand off: not persistent, attached again, or no longer
+    /// this node's.
+    Nothing,
+    /// The cluster would not take it: it stays here.
+    Failed,
+}
+
 /// Between forgetting a handed-off session and saying so in its queue: a
 /// publish that found it followed just before has written there.
 const FORWARDING_SETTLE: Duration = Duration::from_millis(200);
@@ -36,14 +54,16 @@ impl Broker {
     /// What the claim found out about that node comes back, for
     /// [`Broker::load_from_cluster`]: its late answer to wait for, and
     /// whether it may still forward messages to the session.
+    /// Fails when that node keeps the client's session because the
+    /// cluster would not take it (the client is refused, and retries).
     pub(super) async fn claim_in_cluster(
         &self,
         client_id: &str,
         will: Option<&Will>,
         expiry: u32,
-    ) -> Claimed {
+    ) -> Result<Claimed, ClusterError> {
         let Some(cluster) = self.cluster() else {
-            return Claimed::default();
+            return Ok(Claimed::default());
         };
         let will = will.map(|w| crate::cluster::clients::StoredWill {
             message: Message::from_will(w.clone()).to_stored(),
@@ -75,15 +95,17 @@ impl Broker {
     /// Another node accepted a CONNECT for `client_id`: the connection
     /// here closes (5.0: DISCONNECT 0x8E); a persistent session is handed
     /// to the cluster (the other node loads it), any other ends here.
-    /// Resolves once that is done.
-    pub async fn taken_over_elsewhere(self: &Arc<Self>, client_id: &str) {
+    /// Resolves once that is done: false when the session stays here
+    /// because the cluster would not take it (the other node refuses the
+    /// client and asks again later).
+    pub async fn taken_over_elsewhere(self: &Arc<Self>, client_id: &str) -> bool {
         let shard = self.shard(client_id);
         {
             // After any CONNECT of this client being handled here: the
             // connection it attaches is the one to close.
             let _serial = self.connect_locks[shard].lock().await;
             let Some(session) = self.session(client_id) else {
-                return;
+                return true;
             };
             let attached = session.state.lock().attachment.clone();
             if let Some(old) = attached {
@@ -97,10 +119,12 @@ impl Broker {
             "Client {client_id} connected to another node; its session moves there."
         ));
         let Some(session) = self.session(client_id) else {
-            return;
+            return true;
         };
-        if self.hand_off_session(&session).await {
-            return;
+        match self.hand_off_session(&session).await {
+            HandOff::Done => return true,
+            HandOff::Failed => return false,
+            HandOff::Nothing => {}
         }
         // Not handed off: a session that is not persistent ends here, unless
         // a connection attached to it again meanwhile.
@@ -115,22 +139,57 @@ impl Broker {
             self.remove_session(&session, &mut records);
             self.persist_nowait(records);
         }
+        true
+    }
+
+    /// The client of `session` left this node: a persistent session goes
+    /// to the cluster (the client may come back on any node, and this one
+    /// may die meanwhile); then the client's entry says this node no
+    /// longer holds it, unless it is back here. A session the cluster
+    /// would not take stays here, its entry says so (a claim elsewhere
+    /// asks this node, which tries again then), and it is tried again
+    /// until the cluster takes it or it is no longer here.
+    pub(super) async fn client_left(self: &Arc<Self>, session: &Arc<Session>, persistent: bool) {
+        let Some(cluster) = self.cluster().cloned() else {
+            return;
+        };
+        let client_id = &session.client_id;
+        if persistent {
+            let mut said_held = false;
+            let mut backoff = Backoff::new(HAND_OFF_RETRY_FIRST, HAND_OFF_RETRY_MAX);
+            while self.hand_off_session(session).await == HandOff::Failed {
+                if !said_held {
+                    said_held = cluster.hold(client_id).await;
+                }
+                backoff.wait().await;
+            }
+        }
+        // Only then is the client released: a node that finds it released
+        // loads its session without asking this one. Not when it came
+        // back: its entry is its new connection's.
+        let shard = self.shard(client_id);
+        let _serial = self.connect_locks[shard].lock().await;
+        let back = self
+            .session(client_id)
+            .is_some_and(|s| s.state.lock().attachment.is_some());
+        if !back {
+            cluster.release(client_id).await;
+        }
     }
 
     /// Hands an offline persistent session to the cluster: its record, its
     /// messages (in flight first, then queued) and its filters. Messages
     /// routed here to it meanwhile follow it for a moment
-    /// ([`HANDOVER_GRACE`]); then it is forgotten here. Returns false when
-    /// there is nothing to hand off (or it could not be: it then stays
-    /// here, with its expiry).
-    pub(super) async fn hand_off_session(self: &Arc<Self>, session: &Arc<Session>) -> bool {
+    /// ([`HANDOVER_GRACE`]); then it is forgotten here. When the cluster
+    /// would not take it, it stays here, with its expiry.
+    pub(super) async fn hand_off_session(self: &Arc<Self>, session: &Arc<Session>) -> HandOff {
         let Some(cluster) = self.cluster().cloned() else {
-            return false;
+            return HandOff::Nothing;
         };
         let shard = self.shard(&session.client_id);
         let _serial = self.connect_locks[shard].lock().await;
         if cluster.is_forwarding(&session.client_id) {
-            return true;
+            return HandOff::Done;
         }
         let (record, entries) = {
             let state = session.state.lock();
@@ -138,7 +197,7 @@ impl Broker {
                 .session(&session.client_id)
                 .is_some_and(|s| Arc::ptr_eq(&s, session));
             if state.attachment.is_some() || !state.persistent || !current {
-                return false;
+                return HandOff::Nothing;
             }
             let record =
                 session_record(&state.subscriptions, state.expiry_interval, Some(now_ms()));
@@ -177,7 +236,7 @@ impl Broker {
                     "The session of {} stays on this node: cannot hand it to the cluster: {e}.",
                     session.client_id
                 ));
-                return false;
+                return HandOff::Failed;
             }
         };
         self.logger.info(&format!(
@@ -203,7 +262,7 @@ impl Broker {
         let broker = self.clone();
         let session = session.clone();
         tokio::spawn(async move { broker.finish_forwarding(&cluster, &session).await });
-        true
+        HandOff::Done
     }
 
     /// Stops following a handed-off session once nothing routed here can

@@ -101,7 +101,7 @@ impl Broker {
         // first.
         let claimed = self
             .claim_in_cluster(client_id, will, expiry_interval)
-            .await;
+            .await?;
         if let Some(handed_off) = self.handed_off_session(client_id) {
             // Its state is in the cluster now: it is loaded from there.
             // Until then what is routed here for it goes to its queue.
@@ -270,14 +270,7 @@ impl Broker {
             let guard = persistent.then(|| cluster.hand_off_started());
             tokio::spawn(async move {
                 let _guard = guard;
-                // A persistent session goes to the cluster: the client may
-                // come back on any node, and this one may die meanwhile.
-                // Only then is the client released: a node that finds it
-                // released loads its session without asking this one.
-                if persistent {
-                    broker.hand_off_session(&session).await;
-                }
-                cluster.release(&session.client_id).await;
+                broker.client_left(&session, persistent).await;
             });
         }
 

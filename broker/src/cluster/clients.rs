@@ -1,13 +1,15 @@
 //! One client id, one connection, cluster-wide.
 //!
 //! The clients bucket says which node holds each client id (key: the
-//! encoded client id), whether it is connected, and its will. A node that
-//! accepts a CONNECT writes the key; when the key named another live node
-//! with the client connected, it asks that node to let the client go
+//! encoded client id), whether it holds it still, and its will. A node
+//! that accepts a CONNECT writes the key; when the key named another live
+//! node still holding the client, it asks that node to let the client go
 //! (`_KMQ.<name>.takeover.<node>`), which closes the connection (5.0:
-//! DISCONNECT 0x8E) and answers once it has. When a node dies, the first
-//! survivor to rewrite each of its connected clients' keys publishes that
-//! client's will.
+//! DISCONNECT 0x8E), hands a persistent session to the cluster and
+//! answers once it has: "ok", or "kept" when the cluster would not take
+//! the session (then the claim is undone and the CONNECT refused, 0x88,
+//! until it does). When a node dies, the first survivor to rewrite each
+//! of its held clients' keys publishes that client's will.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +23,7 @@ use crate::message::Message;
 use crate::store::StoredMessage;
 
 use super::names::{decode_key, encode_key};
-use super::Cluster;
+use super::{Cluster, ClusterError};
 
 /// How long a node waits for another to let a client go.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(1);
@@ -32,13 +34,26 @@ const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(1);
 /// read again ([`LateRelease`]).
 const LATE_RELEASE_LIMIT: Duration = Duration::from_secs(60);
 
+/// How long a node whose claim the previous node answered "kept" after
+/// [`TAKEOVER_TIMEOUT`] waits before asking again.
+const ASK_AGAIN_AFTER: Duration = Duration::from_secs(1);
+
+/// The previous node's answer to a take-over request: it let the client
+/// go (its session, if persistent, is in the cluster).
+const RELEASED: &[u8] = b"ok";
+
+/// The previous node's answer when it closed the connection but could not
+/// hand the session to the cluster: it keeps the session for now.
+const KEPT: &[u8] = b"kept";
+
 /// How many times the clients of a node that left are listed before its
 /// clients' wills are given up (each failure is logged).
 const TAKE_OVER_LISTING_ATTEMPTS: usize = 3;
 
 /// The previous node's answer to a claim it did not give in time:
 /// resolves when it has let the client go (its session is in the
-/// cluster), or after [`LATE_RELEASE_LIMIT`].
+/// cluster), or after [`LATE_RELEASE_LIMIT`]. While it answers "kept",
+/// it is asked again.
 pub type LateRelease = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// What claiming a client id found out about the node that held it
@@ -61,7 +76,10 @@ pub struct ClientRecord {
     /// Which run of that node (a node that restarts does not hold its
     /// earlier run's clients).
     pub run: u64,
-    pub connected: bool,
+    /// The node holds the client still: it is connected there, or its
+    /// persistent session stays there because the cluster would not take
+    /// it. A claim asks that node to let it go.
+    pub held: bool,
     /// The will of the connection, published by a survivor if the node
     /// dies with the client connected.
     pub will: Option<StoredWill>,
@@ -74,6 +92,32 @@ pub struct StoredWill {
     /// Seconds to wait before publishing (5.0 Will Delay Interval, capped
     /// by the session expiry).
     pub delay_secs: u32,
+}
+
+/// What the node that held a client answered a take-over request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Released,
+    Kept,
+}
+
+/// Asks a node (its take-over `subject`) to let `client_id` go; waits for
+/// its answer at most [`LATE_RELEASE_LIMIT`]. A node that does not answer
+/// (gone, or cut off from NATS) lets it go as far as anyone can tell.
+fn ask(
+    client: async_nats::Client,
+    subject: String,
+    client_id: &str,
+) -> impl std::future::Future<Output = Answer> + Send + 'static {
+    let request = async_nats::Request::new()
+        .payload(Bytes::copy_from_slice(client_id.as_bytes()))
+        .timeout(Some(LATE_RELEASE_LIMIT));
+    async move {
+        match client.send_request(subject, request).await {
+            Ok(reply) if reply.payload.as_ref() == KEPT => Answer::Kept,
+            _ => Answer::Released,
+        }
+    }
 }
 
 impl ClientRecord {
@@ -100,10 +144,17 @@ impl Cluster {
     /// node that held it connected let it go first. Without NATS the client
     /// is let in all the same (this node's clients keep being served).
     /// When that node does not answer within [`TAKEOVER_TIMEOUT`], its late
-    /// answer is returned to wait for.
-    pub async fn claim(&self, client_id: &str, will: Option<StoredWill>) -> Claimed {
+    /// answer is returned to wait for. When it answers that it keeps the
+    /// client's session (the cluster would not take it), the claim is
+    /// undone and [`ClusterError::HeldElsewhere`] returned: the client is
+    /// refused until that node can let the session go.
+    pub async fn claim(
+        &self,
+        client_id: &str,
+        will: Option<StoredWill>,
+    ) -> Result<Claimed, ClusterError> {
         let Ok(buckets) = self.buckets() else {
-            return Claimed::default();
+            return Ok(Claimed::default());
         };
         let key = encode_key(client_id);
         let previous = match buckets.clients.entry(key.clone()).await {
@@ -117,16 +168,20 @@ impl Cluster {
         let record = ClientRecord {
             node: self.node.to_string(),
             run: self.run,
-            connected: true,
+            held: true,
             will,
         };
         // Written while the node that held the client lets it go: that
         // node's own "left" write is a compare-and-set, which a claim in
         // between wins, so the order of the two does not matter.
         let record_claim = async {
-            if let Err(e) = buckets.clients.put(key, record.encode()).await {
-                self.logger
-                    .warning(&format!("Cluster: cannot record client {client_id}: {e}."));
+            match buckets.clients.put(key.clone(), record.encode()).await {
+                Ok(revision) => Some(revision),
+                Err(e) => {
+                    self.logger
+                        .warning(&format!("Cluster: cannot record client {client_id}: {e}."));
+                    None
+                }
             }
         };
         let previous = previous.filter(|p| p.node != *self.node);
@@ -135,60 +190,146 @@ impl Cluster {
             previous: previous.as_ref().map(|p| format!("{}/{}", p.node, p.run)),
         };
         // A client its node let go of needs no asking.
-        let Some(previous) = previous.filter(|p| p.connected) else {
+        let Some(previous) = previous.filter(|p| p.held) else {
             record_claim.await;
-            return claimed;
+            return Ok(claimed);
         };
-        let subject = self.names.takeover(&previous.node);
-        let client = self.client.clone();
-        let request = async_nats::Request::new()
-            .payload(Bytes::copy_from_slice(client_id.as_bytes()))
-            .timeout(Some(LATE_RELEASE_LIMIT));
-        let mut answer: LateRelease = Box::pin(async move {
-            let _ = client.send_request(subject, request).await;
-        });
-        let ((), answered) = tokio::join!(
+        let mut answer = Box::pin(ask(
+            self.client.clone(),
+            self.names.takeover(&previous.node),
+            client_id,
+        ));
+        let (revision, answered) = tokio::join!(
             record_claim,
             tokio::time::timeout(TAKEOVER_TIMEOUT, &mut answer)
         );
-        if answered.is_err() {
-            self.logger.warning(&format!(
-                "Cluster: node {} did not let client {client_id} go within {TAKEOVER_TIMEOUT:?}; what it hands over later follows.",
-                previous.node
-            ));
-            claimed.late = Some(answer);
+        match answered {
+            Ok(Answer::Released) => {}
+            Ok(Answer::Kept) => {
+                self.undo_claim(client_id, &previous, revision).await;
+                return Err(ClusterError::HeldElsewhere(previous.node));
+            }
+            Err(_) => {
+                self.logger.warning(&format!(
+                    "Cluster: node {} did not let client {client_id} go within {TAKEOVER_TIMEOUT:?}; what it hands over later follows.",
+                    previous.node
+                ));
+                claimed.late = Some(self.late_release(&previous.node, client_id, answer));
+            }
         }
-        claimed
+        Ok(claimed)
     }
 
-    /// The client left this node: its entry says so (unless another node
-    /// has claimed it since).
-    pub async fn release(&self, client_id: &str) {
+    /// `node`'s late answer to a claim (`first`, the request in flight):
+    /// asked again while it keeps the session, until it lets it go or
+    /// [`LATE_RELEASE_LIMIT`] has passed.
+    fn late_release(
+        &self,
+        node: &str,
+        client_id: &str,
+        first: impl std::future::Future<Output = Answer> + Send + 'static,
+    ) -> LateRelease {
+        let client = self.client.clone();
+        let subject = self.names.takeover(node);
+        let logger = self.logger.clone();
+        let node = node.to_string();
+        let client_id = client_id.to_string();
+        Box::pin(async move {
+            let give_up = tokio::time::Instant::now() + LATE_RELEASE_LIMIT;
+            let mut answer = first.await;
+            while answer == Answer::Kept && tokio::time::Instant::now() < give_up {
+                logger.warning(&format!(
+                    "Cluster: node {node} keeps the session of {client_id} (the cluster would not take it yet); asking again."
+                ));
+                tokio::time::sleep(ASK_AGAIN_AFTER).await;
+                answer = ask(client.clone(), subject.clone(), &client_id).await;
+            }
+        })
+    }
+
+    /// Puts back the record of the node that keeps `client_id`'s session
+    /// (over this node's claim, `revision`, unless another claim came
+    /// since), so that the next claim asks that node again.
+    async fn undo_claim(&self, client_id: &str, previous: &ClientRecord, revision: Option<u64>) {
         let Ok(buckets) = self.buckets() else { return };
+        let held = ClientRecord {
+            node: previous.node.clone(),
+            run: previous.run,
+            held: true,
+            will: None,
+        };
+        let key = encode_key(client_id);
+        let restored = match revision {
+            Some(revision) => buckets
+                .clients
+                .update(key, held.encode(), revision)
+                .await
+                .map(|_| ())
+                .map_err(ClusterError::nats),
+            // This node's claim was not written: the record is still the
+            // one the other node left.
+            None => Ok(()),
+        };
+        if let Err(e) = restored {
+            self.logger.warning(&format!(
+                "Cluster: cannot record that node {} keeps the session of {client_id}: {e}.",
+                previous.node
+            ));
+        }
+    }
+
+    /// The client left this node and its session is not here any more:
+    /// its entry says so (unless another node has claimed it since).
+    pub async fn release(&self, client_id: &str) {
+        self.rewrite_own(client_id, false).await;
+    }
+
+    /// The client left this node but its persistent session stays here
+    /// (the cluster would not take it): its entry says this node holds
+    /// it still, without the will (its connection's will was dealt with
+    /// here), so that a claim asks this node. Returns whether the entry
+    /// says so now.
+    pub async fn hold(&self, client_id: &str) -> bool {
+        self.rewrite_own(client_id, true).await
+    }
+
+    /// Rewrites this node's entry for `client_id` as `held` (no will),
+    /// compare-and-set: a claim by another node in between wins. Returns
+    /// whether the entry is this node's and says so.
+    async fn rewrite_own(&self, client_id: &str, held: bool) -> bool {
+        let Ok(buckets) = self.buckets() else {
+            return false;
+        };
         let key = encode_key(client_id);
         let Ok(Some(entry)) = buckets.clients.entry(key.clone()).await else {
-            return;
+            return false;
         };
-        match ClientRecord::decode(&entry.value) {
-            Some(record)
-                if record.node == *self.node && record.run == self.run && record.connected => {}
-            _ => return,
+        let Some(record) = ClientRecord::decode(&entry.value) else {
+            return false;
+        };
+        if record.node != *self.node || record.run != self.run || !record.held {
+            return false;
+        }
+        if held && record.will.is_none() {
+            return true;
         }
         let record = ClientRecord {
             node: self.node.to_string(),
             run: self.run,
-            connected: false,
+            held,
             will: None,
         };
-        // Compare-and-set: a claim by another node in between wins.
-        let _ = buckets
+        buckets
             .clients
             .update(key, record.encode(), entry.revision)
-            .await;
+            .await
+            .is_ok()
     }
 
     /// Answers other nodes' take-over requests: the client's connection
-    /// here is closed (5.0: 0x8E), then the answer goes back.
+    /// here is closed (5.0: 0x8E) and its session handed to the cluster,
+    /// then the answer goes back: "ok", or "kept" when the cluster would
+    /// not take the session.
     pub(super) async fn serve_takeovers(self: Arc<Self>, broker: Arc<Broker>) {
         let mut requests = match self.client.subscribe(self.names.takeover(&self.node)).await {
             Ok(subscriber) => subscriber,
@@ -204,11 +345,12 @@ impl Cluster {
             let broker = broker.clone();
             tokio::spawn(async move {
                 let client_id = String::from_utf8_lossy(&request.payload).to_string();
-                broker.taken_over_elsewhere(&client_id).await;
+                let released = broker.taken_over_elsewhere(&client_id).await;
                 if let Some(reply) = request.reply {
+                    let answer = if released { RELEASED } else { KEPT };
                     let _ = cluster
                         .client
-                        .publish(reply, Bytes::from_static(b"ok"))
+                        .publish(reply, Bytes::from_static(answer))
                         .await;
                 }
             });
@@ -241,7 +383,7 @@ impl Cluster {
         }
     }
 
-    /// The clients `node` held connected (other than those of its run
+    /// The clients `node` held (other than those of its run
     /// `except_run`, when it is this node restarted): whichever node
     /// rewrites each one's entry first publishes its will (after its
     /// delay) and keeps its persistent session in the cluster.
@@ -280,13 +422,13 @@ impl Cluster {
                     ClientsOf::Run(None) => true,
                     ClientsOf::RunsBefore(current) => record.run != current,
                 };
-                if record.node != node || !record.connected || !of_that_run {
+                if record.node != node || !record.held || !of_that_run {
                     continue;
                 }
                 let released = ClientRecord {
                     node: node.to_string(),
                     run: record.run,
-                    connected: false,
+                    held: false,
                     will: None,
                 };
                 // Only the survivor whose rewrite wins publishes the will.

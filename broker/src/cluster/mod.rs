@@ -72,6 +72,8 @@ pub enum ClusterError {
     Nats(String),
     #[error("the cluster is not connected to NATS")]
     Unavailable,
+    #[error("node {0} keeps the session for now: the cluster would not take it yet")]
+    HeldElsewhere(String),
 }
 
 impl ClusterError {

@@ -465,9 +465,9 @@ async fn negotiate(
         )
         .await
         .map_err(|e| {
-            broker
-                .logger
-                .error(&format!("Error persisting session: {e}."));
+            broker.logger.error(&format!(
+                "Client {client_id} refused (server unavailable): its session cannot be attached: {e}."
+            ));
             Refusal {
                 reason: ReasonCode::SERVER_UNAVAILABLE,
                 text: "",
