@@ -32,9 +32,11 @@ mod loading;
 mod publish;
 mod replicas;
 mod restore;
+mod routed;
 mod sessions;
 
 pub use self::restore::stored_subscription;
+pub use self::routed::RoutedBatch;
 
 /// Sessions are keyed by client id.
 pub type ClientKey = Arc<str>;

@@ -195,7 +195,7 @@ impl Broker {
         }
         if let Some(cluster) = cluster {
             if msg.qos == QoS::AtMostOnce && !plan.remote.is_empty() {
-                if let Err(e) = cluster.send(&msg, &plan).await.map(drop) {
+                if let Err(e) = cluster.send_at_most_once(&msg, &plan).await {
                     self.metrics.cluster_send_failures.inc();
                     self.logger.message(
                         crate::config::LogLevel::Debug,

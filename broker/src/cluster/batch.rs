@@ -44,6 +44,10 @@ const MAX_PENDING_BYTES: usize = 4 * 1024 * 1024;
 /// `max_payload` is 1 MiB).
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
+/// Room a new batch starts with: under load it fills before it is sent,
+/// and growing it from nothing costs a copy at every doubling.
+const FIRST_BATCH_BYTES: usize = 8 * 1024;
+
 /// Header of a batch the receiving node acknowledges once routed: the
 /// bytes sent to it so far, which it echoes to the reply subject.
 pub const ACK_HEADER: &str = "Kmq-Ack";
@@ -165,12 +169,16 @@ impl Outbox {
     /// Adds the envelope `write` appends (as
     /// [`super::envelope::encode_into`]) to the batch for `node`; waits
     /// while the outbox is full.
-    pub async fn push<E>(
+    pub async fn push<E, W: FnOnce(&mut BytesMut) -> Result<(), E>>(
         &self,
         node: &Arc<str>,
-        write: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+        write: W,
     ) -> Result<(), E> {
-        let mut write = Some(write);
+        let mut write = match self.try_push(node, write) {
+            Ok(None) => return Ok(()),
+            Ok(Some(write)) => Some(write),
+            Err(e) => return Err(e),
+        };
         loop {
             let emptied = self.shared.emptied.notified();
             {
@@ -187,6 +195,28 @@ impl Outbox {
             }
             emptied.await;
         }
+    }
+}
+
+impl Outbox {
+    /// As [`Outbox::push`] without waiting: `write` comes back when the
+    /// outbox is full.
+    pub fn try_push<E, W: FnOnce(&mut BytesMut) -> Result<(), E>>(
+        &self,
+        node: &Arc<str>,
+        write: W,
+    ) -> Result<Option<W>, E> {
+        let mut pending = self.shared.pending.lock();
+        if pending.bytes >= MAX_PENDING_BYTES {
+            return Ok(Some(write));
+        }
+        let was_empty = pending.batches.is_empty();
+        pending.append(node, write)?;
+        drop(pending);
+        if was_empty {
+            self.shared.filled.notify_one();
+        }
+        Ok(None)
     }
 }
 
@@ -216,7 +246,7 @@ impl Pending {
                 self.batches.push(Batch {
                     node: node.clone(),
                     count: 0,
-                    envelopes: BytesMut::new(),
+                    envelopes: BytesMut::with_capacity(FIRST_BATCH_BYTES),
                 });
                 self.batches.len() - 1
             }

@@ -167,6 +167,12 @@ impl<'a> Envelope<'a> {
 
     /// The message, as this node holds it.
     pub fn to_message(&self) -> Message {
+        self.to_message_at(Instant::now())
+    }
+
+    /// As [`Envelope::to_message`], received at `received_at` (one reading
+    /// of the clock for a whole batch).
+    pub fn to_message_at(&self, received_at: Instant) -> Message {
         let m = &self.message;
         let p = &m.properties;
         let msg = Message {
@@ -187,7 +193,7 @@ impl<'a> Envelope<'a> {
             expires_at: expiry_instant(m.expires_at_ms),
             store_id: std::sync::OnceLock::new(),
             route_id: std::sync::OnceLock::new(),
-            received_at: Instant::now(),
+            received_at,
         };
         // A QoS 0 message has no cluster id (see `Cluster::send`).
         if msg.qos != QoS::AtMostOnce {

@@ -191,46 +191,60 @@ async fn acknowledge_routed(
 }
 
 impl Cluster {
+    /// Sends QoS 0 `msg` to the other nodes of `plan`, into their batches
+    /// ([`batch::Outbox`]); waits only while the outbox is full. (Apart
+    /// from [`Cluster::send`], whose future, with JetStream's in it, every
+    /// QoS 0 publish would otherwise build and move.)
+    pub async fn send_at_most_once(&self, msg: &Message, plan: &Plan) -> Result<(), ClusterError> {
+        if !self.is_connected() {
+            return Err(ClusterError::Unavailable);
+        }
+        for (node, groups) in &plan.remote {
+            let write = |out: &mut BytesMut| envelope::encode_into(&self.node, 0, groups, msg, out);
+            match self.outbox.try_push(node, write) {
+                Ok(None) => {}
+                Ok(Some(write)) => self
+                    .outbox
+                    .push(node, write)
+                    .await
+                    .map_err(ClusterError::nats)?,
+                Err(e) => return Err(ClusterError::nats(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Sends `msg` to the other nodes of `plan`. For QoS 1/2, the returned
     /// [`Stored`] resolves once every target node's stream has it.
     pub async fn send(&self, msg: &Message, plan: &Plan) -> Result<Stored, ClusterError> {
         if plan.remote.is_empty() {
             return Ok(Stored::default());
         }
+        if msg.qos == QoS::AtMostOnce {
+            return Box::pin(self.send_at_most_once(msg, plan))
+                .await
+                .map(|()| Stored::default());
+        }
         if !self.is_connected() {
             return Err(ClusterError::Unavailable);
         }
-        // Only QoS 1/2 messages are told apart by their id (in queues and
-        // hand-overs); giving one costs a little on every message.
-        let id = match msg.qos {
-            QoS::AtMostOnce => 0,
-            _ => self.message_id(msg),
-        };
+        let id = self.message_id(msg);
         let mut sent = Vec::new();
         for (node, groups) in &plan.remote {
-            if msg.qos == QoS::AtMostOnce {
-                let write =
-                    |out: &mut BytesMut| envelope::encode_into(&self.node, id, groups, msg, out);
-                self.outbox
-                    .push(node, write)
-                    .await
-                    .map_err(ClusterError::nats)?;
-            } else {
-                let bytes = Bytes::from(
-                    envelope::encode(&self.node, id, groups, msg).map_err(ClusterError::nats)?,
-                );
-                let subject = Subject::from(self.names.stream_route(node));
-                let ack = self
-                    .js
-                    .publish(subject.clone(), bytes.clone())
-                    .await
-                    .map_err(ClusterError::nats)?;
-                sent.push(Sent {
-                    ack,
-                    subject,
-                    payload: bytes,
-                });
-            }
+            let bytes = Bytes::from(
+                envelope::encode(&self.node, id, groups, msg).map_err(ClusterError::nats)?,
+            );
+            let subject = Subject::from(self.names.stream_route(node));
+            let ack = self
+                .js
+                .publish(subject.clone(), bytes.clone())
+                .await
+                .map_err(ClusterError::nats)?;
+            sent.push(Sent {
+                ack,
+                subject,
+                payload: bytes,
+            });
         }
         Ok(Stored::new(&self.js, sent))
     }
@@ -297,19 +311,44 @@ impl Cluster {
         }
     }
 
-    /// Delivers each envelope of a batch of QoS 0 messages.
+    /// Delivers each envelope of a batch of QoS 0 messages (routing each
+    /// topic once: [`crate::broker::RoutedBatch`]).
     async fn deliver_batch(&self, broker: &Arc<Broker>, payload: Bytes) {
-        for envelope in batch::decode(payload) {
-            match envelope {
-                Ok(envelope) => {
-                    let _ = self.deliver(broker, &envelope).await;
-                }
+        let received_at = std::time::Instant::now();
+        let mut batch = broker.routed_batch();
+        let mut delivered = 0;
+        for bytes in batch::decode(payload) {
+            let decoded = bytes
+                .as_deref()
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| Envelope::decode(bytes).map_err(|e| e.to_string()));
+            let envelope = match decoded {
+                Ok(envelope) => envelope,
                 Err(e) => {
                     broker.metrics.cluster_bad_messages.inc();
                     self.logger.warning(&format!(
                         "Cluster: the rest of a batch of routed messages was dropped: {e}."
                     ));
+                    break;
                 }
+            };
+            if envelope.message.qos != QoS::AtMostOnce.as_u8() {
+                // Batches carry QoS 0 only; anything else is a message of
+                // its own.
+                if let Ok(bytes) = &bytes {
+                    let _ = self.deliver(broker, bytes).await;
+                }
+                continue;
+            }
+            let msg = Arc::new(envelope.to_message_at(received_at));
+            delivered += 1;
+            broker.deliver_routed_now(&msg, &envelope.shared_groups, &mut batch);
+        }
+        broker.metrics.cluster_received.inc_by(delivered);
+        if !batch.records.is_empty() {
+            if let Err(e) = broker.persist(std::mem::take(&mut batch.records)).await {
+                self.logger
+                    .error(&format!("Error persisting routed messages: {e}."));
             }
         }
     }
