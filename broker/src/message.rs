@@ -35,14 +35,14 @@ pub struct Message {
 
 impl Message {
     /// Builds a message from a client's PUBLISH whose topic alias was already
-    /// resolved into `topic`.
-    pub fn from_publish(publish: Publish, topic: Arc<str>) -> Message {
+    /// resolved into `topic`, received at `received_at`.
+    pub fn from_publish(publish: Publish, topic: Arc<str>, received_at: Instant) -> Message {
         let mut properties = publish.properties;
         properties.topic_alias = None;
         properties.subscription_identifiers.clear();
         let expires_at = properties
             .message_expiry_interval
-            .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
+            .map(|secs| received_at + Duration::from_secs(u64::from(secs)));
         Message {
             topic,
             payload: publish.payload,
@@ -52,7 +52,7 @@ impl Message {
             expires_at,
             store_id: std::sync::OnceLock::new(),
             route_id: std::sync::OnceLock::new(),
-            received_at: Instant::now(),
+            received_at,
         }
     }
 
@@ -67,7 +67,7 @@ impl Message {
             payload: will.payload,
         };
         let topic = publish.topic.clone();
-        Message::from_publish(publish, topic)
+        Message::from_publish(publish, topic, Instant::now())
     }
 
     /// A message the broker itself publishes (`$SYS`).

@@ -210,7 +210,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 .inc();
             ReasonCode::NOT_AUTHORIZED
         } else {
-            let msg = Arc::new(Message::from_publish(p, topic));
+            // Stamped when its batch of packets was read.
+            let msg = Arc::new(Message::from_publish(p, topic, self.last_packet));
             let publisher = Publisher {
                 client_id: &self.session.client_id,
                 client: &self.client,
