@@ -17,6 +17,10 @@
 # mode with health checks, or clients that try the nodes themselves), counting
 # acknowledged messages never delivered (must be 0) and duplicates.
 #
+# Throughput scenarios run with two load generators: kubemqtt-bench (its own
+# client) and kubemqtt-bench-rumqttc (the same scenarios through the rumqttc
+# library), so that no figure rests on one client's speed (--generators).
+#
 # Servers are pinned to --server-cpus, the generator (and HAProxy) to
 # --gen-cpus (default: the last CPU for the generator, the others for the
 # servers). Every process listens on a free loopback port; NATS stores live
@@ -30,6 +34,7 @@
 #
 # Usage: scripts/bench-cluster.sh [--quick] [--runs N] [--out FILE]
 #          [--systems "single kubemqtt nats"] [--only "throughput catchup takeover rolling"]
+#          [--generators "kubemqtt rumqttc"]
 #          [--lb haproxy|client] [--server-cpus LIST] [--gen-cpus LIST] [--no-build]
 #          [--cluster-toml 'export = false']   (lines added to every node's [cluster] table)
 
@@ -42,6 +47,8 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 RELEASE="$TARGET_DIR/release"
 BROKER="$RELEASE/kubemqtt-broker"
 BENCH="$RELEASE/kubemqtt-bench"
+declare -A GEN_BIN=([kubemqtt]="$BENCH" [rumqttc]="$RELEASE/kubemqtt-bench-rumqttc")
+GENERATORS="kubemqtt rumqttc"
 NATS_SERVER=/usr/sbin/nats-server
 HAPROXY=/usr/sbin/haproxy
 DOC="$ROOT/docs/benchmarks.md"
@@ -50,7 +57,7 @@ END_MARK='<!-- bench-cluster.sh: end -->'
 KEEP_MARK='<!-- Written by hand: everything below this line is kept when scripts/bench-vs-peers.sh rewrites the page. -->'
 
 usage() {
-    sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,39p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 QUICK=0
@@ -70,6 +77,7 @@ while [ $# -gt 0 ]; do
         --out) OUT="${2:?--out needs a file}"; shift ;;
         --systems) SYSTEMS="${2:?--systems needs a list}"; shift ;;
         --only) ONLY="${2:?--only needs a list}"; shift ;;
+        --generators) GENERATORS="${2:?--generators needs a list}"; shift ;;
         --lb) LB="${2:?--lb needs haproxy or client}"; shift ;;
         --server-cpus) SERVER_CPUS="${2:?--server-cpus needs a CPU list}"; shift ;;
         --gen-cpus) GEN_CPUS="${2:?--gen-cpus needs a CPU list}"; shift ;;
@@ -129,6 +137,10 @@ if [ "$BUILD" = 1 ]; then
     (cd "$ROOT" && cargo build --release -p kubemqtt-broker -p kubemqtt-bench)
 fi
 if [ ! -x "$BROKER" ] || [ ! -x "$BENCH" ]; then die "$BROKER or $BENCH missing (build them, or drop --no-build)"; fi
+for g in $GENERATORS; do
+    [ -n "${GEN_BIN[$g]:-}" ] || die "unknown generator $g (kubemqtt, rumqttc)"
+    [ -x "${GEN_BIN[$g]}" ] || die "${GEN_BIN[$g]} missing (build it, or drop --no-build)"
+done
 
 rm -rf "$WORK/raw" "$WORK/logs" "$WORK/conf" "$WORK/store"
 mkdir -p "$WORK/raw" "$WORK/logs" "$WORK/conf" "$WORK/store"
@@ -395,10 +407,12 @@ wait_idle() {
 # into GEN_OUT. Sets SERVER_CPU and GEN_CPU (% of one core over the run).
 # Fails if the generator failed or wrote no report.
 GEN_OUT="$WORK/raw/current.json"
+# The generator gen_run starts (kubemqtt-bench unless set).
+GEN_BINARY=""
 gen_run() {
     local t0 t1 c0 c1 gen
     c0=$(server_ticks); t0=$(now)
-    gen=$( (timeout 900 taskset -c "$GEN_CPUS" "$BENCH" "$@" --json --quiet >"$GEN_OUT" 2>>"$WORK/logs/generator.log" \
+    gen=$( (timeout 900 taskset -c "$GEN_CPUS" "${GEN_BINARY:-$BENCH}" "$@" --json --quiet >"$GEN_OUT" 2>>"$WORK/logs/generator.log" \
         || echo failed; times) | tail -1 | times_secs)
     c1=$(server_ticks); t1=$(now)
     SERVER_CPU=$(awk -v c=$((c1 - c0)) -v hz="$CLK_TCK" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", 100 * c / hz / (b - a)}')
@@ -455,12 +469,25 @@ addr_b() { if [ "$2" = cross ]; then node_addr "$1" 1; else node_addr "$1" 0; fi
 addr_c() { if [ "$2" = cross ]; then node_addr "$1" 2; else node_addr "$1" 0; fi; }
 
 # id | label | QoS | generator arguments
-THROUGHPUT=(
+SCENARIOS=(
     "p2p-q0|p2p 10→10|0|p2p -n 10 -q 0"
     "p2p-q1|p2p 10→10|1|p2p -n 10 -q 1"
     "fanout-q0|fan-out 1→10|0|fanout -n 10 -q 0"
     "fanout-q1|fan-out 1→10|1|fanout -n 10 -q 1"
 )
+# id | label | QoS | generator arguments | generator: each scenario with each
+# generator (ids and labels of rumqttc's runs say so).
+THROUGHPUT=()
+for g in $GENERATORS; do
+    for entry in "${SCENARIOS[@]}"; do
+        IFS='|' read -r id label qos args <<<"$entry"
+        if [ "$g" = kubemqtt ]; then
+            THROUGHPUT+=("$id|$label|$qos|$args|$g")
+        else
+            THROUGHPUT+=("$id-$g|$label, $g|$qos|$args|$g")
+        fi
+    done
+done
 COMMON="-d $DURATION --drain $DRAIN -s 16"
 
 say_result() {
@@ -468,12 +495,13 @@ say_result() {
 }
 
 throughput_round() {
-    local system=$1 run=$2 entry id label qos args placement a b
+    local system=$1 run=$2 entry id label qos args gen placement a b
     for placement in $(placements_of "$system"); do
         a=$(addr_a "$system" "$placement"); b=$(addr_b "$system" "$placement")
         for entry in "${THROUGHPUT[@]}"; do
-            IFS='|' read -r id label qos args <<<"$entry"
+            IFS='|' read -r id label qos args gen <<<"$entry"
             wait_idle
+            GEN_BINARY=${GEN_BIN[$gen]}
             # shellcheck disable=SC2086 # arguments are split on purpose
             if gen_run $args $COMMON -b "$a" --sub-broker "$b"; then
                 record "$system" "$placement" "$id" "$run" "$THROUGHPUT_FIELDS"
@@ -483,6 +511,7 @@ throughput_round() {
                 NOTES+=("$system $placement: $label QoS $qos, run $run failed")
                 log "warning: $system $placement $id run $run failed"
             fi
+            GEN_BINARY=""
         done
     done
 }
@@ -926,7 +955,11 @@ CLUSTER_NOTE=""
     fi
     echo "### Method"
     echo
-    echo "Generator: \`kubemqtt-bench\` (crate \`bench/\`, MQTT 3.1.1). It counts what subscribers receive, by the"
+    echo "Generators: \`kubemqtt-bench\` (crate \`bench/\`, its own MQTT 3.1.1 client) for every scenario, and"
+    echo "\`kubemqtt-bench-rumqttc\` (the same throughput scenarios through [rumqttc](https://crates.io/crates/rumqttc), an"
+    echo "independent client library; rows marked rumqttc) so that no figure rests on one client's speed: rumqttc"
+    echo "writes one packet at a time and may be the bottleneck itself (see its generator CPU in the details)."
+    echo "Both count what subscribers receive, by the"
     echo "publisher and sequence number stamped in each payload: *delivered msg/s* is distinct messages received over"
     echo "the time from the first publish to the last delivery; duplicates are counted apart; *acked, not delivered* is"
     echo "acknowledged by the broker and never received by a subscriber that stayed connected. Catch-up: a fresh"
@@ -948,8 +981,8 @@ CLUSTER_NOTE=""
     echo
     echo '```sh'
     for entry in "${THROUGHPUT[@]}"; do
-        IFS='|' read -r _ _ _ args <<<"$entry"
-        echo "taskset -c $GEN_CPUS target/release/kubemqtt-bench $args $COMMON -b A --sub-broker B --json --quiet"
+        IFS='|' read -r _ _ _ args gen <<<"$entry"
+        echo "taskset -c $GEN_CPUS target/release/$(basename "${GEN_BIN[$gen]}") $args $COMMON -b A --sub-broker B --json --quiet"
     done
     echo "taskset -c $GEN_CPUS target/release/kubemqtt-bench catchup --count $CATCHUP_COUNT -q 1 --settle 1 --drain $CATCHUP_DRAIN -b C --sub-broker A --resume-broker B --json --quiet"
     echo "taskset -c $GEN_CPUS target/release/kubemqtt-bench takeover --rounds $TAKEOVER_ROUNDS --pause $TAKEOVER_PAUSE --clean-session true|false -b A --takeover-broker B --json --quiet"
