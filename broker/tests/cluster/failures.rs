@@ -367,7 +367,7 @@ async fn session_kept_by_its_replica(answered: Answered) {
         // Node 1 does not answer within the second the claim waits: the
         // client is let in with what the cluster has, none of it new.
         cluster.nodes[1].freeze(true);
-        let (mut mover, ack) = Raw::connect(&cluster.nodes[0], &persistent("mover")).await;
+        let (mover, ack) = Raw::connect(&cluster.nodes[0], &persistent("mover")).await;
         cluster.nodes[1].freeze(false);
         assert!(ack.session_present);
         assert!(
