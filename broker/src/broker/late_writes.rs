@@ -173,6 +173,9 @@ impl Broker {
         };
         if let Some(late) = late {
             late.await;
+            if !self.after_late_hand_off(loading).await {
+                return;
+            }
         }
         if let Some(previous) = loading.previous.take() {
             if ended.contains(&previous) {
@@ -198,6 +201,39 @@ impl Broker {
                 return;
             }
         }
+    }
+
+    /// The previous node handed the session off late, after this node had
+    /// loaded it: that hand-off wrote the session interest again (so other
+    /// nodes would queue the client's messages in the cluster for good)
+    /// and an offline session record (which expiry would act on). Both
+    /// give way to this node's again. Returns false when the session is no
+    /// longer this node's.
+    async fn after_late_hand_off(&self, loading: &mut Loading) -> bool {
+        // The hand-off wrote one key per filter of the session it had; the
+        // filters the client has here cover what it subscribed since.
+        let current: Vec<String> = loading
+            .session
+            .state
+            .lock()
+            .subscriptions
+            .keys()
+            .cloned()
+            .collect();
+        for filter in current {
+            if !loading.filters.contains(&filter) {
+                loading.filters.push(filter);
+            }
+        }
+        if !self.give_up_session_interest(loading).await {
+            return false;
+        }
+        self.save_session_in_cluster(&loading.session);
+        self.logger.info(&format!(
+            "Session of {}: its late hand-off is undone (the other nodes route its messages here).",
+            loading.session.client_id
+        ));
+        true
     }
 
     /// Removes the session interest the client's last hand-off wrote, once

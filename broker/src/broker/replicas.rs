@@ -61,6 +61,7 @@ impl Broker {
         client_id: &str,
         will: Option<&Will>,
         expiry: u32,
+        clean_start: bool,
     ) -> Result<Claimed, ClusterError> {
         let Some(cluster) = self.cluster() else {
             return Ok(Claimed::default());
@@ -69,7 +70,7 @@ impl Broker {
             message: Message::from_will(w.clone()).to_stored(),
             delay_secs: w.delay_interval.unwrap_or(0).min(expiry),
         });
-        cluster.claim(client_id, will).await
+        cluster.claim(client_id, will, clean_start).await
     }
 
     /// Waits until the interest bucket has this node's subscriptions made
@@ -94,11 +95,12 @@ impl Broker {
 
     /// Another node accepted a CONNECT for `client_id`: the connection
     /// here closes (5.0: DISCONNECT 0x8E); a persistent session is handed
-    /// to the cluster (the other node loads it), any other ends here.
+    /// to the cluster (the other node loads it), any other ends here, as
+    /// does every session when the client starts clean there (`discard`).
     /// Resolves once that is done: false when the session stays here
     /// because the cluster would not take it (the other node refuses the
     /// client and asks again later).
-    pub async fn taken_over_elsewhere(self: &Arc<Self>, client_id: &str) -> bool {
+    pub async fn taken_over_elsewhere(self: &Arc<Self>, client_id: &str, discard: bool) -> bool {
         let shard = self.shard(client_id);
         {
             // After any CONNECT of this client being handled here: the
@@ -115,19 +117,25 @@ impl Broker {
                 }
             }
         }
-        self.logger.info(&format!(
-            "Client {client_id} connected to another node; its session moves there."
-        ));
         let Some(session) = self.session(client_id) else {
             return true;
         };
-        match self.hand_off_session(&session).await {
-            HandOff::Done => return true,
-            HandOff::Failed => return false,
-            HandOff::Nothing => {}
+        if discard {
+            self.logger.info(&format!(
+                "Client {client_id} connected to another node with a clean start; its session here ends."
+            ));
+        } else {
+            self.logger.info(&format!(
+                "Client {client_id} connected to another node; its session moves there."
+            ));
+            match self.hand_off_session(&session).await {
+                HandOff::Done => return true,
+                HandOff::Failed => return false,
+                HandOff::Nothing => {}
+            }
         }
-        // Not handed off: a session that is not persistent ends here, unless
-        // a connection attached to it again meanwhile.
+        // Not handed off: it ends here, unless a connection attached to it
+        // again meanwhile.
         let _serial = self.connect_locks[shard].lock().await;
         let current = self
             .session(client_id)

@@ -100,7 +100,7 @@ impl Broker {
         // the client lets it go (and hands its session to the cluster)
         // first.
         let claimed = self
-            .claim_in_cluster(client_id, will, expiry_interval)
+            .claim_in_cluster(client_id, will, expiry_interval, clean_start)
             .await?;
         if let Some(handed_off) = self.handed_off_session(client_id) {
             // Its state is in the cluster now: it is loaded from there.

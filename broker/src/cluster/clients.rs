@@ -8,7 +8,9 @@
 //! DISCONNECT 0x8E), hands a persistent session to the cluster and
 //! answers once it has: "ok", or "kept" when the cluster would not take
 //! the session (then the claim is undone and the CONNECT refused, 0x88,
-//! until it does). When a node dies, the first survivor to rewrite each
+//! until it does). A CONNECT with a clean start wants no session: its
+//! request says so ([`DISCARD_HEADER`]), and the node that held the client
+//! ends the session instead of handing it over. When a node dies, the first survivor to rewrite each
 //! of its held clients' keys publishes that client's will.
 
 use std::sync::Arc;
@@ -45,6 +47,11 @@ const RELEASED: &[u8] = b"ok";
 /// The previous node's answer when it closed the connection but could not
 /// hand the session to the cluster: it keeps the session for now.
 const KEPT: &[u8] = b"kept";
+
+/// The header of a take-over request whose client starts clean: the node
+/// that held it ends its session rather than hand it to the cluster (a
+/// node that does not know the header hands it over, or keeps it).
+const DISCARD_HEADER: &str = "Kmq-Discard-Session";
 
 /// How many times the clients of a node that left are listed before its
 /// clients' wills are given up (each failure is logged).
@@ -104,14 +111,21 @@ enum Answer {
 /// Asks a node (its take-over `subject`) to let `client_id` go; waits for
 /// its answer at most [`LATE_RELEASE_LIMIT`]. A node that does not answer
 /// (gone, or cut off from NATS) lets it go as far as anyone can tell.
+/// With `discard`, the client starts clean: its session ends there.
 fn ask(
     client: async_nats::Client,
     subject: String,
     client_id: &str,
+    discard: bool,
 ) -> impl std::future::Future<Output = Answer> + Send + 'static {
-    let request = async_nats::Request::new()
+    let mut request = async_nats::Request::new()
         .payload(Bytes::copy_from_slice(client_id.as_bytes()))
         .timeout(Some(LATE_RELEASE_LIMIT));
+    if discard {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(DISCARD_HEADER, "1");
+        request = request.headers(headers);
+    }
     async move {
         match client.send_request(subject, request).await {
             Ok(reply) if reply.payload.as_ref() == KEPT => Answer::Kept,
@@ -147,11 +161,14 @@ impl Cluster {
     /// answer is returned to wait for. When it answers that it keeps the
     /// client's session (the cluster would not take it), the claim is
     /// undone and [`ClusterError::HeldElsewhere`] returned: the client is
-    /// refused until that node can let the session go.
+    /// refused until that node can let the session go. A client that
+    /// starts clean (`clean_start`) is never refused: that node ends the
+    /// session it had.
     pub async fn claim(
         &self,
         client_id: &str,
         will: Option<StoredWill>,
+        clean_start: bool,
     ) -> Result<Claimed, ClusterError> {
         let Ok(buckets) = self.buckets() else {
             return Ok(Claimed::default());
@@ -198,6 +215,7 @@ impl Cluster {
             self.client.clone(),
             self.names.takeover(&previous.node),
             client_id,
+            clean_start,
         ));
         let (revision, answered) = tokio::join!(
             record_claim,
@@ -214,7 +232,8 @@ impl Cluster {
                     "Cluster: node {} did not let client {client_id} go within {TAKEOVER_TIMEOUT:?}; what it hands over later follows.",
                     previous.node
                 ));
-                claimed.late = Some(self.late_release(&previous.node, client_id, answer));
+                claimed.late =
+                    Some(self.late_release(&previous.node, client_id, clean_start, answer));
             }
         }
         Ok(claimed)
@@ -227,6 +246,7 @@ impl Cluster {
         &self,
         node: &str,
         client_id: &str,
+        discard: bool,
         first: impl std::future::Future<Output = Answer> + Send + 'static,
     ) -> LateRelease {
         let client = self.client.clone();
@@ -242,7 +262,7 @@ impl Cluster {
                     "Cluster: node {node} keeps the session of {client_id} (the cluster would not take it yet); asking again."
                 ));
                 tokio::time::sleep(ASK_AGAIN_AFTER).await;
-                answer = ask(client.clone(), subject.clone(), &client_id).await;
+                answer = ask(client.clone(), subject.clone(), &client_id, discard).await;
             }
         })
     }
@@ -327,9 +347,10 @@ impl Cluster {
     }
 
     /// Answers other nodes' take-over requests: the client's connection
-    /// here is closed (5.0: 0x8E) and its session handed to the cluster,
-    /// then the answer goes back: "ok", or "kept" when the cluster would
-    /// not take the session.
+    /// here is closed (5.0: 0x8E) and its session handed to the cluster
+    /// (or ended, when the request says the client starts clean), then the
+    /// answer goes back: "ok", or "kept" when the cluster would not take
+    /// the session.
     pub(super) async fn serve_takeovers(self: Arc<Self>, broker: Arc<Broker>) {
         let mut requests = match self.client.subscribe(self.names.takeover(&self.node)).await {
             Ok(subscriber) => subscriber,
@@ -345,7 +366,11 @@ impl Cluster {
             let broker = broker.clone();
             tokio::spawn(async move {
                 let client_id = String::from_utf8_lossy(&request.payload).to_string();
-                let released = broker.taken_over_elsewhere(&client_id).await;
+                let discard = request
+                    .headers
+                    .as_ref()
+                    .is_some_and(|h| h.get(DISCARD_HEADER).is_some());
+                let released = broker.taken_over_elsewhere(&client_id, discard).await;
                 if let Some(reply) = request.reply {
                     let answer = if released { RELEASED } else { KEPT };
                     let _ = cluster

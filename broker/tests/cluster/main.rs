@@ -8,6 +8,8 @@ mod common;
 
 /// What survives a replica killed, a NATS server killed, NATS lost.
 mod failures;
+/// Sessions a replica keeps while the cluster would not take them.
+mod kept_sessions;
 /// Routing, retained messages, client ids, NATS interop, credentials and
 /// shared subscriptions across replicas.
 mod routing;
