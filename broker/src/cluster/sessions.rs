@@ -179,6 +179,12 @@ impl Cluster {
     /// its filters as session interest. First removes what this node read
     /// from its queue and could not remove then. Resolves once all of it is
     /// stored.
+    ///
+    /// The record is written while the rest is; the interest (which has
+    /// other nodes write new messages into the queue) only once the
+    /// session's own messages are in it, all of its keys at once. A
+    /// session with nothing queued and a few filters so takes one round
+    /// trip to NATS, not one per write: a take-over's CONNACK waits for it.
     pub async fn hand_off(
         &self,
         client_id: &str,
@@ -186,10 +192,25 @@ impl Cluster {
         entries: Vec<QueueEntry>,
     ) -> Result<u64, ClusterError> {
         self.purge_consumed(client_id).await?;
-        self.save_session(client_id, record).await?;
+        let queue_then_interest = async {
+            self.write_queue_entries(client_id, &entries).await?;
+            self.write_session_interest(client_id, record).await
+        };
+        let (_, revision) =
+            tokio::try_join!(self.save_session(client_id, record), queue_then_interest)?;
+        Ok(revision)
+    }
+
+    /// Writes `entries` into `client_id`'s queue subject, in order;
+    /// resolves once all are stored.
+    async fn write_queue_entries(
+        &self,
+        client_id: &str,
+        entries: &[QueueEntry],
+    ) -> Result<(), ClusterError> {
         let subject = self.queue_subject(client_id);
         let mut acks = Vec::with_capacity(entries.len());
-        for entry in &entries {
+        for entry in entries {
             let bytes = postcard::to_allocvec(entry).map_err(ClusterError::nats)?;
             acks.push(
                 self.js
@@ -201,20 +222,28 @@ impl Cluster {
         for ack in acks {
             ack.await.map_err(ClusterError::nats)?;
         }
+        Ok(())
+    }
+
+    /// Writes one session-interest key per filter of `record`, all at
+    /// once. Returns the newest revision written (0: no filter).
+    async fn write_session_interest(
+        &self,
+        client_id: &str,
+        record: &SessionRecord,
+    ) -> Result<u64, ClusterError> {
         let buckets = self.buckets()?;
         let prefix = self.session_interest_prefix(client_id);
-        let mut revision = 0;
-        for sub in &record.subscriptions {
-            revision = buckets
-                .interest
-                .put(
-                    format!("{prefix}{}", encode_key(&sub.filter)),
-                    sub.filter.clone().into(),
-                )
-                .await
-                .map_err(ClusterError::nats)?;
-        }
-        Ok(revision)
+        let puts = record.subscriptions.iter().map(|sub| {
+            buckets.interest.put(
+                format!("{prefix}{}", encode_key(&sub.filter)),
+                sub.filter.clone().into(),
+            )
+        });
+        let revisions = futures_util::future::try_join_all(puts)
+            .await
+            .map_err(ClusterError::nats)?;
+        Ok(revisions.into_iter().max().unwrap_or(0))
     }
 
     /// Writes `msg` into the queue subjects of offline `clients`; resolves
