@@ -10,8 +10,9 @@
 //! the session (then the claim is undone and the CONNECT refused, 0x88,
 //! until it does). A CONNECT with a clean start wants no session: its
 //! request says so ([`DISCARD_HEADER`]), and the node that held the client
-//! ends the session instead of handing it over. When a node dies, the first survivor to rewrite each
-//! of its held clients' keys publishes that client's will.
+//! ends the session instead of handing it over. When a node dies, the
+//! first survivor to rewrite each of its held clients' keys publishes that
+//! client's will.
 
 use std::sync::Arc;
 use std::time::Duration;
