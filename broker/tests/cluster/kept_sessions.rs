@@ -34,25 +34,7 @@ async fn a_session_kept_by_a_replica_that_answered_late_follows_once_the_cluster
 async fn a_client_that_starts_clean_is_let_in_while_a_replica_keeps_its_old_session() {
     let nats = NatsCluster::start(3).await;
     let cluster = BrokerCluster::start(&nats, 3, ClusterOpts::default()).await;
-    let (mut mover, _) = Raw::connect(&cluster.nodes[1], &persistent("mover")).await;
-    mover.subscribe(1, &[("m/#", 1)]).await;
-    let (mut publisher, _) = Raw::connect(&cluster.nodes[2], &Connect::v5("pub")).await;
-    await_routes(&mut publisher, "m/probe", &mut [&mut mover]).await;
-    // Received, not acknowledged: the session has a message to hand over.
-    publish_qos1(&mut publisher, "m/x", "sent", 1).await;
-    match mover.recv_within(SLOW).await {
-        Recv::Packet(Pkt::Publish(p)) => assert_eq!(p.payload, b"sent-0"),
-        other => panic!("expected sent-0, got {other:?}"),
-    }
-    let queues = QueueWrites::refuse(&nats, &cluster.name).await;
-    mover.send(&disconnect(true, 0, &Props::new())).await;
-    drop(mover);
-    assert!(
-        cluster.nodes[1]
-            .wait_for_log("The session of mover stays on this node", SLOW)
-            .await
-    );
-    publish_qos1(&mut publisher, "m/y", "held", 1).await;
+    let (mut publisher, queues) = session_kept_on_node_1(&nats, &cluster, 1).await;
 
     let (mut mover, ack) = Raw::connect(&cluster.nodes[0], &persistent("mover").clean(true)).await;
     assert!(!ack.session_present);
@@ -109,30 +91,7 @@ async fn session_kept_by_its_replica(answered: Answered) {
         ..ClusterOpts::default()
     };
     let mut cluster = BrokerCluster::start(&nats, 3, opts).await;
-    let (mut mover, ack) = Raw::connect(&cluster.nodes[1], &persistent("mover")).await;
-    assert!(!ack.session_present);
-    mover.subscribe(1, &[("m/#", 1)]).await;
-    let (mut publisher, _) = Raw::connect(&cluster.nodes[2], &Connect::v5("pub")).await;
-    await_routes(&mut publisher, "m/probe", &mut [&mut mover]).await;
-    // Received, not acknowledged: in flight when the client leaves.
-    publish_qos1(&mut publisher, "m/x", "sent", 2).await;
-    for expected in ["sent-0", "sent-1"] {
-        match mover.recv_within(SLOW).await {
-            Recv::Packet(Pkt::Publish(p)) => assert_eq!(p.payload, expected.as_bytes()),
-            other => panic!("expected {expected}, got {other:?}"),
-        }
-    }
-
-    let queues = QueueWrites::refuse(&nats, &cluster.name).await;
-    mover.send(&disconnect(true, 0, &Props::new())).await;
-    drop(mover);
-    assert!(
-        cluster.nodes[1]
-            .wait_for_log("The session of mover stays on this node", SLOW)
-            .await
-    );
-    // Routed to node 1, which holds the session.
-    publish_qos1(&mut publisher, "m/y", "held", 1).await;
+    let (mut publisher, queues) = session_kept_on_node_1(&nats, &cluster, 2).await;
 
     let mut mover = if answered == Answered::Late {
         // Node 1 does not answer within the second the claim waits: the
@@ -197,6 +156,43 @@ async fn session_kept_by_its_replica(answered: Answered) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Leaves the persistent session of "mover" on node 1 with `in_flight`
+/// QoS 1 messages ("sent-<i>") received and not acknowledged, and then
+/// one more ("held-0") routed to it, while the cluster's queue stream
+/// refuses writes: node 1 keeps the session. Returns the publisher (on
+/// node 2) and the refusal to lift.
+async fn session_kept_on_node_1(
+    nats: &NatsCluster,
+    cluster: &BrokerCluster,
+    in_flight: u16,
+) -> (Raw, QueueWrites) {
+    let (mut mover, ack) = Raw::connect(&cluster.nodes[1], &persistent("mover")).await;
+    assert!(!ack.session_present);
+    mover.subscribe(1, &[("m/#", 1)]).await;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[2], &Connect::v5("pub")).await;
+    await_routes(&mut publisher, "m/probe", &mut [&mut mover]).await;
+    // Received, not acknowledged: in flight when the client leaves.
+    publish_qos1(&mut publisher, "m/x", "sent", in_flight).await;
+    for i in 0..in_flight {
+        let expected = format!("sent-{i}");
+        match mover.recv_within(SLOW).await {
+            Recv::Packet(Pkt::Publish(p)) => assert_eq!(p.payload, expected.as_bytes()),
+            other => panic!("expected {expected}, got {other:?}"),
+        }
+    }
+    let queues = QueueWrites::refuse(nats, &cluster.name).await;
+    mover.send(&disconnect(true, 0, &Props::new())).await;
+    drop(mover);
+    assert!(
+        cluster.nodes[1]
+            .wait_for_log("The session of mover stays on this node", SLOW)
+            .await
+    );
+    // Routed to node 1, which holds the session.
+    publish_qos1(&mut publisher, "m/y", "held", 1).await;
+    (publisher, queues)
 }
 
 /// The keys of `client`'s session interest (written when its session is
