@@ -81,6 +81,11 @@ pub struct SessionState {
     pub expiry_interval: u32,
     /// Whether the session is written to the durable store.
     pub persistent: bool,
+    /// The cluster holds nothing of this session, nor of any earlier one
+    /// of its client: it started clean here and was never persistent since
+    /// (then a take-over elsewhere has nothing to delete there). False
+    /// whenever that is not known.
+    pub nothing_in_cluster: bool,
     /// Set while no connection is attached; used for expiry.
     pub disconnected_at: Option<Instant>,
     /// Incremented on each attach/detach so timers can tell whether the

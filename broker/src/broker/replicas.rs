@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::client::Control;
 use crate::cluster::backoff::Backoff;
-use crate::cluster::clients::Claimed;
+use crate::cluster::clients::{Answer, Claimed};
 use crate::cluster::sessions::{QueueEntry, SentState, SessionRecord, HANDOVER_GRACE};
 use crate::cluster::ClusterError;
 use crate::codec::Will;
@@ -55,13 +55,14 @@ impl Broker {
     /// [`Broker::load_from_cluster`]: its late answer to wait for, and
     /// whether it may still forward messages to the session.
     /// Fails when that node keeps the client's session because the
-    /// cluster would not take it (the client is refused, and retries).
+    /// cluster would not take it (the client is refused, and retries),
+    /// unless the client wants no session from the cluster (`fresh`).
     pub(super) async fn claim_in_cluster(
         &self,
         client_id: &str,
         will: Option<&Will>,
         expiry: u32,
-        clean_start: bool,
+        fresh: bool,
     ) -> Result<Claimed, ClusterError> {
         let Some(cluster) = self.cluster() else {
             return Ok(Claimed::default());
@@ -70,7 +71,7 @@ impl Broker {
             message: Message::from_will(w.clone()).to_stored(),
             delay_secs: w.delay_interval.unwrap_or(0).min(expiry),
         });
-        cluster.claim(client_id, will, clean_start).await
+        cluster.claim(client_id, will, fresh).await
     }
 
     /// Waits until the interest bucket has this node's subscriptions made
@@ -97,28 +98,43 @@ impl Broker {
     /// here closes (5.0: DISCONNECT 0x8E); a persistent session is handed
     /// to the cluster (the other node loads it), any other ends here, as
     /// does every session when the client starts clean there (`discard`).
-    /// Resolves once that is done: false when the session stays here
-    /// because the cluster would not take it (the other node refuses the
-    /// client and asks again later).
-    pub async fn taken_over_elsewhere(self: &Arc<Self>, client_id: &str, discard: bool) -> bool {
+    /// Resolves once that is done, with what became of the session:
+    /// [`Answer::Kept`] when it stays here because the cluster would not
+    /// take it (the other node refuses the client and asks again later),
+    /// [`Answer::Ended`] when it ended here and the cluster holds nothing
+    /// of it.
+    pub async fn taken_over_elsewhere(self: &Arc<Self>, client_id: &str, discard: bool) -> Answer {
         let shard = self.shard(client_id);
-        {
+        // Whether the session ends with nothing of it in the cluster.
+        let ends_here = |state: &crate::session::SessionState| {
+            discard && !state.persistent && state.nothing_in_cluster
+        };
+        let ended = {
             // After any CONNECT of this client being handled here: the
             // connection it attaches is the one to close.
             let _serial = self.connect_locks[shard].lock().await;
             let Some(session) = self.session(client_id) else {
-                return true;
+                return Answer::Released;
             };
-            let attached = session.state.lock().attachment.clone();
+            let (attached, ended) = {
+                let state = session.state.lock();
+                (state.attachment.clone(), ends_here(&state))
+            };
             if let Some(old) = attached {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 if old.client.mailbox.send(Control::TakenOver(tx)) {
                     let _ = tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await;
                 }
             }
-        }
+            ended
+        };
         let Some(session) = self.session(client_id) else {
-            return true;
+            // It ended with its connection.
+            return if ended {
+                Answer::Ended
+            } else {
+                Answer::Released
+            };
         };
         if discard {
             self.logger.info(&format!(
@@ -129,8 +145,8 @@ impl Broker {
                 "Client {client_id} connected to another node; its session moves there."
             ));
             match self.hand_off_session(&session).await {
-                HandOff::Done => return true,
-                HandOff::Failed => return false,
+                HandOff::Done => return Answer::Released,
+                HandOff::Failed => return Answer::Kept,
                 HandOff::Nothing => {}
             }
         }
@@ -140,14 +156,20 @@ impl Broker {
         let current = self
             .session(client_id)
             .is_some_and(|s| Arc::ptr_eq(&s, &session));
-        let idle = session.state.lock().attachment.is_none();
+        let (idle, ended) = {
+            let state = session.state.lock();
+            (state.attachment.is_none(), ends_here(&state))
+        };
         let followed = self.cluster().is_some_and(|c| c.is_forwarding(client_id));
         if current && idle && !followed {
             let mut records = Vec::new();
             self.remove_session(&session, &mut records);
             self.persist_nowait(records);
+            if ended {
+                return Answer::Ended;
+            }
         }
-        true
+        Answer::Released
     }
 
     /// The client of `session` left this node: a persistent session goes

@@ -99,8 +99,11 @@ impl Broker {
         // One client id, one connection, cluster-wide: the node that held
         // the client lets it go (and hands its session to the cluster)
         // first.
+        // A session that ends with its connection is not taken from the
+        // cluster: there it starts afresh, as with a clean start.
+        let fresh_in_cluster = clean_start || expiry_interval == 0;
         let claimed = self
-            .claim_in_cluster(client_id, will, expiry_interval, clean_start)
+            .claim_in_cluster(client_id, will, expiry_interval, fresh_in_cluster)
             .await?;
         if let Some(handed_off) = self.handed_off_session(client_id) {
             // Its state is in the cluster now: it is loaded from there.
@@ -108,10 +111,14 @@ impl Broker {
             if let Some(cluster) = self.cluster() {
                 cluster.session_interest_applied(client_id).await;
             }
+            // Unless the session ends here (then its queue, deleted by the
+            // claim, is to stay empty).
             if let (Some(left_over), Some(cluster)) =
                 (self.forget_handed_off(&handed_off), self.cluster())
             {
-                self.forward(cluster, client_id, left_over).await;
+                if !fresh_in_cluster {
+                    self.forward(cluster, client_id, left_over).await;
+                }
             }
         }
         let mut took_over = false;
@@ -137,6 +144,7 @@ impl Broker {
             }
         }
         let persistent = expiry_interval > 0 && (self.store.is_some() || self.cluster().is_some());
+        let session_gone = claimed.session_gone;
         let mut records = Vec::new();
         let existing = self.session(client_id);
         let (session, session_present) = match existing {
@@ -184,10 +192,7 @@ impl Broker {
                     });
                 }
                 let present = match self.cluster() {
-                    Some(cluster) if clean_start => {
-                        cluster.delete_session(client_id).await;
-                        false
-                    }
+                    Some(_) if fresh_in_cluster => false,
                     Some(_) if persistent => {
                         match self
                             .load_from_cluster(&session, queue_limits, claimed)
@@ -207,6 +212,12 @@ impl Broker {
                 (session, present)
             }
         };
+        if let Some(cluster) = self.cluster().filter(|_| fresh_in_cluster) {
+            // What the cluster holds of the client's sessions goes, unless
+            // the claim saw to it already.
+            let gone = session_gone || cluster.delete_session(client_id).await;
+            session.state.lock().nothing_in_cluster = gone && !persistent;
+        }
         {
             let mut state = session.state.lock();
             state.last_client = Some(attachment.client.clone());

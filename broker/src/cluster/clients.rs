@@ -10,7 +10,9 @@
 //! the session (then the claim is undone and the CONNECT refused, 0x88,
 //! until it does). A CONNECT with a clean start wants no session: its
 //! request says so ([`DISCARD_HEADER`]), and the node that held the client
-//! ends the session instead of handing it over. When a node dies, the
+//! ends the session instead of handing it over; it answers "ended" when
+//! the cluster holds nothing of that session (the claimant then has
+//! nothing to delete there: one round trip less). When a node dies, the
 //! first survivor to rewrite each of its held clients' keys publishes that
 //! client's will.
 
@@ -49,6 +51,12 @@ const RELEASED: &[u8] = b"ok";
 /// hand the session to the cluster: it keeps the session for now.
 const KEPT: &[u8] = b"kept";
 
+/// The previous node's answer to a request with [`DISCARD_HEADER`] when
+/// it ended the session and the cluster holds nothing of it (it started
+/// clean there and was never persistent). A node that does not know the
+/// answer takes it for [`RELEASED`], and deletes what the cluster holds.
+const ENDED: &[u8] = b"ended";
+
 /// The header of a take-over request whose client starts clean: the node
 /// that held it ends its session rather than hand it to the cluster (a
 /// node that does not know the header hands it over, or keeps it).
@@ -74,6 +82,10 @@ pub struct Claimed {
     /// may still forward messages into the session's queue, and says when
     /// it stops.
     pub previous: Option<String>,
+    /// The client starts afresh and the cluster holds nothing of its
+    /// earlier session any more: the claim deleted it, or the node that
+    /// held the client ended it there. Nothing is left to delete.
+    pub session_gone: bool,
 }
 
 /// A client id's entry in the clients bucket.
@@ -102,11 +114,28 @@ pub struct StoredWill {
     pub delay_secs: u32,
 }
 
-/// What the node that held a client answered a take-over request.
+/// What became of a client another node took over, as the node that
+/// held it answers: a take-over request's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Answer {
+pub enum Answer {
+    /// Let go: its session, if persistent, is in the cluster.
     Released,
+    /// Its connection closed, but the cluster would not take its session:
+    /// it stays on that node for now.
     Kept,
+    /// The client starts clean: its session ended, and the cluster holds
+    /// nothing of it.
+    Ended,
+}
+
+impl Answer {
+    fn payload(self) -> &'static [u8] {
+        match self {
+            Answer::Released => RELEASED,
+            Answer::Kept => KEPT,
+            Answer::Ended => ENDED,
+        }
+    }
 }
 
 /// Asks a node (its take-over `subject`) to let `client_id` go; waits for
@@ -130,6 +159,7 @@ fn ask(
     async move {
         match client.send_request(subject, request).await {
             Ok(reply) if reply.payload.as_ref() == KEPT => Answer::Kept,
+            Ok(reply) if reply.payload.as_ref() == ENDED => Answer::Ended,
             _ => Answer::Released,
         }
     }
@@ -163,13 +193,14 @@ impl Cluster {
     /// client's session (the cluster would not take it), the claim is
     /// undone and [`ClusterError::HeldElsewhere`] returned: the client is
     /// refused until that node can let the session go. A client that
-    /// starts clean (`clean_start`) is never refused: that node ends the
-    /// session it had.
+    /// wants no session from the cluster (`fresh`: a clean start, or a
+    /// session that ends with its connection) is never refused: that node
+    /// ends the session it had, and what the cluster holds of it goes.
     pub async fn claim(
         &self,
         client_id: &str,
         will: Option<StoredWill>,
-        clean_start: bool,
+        fresh: bool,
     ) -> Result<Claimed, ClusterError> {
         let Ok(buckets) = self.buckets() else {
             return Ok(Claimed::default());
@@ -202,21 +233,31 @@ impl Cluster {
                 }
             }
         };
+        let was_here = previous.as_ref().is_some_and(|p| p.node == *self.node);
         let previous = previous.filter(|p| p.node != *self.node);
         let mut claimed = Claimed {
             late: None,
             previous: previous.as_ref().map(|p| format!("{}/{}", p.node, p.run)),
+            session_gone: false,
         };
-        // A client its node let go of needs no asking.
+        // A client its node let go of needs no asking. Its session, if
+        // any, is in the cluster (a node hands it over before letting the
+        // client go): a fresh start deletes it while the claim is written
+        // (not when it was here: this node may still forward to it).
         let Some(previous) = previous.filter(|p| p.held) else {
-            record_claim.await;
+            if fresh && !was_here {
+                let (_, gone) = tokio::join!(record_claim, self.delete_session(client_id));
+                claimed.session_gone = gone;
+            } else {
+                record_claim.await;
+            }
             return Ok(claimed);
         };
         let mut answer = Box::pin(ask(
             self.client.clone(),
             self.names.takeover(&previous.node),
             client_id,
-            clean_start,
+            fresh,
         ));
         let (revision, answered) = tokio::join!(
             record_claim,
@@ -224,6 +265,7 @@ impl Cluster {
         );
         match answered {
             Ok(Answer::Released) => {}
+            Ok(Answer::Ended) => claimed.session_gone = true,
             Ok(Answer::Kept) => {
                 self.undo_claim(client_id, &previous, revision).await;
                 return Err(ClusterError::HeldElsewhere(previous.node));
@@ -233,8 +275,7 @@ impl Cluster {
                     "Cluster: node {} did not let client {client_id} go within {TAKEOVER_TIMEOUT:?}; what it hands over later follows.",
                     previous.node
                 ));
-                claimed.late =
-                    Some(self.late_release(&previous.node, client_id, clean_start, answer));
+                claimed.late = Some(self.late_release(&previous.node, client_id, fresh, answer));
             }
         }
         Ok(claimed)
@@ -350,8 +391,7 @@ impl Cluster {
     /// Answers other nodes' take-over requests: the client's connection
     /// here is closed (5.0: 0x8E) and its session handed to the cluster
     /// (or ended, when the request says the client starts clean), then the
-    /// answer goes back: "ok", or "kept" when the cluster would not take
-    /// the session.
+    /// answer goes back ([`Answer`]).
     pub(super) async fn serve_takeovers(self: Arc<Self>, broker: Arc<Broker>) {
         let mut requests = match self.client.subscribe(self.names.takeover(&self.node)).await {
             Ok(subscriber) => subscriber,
@@ -371,12 +411,11 @@ impl Cluster {
                     .headers
                     .as_ref()
                     .is_some_and(|h| h.get(DISCARD_HEADER).is_some());
-                let released = broker.taken_over_elsewhere(&client_id, discard).await;
+                let answer = broker.taken_over_elsewhere(&client_id, discard).await;
                 if let Some(reply) = request.reply {
-                    let answer = if released { RELEASED } else { KEPT };
                     let _ = cluster
                         .client
-                        .publish(reply, Bytes::from_static(answer))
+                        .publish(reply, Bytes::from_static(answer.payload()))
                         .await;
                 }
             });

@@ -324,16 +324,24 @@ impl Cluster {
         Ok(())
     }
 
-    /// Empties a session's queue subject.
-    pub async fn purge_queue(&self, client_id: &str) {
+    /// Empties a session's queue subject. Returns whether it did.
+    pub async fn purge_queue(&self, client_id: &str) -> bool {
         self.consumed.lock().remove(client_id);
-        let Ok(stream) = self.js.get_stream(self.names.queue_stream()).await else {
-            return;
+        let stream = match self.js.get_stream(self.names.queue_stream()).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                self.logger.warning(&format!(
+                    "Cluster: cannot empty the queue of {client_id}: {e}."
+                ));
+                return false;
+            }
         };
         if let Err(e) = stream.purge().filter(self.queue_subject(client_id)).await {
             self.logger.warning(&format!(
                 "Cluster: cannot empty the queue of {client_id}: {e}."
             ));
+            return false;
         }
+        true
     }
 }

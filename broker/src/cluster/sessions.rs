@@ -365,21 +365,34 @@ impl Cluster {
 
     /// Deletes the session interest of `client_id`, handed off with
     /// `record`.
-    async fn remove_session_interest(&self, client_id: &str, record: &SessionRecord) {
-        let Ok(buckets) = self.buckets() else { return };
+    /// Removes the session interest of `record`'s filters. Returns whether
+    /// every key went.
+    async fn remove_session_interest(&self, client_id: &str, record: &SessionRecord) -> bool {
+        let Ok(buckets) = self.buckets() else {
+            return false;
+        };
         let filters = record.subscriptions.iter().map(|s| s.filter.as_str());
-        for key in self.session_interest_keys(client_id, filters) {
-            let _ = buckets.interest.delete(key).await;
-        }
+        let deletes = self
+            .session_interest_keys(client_id, filters)
+            .into_iter()
+            .map(|key| buckets.interest.delete(key));
+        futures_util::future::join_all(deletes)
+            .await
+            .iter()
+            .all(Result::is_ok)
     }
 
     /// Forgets a session everywhere (clean start): its record, its session
-    /// interest and its queue. One read when the cluster has none.
-    pub async fn delete_session(&self, client_id: &str) {
-        let Ok(buckets) = self.buckets() else { return };
+    /// interest and its queue. One read when the cluster has none. Returns
+    /// whether the cluster holds nothing of it now (false when NATS failed
+    /// a step; what it could not remove expires with the record's expiry).
+    pub async fn delete_session(&self, client_id: &str) -> bool {
+        let Ok(buckets) = self.buckets() else {
+            return false;
+        };
         let key = encode_key(client_id);
         let record = match buckets.sessions.get(&key).await {
-            Ok(None) => return,
+            Ok(None) => return true,
             Ok(Some(bytes)) => postcard::from_bytes::<SessionRecord>(&bytes).ok(),
             Err(e) => {
                 self.logger.warning(&format!(
@@ -388,11 +401,17 @@ impl Cluster {
                 None
             }
         };
-        let _ = buckets.sessions.delete(&key).await;
-        if let Some(record) = &record {
-            self.remove_session_interest(client_id, record).await;
-        }
-        self.purge_queue(client_id).await;
+        let interest_gone = async {
+            match &record {
+                Some(record) => self.remove_session_interest(client_id, record).await,
+                None => false,
+            }
+        };
+        let (deleted, interest_gone) = tokio::join!(buckets.sessions.delete(&key), interest_gone);
+        let deleted = deleted.is_ok();
+        // Last: until the interest is gone, other nodes may write to it.
+        let purged = self.purge_queue(client_id).await;
+        deleted && interest_gone && purged
     }
 
     /// A dead node's connected client: its persistent session, if any,

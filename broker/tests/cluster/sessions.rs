@@ -294,3 +294,71 @@ async fn shedding_sends_some_clients_to_other_nodes() {
     assert_eq!((sent_away, staying), (2, 4));
     assert_eq!(cluster.metric(0, "kubemqtt_clients_shed_total").await, 2.0);
 }
+
+/// A 5.0 client that connects with no session expiry to a replica other
+/// than the one its persistent session was left on starts afresh there:
+/// the old session goes from the cluster, and is not routed to any more.
+#[tokio::test]
+async fn a_session_without_expiry_on_another_replica_starts_afresh_and_the_old_one_goes() {
+    let nats = NatsCluster::start(3).await;
+    let cluster = BrokerCluster::start(&nats, 3, ClusterOpts::default()).await;
+    let (mut phone, _) = Raw::connect(&cluster.nodes[0], &persistent("phone")).await;
+    phone.subscribe(1, &[("p/#", 1)]).await;
+    phone.send(&disconnect(true, 0, &Props::new())).await;
+    drop(phone);
+    let (_phone, ack) = Raw::connect(&cluster.nodes[1], &Connect::v5("phone").clean(false)).await;
+    assert!(!ack.session_present);
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[2], &Connect::v5("pub")).await;
+    expect_no_subscribers(&mut publisher, "p/x").await;
+    let (_phone, ack) = Raw::connect(&cluster.nodes[2], &persistent("phone")).await;
+    assert!(!ack.session_present, "the old session came back");
+}
+
+/// A replica that ends a session at a clean start elsewhere says the
+/// cluster holds nothing of it only when that is so: this session was
+/// persistent on node 1 (its record is in the cluster) before its client
+/// came back there with no expiry; the clean start on node 2 deletes it.
+#[tokio::test]
+async fn a_clean_start_deletes_the_record_of_a_session_that_was_persistent_before() {
+    let nats = NatsCluster::start(3).await;
+    let cluster = BrokerCluster::start(&nats, 3, ClusterOpts::default()).await;
+    let (mut phone, _) = Raw::connect(&cluster.nodes[1], &persistent("phone")).await;
+    phone.subscribe(1, &[("p/#", 1)]).await;
+    let (mut phone, ack) =
+        Raw::connect(&cluster.nodes[1], &Connect::v5("phone").clean(false)).await;
+    assert!(ack.session_present, "resumed on the same replica");
+    let (_phone, _) = Raw::connect(&cluster.nodes[2], &Connect::v5("phone")).await;
+    let d = phone
+        .expect_closed_within(Duration::from_secs(5))
+        .await
+        .expect("DISCONNECT before the close");
+    assert_eq!(d.reason, SESSION_TAKEN_OVER);
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("pub")).await;
+    expect_no_subscribers(&mut publisher, "p/x").await;
+    let (_phone, ack) = Raw::connect(&cluster.nodes[0], &persistent("phone")).await;
+    assert!(!ack.session_present, "the old session came back");
+}
+
+/// Publishes QoS 1 messages on `topic` until the PUBACK says no one
+/// subscribes (5.0: 0x10), which it must within [`SLOW`] (the replicas
+/// read the interest bucket).
+async fn expect_no_subscribers(publisher: &mut Raw, topic: &str) {
+    let deadline = Instant::now() + SLOW;
+    for id in 1.. {
+        publisher
+            .send_publish(&Pub::new(topic, b"nobody").qos(1, id))
+            .await;
+        let reason = match publisher.recv_within(SLOW).await {
+            Recv::Packet(Pkt::PubAck(ack)) => ack.reason,
+            other => panic!("expected a PUBACK, got {other:?}"),
+        };
+        if reason == 0x10 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "someone still wants {topic} (PUBACK {reason:#x})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
