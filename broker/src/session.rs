@@ -73,6 +73,42 @@ pub struct Attachment {
     pub client: Arc<ClientHandle>,
 }
 
+/// Yes-or-no facts about a session, one bit each (every client has a
+/// session: its size counts, see `a_session_stays_small`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SessionFlags(u8);
+
+impl SessionFlags {
+    /// In-flight deliveries were restored while a connection was attached
+    /// (read late from the cluster): it sends them
+    /// ([`InflightWindow::take_restored`]).
+    pub const RESTORED_INFLIGHT: u8 = 1;
+    /// The cluster holds nothing of this session, nor of any earlier one
+    /// of its client: it started afresh here and was never persistent
+    /// since (a take-over elsewhere has nothing to delete there). Unset
+    /// whenever that is not known.
+    pub const NOTHING_IN_CLUSTER: u8 = 2;
+
+    pub fn get(self, flag: u8) -> bool {
+        self.0 & flag != 0
+    }
+
+    pub fn set(&mut self, flag: u8, on: bool) {
+        if on {
+            self.0 |= flag;
+        } else {
+            self.0 &= !flag;
+        }
+    }
+
+    /// Whether `flag` was set; unset now.
+    pub fn take(&mut self, flag: u8) -> bool {
+        let was = self.get(flag);
+        self.set(flag, false);
+        was
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct SessionState {
     pub attachment: Option<Attachment>,
@@ -81,11 +117,8 @@ pub struct SessionState {
     pub expiry_interval: u32,
     /// Whether the session is written to the durable store.
     pub persistent: bool,
-    /// The cluster holds nothing of this session, nor of any earlier one
-    /// of its client: it started clean here and was never persistent since
-    /// (then a take-over elsewhere has nothing to delete there). False
-    /// whenever that is not known.
-    pub nothing_in_cluster: bool,
+    /// [`SessionFlags`].
+    pub flags: SessionFlags,
     /// Set while no connection is attached; used for expiry.
     pub disconnected_at: Option<Instant>,
     /// Incremented on each attach/detach so timers can tell whether the
@@ -98,10 +131,6 @@ pub struct SessionState {
     pub queue: DeliveryQueue,
     /// Sent and not yet acknowledged, by packet id.
     pub inflight: InflightWindow,
-    /// In-flight deliveries were restored while a connection was attached
-    /// (read late from the cluster): it sends them
-    /// ([`InflightWindow::take_restored`]).
-    pub restored_inflight: bool,
     next_packet_id: u16,
     /// Inbound QoS 2 packet ids we sent PUBREC for and await PUBREL.
     /// (A B-tree: 24 bytes while empty, where a hash set takes 48.)
@@ -368,7 +397,7 @@ impl SessionState {
         if self.attachment.is_some() {
             // The connection sent what was in flight when it attached.
             self.inflight.insert_restored(packet_id, inflight);
-            self.restored_inflight = true;
+            self.flags.set(SessionFlags::RESTORED_INFLIGHT, true);
         } else {
             self.inflight.insert(packet_id, inflight);
         }

@@ -36,7 +36,14 @@ impl Broker {
             // Its session may be there: refuse rather than start it afresh.
             return Err(crate::cluster::ClusterError::Unavailable.into());
         }
-        let loaded = cluster.load_session(&session.client_id).await?;
+        // A copy of its queue kept here is of use only when no other node
+        // had the session since.
+        if !claimed.was_here {
+            cluster.drop_mirror(&session.client_id);
+        }
+        let loaded = cluster
+            .load_session(&session.client_id, claimed.was_here)
+            .await?;
         let Some(record) = loaded.record else {
             return Ok(false);
         };
@@ -67,9 +74,14 @@ impl Broker {
         let count = loaded.entries.len();
         let restored = self.restore_entries(session, &matcher, loaded.entries, &limits);
         self.logger.info(&format!(
-            "Session of {} loaded from the cluster with {} subscription(s) and {count} message(s) ({restored}).",
+            "Session of {} loaded from the cluster with {} subscription(s) and {count} message(s) ({restored}){}.",
             session.client_id,
-            record.subscriptions.len()
+            record.subscriptions.len(),
+            if loaded.from_copy {
+                ", its queue from this node's copy"
+            } else {
+                ""
+            }
         ));
         // Stragglers: what other nodes wrote before they saw this node's
         // interest, and what the previous node still forwards.

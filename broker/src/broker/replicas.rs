@@ -3,6 +3,7 @@
 //! back, and the wills of another node's clients ([`crate::cluster`]).
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use crate::cluster::sessions::{QueueEntry, SentState, SessionRecord, HANDOVER_GR
 use crate::cluster::ClusterError;
 use crate::codec::Will;
 use crate::message::{now_ms, Message};
-use crate::session::{Session, SessionSubscription};
+use crate::session::{Session, SessionFlags, SessionSubscription};
 
 use super::{stored_subscription, Broker, TAKEOVER_TIMEOUT};
 
@@ -107,7 +108,7 @@ impl Broker {
         let shard = self.shard(client_id);
         // Whether the session ends with nothing of it in the cluster.
         let ends_here = |state: &crate::session::SessionState| {
-            discard && !state.persistent && state.nothing_in_cluster
+            discard && !state.persistent && state.flags.get(SessionFlags::NOTHING_IN_CLUSTER)
         };
         let ended = {
             // After any CONNECT of this client being handled here: the
@@ -185,13 +186,28 @@ impl Broker {
         };
         let client_id = &session.client_id;
         if persistent {
+            // Should the client come back here, its queue is read from a
+            // copy kept here rather than from JetStream (not when this
+            // node is on its way out).
+            if !self.draining.load(Ordering::Acquire) {
+                let expiry = session.state.lock().expiry_interval;
+                cluster
+                    .mirror_queue(client_id, Duration::from_secs(u64::from(expiry)))
+                    .await;
+            }
             let mut said_held = false;
             let mut backoff = Backoff::new(HAND_OFF_RETRY_FIRST, HAND_OFF_RETRY_MAX);
-            while self.hand_off_session(session).await == HandOff::Failed {
+            let mut handed_off = self.hand_off_session(session).await;
+            while handed_off == HandOff::Failed {
                 if !said_held {
                     said_held = cluster.hold(client_id).await;
                 }
                 backoff.wait().await;
+                handed_off = self.hand_off_session(session).await;
+            }
+            if handed_off == HandOff::Nothing {
+                // Back already, or gone elsewhere: no copy is of use.
+                cluster.drop_mirror(client_id);
             }
         }
         // Only then is the client released: a node that finds it released

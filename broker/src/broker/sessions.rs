@@ -12,7 +12,7 @@ use crate::codec::{ReasonCode, SubscriptionOptions, Will};
 use crate::message::{now_ms, Message};
 use crate::queue::QueueLimits;
 use crate::router::Subscription;
-use crate::session::{Attachment, Session, SessionSubscription};
+use crate::session::{Attachment, Session, SessionFlags, SessionSubscription};
 use crate::store::Record;
 
 use super::{stored_subscription, Attached, Broker, ClientKey, PublishError, TAKEOVER_TIMEOUT};
@@ -216,7 +216,11 @@ impl Broker {
             // What the cluster holds of the client's sessions goes, unless
             // the claim saw to it already.
             let gone = session_gone || cluster.delete_session(client_id).await;
-            session.state.lock().nothing_in_cluster = gone && !persistent;
+            session
+                .state
+                .lock()
+                .flags
+                .set(SessionFlags::NOTHING_IN_CLUSTER, gone && !persistent);
         }
         {
             let mut state = session.state.lock();

@@ -86,6 +86,9 @@ pub struct Claimed {
     /// earlier session any more: the claim deleted it, or the node that
     /// held the client ended it there. Nothing is left to delete.
     pub session_gone: bool,
+    /// This node, in this run, was the last to hold the client: no other
+    /// node loaded or emptied its session's queue since it left here.
+    pub was_here: bool,
 }
 
 /// A client id's entry in the clients bucket.
@@ -234,12 +237,16 @@ impl Cluster {
             }
         };
         let was_here = previous.as_ref().is_some_and(|p| p.node == *self.node);
-        let previous = previous.filter(|p| p.node != *self.node);
         let mut claimed = Claimed {
             late: None,
-            previous: previous.as_ref().map(|p| format!("{}/{}", p.node, p.run)),
+            previous: None,
             session_gone: false,
+            was_here: previous
+                .as_ref()
+                .is_some_and(|p| p.node == *self.node && p.run == self.run),
         };
+        let previous = previous.filter(|p| p.node != *self.node);
+        claimed.previous = previous.as_ref().map(|p| format!("{}/{}", p.node, p.run));
         // A client its node let go of needs no asking. Its session, if
         // any, is in the cluster (a node hands it over before letting the
         // client go): a fresh start deletes it while the claim is written

@@ -55,6 +55,11 @@ impl Given {
         }
     }
 
+    /// Whether `client_id` is in its hand-over.
+    pub fn has(&self, client_id: &str) -> bool {
+        self.any() && self.by_client.lock().contains_key(client_id)
+    }
+
     /// Notes that message `id` is given to `client_id`. False when it was
     /// given to it already during its hand-over (it is then left out);
     /// true otherwise, and always for a session not in its hand-over.

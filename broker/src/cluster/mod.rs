@@ -10,6 +10,10 @@
 //! - [`retained`]: retained messages, in a bucket every node mirrors;
 //! - [`clients`]: which node holds which client id, and take-over of a
 //!   client that connects to another node;
+//! - [`sessions`], [`queue`]: offline persistent sessions (a record in a
+//!   bucket, a queue subject in a stream), handed off and loaded back;
+//!   [`mirror`]: the copy of a session's queue the node its client left
+//!   keeps, read instead of the stream when the client comes back there;
 //! - [`nodes`]: which nodes are alive;
 //! - `buckets`: creating the streams and buckets, checking that they
 //!   take messages through this node's server, listing their keys.
@@ -25,6 +29,7 @@ mod config;
 pub mod envelope;
 pub mod handover;
 pub mod interest;
+pub mod mirror;
 pub mod names;
 pub mod nodes;
 mod plan_cache;
@@ -114,6 +119,8 @@ pub struct Cluster {
     next_message_id: std::sync::atomic::AtomicU64,
     /// Largest queue of an offline session in NATS.
     max_queued_messages: i64,
+    /// Copies of the queues of sessions whose clients left this node.
+    mirrors: mirror::Mirrors,
     /// Sessions this node handed off but still routes to for a moment:
     /// their messages go to their queue subjects.
     /// With the interest-bucket revision of each one's session interest.
@@ -238,6 +245,7 @@ impl Cluster {
             run,
             next_message_id: std::sync::atomic::AtomicU64::new(random_u64()),
             max_queued_messages: i64::from(broker.config().limits.max_queued_messages),
+            mirrors: mirror::Mirrors::default(),
             forwarding: parking_lot::Mutex::new(std::collections::HashMap::new()),
             consumed: parking_lot::Mutex::new(std::collections::HashMap::new()),
             given: handover::Given::default(),

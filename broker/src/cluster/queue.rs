@@ -11,6 +11,7 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
+use super::mirror::Item;
 use super::names::encode_key;
 use super::sessions::{QueueEntry, SessionRecord};
 use super::{Cluster, ClusterError};
@@ -18,7 +19,7 @@ use super::{Cluster, ClusterError};
 /// Header of the entry a node writes into a session's queue when it stops
 /// forwarding messages there (value: `<node>/<run>`); the node the client
 /// went to reads the queue until it comes ([`QueueTail`]).
-const FORWARDING_END_HEADER: &str = "Kmq-Forwarding-End";
+pub(super) const FORWARDING_END_HEADER: &str = "Kmq-Forwarding-End";
 
 /// Fetches in a row that may bring nothing while a session's queue is read
 /// (half a second each) before the read fails.
@@ -34,6 +35,9 @@ pub struct LoadedSession {
     pub last_seq: u64,
     /// Nodes (`<node>/<run>`) whose end of forwarding was read.
     pub forwarding_ended: Vec<String>,
+    /// The entries came from this node's copy of the queue
+    /// ([`super::mirror`]), not from JetStream.
+    pub from_copy: bool,
 }
 
 /// Reads what a node still forwards into a session's queue, until that
@@ -110,7 +114,11 @@ impl Cluster {
     /// Reads a session back: its record and every queued entry, each
     /// message once, in order. The record and whether the queue holds
     /// anything are asked for at once; an empty queue costs no consumer.
-    pub async fn load_session(&self, client_id: &str) -> Result<LoadedSession, ClusterError> {
+    pub async fn load_session(
+        &self,
+        client_id: &str,
+        mirrored: bool,
+    ) -> Result<LoadedSession, ClusterError> {
         let buckets = self.buckets()?;
         let record = async {
             buckets
@@ -124,9 +132,31 @@ impl Cluster {
             record: record.and_then(|bytes| postcard::from_bytes::<SessionRecord>(&bytes).ok()),
             ..LoadedSession::default()
         };
-        if last_seq > 0 {
-            let mut seen = HashSet::new();
-            self.read_queue(client_id, 1, &mut seen, &mut loaded)
+        let mut seen = HashSet::new();
+        let mut read_from = 1;
+        if let Some(copy) = mirrored
+            .then(|| self.take_mirror(client_id, last_seq))
+            .flatten()
+        {
+            for item in copy.items {
+                match item {
+                    Item::Entry(entry) => {
+                        if seen.insert(entry.id) {
+                            loaded.entries.push(*entry);
+                        }
+                    }
+                    Item::End(holder) => loaded.forwarding_ended.push(holder),
+                    Item::Unreadable(e) => self.logger.warning(&format!(
+                        "Cluster: an unreadable queued message of {client_id} was skipped: {e}."
+                    )),
+                }
+            }
+            loaded.last_seq = copy.up_to;
+            loaded.from_copy = copy.up_to > 0;
+            read_from = copy.up_to + 1;
+        }
+        if last_seq >= read_from {
+            self.read_queue(client_id, read_from, &mut seen, &mut loaded)
                 .await?;
         }
         Ok(loaded)

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::codec::{self, Packet, PubResponse, Publish, PublishProperties, PublishRef, ReasonCode};
 use crate::queue::DropReason;
-use crate::session::Delivery;
+use crate::session::{Delivery, SessionFlags};
 use crate::store::Record;
 
 use super::{Connection, WRITE_HIGH_WATER};
@@ -21,7 +21,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
         // Everything in flight goes now, those restored late included.
         {
             let mut state = self.session.state.lock();
-            state.restored_inflight = false;
+            state.flags.set(SessionFlags::RESTORED_INFLIGHT, false);
             let _ = state.inflight.take_restored();
         }
         let inflight = self.session.inflight_in_send_order();
@@ -50,7 +50,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     pub(super) fn pull_queue(&mut self) {
         let restored = {
             let mut state = self.session.state.lock();
-            if std::mem::take(&mut state.restored_inflight) {
+            if state.flags.take(SessionFlags::RESTORED_INFLIGHT) {
                 state.inflight.take_restored()
             } else {
                 Vec::new()

@@ -362,3 +362,86 @@ async fn expect_no_subscribers(publisher: &mut Raw, topic: &str) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A client back on the replica it left gets its queue from that
+/// replica's copy, not read back from JetStream: what was published on
+/// every replica meanwhile, in order per publisher, each once.
+#[tokio::test]
+async fn a_client_back_on_the_replica_it_left_gets_its_queue_from_that_replicas_copy() {
+    let nats = NatsCluster::start(3).await;
+    let cluster = BrokerCluster::start(&nats, 3, ClusterOpts::default()).await;
+    leave_with_a_session(&cluster, 0).await;
+    let (mut here, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("here")).await;
+    let (mut there, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("there")).await;
+    publish_qos1(&mut here, "p/here", "here", 20).await;
+    publish_qos1(&mut there, "p/there", "there", 20).await;
+    let (mut phone, ack) = Raw::connect(&cluster.nodes[0], &persistent("phone")).await;
+    assert!(ack.session_present);
+    let got = payloads(&receive(&mut phone, 40).await);
+    for publisher in ["here", "there"] {
+        let from: Vec<&String> = got
+            .iter()
+            .filter(|p| p.starts_with(&format!("{publisher}-")))
+            .collect();
+        let sent: Vec<String> = (0..20).map(|i| format!("{publisher}-{i}")).collect();
+        assert_eq!(from, sent.iter().collect::<Vec<_>>(), "all of {got:?}");
+    }
+    phone.expect_nothing(QUIET).await;
+    assert!(
+        cluster.nodes[0]
+            .wait_for_log("its queue from this node's copy", SLOW)
+            .await,
+        "node 0:\n{}",
+        cluster.nodes[0].logs().join("\n")
+    );
+}
+
+/// The copy is not used once the client was on another replica in
+/// between (that replica read the queue, and emptied it): back on the
+/// first one, the client gets only what was published since, once.
+#[tokio::test]
+async fn a_client_back_after_another_replica_gets_nothing_twice() {
+    let nats = NatsCluster::start(3).await;
+    let cluster = BrokerCluster::start(&nats, 3, ClusterOpts::default()).await;
+    leave_with_a_session(&cluster, 0).await;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[2], &Connect::v5("pub")).await;
+    publish_qos1(&mut publisher, "p/x", "first", 5).await;
+    let (mut phone, ack) = Raw::connect(&cluster.nodes[1], &persistent("phone")).await;
+    assert!(ack.session_present);
+    assert_eq!(
+        payloads(&receive(&mut phone, 5).await),
+        (0..5).map(|i| format!("first-{i}")).collect::<Vec<_>>()
+    );
+    phone.send(&disconnect(true, 0, &Props::new())).await;
+    drop(phone);
+    assert!(
+        cluster.nodes[1]
+            .wait_for_log("Session of phone no longer followed here", SLOW)
+            .await
+    );
+    publish_qos1(&mut publisher, "p/x", "then", 5).await;
+    let (mut phone, ack) = Raw::connect(&cluster.nodes[0], &persistent("phone")).await;
+    assert!(ack.session_present);
+    assert_eq!(
+        payloads(&receive(&mut phone, 5).await),
+        (0..5).map(|i| format!("then-{i}")).collect::<Vec<_>>()
+    );
+    phone.expect_nothing(QUIET).await;
+}
+
+/// Subscribes `phone` (persistent) to `p/#` on node `node`, disconnects,
+/// and waits until that node has handed its session to the cluster and
+/// stopped following it.
+async fn leave_with_a_session(cluster: &BrokerCluster, node: usize) {
+    let (mut phone, _) = Raw::connect(&cluster.nodes[node], &persistent("phone")).await;
+    phone.subscribe(1, &[("p/#", 1)]).await;
+    phone.send(&disconnect(true, 0, &Props::new())).await;
+    drop(phone);
+    assert!(
+        cluster.nodes[node]
+            .wait_for_log("Session of phone no longer followed here", SLOW)
+            .await,
+        "node {node}:\n{}",
+        cluster.nodes[node].logs().join("\n")
+    );
+}
