@@ -98,7 +98,8 @@ struct Copy {
 
 /// What a copy holds up to a stream sequence.
 pub(super) struct Mirrored {
-    pub items: Vec<Item>,
+    /// In stream order, with their sequences.
+    pub items: Vec<(u64, Item)>,
     /// The last stream sequence the items cover (0: none).
     pub up_to: u64,
 }
@@ -223,19 +224,16 @@ impl Cluster {
     /// holds up to stream sequence `up_to`.
     pub(super) fn take_mirror(&self, client_id: &str, up_to: u64) -> Option<Mirrored> {
         let copy = self.mirrors.take(client_id)?;
-        let items = {
+        let mut items = {
             let mut copy = copy.lock();
             self.mirrors.release(&mut copy);
             std::mem::take(&mut copy.items)
         };
-        let mut mirrored = Mirrored {
-            items: Vec::with_capacity(items.len()),
-            up_to: 0,
+        items.truncate(items.partition_point(|(seq, _)| *seq <= up_to));
+        let mirrored = Mirrored {
+            up_to: items.last().map_or(0, |(seq, _)| *seq),
+            items,
         };
-        for (seq, item) in items.into_iter().take_while(|(seq, _)| *seq <= up_to) {
-            mirrored.up_to = seq;
-            mirrored.items.push(item);
-        }
         Some(mirrored)
     }
 }

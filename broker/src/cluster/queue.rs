@@ -138,7 +138,9 @@ impl Cluster {
             .then(|| self.take_mirror(client_id, last_seq))
             .flatten()
         {
-            for item in copy.items {
+            loaded.entries.reserve(copy.items.len());
+            seen.reserve(copy.items.len());
+            for (_, item) in copy.items {
                 match item {
                     Item::Entry(entry) => {
                         if seen.insert(entry.id) {
