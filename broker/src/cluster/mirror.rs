@@ -36,6 +36,9 @@ const MIRROR_LIFETIME: Duration = Duration::from_secs(600);
 /// queue stream): beyond, a client that leaves gets none.
 const MAX_MIRRORS: usize = 1000;
 
+/// How long making a copy may hold up the hand-off it comes before.
+const MIRROR_SETUP_LIMIT: Duration = Duration::from_secs(1);
+
 /// Bytes all copies hold together, at most: a copy that would go beyond
 /// is given up.
 const MIRRORS_MAX_BYTES: usize = 256 * 1024 * 1024;
@@ -107,7 +110,7 @@ pub(super) struct Mirrored {
 impl Cluster {
     /// Starts copying `client_id`'s queue subject, from its first message
     /// (for at most `expiry`, and [`MIRROR_LIFETIME`]). Resolves once the
-    /// consumer exists.
+    /// consumer exists, or at once without JetStream (no copy then).
     pub async fn mirror_queue(self: &Arc<Self>, client_id: &Arc<str>, expiry: Duration) {
         {
             let copies = self.mirrors.copies.lock();
@@ -115,20 +118,18 @@ impl Cluster {
                 return;
             }
         }
+        if !self.is_ready() {
+            return;
+        }
         // Still picking up its queue from an earlier load here: what that
         // reads is removed from the queue later, and must not be copied.
         if self.given.has(client_id) {
             return;
         }
-        // What the session had read from the queue goes first: the copy
-        // starts after it.
-        if let Err(e) = self.purge_consumed(client_id).await {
-            self.logger.warning(&format!(
-                "Cluster: no copy of the queue of {client_id} (its read entries are still there): {e}."
-            ));
-            return;
-        }
         let messages = async {
+            // What the session had read from the queue goes first: the
+            // copy starts after it.
+            self.purge_consumed(client_id).await?;
             let stream = self
                 .js
                 .get_stream_no_info(self.names.queue_stream())
@@ -143,9 +144,15 @@ impl Cluster {
                 .await?;
             Ok::<_, async_nats::Error>(consumer.messages().await?)
         };
-        let messages = match messages.await {
-            Ok(messages) => messages,
-            Err(e) => {
+        let messages = match tokio::time::timeout(MIRROR_SETUP_LIMIT, messages).await {
+            Ok(Ok(messages)) => messages,
+            Err(_) => {
+                self.logger.warning(&format!(
+                    "Cluster: no copy of the queue of {client_id}: JetStream did not make its consumer within {MIRROR_SETUP_LIMIT:?}."
+                ));
+                return;
+            }
+            Ok(Err(e)) => {
                 self.logger.warning(&format!(
                     "Cluster: cannot keep a copy of the queue of {client_id}: {e}."
                 ));
