@@ -88,6 +88,9 @@ impl SessionFlags {
     /// since (a take-over elsewhere has nothing to delete there). Unset
     /// whenever that is not known.
     pub const NOTHING_IN_CLUSTER: u8 = 2;
+    /// Another node took the client over: the session goes there, and no
+    /// copy of its queue is kept here ([`crate::cluster::mirror`]).
+    pub const MOVED_AWAY: u8 = 4;
 
     pub fn get(self, flag: u8) -> bool {
         self.0 & flag != 0

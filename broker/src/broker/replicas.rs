@@ -118,7 +118,9 @@ impl Broker {
                 return Answer::Released;
             };
             let (attached, ended) = {
-                let state = session.state.lock();
+                let mut state = session.state.lock();
+                // The client is elsewhere now: no copy of its queue here.
+                state.flags.set(SessionFlags::MOVED_AWAY, true);
                 (state.attachment.clone(), ends_here(&state))
             };
             if let Some(old) = attached {
@@ -145,7 +147,7 @@ impl Broker {
             self.logger.info(&format!(
                 "Client {client_id} connected to another node; its session moves there."
             ));
-            match self.hand_off_session(&session).await {
+            match self.hand_off_session(&session, false).await {
                 HandOff::Done => return Answer::Released,
                 HandOff::Failed => return Answer::Kept,
                 HandOff::Nothing => {}
@@ -189,21 +191,16 @@ impl Broker {
             // Should the client come back here, its queue is read from a
             // copy kept here rather than from JetStream (not when this
             // node is on its way out).
-            if !self.draining.load(Ordering::Acquire) {
-                let expiry = session.state.lock().expiry_interval;
-                cluster
-                    .mirror_queue(client_id, Duration::from_secs(u64::from(expiry)))
-                    .await;
-            }
+            let keep_copy = !self.draining.load(Ordering::Acquire);
             let mut said_held = false;
             let mut backoff = Backoff::new(HAND_OFF_RETRY_FIRST, HAND_OFF_RETRY_MAX);
-            let mut handed_off = self.hand_off_session(session).await;
+            let mut handed_off = self.hand_off_session(session, keep_copy).await;
             while handed_off == HandOff::Failed {
                 if !said_held {
                     said_held = cluster.hold(client_id).await;
                 }
                 backoff.wait().await;
-                handed_off = self.hand_off_session(session).await;
+                handed_off = self.hand_off_session(session, keep_copy).await;
             }
             if handed_off == HandOff::Nothing {
                 // Back already, or gone elsewhere: no copy is of use.
@@ -227,8 +224,15 @@ impl Broker {
     /// messages (in flight first, then queued) and its filters. Messages
     /// routed here to it meanwhile follow it for a moment
     /// ([`HANDOVER_GRACE`]); then it is forgotten here. When the cluster
-    /// would not take it, it stays here, with its expiry.
-    pub(super) async fn hand_off_session(self: &Arc<Self>, session: &Arc<Session>) -> HandOff {
+    /// would not take it, it stays here, with its expiry. With `keep_copy`
+    /// (its client left; not taken over elsewhere), this node keeps a copy
+    /// of the session's queue for when the client comes back here
+    /// ([`crate::cluster::mirror`]).
+    pub(super) async fn hand_off_session(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        keep_copy: bool,
+    ) -> HandOff {
         let Some(cluster) = self.cluster().cloned() else {
             return HandOff::Nothing;
         };
@@ -237,7 +241,7 @@ impl Broker {
         if cluster.is_forwarding(&session.client_id) {
             return HandOff::Done;
         }
-        let (record, entries) = {
+        let (record, entries, copy_for) = {
             let state = session.state.lock();
             let current = self
                 .session(&session.client_id)
@@ -245,6 +249,8 @@ impl Broker {
             if state.attachment.is_some() || !state.persistent || !current {
                 return HandOff::Nothing;
             }
+            let copy_for = (keep_copy && !state.flags.get(SessionFlags::MOVED_AWAY))
+                .then(|| Duration::from_secs(u64::from(state.expiry_interval)));
             let record =
                 session_record(&state.subscriptions, state.expiry_interval, Some(now_ms()));
             let mut entries: Vec<QueueEntry> = state
@@ -271,8 +277,11 @@ impl Broker {
                 message: delivery.msg.to_stored(),
                 sent: None,
             }));
-            (record, entries)
+            (record, entries, copy_for)
         };
+        if let Some(expiry) = copy_for {
+            cluster.mirror_queue(&session.client_id, expiry).await;
+        }
         let count = entries.len();
         let handed: HashSet<u64> = entries.iter().map(|e| e.id).collect();
         let revision = match cluster.hand_off(&session.client_id, &record, entries).await {

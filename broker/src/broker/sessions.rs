@@ -232,6 +232,7 @@ impl Broker {
             state.expiry_interval = expiry_interval;
             state.disconnected_at = None;
             state.pending_will = None;
+            state.flags.set(SessionFlags::MOVED_AWAY, false);
             state.epoch += 1;
         }
         self.persist(records).await?;
