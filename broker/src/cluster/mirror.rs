@@ -44,7 +44,7 @@ const MIRROR_SETUP_LIMIT: Duration = Duration::from_secs(1);
 const MIRRORS_MAX_BYTES: usize = 256 * 1024 * 1024;
 
 /// One message of a queue subject.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) enum Item {
     Entry(Box<QueueEntry>),
     /// A node's end of forwarding (`<node>/<run>`).

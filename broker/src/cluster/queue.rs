@@ -78,8 +78,8 @@ impl QueueTail {
     }
 }
 
-/// Adds one message of a session's queue subject to `loaded`: an entry
-/// not in `seen`, or a node's end of forwarding.
+/// Adds one message of a session's queue subject, as JetStream delivers
+/// it, to `loaded` ([`add_item`]).
 fn take_queued(
     message: &jetstream::Message,
     client_id: &str,
@@ -90,21 +90,28 @@ fn take_queued(
     if let Ok(info) = message.info() {
         loaded.last_seq = loaded.last_seq.max(info.stream_sequence);
     }
-    if let Some(holder) = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(FORWARDING_END_HEADER))
-    {
-        loaded.forwarding_ended.push(holder.as_str().to_string());
-        return;
-    }
-    match postcard::from_bytes::<QueueEntry>(&message.payload) {
-        Ok(entry) => {
+    let item = Item::decode(message.headers.as_ref(), &message.payload);
+    add_item(item, client_id, seen, loaded, logger);
+}
+
+/// Adds one message of a session's queue subject to `loaded`: an entry
+/// not in `seen`, or a node's end of forwarding (an unreadable one is
+/// skipped, and logged).
+fn add_item(
+    item: Item,
+    client_id: &str,
+    seen: &mut HashSet<u64>,
+    loaded: &mut LoadedSession,
+    logger: &crate::log::Logger,
+) {
+    match item {
+        Item::Entry(entry) => {
             if seen.insert(entry.id) {
-                loaded.entries.push(entry);
+                loaded.entries.push(*entry);
             }
         }
-        Err(e) => logger.warning(&format!(
+        Item::End(holder) => loaded.forwarding_ended.push(holder),
+        Item::Unreadable(e) => logger.warning(&format!(
             "Cluster: an unreadable queued message of {client_id} was skipped: {e}."
         )),
     }
@@ -141,17 +148,7 @@ impl Cluster {
             loaded.entries.reserve(copy.items.len());
             seen.reserve(copy.items.len());
             for (_, item) in copy.items {
-                match item {
-                    Item::Entry(entry) => {
-                        if seen.insert(entry.id) {
-                            loaded.entries.push(*entry);
-                        }
-                    }
-                    Item::End(holder) => loaded.forwarding_ended.push(holder),
-                    Item::Unreadable(e) => self.logger.warning(&format!(
-                        "Cluster: an unreadable queued message of {client_id} was skipped: {e}."
-                    )),
-                }
+                add_item(item, client_id, &mut seen, &mut loaded, &self.logger);
             }
             loaded.last_seq = copy.up_to;
             loaded.from_copy = copy.up_to > 0;
