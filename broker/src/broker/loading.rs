@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cluster::clients::Claimed;
+use crate::cluster::queue::SessionHead;
+use crate::cluster::ready::{self, ReadyEntry, ReadyKind};
 use crate::cluster::sessions::QueueEntry;
-use crate::codec::{QoS, SubscriptionOptions};
-use crate::message::Message;
 use crate::queue::{DropReason, Enqueued, QueueLimits};
-use crate::router::{Route, Subscription, SubscriptionTable};
-use crate::session::{Delivery, Session};
+use crate::router::SubscriptionTable;
+use crate::session::Session;
 
 use super::late_writes::Loading;
 use super::{Broker, PublishError};
@@ -23,11 +23,15 @@ impl Broker {
     /// the cluster had it. Messages other nodes still write for it during
     /// [`crate::cluster::sessions::HANDOVER_GRACE`] follow, and so does what the previous node
     /// (`claimed`) hands over late and forwards until it says it is done.
+    /// `head` is the session's record and queue's last sequence when they
+    /// were read alongside the claim (of use only if the client was here
+    /// last).
     pub(super) async fn load_from_cluster(
         self: &Arc<Self>,
         session: &Arc<Session>,
         limits: QueueLimits,
         claimed: Claimed,
+        head: Option<SessionHead>,
     ) -> Result<bool, PublishError> {
         let Some(cluster) = self.cluster().cloned() else {
             return Ok(false);
@@ -42,37 +46,34 @@ impl Broker {
             cluster.drop_mirror(&session.client_id);
         }
         let loaded = cluster
-            .load_session(&session.client_id, claimed.was_here)
+            .load_session(
+                &session.client_id,
+                claimed.was_here,
+                head.filter(|_| claimed.was_here),
+            )
             .await?;
         let Some(record) = loaded.record else {
             return Ok(false);
         };
-        let matcher = SubscriptionTable::new();
         for sub in &record.subscriptions {
-            let options = SubscriptionOptions {
-                qos: QoS::from_u8(sub.qos).unwrap_or(QoS::AtMostOnce),
-                no_local: sub.no_local,
-                retain_as_published: sub.retain_as_published,
-                retain_handling: sub.retain_handling,
-            };
+            let options = ready::subscription_options(sub);
             let mut ignored = Vec::new();
             self.subscribe(session, &sub.filter, options, sub.identifier, &mut ignored);
-            matcher.subscribe(
-                0u8,
-                &sub.filter,
-                Subscription {
-                    options,
-                    identifier: sub.identifier,
-                },
-            );
         }
-        let ids: HashSet<u64> = loaded.entries.iter().map(|e| e.id).collect();
+        let matcher = ready::matcher(&record.subscriptions);
+        let mut entries = loaded.ready;
+        entries.extend(
+            loaded
+                .entries
+                .into_iter()
+                .map(|entry| ready::ready(entry, &matcher)),
+        );
         cluster.note_consumed(&session.client_id, loaded.last_seq);
         // Until the hand-over is over, what it is given is noted (the same
         // message may come routed and through its queue).
         let handover = cluster.given().start(&session.client_id);
-        let count = loaded.entries.len();
-        let restored = self.restore_entries(session, &matcher, loaded.entries, &limits);
+        let count = entries.len();
+        let restored = self.restore_ready(session, entries, &loaded.ids, &limits);
         self.logger.info(&format!(
             "Session of {} loaded from the cluster with {} subscription(s) and {count} message(s) ({restored}){}.",
             session.client_id,
@@ -92,7 +93,7 @@ impl Broker {
             cluster,
             session: session.clone(),
             matcher,
-            seen: ids,
+            seen: loaded.ids,
             handover,
             read_up_to: loaded.last_seq,
             limits,
@@ -107,10 +108,9 @@ impl Broker {
         Ok(true)
     }
 
-    /// Puts queue entries read from the cluster into `session`: in-flight
-    /// ones with their packet ids, the others after, with the QoS and
-    /// flags the session's subscriptions give them. Returns what became of
-    /// them; a queue that refuses one counts and logs the drop.
+    /// Puts queue entries read from the cluster into `session` (see
+    /// [`Broker::restore_ready`]), matched against the session's
+    /// subscriptions as `matcher` holds them.
     pub(super) fn restore_entries(
         &self,
         session: &Session,
@@ -118,44 +118,67 @@ impl Broker {
         entries: Vec<QueueEntry>,
         limits: &QueueLimits,
     ) -> Restored {
+        let ids: HashSet<u64> = entries.iter().map(|entry| entry.id).collect();
+        let entries = entries
+            .into_iter()
+            .map(|entry| ready::ready(entry, matcher))
+            .collect();
+        self.restore_ready(session, entries, &ids, limits)
+    }
+
+    /// Puts queue entries made ready for `session` into it: in-flight ones
+    /// with their packet ids, the others after. `ids` are the entries'
+    /// ids. Returns what became of them; a queue that refuses one counts
+    /// and logs the drop.
+    pub(super) fn restore_ready(
+        &self,
+        session: &Session,
+        entries: Vec<ReadyEntry>,
+        ids: &HashSet<u64>,
+        limits: &QueueLimits,
+    ) -> Restored {
         let mut restored = Restored::default();
-        let given = self.cluster().map(|cluster| cluster.given());
+        // Routed here as well during the hand-over, and given to it then.
+        let had = match self.cluster() {
+            Some(cluster) => cluster.given().note_all(&session.client_id, ids),
+            None => HashSet::new(),
+        };
+        let now = Instant::now();
         let mut state = session.state.lock();
+        state.queue.reserve(entries.len());
         let mut dropped = Vec::new();
         for entry in entries {
-            if given.is_some_and(|given| !given.note(&session.client_id, entry.id)) {
-                // Routed here as well, and given to it then.
+            if !had.is_empty() && had.contains(&entry.id) {
                 restored.had += 1;
                 continue;
             }
-            let msg = Message::from_stored(entry.message);
-            let _ = msg.route_id.set(entry.id);
-            let msg = Arc::new(msg);
-            if msg.is_expired(Instant::now()) {
-                restored.expired += 1;
-                continue;
-            }
-            let delivery = match entry.sent {
-                Some(sent) => {
-                    let delivery = Delivery {
-                        qos: QoS::from_u8(sent.qos).unwrap_or(QoS::AtLeastOnce),
-                        retain: sent.retain,
-                        subscription_identifiers: sent.subscription_identifiers,
-                        msg,
-                        shared_group: None,
-                        seq: 0,
-                    };
-                    if !state.inflight.contains(sent.packet_id) {
-                        state.restore_inflight(sent.packet_id, delivery, sent.released);
+            let delivery = match entry.kind {
+                ReadyKind::Unmatched => {
+                    restored.unmatched += 1;
+                    continue;
+                }
+                ReadyKind::InFlight { delivery, .. } | ReadyKind::Queued(delivery)
+                    if delivery.msg.is_expired(now) =>
+                {
+                    restored.expired += 1;
+                    continue;
+                }
+                ReadyKind::InFlight {
+                    packet_id,
+                    delivery,
+                    released,
+                } => {
+                    if !state.inflight.contains(packet_id) {
+                        state.restore_inflight(packet_id, delivery, released);
                         restored.in_flight += 1;
                         continue;
                     }
-                    if sent.released {
+                    if released {
                         // Received by the client, only its PUBREL lost:
                         // the client has the message.
                         self.logger.warning(&format!(
                             "Session of {}: the release of QoS 2 message {} was not sent (its packet id is in use again).",
-                            session.client_id, sent.packet_id
+                            session.client_id, packet_id
                         ));
                         continue;
                     }
@@ -164,27 +187,7 @@ impl Broker {
                     // under a new one.
                     delivery
                 }
-                None => {
-                    let mut routes: Vec<Route<u8>> = Vec::new();
-                    matcher.route(&msg.topic, None, &|_| true, &mut routes);
-                    let Some(route) = routes.into_iter().next() else {
-                        restored.unmatched += 1;
-                        continue;
-                    };
-                    let qos = msg.qos.min(route.qos);
-                    if qos == QoS::AtMostOnce {
-                        restored.unmatched += 1;
-                        continue;
-                    }
-                    Delivery {
-                        qos,
-                        retain: msg.retain && route.retain_as_published,
-                        subscription_identifiers: route.subscription_identifiers,
-                        msg,
-                        shared_group: None,
-                        seq: 0,
-                    }
-                }
+                ReadyKind::Queued(delivery) => delivery,
             };
             match state.enqueue(delivery, limits, None, &self.budget) {
                 Enqueued::Queued | Enqueued::QueuedPause => restored.queued += 1,
@@ -249,8 +252,11 @@ impl std::fmt::Display for Restored {
 mod tests {
     use super::*;
     use crate::access::Access;
+    use crate::codec::{QoS, SubscriptionOptions};
     use crate::config::{AuthConfig, Config, Limits, LogConfig};
     use crate::log::Logger;
+    use crate::message::Message;
+    use crate::router::Subscription;
 
     fn entry(id: u64, topic: &str, qos: u8) -> QueueEntry {
         let mut message = Message::internal(topic, "x", false).to_stored();

@@ -280,7 +280,9 @@ impl Broker {
             (record, entries, copy_for)
         };
         if let Some(expiry) = copy_for {
-            cluster.mirror_queue(&session.client_id, expiry).await;
+            cluster
+                .mirror_queue(&session.client_id, expiry, record.subscriptions.clone())
+                .await;
         }
         let count = entries.len();
         let handed: HashSet<u64> = entries.iter().map(|e| e.id).collect();

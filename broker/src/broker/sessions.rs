@@ -102,9 +102,23 @@ impl Broker {
         // A session that ends with its connection is not taken from the
         // cluster: there it starts afresh, as with a clean start.
         let fresh_in_cluster = clean_start || expiry_interval == 0;
-        let claimed = self
-            .claim_in_cluster(client_id, will, expiry_interval, fresh_in_cluster)
-            .await?;
+        let claim = self.claim_in_cluster(client_id, will, expiry_interval, fresh_in_cluster);
+        // A client back on the node it left, which keeps a copy of its
+        // queue: the session's record and queue's last sequence are read
+        // while the claim is made (the claim says whether they are of use:
+        // whether no other node had the client since).
+        let read_ahead = self.cluster().filter(|cluster| {
+            !fresh_in_cluster
+                && cluster.has_mirror(client_id)
+                && self.handed_off_session(client_id).is_none()
+        });
+        let (claimed, head) = match read_ahead {
+            Some(cluster) => {
+                let (claimed, head) = tokio::join!(claim, cluster.session_head(client_id));
+                (claimed?, head.ok())
+            }
+            None => (claim.await?, None),
+        };
         if let Some(handed_off) = self.handed_off_session(client_id) {
             // Its state is in the cluster now: it is loaded from there.
             // Until then what is routed here for it goes to its queue.
@@ -195,7 +209,7 @@ impl Broker {
                     Some(_) if fresh_in_cluster => false,
                     Some(_) if persistent => {
                         match self
-                            .load_from_cluster(&session, queue_limits, claimed)
+                            .load_from_cluster(&session, queue_limits, claimed, head)
                             .await
                         {
                             Ok(present) => present,

@@ -69,6 +69,34 @@ impl Given {
             None => true,
         }
     }
+
+    /// Notes that the messages `ids` are given to `client_id` at once (as
+    /// [`Given::note`] each). Returns those given to it already during its
+    /// hand-over (to be left out); none for a session not in its hand-over.
+    pub fn note_all(&self, client_id: &str, ids: &HashSet<u64>) -> HashSet<u64> {
+        let mut by_client = self.by_client.lock();
+        let Some((_, given)) = by_client.get_mut(client_id) else {
+            return HashSet::new();
+        };
+        let (smaller, larger) = if given.len() <= ids.len() {
+            (&*given, ids)
+        } else {
+            (ids, &*given)
+        };
+        let had: HashSet<u64> = smaller
+            .iter()
+            .filter(|id| larger.contains(id))
+            .copied()
+            .collect();
+        if given.len() < ids.len() {
+            // The hand-over's first and largest batch: taken whole.
+            let earlier = std::mem::replace(given, ids.clone());
+            given.extend(earlier);
+        } else {
+            given.extend(ids.iter().copied());
+        }
+        had
+    }
 }
 
 #[cfg(test)]
@@ -89,6 +117,27 @@ mod tests {
         given.end("c1", number);
         assert!(!given.any());
         assert!(given.note("c1", 7), "the hand-over is over");
+    }
+
+    #[test]
+    fn noting_many_at_once_leaves_out_what_was_given_before() {
+        let given = Given::default();
+        let c1: Arc<str> = Arc::from("c1");
+        assert!(
+            given.note_all("c1", &HashSet::from([1, 2])).is_empty(),
+            "not in its hand-over"
+        );
+        let number = given.start(&c1);
+        assert!(given.note("c1", 2), "routed during the hand-over");
+        let had = given.note_all("c1", &HashSet::from([1, 2, 3]));
+        assert_eq!(had, HashSet::from([2]));
+        assert!(!given.note("c1", 1) && !given.note("c1", 3), "noted");
+        assert!(given.note("c1", 4));
+        let had = given.note_all("c1", &HashSet::from([4, 5]));
+        assert_eq!(had, HashSet::from([4]), "a later, smaller batch");
+        assert!(!given.note("c1", 5));
+        given.end("c1", number);
+        assert!(given.note_all("c1", &HashSet::from([1])).is_empty());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! emptied the queue); what the stream holds beyond the copy is read from
 //! JetStream as before.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +22,13 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::router::SubscriptionTable;
+use crate::store::StoredSubscription;
 
 use super::queue::FORWARDING_END_HEADER;
+use super::ready::{self, ReadyEntry};
 use super::sessions::QueueEntry;
 use super::Cluster;
 
@@ -68,42 +73,78 @@ impl Item {
 /// The copies this node keeps, by client id.
 #[derive(Default)]
 pub(super) struct Mirrors {
-    copies: Mutex<HashMap<Arc<str>, Arc<Mutex<Copy>>>>,
+    copies: Mutex<HashMap<Arc<str>, Arc<Kept>>>,
     /// Payload bytes all copies hold.
     bytes: AtomicUsize,
 }
 
+/// One copy, and the task filling it.
+struct Kept {
+    copy: Mutex<Copy>,
+    /// Wakes the task filling the copy once it has stopped.
+    stopped: Notify,
+}
+
 impl Mirrors {
-    /// Stops the copy of `client_id` and returns it, unless it had
-    /// stopped already (then it may be short of the subject).
-    fn take(&self, client_id: &str) -> Option<Arc<Mutex<Copy>>> {
-        let copy = self.copies.lock().remove(client_id)?;
-        let stopped = std::mem::replace(&mut copy.lock().stopped, true);
-        (!stopped).then_some(copy)
+    /// Stops the copy of `client_id` and returns what it held, unless it
+    /// had stopped already (then it may be short of the subject).
+    fn take(&self, client_id: &str) -> Option<Copy> {
+        let kept = self.copies.lock().remove(client_id)?;
+        let copy = self.stop(&kept);
+        (!copy.stopped).then_some(copy)
     }
 
-    /// `copy` no longer holds its items: their bytes are free again.
-    fn release(&self, copy: &mut Copy) {
-        self.bytes.fetch_sub(copy.bytes, Ordering::AcqRel);
-        copy.bytes = 0;
+    /// Stops `kept` (its bytes are free again) and returns what it held.
+    fn stop(&self, kept: &Kept) -> Copy {
+        let copy = {
+            let mut copy = kept.copy.lock();
+            self.bytes.fetch_sub(copy.bytes, Ordering::AcqRel);
+            std::mem::replace(&mut *copy, Copy::given_up())
+        };
+        kept.stopped.notify_one();
+        copy
     }
 }
 
 #[derive(Default)]
 struct Copy {
-    /// The subject's messages in stream order, with their sequences.
-    items: Vec<(u64, Item)>,
+    /// The subscriptions the entries were made ready for (the session's
+    /// when its client left).
+    subscriptions: Vec<StoredSubscription>,
+    /// The subject's entries in stream order, each message once, with
+    /// their sequences.
+    entries: Vec<(u64, ReadyEntry)>,
+    /// The ids of `entries`.
+    ids: HashSet<u64>,
+    /// Nodes' ends of forwarding (`<node>/<run>`), with their sequences.
+    ended: Vec<(u64, String)>,
+    /// The sequence of the last message received (0: none).
+    last_seq: u64,
     bytes: usize,
     /// No longer filled (too big, taken, dropped, past its time, or its
     /// consumer failed): not to be used.
     stopped: bool,
 }
 
+impl Copy {
+    /// What is left of a copy taken or given up.
+    fn given_up() -> Copy {
+        Copy {
+            stopped: true,
+            ..Copy::default()
+        }
+    }
+}
+
 /// What a copy holds up to a stream sequence.
 pub(super) struct Mirrored {
-    /// In stream order, with their sequences.
-    pub items: Vec<(u64, Item)>,
-    /// The last stream sequence the items cover (0: none).
+    /// In stream order, each message once.
+    pub entries: Vec<ReadyEntry>,
+    /// The ids of `entries`.
+    pub ids: HashSet<u64>,
+    /// The nodes whose end of forwarding it holds.
+    pub ended: Vec<String>,
+    /// The last stream sequence the copy covers (0: none).
     pub up_to: u64,
 }
 
@@ -111,7 +152,13 @@ impl Cluster {
     /// Starts copying `client_id`'s queue subject, from its first message
     /// (for at most `expiry`, and [`MIRROR_LIFETIME`]). Resolves once the
     /// consumer exists, or at once without JetStream (no copy then).
-    pub async fn mirror_queue(self: &Arc<Self>, client_id: &Arc<str>, expiry: Duration) {
+    /// Its entries are made ready for a session with `subscriptions`.
+    pub async fn mirror_queue(
+        self: &Arc<Self>,
+        client_id: &Arc<str>,
+        expiry: Duration,
+        subscriptions: Vec<StoredSubscription>,
+    ) {
         {
             let copies = self.mirrors.copies.lock();
             if copies.len() >= MAX_MIRRORS || copies.contains_key(client_id) {
@@ -159,67 +206,94 @@ impl Cluster {
                 return;
             }
         };
-        let copy = Arc::new(Mutex::new(Copy::default()));
+        let matcher = ready::matcher(&subscriptions);
+        let kept = Arc::new(Kept {
+            copy: Mutex::new(Copy {
+                subscriptions,
+                ..Copy::default()
+            }),
+            stopped: Notify::new(),
+        });
         self.mirrors
             .copies
             .lock()
-            .insert(client_id.clone(), copy.clone());
+            .insert(client_id.clone(), kept.clone());
         let until = tokio::time::Instant::now() + expiry.min(MIRROR_LIFETIME);
         tokio::spawn(
             self.clone()
-                .keep_copy(client_id.clone(), copy, messages, until),
+                .keep_copy(client_id.clone(), kept, matcher, messages, until),
         );
     }
 
-    /// Fills `copy` from `messages` until it is given up or `until`.
+    /// Fills the copy `kept` from `messages`, each entry made ready for
+    /// the session `matcher` stands for, until it is stopped or `until`.
     async fn keep_copy(
         self: Arc<Self>,
         client_id: Arc<str>,
-        copy: Arc<Mutex<Copy>>,
+        kept: Arc<Kept>,
+        matcher: SubscriptionTable<u8>,
         mut messages: push::Ordered,
         until: tokio::time::Instant,
     ) {
-        let max_items = usize::try_from(self.max_queued_messages).unwrap_or(usize::MAX);
+        let max_entries = usize::try_from(self.max_queued_messages).unwrap_or(usize::MAX);
         loop {
             let message = tokio::select! {
                 message = messages.next() => message,
                 () = tokio::time::sleep_until(until) => None,
+                () = kept.stopped.notified() => None,
             };
-            let mut kept = copy.lock();
-            if kept.stopped {
+            let received = match &message {
+                Some(Ok(message)) => message.info().ok().map(|info| info.stream_sequence),
+                _ => None,
+            };
+            let (Some(Ok(message)), Some(seq)) = (message, received) else {
+                break;
+            };
+            // Made ready before the copy is locked: the node taking it
+            // waits for nothing but the lock.
+            let item = match Item::decode(message.headers.as_ref(), &message.payload) {
+                Item::Entry(entry) => Some(Ok(ready::ready(*entry, &matcher))),
+                Item::End(holder) => Some(Err(holder)),
+                Item::Unreadable(e) => {
+                    self.logger.warning(&format!(
+                        "Cluster: an unreadable queued message of {client_id} is left out of this node's copy of its queue: {e}."
+                    ));
+                    None
+                }
+            };
+            let mut copy = kept.copy.lock();
+            if copy.stopped {
                 break;
             }
-            let Some(Ok(message)) = message else {
-                kept.stopped = true;
-                break;
-            };
-            let Ok(info) = message.info() else {
-                kept.stopped = true;
-                break;
-            };
-            let seq = info.stream_sequence;
             let size = message.payload.len();
-            kept.bytes += size;
+            copy.bytes += size;
             let total = self.mirrors.bytes.fetch_add(size, Ordering::AcqRel) + size;
-            if total > MIRRORS_MAX_BYTES || kept.items.len() >= max_items {
-                kept.stopped = true;
+            if total > MIRRORS_MAX_BYTES || copy.entries.len() >= max_entries {
                 break;
             }
-            let item = Item::decode(message.headers.as_ref(), &message.payload);
-            kept.items.push((seq, item));
+            copy.last_seq = seq;
+            match item {
+                Some(Ok(entry)) if copy.ids.insert(entry.id) => copy.entries.push((seq, entry)),
+                Some(Err(holder)) => copy.ended.push((seq, holder)),
+                // A message it has already, or an unreadable one.
+                Some(Ok(_)) | None => {}
+            }
         }
         {
             let mut copies = self.mirrors.copies.lock();
             if copies
                 .get(&client_id)
-                .is_some_and(|c| Arc::ptr_eq(c, &copy))
+                .is_some_and(|c| Arc::ptr_eq(c, &kept))
             {
                 copies.remove(&client_id);
             }
         }
-        let mut copy = copy.lock();
-        copy.items = Vec::new();
-        self.mirrors.release(&mut copy);
+        self.mirrors.stop(&kept);
+    }
+
+    /// Whether this node keeps a copy of `client_id`'s queue.
+    pub fn has_mirror(&self, client_id: &str) -> bool {
+        self.mirrors.copies.lock().contains_key(client_id)
     }
 
     /// Gives up the copy of `client_id`'s queue, if any.
@@ -227,20 +301,31 @@ impl Cluster {
         self.mirrors.take(client_id);
     }
 
-    /// Takes the copy of `client_id`'s queue (which stops): the items it
-    /// holds up to stream sequence `up_to`.
-    pub(super) fn take_mirror(&self, client_id: &str, up_to: u64) -> Option<Mirrored> {
-        let copy = self.mirrors.take(client_id)?;
-        let mut items = {
-            let mut copy = copy.lock();
-            self.mirrors.release(&mut copy);
-            std::mem::take(&mut copy.items)
-        };
-        items.truncate(items.partition_point(|(seq, _)| *seq <= up_to));
-        let mirrored = Mirrored {
-            up_to: items.last().map_or(0, |(seq, _)| *seq),
-            items,
-        };
-        Some(mirrored)
+    /// Takes the copy of `client_id`'s queue (which stops): what it
+    /// holds up to stream sequence `up_to`. Nothing when its entries were
+    /// made ready for other subscriptions than `subscriptions` (the
+    /// session's now).
+    pub(super) fn take_mirror(
+        &self,
+        client_id: &str,
+        up_to: u64,
+        subscriptions: &[StoredSubscription],
+    ) -> Option<Mirrored> {
+        let mut copy = self.mirrors.take(client_id)?;
+        if copy.subscriptions != subscriptions {
+            return None;
+        }
+        while copy.entries.last().is_some_and(|(seq, _)| *seq > up_to) {
+            if let Some((_, entry)) = copy.entries.pop() {
+                copy.ids.remove(&entry.id);
+            }
+        }
+        copy.ended.retain(|(seq, _)| *seq <= up_to);
+        Some(Mirrored {
+            entries: copy.entries.into_iter().map(|(_, entry)| entry).collect(),
+            ids: copy.ids,
+            ended: copy.ended.into_iter().map(|(_, holder)| holder).collect(),
+            up_to: copy.last_seq.min(up_to),
+        })
     }
 }

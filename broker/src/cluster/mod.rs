@@ -35,6 +35,7 @@ pub mod nodes;
 mod plan_cache;
 mod plans;
 pub mod queue;
+pub mod ready;
 pub mod retained;
 pub mod routing;
 pub mod sessions;

@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 
 use super::mirror::Item;
 use super::names::encode_key;
+use super::ready::ReadyEntry;
 use super::sessions::{QueueEntry, SessionRecord};
 use super::{Cluster, ClusterError};
 
@@ -29,15 +30,27 @@ const READ_IDLE_FETCHES: u32 = 10;
 #[derive(Debug, Default)]
 pub struct LoadedSession {
     pub record: Option<SessionRecord>,
+    /// Queue entries from this node's copy of the queue
+    /// ([`super::mirror`]), made ready for the session: they come before
+    /// `entries`.
+    pub ready: Vec<ReadyEntry>,
     /// Queue entries in order, each message once.
     pub entries: Vec<QueueEntry>,
+    /// The ids of `ready` and `entries` ([`Cluster::load_session`] only).
+    pub ids: HashSet<u64>,
     /// The last stream sequence read (0: none).
     pub last_seq: u64,
     /// Nodes (`<node>/<run>`) whose end of forwarding was read.
     pub forwarding_ended: Vec<String>,
-    /// The entries came from this node's copy of the queue
-    /// ([`super::mirror`]), not from JetStream.
+    /// Entries came from this node's copy of the queue.
     pub from_copy: bool,
+}
+
+/// A session's record and its queue's last stream sequence (0: empty).
+#[derive(Debug)]
+pub struct SessionHead {
+    pub record: Option<SessionRecord>,
+    pub last_seq: u64,
 }
 
 /// Reads what a node still forwards into a session's queue, until that
@@ -79,7 +92,8 @@ impl QueueTail {
 }
 
 /// Adds one message of a session's queue subject, as JetStream delivers
-/// it, to `loaded` ([`add_item`]).
+/// it, to `loaded`: an entry not in `seen`, or a node's end of forwarding
+/// (an unreadable one is skipped, and logged).
 fn take_queued(
     message: &jetstream::Message,
     client_id: &str,
@@ -90,21 +104,7 @@ fn take_queued(
     if let Ok(info) = message.info() {
         loaded.last_seq = loaded.last_seq.max(info.stream_sequence);
     }
-    let item = Item::decode(message.headers.as_ref(), &message.payload);
-    add_item(item, client_id, seen, loaded, logger);
-}
-
-/// Adds one message of a session's queue subject to `loaded`: an entry
-/// not in `seen`, or a node's end of forwarding (an unreadable one is
-/// skipped, and logged).
-fn add_item(
-    item: Item,
-    client_id: &str,
-    seen: &mut HashSet<u64>,
-    loaded: &mut LoadedSession,
-    logger: &crate::log::Logger,
-) {
-    match item {
+    match Item::decode(message.headers.as_ref(), &message.payload) {
         Item::Entry(entry) => {
             if seen.insert(entry.id) {
                 loaded.entries.push(*entry);
@@ -118,14 +118,9 @@ fn add_item(
 }
 
 impl Cluster {
-    /// Reads a session back: its record and every queued entry, each
-    /// message once, in order. The record and whether the queue holds
-    /// anything are asked for at once; an empty queue costs no consumer.
-    pub async fn load_session(
-        &self,
-        client_id: &str,
-        mirrored: bool,
-    ) -> Result<LoadedSession, ClusterError> {
+    /// What loading `client_id`'s session reads first: its record and
+    /// its queue's last sequence, asked for at once.
+    pub async fn session_head(&self, client_id: &str) -> Result<SessionHead, ClusterError> {
         let buckets = self.buckets()?;
         let record = async {
             buckets
@@ -135,21 +130,46 @@ impl Cluster {
                 .map_err(ClusterError::nats)
         };
         let (record, last_seq) = tokio::try_join!(record, self.queue_last_seq(client_id))?;
-        let mut loaded = LoadedSession {
+        Ok(SessionHead {
             record: record.and_then(|bytes| postcard::from_bytes::<SessionRecord>(&bytes).ok()),
+            last_seq,
+        })
+    }
+
+    /// Reads a session back: its record and every queued entry, each
+    /// message once, in order, from `head` when it was read already. An
+    /// empty queue costs no consumer; with `mirrored`, what this node's
+    /// copy of the queue holds is not read again.
+    pub async fn load_session(
+        &self,
+        client_id: &str,
+        mirrored: bool,
+        head: Option<SessionHead>,
+    ) -> Result<LoadedSession, ClusterError> {
+        let head = match head {
+            Some(head) => head,
+            None => self.session_head(client_id).await?,
+        };
+        let last_seq = head.last_seq;
+        let mut loaded = LoadedSession {
+            record: head.record,
             ..LoadedSession::default()
         };
         let mut seen = HashSet::new();
         let mut read_from = 1;
-        if let Some(copy) = mirrored
-            .then(|| self.take_mirror(client_id, last_seq))
-            .flatten()
-        {
-            loaded.entries.reserve(copy.items.len());
-            seen.reserve(copy.items.len());
-            for (_, item) in copy.items {
-                add_item(item, client_id, &mut seen, &mut loaded, &self.logger);
+        let copy = match &loaded.record {
+            Some(record) if mirrored => {
+                self.take_mirror(client_id, last_seq, &record.subscriptions)
             }
+            _ => {
+                self.drop_mirror(client_id);
+                None
+            }
+        };
+        if let Some(copy) = copy {
+            loaded.ready = copy.entries;
+            seen = copy.ids;
+            loaded.forwarding_ended = copy.ended;
             loaded.last_seq = copy.up_to;
             loaded.from_copy = copy.up_to > 0;
             read_from = copy.up_to + 1;
@@ -158,6 +178,7 @@ impl Cluster {
             self.read_queue(client_id, read_from, &mut seen, &mut loaded)
                 .await?;
         }
+        loaded.ids = seen;
         Ok(loaded)
     }
 

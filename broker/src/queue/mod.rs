@@ -261,6 +261,11 @@ impl DeliveryQueue {
         self.items.len()
     }
 
+    /// Makes room for `additional` more deliveries at once.
+    pub fn reserve(&mut self, additional: usize) {
+        self.items.reserve(additional);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
