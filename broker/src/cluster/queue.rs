@@ -294,7 +294,7 @@ impl Cluster {
     ) -> Result<QueueTail, ClusterError> {
         let stream = self
             .js
-            .get_stream(self.names.queue_stream())
+            .get_stream_no_info(self.names.queue_stream())
             .await
             .map_err(ClusterError::nats)?;
         let consumer = stream
@@ -358,7 +358,7 @@ impl Cluster {
         };
         let stream = self
             .js
-            .get_stream(self.names.queue_stream())
+            .get_stream_no_info(self.names.queue_stream())
             .await
             .map_err(ClusterError::nats)?;
         stream
@@ -377,7 +377,7 @@ impl Cluster {
     /// Empties a session's queue subject. Returns whether it did.
     pub async fn purge_queue(&self, client_id: &str) -> bool {
         self.consumed.lock().remove(client_id);
-        let stream = match self.js.get_stream(self.names.queue_stream()).await {
+        let stream = match self.js.get_stream_no_info(self.names.queue_stream()).await {
             Ok(stream) => stream,
             Err(e) => {
                 self.logger.warning(&format!(

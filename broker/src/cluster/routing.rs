@@ -396,7 +396,7 @@ impl Cluster {
     async fn consume_route_stream(&self, broker: &Arc<Broker>) -> Result<(), ClusterError> {
         let stream = self
             .js
-            .get_stream(self.names.route_stream())
+            .get_stream_no_info(self.names.route_stream())
             .await
             .map_err(ClusterError::nats)?;
         let name = self.names.route_consumer(&self.node);
@@ -496,7 +496,7 @@ impl Cluster {
         let at = tokio::time::Instant::now();
         let stream = self
             .js
-            .get_stream(self.names.route_stream())
+            .get_stream_no_info(self.names.route_stream())
             .await
             .map_err(ClusterError::nats)?;
         let last = match stream
