@@ -2,7 +2,7 @@
 //! back on this node: its record and queue, into the session (what comes
 //! to the queue after that: `late_writes`).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -145,23 +145,24 @@ impl Broker {
         };
         let now = Instant::now();
         let mut state = session.state.lock();
-        state.queue.reserve(entries.len());
         let mut dropped = Vec::new();
+        // Queued together after the loop: most often all at once.
+        let mut queued = VecDeque::with_capacity(entries.len());
+        let mut queued_bytes = 0;
         for entry in entries {
             if !had.is_empty() && had.contains(&entry.id) {
                 restored.had += 1;
                 continue;
             }
-            let delivery = match entry.kind {
-                ReadyKind::Unmatched => {
-                    restored.unmatched += 1;
-                    continue;
+            match entry.kind {
+                ReadyKind::Unmatched => restored.unmatched += 1,
+                // Expired ones are let go when their turn comes.
+                ReadyKind::Queued { delivery, size } => {
+                    queued.push_back(delivery);
+                    queued_bytes += size;
                 }
-                ReadyKind::InFlight { delivery, .. } | ReadyKind::Queued(delivery)
-                    if delivery.msg.is_expired(now) =>
-                {
+                ReadyKind::InFlight { delivery, .. } if delivery.msg.is_expired(now) => {
                     restored.expired += 1;
-                    continue;
                 }
                 ReadyKind::InFlight {
                     packet_id,
@@ -171,24 +172,36 @@ impl Broker {
                     if !state.inflight.contains(packet_id) {
                         state.restore_inflight(packet_id, delivery, released);
                         restored.in_flight += 1;
-                        continue;
-                    }
-                    if released {
+                    } else if released {
                         // Received by the client, only its PUBREL lost:
                         // the client has the message.
                         self.logger.warning(&format!(
                             "Session of {}: the release of QoS 2 message {} was not sent (its packet id is in use again).",
                             session.client_id, packet_id
                         ));
-                        continue;
+                    } else {
+                        // The connection uses that packet id already: the
+                        // client never acknowledged this one, so it goes
+                        // again under a new one.
+                        queued_bytes += crate::queue::size_of(&delivery);
+                        queued.push_back(delivery);
                     }
-                    // The connection uses that packet id already: the
-                    // client never acknowledged this one, so it goes again
-                    // under a new one.
-                    delivery
                 }
-                ReadyKind::Queued(delivery) => delivery,
-            };
+            }
+        }
+        let count = queued.len();
+        let refused = match state
+            .queue
+            .offer_all(queued, queued_bytes, limits, &self.budget)
+        {
+            Ok(()) => {
+                restored.queued += count;
+                VecDeque::new()
+            }
+            // Not all fit: one at a time, as a publish would.
+            Err(refused) => refused,
+        };
+        for delivery in refused {
             match state.enqueue(delivery, limits, None, &self.budget) {
                 Enqueued::Queued | Enqueued::QueuedPause => restored.queued += 1,
                 Enqueued::QueuedDroppedOldest(_) => {
@@ -221,7 +234,8 @@ pub(super) struct Restored {
     in_flight: usize,
     /// Matching none of the session's subscriptions (or only at QoS 0).
     unmatched: usize,
-    /// Past their message expiry.
+    /// In flight and past their message expiry (queued ones are let go
+    /// when their turn comes).
     expired: usize,
     /// Refused by the session's queue (counted and logged as drops).
     dropped: usize,
@@ -323,5 +337,49 @@ mod tests {
             "the drop is logged: {:?}",
             lines.lock()
         );
+    }
+
+    #[test]
+    fn restored_entries_that_fit_are_queued_in_order_and_in_flight_ones_keep_their_ids() {
+        let access = Access::load(&AuthConfig::default()).expect("no auth files");
+        let (logger, _) = Logger::capture(&LogConfig::default());
+        let broker = Broker::new(Config::local_default(), logger, None, access);
+        let session = Session::new(Arc::from("mover"), 60, true);
+        let matcher = ready::matcher(&[crate::store::StoredSubscription {
+            filter: "m/#".to_string(),
+            qos: 2,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: 0,
+            identifier: None,
+        }]);
+        let mut sent = entry(1, "m/0", 1);
+        sent.sent = Some(crate::cluster::sessions::SentState {
+            packet_id: 9,
+            qos: 1,
+            retain: false,
+            subscription_identifiers: Vec::new(),
+            released: false,
+        });
+        let entries = vec![
+            sent,
+            entry(2, "m/1", 1),
+            entry(3, "x", 1),
+            entry(4, "m/2", 2),
+        ];
+        let limits = QueueLimits::from_limits(&Limits::default());
+        let restored = broker.restore_entries(&session, &matcher, entries, &limits);
+        assert_eq!(
+            restored.to_string(),
+            "2 queued, 1 in flight, 1 matching no subscription"
+        );
+        let state = session.state.lock();
+        assert!(state.inflight.contains(9));
+        let queued: Vec<(&str, QoS)> = state.queue.iter().map(|d| (&*d.msg.topic, d.qos)).collect();
+        assert_eq!(
+            queued,
+            [("m/1", QoS::AtLeastOnce), ("m/2", QoS::ExactlyOnce)]
+        );
+        assert_eq!(state.queue.bytes(), "m/1x".len() + "m/2x".len());
     }
 }

@@ -252,7 +252,9 @@ impl Flow {
     }
 }
 
-fn size_of(delivery: &Delivery) -> usize {
+/// What `delivery` counts for in a queue's bytes (and the memory budget):
+/// its payload and topic.
+pub fn size_of(delivery: &Delivery) -> usize {
     delivery.msg.payload.len() + delivery.msg.topic.len()
 }
 
@@ -261,9 +263,33 @@ impl DeliveryQueue {
         self.items.len()
     }
 
-    /// Makes room for `additional` more deliveries at once.
-    pub fn reserve(&mut self, additional: usize) {
-        self.items.reserve(additional);
+    /// Queues `deliveries` (QoS 1 and 2; `bytes` together, as [`size_of`]
+    /// counts) after what is queued, for a subscriber that is not
+    /// connected, when all of them fit the limits and the memory budget is
+    /// not pressed: what [`DeliveryQueue::offer`] would do with each, at
+    /// once. Gives them back otherwise (none queued).
+    pub fn offer_all(
+        &mut self,
+        deliveries: VecDeque<Delivery>,
+        bytes: usize,
+        limits: &QueueLimits,
+        budget: &MemoryBudget,
+    ) -> Result<(), VecDeque<Delivery>> {
+        let fits = budget.level() == Level::Normal
+            && self.items.len() + deliveries.len() <= limits.max_messages as usize
+            && (limits.max_bytes == 0 || self.bytes + bytes <= limits.max_bytes as usize);
+        debug_assert!(deliveries.iter().all(|d| d.qos != QoS::AtMostOnce));
+        if !fits {
+            return Err(deliveries);
+        }
+        self.bytes += bytes;
+        budget.add(bytes);
+        if self.items.is_empty() {
+            self.items = deliveries;
+        } else {
+            self.items.extend(deliveries);
+        }
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {

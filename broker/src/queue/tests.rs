@@ -399,3 +399,60 @@ fn drops_are_logged_once_per_interval() {
     assert_eq!(q.note_drop(now + DROP_LOG_INTERVAL, &l), Some(3));
     assert_eq!(q.dropped(), 3);
 }
+
+#[test]
+fn offering_all_at_once_queues_them_all_or_gives_them_all_back() {
+    let budget = MemoryBudget::new(100);
+    let three = |payload| -> VecDeque<Delivery> {
+        (0..3)
+            .map(|_| delivery(QoS::AtLeastOnce, payload))
+            .collect()
+    };
+    let mut q = DeliveryQueue::default();
+    q.offer(
+        delivery(QoS::AtLeastOnce, "a"),
+        &limits(4, 4, QueueFullPolicy::DropNew),
+        false,
+        None,
+        &budget,
+    );
+    // Four fit a limit of four, after what was queued: in order, counted.
+    let ok = q.offer_all(
+        three("b"),
+        6,
+        &limits(4, 4, QueueFullPolicy::DropNew),
+        &budget,
+    );
+    assert!(ok.is_ok());
+    assert_eq!((q.len(), q.bytes(), budget.used()), (4, 8, 8));
+    let order: Vec<_> = q.items.iter().map(|d| d.msg.payload.clone()).collect();
+    assert_eq!(order, ["a", "b", "b", "b"]);
+    // Beyond the message limit, or the byte limit: none queued.
+    let back = q.offer_all(
+        three("c"),
+        6,
+        &limits(6, 6, QueueFullPolicy::DropOldest),
+        &budget,
+    );
+    assert_eq!(back.map_err(|d| d.len()), Err(3));
+    let bytes_limit = QueueLimits {
+        max_bytes: 13,
+        ..limits(100, 100, QueueFullPolicy::DropNew)
+    };
+    assert_eq!(
+        q.offer_all(three("c"), 6, &bytes_limit, &budget)
+            .map_err(|d| d.len()),
+        Err(3)
+    );
+    assert_eq!((q.len(), budget.used()), (4, 8));
+    // Under memory pressure: none queued either (one at a time decides).
+    budget.add(82);
+    assert_eq!(budget.level(), Level::Pressed);
+    let back = q.offer_all(
+        three("c"),
+        6,
+        &limits(100, 100, QueueFullPolicy::DropNew),
+        &budget,
+    );
+    assert_eq!(back.map_err(|d| d.len()), Err(3));
+}
