@@ -293,6 +293,8 @@ impl Broker {
                     "The session of {} stays on this node: cannot hand it to the cluster: {e}.",
                     session.client_id
                 ));
+                // Its queue is the session's here again.
+                cluster.drop_mirror(&session.client_id);
                 return HandOff::Failed;
             }
         };
