@@ -41,10 +41,7 @@ impl Broker {
             return Err(crate::cluster::ClusterError::Unavailable.into());
         }
         // A copy of its queue kept here is of use only when no other node
-        // had the session since.
-        if !claimed.was_here {
-            cluster.drop_mirror(&session.client_id);
-        }
+        // had the session since (otherwise `load_session` drops it).
         let loaded = cluster
             .load_session(
                 &session.client_id,

@@ -139,7 +139,8 @@ impl Cluster {
     /// Reads a session back: its record and every queued entry, each
     /// message once, in order, from `head` when it was read already. An
     /// empty queue costs no consumer; with `mirrored`, what this node's
-    /// copy of the queue holds is not read again.
+    /// copy of the queue holds is not read again (without, the copy is
+    /// dropped).
     pub async fn load_session(
         &self,
         client_id: &str,
