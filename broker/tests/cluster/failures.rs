@@ -287,6 +287,13 @@ async fn a_client_back_on_a_node_whose_nats_server_stalls_gets_what_was_queued_m
         cluster.nodes[1].logs().join("\n")
     );
     mover.expect_nothing(QUIET).await;
+    // Under load JetStream may refuse requests (503) for a while after the
+    // stall; a publish it refuses gets 0x80 (refused, not lost). Wait until
+    // every stream answers through every server with all its replicas.
+    // (A new connection: the publisher has been idle for longer than its
+    // keepalive allows.)
+    jetstream_whole_again(&nats).await;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[2], &Connect::v5("pub")).await;
     publish_qos1(&mut publisher, "m/y", "back", 1).await;
     assert_eq!(payloads(&receive(&mut mover, 1).await), vec!["back-0"]);
     // What node 2 wrote to the queue (stalled-0, perhaps back-0 too, which
@@ -332,6 +339,52 @@ async fn all_stream_leaders_elsewhere_than(nats: &NatsCluster, not: &str) {
     for name in names {
         stream_leader_elsewhere_than(nats, &name, not).await;
     }
+}
+
+/// Waits (up to a minute) until every stream answers its info through every
+/// server, with a leader and every replica current.
+async fn jetstream_whole_again(nats: &NatsCluster) {
+    use futures_util::StreamExt;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    'again: while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for url in nats.urls() {
+            let Ok(client) = async_nats::connect(url.as_str()).await else {
+                last = format!("{url} does not answer");
+                continue 'again;
+            };
+            let js = async_nats::jetstream::new(client);
+            let names: Vec<_> = js.stream_names().collect().await;
+            for name in names {
+                let name = match name {
+                    Ok(name) => name,
+                    Err(e) => {
+                        last = format!("stream names through {url}: {e}");
+                        continue 'again;
+                    }
+                };
+                let info = match js.get_stream(&name).await {
+                    Ok(mut stream) => stream.info().await.cloned(),
+                    Err(e) => {
+                        last = format!("{name} through {url}: {e}");
+                        continue 'again;
+                    }
+                };
+                let whole = info
+                    .as_ref()
+                    .ok()
+                    .and_then(|info| info.cluster.as_ref())
+                    .is_some_and(|c| c.leader.is_some() && c.replicas.iter().all(|r| r.current));
+                if !whole {
+                    last = format!("{name} through {url}: not whole yet");
+                    continue 'again;
+                }
+            }
+        }
+        return;
+    }
+    panic!("JetStream never answered whole again: {last}");
 }
 
 /// Waits (up to a minute) until the cluster queue of `client_id` holds no

@@ -542,3 +542,52 @@ pub fn persistent(client_id: &str) -> Connect {
         .clean(false)
         .props(Props::new().four(prop::SESSION_EXPIRY_INTERVAL, 3600))
 }
+
+/// What the cluster's interest bucket holds now, message by message of its
+/// stream (subject, sequence, put or delete), and every node's log: what a
+/// test prints when a message found no subscriber it should have.
+pub async fn interest_and_logs(nats: &NatsCluster, cluster: &BrokerCluster) -> String {
+    let mut text = String::new();
+    match interest_history(nats, &cluster.name).await {
+        Ok(lines) => {
+            let _ = writeln!(text, "interest bucket:\n{lines}");
+        }
+        Err(e) => {
+            let _ = writeln!(text, "interest bucket unreadable: {e}");
+        }
+    }
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let _ = writeln!(text, "node {i}:\n{}", node.logs().join("\n"));
+    }
+    text
+}
+
+async fn interest_history(nats: &NatsCluster, cluster: &str) -> Result<String, String> {
+    let client = async_nats::connect(nats.urls()[0].as_str())
+        .await
+        .map_err(|e| e.to_string())?;
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js
+        .get_stream(format!("KV_KMQ_{cluster}_interest"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let state = stream
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .clone();
+    let mut lines = String::new();
+    for seq in state.first_sequence..=state.last_sequence {
+        let Ok(message) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let operation = message
+            .headers
+            .get("KV-Operation")
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_else(|| "PUT".into());
+        let _ = writeln!(lines, "  {seq} {} {operation}", message.subject);
+    }
+    Ok(lines)
+}
