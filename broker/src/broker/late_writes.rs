@@ -150,6 +150,19 @@ impl Broker {
         late: Option<LateRelease>,
     ) {
         self.follow_up(&mut loading, late).await;
+        // A message another node both queued for the session and routed
+        // here (it had not yet seen the session interest go) may still be
+        // on its way through the route stream, held up by JetStream, when
+        // its copy from the queue was given: the hand-over, which leaves
+        // out the second copy, lasts until what was routed here is
+        // delivered.
+        if !loading.cluster.routed_caught_up(FORWARDING_WAIT).await {
+            self.logger.warning(&format!(
+                "Cluster: messages routed here while {} came back are still on their way after {} s; one it got from its queue may reach it twice.",
+                loading.session.client_id,
+                FORWARDING_WAIT.as_secs()
+            ));
+        }
         loading
             .cluster
             .given()

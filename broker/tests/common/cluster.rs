@@ -42,7 +42,7 @@ pub struct NatsCluster {
     _dir: tempfile::TempDir,
     /// One cluster at a time per test binary: several, each with its NATS
     /// servers and brokers, would starve each other on a small machine.
-    _turn: tokio::sync::MutexGuard<'static, ()>,
+    _turn: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
 
 /// Whose turn it is to run a cluster.
@@ -50,12 +50,41 @@ static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl NatsCluster {
     /// Starts `n` clustered servers and waits until JetStream is up on each.
+    /// Starts over on other ports when a server could not bind one (the
+    /// free ports found are free only until some other process, another
+    /// test binary running alongside, takes them).
     pub async fn start(n: usize) -> NatsCluster {
         let turn = TURN.lock().await;
         assert!(
             std::path::Path::new(NATS_SERVER).exists(),
             "{NATS_SERVER} is missing: install Debian's nats-server (scripts/test.sh does)"
         );
+        let mut attempt = 1;
+        loop {
+            let mut cluster = NatsCluster::spawn(n);
+            let mut not_ready = None;
+            for i in 0..n {
+                if let Err(logs) = cluster.ready(i).await {
+                    not_ready = Some((i, logs));
+                    break;
+                }
+            }
+            let Some((i, logs)) = not_ready else {
+                cluster._turn = Some(turn);
+                return cluster;
+            };
+            let port_taken = logs.contains("address already in use");
+            assert!(
+                port_taken && attempt < 3,
+                "nats-server nats-{i} not ready:\n{logs}"
+            );
+            attempt += 1;
+        }
+    }
+
+    /// Writes the configuration of `n` clustered servers on free ports, and
+    /// starts them.
+    fn spawn(n: usize) -> NatsCluster {
         let dir = tempfile::tempdir().expect("create temp dir");
         let mut servers: Vec<NatsServer> = (0..n)
             .map(|i| NatsServer {
@@ -92,15 +121,11 @@ impl NatsCluster {
         for server in &mut servers {
             server.spawn();
         }
-        let cluster = NatsCluster {
+        NatsCluster {
             servers,
             _dir: dir,
-            _turn: turn,
-        };
-        for i in 0..n {
-            cluster.wait_ready(i).await;
+            _turn: None,
         }
-        cluster
     }
 
     /// Bytes server `i` received from the client whose connection name
@@ -167,20 +192,27 @@ impl NatsCluster {
     }
 
     async fn wait_ready(&self, i: usize) {
+        if let Err(logs) = self.ready(i).await {
+            panic!("nats-server {} not ready:\n{logs}", self.servers[i].name);
+        }
+    }
+
+    /// Waits until JetStream is up on server `i`; its log when it does not
+    /// come up within [`NATS_READY`] (or exited).
+    async fn ready(&self, i: usize) -> Result<(), String> {
         let server = &self.servers[i];
         let addr = SocketAddr::from(([127, 0, 0, 1], server.http_port));
         let deadline = Instant::now() + NATS_READY;
         loop {
-            let ready = http_ok(addr, "/healthz?js-enabled-only=true").await;
-            if ready {
-                return;
+            if http_ok(addr, "/healthz?js-enabled-only=true").await {
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server {} not ready:\n{}",
-                server.name,
-                server.logs.lock().map(|l| l.join("\n")).unwrap_or_default()
-            );
+            let logs = || server.logs.lock().map(|l| l.join("\n")).unwrap_or_default();
+            if Instant::now() >= deadline || logs().contains("[FTL]") {
+                // (A fatal error ends the server: no use waiting.)
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Err(logs());
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
