@@ -420,18 +420,7 @@ async fn a_client_back_after_another_replica_gets_nothing_twice() {
             .await
     );
     let before = interest_and_logs(&nats, &cluster).await;
-    for i in 0..5 {
-        let body = format!("then-{i}");
-        publisher
-            .send_publish(&Pub::new("p/x", body.as_bytes()).qos(1, i + 1))
-            .await;
-        match publisher.recv_within(SLOW).await {
-            Recv::Packet(Pkt::PubAck(ack)) => {
-                assert_eq!(ack.reason, 0, "PUBACK of {body}: {ack:?}\n{before}")
-            }
-            other => panic!("expected the PUBACK of {body}, got {other:?}"),
-        }
-    }
+    publish_qos1_or_say(&mut publisher, "p/x", "then", 5, &before).await;
     let (mut phone, ack) = Raw::connect(&cluster.nodes[0], &persistent("phone")).await;
     assert!(ack.session_present);
     assert_eq!(

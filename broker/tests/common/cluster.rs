@@ -499,6 +499,18 @@ pub fn payloads(got: &[Publish]) -> Vec<String> {
 
 /// Publishes QoS 1 messages `prefix-0..n` on `topic` one by one.
 pub async fn publish_qos1(publisher: &mut Raw, topic: &str, prefix: &str, n: u16) {
+    publish_qos1_or_say(publisher, topic, prefix, n, "").await
+}
+
+/// [`publish_qos1`], with `context` in the message of a PUBACK that is not
+/// a success.
+pub async fn publish_qos1_or_say(
+    publisher: &mut Raw,
+    topic: &str,
+    prefix: &str,
+    n: u16,
+    context: &str,
+) {
     for i in 0..n {
         let body = format!("{prefix}-{i}");
         publisher
@@ -508,7 +520,7 @@ pub async fn publish_qos1(publisher: &mut Raw, topic: &str, prefix: &str, n: u16
             Recv::Packet(Pkt::PubAck(ack)) => ack,
             other => panic!("expected the PUBACK of {body}, got {other:?}"),
         };
-        assert_eq!(ack.reason, 0, "PUBACK of {body}: {ack:?}");
+        assert_eq!(ack.reason, 0, "PUBACK of {body}: {ack:?}\n{context}");
     }
 }
 
