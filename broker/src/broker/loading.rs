@@ -154,9 +154,9 @@ impl Broker {
             match entry.kind {
                 ReadyKind::Unmatched => restored.unmatched += 1,
                 // Expired ones are let go when their turn comes.
-                ReadyKind::Queued { delivery, size } => {
+                ReadyKind::Queued(delivery) => {
+                    queued_bytes += crate::queue::size_of(&delivery);
                     queued.push_back(delivery);
-                    queued_bytes += size;
                 }
                 ReadyKind::InFlight { delivery, .. } if delivery.msg.is_expired(now) => {
                     restored.expired += 1;

@@ -32,9 +32,8 @@ pub enum ReadyKind {
         /// QoS 2: PUBREC received, PUBREL sent.
         released: bool,
     },
-    /// To be queued; `size` is what it counts for in the queue
-    /// ([`crate::queue::size_of`]).
-    Queued { delivery: Delivery, size: usize },
+    /// To be queued.
+    Queued(Delivery),
     /// Matching none of the session's subscriptions, or only at QoS 0.
     Unmatched,
 }
@@ -92,16 +91,14 @@ pub fn ready(entry: QueueEntry, matcher: &SubscriptionTable<u8>) -> ReadyEntry {
             matcher.route(&msg.topic, None, &|_| true, &mut routes);
             match routes.into_iter().next() {
                 Some(route) if msg.qos.min(route.qos) != QoS::AtMostOnce => {
-                    let delivery = Delivery {
+                    ReadyKind::Queued(Delivery {
                         qos: msg.qos.min(route.qos),
                         retain: msg.retain && route.retain_as_published,
                         subscription_identifiers: route.subscription_identifiers,
                         msg,
                         shared_group: None,
                         seq: 0,
-                    };
-                    let size = crate::queue::size_of(&delivery);
-                    ReadyKind::Queued { delivery, size }
+                    })
                 }
                 _ => ReadyKind::Unmatched,
             }
@@ -140,10 +137,10 @@ mod tests {
         ]);
         let ready_entry = ready(entry(9, "m/1", 2, None), &matcher);
         assert_eq!(ready_entry.id, 9);
-        let ReadyKind::Queued { delivery, size } = ready_entry.kind else {
+        let ReadyKind::Queued(delivery) = ready_entry.kind else {
             panic!("queued: {:?}", ready_entry.kind);
         };
-        assert_eq!(size, "m/1".len() + "x".len());
+        assert_eq!(crate::queue::size_of(&delivery), "m/1".len() + "x".len());
         assert_eq!(delivery.qos, QoS::AtLeastOnce, "min of 2 and 1");
         assert!(!delivery.retain, "not retain-as-published");
         assert_eq!(delivery.subscription_identifiers, vec![4]);
