@@ -51,6 +51,9 @@ pub(super) struct Loading {
     pub handover: u64,
     /// The queue's stream sequence read up to.
     pub read_up_to: u64,
+    /// It was loaded from this node's copy of its queue alone: what the
+    /// queue holds beyond `read_up_to` is still to be read.
+    pub tail_unread: bool,
     pub limits: QueueLimits,
     /// The previous node (`<node>/<run>`), until it has said it stopped
     /// forwarding.
@@ -172,6 +175,14 @@ impl Broker {
     /// The passes of [`Broker::finish_loading`], until the last one or
     /// until the session is no longer this node's.
     async fn follow_up(&self, loading: &mut Loading, late: Option<LateRelease>) {
+        // Loaded from this node's copy alone: what the queue holds beyond
+        // it goes after the copy's entries, before other nodes route here.
+        // Removed from the queue with the late writes.
+        if std::mem::take(&mut loading.tail_unread)
+            && self.take_late_writes(loading, false).await.is_none()
+        {
+            return;
+        }
         if !self.give_up_session_interest(loading).await {
             return;
         }
@@ -181,7 +192,7 @@ impl Broker {
         ));
         let interest_gone = tokio::time::Instant::now();
         tokio::time::sleep(HANDOVER_GRACE).await;
-        let Some(ended) = self.take_late_writes(loading).await else {
+        let Some(ended) = self.take_late_writes(loading, true).await else {
             return;
         };
         if let Some(late) = late {
@@ -210,7 +221,7 @@ impl Broker {
                 continue;
             }
             // Something new, or no answer: read (which tries until it can).
-            if self.take_late_writes(loading).await.is_none() {
+            if self.take_late_writes(loading, true).await.is_none() {
                 return;
             }
         }
@@ -274,11 +285,11 @@ impl Broker {
     }
 
     /// Reads what was written into the session's queue after
-    /// `loading.read_up_to` into the session, then removes it from the
-    /// queue. Returns the forwarding ends read, or `None` when the session
-    /// is no longer this node's (what was read stays for the node that has
-    /// it).
-    async fn take_late_writes(&self, loading: &mut Loading) -> Option<Vec<String>> {
+    /// `loading.read_up_to` into the session, then, with `remove`, removes
+    /// it from the queue (and everything the session read before). Returns
+    /// the forwarding ends read, or `None` when the session is no longer
+    /// this node's (what was read stays for the node that has it).
+    async fn take_late_writes(&self, loading: &mut Loading, remove: bool) -> Option<Vec<String>> {
         let client_id = loading.session.client_id.clone();
         let mut late = LoadedSession::default();
         let mut attempts = Attempts::new(
@@ -318,7 +329,7 @@ impl Broker {
                 }
             })
             .await;
-        if !kept || !self.remove_consumed(loading).await {
+        if !kept || (remove && !self.remove_consumed(loading).await) {
             return None;
         }
         loading.read_up_to = read_up_to;

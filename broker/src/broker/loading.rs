@@ -41,14 +41,28 @@ impl Broker {
             return Err(crate::cluster::ClusterError::Unavailable.into());
         }
         // A copy of its queue kept here is of use only when no other node
-        // had the session since (otherwise `load_session` drops it).
-        let loaded = cluster
-            .load_session(
-                &session.client_id,
-                claimed.was_here,
-                head.filter(|_| claimed.was_here),
-            )
-            .await?;
+        // had the session since (otherwise `load_session` drops it). When
+        // nobody even wrote the client's entry since it left here, the
+        // copy is the session: nothing is read before the CONNACK, and
+        // what the queue holds beyond the copy is read right after
+        // (`late_writes`), before other nodes route here.
+        let from_copy = claimed
+            .unchanged
+            .then(|| cluster.load_from_copy(&session.client_id))
+            .flatten();
+        let tail_unread = from_copy.is_some();
+        let loaded = match from_copy {
+            Some(loaded) => loaded,
+            None => {
+                cluster
+                    .load_session(
+                        &session.client_id,
+                        claimed.was_here,
+                        head.filter(|_| claimed.was_here),
+                    )
+                    .await?
+            }
+        };
         let Some(record) = loaded.record else {
             return Ok(false);
         };
@@ -75,10 +89,10 @@ impl Broker {
             "Session of {} loaded from the cluster with {} subscription(s) and {count} message(s) ({restored}){}.",
             session.client_id,
             record.subscriptions.len(),
-            if loaded.from_copy {
-                ", its queue from this node's copy"
-            } else {
-                ""
+            match (loaded.from_copy, tail_unread) {
+                (true, true) => ", its queue from this node's copy (claimed in one write)",
+                (true, false) => ", its queue from this node's copy",
+                (false, _) => "",
             }
         ));
         // Stragglers: what other nodes wrote before they saw this node's
@@ -93,6 +107,7 @@ impl Broker {
             seen: loaded.ids,
             handover,
             read_up_to: loaded.last_seq,
+            tail_unread,
             limits,
             previous,
             filters: record

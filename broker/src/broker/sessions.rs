@@ -106,10 +106,13 @@ impl Broker {
         // A client back on the node it left, which keeps a copy of its
         // queue: the session's record and queue's last sequence are read
         // while the claim is made (the claim says whether they are of use:
-        // whether no other node had the client since).
+        // whether no other node had the client since). Not when this node
+        // wrote the client's entry as it left: a claim that finds it
+        // unchanged loads the session from the copy alone.
         let read_ahead = self.cluster().filter(|cluster| {
             !fresh_in_cluster
                 && cluster.has_mirror(client_id)
+                && cluster.released_revision(client_id).is_none()
                 && self.handed_off_session(client_id).is_none()
         });
         let (claimed, head) = match read_ahead {

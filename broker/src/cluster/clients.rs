@@ -89,6 +89,10 @@ pub struct Claimed {
     /// This node, in this run, was the last to hold the client: no other
     /// node loaded or emptied its session's queue since it left here.
     pub was_here: bool,
+    /// Moreover the claim replaced the very entry this node wrote when the
+    /// client left ([`Cluster::note_released`]): nobody wrote it since, so
+    /// the session's record is still the one this node handed off.
+    pub unchanged: bool,
 }
 
 /// A client id's entry in the clients bucket.
@@ -209,6 +213,29 @@ impl Cluster {
             return Ok(Claimed::default());
         };
         let key = encode_key(client_id);
+        let record = ClientRecord {
+            node: self.node.to_string(),
+            run: self.run,
+            held: true,
+            will,
+        };
+        // A client back on this node, whose entry this node last wrote
+        // when the client left: the claim is one write, made only if
+        // nobody wrote the entry since (then it is read as below).
+        if let Some(released) = self.released_revision(client_id) {
+            if buckets
+                .clients
+                .update(key.clone(), record.encode(), released)
+                .await
+                .is_ok()
+            {
+                return Ok(Claimed {
+                    was_here: true,
+                    unchanged: true,
+                    ..Claimed::default()
+                });
+            }
+        }
         let previous = match buckets.clients.entry(key.clone()).await {
             Ok(entry) => entry.and_then(|e| ClientRecord::decode(&e.value)),
             Err(e) => {
@@ -216,12 +243,6 @@ impl Cluster {
                     .warning(&format!("Cluster: cannot look up client {client_id}: {e}."));
                 None
             }
-        };
-        let record = ClientRecord {
-            node: self.node.to_string(),
-            run: self.run,
-            held: true,
-            will,
         };
         // Written while the node that held the client lets it go: that
         // node's own "left" write is a compare-and-set, which a claim in
@@ -241,6 +262,7 @@ impl Cluster {
             late: None,
             previous: None,
             session_gone: false,
+            unchanged: false,
             was_here: previous
                 .as_ref()
                 .is_some_and(|p| p.node == *self.node && p.run == self.run),
@@ -350,7 +372,9 @@ impl Cluster {
     /// The client left this node and its session is not here any more:
     /// its entry says so (unless another node has claimed it since).
     pub async fn release(&self, client_id: &str) {
-        self.rewrite_own(client_id, false).await;
+        if let Some(revision) = self.rewrite_own(client_id, false).await {
+            self.note_released(client_id, revision);
+        }
     }
 
     /// The client left this node but its persistent session stays here
@@ -359,28 +383,22 @@ impl Cluster {
     /// here), so that a claim asks this node. Returns whether the entry
     /// says so now.
     pub async fn hold(&self, client_id: &str) -> bool {
-        self.rewrite_own(client_id, true).await
+        self.rewrite_own(client_id, true).await.is_some()
     }
 
     /// Rewrites this node's entry for `client_id` as `held` (no will),
     /// compare-and-set: a claim by another node in between wins. Returns
-    /// whether the entry is this node's and says so.
-    async fn rewrite_own(&self, client_id: &str, held: bool) -> bool {
-        let Ok(buckets) = self.buckets() else {
-            return false;
-        };
+    /// the entry's revision when it is this node's and says so.
+    async fn rewrite_own(&self, client_id: &str, held: bool) -> Option<u64> {
+        let buckets = self.buckets().ok()?;
         let key = encode_key(client_id);
-        let Ok(Some(entry)) = buckets.clients.entry(key.clone()).await else {
-            return false;
-        };
-        let Some(record) = ClientRecord::decode(&entry.value) else {
-            return false;
-        };
+        let entry = buckets.clients.entry(key.clone()).await.ok()??;
+        let record = ClientRecord::decode(&entry.value)?;
         if record.node != *self.node || record.run != self.run || !record.held {
-            return false;
+            return None;
         }
         if held && record.will.is_none() {
-            return true;
+            return Some(entry.revision);
         }
         let record = ClientRecord {
             node: self.node.to_string(),
@@ -392,7 +410,7 @@ impl Cluster {
             .clients
             .update(key, record.encode(), entry.revision)
             .await
-            .is_ok()
+            .ok()
     }
 
     /// Answers other nodes' take-over requests: the client's connection

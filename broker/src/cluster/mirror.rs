@@ -27,9 +27,9 @@ use tokio::sync::Notify;
 use crate::router::SubscriptionTable;
 use crate::store::StoredSubscription;
 
-use super::queue::FORWARDING_END_HEADER;
+use super::queue::{LoadedSession, FORWARDING_END_HEADER};
 use super::ready::{self, ReadyEntry};
-use super::sessions::QueueEntry;
+use super::sessions::{QueueEntry, SessionRecord};
 use super::Cluster;
 
 /// How long a copy is kept, at most (less when the session expires
@@ -111,6 +111,8 @@ struct Copy {
     /// The subscriptions the entries were made ready for (the session's
     /// when its client left).
     subscriptions: Vec<StoredSubscription>,
+    /// The session's expiry interval when its client left (seconds).
+    expiry_interval: u32,
     /// The subject's entries in stream order, each message once, with
     /// their sequences.
     entries: Vec<(u64, ReadyEntry)>,
@@ -120,6 +122,9 @@ struct Copy {
     ended: Vec<(u64, String)>,
     /// The sequence of the last message received (0: none).
     last_seq: u64,
+    /// The revision of the client's entry in the clients bucket that this
+    /// node wrote when the client left ([`Cluster::note_released`]).
+    released: Option<u64>,
     bytes: usize,
     /// No longer filled (too big, taken, dropped, past its time, or its
     /// consumer failed): not to be used.
@@ -210,6 +215,7 @@ impl Cluster {
         let kept = Arc::new(Kept {
             copy: Mutex::new(Copy {
                 subscriptions,
+                expiry_interval: u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX),
                 ..Copy::default()
             }),
             stopped: Notify::new(),
@@ -296,6 +302,24 @@ impl Cluster {
         self.mirrors.copies.lock().contains_key(client_id)
     }
 
+    /// This node wrote `client_id`'s entry in the clients bucket as
+    /// released, at `revision`, when the client left: noted with the copy
+    /// of its queue, for the client's claim when it comes back here.
+    pub fn note_released(&self, client_id: &str, revision: u64) {
+        if let Some(kept) = self.mirrors.copies.lock().get(client_id) {
+            kept.copy.lock().released = Some(revision);
+        }
+    }
+
+    /// The revision noted by [`Cluster::note_released`], while this node
+    /// keeps a copy of `client_id`'s queue: unless the entry changed since,
+    /// no other node had the client.
+    pub fn released_revision(&self, client_id: &str) -> Option<u64> {
+        let kept = self.mirrors.copies.lock().get(client_id).cloned()?;
+        let copy = kept.copy.lock();
+        copy.released.filter(|_| !copy.stopped)
+    }
+
     /// Gives up the copy of `client_id`'s queue, if any.
     pub fn drop_mirror(&self, client_id: &str) {
         self.mirrors.take(client_id);
@@ -326,6 +350,31 @@ impl Cluster {
             ids: copy.ids,
             ended: copy.ended.into_iter().map(|(_, holder)| holder).collect(),
             up_to: copy.last_seq.min(up_to),
+        })
+    }
+
+    /// Takes the whole copy of `client_id`'s queue as the session it
+    /// stands for, when no other node had the client since it left here
+    /// (the claim replaced the entry this node wrote then): the session's
+    /// record is still the one this node handed off, whose subscriptions
+    /// the copy keeps, and nobody read or emptied the queue. What the
+    /// subject holds beyond the copy (written there after the copy last
+    /// heard) is for the caller to read afterwards. Nothing without a copy
+    /// that is still filled.
+    pub fn load_from_copy(&self, client_id: &str) -> Option<LoadedSession> {
+        let copy = self.mirrors.take(client_id)?;
+        Some(LoadedSession {
+            record: Some(SessionRecord {
+                expiry_interval: copy.expiry_interval,
+                subscriptions: copy.subscriptions,
+                disconnected_at_ms: None,
+            }),
+            ready: copy.entries.into_iter().map(|(_, entry)| entry).collect(),
+            entries: Vec::new(),
+            ids: copy.ids,
+            last_seq: copy.last_seq,
+            forwarding_ended: copy.ended.into_iter().map(|(_, holder)| holder).collect(),
+            from_copy: copy.last_seq > 0,
         })
     }
 }
