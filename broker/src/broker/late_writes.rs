@@ -176,8 +176,10 @@ impl Broker {
     /// until the session is no longer this node's.
     async fn follow_up(&self, loading: &mut Loading, late: Option<LateRelease>) {
         // Loaded from this node's copy alone: what the queue holds beyond
-        // it goes after the copy's entries, before other nodes route here.
-        // Removed from the queue with the late writes.
+        // it goes after the copy's entries, before the session interest
+        // gives way (a message routed here while it is read can come
+        // before it: docs/clustering.md, "Known limits"). Removed from the
+        // queue with the late writes.
         if std::mem::take(&mut loading.tail_unread)
             && self.take_late_writes(loading, false).await.is_none()
         {

@@ -45,7 +45,7 @@ impl Broker {
         // nobody even wrote the client's entry since it left here, the
         // copy is the session: nothing is read before the CONNACK, and
         // what the queue holds beyond the copy is read right after
-        // (`late_writes`), before other nodes route here.
+        // (`late_writes`), before the session interest gives way.
         let from_copy = claimed
             .unchanged
             .then(|| cluster.load_from_copy(&session.client_id))
