@@ -1,9 +1,10 @@
 //! CONNECT: from the first byte of a connection to its CONNACK.
 //!
 //! [`connect`] reads the CONNECT packet; [`negotiate`] decides, in one
-//! place, whether the client is let in and on what terms; a refusal leaves
-//! through a single exit ([`Refusal::send`]) that answers with the reason,
-//! logs it and closes without a reset.
+//! place, whether the client is let in and on what terms (who it is:
+//! [`super::login`]); a refusal leaves through a single exit
+//! ([`Refusal::send`]) that answers with the reason, logs it and closes
+//! without a reset.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -12,10 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::access::{AclCache, UserSlot};
-use crate::auth::fleet::{
-    FleetDevice, FleetLogin, LoginRefused, LoginRequest, Refused, TopicAction,
-};
-use crate::auth::{LoginError, UserQuotas};
+use crate::auth::UserQuotas;
 use crate::broker::{Attached, Broker, ClientKey};
 use crate::client::{ClientHandle, ClientInfo};
 use crate::codec::{
@@ -27,6 +25,8 @@ use crate::ratelimit::TokenBucket;
 use crate::session::Attachment;
 
 use super::io::Io;
+use super::login::{login, Login};
+use super::refusal::{Refusal, RefusalLog};
 use super::{Connection, KeepAlive, Peer, Running};
 
 /// How long a new connection may take to send CONNECT.
@@ -173,78 +173,6 @@ fn claimed_protocol(buf: &[u8]) -> Option<ProtocolVersion> {
     }
 }
 
-/// Why a CONNECT is refused: what the client is told, and what is logged.
-struct Refusal {
-    reason: ReasonCode,
-    /// The 5.0 reason string; empty for none.
-    text: &'static str,
-    log: RefusalLog,
-}
-
-/// The log line of a refusal, in mosquitto's words.
-enum RefusalLog {
-    /// "Client <addr> not authorised" (bad credentials, quotas).
-    NotAuthorised,
-    /// A protocol error: the client id when there is one, and why.
-    Protocol(Option<String>, &'static str),
-    /// The broker could not keep the session (already logged as an error).
-    Unavailable,
-}
-
-impl Refusal {
-    fn not_authorised(reason: ReasonCode, text: &'static str) -> Refusal {
-        Refusal {
-            reason,
-            text,
-            log: RefusalLog::NotAuthorised,
-        }
-    }
-
-    fn protocol(
-        reason: ReasonCode,
-        text: &'static str,
-        client_id: Option<&str>,
-        why: &'static str,
-    ) -> Refusal {
-        Refusal {
-            reason,
-            text,
-            log: RefusalLog::Protocol(client_id.map(str::to_string), why),
-        }
-    }
-
-    /// The single exit of a refused CONNECT: CONNACK with the reason, the
-    /// log line, and a close the client can read the CONNACK through.
-    async fn send<S: AsyncRead + AsyncWrite + Unpin>(
-        self,
-        broker: &Broker,
-        io: &mut Io<S>,
-        peer: &Peer,
-        version: ProtocolVersion,
-    ) {
-        let mut properties = Properties::default();
-        if version.is_v5() && !self.text.is_empty() {
-            properties.reason_string = Some(self.text.to_string());
-        }
-        let connack = Packet::Connack(Connack {
-            session_present: false,
-            reason: self.reason,
-            properties,
-        });
-        // mosquitto names a refused client by its address.
-        broker.logger.sending(&peer.addr.ip().to_string(), &connack);
-        let _ = codec::encode(&connack, version, &mut io.wbuf);
-        match self.log {
-            RefusalLog::NotAuthorised => broker.logger.not_authorised(None),
-            RefusalLog::Protocol(client_id, why) => {
-                broker.logger.protocol_error(client_id.as_deref(), why)
-            }
-            RefusalLog::Unavailable => {}
-        }
-        io.finish_lingering().await;
-    }
-}
-
 /// What the CONNECT negotiated, when the client is let in.
 struct Accepted {
     connection_id: u64,
@@ -304,85 +232,13 @@ async fn negotiate(
         ));
     }
 
-    // Who is this? A device of a fleet, when a fleet claims its
-    // certificate or user name (the fleet then decides); else a verified
-    // client certificate names the user when the listener says so;
-    // otherwise CONNECT's user name and password.
-    let device = fleet_login(broker, peer, connect).await?;
-    let (username, cert_authenticated) = match (&device, &peer.cert_username) {
-        (Some(device), _) => (Some(device.username.to_string()), device.by_certificate),
-        (None, Some(name)) => (Some(name.clone()), true),
-        (None, None) => (connect.username.clone(), false),
-    };
-    let checked = match (&username, cert_authenticated) {
-        _ if device.is_some() => Ok(()),
-        (Some(name), true) if !broker.access.certificate_user_allowed(name) => {
-            Err((ReasonCode::NOT_AUTHORIZED, "unknown_user"))
-        }
-        (_, true) => Ok(()),
-        (_, false) => authenticate(broker, username.as_deref(), connect),
-    };
-    if let Err((reason, label)) = checked {
-        broker
-            .metrics
-            .auth_failures
-            .with_label_values(&[label])
-            .inc();
-        if let Some(name) = &username {
-            broker.logger.info(&format!(
-                "Login refused for user {name} from {}: {}.",
-                peer.addr,
-                label.replace('_', " ")
-            ));
-        }
-        return Err(Refusal::not_authorised(reason, ""));
-    }
-    let quotas = match &device {
-        Some(device) => broker.access.fleets().quotas(device),
-        None => username
-            .as_deref()
-            .and_then(|name| broker.access.authenticator().quotas(name).copied())
-            .unwrap_or_default(),
-    };
-    let user_slot = match &username {
-        Some(name) => {
-            let max = quotas.connections.map(|n| n.get());
-            let slot = match &device {
-                Some(device) => {
-                    let online = broker
-                        .metrics
-                        .fleets
-                        .online
-                        .with_label_values(&[&device.fleet]);
-                    broker.access.acquire_device_slot(device, max, online)
-                }
-                None => broker.access.acquire_user_slot(name, max),
-            };
-            match slot {
-                Some(slot) => Some(slot),
-                None => {
-                    broker
-                        .metrics
-                        .quota_refusals
-                        .with_label_values(&["connections"])
-                        .inc();
-                    if let Some(device) = &device {
-                        broker
-                            .metrics
-                            .fleets
-                            .logins
-                            .with_label_values(&[&device.fleet, "quota"])
-                            .inc();
-                    }
-                    return Err(Refusal::not_authorised(
-                        ReasonCode::QUOTA_EXCEEDED,
-                        "connection quota of this user reached",
-                    ));
-                }
-            }
-        }
-        None => None,
-    };
+    let Login {
+        device,
+        username,
+        cert_authenticated,
+        quotas,
+        user_slot,
+    } = login(broker, peer, connect).await?;
 
     let mut assigned = None;
     let client_id: ClientKey = if connect.client_id.is_empty() {
@@ -601,96 +457,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
         conn.resend_inflight();
         conn
     }
-}
-
-/// Checks CONNECT's credentials. Err carries the CONNACK reason and the
-/// metrics label of the refusal.
-fn authenticate(
-    broker: &Broker,
-    username: Option<&str>,
-    connect: &Connect,
-) -> Result<(), (ReasonCode, &'static str)> {
-    let Some(name) = username else {
-        return if broker.config().allow_anonymous {
-            Ok(())
-        } else {
-            Err((ReasonCode::NOT_AUTHORIZED, "anonymous"))
-        };
-    };
-    if !broker.access.has_user_files() {
-        // No users are configured: a user name means nothing, and the
-        // client counts as anonymous.
-        return if broker.config().allow_anonymous {
-            Ok(())
-        } else {
-            Err((ReasonCode::NOT_AUTHORIZED, "no_users"))
-        };
-    }
-    let password = connect.password.as_deref().unwrap_or(&[]);
-    broker
-        .access
-        .authenticator()
-        .authenticate(name, password, SystemTime::now())
-        .map_err(|e| {
-            let label = match e {
-                LoginError::UnknownUser => "unknown_user",
-                LoginError::BadPassword => "bad_password",
-                LoginError::Expired => "password_expired",
-            };
-            (ReasonCode::BAD_USER_NAME_OR_PASSWORD, label)
-        })
-}
-
-/// Asks the fleets whether the client is one of their devices and, if so,
-/// whether it is let in (a device of a hook fleet needs its will's topic
-/// allowed too). Ok(None): not a fleet device. A refusal is counted per
-/// fleet and reason, and logged with what went wrong.
-async fn fleet_login(
-    broker: &Broker,
-    peer: &Peer,
-    connect: &Connect,
-) -> Result<Option<FleetDevice>, Refusal> {
-    let fleets = broker.access.fleets();
-    let request = LoginRequest {
-        certificates: peer.client_certificates.as_deref(),
-        username: connect.username.as_deref(),
-        password: connect.password.as_deref(),
-        client_id: &connect.client_id,
-        peer: peer.addr,
-    };
-    let refused = match fleets.login(&request).await {
-        FleetLogin::NotAFleetDevice => return Ok(None),
-        FleetLogin::Accepted(device) => {
-            let Some(will) = &connect.will else {
-                return Ok(Some(device));
-            };
-            let action = TopicAction::Publish;
-            if fleets
-                .allows(&device, &connect.client_id, action, &will.topic)
-                .await
-            {
-                return Ok(Some(device));
-            }
-            LoginRefused {
-                fleet: device.fleet.clone(),
-                reason: Refused::Denied,
-                detail: format!("the registry does not allow the will topic {}", will.topic),
-            }
-        }
-        FleetLogin::Refused(refused) => refused,
-    };
-    broker
-        .metrics
-        .fleets
-        .refused(&refused.fleet, refused.reason);
-    let detail: String = refused.detail.chars().take(300).collect();
-    broker.logger.info(&format!(
-        "Login refused for fleet {} from {}: {} ({detail}).",
-        refused.fleet,
-        peer.addr,
-        refused.reason.label().replace('_', " "),
-    ));
-    Err(Refusal::not_authorised(refused.reason.reason_code(), ""))
 }
 
 /// Resolves once the broker closes every connection. (A dropped sender is

@@ -9,6 +9,7 @@
 //! The rooms:
 //! - [`io`]: the socket, its read and write buffers, the lingering close;
 //! - [`connect`]: CONNECT, from the first byte to CONNACK (or a refusal);
+//!   who the client is ([`login`]) and how a refusal is sent ([`refusal`]);
 //! - this module: the connection's state and its event loop;
 //! - [`inbound`]: the handlers of the packets a client sends;
 //! - [`outbound`]: deliveries from the session's queue, with the in-flight
@@ -20,8 +21,10 @@ mod close;
 mod connect;
 mod inbound;
 mod io;
+mod login;
 mod outbound;
 mod pause;
+mod refusal;
 
 use std::collections::HashMap;
 use std::future::Future;
