@@ -32,11 +32,12 @@ const BACKLOG: i32 = 1024;
 /// How long PROXY header, TLS handshake and WebSocket upgrade may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A bound listener, ready to serve.
+/// A listener's settings, which its connections share while they do their
+/// handshakes (its socket stays with the task accepting on it, so that the
+/// socket closes as soon as it stops accepting).
 pub struct Listener {
     pub config: ListenerConfig,
     pub name: Arc<str>,
-    pub tcp: TcpListener,
     pub tls: Option<Arc<TlsReloader>>,
     /// Limits and connection caps, which a configuration reload may change
     /// (`config` holds their values at start).
@@ -120,10 +121,13 @@ impl Drop for Slot {
     }
 }
 
-/// Accepts connections until `stop_accepting`, then waits for them to end;
+/// Accepts connections on `tcp` until `stop_accepting`, then closes the
+/// socket (a client that connects from then on is refused at once, and
+/// tries another replica) and waits for the connections to end;
 /// `close_all` is handed to every connection.
 pub async fn run(
     broker: Arc<Broker>,
+    tcp: TcpListener,
     listener: Listener,
     mut stop_accepting: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
@@ -134,7 +138,11 @@ pub async fn run(
     let port = listener.config.bind.port();
     loop {
         tokio::select! {
-            accepted = listener.tcp.accept() => match accepted {
+            // Nothing more is accepted once told to stop, even with
+            // connections waiting.
+            biased;
+            _ = stop_accepting.changed() => break,
+            accepted = tcp.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let settings = listener.settings.load();
                     let max = settings.max_connections;
@@ -172,10 +180,10 @@ pub async fn run(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            _ = stop_accepting.changed() => break,
         }
     }
     // Stop accepting: the socket closes here, connections drain.
+    drop(tcp);
     let name = listener.name.clone();
     drop(listener);
     let mut shutdown = shutdown;

@@ -155,14 +155,17 @@ async fn drain(broker: &Arc<Broker>) {
     };
     // Connections, by their client handle, already told to go. Clients
     // whose CONNECT was being handled when the drain began are connected
-    // later: every pass looks again.
-    let mut told = std::collections::HashSet::new();
+    // later: every pass looks again. The handles are kept: the address of
+    // one freed could be a new connection's.
+    let mut told = std::collections::HashMap::new();
     while broker.metrics.clients_connected.get() > 0 {
         let mut any = false;
         for (session, client) in broker.connected_clients() {
-            if !told.insert(Arc::as_ptr(&client) as usize) {
+            let key = Arc::as_ptr(&client) as usize;
+            if told.contains_key(&key) {
                 continue;
             }
+            told.insert(key, client);
             any = true;
             if session.send_control(control()) {
                 if let Some(pause) = pause {
@@ -241,13 +244,15 @@ pub async fn start_from(
         let settings = ListenerSettings::new(l, &config.limits);
         let mut bound = l.clone();
         bound.bind = addr;
-        listeners.push(Listener {
-            settings: Arc::new(ArcSwap::from_pointee(settings)),
-            name: Arc::from(l.display_name()),
-            config: bound,
+        listeners.push((
             tcp,
-            tls,
-        });
+            Listener {
+                settings: Arc::new(ArcSwap::from_pointee(settings)),
+                name: Arc::from(l.display_name()),
+                config: bound,
+                tls,
+            },
+        ));
     }
     let http = match config.http.bind {
         Some(addr) => Some(
@@ -267,7 +272,7 @@ pub async fn start_from(
     broker.metrics.init_known_labels(
         listeners
             .iter()
-            .map(|l| (&*l.name, l.config.protocol.is_tls())),
+            .map(|(_, l)| (&*l.name, l.config.protocol.is_tls())),
     );
     broker.metrics.fleets.init(broker.access.fleets().names());
     if let Some(cluster_config) = &cluster_config {
@@ -282,17 +287,18 @@ pub async fn start_from(
     }
     let (stop_accepting, stop_rx) = watch::channel(false);
     let (close_all, close_rx) = watch::channel(false);
-    let local_addrs = listeners.iter().map(|l| l.config.bind).collect();
+    let local_addrs = listeners.iter().map(|(_, l)| l.config.bind).collect();
     let tls = listeners
         .iter()
-        .filter_map(|l| l.tls.clone().map(|t| (l.name.clone(), t)))
+        .filter_map(|(_, l)| l.tls.clone().map(|t| (l.name.clone(), t)))
         .collect();
-    let settings = listeners.iter().map(|l| l.settings.clone()).collect();
+    let settings = listeners.iter().map(|(_, l)| l.settings.clone()).collect();
     let reloader = Arc::new(Reloader::new(source, settings, tls));
     let mut listener_tasks = JoinSet::new();
-    for listener in listeners {
+    for (tcp, listener) in listeners {
         listener_tasks.spawn(listener::run(
             broker.clone(),
+            tcp,
             listener,
             stop_rx.clone(),
             close_rx.clone(),

@@ -128,3 +128,58 @@ async fn drain_is_paced_and_bounded_by_its_deadline() {
         "the deadline was not reported"
     );
 }
+
+/// A connection that has not sent CONNECT yet does not keep the listening
+/// socket open: from the start of the drain new connections are refused at
+/// once (a client then tries another replica) rather than queued and left
+/// unanswered until the drain ends.
+#[tokio::test]
+async fn a_connection_in_its_handshake_does_not_keep_the_port_open_while_draining() {
+    let Some(mut broker) = OpsBroker::start(BrokerOpts {
+        extra_toml: "[drain]\nrate_per_sec = 1\ndeadline_secs = 4\n".into(),
+        ..BrokerOpts::default()
+    })
+    .await
+    else {
+        return;
+    };
+    // Three clients at one a second: the drain lasts two seconds or more.
+    let mut watchers = Vec::new();
+    for i in 0..3 {
+        let (raw, _) = Raw::connect(&broker, &Connect::v5(&format!("c{i}"))).await;
+        watchers.push(watch_close(raw));
+    }
+    // Connected, but its CONNECT not sent: the broker waits for it.
+    let silent = tokio::net::TcpStream::connect(broker.addr())
+        .await
+        .expect("a TCP connection before the drain");
+
+    broker.signal("TERM");
+    let started = Instant::now();
+    let refused = eventually(Duration::from_secs(1), || {
+        std::net::TcpStream::connect(broker.addr()).is_err()
+    })
+    .await;
+    let refused_at = Instant::now();
+    assert!(
+        refused,
+        "new connections still accepted {:?} into the drain",
+        started.elapsed()
+    );
+    let mut last_closed = started;
+    for watcher in watchers {
+        let (disconnect, at) = watcher.await.unwrap();
+        assert_eq!(disconnect.map(|d| d.reason), Some(0x8B));
+        last_closed = last_closed.max(at);
+    }
+    assert!(
+        last_closed > refused_at,
+        "the drain was over before new connections were refused"
+    );
+    let status = broker
+        .wait_exit(started + Duration::from_secs(4) + EXIT_MARGIN)
+        .await
+        .expect("the broker exits by the drain deadline");
+    assert!(status.success(), "exit status {status}");
+    drop(silent);
+}
