@@ -10,10 +10,11 @@
 //! One module per object: [`configmap`], [`tls`] (the server certificate
 //! and its CA) with [`cert_manager`], [`secrets`] (the clients CA and the
 //! credentials), [`statefulset`] with [`persistence`], [`service`],
-//! [`pdb`]. What they share: the objects' names and labels ([`names`]),
-//! the listeners ([`listeners`]), and the owner reference, here. [`users`] builds the broker's credentials
-//! file from its `MqttUser`s; [`user_secret`] plans one `MqttUser`'s own
-//! Secret (the user controller's planner).
+//! [`pdb`]. What they share: the objects' names and labels (`names.rs`),
+//! the listeners (`listeners.rs`), and the owner reference, here.
+//! [`users`] builds the broker's credentials file from its `MqttUser`s;
+//! [`user_secret`] plans one `MqttUser`'s own Secret (the user
+//! controller's planner).
 
 pub mod autoscaling;
 pub mod bridge;
