@@ -57,7 +57,7 @@ pub struct ClientArgs {
     #[arg(long, default_value_t = 10.0, value_parser = positive)]
     connect_timeout: f64,
 
-    /// Client identifier prefix [default: kmqb<pid>].
+    /// Client identifier prefix [default: kmqb and the process id].
     #[arg(long)]
     client_prefix: Option<String>,
 

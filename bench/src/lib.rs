@@ -15,6 +15,9 @@
 //! move between the nodes of a cluster (queued messages caught up on
 //! another node, takeover, load through a rolling restart).
 
+// The documentation is read with `cargo doc --document-private-items`
+// (scripts/test.sh checks it): links to private items are welcome.
+#![allow(rustdoc::private_intra_doc_links)]
 pub mod cli;
 pub mod client;
 pub mod cluster;

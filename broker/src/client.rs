@@ -167,7 +167,7 @@ impl Mailbox {
 /// the mailbox of its connection. One allocation per connection (idle
 /// connections are many), shared by the connection, its session and the
 /// keep-alive wheel; the session keeps it after the connection ends
-/// ([`SessionState::last_client`]).
+/// ([`SessionState::last_client`](crate::session::SessionState::last_client)).
 #[derive(Debug)]
 pub struct ClientHandle {
     pub info: ClientInfo,

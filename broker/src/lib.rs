@@ -31,6 +31,9 @@
 //! - [`trace_log`]: `tracing` events from the store and libraries into the log.
 //! - [`ratelimit`], [`filewatch`]: small helpers.
 
+// The documentation is read with `cargo doc --document-private-items`
+// (scripts/test.sh checks it): links to private items are welcome.
+#![allow(rustdoc::private_intra_doc_links)]
 pub mod access;
 pub mod admin;
 pub mod auth;

@@ -10,6 +10,9 @@
 //! - [`metrics`], [`http`]: what the operator exposes to Prometheus and
 //!   to the kubelet's probes.
 
+// The documentation is read with `cargo doc --document-private-items`
+// (scripts/test.sh checks it): links to private items are welcome.
+#![allow(rustdoc::private_intra_doc_links)]
 pub mod api;
 pub mod certs;
 pub mod controller;

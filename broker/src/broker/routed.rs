@@ -1,5 +1,5 @@
 //! Delivering a batch of QoS 0 messages another node routed here
-//! ([`crate::cluster::batch`]): each to this node's matching sessions, as
+//! (`cluster/batch.rs`): each to this node's matching sessions, as
 //! [`Broker::deliver_routed`] does, without a future per message, and
 //! routing each topic of the batch once.
 

@@ -48,7 +48,7 @@ impl ConfigError {
         }
     }
 
-    /// A rule violation found by [`Config::validate`] (no file or line yet).
+    /// A rule violation found by [`Config::validate`](super::Config::validate) (no file or line yet).
     pub(super) fn rule(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             origin: None,

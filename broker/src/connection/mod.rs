@@ -8,7 +8,7 @@
 //!
 //! The rooms:
 //! - [`io`]: the socket, its read and write buffers, the lingering close;
-//! - [`connect`]: CONNECT, from the first byte to CONNACK (or a refusal);
+//! - [`connect`](mod@connect): CONNECT, from the first byte to CONNACK (or a refusal);
 //!   who the client is ([`login`]) and how a refusal is sent ([`refusal`]);
 //! - this module: the connection's state and its event loop;
 //! - [`inbound`]: the handlers of the packets a client sends;

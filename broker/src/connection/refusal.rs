@@ -19,7 +19,7 @@ pub(super) struct Refusal {
 
 /// The log line of a refusal, in mosquitto's words.
 pub(super) enum RefusalLog {
-    /// "Client <addr> not authorised" (bad credentials, quotas).
+    /// "Client `<addr>` not authorised" (bad credentials, quotas).
     NotAuthorised,
     /// A protocol error: the client id when there is one, and why.
     Protocol(Option<String>, &'static str),

@@ -16,7 +16,7 @@
 //!    changed. A fleet that cannot be used is left out and the others stay.
 //!    The Secret carries a revision, one more at each change.
 //! 5. The revision's revocation lists are pushed to every broker pod that
-//!    has not confirmed it yet ([`propagate`]): a revocation is in force
+//!    has not confirmed it yet ([`propagate`](mod@propagate)): a revocation is in force
 //!    on every pod within a second, not when the kubelet refreshes the
 //!    Secret volume.
 //! 6. The status: Ready once every broker pod confirmed the revision that

@@ -11,7 +11,7 @@
 //!    pause begins). No other object is read or written.
 //! 2. [`observe`]: read the broker's objects (a few list and get requests)
 //!    and its users from the cache ([`index`]).
-//! 3. [`plan::plan`]: compute every object. A spec that cannot be planned
+//! 3. [`plan::plan`](fn@crate::plan::plan): compute every object. A spec that cannot be planned
 //!    is reported (status `Degraded`, a Warning Event) and nothing is
 //!    applied.
 //! 4. [`apply`]: server-side apply of the objects that changed (none, when

@@ -40,7 +40,7 @@ pub const CLIENTS_CA_RENEW_BEFORE: SignedDuration = SignedDuration::from_hours(2
 
 /// The auth Secret: the admin user and its password, the broker's
 /// credentials file (the admin user and every admitted `MqttUser`, see
-/// [`users`](super::users)), and the admin API token. Stored values are
+/// [`users`]), and the admin API token. Stored values are
 /// kept; missing ones are generated.
 pub(super) fn auth_secret(
     ctx: &Context<'_>,
