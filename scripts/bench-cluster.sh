@@ -156,7 +156,11 @@ CLK_TCK=$(getconf CLK_TCK)
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# A free port below the ephemeral range, never one handed out before.
+# Sets the variable named $1 to a free port below the ephemeral range,
+# never one handed out before. Not called in a subshell ($(...)): the
+# ports handed out must be remembered, or two processes may get the same
+# one (the run of 2026-12-05 08:08 gave HAProxy's stats the port of a
+# nats-server).
 declare -A TAKEN_PORTS
 free_port() {
     local p
@@ -164,7 +168,7 @@ free_port() {
         p=$((20000 + RANDOM % 12000))
         if [ -z "${TAKEN_PORTS[$p]:-}" ] && ! port_in_use "$p"; then
             TAKEN_PORTS[$p]=1
-            echo "$p"
+            printf -v "$1" '%s' "$p"
             return
         fi
     done
@@ -181,15 +185,16 @@ times_secs() {
 }
 
 # Ports of every process, allocated once (the same across restarts).
-SINGLE_MQTT=$(free_port); SINGLE_HTTP=$(free_port)
+free_port SINGLE_MQTT; free_port SINGLE_HTTP
 declare -A KMQ_MQTT KMQ_HTTP KNATS_CLIENT KNATS_ROUTE KNATS_HTTP NNATS_CLIENT NNATS_ROUTE NNATS_HTTP NNATS_MQTT
 for i in 0 1 2; do
-    KMQ_MQTT[$i]=$(free_port); KMQ_HTTP[$i]=$(free_port)
-    KNATS_CLIENT[$i]=$(free_port); KNATS_ROUTE[$i]=$(free_port); KNATS_HTTP[$i]=$(free_port)
-    NNATS_CLIENT[$i]=$(free_port); NNATS_ROUTE[$i]=$(free_port); NNATS_HTTP[$i]=$(free_port)
-    NNATS_MQTT[$i]=$(free_port)
+    for var in KMQ_MQTT KMQ_HTTP KNATS_CLIENT KNATS_ROUTE KNATS_HTTP \
+        NNATS_CLIENT NNATS_ROUTE NNATS_HTTP NNATS_MQTT; do
+        free_port "${var}[$i]"
+    done
 done
-LB_PORT=$(free_port); LB_STATS=$(free_port)
+free_port LB_PORT; free_port LB_STATS
+[ "${#TAKEN_PORTS[@]}" -eq 31 ] || die "ports handed out twice: ${!TAKEN_PORTS[*]}"
 
 # The MQTT address of node $2 (0, 1, 2) of system $1.
 node_addr() {
