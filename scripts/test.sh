@@ -170,7 +170,8 @@ clippy() {
 
 # The code's documentation, private items included (links between them
 # are how a newcomer finds the way): a broken link or a stray HTML tag is
-# an error. Its check build goes where clippy's does in CI.
+# an error. In CI its check build has a directory of its own, removed
+# afterwards, as clippy's does.
 docs_check() {
     local dir=""
     if [ "${CI:-}" = "true" ]; then
