@@ -766,11 +766,26 @@ check() {
         else if ((op == "gt" && r + 0 > goal) || (op == "ge" && r + 0 >= goal) || (op == "lt" && r + 0 < goal)) print "ok";
         else print "FAIL" }'
 }
+# A throughput comparison whose generator used at least this much of its
+# CPU (%, median of the runs) in both systems compared measures the
+# generator, not the servers: a failed check there is no result.
+GEN_BOUND=90
+# Check $1, of the comparison of system $2 placement $3 with system $4
+# placement $5 in scenario $6: "bound" instead of FAIL when the generator
+# set the rate in both.
+unless_bound() {
+    local a b
+    a=$(median "$2" "$3" "$6" 12); b=$(median "$4" "$5" "$6" 12)
+    awk -v c="$1" -v a="$a" -v b="$b" -v limit="$GEN_BOUND" 'BEGIN {
+        if (c == "FAIL" && a != "n/a" && b != "n/a" && a + 0 >= limit && b + 0 >= limit) print "bound";
+        else print c }'
+}
 # Sets VERDICT from the checks "$@" and counts it (not in a subshell).
-GOALS_PASS=0; GOALS_FAIL=0; GOALS_OPEN=0; VERDICT=""
+GOALS_PASS=0; GOALS_FAIL=0; GOALS_OPEN=0; GOALS_BOUND=0; VERDICT=""
 verdict() {
     if [[ " $* " == *" FAIL "* ]]; then GOALS_FAIL=$((GOALS_FAIL + 1)); VERDICT="**FAIL**"
     elif [[ " $* " == *" n/a "* ]]; then GOALS_OPEN=$((GOALS_OPEN + 1)); VERDICT="incomplete"
+    elif [[ " $* " == *" bound "* ]]; then GOALS_BOUND=$((GOALS_BOUND + 1)); VERDICT="generator-bound"
     else GOALS_PASS=$((GOALS_PASS + 1)); VERDICT="PASS"; fi
 }
 # A goals-table cell: value $1, then its check $2 unless there is none or
@@ -783,7 +798,8 @@ rate_goal_row() {
     cross=$(median kubemqtt cross "$id" 5); nats=$(median nats cross "$id" 5)
     same=$(median kubemqtt same "$id" 5); single=$(median single single "$id" 5)
     r_nats=$(ratio "$cross" "$nats"); r_same=$(ratio "$same" "$single")
-    c_nats=$(check "$r_nats" gt 1); c_same=$(check "$r_same" ge 0.9)
+    c_nats=$(unless_bound "$(check "$r_nats" gt 1)" kubemqtt cross nats cross "$id")
+    c_same=$(unless_bound "$(check "$r_same" ge 0.9)" kubemqtt same single single "$id")
     lost=$(awk -v a="$(maximum kubemqtt cross "$id" 6)" -v b="$(maximum kubemqtt same "$id" 6)" \
         'BEGIN {if (a == "n/a" || b == "n/a") print "n/a"; else print (a > b ? a : b)}')
     if [ "$qos" -ge 1 ]; then
@@ -840,7 +856,8 @@ CLUSTER_NOTE=""
     echo
     echo "Issue 13: cross-node delivery faster than nats-server's MQTT (ratio of the medians > 1; for takeover, times"
     echo "below nats-server's: ratio < 1); same-node traffic within 10 % of the single node (≥ 0.9); at QoS 1 nothing"
-    echo "acknowledged goes undelivered; no acknowledged message lost in a rolling restart. n/a: a figure is missing."
+    echo "acknowledged goes undelivered; no acknowledged message lost in a rolling restart. n/a: a figure is missing;"
+    echo "bound: the generator set the rate (below)."
     echo
     echo "| scenario | QoS | kubemqtt cross msg/s | nats cross msg/s | ÷ nats (> 1) | kubemqtt same msg/s | single msg/s | same ÷ single (≥ 0.9) | acked, not delivered (= 0) | result |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
@@ -869,7 +886,12 @@ CLUSTER_NOTE=""
         fi
     done
     echo
-    echo "**$GOALS_PASS of $((GOALS_PASS + GOALS_FAIL + GOALS_OPEN)) rows meet every goal; $GOALS_FAIL fail, $GOALS_OPEN incomplete.**"
+    echo "**$GOALS_PASS of $((GOALS_PASS + GOALS_FAIL + GOALS_OPEN + GOALS_BOUND)) rows meet every goal; $GOALS_FAIL fail, $GOALS_BOUND generator-bound, $GOALS_OPEN incomplete.**"
+    if [ "$GOALS_BOUND" -gt 0 ]; then
+        echo
+        echo "*Generator-bound*: a check that failed where the generator used at least $GEN_BOUND % of its CPU (median)"
+        echo "in both systems compared; the rate is the generator's, so the row is neither a pass nor a failure."
+    fi
     echo
     echo "### Throughput and catch-up"
     echo
