@@ -1,4 +1,3 @@
-
 //! Brokers and clocks for the planners' tests.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
