@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::client::Control;
 use crate::cluster::backoff::Backoff;
-use crate::cluster::clients::{Answer, Claimed};
+use crate::cluster::clients::{Answer, Claimed, EarlyConnack};
 use crate::cluster::sessions::{QueueEntry, SentState, SessionRecord, HANDOVER_GRACE};
 use crate::cluster::ClusterError;
 use crate::codec::Will;
@@ -58,12 +58,14 @@ impl Broker {
     /// Fails when that node keeps the client's session because the
     /// cluster would not take it (the client is refused, and retries),
     /// unless the client wants no session from the cluster (`fresh`).
+    /// `early`: see [`EarlyConnack`].
     pub(super) async fn claim_in_cluster(
         &self,
         client_id: &str,
         will: Option<&Will>,
         expiry: u32,
         fresh: bool,
+        early: Option<EarlyConnack>,
     ) -> Result<Claimed, ClusterError> {
         let Some(cluster) = self.cluster() else {
             return Ok(Claimed::default());
@@ -72,7 +74,7 @@ impl Broker {
             message: Message::from_will(w.clone()).to_stored(),
             delay_secs: w.delay_interval.unwrap_or(0).min(expiry),
         });
-        cluster.claim(client_id, will, fresh).await
+        cluster.claim(client_id, will, fresh, early).await
     }
 
     /// Waits until the interest bucket has this node's subscriptions made

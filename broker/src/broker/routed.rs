@@ -143,6 +143,7 @@ mod tests {
                 },
                 QueueLimits::from_limits(&Limits::default()),
                 None,
+                None,
             )
             .await
             .expect("attached");

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::client::{ClientHandle, ClientInfo, Control};
+use crate::cluster::clients::EarlyConnack;
 use crate::codec::{ReasonCode, SubscriptionOptions, Will};
 use crate::message::{now_ms, Message};
 use crate::queue::QueueLimits;
@@ -85,6 +86,14 @@ impl Broker {
     /// Attaches a new connection to the session of `client_id`, taking over
     /// from a connection that holds it and starting fresh when asked.
     /// `queue_limits` are those of the connection's listener.
+    ///
+    /// `early` is told the Session Present flag when the CONNACK may go
+    /// before the session is attached: another node of the cluster has
+    /// the client connected, and lets it go after the claim (see
+    /// [`EarlyConnack`]). What is returned then may still be an error, or
+    /// say otherwise (the session changed meanwhile): the connection is
+    /// closed then.
+    #[allow(clippy::too_many_arguments)]
     pub async fn attach(
         self: &Arc<Self>,
         client_id: &ClientKey,
@@ -93,6 +102,7 @@ impl Broker {
         attachment: Attachment,
         queue_limits: QueueLimits,
         will: Option<&Will>,
+        early: Option<EarlyConnack>,
     ) -> Result<Attached, PublishError> {
         let shard = self.shard(client_id);
         let _serial = self.connect_locks[shard].lock().await;
@@ -102,7 +112,13 @@ impl Broker {
         // A session that ends with its connection is not taken from the
         // cluster: there it starts afresh, as with a clean start.
         let fresh_in_cluster = clean_start || expiry_interval == 0;
-        let claim = self.claim_in_cluster(client_id, will, expiry_interval, fresh_in_cluster);
+        // Early only with nothing of the session on this node: it is
+        // loaded from the cluster below, or starts afresh.
+        let early = early.filter(|_| {
+            self.session(client_id).is_none() && self.handed_off_session(client_id).is_none()
+        });
+        let claim =
+            self.claim_in_cluster(client_id, will, expiry_interval, fresh_in_cluster, early);
         // A client back on the node it left, which keeps a copy of its
         // queue: the session's record and queue's last sequence are read
         // while the claim is made (the claim says whether they are of use:

@@ -72,6 +72,19 @@ const TAKE_OVER_LISTING_ATTEMPTS: usize = 3;
 /// it is asked again.
 pub type LateRelease = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
+/// Told the CONNACK's Session Present flag as soon as a claim knows that
+/// another node held the client, before that node answers (as
+/// nats-server's MQTT does): when the client starts clean (no session),
+/// or when the session's record in the cluster (read beside the client's
+/// entry) says the client is connected with a persistent session, which a
+/// take-over of a connected client finds (session present). The answer and the
+/// session follow before the client's first packet is read; should that
+/// node keep the session after all, the connection is closed (5.0:
+/// DISCONNECT 0x89) rather than refused. A client that left its node is
+/// answered after it, as before (refused 0x88 while it keeps the
+/// session). Dropped unsent otherwise.
+pub type EarlyConnack = tokio::sync::oneshot::Sender<bool>;
+
 /// What claiming a client id found out about the node that held it
 /// before (when another node did).
 #[derive(Default)]
@@ -203,11 +216,14 @@ impl Cluster {
     /// wants no session from the cluster (`fresh`: a clean start, or a
     /// session that ends with its connection) is never refused: that node
     /// ends the session it had, and what the cluster holds of it goes.
+    /// `early` is told when the CONNACK may go before that node's answer
+    /// ([`EarlyConnack`]).
     pub async fn claim(
         &self,
         client_id: &str,
         will: Option<StoredWill>,
         fresh: bool,
+        early: Option<EarlyConnack>,
     ) -> Result<Claimed, ClusterError> {
         let Ok(buckets) = self.buckets() else {
             return Ok(Claimed::default());
@@ -236,7 +252,14 @@ impl Cluster {
                 });
             }
         }
-        let previous = match buckets.clients.entry(key.clone()).await {
+        // Whether the session's record says its client is connected (with
+        // a persistent session) is read beside the entry when the CONNACK
+        // may go early with the session present.
+        let connected_session =
+            async { early.is_some() && !fresh && self.records_connected_session(client_id).await };
+        let (entry, connected_session) =
+            tokio::join!(buckets.clients.entry(key.clone()), connected_session);
+        let previous = match entry {
             Ok(entry) => entry.and_then(|e| ClientRecord::decode(&e.value)),
             Err(e) => {
                 self.logger
@@ -288,6 +311,16 @@ impl Cluster {
             client_id,
             fresh,
         ));
+        // The CONNACK may go now, while the claim is written and that node
+        // lets the client go: with no session when the client starts clean
+        // (that node ends its session, never keeps it), with the session
+        // present when that node had the client connected with a
+        // persistent session. (The claim is written whatever the CONNACK
+        // says; a claim that cannot be written lets the client in all the
+        // same.)
+        if let Some(early) = early.filter(|_| fresh || connected_session) {
+            let _ = early.send(!fresh);
+        }
         let (revision, answered) = tokio::join!(
             record_claim,
             tokio::time::timeout(TAKEOVER_TIMEOUT, &mut answer)

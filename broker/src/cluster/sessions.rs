@@ -174,6 +174,19 @@ impl Cluster {
             .map_err(ClusterError::nats)
     }
 
+    /// Whether the cluster's record of `client_id`'s session says its
+    /// client is connected (false when there is none, or it cannot tell).
+    pub(super) async fn records_connected_session(&self, client_id: &str) -> bool {
+        let Ok(buckets) = self.buckets() else {
+            return false;
+        };
+        match buckets.sessions.get(encode_key(client_id)).await {
+            Ok(Some(bytes)) => postcard::from_bytes::<SessionRecord>(&bytes)
+                .is_ok_and(|record| record.disconnected_at_ms.is_none()),
+            _ => false,
+        }
+    }
+
     /// Hands an offline session to the cluster: its record, its messages
     /// (in order: in flight first, then queued) into its queue subject, and
     /// its filters as session interest. First removes what this node read
@@ -185,6 +198,9 @@ impl Cluster {
     /// session's own messages are in it, all of its keys at once. A
     /// session with nothing queued and a few filters so takes one round
     /// trip to NATS, not one per write: a take-over's CONNACK waits for it.
+    /// The record is written to the end even when the rest fails: it says
+    /// the client left (a claim elsewhere then waits for this node's
+    /// answer before its CONNACK, see [`super::clients::EarlyConnack`]).
     pub async fn hand_off(
         &self,
         client_id: &str,
@@ -196,9 +212,10 @@ impl Cluster {
             self.write_queue_entries(client_id, &entries).await?;
             self.write_session_interest(client_id, record).await
         };
-        let (_, revision) =
-            tokio::try_join!(self.save_session(client_id, record), queue_then_interest)?;
-        Ok(revision)
+        let (saved, revision) =
+            tokio::join!(self.save_session(client_id, record), queue_then_interest);
+        saved?;
+        revision
     }
 
     /// Writes `entries` into `client_id`'s queue subject, in order;

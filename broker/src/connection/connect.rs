@@ -2,22 +2,25 @@
 //!
 //! [`connect`] reads the CONNECT packet; [`negotiate`] decides, in one
 //! place, whether the client is let in and on what terms (who it is:
-//! [`super::login`]); a refusal leaves through a single exit
+//! [`super::login`]); then the session is attached and the CONNACK sent
+//! (before the session is attached when the cluster says it may:
+//! [`EarlyConnack`]). A refusal leaves through a single exit
 //! ([`Refusal::send`]) that answers with the reason, logs it and closes
 //! without a reset.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
-use crate::access::{AclCache, UserSlot};
-use crate::auth::UserQuotas;
-use crate::broker::{Attached, Broker, ClientKey};
-use crate::client::{ClientHandle, ClientInfo};
+use crate::access::AclCache;
+use crate::broker::{Attached, Broker, PublishError};
+use crate::client::Control;
+use crate::cluster::clients::EarlyConnack;
 use crate::codec::{
-    self, Connack, Connect, DecodeError, Packet, Properties, ProtocolVersion, ReasonCode,
+    self, Connack, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion,
+    ReasonCode,
 };
 use crate::config::Limits;
 use crate::queue::QueueLimits;
@@ -25,7 +28,7 @@ use crate::ratelimit::TokenBucket;
 use crate::session::Attachment;
 
 use super::io::Io;
-use super::login::{login, Login};
+use super::negotiate::{negotiate, Terms};
 use super::refusal::{Refusal, RefusalLog};
 use super::{Connection, KeepAlive, Peer, Running};
 
@@ -173,22 +176,18 @@ fn claimed_protocol(buf: &[u8]) -> Option<ProtocolVersion> {
     }
 }
 
-/// What the CONNECT negotiated, when the client is let in.
+/// A client let in, with its session attached.
 struct Accepted {
-    connection_id: u64,
+    terms: Terms,
     attached: Attached,
-    client: Arc<ClientHandle>,
-    client_id: ClientKey,
-    /// The CONNACK's properties (5.0).
-    properties: Properties,
-    expiry: u32,
-    keep_alive: u16,
-    quotas: UserQuotas,
-    user_slot: Option<UserSlot>,
+    /// The CONNACK went before the session was attached, with this
+    /// Session Present flag ([`crate::cluster::clients::EarlyConnack`]).
+    early_connack: Option<bool>,
 }
 
 /// Validates CONNECT, authenticates, attaches the session and sends
-/// CONNACK. Returns None when the connection was refused.
+/// CONNACK. Returns None when the connection was refused (or closed right
+/// after an early CONNACK).
 async fn establish<S>(
     broker: Arc<Broker>,
     mut io: Io<S>,
@@ -204,134 +203,129 @@ where
             &Packet::Connect(Box::new(connect.clone())),
         );
     }
-    match negotiate(&broker, peer, &connect).await {
-        Ok(accepted) => Some(Connection::start(broker, io, peer, &connect, accepted)),
+    let terms = match negotiate(&broker, peer, &connect).await {
+        Ok(terms) => terms,
         Err(refusal) => {
+            refusal.send(&broker, &mut io, peer, connect.protocol).await;
+            return None;
+        }
+    };
+    let (attached, early_connack) =
+        attach_early_connack(&broker, &mut io, peer, &connect, &terms).await;
+    match attached {
+        Ok(attached) => Some(Connection::start(
+            broker,
+            io,
+            peer,
+            &connect,
+            Accepted {
+                terms,
+                attached,
+                early_connack,
+            },
+        )),
+        Err(e) if early_connack.is_some() => {
+            // Let in already: a DISCONNECT (5.0: server busy) says so.
+            broker.logger.error(&format!(
+                "Client {} disconnected (server busy): its session cannot be attached after all: {e}.",
+                terms.client_id
+            ));
+            if connect.protocol.is_v5() {
+                let disconnect = Packet::Disconnect(Disconnect {
+                    reason: ReasonCode::SERVER_BUSY,
+                    properties: Properties::default(),
+                });
+                let _ = codec::encode(&disconnect, connect.protocol, &mut io.wbuf);
+            }
+            io.finish_lingering().await;
+            None
+        }
+        Err(e) => {
+            broker.logger.error(&format!(
+                "Client {} refused (server unavailable): its session cannot be attached: {e}.",
+                terms.client_id
+            ));
+            let refusal = Refusal {
+                reason: ReasonCode::SERVER_UNAVAILABLE,
+                text: "",
+                log: RefusalLog::Unavailable,
+            };
             refusal.send(&broker, &mut io, peer, connect.protocol).await;
             None
         }
     }
 }
 
-/// Decides whether the client is let in: authentication, quotas, client
-/// id, keep-alive, then the session. Nothing is attached unless every
-/// check passed.
-async fn negotiate(
+/// Attaches the session, writing the CONNACK meanwhile when the broker
+/// says it may go before that is done ([`EarlyConnack`]): returns with the
+/// Session Present flag it had. The client's packets are read once the
+/// session is attached.
+async fn attach_early_connack<S: AsyncRead + AsyncWrite + Unpin>(
+    broker: &Arc<Broker>,
+    io: &mut Io<S>,
+    peer: &Peer,
+    connect: &Connect,
+    terms: &Terms,
+) -> (Result<Attached, PublishError>, Option<bool>) {
+    let (early_tx, mut early_rx) = tokio::sync::oneshot::channel();
+    let attaching = attach(broker, peer, connect, terms, early_tx);
+    tokio::pin!(attaching);
+    let mut early_connack = None;
+    loop {
+        tokio::select! {
+            attached = &mut attaching => return (attached, early_connack),
+            Ok(present) = &mut early_rx, if early_connack.is_none() => {
+                early_connack = Some(present);
+                let connack = Packet::Connack(Connack {
+                    session_present: present,
+                    reason: ReasonCode::SUCCESS,
+                    properties: terms.properties.clone(),
+                });
+                if broker.logger.verbose() {
+                    broker.logger.sending(&terms.client_id, &connack);
+                }
+                let _ = codec::encode(&connack, connect.protocol, &mut io.wbuf);
+                let written = io.write_now();
+                broker.metrics.bytes_sent.inc_by(written as u64);
+            }
+        }
+    }
+}
+
+/// Attaches the session on the negotiated terms. `early` is told when the
+/// CONNACK may go before that is done.
+async fn attach(
     broker: &Arc<Broker>,
     peer: &Peer,
     connect: &Connect,
-) -> Result<Accepted, Refusal> {
-    let version = connect.protocol;
-    let limits = &peer.limits;
-
-    // Enhanced authentication is not configured on this broker.
-    if version.is_v5() && connect.properties.authentication_method.is_some() {
-        return Err(Refusal::not_authorised(
-            ReasonCode::BAD_AUTHENTICATION_METHOD,
-            "",
-        ));
-    }
-
-    let Login {
-        device,
-        username,
-        cert_authenticated,
-        quotas,
-        user_slot,
-    } = login(broker, peer, connect).await?;
-
-    let mut assigned = None;
-    let client_id: ClientKey = if connect.client_id.is_empty() {
-        let allowed = match version {
-            ProtocolVersion::V5 => true,
-            ProtocolVersion::V311 => connect.clean_start,
-            ProtocolVersion::V31 => false,
-        };
-        if !allowed {
-            return Err(Refusal::protocol(
-                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
-                "",
-                None,
-                "empty client id",
-            ));
-        }
-        let id = generate_client_id(broker);
-        assigned = Some(id.clone());
-        Arc::from(id.as_str())
-    } else {
-        if connect.client_id.len() > usize::from(limits.max_client_id_len) {
-            return Err(Refusal::protocol(
-                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
-                "client identifier too long",
-                Some(&connect.client_id),
-                "client id too long",
-            ));
-        }
-        Arc::from(connect.client_id.as_str())
-    };
-
-    // Session expiry: 3.1.1 clean session false means "never expires".
-    let requested_expiry = match version {
-        ProtocolVersion::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
-        _ if connect.clean_start => 0,
-        _ => u32::MAX,
-    };
-    let expiry = requested_expiry.min(limits.max_session_expiry);
-    let mut keep_alive = connect.keep_alive;
-    let mut server_keep_alive = None;
-    // Keepalive 0 ("never") is fine unless an upper bound is configured.
-    let too_long =
-        keep_alive > limits.max_keepalive || (keep_alive == 0 && limits.max_keepalive < u16::MAX);
-    if too_long && version.is_v5() {
-        keep_alive = limits.max_keepalive;
-        server_keep_alive = Some(keep_alive);
-    } else if too_long && keep_alive != 0 {
-        // 3.x cannot be told another value; mosquitto refuses the same way.
-        return Err(Refusal::protocol(
-            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
-            "",
-            Some(&connect.client_id),
-            "keepalive too long",
-        ));
-    }
-
-    let client = Arc::new(ClientHandle::new(ClientInfo {
-        address: peer.addr,
-        username: username.as_deref().map(Arc::from),
-        cert_authenticated,
-        protocol: version,
-        keep_alive,
-        listener: peer.listener.clone(),
-        connected_at: SystemTime::now(),
-        fleet: device.map(Arc::new),
-    }));
-    let connection_id = broker.next_connection_id();
-    let attachment = Attachment {
+    terms: &Terms,
+    early: EarlyConnack,
+) -> Result<Attached, PublishError> {
+    let Terms {
         connection_id,
+        client,
+        client_id,
+        expiry,
+        quotas,
+        ..
+    } = terms;
+    let attachment = Attachment {
+        connection_id: *connection_id,
         client: client.clone(),
     };
     let attached = broker
         .attach(
-            &client_id,
+            client_id,
             connect.clean_start,
-            expiry,
+            *expiry,
             attachment,
-            QueueLimits::from_limits(limits).with_quotas(&quotas),
+            QueueLimits::from_limits(&peer.limits).with_quotas(quotas),
             connect.will.as_ref(),
+            Some(early),
         )
-        .await
-        .map_err(|e| {
-            broker.logger.error(&format!(
-                "Client {client_id} refused (server unavailable): its session cannot be attached: {e}."
-            ));
-            Refusal {
-                reason: ReasonCode::SERVER_UNAVAILABLE,
-                text: "",
-                log: RefusalLog::Unavailable,
-            }
-        })?;
+        .await?;
     if attached.took_over {
-        broker.logger.already_connected(&client_id);
+        broker.logger.already_connected(client_id);
     }
     if let Some(device) = &client.info.fleet {
         broker.metrics.fleets.accepted(&device.fleet);
@@ -341,36 +335,10 @@ async fn negotiate(
                 .fleets
                 .disconnects
                 .with_label_values(&[&device.fleet, "token_expired"]);
-            broker.access.expiry().watch(at, &client, expired);
+            broker.access.expiry().watch(at, client, expired);
         }
     }
-
-    let mut properties = Properties::default();
-    if version.is_v5() {
-        if expiry != requested_expiry {
-            properties.session_expiry_interval = Some(expiry);
-        }
-        if limits.receive_maximum != u16::MAX {
-            properties.receive_maximum = Some(limits.receive_maximum);
-        }
-        properties.maximum_packet_size = Some(limits.max_packet_size);
-        if limits.topic_alias_maximum > 0 {
-            properties.topic_alias_maximum = Some(limits.topic_alias_maximum);
-        }
-        properties.assigned_client_identifier = assigned;
-        properties.server_keep_alive = server_keep_alive;
-    }
-    Ok(Accepted {
-        connection_id,
-        attached,
-        client,
-        client_id,
-        properties,
-        expiry,
-        keep_alive,
-        quotas,
-        user_slot,
-    })
+    Ok(attached)
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
@@ -385,15 +353,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     ) -> Connection<S> {
         let limits = peer.limits.clone();
         let Accepted {
-            connection_id,
+            terms:
+                Terms {
+                    connection_id,
+                    client,
+                    client_id,
+                    properties,
+                    expiry,
+                    keep_alive,
+                    quotas,
+                    user_slot,
+                },
             attached,
-            client,
-            client_id,
-            properties,
-            expiry,
-            keep_alive,
-            quotas,
-            user_slot,
+            early_connack,
         } = accepted;
         let version = connect.protocol;
         let username = client.info.username.clone();
@@ -447,11 +419,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 registration,
             });
         }
-        conn.send(&Packet::Connack(Connack {
-            session_present: attached.session_present,
-            reason: ReasonCode::SUCCESS,
-            properties,
-        }));
+        match early_connack {
+            None => conn.send(&Packet::Connack(Connack {
+                session_present: attached.session_present,
+                reason: ReasonCode::SUCCESS,
+                properties,
+            })),
+            Some(told) if told != attached.session_present => {
+                // The client was told otherwise: it connects again and
+                // is told what holds now. Not a loss of its connection:
+                // no will.
+                broker.logger.info(&format!(
+                    "Client {client_id} disconnected: its session changed after the CONNACK said it was {}present; it may connect again.",
+                    if told { "" } else { "not " }
+                ));
+                conn.will = None;
+                conn.client
+                    .mailbox
+                    .send(Control::Disconnect(ReasonCode::SERVER_BUSY));
+            }
+            Some(_) => {}
+        }
         broker.metrics.client_connected(&peer.listener);
         broker.presence(&client_id, &client.info, "connected", "");
         conn.resend_inflight();
@@ -473,23 +461,6 @@ fn display_id(client_id: &str) -> String {
     } else {
         client_id.to_string()
     }
-}
-
-/// An identifier for a client that sent an empty one (`auto-` and 32 hex
-/// digits, like mosquitto's).
-fn generate_client_id(broker: &Broker) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let seed = ahash::RandomState::new();
-    let mut h1 = seed.build_hasher();
-    h1.write_u64(broker.next_connection_id());
-    let mut h2 = seed.build_hasher();
-    h2.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    format!("auto-{:016x}{:016x}", h1.finish(), h2.finish())
 }
 
 #[cfg(test)]

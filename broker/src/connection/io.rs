@@ -51,6 +51,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
         Poll::Ready(Ok(buf.filled().len()))
     }
 
+    /// Writes what the socket takes of the write buffer now, without
+    /// waiting; the rest goes out with the connection's next writes (as
+    /// does an error). Returns the bytes written.
+    pub(super) fn write_now(&mut self) -> usize {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.poll_write_out(&mut cx).unwrap_or(0)
+    }
+
     /// Reads more bytes; Ok(false) on end of stream.
     pub(super) async fn fill(&mut self) -> io::Result<bool> {
         Ok(std::future::poll_fn(|cx| self.poll_fill(cx)).await? > 0)

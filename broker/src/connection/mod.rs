@@ -22,6 +22,7 @@ mod connect;
 mod inbound;
 mod io;
 mod login;
+mod negotiate;
 mod outbound;
 mod pause;
 mod refusal;

@@ -30,6 +30,70 @@ async fn a_session_taken_over_on_another_node_brings_its_unacknowledged_messages
     assert!(got.iter().all(|p| p.dup), "sent again, marked DUP");
 }
 
+/// A take-over's CONNACK goes once the claim is written, before the node
+/// that held the client answers (as nats-server's MQTT does): with that
+/// node hung, the client is let in at once, not after the second the
+/// claim waits for an answer, and what that node held follows once it is
+/// back.
+#[tokio::test]
+async fn a_take_over_is_acknowledged_before_the_node_that_held_the_client_answers() {
+    let nats = NatsCluster::start(3).await;
+    let mut cluster = BrokerCluster::start(&nats, 2, ClusterOpts::default()).await;
+    let (mut first, _) = Raw::connect(&cluster.nodes[0], &persistent("phone")).await;
+    first.subscribe(1, &[("p/#", 1)]).await;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("pub")).await;
+    await_routes(&mut publisher, "p/probe", &mut [&mut first]).await;
+    publish_qos1(&mut publisher, "p/x", "unacked", 2).await;
+    for _ in 0..2 {
+        first.expect_publish().await;
+    }
+    // What says the session is present: its record in the cluster.
+    wait_for_session_record(&nats, &cluster.name, "phone").await;
+    cluster.nodes[0].freeze(true);
+    let (mut second, ack) = Raw::connect(&cluster.nodes[1], &persistent("phone")).await;
+    assert!(ack.session_present);
+    let gone_on_without = "did not let client phone go";
+    let went_on = cluster.nodes[1]
+        .logs()
+        .iter()
+        .any(|line| line.contains(gone_on_without));
+    cluster.nodes[0].freeze(false);
+    assert!(
+        !went_on,
+        "the CONNACK waited for node 0's answer:\n{}",
+        cluster.nodes[1].logs().join("\n")
+    );
+    let got = receive(&mut second, 2).await;
+    assert_eq!(
+        payloads(&got),
+        vec!["unacked-0", "unacked-1"],
+        "{}",
+        cluster.nodes[1].logs().join("\n")
+    );
+    assert!(got.iter().all(|p| p.dup), "sent again, marked DUP");
+    second.expect_nothing(QUIET).await;
+}
+
+/// Waits (up to [`SLOW`]) until the sessions bucket of cluster `cluster`
+/// has a record of `client`'s session.
+async fn wait_for_session_record(nats: &NatsCluster, cluster: &str, client: &str) {
+    use base64::Engine;
+    let nc = async_nats::connect(nats.urls()[0].as_str())
+        .await
+        .expect("connect to NATS");
+    let js = async_nats::jetstream::new(nc);
+    let bucket = js
+        .get_key_value(format!("KMQ_{cluster}_sessions"))
+        .await
+        .expect("the sessions bucket");
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(client);
+    let deadline = Instant::now() + SLOW;
+    while !matches!(bucket.get(&key).await, Ok(Some(_))) {
+        assert!(Instant::now() < deadline, "no session record of {client}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn unacknowledged_messages_handed_over_after_the_client_connected_are_sent_to_it() {
     let nats = NatsCluster::start(3).await;
