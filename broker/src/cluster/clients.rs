@@ -76,12 +76,12 @@ pub type LateRelease = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 
 /// another node held the client, before that node answers (as
 /// nats-server's MQTT does): when the client starts clean (no session),
 /// or when the session's record in the cluster (read beside the client's
-/// entry) says the client is connected with a persistent session, which a
-/// take-over of a connected client finds (session present). The answer and the
-/// session follow before the client's first packet is read; should that
-/// node keep the session after all, the connection is closed (5.0:
-/// DISCONNECT 0x89) rather than refused. A client that left its node is
-/// answered after it, as before (refused 0x88 while it keeps the
+/// entry) says the client is connected with a persistent session, which
+/// a take-over of a connected client finds (session present). The answer
+/// and the session follow before the client's first packet is read;
+/// should that node keep the session after all, the connection is closed
+/// (5.0: DISCONNECT 0x89) rather than refused. A client that left its
+/// node is answered after it, as before (refused 0x88 while it keeps the
 /// session). Dropped unsent otherwise.
 pub type EarlyConnack = tokio::sync::oneshot::Sender<bool>;
 

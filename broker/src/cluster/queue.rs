@@ -12,7 +12,6 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::mirror::Item;
-use super::names::encode_key;
 use super::ready::ReadyEntry;
 use super::sessions::{QueueEntry, SessionRecord};
 use super::{Cluster, ClusterError};
@@ -121,19 +120,11 @@ impl Cluster {
     /// What loading `client_id`'s session reads first: its record and
     /// its queue's last sequence, asked for at once.
     pub async fn session_head(&self, client_id: &str) -> Result<SessionHead, ClusterError> {
-        let buckets = self.buckets()?;
-        let record = async {
-            buckets
-                .sessions
-                .get(encode_key(client_id))
-                .await
-                .map_err(ClusterError::nats)
-        };
-        let (record, last_seq) = tokio::try_join!(record, self.queue_last_seq(client_id))?;
-        Ok(SessionHead {
-            record: record.and_then(|bytes| postcard::from_bytes::<SessionRecord>(&bytes).ok()),
-            last_seq,
-        })
+        let (record, last_seq) = tokio::try_join!(
+            self.session_record(client_id),
+            self.queue_last_seq(client_id)
+        )?;
+        Ok(SessionHead { record, last_seq })
     }
 
     /// Reads a session back: its record and every queued entry, each

@@ -174,17 +174,27 @@ impl Cluster {
             .map_err(ClusterError::nats)
     }
 
+    /// The cluster's record of `client_id`'s session (`None` when there
+    /// is none, or it cannot be read as one).
+    pub(super) async fn session_record(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<SessionRecord>, ClusterError> {
+        let bytes = self
+            .buckets()?
+            .sessions
+            .get(encode_key(client_id))
+            .await
+            .map_err(ClusterError::nats)?;
+        Ok(bytes.and_then(|bytes| postcard::from_bytes::<SessionRecord>(&bytes).ok()))
+    }
+
     /// Whether the cluster's record of `client_id`'s session says its
     /// client is connected (false when there is none, or it cannot tell).
     pub(super) async fn records_connected_session(&self, client_id: &str) -> bool {
-        let Ok(buckets) = self.buckets() else {
-            return false;
-        };
-        match buckets.sessions.get(encode_key(client_id)).await {
-            Ok(Some(bytes)) => postcard::from_bytes::<SessionRecord>(&bytes)
-                .is_ok_and(|record| record.disconnected_at_ms.is_none()),
-            _ => false,
-        }
+        self.session_record(client_id)
+            .await
+            .is_ok_and(|record| record.is_some_and(|r| r.disconnected_at_ms.is_none()))
     }
 
     /// Hands an offline session to the cluster: its record, its messages
