@@ -562,7 +562,9 @@ pub async fn leave_mover_in_the_cluster(
     let (mut mover, ack) = Raw::connect(&cluster.nodes[on], &persistent("mover")).await;
     assert!(!ack.session_present);
     mover.subscribe(1, &[(filter, 1)]).await;
-    let (mut publisher, _) = Raw::connect(&cluster.nodes[publisher_on], &Connect::v5("pub")).await;
+    // No keepalive, like the mover's (`persistent`).
+    let publisher_connect = Connect::v5("pub").keepalive(0);
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[publisher_on], &publisher_connect).await;
     let probe = filter.replace('#', "probe");
     await_routes(&mut publisher, &probe, &mut [&mut mover]).await;
     mover.send(&disconnect(true, 0, &Props::new())).await;
@@ -581,8 +583,14 @@ pub async fn leave_mover_in_the_cluster(
 }
 
 /// A 5.0 CONNECT that resumes a session kept for an hour.
+///
+/// No keepalive: a raw client sends no PINGREQ of its own, and tests wait
+/// for JetStream to recover from a failure for longer than a keepalive
+/// allows (CI on 2026-12-05: a client idle for over 45 s while JetStream
+/// had no metadata leader was closed with 0x8D before the test looked).
 pub fn persistent(client_id: &str) -> Connect {
     Connect::v5(client_id)
+        .keepalive(0)
         .clean(false)
         .props(Props::new().four(prop::SESSION_EXPIRY_INTERVAL, 3600))
 }
