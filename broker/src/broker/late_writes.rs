@@ -50,6 +50,9 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 pub(super) struct Loading {
     pub cluster: Arc<Cluster>,
     pub session: Arc<Session>,
+    /// Claimed without a word to NATS: the revision of the client's entry
+    /// to check ([`crate::cluster::clients::Claimed::unconfirmed`]).
+    pub unconfirmed: Option<u64>,
     /// Its subscriptions, to give queued messages their QoS and flags.
     pub matcher: SubscriptionTable<u8>,
     /// Cluster ids of the messages it has.
@@ -206,6 +209,11 @@ impl Broker {
     /// The passes of [`Broker::finish_loading`], until the last one or
     /// until the session is no longer this node's.
     async fn follow_up(&self, loading: &mut Loading, late: Option<LateRelease>) {
+        if let Some(revision) = loading.unconfirmed.take() {
+            if !self.claim_confirmed(loading, revision).await {
+                return;
+            }
+        }
         // Loaded from this node's copy alone: what the queue holds beyond
         // it goes after the copy's entries, before the session interest
         // gives way (a message routed here while it is read can come
@@ -257,6 +265,57 @@ impl Broker {
             if self.take_late_writes(loading, true).await.is_none() {
                 return;
             }
+        }
+    }
+
+    /// Checks a claim made without a word to NATS: the client's entry is
+    /// still the one this node wrote as it kept the client's offline
+    /// session (at `revision`). Then the session's record says it is
+    /// connected (written only now, so as not to hold up the delivery).
+    /// Otherwise another node claimed the client without asking this one
+    /// (it took this node for gone, or this node answered too late): the
+    /// session here is not the client's any more; it ends here, nothing of
+    /// it written to the cluster, and the connection is closed (5.0:
+    /// 0x8E). Returns whether the session goes on here.
+    async fn claim_confirmed(&self, loading: &Loading, revision: u64) -> bool {
+        let client_id = loading.session.client_id.clone();
+        let mut attempts = Attempts::new(
+            self,
+            format!("check that client {client_id} is still this node's"),
+        );
+        let held = attempts
+            .retry(loading, || {
+                loading.cluster.still_held_here(&client_id, revision)
+            })
+            .await;
+        match held {
+            Some(true) => {
+                self.holds_loaded(loading, |session| {
+                    if session.is_online() {
+                        self.save_session_in_cluster(session);
+                    }
+                })
+                .await
+            }
+            Some(false) => {
+                let ended = self
+                    .holds_loaded(loading, |session| {
+                        let mut ignored = Vec::new();
+                        self.remove_session(session, &mut ignored);
+                    })
+                    .await;
+                if ended {
+                    self.logger.warning(&format!(
+                        "Client {client_id} was claimed by another node while it came back here on this node's copy of its session; the session here ends (what it got here may reach it again there)."
+                    ));
+                    let (tx, _) = tokio::sync::oneshot::channel();
+                    loading
+                        .session
+                        .send_control(crate::client::Control::TakenOver(tx));
+                }
+                false
+            }
+            None => false,
         }
     }
 

@@ -84,15 +84,19 @@ impl Broker {
         // message may come routed and through its queue).
         let handover = cluster.given().start(&session.client_id);
         let count = entries.len();
+        let unconfirmed = claimed.unconfirmed;
         let restored = self.restore_ready(session, entries, &loaded.ids, &limits);
         self.logger.info(&format!(
             "Session of {} loaded from the cluster with {} subscription(s) and {count} message(s) ({restored}){}.",
             session.client_id,
             record.subscriptions.len(),
-            match (loaded.from_copy, tail_unread) {
-                (true, true) => ", its queue from this node's copy (claimed in one write)",
-                (true, false) => ", its queue from this node's copy",
-                (false, _) => "",
+            match (loaded.from_copy, tail_unread, unconfirmed.is_some()) {
+                (true, true, true) => {
+                    ", its queue from this node's copy (claimed with nothing asked of NATS)"
+                }
+                (true, true, false) => ", its queue from this node's copy (claimed in one write)",
+                (true, false, _) => ", its queue from this node's copy",
+                (false, _, _) => "",
             }
         ));
         // Stragglers: what other nodes wrote before they saw this node's
@@ -103,6 +107,7 @@ impl Broker {
         let loading = Loading {
             cluster,
             session: session.clone(),
+            unconfirmed,
             matcher,
             seen: loaded.ids,
             handover,

@@ -116,6 +116,11 @@ impl Broker {
             // After any CONNECT of this client being handled here: the
             // connection it attaches is the one to close.
             let _serial = self.connect_locks[shard].lock().await;
+            // The client goes elsewhere: a copy of its queue kept here is
+            // not its session any more (`cluster::mirror`).
+            if let Some(cluster) = self.cluster() {
+                cluster.drop_mirror(client_id);
+            }
             let Some(session) = self.session(client_id) else {
                 return Answer::Released;
             };

@@ -128,7 +128,7 @@ impl Broker {
         let read_ahead = self.cluster().filter(|cluster| {
             !fresh_in_cluster
                 && cluster.has_mirror(client_id)
-                && cluster.released_revision(client_id).is_none()
+                && cluster.held_revision(client_id).is_none()
                 && self.handed_off_session(client_id).is_none()
         });
         let (claimed, head) = match read_ahead {
@@ -154,6 +154,9 @@ impl Broker {
                 }
             }
         }
+        // Claimed without a word to NATS: the session's record is written
+        // once the claim is checked, after the client has its messages.
+        let unconfirmed = claimed.unconfirmed.is_some();
         let mut took_over = false;
         if let Some(existing) = self.session(client_id) {
             let control = existing.state.lock().attachment.clone();
@@ -269,7 +272,7 @@ impl Broker {
             state.epoch += 1;
         }
         self.persist(records).await?;
-        if persistent {
+        if persistent && !(unconfirmed && session_present) {
             self.save_session_in_cluster(&session);
         }
         Ok(Attached {

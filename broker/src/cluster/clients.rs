@@ -2,8 +2,9 @@
 //!
 //! The clients bucket says which node holds each client id (key: the
 //! encoded client id), whether it holds it still, and its will. A node
-//! that accepts a CONNECT writes the key; when the key named another live
-//! node still holding the client, it asks that node to let the client go
+//! that accepts a CONNECT writes the key; when the key named another
+//! node still holding the client (connected there, or its offline session
+//! kept there: see `mirror`), it asks that node to let the client go
 //! (`_KMQ.<name>.takeover.<node>`), which closes the connection (5.0:
 //! DISCONNECT 0x8E), hands a persistent session to the cluster and
 //! answers once it has: "ok", or "kept" when the cluster would not take
@@ -103,9 +104,14 @@ pub struct Claimed {
     /// node loaded or emptied its session's queue since it left here.
     pub was_here: bool,
     /// Moreover the claim replaced the very entry this node wrote when the
-    /// client left ([`Cluster::note_released`]): nobody wrote it since, so
+    /// client left ([`Cluster::note_held`]): nobody wrote it since, so
     /// the session's record is still the one this node handed off.
     pub unchanged: bool,
+    /// The claim was made without a word to NATS
+    /// ([`Cluster::resumable_here`]): the entry this node wrote when the
+    /// client left, at this revision, names this node still. Checked
+    /// once the client has its messages ([`Cluster::still_held_here`]).
+    pub unconfirmed: Option<u64>,
 }
 
 /// A client id's entry in the clients bucket.
@@ -228,6 +234,21 @@ impl Cluster {
         let Ok(buckets) = self.buckets() else {
             return Ok(Claimed::default());
         };
+        // A client back on this node, which kept its offline session: no
+        // other node can have claimed it without asking this one (which
+        // gives the copy up), so nothing needs writing before its
+        // messages go (its entry says this node holds it already). Not
+        // with a will, which the entry is to carry.
+        if will.is_none() && !fresh {
+            if let Some(revision) = self.resumable_here(client_id) {
+                return Ok(Claimed {
+                    was_here: true,
+                    unchanged: true,
+                    unconfirmed: Some(revision),
+                    ..Claimed::default()
+                });
+            }
+        }
         let key = encode_key(client_id);
         let record = ClientRecord {
             node: self.node.to_string(),
@@ -235,13 +256,12 @@ impl Cluster {
             held: true,
             will,
         };
-        // A client back on this node, whose entry this node last wrote
-        // when the client left: the claim is one write, made only if
-        // nobody wrote the entry since (then it is read as below).
-        if let Some(released) = self.released_revision(client_id) {
+        // Otherwise the claim is one write, made only if nobody wrote the
+        // entry since (then it is read as below).
+        if let Some(held) = self.held_revision(client_id) {
             if buckets
                 .clients
-                .update(key.clone(), record.encode(), released)
+                .update(key.clone(), record.encode(), held)
                 .await
                 .is_ok()
             {
@@ -286,6 +306,7 @@ impl Cluster {
             previous: None,
             session_gone: false,
             unchanged: false,
+            unconfirmed: None,
             was_here: previous
                 .as_ref()
                 .is_some_and(|p| p.node == *self.node && p.run == self.run),
@@ -402,12 +423,54 @@ impl Cluster {
         }
     }
 
-    /// The client left this node and its session is not here any more:
-    /// its entry says so (unless another node has claimed it since).
+    /// The client left this node and its session is in the cluster: its
+    /// entry says so (unless another node has claimed it since). While
+    /// this node keeps a copy of the session's queue, the entry says this
+    /// node holds the client still (a claim elsewhere asks it, and it
+    /// gives the copy up): see `mirror`.
     pub async fn release(&self, client_id: &str) {
-        if let Some(revision) = self.rewrite_own(client_id, false).await {
-            self.note_released(client_id, revision);
+        let keep = self.has_mirror(client_id);
+        if let Some(revision) = self.rewrite_own(client_id, keep).await {
+            if keep {
+                self.note_held(client_id, revision);
+            }
         }
+    }
+
+    /// The copy of `client_id`'s queue ended by itself: its entry, which
+    /// this node wrote at `revision` as it kept the copy, says the client
+    /// is let go (unless it was written since).
+    pub(super) async fn let_go_held(&self, client_id: &str, revision: u64) {
+        let Ok(buckets) = self.buckets() else { return };
+        let record = ClientRecord {
+            node: self.node.to_string(),
+            run: self.run,
+            held: false,
+            will: None,
+        };
+        // A failure leaves the entry held here: claims keep asking this
+        // node, which answers at once.
+        let _ = buckets
+            .clients
+            .update(encode_key(client_id), record.encode(), revision)
+            .await;
+    }
+
+    /// Whether `client_id`'s entry is still at `revision` (the one this
+    /// node wrote as it kept the client's offline session): no other
+    /// node claimed the client since.
+    pub async fn still_held_here(
+        &self,
+        client_id: &str,
+        revision: u64,
+    ) -> Result<bool, ClusterError> {
+        let buckets = self.buckets()?;
+        let entry = buckets
+            .clients
+            .entry(encode_key(client_id))
+            .await
+            .map_err(ClusterError::nats)?;
+        Ok(entry.is_some_and(|e| e.revision == revision))
     }
 
     /// The client left this node but its persistent session stays here

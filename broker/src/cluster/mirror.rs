@@ -11,6 +11,17 @@
 //! client's key still names this node and run: nobody else read or
 //! emptied the queue); what the stream holds beyond the copy is read from
 //! JetStream as before.
+//!
+//! While it keeps the copy, this node's entry in the clients bucket says
+//! it holds the client ([`Cluster::release`]), so that a claim by another
+//! node asks this one, which gives the copy up first. A client back here
+//! is then let in on the copy alone, with no request to NATS before its
+//! messages go ([`Cluster::resumable_here`]), unless this node may have
+//! missed such a request (its NATS connection dropped, a subscription
+//! dropped messages, its liveness key lapsed) or the client has a will to
+//! record; the entry is checked once the client has its messages
+//! (`broker/late_writes.rs`). When the copy ends by itself (its time, its
+//! size, its consumer), the entry says the client is let go.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -123,8 +134,14 @@ struct Copy {
     /// The sequence of the last message received (0: none).
     last_seq: u64,
     /// The revision of the client's entry in the clients bucket that this
-    /// node wrote when the client left ([`Cluster::note_released`]).
-    released: Option<u64>,
+    /// node wrote when the client left, saying it holds the client
+    /// ([`Cluster::note_held`]).
+    held: Option<u64>,
+    /// [`Cluster::interruptions`] when the client left.
+    interruptions: u64,
+    /// Holds a QoS 2 message: not let in on the copy alone (should the
+    /// check after the delivery fail, it would go twice).
+    exactly_once: bool,
     bytes: usize,
     /// No longer filled (too big, taken, dropped, past its time, or its
     /// consumer failed): not to be used.
@@ -242,11 +259,17 @@ impl Cluster {
         until: tokio::time::Instant,
     ) {
         let max_entries = usize::try_from(self.max_queued_messages).unwrap_or(usize::MAX);
+        // Stopped from outside (the copy taken, or dropped): otherwise it
+        // ended by itself, and the client is let go.
+        let mut stopped = false;
         loop {
             let message = tokio::select! {
                 message = messages.next() => message,
                 () = tokio::time::sleep_until(until) => None,
-                () = kept.stopped.notified() => None,
+                () = kept.stopped.notified() => {
+                    stopped = true;
+                    None
+                }
             };
             let received = match &message {
                 Some(Ok(message)) => message.info().ok().map(|info| info.stream_sequence),
@@ -269,6 +292,7 @@ impl Cluster {
             };
             let mut copy = kept.copy.lock();
             if copy.stopped {
+                stopped = true;
                 break;
             }
             let size = message.payload.len();
@@ -279,7 +303,10 @@ impl Cluster {
             }
             copy.last_seq = seq;
             match item {
-                Some(Ok(entry)) if copy.ids.insert(entry.id) => copy.entries.push((seq, entry)),
+                Some(Ok(entry)) if copy.ids.insert(entry.id) => {
+                    copy.exactly_once |= ready::is_exactly_once(&entry);
+                    copy.entries.push((seq, entry));
+                }
                 Some(Err(holder)) => copy.ended.push((seq, holder)),
                 // A message it has already, or an unreadable one.
                 Some(Ok(_)) | None => {}
@@ -294,7 +321,11 @@ impl Cluster {
                 copies.remove(&client_id);
             }
         }
+        let held = kept.copy.lock().held;
         self.mirrors.stop(&kept);
+        if let Some(revision) = held.filter(|_| !stopped) {
+            self.let_go_held(&client_id, revision).await;
+        }
     }
 
     /// Whether this node keeps a copy of `client_id`'s queue.
@@ -302,22 +333,39 @@ impl Cluster {
         self.mirrors.copies.lock().contains_key(client_id)
     }
 
-    /// This node wrote `client_id`'s entry in the clients bucket as
-    /// released, at `revision`, when the client left: noted with the copy
-    /// of its queue, for the client's claim when it comes back here.
-    pub fn note_released(&self, client_id: &str, revision: u64) {
+    /// This node wrote `client_id`'s entry in the clients bucket as held
+    /// here, at `revision`, when the client left: noted with the copy of
+    /// its queue, for the client's claim when it comes back here.
+    pub(super) fn note_held(&self, client_id: &str, revision: u64) {
         if let Some(kept) = self.mirrors.copies.lock().get(client_id) {
-            kept.copy.lock().released = Some(revision);
+            let mut copy = kept.copy.lock();
+            copy.held = Some(revision);
+            copy.interruptions = self.interruptions();
         }
     }
 
-    /// The revision noted by [`Cluster::note_released`], while this node
+    /// The revision noted by [`Cluster::note_held`], while this node
     /// keeps a copy of `client_id`'s queue: unless the entry changed since,
     /// no other node had the client.
-    pub fn released_revision(&self, client_id: &str) -> Option<u64> {
+    pub fn held_revision(&self, client_id: &str) -> Option<u64> {
         let kept = self.mirrors.copies.lock().get(client_id).cloned()?;
         let copy = kept.copy.lock();
-        copy.released.filter(|_| !copy.stopped)
+        copy.held.filter(|_| !copy.stopped)
+    }
+
+    /// The revision noted by [`Cluster::note_held`] when the copy of
+    /// `client_id`'s queue is the session for sure, with nothing asked of
+    /// NATS: since the client left, no other node can have claimed it
+    /// without asking this one (which would have given the copy up), as
+    /// this node has had no interruption and its liveness key is current;
+    /// and the copy holds no QoS 2 message. Its entry is checked all the
+    /// same once the client has its messages.
+    pub(super) fn resumable_here(&self, client_id: &str) -> Option<u64> {
+        let kept = self.mirrors.copies.lock().get(client_id).cloned()?;
+        let copy = kept.copy.lock();
+        let uninterrupted = copy.interruptions == self.interruptions() && self.liveness_current();
+        copy.held
+            .filter(|_| !copy.stopped && uninterrupted && !copy.exactly_once)
     }
 
     /// Gives up the copy of `client_id`'s queue, if any.

@@ -104,6 +104,13 @@ pub struct Cluster {
     nodes: Nodes,
     /// Connected to NATS now (as the client last reported).
     connected: AtomicBool,
+    /// How many times this node may have missed what other nodes sent it,
+    /// or been taken for gone by them: its NATS connection dropped, a
+    /// subscription dropped messages, its liveness key went unwritten for
+    /// half the node timeout. A copy of a session's queue is the session
+    /// only while this stays as it was when the client left
+    /// ([`mirror`]).
+    interruptions: Arc<std::sync::atomic::AtomicU64>,
     /// The interest and retained buckets were read through once: until
     /// then this node would route as if no other node had subscribers,
     /// and give new subscriptions no retained messages.
@@ -189,9 +196,19 @@ impl Cluster {
         let names = Names::new(&config.name, node);
         let node: Arc<str> = Arc::from(node);
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let interruptions = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = interruptions.clone();
         let options = connect_options(config, node.clone())
             .await?
             .event_callback(move |event| {
+                // Counted here, before the event is queued for the log:
+                // a copy must not be taken for the session after either.
+                if matches!(
+                    event,
+                    async_nats::Event::Disconnected | async_nats::Event::SlowConsumer(_)
+                ) {
+                    counted.fetch_add(1, Ordering::AcqRel);
+                }
                 let events_tx = events_tx.clone();
                 async move {
                     let _ = events_tx.send(event);
@@ -238,6 +255,7 @@ impl Cluster {
             interest,
             nodes: Nodes::default(),
             connected: AtomicBool::new(false),
+            interruptions,
             interest_loaded: AtomicBool::new(false),
             interest_applied: std::sync::atomic::AtomicU64::new(0),
             interest_applied_changed: tokio::sync::Notify::new(),

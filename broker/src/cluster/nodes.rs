@@ -133,10 +133,35 @@ impl Cluster {
             .put(&*self.node, value.into())
             .await
             .map_err(super::ClusterError::nats)?;
-        self.nodes
+        let before = self
+            .nodes
             .own_beat_ms
-            .store(now, std::sync::atomic::Ordering::Relaxed);
+            .swap(now, std::sync::atomic::Ordering::AcqRel);
+        let half_timeout_ms = self.config.node_timeout_secs * 1000 / 2;
+        if before > 0 && now.saturating_sub(before) >= half_timeout_ms {
+            // Others may have taken this node for gone meanwhile.
+            self.interruptions
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
         Ok(())
+    }
+
+    /// This node's key was written lately (within two beats): no other
+    /// node takes it for gone.
+    pub(super) fn liveness_current(&self) -> bool {
+        let own = self
+            .nodes
+            .own_beat_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        crate::message::now_ms().saturating_sub(own) < self.beat().as_millis() as u64 * 2
+    }
+
+    /// How many times so far this node may have missed what other nodes
+    /// sent it, or been taken for gone (the field's description says
+    /// when).
+    pub(super) fn interruptions(&self) -> u64 {
+        self.interruptions
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether `node`, taken for gone, has a key again (it restarted, or
@@ -308,12 +333,7 @@ impl Cluster {
             // judges the others: while NATS cannot take writes (a leader
             // election, a partition) or the watch lags, every key ages
             // alike, and nobody is dead.
-            let own = self
-                .nodes
-                .own_beat_ms
-                .load(std::sync::atomic::Ordering::Relaxed);
-            let written =
-                crate::message::now_ms().saturating_sub(own) < self.beat().as_millis() as u64 * 2;
+            let written = self.liveness_current();
             let seen = own_age.is_some_and(|age| age < self.beat() * 2);
             if !written || !seen {
                 continue;

@@ -65,6 +65,16 @@ pub fn subscription_options(sub: &StoredSubscription) -> SubscriptionOptions {
     }
 }
 
+/// Whether `entry` goes to the session at QoS 2.
+pub fn is_exactly_once(entry: &ReadyEntry) -> bool {
+    match &entry.kind {
+        ReadyKind::InFlight { delivery, .. } | ReadyKind::Queued(delivery) => {
+            delivery.qos == QoS::ExactlyOnce
+        }
+        ReadyKind::Unmatched => false,
+    }
+}
+
 /// Makes `entry` ready for the session `matcher` stands for: an entry
 /// sent before keeps how it was sent; any other goes with the QoS and
 /// flags of the first subscription it matches.

@@ -451,7 +451,11 @@ impl Cluster {
         let Ok(mut record) = postcard::from_bytes::<SessionRecord>(&bytes) else {
             return;
         };
-        record.disconnected_at_ms = Some(crate::message::now_ms());
+        // Offline since its client left that node (its record says when),
+        // or since now.
+        record
+            .disconnected_at_ms
+            .get_or_insert_with(crate::message::now_ms);
         if let Err(e) = self.hand_off(client_id, &record, Vec::new()).await {
             self.logger.warning(&format!(
                 "Cluster: cannot keep the session of {client_id} of a lost node: {e}."

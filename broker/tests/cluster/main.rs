@@ -6,6 +6,9 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+/// The copy of its queue a replica keeps when a persistent session's
+/// client leaves it, and the client coming back there.
+mod copies;
 /// What survives a replica killed, a NATS server killed, NATS lost.
 mod failures;
 /// Sessions a replica keeps while the cluster would not take them.
