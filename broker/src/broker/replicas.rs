@@ -485,14 +485,16 @@ impl Broker {
 
     /// Writes a persistent session's record to the cluster (in the
     /// background, in order): what a survivor needs to keep it if this
-    /// node dies with the client connected.
+    /// node dies with the client connected. Only while a client is
+    /// connected to it (the record says so): an offline session's record
+    /// is its hand-off's.
     pub(super) fn save_session_in_cluster(&self, session: &Session) {
         let Some(cluster) = self.cluster() else {
             return;
         };
         let record = {
             let state = session.state.lock();
-            if !state.persistent {
+            if !state.persistent || state.attachment.is_none() {
                 return;
             }
             session_record(&state.subscriptions, state.expiry_interval, None)

@@ -278,7 +278,11 @@ impl Cluster {
         });
         tokio::spawn(cluster.clone().watch_connection(events_rx, broker.clone()));
         tokio::spawn(cluster.clone().set_up(broker.clone(), changes));
-        tokio::spawn(cluster.clone().write_sessions(session_writes_rx));
+        tokio::spawn(
+            cluster
+                .clone()
+                .write_sessions(session_writes_rx, broker.clone()),
+        );
         Ok(cluster)
     }
 

@@ -92,13 +92,28 @@ impl Cluster {
         let _ = self.session_writes.send((client_id, record));
     }
 
+    /// Writes the records [`Cluster::save_session_later`] queued, each
+    /// only while its client is still connected here: a record that says
+    /// the client is connected, written after the session's hand-off
+    /// (which says when the client left), would keep the session from
+    /// ever expiring.
     pub(super) async fn write_sessions(
         self: Arc<Self>,
         mut writes: tokio::sync::mpsc::UnboundedReceiver<(Arc<str>, SessionRecord)>,
+        broker: Arc<crate::broker::Broker>,
     ) {
         while let Some((client_id, record)) = writes.recv().await {
             let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
             loop {
+                // Checked right before the write is sent: a hand-off
+                // starts once the client has left (what is left is the
+                // moment between this check and the write's send).
+                let connected = broker
+                    .session(&client_id)
+                    .is_some_and(|session| session.is_online());
+                if !connected {
+                    break;
+                }
                 match self.save_session(&client_id, &record).await {
                     Ok(()) => break,
                     Err(ClusterError::Unavailable) if !self.is_ready() => {}

@@ -1,4 +1,5 @@
 use kubemqtt_broker::cluster::clients::ClientRecord;
+use kubemqtt_broker::cluster::sessions::SessionRecord;
 
 use crate::common::cluster::*;
 use crate::common::*;
@@ -15,6 +16,10 @@ async fn a_client_back_on_the_replica_it_left_gets_its_queue_from_that_replicas_
     // it: a claim elsewhere asks node 0 first.
     let entry = client_entry(&nats, &cluster.name, "phone").await;
     assert!(entry.held && entry.node == "node-0", "{entry:?}");
+    // And the session's record says when the client left (it expires
+    // from then): no write of its connected record came after.
+    let record = session_record(&nats, &cluster.name, "phone").await;
+    assert!(record.disconnected_at_ms.is_some(), "{record:?}");
     let (mut here, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("here")).await;
     let (mut there, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("there")).await;
     publish_qos1(&mut here, "p/here", "here", 20).await;
@@ -189,6 +194,23 @@ async fn client_entry(nats: &NatsCluster, cluster: &str, client: &str) -> Client
         .expect("read the clients bucket")
         .expect("an entry for the client");
     postcard::from_bytes(&value).expect("a client record")
+}
+
+/// `client`'s session record in the sessions bucket.
+async fn session_record(nats: &NatsCluster, cluster: &str, client: &str) -> SessionRecord {
+    let nc = async_nats::connect(nats.urls()[0].as_str())
+        .await
+        .expect("connect to NATS");
+    let bucket = async_nats::jetstream::new(nc)
+        .get_key_value(format!("KMQ_{cluster}_sessions"))
+        .await
+        .expect("the sessions bucket");
+    let value = bucket
+        .get(client_key(client))
+        .await
+        .expect("read the sessions bucket")
+        .expect("a record of the session");
+    postcard::from_bytes(&value).expect("a session record")
 }
 
 /// Writes `client`'s entry again as it is (a new revision).
