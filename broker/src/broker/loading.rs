@@ -175,7 +175,7 @@ impl Broker {
                 ReadyKind::Unmatched => restored.unmatched += 1,
                 // Expired ones are let go when their turn comes.
                 ReadyKind::Queued(delivery) => {
-                    queued_bytes += crate::queue::size_of(&delivery);
+                    queued_bytes += entry.bytes;
                     queued.push_back(delivery);
                 }
                 ReadyKind::InFlight { delivery, .. } if delivery.msg.is_expired(now) => {
@@ -200,7 +200,7 @@ impl Broker {
                         // The connection uses that packet id already: the
                         // client never acknowledged this one, so it goes
                         // again under a new one.
-                        queued_bytes += crate::queue::size_of(&delivery);
+                        queued_bytes += entry.bytes;
                         queued.push_back(delivery);
                     }
                 }

@@ -20,6 +20,11 @@ pub struct ReadyEntry {
     /// The message's cluster id.
     pub id: u64,
     pub kind: ReadyKind,
+    /// Its bytes as a session's queue counts them
+    /// ([`crate::queue::size_of`]; 0 when unmatched): counted while the
+    /// message is at hand, so that restoring a long queue does not read
+    /// every message again.
+    pub bytes: usize,
 }
 
 #[derive(Debug)]
@@ -114,7 +119,13 @@ pub fn ready(entry: QueueEntry, matcher: &SubscriptionTable<u8>) -> ReadyEntry {
             }
         }
     };
-    ReadyEntry { id, kind }
+    let bytes = match &kind {
+        ReadyKind::InFlight { delivery, .. } | ReadyKind::Queued(delivery) => {
+            crate::queue::size_of(delivery)
+        }
+        ReadyKind::Unmatched => 0,
+    };
+    ReadyEntry { id, kind, bytes }
 }
 
 #[cfg(test)]
