@@ -29,6 +29,7 @@ mod config;
 pub mod envelope;
 pub mod handover;
 pub mod interest;
+mod lost_nodes;
 pub mod mirror;
 pub mod names;
 pub mod nodes;
@@ -486,7 +487,7 @@ impl Cluster {
         self.take_over_clients_of(
             &broker,
             &self.node.clone(),
-            clients::ClientsOf::RunsBefore(self.run),
+            lost_nodes::ClientsOf::RunsBefore(self.run),
         )
         .await;
         if self.config.import_subjects {
