@@ -190,8 +190,8 @@ async fn rolling_without_restarts_delivers_every_acknowledged_message() {
             .unwrap_or_else(|| panic!("{field}: {report}"))
     };
     assert!(n("sent") >= 3 * 150, "about 200 a second each: {report}");
-    assert_eq!(n("acked"), n("sent"));
-    assert_eq!(n("distinct"), n("sent"));
+    assert_eq!(n("acked"), n("sent"), "{report}");
+    assert_eq!(n("distinct"), n("sent"), "{report}");
     assert_eq!(
         (n("lost"), n("duplicates"), n("unacked")),
         (0, 0, 0),
