@@ -12,7 +12,7 @@ use crate::cluster::ready::{self, ReadyEntry, ReadyKind};
 use crate::cluster::sessions::QueueEntry;
 use crate::queue::{DropReason, Enqueued, QueueLimits};
 use crate::router::SubscriptionTable;
-use crate::session::Session;
+use crate::session::{Delivery, Session};
 
 use super::late_writes::Loading;
 use super::{Broker, PublishError};
@@ -85,7 +85,11 @@ impl Broker {
         let handover = cluster.given().start(&session.client_id);
         let count = entries.len();
         let unconfirmed = claimed.unconfirmed;
-        let restored = self.restore_ready(session, entries, &loaded.ids, &limits);
+        let queued = Queued {
+            deliveries: loaded.queued,
+            bytes: loaded.queued_bytes,
+        };
+        let restored = self.restore_ready(session, entries, queued, &loaded.ids, &limits);
         self.logger.info(&format!(
             "Session of {} loaded from the cluster with {} subscription(s) and {count} message(s) ({restored}){}.",
             session.client_id,
@@ -140,17 +144,18 @@ impl Broker {
             .into_iter()
             .map(|entry| ready::ready(entry, matcher))
             .collect();
-        self.restore_ready(session, entries, &ids, limits)
+        self.restore_ready(session, entries, Queued::default(), &ids, limits)
     }
 
     /// Puts queue entries made ready for `session` into it: in-flight ones
-    /// with their packet ids, the others after. `ids` are the entries'
-    /// ids. Returns what became of them; a queue that refuses one counts
-    /// and logs the drop.
+    /// with their packet ids, the others after, then `premade` (deliveries
+    /// queued already, in order). `ids` are the ids of both. Returns what
+    /// became of them; a queue that refuses one counts and logs the drop.
     pub(super) fn restore_ready(
         &self,
         session: &Session,
         entries: Vec<ReadyEntry>,
+        premade: Queued,
         ids: &HashSet<u64>,
         limits: &QueueLimits,
     ) -> Restored {
@@ -206,6 +211,33 @@ impl Broker {
                 }
             }
         }
+        let Queued {
+            deliveries: mut premade,
+            bytes: mut premade_bytes,
+        } = premade;
+        if !had.is_empty() {
+            let before = premade.len();
+            premade.retain(|delivery| {
+                let given = delivery
+                    .msg
+                    .route_id
+                    .get()
+                    .is_some_and(|id| had.contains(id));
+                if given {
+                    premade_bytes -= crate::queue::size_of(delivery);
+                }
+                !given
+            });
+            restored.had += before - premade.len();
+        }
+        if queued.is_empty() {
+            // Most often all of them: the queue moves whole.
+            queued = premade;
+            queued_bytes = premade_bytes;
+        } else {
+            queued.extend(premade);
+            queued_bytes += premade_bytes;
+        }
         let count = queued.len();
         let refused = match state
             .queue
@@ -240,6 +272,14 @@ impl Broker {
         session.notify.notify_one();
         restored
     }
+}
+
+/// Deliveries made ready to be queued, in order, and their bytes as a
+/// session's queue counts them ([`crate::queue::size_of`]).
+#[derive(Default)]
+pub(super) struct Queued {
+    pub deliveries: VecDeque<Delivery>,
+    pub bytes: usize,
 }
 
 /// What [`Broker::restore_entries`] did with the queue entries it was given.
@@ -398,5 +438,44 @@ mod tests {
             [("m/1", QoS::AtLeastOnce), ("m/2", QoS::ExactlyOnce)]
         );
         assert_eq!(state.queue.bytes(), "m/1x".len() + "m/2x".len());
+    }
+
+    #[test]
+    fn premade_deliveries_are_queued_whole_in_their_order() {
+        let access = Access::load(&AuthConfig::default()).expect("no auth files");
+        let (logger, _) = Logger::capture(&LogConfig::default());
+        let broker = Broker::new(Config::local_default(), logger, None, access);
+        let session = Session::new(Arc::from("mover"), 60, true);
+        let matcher = ready::matcher(&[crate::store::StoredSubscription {
+            filter: "m/#".to_string(),
+            qos: 1,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: 0,
+            identifier: None,
+        }]);
+        let mut premade = Queued::default();
+        for id in 1..=3 {
+            let ReadyKind::Queued(delivery) =
+                ready::ready(entry(id, &format!("m/{id}"), 1), &matcher).kind
+            else {
+                panic!("entry {id} is to be queued");
+            };
+            premade.bytes += crate::queue::size_of(&delivery);
+            premade.deliveries.push_back(delivery);
+        }
+        let ids: HashSet<u64> = (1..=3).collect();
+        let limits = QueueLimits::from_limits(&Limits::default());
+        let restored = broker.restore_ready(&session, Vec::new(), premade, &ids, &limits);
+        assert_eq!(restored.to_string(), "3 queued, 0 in flight");
+        let topics: Vec<String> = session
+            .state
+            .lock()
+            .queue
+            .iter()
+            .map(|d| d.msg.topic.to_string())
+            .collect();
+        assert_eq!(topics, ["m/1", "m/2", "m/3"]);
+        assert_eq!(session.state.lock().queue.bytes(), 3 * "m/1x".len());
     }
 }

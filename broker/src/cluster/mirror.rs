@@ -23,7 +23,7 @@
 //! (`broker/late_writes.rs`). When the copy ends by itself (its time, its
 //! size, its consumer), the entry says the client is let go.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,10 +36,11 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::router::SubscriptionTable;
+use crate::session::Delivery;
 use crate::store::StoredSubscription;
 
 use super::queue::{LoadedSession, FORWARDING_END_HEADER};
-use super::ready::{self, ReadyEntry};
+use super::ready::{self, ReadyEntry, ReadyKind};
 use super::sessions::{QueueEntry, SessionRecord};
 use super::Cluster;
 
@@ -125,9 +126,18 @@ struct Copy {
     /// The session's expiry interval when its client left (seconds).
     expiry_interval: u32,
     /// The subject's entries in stream order, each message once, with
-    /// their sequences.
+    /// their sequences: those sent before (in flight) and those matching
+    /// no subscription. The others are in `queued`.
     entries: Vec<(u64, ReadyEntry)>,
-    /// The ids of `entries`.
+    /// The subject's entries to be queued, in stream order, as the
+    /// session's queue holds them: restoring them is a move of the whole
+    /// queue, with nothing done per message before the CONNACK.
+    queued: VecDeque<Delivery>,
+    /// The sequence and id of each of `queued`.
+    queued_seqs: Vec<(u64, u64)>,
+    /// Their bytes, as the session's queue counts them.
+    queued_bytes: usize,
+    /// The ids of `entries` and `queued`.
     ids: HashSet<u64>,
     /// Nodes' ends of forwarding (`<node>/<run>`), with their sequences.
     ended: Vec<(u64, String)>,
@@ -298,14 +308,28 @@ impl Cluster {
             let size = message.payload.len();
             copy.bytes += size;
             let total = self.mirrors.bytes.fetch_add(size, Ordering::AcqRel) + size;
-            if total > MIRRORS_MAX_BYTES || copy.entries.len() >= max_entries {
+            if total > MIRRORS_MAX_BYTES || copy.entries.len() + copy.queued.len() >= max_entries {
                 break;
             }
             copy.last_seq = seq;
             match item {
                 Some(Ok(entry)) if copy.ids.insert(entry.id) => {
                     copy.exactly_once |= ready::is_exactly_once(&entry);
-                    copy.entries.push((seq, entry));
+                    match entry.kind {
+                        ReadyKind::Queued(delivery) => {
+                            copy.queued_bytes += entry.bytes;
+                            copy.queued_seqs.push((seq, entry.id));
+                            copy.queued.push_back(delivery);
+                        }
+                        kind => copy.entries.push((
+                            seq,
+                            ReadyEntry {
+                                id: entry.id,
+                                kind,
+                                bytes: entry.bytes,
+                            },
+                        )),
+                    }
                 }
                 Some(Err(holder)) => copy.ended.push((seq, holder)),
                 // A message it has already, or an unreadable one.
@@ -387,6 +411,24 @@ impl Cluster {
         if copy.subscriptions != subscriptions {
             return None;
         }
+        // One list again, in stream order.
+        let queued = copy
+            .queued
+            .into_iter()
+            .zip(copy.queued_seqs)
+            .map(|(delivery, (seq, id))| {
+                let bytes = crate::queue::size_of(&delivery);
+                (
+                    seq,
+                    ReadyEntry {
+                        id,
+                        kind: ReadyKind::Queued(delivery),
+                        bytes,
+                    },
+                )
+            });
+        copy.entries.extend(queued);
+        copy.entries.sort_by_key(|(seq, _)| *seq);
         while copy.entries.last().is_some_and(|(seq, _)| *seq > up_to) {
             if let Some((_, entry)) = copy.entries.pop() {
                 copy.ids.remove(&entry.id);
@@ -418,6 +460,8 @@ impl Cluster {
                 disconnected_at_ms: None,
             }),
             ready: copy.entries.into_iter().map(|(_, entry)| entry).collect(),
+            queued: copy.queued,
+            queued_bytes: copy.queued_bytes,
             entries: Vec::new(),
             ids: copy.ids,
             last_seq: copy.last_seq,

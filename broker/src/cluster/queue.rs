@@ -2,7 +2,7 @@
 //! nodes wrote meanwhile, and what the node the client left still forwards
 //! until it says it is done ([`QueueTail`]); emptying it once read.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +10,8 @@ use async_nats::jetstream;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use bytes::Bytes;
 use futures_util::StreamExt;
+
+use crate::session::Delivery;
 
 use super::mirror::Item;
 use super::ready::ReadyEntry;
@@ -31,8 +33,13 @@ pub struct LoadedSession {
     pub record: Option<SessionRecord>,
     /// Queue entries from this node's copy of the queue
     /// ([`super::mirror`]), made ready for the session: they come before
-    /// `entries`.
+    /// `entries`. From [`Cluster::load_from_copy`], only those in flight
+    /// (or matching nothing): the others are in `queued`.
     pub ready: Vec<ReadyEntry>,
+    /// From [`Cluster::load_from_copy`]: the entries to be queued, in
+    /// order, as the session's queue holds them, and their bytes.
+    pub queued: VecDeque<Delivery>,
+    pub queued_bytes: usize,
     /// Queue entries in order, each message once.
     pub entries: Vec<QueueEntry>,
     /// The ids of `ready` and `entries` ([`Cluster::load_session`] only).
