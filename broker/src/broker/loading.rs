@@ -329,6 +329,13 @@ mod tests {
     use crate::message::Message;
     use crate::router::Subscription;
 
+    /// A broker without a cluster, logging nowhere.
+    fn test_broker() -> Broker {
+        let access = Access::load(&AuthConfig::default()).expect("no auth files");
+        let (logger, _) = Logger::capture(&LogConfig::default());
+        Broker::new(Config::local_default(), logger, None, access)
+    }
+
     fn entry(id: u64, topic: &str, qos: u8) -> QueueEntry {
         let mut message = Message::internal(topic, "x", false).to_stored();
         message.qos = qos;
@@ -398,18 +405,9 @@ mod tests {
 
     #[test]
     fn restored_entries_that_fit_are_queued_in_order_and_in_flight_ones_keep_their_ids() {
-        let access = Access::load(&AuthConfig::default()).expect("no auth files");
-        let (logger, _) = Logger::capture(&LogConfig::default());
-        let broker = Broker::new(Config::local_default(), logger, None, access);
+        let broker = test_broker();
         let session = Session::new(Arc::from("mover"), 60, true);
-        let matcher = ready::matcher(&[crate::store::StoredSubscription {
-            filter: "m/#".to_string(),
-            qos: 2,
-            no_local: false,
-            retain_as_published: false,
-            retain_handling: 0,
-            identifier: None,
-        }]);
+        let matcher = ready::matcher_of("m/#", 2);
         let mut sent = entry(1, "m/0", 1);
         sent.sent = Some(crate::cluster::sessions::SentState {
             packet_id: 9,
@@ -442,18 +440,9 @@ mod tests {
 
     #[test]
     fn premade_deliveries_are_queued_whole_in_their_order() {
-        let access = Access::load(&AuthConfig::default()).expect("no auth files");
-        let (logger, _) = Logger::capture(&LogConfig::default());
-        let broker = Broker::new(Config::local_default(), logger, None, access);
+        let broker = test_broker();
         let session = Session::new(Arc::from("mover"), 60, true);
-        let matcher = ready::matcher(&[crate::store::StoredSubscription {
-            filter: "m/#".to_string(),
-            qos: 1,
-            no_local: false,
-            retain_as_published: false,
-            retain_handling: 0,
-            identifier: None,
-        }]);
+        let matcher = ready::matcher_of("m/#", 1);
         let mut premade = Queued::default();
         for id in 1..=3 {
             let ReadyKind::Queued(delivery) =

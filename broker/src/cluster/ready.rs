@@ -70,6 +70,20 @@ pub fn subscription_options(sub: &StoredSubscription) -> SubscriptionOptions {
     }
 }
 
+/// A session's subscriptions as [`matcher`] holds them: `filter` alone,
+/// at `qos` (for tests).
+#[cfg(test)]
+pub fn matcher_of(filter: &str, qos: u8) -> SubscriptionTable<u8> {
+    matcher(&[StoredSubscription {
+        filter: filter.to_string(),
+        qos,
+        no_local: false,
+        retain_as_published: false,
+        retain_handling: 0,
+        identifier: None,
+    }])
+}
+
 /// Whether `entry` goes to the session at QoS 2.
 pub fn is_exactly_once(entry: &ReadyEntry) -> bool {
     match &entry.kind {

@@ -39,16 +39,12 @@ async fn a_client_back_on_the_replica_it_left_gets_its_queue_from_that_replicas_
     // Nobody claimed the client elsewhere (that would have asked node 0,
     // which its entry names): the copy is the session, and the client is
     // let in with nothing asked of NATS.
-    assert!(
-        cluster.nodes[0]
-            .wait_for_log(
-                "its queue from this node's copy (claimed with nothing asked of NATS)",
-                SLOW
-            )
-            .await,
-        "node 0:\n{}",
-        cluster.nodes[0].logs().join("\n")
-    );
+    assert_logged(
+        &cluster,
+        0,
+        "its queue from this node's copy (claimed with nothing asked of NATS)",
+    )
+    .await;
 }
 
 /// The copy is not used once the client was on another replica in
@@ -69,11 +65,7 @@ async fn a_client_back_after_another_replica_gets_nothing_twice() {
     );
     phone.send(&disconnect(true, 0, &Props::new())).await;
     drop(phone);
-    assert!(
-        cluster.nodes[1]
-            .wait_for_log("Session of phone no longer followed here", SLOW)
-            .await
-    );
+    assert_logged(&cluster, 1, "Session of phone no longer followed here").await;
     let before = interest_and_logs(&nats, &cluster).await;
     publish_qos1_or_say(&mut publisher, "p/x", "then", 5, &before).await;
     let (mut phone, ack) = Raw::connect(&cluster.nodes[0], &persistent("phone")).await;
@@ -93,13 +85,7 @@ async fn leave_with_a_session(cluster: &BrokerCluster, node: usize) {
     phone.subscribe(1, &[("p/#", 1)]).await;
     phone.send(&disconnect(true, 0, &Props::new())).await;
     drop(phone);
-    assert!(
-        cluster.nodes[node]
-            .wait_for_log("Session of phone no longer followed here", SLOW)
-            .await,
-        "node {node}:\n{}",
-        cluster.nodes[node].logs().join("\n")
-    );
+    assert_logged(cluster, node, "Session of phone no longer followed here").await;
 }
 
 /// A client that comes back with a will is claimed with one write (the
@@ -119,16 +105,12 @@ async fn a_client_back_with_a_will_is_claimed_in_one_write() {
         payloads(&receive(&mut phone, 5).await),
         (0..5).map(|i| format!("away-{i}")).collect::<Vec<_>>()
     );
-    assert!(
-        cluster.nodes[0]
-            .wait_for_log(
-                "its queue from this node's copy (claimed in one write)",
-                SLOW
-            )
-            .await,
-        "node 0:\n{}",
-        cluster.nodes[0].logs().join("\n")
-    );
+    assert_logged(
+        &cluster,
+        0,
+        "its queue from this node's copy (claimed in one write)",
+    )
+    .await;
     let entry = client_entry(&nats, &cluster.name, "phone").await;
     assert!(entry.held && entry.will.is_some(), "{entry:?}");
 }
@@ -154,13 +136,12 @@ async fn a_claim_the_replica_missed_ends_the_session_it_let_in_on_its_copy() {
     assert_eq!(payloads(&receive(&mut phone, 5).await), sent);
     let disconnect = phone.expect_closed_within(SLOW).await;
     assert_eq!(disconnect.map(|d| d.reason), Some(0x8E));
-    assert!(
-        cluster.nodes[0]
-            .wait_for_log("was claimed by another node while it came back here", SLOW)
-            .await,
-        "node 0:\n{}",
-        cluster.nodes[0].logs().join("\n")
-    );
+    assert_logged(
+        &cluster,
+        0,
+        "was claimed by another node while it came back here",
+    )
+    .await;
     // Nothing of the session here reached the cluster: it is as the
     // client left it, its messages in it (again: at least once).
     let (mut phone, ack) = Raw::connect(&cluster.nodes[1], &persistent("phone")).await;
@@ -225,4 +206,13 @@ async fn rewrite_client_entry(nats: &NatsCluster, cluster: &str, client: &str) {
         .put(client_key(client), value)
         .await
         .expect("write the clients bucket");
+}
+
+/// Waits (up to [`SLOW`]) until node `node` logs `text`; fails with its log.
+async fn assert_logged(cluster: &BrokerCluster, node: usize, text: &str) {
+    assert!(
+        cluster.nodes[node].wait_for_log(text, SLOW).await,
+        "node {node}:\n{}",
+        cluster.nodes[node].logs().join("\n")
+    );
 }

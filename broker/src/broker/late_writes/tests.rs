@@ -13,14 +13,7 @@ fn loaded_session(count: u64) -> (Arc<Broker>, Arc<Session>) {
     let access = Access::load(&AuthConfig::default()).expect("no auth files");
     let broker = Arc::new(Broker::new(Config::local_default(), logger, None, access));
     let session = Arc::new(Session::new(Arc::from("mover"), 60, true));
-    let matcher = ready::matcher(&[crate::store::StoredSubscription {
-        filter: "m/#".to_string(),
-        qos: 1,
-        no_local: false,
-        retain_as_published: false,
-        retain_handling: 0,
-        identifier: None,
-    }]);
+    let matcher = ready::matcher_of("m/#", 1);
     let entries = (0..count)
         .map(|id| {
             let mut message = Message::internal("m/x", "x", false).to_stored();
