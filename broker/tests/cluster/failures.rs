@@ -271,20 +271,24 @@ async fn a_client_back_on_a_node_whose_nats_server_stalls_gets_what_was_queued_m
     publish_qos1(&mut publisher, "m/y", "stalled", 1).await;
     tokio::time::sleep_until((paused + Duration::from_secs(25)).into()).await;
     nats.resume(1);
+    // Giving the session interest up, and reading the queue, need
+    // JetStream's metadata leader and every stream's; on a loaded machine
+    // the servers may take half a minute after the stall to agree on them
+    // again (CI on 2026-12-05: 503 "JetStream system temporarily
+    // unavailable" for 26 s; a whole-suite run the same day: no give-up
+    // within 20 s of the stall's end). Node 1 keeps trying; both are due
+    // once JetStream answers again.
+    jetstream_whole_again(&nats).await;
     assert!(
         cluster.nodes[1]
             .wait_for_log(
                 "Session of mover: the other nodes now route its messages here",
                 SLOW
             )
-            .await
+            .await,
+        "{}",
+        cluster.nodes[1].logs().join("\n")
     );
-    // Reading the queue creates a consumer, which needs JetStream's
-    // metadata leader; on a loaded machine the servers may take half a
-    // minute after the stall to agree on one again (CI on 2026-12-05:
-    // 503 "JetStream system temporarily unavailable" for 26 s). Node 1
-    // keeps trying; the message is due once JetStream answers again.
-    jetstream_whole_again(&nats).await;
     let got = receive(&mut mover, 4).await;
     assert_eq!(
         payloads(&got),
