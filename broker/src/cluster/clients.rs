@@ -236,12 +236,7 @@ impl Cluster {
             }
         }
         let key = encode_key(client_id);
-        let record = ClientRecord {
-            node: self.node.to_string(),
-            run: self.run,
-            held: true,
-            will,
-        };
+        let record = self.own_record(true, will);
         // Otherwise the claim is one write, made only if nobody wrote the
         // entry since (then it is read as below).
         if let Some(held) = self.held_revision(client_id) {
@@ -428,18 +423,28 @@ impl Cluster {
     /// is let go (unless it was written since).
     pub(super) async fn let_go_held(&self, client_id: &str, revision: u64) {
         let Ok(buckets) = self.buckets() else { return };
-        let record = ClientRecord {
-            node: self.node.to_string(),
-            run: self.run,
-            held: false,
-            will: None,
-        };
+        let record = self.own_record(false, None);
         // A failure leaves the entry held here: claims keep asking this
         // node, which answers at once.
-        let _ = buckets
+        if let Err(e) = buckets
             .clients
             .update(encode_key(client_id), record.encode(), revision)
-            .await;
+            .await
+        {
+            self.logger.info(&format!(
+                "Cluster: the entry of client {client_id} still names this node (its copy of the session ended; claims ask this node): {e}."
+            ));
+        }
+    }
+
+    /// This node's entry for a client, in this run.
+    fn own_record(&self, held: bool, will: Option<StoredWill>) -> ClientRecord {
+        ClientRecord {
+            node: self.node.to_string(),
+            run: self.run,
+            held,
+            will,
+        }
     }
 
     /// Whether `client_id`'s entry is still at `revision` (the one this
@@ -482,12 +487,7 @@ impl Cluster {
         if held && record.will.is_none() {
             return Some(entry.revision);
         }
-        let record = ClientRecord {
-            node: self.node.to_string(),
-            run: self.run,
-            held,
-            will: None,
-        };
+        let record = self.own_record(held, None);
         buckets
             .clients
             .update(key, record.encode(), entry.revision)
