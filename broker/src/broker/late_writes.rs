@@ -163,6 +163,7 @@ impl Broker {
         late: Option<LateRelease>,
     ) {
         Self::loaded_backlog_taken(&loading.session).await;
+        loading.cluster.interest().release_held(&loading.filters);
         self.follow_up(&mut loading, late).await;
         // A message another node both queued for the session and routed
         // here (it had not yet seen the session interest go) may still be

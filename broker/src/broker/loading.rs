@@ -11,7 +11,7 @@ use crate::cluster::queue::SessionHead;
 use crate::cluster::ready::{self, ReadyEntry, ReadyKind};
 use crate::cluster::sessions::QueueEntry;
 use crate::queue::{DropReason, Enqueued, QueueLimits};
-use crate::router::SubscriptionTable;
+use crate::router::{Subscription, SubscriptionTable};
 use crate::session::{Delivery, Session};
 
 use super::late_writes::Loading;
@@ -67,9 +67,11 @@ impl Broker {
             return Ok(false);
         };
         for sub in &record.subscriptions {
-            let options = ready::subscription_options(sub);
-            let mut ignored = Vec::new();
-            self.subscribe(session, &sub.filter, options, sub.identifier, &mut ignored);
+            let subscription = Subscription {
+                options: ready::subscription_options(sub),
+                identifier: sub.identifier,
+            };
+            self.subscribe_loaded(session, &sub.filter, subscription);
         }
         let matcher = ready::matcher(&record.subscriptions);
         let mut entries = loaded.ready;

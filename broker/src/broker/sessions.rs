@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::{ClientHandle, ClientInfo, Control};
 use crate::cluster::clients::EarlyConnack;
+use crate::cluster::interest::Interest;
 use crate::codec::{ReasonCode, SubscriptionOptions, Will};
 use crate::message::{now_ms, Message};
 use crate::queue::QueueLimits;
@@ -29,17 +30,50 @@ impl Broker {
         identifier: Option<u32>,
         records: &mut Vec<Record>,
     ) -> bool {
-        let is_new = self.router.subscribe(
-            session.client_id.clone(),
+        let subscription = Subscription {
+            options,
+            identifier,
+        };
+        self.subscribe_with(session, filter, subscription, records, Interest::add_local)
+    }
+
+    /// [`Broker::subscribe`] for a session being loaded from the cluster:
+    /// this node's interest in a filter it brings is written once it has
+    /// taken its backlog ([`Interest::add_local_held`]).
+    pub(super) fn subscribe_loaded(
+        &self,
+        session: &Session,
+        filter: &str,
+        subscription: Subscription,
+    ) {
+        let mut ignored = Vec::new();
+        self.subscribe_with(
+            session,
             filter,
-            Subscription {
-                options,
-                identifier,
-            },
+            subscription,
+            &mut ignored,
+            Interest::add_local_held,
         );
+    }
+
+    fn subscribe_with(
+        &self,
+        session: &Session,
+        filter: &str,
+        subscription: Subscription,
+        records: &mut Vec<Record>,
+        add_interest: fn(&Interest, &str),
+    ) -> bool {
+        let Subscription {
+            options,
+            identifier,
+        } = subscription;
+        let is_new = self
+            .router
+            .subscribe(session.client_id.clone(), filter, subscription);
         if is_new {
             if let Some(cluster) = self.cluster() {
-                cluster.interest().add_local(filter);
+                add_interest(cluster.interest(), filter);
             }
         }
         let mut state = session.state.lock();

@@ -9,7 +9,7 @@
 //! subscriptions (`$share/group/filter`) are kept for every node, this one
 //! included, so that one node is chosen per message cluster-wide.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -37,7 +37,7 @@ pub enum Change {
 pub struct Interest {
     node: Arc<str>,
     /// Subscriptions of this node's sessions, per filter.
-    local: Mutex<HashMap<String, usize>>,
+    local: Mutex<LocalFilters>,
     /// Other nodes' ordinary filters, and every node's shared ones.
     table: SubscriptionTable<Arc<str>>,
     /// Offline sessions' filters, by client id: their QoS 1/2 messages go
@@ -52,6 +52,17 @@ pub struct Interest {
     sent: AtomicU64,
     done: AtomicU64,
     done_changed: tokio::sync::Notify,
+}
+
+/// This node's own filters.
+#[derive(Default)]
+struct LocalFilters {
+    /// Subscriptions of this node's sessions, per filter.
+    counts: HashMap<String, usize>,
+    /// Filters whose first subscriber is a session being loaded: their
+    /// write waits until it has taken its backlog
+    /// ([`Interest::add_local_held`]).
+    held: HashSet<String>,
 }
 
 /// Where one message goes in the cluster.
@@ -84,7 +95,7 @@ impl Interest {
         let (changes, rx) = mpsc::unbounded_channel();
         let interest = Interest {
             node,
-            local: Mutex::new(HashMap::new()),
+            local: Mutex::new(LocalFilters::default()),
             table: SubscriptionTable::new(),
             offline: SubscriptionTable::new(),
             plans: PlanCache::default(),
@@ -99,35 +110,79 @@ impl Interest {
     /// A session of this node subscribed to `filter`.
     pub fn add_local(&self, filter: &str) {
         let mut local = self.local.lock();
-        let count = local.entry(filter.to_string()).or_insert(0);
+        let count = local.counts.entry(filter.to_string()).or_insert(0);
         *count += 1;
         if *count == 1 {
-            if is_shared(filter) {
-                self.table
-                    .subscribe(self.node.clone(), filter, node_subscription());
-                self.plans.invalidate();
+            self.add_shared(filter);
+            self.send(Change::Added(filter.to_string()));
+        } else if local.held.remove(filter) {
+            // Another session wants it now: no more waiting.
+            self.send(Change::Added(filter.to_string()));
+        }
+    }
+
+    /// A session being loaded here subscribed to `filter`: as
+    /// [`Interest::add_local`], except that a first subscriber's write
+    /// waits for [`Interest::release_held`]. Meanwhile the session's
+    /// interest in the cluster (its queue) takes what other nodes publish
+    /// for it, which it reads once it has taken its backlog: the write,
+    /// replicated on every nats-server, would otherwise compete with the
+    /// delivery of that backlog for the CPU.
+    pub fn add_local_held(&self, filter: &str) {
+        let mut local = self.local.lock();
+        let count = local.counts.entry(filter.to_string()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.add_shared(filter);
+            local.held.insert(filter.to_string());
+        }
+    }
+
+    /// Writes what [`Interest::add_local_held`] held of `filters`.
+    pub fn release_held(&self, filters: &[String]) {
+        let mut local = self.local.lock();
+        for filter in filters {
+            if local.held.remove(filter.as_str()) {
+                self.send(Change::Added(filter.clone()));
             }
-            self.sent.fetch_add(1, Ordering::AcqRel);
-            let _ = self.changes.send(Change::Added(filter.to_string()));
         }
     }
 
     /// A session of this node no longer subscribes to `filter`.
     pub fn remove_local(&self, filter: &str) {
         let mut local = self.local.lock();
-        let Some(count) = local.get_mut(filter) else {
+        let Some(count) = local.counts.get_mut(filter) else {
             return;
         };
         *count -= 1;
         if *count == 0 {
-            local.remove(filter);
+            local.counts.remove(filter);
             if is_shared(filter) {
                 self.table.unsubscribe(&self.node, filter);
                 self.plans.invalidate();
             }
-            self.sent.fetch_add(1, Ordering::AcqRel);
-            let _ = self.changes.send(Change::Removed(filter.to_string()));
+            // A filter still held was never written: nothing to remove.
+            if !local.held.remove(filter) {
+                self.send(Change::Removed(filter.to_string()));
+            }
         }
+    }
+
+    /// A shared filter's first subscriber here: this node is a member of
+    /// its group in the table.
+    fn add_shared(&self, filter: &str) {
+        if is_shared(filter) {
+            self.table
+                .subscribe(self.node.clone(), filter, node_subscription());
+            self.plans.invalidate();
+        }
+    }
+
+    /// Queues a change for the writer (under the lock of `local`, so that
+    /// changes go in the order they were made).
+    fn send(&self, change: Change) {
+        self.sent.fetch_add(1, Ordering::AcqRel);
+        let _ = self.changes.send(change);
     }
 
     /// Resolves once every change of this node's interest made so far is
@@ -155,7 +210,7 @@ impl Interest {
     /// This node's filters now (to write them all again after the bucket
     /// was lost or this node's keys were cleared).
     pub fn local_filters(&self) -> Vec<String> {
-        self.local.lock().keys().cloned().collect()
+        self.local.lock().counts.keys().cloned().collect()
     }
 
     /// A node's filter appeared in the bucket.

@@ -17,6 +17,43 @@ fn the_bucket_is_written_on_the_first_and_last_subscriber_only() {
     assert!(changes.try_recv().is_err());
 }
 
+#[test]
+fn a_held_filter_is_written_when_released_or_wanted_by_another_session() {
+    let (interest, mut changes) = Interest::new(Arc::from("a"));
+    interest.add_local_held("t/1");
+    interest.add_local_held("t/2");
+    interest.add_local("t/2");
+    // Another session's subscription is not held up by the loading one.
+    assert_eq!(changes.try_recv(), Ok(Change::Added("t/2".into())));
+    assert!(changes.try_recv().is_err(), "t/1 waits");
+    interest.release_held(&["t/1".into(), "t/2".into()]);
+    assert_eq!(changes.try_recv(), Ok(Change::Added("t/1".into())));
+    assert!(changes.try_recv().is_err(), "each written once");
+    interest.remove_local("t/1");
+    assert_eq!(changes.try_recv(), Ok(Change::Removed("t/1".into())));
+}
+
+#[test]
+fn a_held_filter_whose_subscriber_leaves_first_is_never_written() {
+    let (interest, mut changes) = Interest::new(Arc::from("a"));
+    interest.add_local("t/1");
+    interest.add_local_held("t/1");
+    interest.add_local_held("t/2");
+    interest.remove_local("t/2");
+    interest.release_held(&["t/1".into(), "t/2".into()]);
+    assert_eq!(changes.try_recv(), Ok(Change::Added("t/1".into())));
+    assert!(
+        changes.try_recv().is_err(),
+        "t/1 was written already, t/2 never"
+    );
+    // The filter is this node's all the same while held (for a rewrite
+    // of its interest).
+    interest.add_local_held("t/3");
+    let mut filters = interest.local_filters();
+    filters.sort();
+    assert_eq!(filters, vec!["t/1".to_string(), "t/3".to_string()]);
+}
+
 #[tokio::test]
 async fn written_waits_for_the_changes_made_before_it() {
     let (interest, _changes) = Interest::new(Arc::from("a"));
