@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::Broker;
@@ -255,11 +255,25 @@ impl Cluster {
         }
         // Whether the session's record says its client is connected (with
         // a persistent session) is read beside the entry when the CONNACK
-        // may go early with the session present.
+        // may go early with the session present; a node to ask is asked as
+        // soon as the entry is read, not after both.
+        let early_possible = early.is_some() && !fresh;
         let connected_session =
-            async { early.is_some() && !fresh && self.records_connected_session(client_id).await };
-        let (entry, connected_session) =
-            tokio::join!(buckets.clients.entry(key.clone()), connected_session);
+            async { early_possible && self.records_connected_session(client_id).await };
+        let mut connected_session = std::pin::pin!(connected_session);
+        let mut connected_read = None;
+        let entry = {
+            let entry = buckets.clients.entry(key.clone());
+            let mut entry = std::pin::pin!(entry);
+            loop {
+                tokio::select! {
+                    entry = &mut entry => break entry,
+                    connected = &mut connected_session, if connected_read.is_none() => {
+                        connected_read = Some(connected);
+                    }
+                }
+            }
+        };
         let previous = match entry {
             Ok(entry) => entry.and_then(|e| ClientRecord::decode(&e.value)),
             Err(e) => {
@@ -313,6 +327,14 @@ impl Cluster {
             client_id,
             fresh,
         ));
+        // Polled once, the request is on its way (to the NATS
+        // connection's writer) before anything else: that node closes the
+        // old connection as soon as it has it.
+        let answered_at_once = (&mut answer).now_or_never();
+        let connected_session = match connected_read {
+            Some(connected) => connected,
+            None => connected_session.await,
+        };
         // The CONNACK may go now, while the claim is written and that node
         // lets the client go: with no session when the client starts clean
         // (that node ends its session, never keeps it), with the session
@@ -323,10 +345,12 @@ impl Cluster {
         if let Some(early) = early.filter(|_| fresh || connected_session) {
             let _ = early.send(!fresh);
         }
-        let (revision, answered) = tokio::join!(
-            record_claim,
-            tokio::time::timeout(TAKEOVER_TIMEOUT, &mut answer)
-        );
+        let (revision, answered) = tokio::join!(record_claim, async {
+            match answered_at_once {
+                Some(answer) => Ok(answer),
+                None => tokio::time::timeout(TAKEOVER_TIMEOUT, &mut answer).await,
+            }
+        });
         match answered {
             Ok(Answer::Released) => {}
             Ok(Answer::Ended) => claimed.session_gone = true,
