@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::{select, Either};
 use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
@@ -260,19 +261,12 @@ impl Cluster {
         let early_possible = early.is_some() && !fresh;
         let connected_session =
             async { early_possible && self.records_connected_session(client_id).await };
-        let mut connected_session = std::pin::pin!(connected_session);
-        let mut connected_read = None;
-        let entry = {
-            let entry = buckets.clients.entry(key.clone());
-            let mut entry = std::pin::pin!(entry);
-            loop {
-                tokio::select! {
-                    entry = &mut entry => break entry,
-                    connected = &mut connected_session, if connected_read.is_none() => {
-                        connected_read = Some(connected);
-                    }
-                }
-            }
+        let entry = std::pin::pin!(buckets.clients.entry(key.clone()));
+        let connected_session = std::pin::pin!(connected_session);
+        // The record's answer, or its read still under way.
+        let (entry, connected_session) = match select(entry, connected_session).await {
+            Either::Left((entry, reading)) => (entry, Err(reading)),
+            Either::Right((connected, entry)) => (entry.await, Ok(connected)),
         };
         let previous = match entry {
             Ok(entry) => entry.and_then(|e| ClientRecord::decode(&e.value)),
@@ -331,9 +325,9 @@ impl Cluster {
         // connection's writer) before anything else: that node closes the
         // old connection as soon as it has it.
         let answered_at_once = (&mut answer).now_or_never();
-        let connected_session = match connected_read {
-            Some(connected) => connected,
-            None => connected_session.await,
+        let connected_session = match connected_session {
+            Ok(connected) => connected,
+            Err(reading) => reading.await,
         };
         // The CONNACK may go now, while the claim is written and that node
         // lets the client go: with no session when the client starts clean

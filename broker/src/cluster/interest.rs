@@ -207,8 +207,8 @@ impl Interest {
         self.done_changed.notify_waiters();
     }
 
-    /// This node's filters now (to write them all again after the bucket
-    /// was lost or this node's keys were cleared).
+    /// This node's filters now, held ones included (at start, what an
+    /// earlier run left in the bucket beyond them is deleted).
     pub fn local_filters(&self) -> Vec<String> {
         self.local.lock().counts.keys().cloned().collect()
     }

@@ -46,8 +46,7 @@ fn a_held_filter_whose_subscriber_leaves_first_is_never_written() {
         changes.try_recv().is_err(),
         "t/1 was written already, t/2 never"
     );
-    // The filter is this node's all the same while held (for a rewrite
-    // of its interest).
+    // The filter is this node's all the same while held.
     interest.add_local_held("t/3");
     let mut filters = interest.local_filters();
     filters.sort();
