@@ -1,5 +1,11 @@
 //! `$SYS` topics, published periodically as retained messages with the same
 //! names mosquitto uses, so existing dashboards keep working.
+//!
+//! Each node of a cluster publishes its own figures under those names to
+//! its own clients only (a dashboard connected to a replica sees that
+//! replica, never a mix), and the same tree under its name,
+//! `$SYS/brokers/{node_name}/broker/...`, to every node's: one
+//! subscription anywhere sees every replica's figures.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,7 +102,41 @@ pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
 }
 
 async fn publish(broker: &Arc<Broker>, topic: &str, value: String) {
+    let named = broker
+        .cluster()
+        .map(|_| node_topic(&broker.config().node_name, topic));
+    // $SYS messages are never written to the store, so these cannot fail;
+    // a QoS 0 message another node did not get is counted and logged by
+    // the cluster.
+    if let Some(named) = named {
+        let msg = Arc::new(Message::internal(&named, value.clone(), true));
+        let _ = broker.publish(msg, None).await;
+    }
     let msg = Arc::new(Message::internal(topic, value, true));
-    // $SYS messages are never written to the store, so this cannot fail.
-    let _ = broker.publish(msg, None).await;
+    let _ = broker.publish_local(msg).await;
+}
+
+/// Where node `node` publishes its `$SYS/...` topic `topic` for the whole
+/// cluster: `$SYS/brokers/{node}/...` (presence events are under
+/// `$SYS/brokers/{node}/clients/`).
+fn node_topic(node: &str, topic: &str) -> String {
+    let rest = topic.strip_prefix("$SYS/").unwrap_or(topic);
+    format!("$SYS/brokers/{node}/{rest}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nodes_figures_go_under_its_name() {
+        assert_eq!(
+            node_topic("broker-1", "$SYS/broker/clients/connected"),
+            "$SYS/brokers/broker-1/broker/clients/connected"
+        );
+        assert_eq!(
+            node_topic("b", "$SYS/broker/retained messages/count"),
+            "$SYS/brokers/b/broker/retained messages/count"
+        );
+    }
 }

@@ -108,6 +108,9 @@ enum Origin<'a> {
     Routed(&'a [String]),
     /// A NATS client, on a device-data subject.
     Imported,
+    /// The broker itself, for this node's sessions only (its own `$SYS`
+    /// figures).
+    Local,
 }
 
 /// Why a message could not be taken on.

@@ -58,6 +58,13 @@ impl Broker {
         self.route_message(msg, None, Origin::Routed(groups)).await
     }
 
+    /// Routes a message to this node's sessions only (and its retained
+    /// messages): a figure of this node's own, such as `$SYS/broker/...`,
+    /// which other nodes publish under the same topic with theirs.
+    pub async fn publish_local(&self, msg: Arc<Message>) -> Result<Routed, PublishError> {
+        self.route_message(msg, None, Origin::Local).await
+    }
+
     /// Routes a message a NATS client published on a device-data subject,
     /// in the whole cluster (it is not exported back to NATS).
     pub async fn publish_imported(&self, msg: Arc<Message>) {
@@ -82,7 +89,7 @@ impl Broker {
     ) -> Result<Routed, PublishError> {
         // Messages routed here from another node go no further.
         let cluster = match origin {
-            Origin::Routed(_) => None,
+            Origin::Routed(_) | Origin::Local => None,
             _ => self.cluster(),
         };
         let (mut plan, planned) = match cluster.map(|c| c.plan(&msg.topic, msg.qos)) {

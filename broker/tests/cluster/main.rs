@@ -18,3 +18,5 @@ mod kept_sessions;
 mod routing;
 /// Sessions that move: take-over, hand-over, forwarding, drain, shedding.
 mod sessions;
+/// `$SYS` and presence events: which node they come from.
+mod sys;
