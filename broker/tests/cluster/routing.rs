@@ -428,3 +428,47 @@ async fn qos0_to_a_node_that_falls_behind_is_held_back_by_a_window() {
         "every message delivered or counted as dropped ({received} delivered)"
     );
 }
+
+/// Subscription options hold across replicas: noLocal keeps a publisher's
+/// message from its own subscription while the other replica's
+/// subscribers get it, and each subscriber gets the RETAIN flag as its
+/// subscription asks (retain-as-published or not).
+#[tokio::test]
+async fn no_local_and_retain_as_published_hold_across_nodes() {
+    const NO_LOCAL: u8 = 0x04;
+    const RETAIN_AS_PUBLISHED: u8 = 0x08;
+    let nats = NatsCluster::start(3).await;
+    let cluster = BrokerCluster::start(&nats, 2, ClusterOpts::default()).await;
+    let (mut as_published, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("rap-on")).await;
+    as_published
+        .subscribe(1, &[("opt/+", 1 | RETAIN_AS_PUBLISHED)])
+        .await;
+    let (mut cleared, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("rap-off")).await;
+    cleared.subscribe(1, &[("opt/+", 1)]).await;
+    let (mut publisher, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("publisher")).await;
+    publisher.subscribe(1, &[("opt/+", 1 | NO_LOCAL)]).await;
+    let (mut neighbour, _) = Raw::connect(&cluster.nodes[0], &Connect::v5("neighbour")).await;
+    neighbour.subscribe(1, &[("opt/+", 1)]).await;
+    await_routes(
+        &mut publisher,
+        "opt/probe",
+        &mut [&mut as_published, &mut cleared, &mut neighbour],
+    )
+    .await;
+
+    let reason = publisher
+        .publish_qos1(&Pub::new("opt/t", b"kept").qos(1, 7).retain())
+        .await;
+    assert_eq!(reason, 0, "subscribers matched");
+    let got = receive(&mut as_published, 1).await;
+    assert_eq!((&got[0].payload[..], got[0].retain), (&b"kept"[..], true));
+    let got = receive(&mut cleared, 1).await;
+    assert_eq!((&got[0].payload[..], got[0].retain), (&b"kept"[..], false));
+    let got = receive(&mut neighbour, 1).await;
+    assert_eq!((&got[0].payload[..], got[0].retain), (&b"kept"[..], false));
+    // noLocal: nothing back to the publisher (its probes neither).
+    publisher.expect_nothing(QUIET).await;
+    for sub in [&mut as_published, &mut cleared, &mut neighbour] {
+        sub.expect_nothing(QUIET).await;
+    }
+}
