@@ -530,23 +530,56 @@ impl Broker {
     }
 
     /// A node died with `client_id` connected: its will is published here,
-    /// after its delay.
+    /// after its delay (the smaller of the will delay and the session
+    /// expiry), unless the client connected again meanwhile: another node
+    /// claimed it since this one wrote its entry (at `released_at`).
     pub fn publish_will_of_lost_client(
         self: &Arc<Self>,
         client_id: &str,
         msg: Message,
         delay: Duration,
+        released_at: u64,
     ) {
         let broker = self.clone();
         let client_id = client_id.to_string();
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+                if broker.back_within_will_delay(&client_id, released_at).await {
+                    return;
+                }
+            }
             if let Err(e) = broker.publish(Arc::new(msg), None).await {
                 broker.logger.error(&format!(
                     "Error publishing the will of client {client_id} of a lost node: {e}."
                 ));
             }
         });
+    }
+
+    /// Whether the client of a lost node whose will is due connected again
+    /// (anywhere in the cluster) since its entry was released at
+    /// `released_at`: then its will is not published. When that cannot be
+    /// read, the will goes.
+    async fn back_within_will_delay(&self, client_id: &str, released_at: u64) -> bool {
+        let Some(cluster) = self.cluster() else {
+            return false;
+        };
+        match cluster.claimed_since(client_id, released_at).await {
+            Ok(true) => {
+                self.logger.info(&format!(
+                    "The will of client {client_id} of a lost node is not published: it connected again within its will delay."
+                ));
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                self.logger.warning(&format!(
+                    "Cannot tell whether client {client_id} of a lost node connected again ({e}): its will is published."
+                ));
+                false
+            }
+        }
     }
 }
 

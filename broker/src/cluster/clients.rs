@@ -482,6 +482,23 @@ impl Cluster {
         Ok(entry.is_some_and(|e| e.revision == revision))
     }
 
+    /// Whether another node has written `client_id`'s entry since it was
+    /// at `revision` (a claim: the client connected again). A deleted
+    /// entry is no claim.
+    pub async fn claimed_since(
+        &self,
+        client_id: &str,
+        revision: u64,
+    ) -> Result<bool, ClusterError> {
+        let buckets = self.buckets()?;
+        let entry = buckets
+            .clients
+            .entry(encode_key(client_id))
+            .await
+            .map_err(ClusterError::nats)?;
+        Ok(entry.is_some_and(|e| e.revision != revision))
+    }
+
     /// The client left this node but its persistent session stays here
     /// (the cluster would not take it): its entry says this node holds
     /// it still, without the will (its connection's will was dealt with

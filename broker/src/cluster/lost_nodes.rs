@@ -102,14 +102,13 @@ impl Cluster {
                     will: None,
                 };
                 // Only the survivor whose rewrite wins publishes the will.
-                if buckets
+                let Ok(released_at) = buckets
                     .clients
                     .update(key.clone(), released.encode(), entry.revision)
                     .await
-                    .is_err()
-                {
+                else {
                     continue;
-                }
+                };
                 let client_id = decode_key(&key).unwrap_or(key);
                 self.adopt_session(&client_id).await;
                 if let Some(will) = record.will {
@@ -118,6 +117,7 @@ impl Cluster {
                         &client_id,
                         Message::from_stored(will.message),
                         Duration::from_secs(u64::from(will.delay_secs)),
+                        released_at,
                     );
                 }
             },

@@ -95,6 +95,63 @@ async fn the_wills_of_a_dead_nodes_clients_are_published_by_the_others() {
     watcher.expect_nothing(QUIET).await;
 }
 
+/// A will's delay holds for the clients of a dead replica too: the will of
+/// a client that connects again (to another replica) within it is not
+/// published; that of another client with the same delay is, once the
+/// delay is over.
+#[tokio::test]
+async fn a_dead_nodes_client_back_within_its_will_delay_has_no_will_published() {
+    const DELAY_SECS: u32 = 4;
+    let nats = NatsCluster::start(3).await;
+    let mut cluster = BrokerCluster::start(&nats, 3, ClusterOpts::default()).await;
+    let (mut watcher, _) = Raw::connect(&cluster.nodes[0], &Connect::v4("watcher")).await;
+    watcher.subscribe(1, &[("status/#", 1)]).await;
+    let connect = |id: &str| {
+        let mut will = Will::new(&format!("status/{id}"), b"offline");
+        will.props = Props::new().four(prop::WILL_DELAY_INTERVAL, DELAY_SECS);
+        Connect::v5(id)
+            .clean(false)
+            .props(Props::new().four(prop::SESSION_EXPIRY_INTERVAL, 60))
+            .will(will)
+    };
+    let (_back, _) = Raw::connect(&cluster.nodes[2], &connect("back")).await;
+    let (_gone, _) = Raw::connect(&cluster.nodes[2], &connect("gone")).await;
+    // Let the wills reach the clients bucket and the interest spread.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.nodes[2].kill9();
+    // A survivor takes node 2's clients over: their wills are due after
+    // their delay.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !cluster.nodes[..2].iter().any(|n| {
+        n.logs()
+            .iter()
+            .any(|l| l.contains("will(s) of clients of node node-2"))
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "node 2's clients never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let taken_over = Instant::now();
+    let (_again, _) = Raw::connect(&cluster.nodes[1], &Connect::v5("back").clean(false)).await;
+    match watcher.recv_within(Duration::from_secs(15)).await {
+        Recv::Packet(Pkt::Publish(p)) => {
+            assert_eq!(
+                p.topic, "status/gone",
+                "only the will of the client not back"
+            );
+        }
+        other => panic!("no will from the client that stayed away: {other:?}"),
+    }
+    assert!(
+        taken_over.elapsed() >= Duration::from_secs(u64::from(DELAY_SECS) - 1),
+        "published before its delay: {:?}",
+        taken_over.elapsed()
+    );
+    watcher.expect_nothing(Duration::from_secs(2)).await;
+}
+
 #[tokio::test]
 async fn a_node_that_loses_nats_says_so_serves_its_own_clients_and_recovers() {
     let mut nats = NatsCluster::start(3).await;
