@@ -32,6 +32,11 @@ pub enum Control {
     /// The session was handed to a new connection after this one did not
     /// answer a takeover in time.
     Detached,
+    /// Another node of the cluster took the client over while this one was
+    /// cut off from it (it took this node for dead and published the
+    /// will): 5.0 DISCONNECT 0x8E, no will; the session here is gone
+    /// already, nothing of it is handed to the cluster.
+    ClaimedElsewhere,
 }
 
 /// Who is (or was last) connected to a session: for logs, ACLs, presence

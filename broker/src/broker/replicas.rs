@@ -557,6 +557,61 @@ impl Broker {
         });
     }
 
+    /// Closes the connection (5.0: 0x8E, no will) of each client here that
+    /// another node took over while this one was cut off from the cluster
+    /// ([`crate::cluster::Cluster::claimed_elsewhere`]); its session ends
+    /// here with nothing written to the cluster. Returns how many. A
+    /// client whose entry cannot be read stays (the next pass looks
+    /// again).
+    pub(crate) async fn let_go_clients_claimed_elsewhere(self: &Arc<Self>) -> usize {
+        let Some(cluster) = self.cluster().cloned() else {
+            return 0;
+        };
+        let mut ended = 0;
+        for session in self.sessions() {
+            let connection = session
+                .state
+                .lock()
+                .attachment
+                .as_ref()
+                .map(|a| a.connection_id);
+            let Some(connection) = connection else {
+                continue;
+            };
+            match cluster.claimed_elsewhere(&session.client_id).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    self.logger.warning(&format!(
+                        "Cluster: cannot tell whether client {} was taken over elsewhere: {e}.",
+                        session.client_id
+                    ));
+                    continue;
+                }
+            }
+            let shard = self.shard(&session.client_id);
+            let _serial = self.connect_locks[shard].lock().await;
+            // Not if it connected again meanwhile (that claim is its own).
+            let same_connection = session
+                .state
+                .lock()
+                .attachment
+                .as_ref()
+                .is_some_and(|a| a.connection_id == connection);
+            let current = self
+                .session(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(&s, &session));
+            if !same_connection || !current {
+                continue;
+            }
+            let mut ignored = Vec::new();
+            self.remove_session(&session, &mut ignored);
+            session.send_control(Control::ClaimedElsewhere);
+            ended += 1;
+        }
+        ended
+    }
+
     /// Whether the client of a lost node whose will is due connected again
     /// (anywhere in the cluster) since its entry was released at
     /// `released_at`: then its will is not published. When that cannot be

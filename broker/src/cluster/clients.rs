@@ -482,6 +482,22 @@ impl Cluster {
         Ok(entry.is_some_and(|e| e.revision == revision))
     }
 
+    /// Whether `client_id`'s entry names another node or run, or says the
+    /// client is let go: someone took it over (a node that took this one
+    /// for dead, or a claim after that). No entry (a client let in while
+    /// NATS was unreachable) is no take-over.
+    pub async fn claimed_elsewhere(&self, client_id: &str) -> Result<bool, ClusterError> {
+        let buckets = self.buckets()?;
+        let entry = buckets
+            .clients
+            .entry(encode_key(client_id))
+            .await
+            .map_err(ClusterError::nats)?;
+        Ok(entry
+            .and_then(|e| ClientRecord::decode(&e.value))
+            .is_some_and(|r| r.node != *self.node || r.run != self.run || !r.held))
+    }
+
     /// Whether another node has written `client_id`'s entry since it was
     /// at `revision` (a claim: the client connected again). A deleted
     /// entry is no claim.

@@ -148,6 +148,18 @@ impl Interest {
         }
     }
 
+    /// Writes every filter of this node's sessions again (held ones wait
+    /// as before): the other nodes may have deleted them while they took
+    /// this node for dead.
+    pub fn write_local_again(&self) {
+        let local = self.local.lock();
+        for filter in local.counts.keys() {
+            if !local.held.contains(filter) {
+                self.send(Change::Added(filter.clone()));
+            }
+        }
+    }
+
     /// A session of this node no longer subscribes to `filter`.
     pub fn remove_local(&self, filter: &str) {
         let mut local = self.local.lock();
@@ -305,7 +317,7 @@ impl super::Cluster {
         // This run's key first: a node that took this one for gone then
         // sees it back before it could take this run's filters for the
         // last run's ([`super::Cluster::node_gone`]).
-        if let Err(e) = self.write_liveness().await {
+        if let Err(e) = self.write_liveness().await.map(drop) {
             self.logger
                 .warning(&format!("Cluster: cannot write this node's liveness: {e}."));
         }

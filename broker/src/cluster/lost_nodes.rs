@@ -1,7 +1,9 @@
 //! The clients of a node that is gone: whichever survivor rewrites each
 //! one's entry in the clients bucket first publishes its will and keeps
 //! its persistent session in the cluster; the node's filters leave the
-//! interest bucket.
+//! interest bucket. And the other way round: a node that was cut off long
+//! enough to be taken for gone lets go of the clients taken over from it
+//! once it is back ([`Cluster::rejoin_after_lapse`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,35 @@ pub(super) enum ClientsOf {
 }
 
 impl Cluster {
+    /// This node's liveness key went unwritten for `lapse`, the node
+    /// timeout or more (cut off from NATS, or frozen): the others may have
+    /// taken it for dead meanwhile, published its clients' wills, kept
+    /// their persistent sessions in the cluster and deleted its filters.
+    /// Each connection here whose client's entry no longer says this node
+    /// holds it is closed (5.0: 0x8E), its session ending here with
+    /// nothing written to the cluster: the cluster's copy is the client's
+    /// now, and one client id has one connection again. This node's
+    /// filters are written again. Twice: now, and once a take-over the
+    /// others began before this node was back has had time to end.
+    pub(super) async fn rejoin_after_lapse(self: Arc<Self>, broker: Arc<Broker>, lapse: Duration) {
+        self.logger.warning(&format!(
+            "Cluster: this node's liveness went unwritten for {:.1} s; clients the other nodes took over meanwhile are let go here.",
+            lapse.as_secs_f64()
+        ));
+        for pass in 0..2 {
+            if pass == 1 {
+                tokio::time::sleep(Duration::from_secs(self.config.node_timeout_secs)).await;
+            }
+            let ended = broker.let_go_clients_claimed_elsewhere().await;
+            self.interest.write_local_again();
+            if ended > 0 {
+                self.logger.warning(&format!(
+                    "Cluster: {ended} client(s) were taken over by other nodes while this node was cut off; their connections here are closed."
+                ));
+            }
+        }
+    }
+
     /// A node died in run `run` (when its key said): the clients it held
     /// in that run are taken over (see [`Cluster::take_over_clients_of`]),
     /// and its filters leave the interest bucket, unless it is back by

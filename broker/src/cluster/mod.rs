@@ -473,7 +473,7 @@ impl Cluster {
         tokio::spawn(self.clone().write_interest(changes));
         tokio::spawn(self.clone().watch_interest());
         tokio::spawn(self.clone().watch_retained(broker.clone()));
-        tokio::spawn(self.clone().heartbeat());
+        tokio::spawn(self.clone().heartbeat(broker.clone()));
         tokio::spawn(self.clone().watch_node_keys());
         tokio::spawn(self.clone().judge_nodes(broker.clone()));
         tokio::spawn(self.clone().receive_core(broker.clone()));

@@ -109,22 +109,32 @@ impl Cluster {
         Duration::from_secs(self.config.node_timeout_secs) / 3
     }
 
-    /// Keeps this node's key fresh.
-    pub(super) async fn heartbeat(self: Arc<Self>) {
+    /// Keeps this node's key fresh; once it is written again after it
+    /// lapsed, lets go of what the others took over meanwhile
+    /// ([`Cluster::rejoin_after_lapse`]).
+    pub(super) async fn heartbeat(self: Arc<Self>, broker: Arc<Broker>) {
         let mut tick = tokio::time::interval(self.beat());
         loop {
             tick.tick().await;
-            if let Err(e) = self.write_liveness().await {
-                if self.is_connected() {
-                    self.logger
-                        .warning(&format!("Cluster: cannot renew this node's liveness: {e}."));
+            match self.write_liveness().await {
+                Ok(Some(lapse)) => {
+                    tokio::spawn(self.clone().rejoin_after_lapse(broker.clone(), lapse));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if self.is_connected() {
+                        self.logger
+                            .warning(&format!("Cluster: cannot renew this node's liveness: {e}."));
+                    }
                 }
             }
         }
     }
 
-    /// Writes this node's key (`<unix ms> <run>`) once.
-    pub(super) async fn write_liveness(&self) -> Result<(), super::ClusterError> {
+    /// Writes this node's key (`<unix ms> <run>`) once. Returns how long
+    /// it had gone unwritten when that was the node timeout or more: the
+    /// other nodes may have taken this one for dead meanwhile.
+    pub(super) async fn write_liveness(&self) -> Result<Option<Duration>, super::ClusterError> {
         let buckets = self.buckets()?;
         let now = crate::message::now_ms();
         let value = format!("{now} {}", self.run);
@@ -138,12 +148,18 @@ impl Cluster {
             .own_beat_ms
             .swap(now, std::sync::atomic::Ordering::AcqRel);
         let half_timeout_ms = self.config.node_timeout_secs * 1000 / 2;
-        if before > 0 && now.saturating_sub(before) >= half_timeout_ms {
+        let unwritten_ms = if before > 0 {
+            now.saturating_sub(before)
+        } else {
+            0
+        };
+        if unwritten_ms >= half_timeout_ms {
             // Others may have taken this node for gone meanwhile.
             self.interruptions
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
-        Ok(())
+        Ok((unwritten_ms >= self.config.node_timeout_secs * 1000)
+            .then(|| Duration::from_millis(unwritten_ms)))
     }
 
     /// This node's key was written lately (within two beats): no other

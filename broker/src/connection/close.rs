@@ -29,6 +29,8 @@ pub(super) enum Close {
     Shutdown,
     /// Sent to another node of the cluster.
     Relocate,
+    /// Taken over by another node while this one was cut off.
+    ClaimedElsewhere,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
@@ -107,6 +109,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
                 ));
                 self.disconnect_v5(ReasonCode::USE_ANOTHER_SERVER, None)
             }
+            Close::ClaimedElsewhere => {
+                // The node that took it over published the will.
+                publish_will = false;
+                self.broker.logger.warning(&format!(
+                    "Client {} disconnected: another node took it over while this one was cut off from the cluster.",
+                    self.session.client_id
+                ));
+                self.disconnect_v5(ReasonCode::SESSION_TAKEN_OVER, None)
+            }
         };
         let mut will = if publish_will {
             self.will.take().map(|w| *w)
@@ -167,6 +178,7 @@ impl From<Control> for Close {
             Control::Shutdown => Close::Shutdown,
             Control::Relocate => Close::Relocate,
             Control::Detached => Close::Detached,
+            Control::ClaimedElsewhere => Close::ClaimedElsewhere,
         }
     }
 }
@@ -180,7 +192,7 @@ impl Close {
             Close::SocketError(_) => "socket_error",
             Close::KeepAlive => "keepalive_timeout",
             Close::Protocol(..) => "protocol_error",
-            Close::TakenOver(_) | Close::Detached => "taken_over",
+            Close::TakenOver(_) | Close::Detached | Close::ClaimedElsewhere => "taken_over",
             Close::Server(_) => "kicked",
             Close::Shutdown => "shutdown",
             Close::Relocate => "relocated",

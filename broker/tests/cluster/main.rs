@@ -13,6 +13,8 @@ mod copies;
 mod failures;
 /// Sessions a replica keeps while the cluster would not take them.
 mod kept_sessions;
+/// A replica cut off from NATS while the others go on.
+mod partition;
 /// Routing, retained messages, client ids, NATS interop, credentials and
 /// shared subscriptions across replicas.
 mod routing;

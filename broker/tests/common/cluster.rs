@@ -54,6 +54,17 @@ impl NatsCluster {
     /// free ports found are free only until some other process, another
     /// test binary running alongside, takes them).
     pub async fn start(n: usize) -> NatsCluster {
+        NatsCluster::start_with(n, true).await
+    }
+
+    /// As [`NatsCluster::start`], with servers that do not tell clients
+    /// about each other (`no_advertise`): a client reaches only the URLs
+    /// it is given (a broker behind a [`CutProxy`] stays behind it).
+    pub async fn start_unadvertised(n: usize) -> NatsCluster {
+        NatsCluster::start_with(n, false).await
+    }
+
+    async fn start_with(n: usize, advertise: bool) -> NatsCluster {
         let turn = TURN.lock().await;
         assert!(
             std::path::Path::new(NATS_SERVER).exists(),
@@ -61,7 +72,7 @@ impl NatsCluster {
         );
         let mut attempt = 1;
         loop {
-            let mut cluster = NatsCluster::spawn(n);
+            let mut cluster = NatsCluster::spawn(n, advertise);
             let mut not_ready = None;
             for i in 0..n {
                 if let Err(logs) = cluster.ready(i).await {
@@ -84,7 +95,7 @@ impl NatsCluster {
 
     /// Writes the configuration of `n` clustered servers on free ports, and
     /// starts them.
-    fn spawn(n: usize) -> NatsCluster {
+    fn spawn(n: usize, advertise: bool) -> NatsCluster {
         let dir = tempfile::tempdir().expect("create temp dir");
         let mut servers: Vec<NatsServer> = (0..n)
             .map(|i| NatsServer {
@@ -111,9 +122,10 @@ impl NatsCluster {
             if n > 1 {
                 let _ = writeln!(
                     text,
-                    "cluster {{ name: kmqtest, listen: 127.0.0.1:{}, routes: [{}] }}",
+                    "cluster {{ name: kmqtest, listen: 127.0.0.1:{}, routes: [{}], no_advertise: {} }}",
                     server.route_port,
-                    routes.join(", ")
+                    routes.join(", "),
+                    !advertise
                 );
             }
             std::fs::write(&server.config, text).expect("write nats config");
@@ -284,6 +296,9 @@ pub struct ClusterOpts {
     pub node_nats_servers: Vec<Vec<usize>>,
     /// `node_timeout_secs` (3 when not given).
     pub node_timeout_secs: Option<u64>,
+    /// The NATS URLs of each node, by node, where given (instead of the
+    /// servers': e.g. a [`CutProxy`]'s).
+    pub node_nats_urls: Vec<Vec<String>>,
 }
 
 /// Several brokers (`node-0`, `node-1`...) in one cluster on `nats`.
@@ -335,13 +350,16 @@ impl BrokerCluster {
         let i = self.nodes.len();
         let opts = &self.opts;
         let given = opts.node_nats_servers.get(i).unwrap_or(&opts.nats_servers);
-        let servers: Vec<String> = self
-            .urls
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| given.is_empty() || given.contains(i))
-            .map(|(_, u)| format!("\"{u}\""))
-            .collect();
+        let servers: Vec<String> = match opts.node_nats_urls.get(i) {
+            Some(urls) => urls.iter().map(|u| format!("\"{u}\"")).collect(),
+            None => self
+                .urls
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| given.is_empty() || given.contains(i))
+                .map(|(_, u)| format!("\"{u}\""))
+                .collect(),
+        };
         let admin = if opts.admin_token {
             let path = self.token_dir.path().join("admin-token");
             std::fs::write(&path, "tok\n").expect("write the admin token");
@@ -642,4 +660,73 @@ async fn interest_history(nats: &NatsCluster, cluster: &str) -> Result<String, S
         let _ = writeln!(lines, "  {seq} {} {operation}", message.subject);
     }
     Ok(lines)
+}
+
+/// A TCP proxy in front of one NATS server that a test can cut (every
+/// connection through it dropped, new ones closed at once) and heal: a
+/// network partition between a broker and NATS. Stops on drop.
+pub struct CutProxy {
+    pub url: String,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    pipes: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    /// A proxy on a free loopback port to `target` (`nats://host:port`).
+    pub async fn start(target: &str) -> CutProxy {
+        let target = target.trim_start_matches("nats://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let url = format!("nats://{}", listener.local_addr().expect("proxy address"));
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pipes: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let accept = {
+            let (cut, pipes) = (cut.clone(), pipes.clone());
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if cut.load(std::sync::atomic::Ordering::Acquire) {
+                        continue; // dropped: closed at once
+                    }
+                    let target = target.clone();
+                    let pipe = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    pipes.lock().unwrap().push(pipe);
+                }
+            })
+        };
+        CutProxy {
+            url,
+            cut,
+            pipes,
+            accept,
+        }
+    }
+
+    /// Drops every connection through the proxy and closes new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Release);
+        for pipe in self.pipes.lock().unwrap().drain(..) {
+            pipe.abort();
+        }
+    }
+
+    /// Lets connections through again.
+    pub fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for pipe in self.pipes.lock().unwrap().drain(..) {
+            pipe.abort();
+        }
+    }
 }
