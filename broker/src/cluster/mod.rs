@@ -573,8 +573,6 @@ async fn connect_options(
     Ok(options)
 }
 
-/// Whether a bucket holds nothing, so a watch of its history would deliver
-/// nothing to say it caught up. `Err` when NATS did not answer.
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,8 @@ mod copies;
 mod failures;
 /// Sessions a replica keeps while the cluster would not take them.
 mod kept_sessions;
+/// NATS credentials and TLS against a nats-server that requires them.
+mod nats_auth;
 /// A replica cut off from NATS while the others go on.
 mod partition;
 /// Routing, retained messages, client ids, NATS interop, credentials and

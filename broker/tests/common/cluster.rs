@@ -54,17 +54,23 @@ impl NatsCluster {
     /// free ports found are free only until some other process, another
     /// test binary running alongside, takes them).
     pub async fn start(n: usize) -> NatsCluster {
-        NatsCluster::start_with(n, true).await
+        NatsCluster::start_with(n, true, "").await
+    }
+
+    /// As [`NatsCluster::start`], with `extra` added to every server's
+    /// configuration (`tls {...}`, `authorization {...}`).
+    pub async fn start_configured(n: usize, extra: &str) -> NatsCluster {
+        NatsCluster::start_with(n, true, extra).await
     }
 
     /// As [`NatsCluster::start`], with servers that do not tell clients
     /// about each other (`no_advertise`): a client reaches only the URLs
     /// it is given (a broker behind a [`CutProxy`] stays behind it).
     pub async fn start_unadvertised(n: usize) -> NatsCluster {
-        NatsCluster::start_with(n, false).await
+        NatsCluster::start_with(n, false, "").await
     }
 
-    async fn start_with(n: usize, advertise: bool) -> NatsCluster {
+    async fn start_with(n: usize, advertise: bool, extra: &str) -> NatsCluster {
         let turn = TURN.lock().await;
         assert!(
             std::path::Path::new(NATS_SERVER).exists(),
@@ -72,7 +78,7 @@ impl NatsCluster {
         );
         let mut attempt = 1;
         loop {
-            let mut cluster = NatsCluster::spawn(n, advertise);
+            let mut cluster = NatsCluster::spawn(n, advertise, extra);
             let mut not_ready = None;
             for i in 0..n {
                 if let Err(logs) = cluster.ready(i).await {
@@ -95,7 +101,7 @@ impl NatsCluster {
 
     /// Writes the configuration of `n` clustered servers on free ports, and
     /// starts them.
-    fn spawn(n: usize, advertise: bool) -> NatsCluster {
+    fn spawn(n: usize, advertise: bool, extra: &str) -> NatsCluster {
         let dir = tempfile::tempdir().expect("create temp dir");
         let mut servers: Vec<NatsServer> = (0..n)
             .map(|i| NatsServer {
@@ -128,6 +134,7 @@ impl NatsCluster {
                     !advertise
                 );
             }
+            text.push_str(extra);
             std::fs::write(&server.config, text).expect("write nats config");
         }
         for server in &mut servers {
@@ -299,6 +306,9 @@ pub struct ClusterOpts {
     /// The NATS URLs of each node, by node, where given (instead of the
     /// servers': e.g. a [`CutProxy`]'s).
     pub node_nats_urls: Vec<Vec<String>>,
+    /// Lines appended to each node's `[cluster]` table, by node (after
+    /// `cluster_toml`): its own NATS credentials.
+    pub node_cluster_toml: Vec<String>,
 }
 
 /// Several brokers (`node-0`, `node-1`...) in one cluster on `nats`.
@@ -333,6 +343,14 @@ impl BrokerCluster {
             cluster.wait_ready(i).await;
         }
         cluster
+    }
+
+    /// Starts one more broker (`node-<n>`) in the cluster without waiting
+    /// for it to be ready. Returns its index.
+    pub async fn add_node_unready(&mut self) -> usize {
+        let node = self.spawn_node().await;
+        self.nodes.push(node);
+        self.nodes.len() - 1
     }
 
     /// Starts one more broker (`node-<n>`) in the cluster, as a scale-up
@@ -371,13 +389,14 @@ impl BrokerCluster {
             "node_name = \"node-{i}\"\n\
              [http]\nbind = \"127.0.0.1:{{port:http}}\"\n{admin}\
              [limits]\n{}\n\
-             [cluster]\nservers = [{}]\nname = \"{}\"\nreplicas = {}\nnode_timeout_secs = {}\n{}\n{}",
+             [cluster]\nservers = [{}]\nname = \"{}\"\nreplicas = {}\nnode_timeout_secs = {}\n{}\n{}\n{}",
             opts.limits,
             servers.join(", "),
             self.name,
             self.replicas,
             opts.node_timeout_secs.unwrap_or(3),
             opts.cluster_toml,
+            opts.node_cluster_toml.get(i).map_or("", String::as_str),
             opts.extra_tables,
         );
         OpsBroker::start(BrokerOpts {
