@@ -465,6 +465,21 @@ impl Cluster {
         }
     }
 
+    /// `client_id`'s entry as it is now (none when there is none, or it
+    /// was deleted).
+    async fn current_entry(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<async_nats::jetstream::kv::Entry>, ClusterError> {
+        let buckets = self.buckets()?;
+        let entry = buckets
+            .clients
+            .entry(encode_key(client_id))
+            .await
+            .map_err(ClusterError::nats)?;
+        Ok(entry.filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put))
+    }
+
     /// Whether `client_id`'s entry is still at `revision` (the one this
     /// node wrote as it kept the client's offline session): no other
     /// node claimed the client since.
@@ -473,12 +488,7 @@ impl Cluster {
         client_id: &str,
         revision: u64,
     ) -> Result<bool, ClusterError> {
-        let buckets = self.buckets()?;
-        let entry = buckets
-            .clients
-            .entry(encode_key(client_id))
-            .await
-            .map_err(ClusterError::nats)?;
+        let entry = self.current_entry(client_id).await?;
         Ok(entry.is_some_and(|e| e.revision == revision))
     }
 
@@ -487,12 +497,7 @@ impl Cluster {
     /// for dead, or a claim after that). No entry (a client let in while
     /// NATS was unreachable) is no take-over.
     pub async fn claimed_elsewhere(&self, client_id: &str) -> Result<bool, ClusterError> {
-        let buckets = self.buckets()?;
-        let entry = buckets
-            .clients
-            .entry(encode_key(client_id))
-            .await
-            .map_err(ClusterError::nats)?;
+        let entry = self.current_entry(client_id).await?;
         Ok(entry
             .and_then(|e| ClientRecord::decode(&e.value))
             .is_some_and(|r| r.node != *self.node || r.run != self.run || !r.held))
@@ -506,12 +511,7 @@ impl Cluster {
         client_id: &str,
         revision: u64,
     ) -> Result<bool, ClusterError> {
-        let buckets = self.buckets()?;
-        let entry = buckets
-            .clients
-            .entry(encode_key(client_id))
-            .await
-            .map_err(ClusterError::nats)?;
+        let entry = self.current_entry(client_id).await?;
         Ok(entry.is_some_and(|e| e.revision != revision))
     }
 
